@@ -1,0 +1,1 @@
+//! keyturn agent library.

@@ -1,0 +1,14 @@
+//! keyturn-core: what keyturn's binaries share.
+//!
+//! - [`secret`]: [`SecretValue`], the only type a secret's bytes live in.
+//! - [`vault`]: Vault/OpenBao client construction from the `VAULT_*` environment, auth
+//!   methods, KV v1/v2, retries.
+//! - [`audit`]: the hash-chained audit trail, its sinks and its verifier.
+//! - [`sys`]: the few process and filesystem facts keyturn checks (core dumps, tmpfs).
+
+pub mod audit;
+pub mod secret;
+pub mod sys;
+pub mod vault;
+
+pub use secret::SecretValue;

@@ -1,0 +1,1 @@
+//! Vault access (being written).

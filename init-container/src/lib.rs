@@ -1,0 +1,1 @@
+//! keyturn-init library.
