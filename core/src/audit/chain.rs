@@ -1,0 +1,381 @@
+//! The chain: an entry's canonical form, its hash, and the head a writer continues from.
+//!
+//! # Canonical form
+//!
+//! The canonical form of an entry is its compact `serde_json` serialization with every member
+//! but `hash`, in this fixed order (the field order of [`Entry`](super::Entry)):
+//!
+//! ```text
+//! time, seq, actor{kind, name, namespace?, pod?, entity?}, action, resource, outcome,
+//! detail?, reason?, request_id?, rotation_id?, value_hmac?, prev
+//! ```
+//!
+//! - No whitespace between tokens; members marked `?` are left out when absent (never `null`).
+//! - Strings use `serde_json`'s escaping: `"` `\` and control characters are escaped (`\n`,
+//!   `\u001f`, …), everything else, non-ASCII included, is written as raw UTF-8.
+//! - `time` is RFC 3339 in UTC with milliseconds and a `Z` (`2025-01-31T03:00:00.123Z`);
+//!   `seq` is a decimal integer; `prev` and `hash` are 64 lowercase hex digits.
+//!
+//! `hash` is the lowercase hex SHA-256 of those bytes. The line on disk is the canonical form
+//! with `,"hash":"<hex>"` inserted before the closing brace, then `\n`. So every line ends with
+//! exactly 75 bytes of hash member plus `}` — and an independent checker needs no JSON
+//! library to recompute it: cut those 75 bytes, put back the `}`, hash.
+//!
+//! The verifier works that way, on the bytes as they are on disk. It does not re-serialize, so
+//! the hash binds exactly what is stored; the writer only ever stores the canonical form.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use super::event::{EntryBody, Event};
+
+/// Length of a hash in hex digits.
+pub const HASH_HEX_LEN: usize = 64;
+
+/// What precedes the hex digits of the trailing `hash` member.
+const HASH_MEMBER_PREFIX: &[u8] = b",\"hash\":\"";
+
+/// Bytes from the start of the `hash` member to the end of the line (newline excluded):
+/// `,"hash":"` + 64 hex digits + `"}`.
+pub(crate) const HASH_TAIL_LEN: usize = HASH_MEMBER_PREFIX.len() + HASH_HEX_LEN + 2;
+
+/// A SHA-256 digest in the chain: an entry's `hash`, or the `prev` that links to it.
+///
+/// Written and parsed as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChainHash([u8; 32]);
+
+impl ChainHash {
+    /// The `prev` of the first entry of a chain: 64 zeros.
+    pub const GENESIS: ChainHash = ChainHash([0; 32]);
+
+    /// Wraps a raw digest.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw digest.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether this is [`ChainHash::GENESIS`].
+    #[must_use]
+    pub fn is_genesis(&self) -> bool {
+        *self == Self::GENESIS
+    }
+
+    /// SHA-256 of `bytes`.
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The 64 lowercase hex digits.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn write_hex(&self, out: &mut [u8; HASH_HEX_LEN]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+    }
+
+    /// Parses exactly 64 *lowercase* hex digits, the only spelling the writer produces.
+    pub(crate) fn from_canonical_hex(s: &[u8]) -> Option<Self> {
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        if s.len() != HASH_HEX_LEN {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in s.chunks_exact(2).enumerate() {
+            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut hex = [0u8; HASH_HEX_LEN];
+        self.write_hex(&mut hex);
+        // The digits are ASCII by construction.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChainHash({self})")
+    }
+}
+
+/// The text is not 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a chain hash is 64 hex digits (SHA-256); got {len} characters that are not")]
+pub struct InvalidChainHash {
+    /// Length of the rejected text, in characters.
+    pub len: usize,
+}
+
+/// Accepts upper- or lowercase, for anchors typed or pasted by people.
+impl FromStr for ChainHash {
+    type Err = InvalidChainHash;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_canonical_hex(s.trim().to_ascii_lowercase().as_bytes()).ok_or(InvalidChainHash {
+            len: s.chars().count(),
+        })
+    }
+}
+
+impl Serialize for ChainHash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut hex = [0u8; HASH_HEX_LEN];
+        self.write_hex(&mut hex);
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChainHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_canonical_hex(s.as_bytes())
+            .ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"))
+    }
+}
+
+/// Where the next entry goes: its `seq` and its `prev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The `seq` the next entry gets.
+    pub next_seq: u64,
+    /// The `prev` the next entry gets: the last entry's `hash`.
+    pub prev: ChainHash,
+}
+
+impl ChainHead {
+    /// The head of an empty chain: `seq` 0, `prev` all zeros.
+    pub const GENESIS: ChainHead = ChainHead {
+        next_seq: 0,
+        prev: ChainHash::GENESIS,
+    };
+
+    /// The head after an entry with this `seq` and `hash`; `None` if `seq` is `u64::MAX`.
+    #[must_use]
+    pub fn after(seq: u64, hash: ChainHash) -> Option<Self> {
+        Some(Self {
+            next_seq: seq.checked_add(1)?,
+            prev: hash,
+        })
+    }
+}
+
+/// Why a line is not a well-formed audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// The line does not end with the `"hash":"<64 lowercase hex>"}` member that every entry
+    /// ends with.
+    #[error("the line does not end with a \"hash\" member of 64 lowercase hex digits")]
+    NoHashMember,
+    /// The line is not JSON, or lacks `seq`/`prev`/`hash`, or has them twice or mistyped.
+    /// The reason is serde_json's message (audit lines hold no secret values).
+    #[error("not an audit entry: {reason}")]
+    NotAnEntry {
+        /// serde_json's description, with its column.
+        reason: String,
+    },
+}
+
+/// What the verifier and the file sink need from one line, with its hash recomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CheckedLine {
+    /// The entry's `seq`.
+    pub seq: u64,
+    /// The entry's `prev`.
+    pub prev: ChainHash,
+    /// The `hash` stored in the line.
+    pub stored: ChainHash,
+    /// The hash of the line's canonical form, recomputed.
+    pub computed: ChainHash,
+}
+
+/// The members the chain checks need; serde skips (but still syntax-checks) the others.
+#[derive(Deserialize)]
+struct LineView<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    prev: &'a str,
+    #[serde(borrow)]
+    hash: &'a str,
+}
+
+/// Parses `line` (without its `\n`) just enough for the chain checks, and recomputes its hash
+/// from its bytes.
+pub(crate) fn check_line(line: &[u8]) -> Result<CheckedLine, LineError> {
+    let n = line.len();
+    if n < HASH_TAIL_LEN + 1 || !line.ends_with(b"\"}") {
+        return Err(LineError::NoHashMember);
+    }
+    let tail = &line[n - HASH_TAIL_LEN..];
+    if !tail.starts_with(HASH_MEMBER_PREFIX) {
+        return Err(LineError::NoHashMember);
+    }
+    let hex = &tail[HASH_MEMBER_PREFIX.len()..HASH_MEMBER_PREFIX.len() + HASH_HEX_LEN];
+    let stored = ChainHash::from_canonical_hex(hex).ok_or(LineError::NoHashMember)?;
+
+    let view: LineView<'_> = serde_json::from_slice(line).map_err(|e| LineError::NotAnEntry {
+        reason: e.to_string(),
+    })?;
+    // serde rejects a duplicated `hash`, so the member parsed is the trailing one we cut.
+    if view.hash.as_bytes() != hex {
+        return Err(LineError::NoHashMember);
+    }
+    let prev = ChainHash::from_canonical_hex(view.prev.as_bytes()).ok_or_else(|| {
+        LineError::NotAnEntry {
+            reason: "\"prev\" is not 64 lowercase hex digits".to_owned(),
+        }
+    })?;
+
+    let mut h = Sha256::new();
+    h.update(&line[..n - HASH_TAIL_LEN]);
+    h.update(b"}");
+    Ok(CheckedLine {
+        seq: view.seq,
+        prev,
+        stored,
+        computed: ChainHash(h.finalize().into()),
+    })
+}
+
+/// Appends `event` to `buf` as one sealed line at `head`, stamped `time`, and returns its hash.
+///
+/// On error `buf` is left as it was.
+pub(crate) fn seal_into(
+    buf: &mut Vec<u8>,
+    head: ChainHead,
+    time: DateTime<Utc>,
+    event: &Event,
+) -> Result<ChainHash, serde_json::Error> {
+    let start = buf.len();
+    let body = EntryBody::new(event, time, head);
+    if let Err(e) = serde_json::to_writer(&mut *buf, &body) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    let hash = ChainHash::of(&buf[start..]);
+    buf.pop(); // the closing brace; the hash member goes in front of it
+    buf.extend_from_slice(HASH_MEMBER_PREFIX);
+    let mut hex = [0u8; HASH_HEX_LEN];
+    hash.write_hex(&mut hex);
+    buf.extend_from_slice(&hex);
+    buf.extend_from_slice(b"\"}\n");
+    Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Actor, Entry, HmacKey, Outcome};
+
+    fn sealed_line(head: ChainHead) -> (Vec<u8>, ChainHash) {
+        let key = HmacKey::generate().unwrap();
+        let event = crate::audit::EventBuilder::new(
+            &key,
+            Actor::operator("alice").with_entity("ent-1"),
+            "break-glass.reveal",
+            "orders-db",
+        )
+        .outcome(Outcome::Started)
+        .reason("leaked in \"chat\"\n")
+        .build();
+        let time = DateTime::parse_from_rfc3339("2025-01-31T03:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut buf = Vec::new();
+        let hash = seal_into(&mut buf, head, time, &event).unwrap();
+        (buf, hash)
+    }
+
+    #[test]
+    fn a_sealed_line_hashes_its_canonical_form_and_ends_with_the_hash_member() {
+        let (line, hash) = sealed_line(ChainHead::GENESIS);
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")), "{text}");
+        assert!(text.starts_with("{\"time\":\"2025-01-31T03:00:00.123Z\",\"seq\":0,"));
+        let canonical = format!("{}}}", &text[..text.len() - 1 - HASH_TAIL_LEN]);
+        assert_eq!(ChainHash::of(canonical.as_bytes()), hash);
+        assert!(canonical.ends_with(&format!("\"prev\":\"{}\"}}", "0".repeat(64))));
+    }
+
+    #[test]
+    fn reserializing_a_parsed_entry_gives_back_the_exact_line() {
+        let (line, _) = sealed_line(ChainHead {
+            next_seq: 41,
+            prev: ChainHash::of(b"x"),
+        });
+        let entry = Entry::parse(&line[..line.len() - 1]).unwrap();
+        let again = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(again, &line[..line.len() - 1]);
+    }
+
+    #[test]
+    fn check_line_recomputes_the_stored_hash() {
+        let (line, hash) = sealed_line(ChainHead::GENESIS);
+        let c = check_line(&line[..line.len() - 1]).unwrap();
+        assert_eq!((c.seq, c.prev, c.stored, c.computed), (0, ChainHash::GENESIS, hash, hash));
+    }
+
+    #[test]
+    fn check_line_rejects_lines_without_the_trailing_hash_member() {
+        assert_eq!(check_line(b"{}"), Err(LineError::NoHashMember));
+        let (line, _) = sealed_line(ChainHead::GENESIS);
+        let upper = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap().to_uppercase();
+        assert_eq!(check_line(upper.as_bytes()), Err(LineError::NoHashMember));
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
+        let spaced = text.replacen(",\"seq\"", ", \"seq\"", 1);
+        // Still JSON, but no longer the bytes that were hashed.
+        let c = check_line(spaced.as_bytes()).unwrap();
+        assert_ne!(c.computed, c.stored);
+    }
+
+    #[test]
+    fn check_line_rejects_a_duplicated_hash_member() {
+        let (line, hash) = sealed_line(ChainHead::GENESIS);
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
+        let forged = text.replacen("{\"time\"", &format!("{{\"hash\":\"{hash}\",\"time\""), 1);
+        assert!(matches!(check_line(forged.as_bytes()), Err(LineError::NotAnEntry { .. })));
+    }
+
+    #[test]
+    fn chain_hashes_parse_from_either_case_but_print_lowercase() {
+        let h = ChainHash::of(b"abc");
+        let upper = h.to_hex().to_uppercase();
+        assert_eq!(upper.parse::<ChainHash>().unwrap(), h);
+        assert_eq!(h.to_string(), h.to_hex());
+        assert!("xyz".parse::<ChainHash>().is_err());
+        assert_eq!(ChainHash::GENESIS.to_string(), "0".repeat(64));
+    }
+
+    #[test]
+    fn the_head_after_the_last_possible_seq_does_not_exist() {
+        assert_eq!(ChainHead::after(u64::MAX, ChainHash::GENESIS), None);
+        assert_eq!(ChainHead::after(4, ChainHash::GENESIS).unwrap().next_seq, 5);
+    }
+}

