@@ -97,8 +97,16 @@ impl Postgres {
                 stop_signal: "INT",
             }
             .start()?;
+            // An open port is not enough: the server accepts TCP before it accepts logins
+            // ("the database system is starting up"), so wait for a real login.
+            let conn = format!(
+                "host=127.0.0.1 port={port} user={SUPERUSER} password={password} dbname=postgres connect_timeout=5"
+            );
             let ready = proc
-                .wait_ready(Duration::from_secs(30), || crate::process::port_open(port))
+                .wait_ready(Duration::from_secs(30), || {
+                    let conn = conn.clone();
+                    async move { tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.is_ok() }
+                })
                 .await;
             match ready {
                 Ok(()) => return Ok(Self { proc, port, password, _dir: dir }),

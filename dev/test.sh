@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: installs what is missing, then format check,
+# clippy with warnings denied, and every test (unit and end-to-end against real servers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./dev/setup.sh
+echo "[test] cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "[test] cargo clippy -D warnings" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "[test] cargo nextest run" >&2
+cargo nextest run --workspace --locked --profile "${KEYTURN_NEXTEST_PROFILE:-default}" "$@"
