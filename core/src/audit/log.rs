@@ -302,6 +302,12 @@ impl AuditLog {
         self.shared.poison.get().is_some()
     }
 
+    /// Events queued for the writer and not yet taken into a batch.
+    #[must_use]
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Counters since open.
     #[must_use]
     pub fn stats(&self) -> AuditStats {
@@ -454,3 +460,6 @@ impl Writer {
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

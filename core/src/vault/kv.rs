@@ -132,6 +132,28 @@ impl Vault {
             .await
     }
 
+    /// A plain logical read, `GET /v1/PATH`, for endpoints without a typed wrapper: dynamic
+    /// secrets engines (`database/creds/ROLE`), `sys/internal/ui/mounts`. The whole response
+    /// comes back, lease fields included; its `data` is vaultrs's `serde_json::Value` (the same
+    /// not-zeroized decode copy as every read here).
+    ///
+    /// # Errors
+    /// As [`Vault::kv1_read`].
+    pub async fn logical_read(
+        &self,
+        path: &str,
+    ) -> Result<vaultrs::api::kv1::responses::GetSecretResponse, VaultError> {
+        let p = path.trim_matches('/');
+        let (mount, rest) = p.split_once('/').unwrap_or((p, ""));
+        self.retry
+            .run(|| async {
+                vaultrs::kv1::get_raw(&self.client, mount, rest)
+                    .await
+                    .map_err(|e| self.classify(e, "read", p))
+            })
+            .await
+    }
+
     /// Writes a KV v1 secret, replacing every field.
     ///
     /// # Errors

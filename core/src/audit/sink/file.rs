@@ -58,6 +58,7 @@ impl FileSink {
             }
             Err(e) => return Err(open_err(e)),
         };
+        let is_file = file.metadata().map_err(open_err)?.is_file();
         let name = format!("file {}", path.display());
         let mut sink = Self {
             path,
@@ -65,7 +66,7 @@ impl FileSink {
             file,
             head: None,
         };
-        if sink.file.metadata().map_err(open_err)?.is_file() {
+        if is_file {
             sink.head = sink.resume()?;
         }
         Ok(sink)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::chain::{ChainHead, LineError};
 
-mod file;
+pub(crate) mod file;
 mod stdout;
 
 pub use file::FileSink;

@@ -1,0 +1,74 @@
+//! `keyturn audit`: check and read the audit log.
+
+use std::io;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+pub mod tail;
+pub mod verify;
+
+/// `keyturn audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check that audit files, given oldest first, form one unbroken hash chain.
+    ///
+    /// Exits 0 and prints a summary when they do; exits 1 naming the first broken sequence
+    /// number and its file:line when they do not; exits 74 when a file cannot be read.
+    Verify(verify::VerifyArgs),
+    /// Print audit entries readably, one line each.
+    Tail(tail::TailArgs),
+}
+
+/// Runs an `audit` subcommand; returns the exit code.
+#[must_use]
+pub fn run(cmd: AuditCommand) -> u8 {
+    let stdout = io::stdout();
+    match cmd {
+        AuditCommand::Verify(args) => verify::run(&args, &mut stdout.lock()),
+        AuditCommand::Tail(args) => tail::run(&args, &mut stdout.lock()),
+    }
+}
+
+/// Errors of the `audit` subcommands (a broken chain is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditCliError {
+    /// The file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file could not be watched for `--follow`.
+    #[error("cannot watch {path} for new entries: {source}")]
+    Watch {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Writing to stdout failed.
+    #[error("cannot write to stdout: {source}")]
+    Output {
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl AuditCliError {
+    /// The exit code: every one of these is an I/O error (74).
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        super::exit::IO
+    }
+}

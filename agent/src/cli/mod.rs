@@ -1,0 +1,110 @@
+//! The `keyturn` command line: parsing (clap derive), logging, dispatch and exit codes.
+//!
+//! Each subcommand is one module with its clap arguments and a `run` that returns an exit
+//! code; [`Command`] lists them. `run`, `rotate`, `policy`, `break-glass` and `doctor` join
+//! `audit` here as they are written; a subcommand that needs async builds its own Tokio runtime
+//! inside its `run`, so the commands that need none (`audit verify`) start instantly.
+//!
+//! Exit codes follow sysexits(3) for the whole CLI (see [`exit`]): clap's usage errors exit 64,
+//! not clap's default 2.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod audit;
+pub mod exit;
+pub mod logging;
+
+/// keyturn: secrets rotation and injection for Kubernetes, with a tamper-evident audit log.
+#[derive(Debug, Parser)]
+#[command(name = "keyturn", version, propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Which logs to write to stderr (as JSON), in tracing's filter syntax: `info`,
+    /// `keyturn=debug,warn`, ….
+    #[arg(long = "log", env = "KEYTURN_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check and read the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// Parses the process's arguments. On a usage error, prints clap's message and returns exit
+/// code 64; for `--help`/`--version`, prints and returns 0.
+///
+/// # Errors
+/// The exit code to leave with, when there is nothing to run.
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| ExitCode::from(exit_for_clap_error(&e)))
+}
+
+/// Parses `args` (the first is the program name), as [`parse`] does.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| ExitCode::from(exit_for_clap_error(&e)))
+}
+
+/// Prints a clap error (help and version go to stdout, errors to stderr) and picks the exit
+/// code: 0 for help and version, [`exit::USAGE`] for anything else.
+pub fn exit_for_clap_error(e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::OK,
+        _ => exit::USAGE,
+    }
+}
+
+/// Sets up logging and runs the subcommand.
+#[must_use]
+pub fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = logging::init(&cli.global.log) {
+        eprintln!("keyturn: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
+    let code = match cli.command {
+        Command::Audit(cmd) => audit::run(cmd),
+    };
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_map_to_64_and_help_to_0() {
+        let e = Cli::try_parse_from(["keyturn", "audit", "verify"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let e = Cli::try_parse_from(["keyturn", "--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
+}

@@ -1,0 +1,174 @@
+use super::*;
+
+const GOOD: &str = r#"apiVersion: keyturn.dev/v1
+kind: RotationPolicy
+metadata: { name: api-token }
+spec:
+  schedule: "0 3 * * *"
+  window: 1h
+  store: { vault-kv: { mount: secret, path: keyturn/api-token } }
+  target: { generated: {} }
+  generator: { length: 40, charset: alphanumeric }
+---
+apiVersion: keyturn.dev/v1
+kind: RotationPolicy
+metadata:
+  name: orders-db
+spec:
+  every: 24h
+  store:
+    aws-secretsmanager: { secret-id: prod/orders-db }
+  target:
+    postgres:
+      host: 127.0.0.1
+      admin: { vault-kv: { path: keyturn/pg-admin } }
+      users: [orders_a, orders_b]
+      strategy: alternating
+  distribute:
+    - kubernetes: { namespace: shop, secret: orders-db, keys: { username: username, password: password } }
+      restart: [ { kind: Deployment, name: orders-api } ]
+"#;
+
+fn check(text: &str) -> Result<Vec<Policy>, PolicyErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, text).unwrap();
+    load(&f).map_err(|e| {
+        // Report paths relative to the temp dir so assertions can spell them.
+        PolicyErrors(e.0.into_iter().map(|mut x| { x.file = PathBuf::from("p.yaml"); x }).collect())
+    })
+}
+
+fn one_error(text: &str) -> String {
+    let e = check(text).expect_err("must be rejected");
+    assert_eq!(e.0.len(), 1, "{e}");
+    e.0[0].to_string()
+}
+
+#[test]
+fn a_good_file_with_two_documents_loads_both_policies() {
+    let ps = check(GOOD).unwrap();
+    assert_eq!(ps.len(), 2);
+    assert_eq!(ps[0].name, "api-token");
+    assert_eq!(ps[0].window, Duration::from_secs(3600));
+    assert_eq!(ps[0].generator.length, 40);
+    assert_eq!(ps[0].store, StoreRef::VaultKv { mount: "secret".into(), path: "keyturn/api-token".into() });
+    let Target::Postgres(pg) = &ps[1].target else { panic!("postgres target") };
+    assert_eq!(pg.strategy, Strategy::Alternating);
+    assert_eq!(pg.port, 5432);
+    assert_eq!(pg.admin, StoreRef::VaultKv { mount: "secret".into(), path: "keyturn/pg-admin".into() });
+    assert_eq!(ps[1].distribute[0].restart[0].name, "orders-api");
+}
+
+fn good_with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from}");
+    GOOD.replacen(from, to, 1)
+}
+
+#[test]
+fn an_invalid_cron_names_file_line_column_and_field() {
+    assert_eq!(
+        one_error(&good_with(r#""0 3 * * *""#, r#""0 3 * *""#)),
+        r#"p.yaml:5:13: spec.schedule: invalid cron expression "0 3 * *": expected 5 fields (minute hour day-of-month month day-of-week), found 4"#
+    );
+}
+
+#[test]
+fn a_cron_that_never_fires_is_rejected() {
+    assert_eq!(
+        one_error(&good_with(r#""0 3 * * *""#, r#""0 0 30 2 *""#)),
+        r#"p.yaml:5:13: spec.schedule: cron expression "0 0 30 2 *" never fires"#
+    );
+}
+
+#[test]
+fn an_unknown_field_is_rejected_with_its_location() {
+    let e = one_error(&good_with("  window: 1h", "  windw: 1h"));
+    assert!(e.starts_with("p.yaml:6:3: "), "{e}");
+    assert!(e.contains("windw"), "{e}");
+}
+
+#[test]
+fn duplicate_policy_names_are_rejected() {
+    let e = one_error(&good_with("name: orders-db", "name: api-token"));
+    assert!(e.starts_with("p.yaml:14:9: metadata.name: duplicate policy name \"api-token\" (first defined at"), "{e}");
+}
+
+#[test]
+fn a_path_with_dotdot_is_rejected() {
+    assert_eq!(
+        one_error(&good_with("path: keyturn/api-token", "path: keyturn/../root")),
+        r#"p.yaml:7:45: spec.store.vault-kv.path: "keyturn/../root" has an empty, '.' or '..' segment"#
+    );
+}
+
+#[test]
+fn a_bad_duration_and_an_unknown_timezone_are_each_reported() {
+    let e = check(&good_with("  window: 1h", "  window: soon\n  timezone: Mars/Base")).unwrap_err();
+    let all = e.to_string();
+    assert!(all.contains("p.yaml:6:11: spec.window:"), "{all}");
+    assert!(all.contains("spec.timezone: unknown time zone \"Mars/Base\""), "{all}");
+}
+
+#[test]
+fn schedule_and_every_are_mutually_exclusive_and_one_is_required() {
+    assert!(one_error(&good_with("  window: 1h", "  every: 1h")).contains("give either `schedule` or `every`, not both"));
+    assert!(one_error(&good_with("  schedule: \"0 3 * * *\"\n", "")).contains("spec.schedule: missing"));
+}
+
+#[test]
+fn alternating_needs_two_distinct_users() {
+    let e = one_error(&good_with("users: [orders_a, orders_b]", "users: [orders_a]"));
+    assert!(e.contains("spec.target.postgres.users: strategy alternating needs exactly 2 user(s), found 1"), "{e}");
+    let e = one_error(&good_with("users: [orders_a, orders_b]", "users: [orders_a, orders_a]"));
+    assert!(e.contains("the two alternating users must differ"), "{e}");
+}
+
+#[test]
+fn a_distribute_key_must_name_a_field_the_target_provides() {
+    let e = one_error(&good_with("password: password }", "password: secret }"));
+    assert!(e.contains("spec.distribute[0].kubernetes.keys.password: unknown field \"secret\" (this target provides username, password)"), "{e}");
+}
+
+#[test]
+fn a_restart_kind_must_be_a_workload() {
+    let e = one_error(&good_with("kind: Deployment", "kind: Pod"));
+    assert!(e.contains("spec.distribute[0].restart[0].kind: must be Deployment, StatefulSet or DaemonSet"), "{e}");
+}
+
+#[test]
+fn a_generator_excluding_nearly_everything_is_rejected() {
+    let e = one_error(&good_with("charset: alphanumeric }", "charset: hex, exclude: \"0123456789\" }"));
+    assert!(e.contains("spec.generator.exclude: leaves only 6 characters"), "{e}");
+}
+
+#[test]
+fn wrong_api_version_and_kind_are_rejected() {
+    let e = check(&GOOD.replacen("keyturn.dev/v1", "keyturn.dev/v2", 1).replacen("kind: RotationPolicy", "kind: Policy", 1)).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert!(e.0[0].to_string().starts_with("p.yaml:1:13: apiVersion: must be"), "{e}");
+}
+
+#[test]
+fn two_policies_may_not_share_a_store() {
+    let doubled = format!("{GOOD}---\n{}", GOOD.split("---").next().unwrap().replace("name: api-token", "name: other"));
+    let e = check(&doubled).unwrap_err().to_string();
+    assert!(e.contains("spec.store: store vault-kv:secret/keyturn/api-token is already used by policy \"api-token\""), "{e}");
+}
+
+#[test]
+fn malformed_yaml_names_the_line() {
+    let e = one_error("apiVersion: keyturn.dev/v1\nkind: [unclosed\n");
+    assert!(e.starts_with("p.yaml:"), "{e}");
+}
+
+#[test]
+fn a_directory_loads_every_yaml_file_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<&str> = GOOD.split("---\n").collect();
+    std::fs::write(dir.path().join("b.yaml"), docs[0]).unwrap();
+    std::fs::write(dir.path().join("a.yml"), docs[1]).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+    let ps = load(dir.path()).unwrap();
+    assert_eq!(ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["orders-db", "api-token"]);
+}

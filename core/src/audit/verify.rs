@@ -1,0 +1,418 @@
+//! The verifier: streams one or more audit files, in order, and reports the first place the
+//! chain breaks.
+//!
+//! Each line is checked for, in this order:
+//!
+//! 1. a newline at its end (else: torn, [`BreakKind::TornLine`]);
+//! 2. the shape of an entry: JSON with `seq`, `prev`, and `hash` last
+//!    ([`BreakKind::Malformed`]);
+//! 3. its hash: SHA-256 of the line's bytes with the `hash` member cut out
+//!    ([`BreakKind::HashMismatch`]: the entry was edited);
+//! 4. its `seq`: one more than the previous entry's, across files
+//!    ([`BreakKind::SeqMismatch`]: an entry was deleted, inserted or moved);
+//! 5. its `prev`: the previous entry's hash ([`BreakKind::PrevMismatch`]: an entry was replaced
+//!    by another chain's, or files were given out of order).
+//!
+//! Only `seq`, `prev` and `hash` are decoded; the other members are syntax-checked by serde
+//! and hashed as bytes, never re-serialized (see [`chain`](super::chain)).
+//!
+//! # What a hash chain cannot tell
+//!
+//! - **A missing tail.** Deleting the last entries leaves a shorter chain that is perfectly
+//!   valid. Only an anchor kept elsewhere catches it: pass the last hash and/or the count you
+//!   expect ([`VerifyOptions`]); the stdout sink's copy in the cluster's log store is one.
+//! - **A missing head.** A chain that does not start at `seq` 0 with `prev` all zeros is taken
+//!   as the continuation of an earlier file, which is what it looks like when the first files
+//!   are deleted. [`VerifyReport::start_prev`] says where it starts; give every file from the
+//!   first to check it.
+//! - **A rewrite.** The chain has no secret: someone who can write the file can recompute every
+//!   hash after an edit. Again, an anchor outside their reach catches it.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::chain::{ChainHash, ChainHead, LineError, check_line};
+use super::tail::MAX_LINE_LEN;
+
+/// Optional anchors: facts about the chain kept somewhere the files' writer cannot reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// The hash the last entry must have.
+    pub expect_last_hash: Option<ChainHash>,
+    /// How many entries the files must hold together.
+    pub expect_count: Option<u64>,
+}
+
+/// What the verifier found.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// Entries that passed every check (those before the break, if there is one).
+    pub events: u64,
+    /// How many files were read to the end.
+    pub files: usize,
+    /// `seq` of the first entry.
+    pub first_seq: Option<u64>,
+    /// `seq` of the last entry that passed.
+    pub last_seq: Option<u64>,
+    /// `prev` of the first entry: all zeros when the files start a chain; otherwise they
+    /// continue one whose earlier part was not given, and that link is not checked.
+    pub start_prev: Option<ChainHash>,
+    /// `hash` of the last entry that passed.
+    pub last_hash: Option<ChainHash>,
+    /// Why verification stopped early, if it did.
+    pub failure: Option<VerifyFailure>,
+}
+
+impl VerifyReport {
+    /// Whether every file was read and the chain is unbroken.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Why verification stopped.
+#[derive(Debug)]
+pub enum VerifyFailure {
+    /// The chain is broken.
+    Broken(ChainBreak),
+    /// A file could not be read, so the chain could not be checked past it.
+    Unreadable(VerifyError),
+}
+
+/// Errors reading the files (as opposed to finding them tampered with).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Reading failed partway.
+    #[error("cannot read {path} (after line {line}): {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The last line read whole.
+        line: u64,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Where and how the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The first sequence number that cannot be vouched for: the `seq` expected at the broken
+    /// line (for the very first line, the `seq` it claims, or 0 if it has none).
+    pub seq: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// The line, from 1.
+    pub line: u64,
+    /// What is wrong.
+    pub kind: BreakKind,
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seq {} at {}:{}: {}", self.seq, self.path.display(), self.line, self.kind)
+    }
+}
+
+/// What is wrong at a [`ChainBreak`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BreakKind {
+    /// The line's hash does not match its content: the entry was edited.
+    HashMismatch {
+        /// The hash stored in the line.
+        stored: ChainHash,
+        /// The hash of its content.
+        computed: ChainHash,
+    },
+    /// The line has another `seq` than the one expected: an entry before it was deleted
+    /// (`found` is larger), or entries were reordered or inserted.
+    SeqMismatch {
+        /// The seq expected.
+        expected: u64,
+        /// The seq in the line.
+        found: u64,
+    },
+    /// The line's `prev` is not the previous entry's hash.
+    PrevMismatch {
+        /// The previous entry's hash.
+        expected: ChainHash,
+        /// The `prev` in the line.
+        found: ChainHash,
+    },
+    /// The line is not an audit entry.
+    Malformed(LineError),
+    /// A line longer than any entry.
+    LineTooLong,
+    /// The file ends without a newline: the last entry was cut short.
+    TornLine,
+    /// The last entry's hash is not the one expected: entries are missing from the end, or the
+    /// chain was rewritten.
+    LastHashMismatch {
+        /// The anchor.
+        expected: ChainHash,
+        /// The last entry's hash.
+        found: ChainHash,
+    },
+    /// The files hold another number of entries than expected.
+    CountMismatch {
+        /// The anchor.
+        expected: u64,
+        /// Entries found.
+        found: u64,
+    },
+}
+
+impl fmt::Display for BreakKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HashMismatch { stored, computed } => write!(
+                f,
+                "hash mismatch: the entry was altered (stored {stored}, content hashes to \
+                 {computed})"
+            ),
+            Self::SeqMismatch { expected, found } if found > expected => write!(
+                f,
+                "found seq {found} where seq {expected} was expected: entries deleted or \
+                 moved"
+            ),
+            Self::SeqMismatch { expected, found } => write!(
+                f,
+                "found seq {found} where seq {expected} was expected: entries inserted, \
+                 repeated or moved"
+            ),
+            Self::PrevMismatch { expected, found } => write!(
+                f,
+                "prev {found} does not link to the previous entry's hash {expected}: the entry \
+                 is from another chain, or files are out of order"
+            ),
+            Self::Malformed(e) => write!(f, "malformed entry: {e}"),
+            Self::LineTooLong => write!(f, "line longer than {MAX_LINE_LEN} bytes"),
+            Self::TornLine => write!(f, "torn line: the file ends in the middle of an entry"),
+            Self::LastHashMismatch { expected, found } => write!(
+                f,
+                "the last entry's hash is {found}, not the expected {expected}: entries are \
+                 missing from the end, or the chain was rewritten"
+            ),
+            Self::CountMismatch { expected, found } => {
+                write!(f, "{found} entries where {expected} were expected")
+            }
+        }
+    }
+}
+
+/// Verifies `files`, in order, as one chain. See [`verify_with`].
+#[must_use]
+pub fn verify(files: &[PathBuf]) -> VerifyReport {
+    verify_with(files, &VerifyOptions::default())
+}
+
+/// Verifies `files`, in order, as one chain, then checks the anchors in `options`. Streams each
+/// file with a fixed-size buffer; never holds more than a buffer's worth.
+#[must_use]
+pub fn verify_with(files: &[PathBuf], options: &VerifyOptions) -> VerifyReport {
+    let mut v = Verifier::default();
+    let mut failure = None;
+    let mut last_place: Option<(PathBuf, u64)> = None;
+    for path in files {
+        match v.file(path) {
+            Ok(lines) => {
+                v.files += 1;
+                last_place = Some((path.clone(), lines));
+            }
+            Err(f) => {
+                failure = Some(f);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        failure = check_anchors(&v, options, last_place).map(VerifyFailure::Broken);
+    }
+    VerifyReport {
+        events: v.events,
+        files: v.files,
+        first_seq: v.first_seq,
+        last_seq: v.head.map(|h| h.next_seq - 1),
+        start_prev: v.start_prev,
+        last_hash: v.head.map(|h| h.prev),
+        failure,
+    }
+}
+
+fn check_anchors(
+    v: &Verifier,
+    options: &VerifyOptions,
+    last_place: Option<(PathBuf, u64)>,
+) -> Option<ChainBreak> {
+    let (path, line) = last_place.unwrap_or_default();
+    let next_seq = v.head.map_or(0, |h| h.next_seq);
+    let at = |seq, kind| ChainBreak {
+        seq,
+        path: path.clone(),
+        line: line + 1,
+        kind,
+    };
+    if let Some(expected) = options.expect_count
+        && expected != v.events
+    {
+        let seq = if v.events < expected {
+            next_seq
+        } else {
+            v.first_seq.unwrap_or(0).saturating_add(expected)
+        };
+        let kind = BreakKind::CountMismatch {
+            expected,
+            found: v.events,
+        };
+        return Some(at(seq, kind));
+    }
+    if let Some(expected) = options.expect_last_hash {
+        let found = v.head.map_or(ChainHash::GENESIS, |h| h.prev);
+        if found != expected {
+            return Some(at(next_seq, BreakKind::LastHashMismatch { expected, found }));
+        }
+    }
+    None
+}
+
+const READ_BUF: usize = 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct Verifier {
+    /// Where the next entry must go; `None` before the first entry.
+    head: Option<ChainHead>,
+    events: u64,
+    files: usize,
+    first_seq: Option<u64>,
+    start_prev: Option<ChainHash>,
+}
+
+impl Verifier {
+    /// Checks one file; returns how many lines it has.
+    fn file(&mut self, path: &Path) -> Result<u64, VerifyFailure> {
+        let mut file = File::open(path).map_err(|source| {
+            VerifyFailure::Unreadable(VerifyError::Open {
+                path: path.to_owned(),
+                source,
+            })
+        })?;
+        // Room for a full buffer of data plus the longest line carried over from the last one.
+        let mut buf = vec![0u8; READ_BUF + MAX_LINE_LEN + 1];
+        let mut filled = 0usize;
+        let mut line_no = 0u64;
+        loop {
+            let got = match file.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(VerifyFailure::Unreadable(VerifyError::Read {
+                        path: path.to_owned(),
+                        line: line_no,
+                        source,
+                    }));
+                }
+            };
+            if got == 0 {
+                if filled > 0 {
+                    let kind = if filled > MAX_LINE_LEN {
+                        BreakKind::LineTooLong
+                    } else {
+                        BreakKind::TornLine
+                    };
+                    return Err(self.broken(path, line_no + 1, None, kind));
+                }
+                return Ok(line_no);
+            }
+            filled += got;
+            let mut start = 0usize;
+            for nl in memchr::memchr_iter(b'\n', &buf[..filled]) {
+                line_no += 1;
+                self.line(&buf[start..nl], path, line_no)?;
+                start = nl + 1;
+            }
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+            if filled > MAX_LINE_LEN {
+                return Err(self.broken(path, line_no + 1, None, BreakKind::LineTooLong));
+            }
+        }
+    }
+
+    fn line(&mut self, line: &[u8], path: &Path, line_no: u64) -> Result<(), VerifyFailure> {
+        let c = check_line(line)
+            .map_err(|e| self.broken(path, line_no, None, BreakKind::Malformed(e)))?;
+        if c.computed != c.stored {
+            let kind = BreakKind::HashMismatch {
+                stored: c.stored,
+                computed: c.computed,
+            };
+            return Err(self.broken(path, line_no, Some(c.seq), kind));
+        }
+        match self.head {
+            None => {
+                if c.prev.is_genesis() && c.seq != 0 {
+                    let kind = BreakKind::SeqMismatch {
+                        expected: 0,
+                        found: c.seq,
+                    };
+                    return Err(self.broken(path, line_no, Some(0), kind));
+                }
+                self.first_seq = Some(c.seq);
+                self.start_prev = Some(c.prev);
+            }
+            Some(head) => {
+                if c.seq != head.next_seq {
+                    let kind = BreakKind::SeqMismatch {
+                        expected: head.next_seq,
+                        found: c.seq,
+                    };
+                    return Err(self.broken(path, line_no, None, kind));
+                }
+                if c.prev != head.prev {
+                    let kind = BreakKind::PrevMismatch {
+                        expected: head.prev,
+                        found: c.prev,
+                    };
+                    return Err(self.broken(path, line_no, None, kind));
+                }
+            }
+        }
+        self.head = Some(ChainHead::after(c.seq, c.stored).ok_or_else(|| {
+            let e = LineError::NotAnEntry {
+                reason: "seq is the largest possible".to_owned(),
+            };
+            self.broken(path, line_no, Some(c.seq), BreakKind::Malformed(e))
+        })?);
+        self.events += 1;
+        Ok(())
+    }
+
+    /// A break at `path:line`. Its seq is the one expected there; before the first entry, the
+    /// one the line claims (`claimed`), or 0.
+    fn broken(&self, path: &Path, line: u64, claimed: Option<u64>, kind: BreakKind) -> VerifyFailure {
+        let seq = match self.head {
+            Some(h) => h.next_seq,
+            None => claimed.unwrap_or(0),
+        };
+        VerifyFailure::Broken(ChainBreak {
+            seq,
+            path: path.to_owned(),
+            line,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

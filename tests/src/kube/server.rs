@@ -1,0 +1,432 @@
+//! The HTTP surface: routing, authentication, the deny switch, discovery and the control
+//! endpoints.
+//!
+//! Resource URLs are parsed by hand rather than with one axum route per shape, so that every
+//! failure — an unknown resource, a wrong verb, a bad body — is answered with a `Status`
+//! object the way kube-apiserver answers it, never with axum's plain-text rejections.
+//!
+//! Control endpoints (admin token only), for the standalone binary and scripts:
+//!
+//! | request | effect |
+//! |---|---|
+//! | `POST /_standin/deny` `{"verb":"patch","resource":"secrets","user":"…"?}` | add a deny rule |
+//! | `GET /_standin/deny` | list the deny rules |
+//! | `POST /_standin/allow-all` | clear every deny rule |
+//! | `POST /_standin/token` `{"namespace","name","audiences"?,"ttlSeconds"?}` | mint a service-account JWT: `{"token": …}` |
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::auth::{self, Attributes, DenyRule, UserInfo};
+use super::objects::{self, ObjectRequest, Query, Reply};
+use super::resources::{self, ResourceKind};
+use super::reviews;
+use super::status::{ApiError, json_response};
+use super::store::Store;
+use super::tokens::{TokenAuthority, TokenSpec};
+
+/// The real server refuses request bodies over 3 MiB.
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// State shared by every request of one stand-in.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub store: Mutex<Store>,
+    pub deny: Mutex<Vec<DenyRule>>,
+    pub tokens: TokenAuthority,
+    pub admin_token: String,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl Shared {
+    /// The store; a panic in another request must not wedge every later one.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn deny_rules(&self) -> MutexGuard<'_, Vec<DenyRule>> {
+        self.deny.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The uid to put in a token for a service account: its stored object's, else a stable
+    /// made-up one.
+    pub fn service_account_uid(&self, namespace: &str, name: &str) -> String {
+        let stored = self
+            .store()
+            .get(&resources::SERVICE_ACCOUNTS, namespace, name)
+            .and_then(|sa| sa.object.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned));
+        stored.unwrap_or_else(|| self.tokens.remembered_uid(namespace, name))
+    }
+
+    /// Mints a token for a service account, bound to a pod when `pod` is given.
+    pub fn issue(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: Option<&str>,
+        audiences: &[&str],
+        ttl: std::time::Duration,
+    ) -> String {
+        let sa_uid = self.service_account_uid(namespace, name);
+        let pod = pod.map(|p| super::tokens::ObjectRef {
+            name: p.to_owned(),
+            uid: uuid::Uuid::new_v4().to_string(),
+        });
+        self.tokens
+            .issue(&TokenSpec {
+                namespace,
+                name,
+                sa_uid: &sa_uid,
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                ttl,
+                pod,
+            })
+            .0
+    }
+
+    /// Authenticates a bearer token for `audiences` (empty: the API's own), as the real
+    /// authenticator chain does: the static admin token, then service-account JWTs, whose
+    /// service account must still exist with the uid in the token.
+    ///
+    /// # Errors
+    /// The reason, worded for TokenReview's `status.error`.
+    pub fn authenticate_token(&self, token: &str, audiences: &[String]) -> Result<(UserInfo, Vec<String>), String> {
+        if auth::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
+            let auds =
+                if audiences.is_empty() { self.tokens.api_audiences().to_vec() } else { audiences.to_vec() };
+            return Ok((UserInfo::admin(), auds));
+        }
+        let subject = self.tokens.verify(token, audiences)?;
+        let k = &subject.claims.kubernetes;
+        let (ns, name, uid) = (&k.namespace, &k.serviceaccount.name, &k.serviceaccount.uid);
+        let stored_uid = self.store().get(&resources::SERVICE_ACCOUNTS, ns, name).map(|sa| {
+            sa.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_owned()
+        });
+        match stored_uid {
+            Some(stored) if stored != *uid => {
+                return Err(format!(
+                    "[invalid bearer token, service account UID ({stored}) does not match claim ({uid})]"
+                ));
+            }
+            None if !self.tokens.is_remembered(ns, name, uid) => {
+                return Err(format!("[invalid bearer token, serviceaccounts {name:?} not found]"));
+            }
+            _ => {}
+        }
+        Ok((UserInfo::from_token(&subject), subject.audiences.clone()))
+    }
+}
+
+/// The router of one stand-in.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        // Unauthenticated, as `system:public-info-viewer` and
+        // `system:service-account-issuer-discovery` make them on real clusters.
+        .route("/healthz", get(ok))
+        .route("/livez", get(ok))
+        .route("/readyz", get(ok))
+        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route("/openid/v1/jwks", get(jwks))
+        .fallback(dispatch)
+        .with_state(shared)
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &shared.tokens.openid_configuration())
+}
+
+async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::to_vec(&shared.tokens.jwks()).unwrap_or_default();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/jwk-set+json")], body).into_response()
+}
+
+/// Everything that needs a user: the API, discovery and the control endpoints.
+async fn dispatch(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = match auth::bearer_token(authorization)
+        .ok_or_else(ApiError::unauthorized)
+        .and_then(|t| shared.authenticate_token(t, &[]).map(|(u, _)| u).map_err(|_| ApiError::unauthorized()))
+    {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::too_large(MAX_BODY_BYTES).into_response(),
+    };
+    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let ctx = RequestContext {
+        method: &method,
+        query: Query::parse(uri.query()),
+        content_type: header_str(header::CONTENT_TYPE),
+        user_agent: header_str(header::USER_AGENT),
+        body: &body,
+        user: &user,
+    };
+    match route(&shared, uri.path(), &ctx) {
+        Ok((code, value)) => json_response(code, &value),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What a handler needs to know about the request besides its path.
+struct RequestContext<'a> {
+    method: &'a Method,
+    query: Query,
+    content_type: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    body: &'a [u8],
+    user: &'a UserInfo,
+}
+
+fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply, ApiError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let discovery = |reply: Option<Value>| -> Result<Reply, ApiError> {
+        if *ctx.method != Method::GET {
+            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", ctx.method)));
+        }
+        reply.map(|v| (StatusCode::OK, v)).ok_or_else(ApiError::no_route)
+    };
+    match segs.as_slice() {
+        ["_standin", rest @ ..] => control(shared, rest, ctx),
+        ["version"] => discovery(Some(version())),
+        ["api"] => discovery(Some(api_versions(shared))),
+        ["apis"] => discovery(Some(api_group_list())),
+        ["apis", group] => discovery(api_group(group)),
+        ["api", "v1"] => discovery(resource_list("", "v1")),
+        ["apis", group, version] => discovery(resource_list(group, version)),
+        ["api", "v1", rest @ ..] => resource_route(shared, "", "v1", rest, ctx),
+        ["apis", group, version, rest @ ..] => resource_route(shared, group, version, rest, ctx),
+        _ => Err(ApiError::no_route()),
+    }
+}
+
+fn resource_route(
+    shared: &Shared,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    ctx: &RequestContext<'_>,
+) -> Result<Reply, ApiError> {
+    let (namespace, plural, name, subresource) = match *rest {
+        ["namespaces", ns, plural] => (Some(ns), plural, None, None),
+        ["namespaces", ns, plural, name] => (Some(ns), plural, Some(name), None),
+        ["namespaces", ns, plural, name, sub] => (Some(ns), plural, Some(name), Some(sub)),
+        [plural] => (None, plural, None, None),
+        [plural, name] => (None, plural, Some(name), None),
+        [plural, name, sub] => (None, plural, Some(name), Some(sub)),
+        _ => return Err(ApiError::no_route()),
+    };
+    let kind = ResourceKind::lookup(group, version, plural).ok_or_else(ApiError::no_route)?;
+    if (!kind.namespaced && namespace.is_some()) || (kind.namespaced && namespace.is_none() && name.is_some()) {
+        return Err(ApiError::no_route());
+    }
+    if subresource.is_some_and(|s| !(kind == &resources::SERVICE_ACCOUNTS && s == "token")) {
+        return Err(ApiError::no_route());
+    }
+    let verb = match (ctx.method.clone(), name.is_some(), subresource.is_some()) {
+        (Method::GET, true, false) => "get",
+        (Method::GET, false, _) if ctx.query.flag("watch") => "watch",
+        (Method::GET, false, _) => "list",
+        (Method::POST, false, _) | (Method::POST, true, true) => "create",
+        (Method::PUT, true, false) => "update",
+        (Method::PATCH, true, false) => "patch",
+        (Method::DELETE, true, false) => "delete",
+        (Method::DELETE, false, _) => "deletecollection",
+        (m, _, _) => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({m})"
+            )));
+        }
+    };
+    auth::authorize(
+        &shared.deny_rules(),
+        ctx.user,
+        &Attributes {
+            verb,
+            group,
+            resource: plural,
+            subresource,
+            namespace,
+            name: name.unwrap_or(""),
+        },
+    )?;
+    if !kind.verbs.contains(&verb) && verb != "watch" {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({})",
+            ctx.method
+        )));
+    }
+
+    if kind == &resources::TOKEN_REVIEWS {
+        return reviews::token_review(shared, ctx.body);
+    }
+    if let (Some(ns), Some(name), Some(_)) = (namespace, name, subresource) {
+        return reviews::token_request(shared, ns, name, ctx.body);
+    }
+    let req = ObjectRequest {
+        kind,
+        namespace,
+        name,
+        query: &ctx.query,
+        content_type: ctx.content_type,
+        user_agent: ctx.user_agent,
+        body: ctx.body,
+    };
+    match verb {
+        "get" => objects::get(shared, &req),
+        "list" | "watch" => objects::list(shared, &req),
+        "create" => objects::create(shared, &req),
+        "update" => objects::update(shared, &req),
+        "patch" => objects::patch(shared, &req),
+        "delete" => objects::delete(shared, &req),
+        _ => objects::delete_collection(shared, &req),
+    }
+}
+
+/// `/_standin/…`: see the module docs.
+fn control(shared: &Shared, rest: &[&str], ctx: &RequestContext<'_>) -> Result<Reply, ApiError> {
+    if !ctx.user.is_admin() {
+        return Err(ApiError::forbidden(
+            "_standin",
+            "",
+            "",
+            "",
+            &format!("User {:?} cannot use the stand-in's control endpoints", ctx.user.username),
+        ));
+    }
+    let body = || -> Result<Value, ApiError> {
+        serde_json::from_slice(ctx.body).map_err(|e| ApiError::bad_request(format!("invalid control request: {e}")))
+    };
+    let rules_json = |rules: &[DenyRule]| {
+        json!({"rules": rules.iter().map(|r| json!({"verb": r.verb, "resource": r.resource, "user": r.user})).collect::<Vec<_>>()})
+    };
+    match (ctx.method.clone(), rest) {
+        (Method::GET, ["deny"]) => Ok((StatusCode::OK, rules_json(&shared.deny_rules()))),
+        (Method::POST, ["deny"]) => {
+            let b = body()?;
+            let field = |k: &str| b.get(k).and_then(Value::as_str).map(str::to_owned);
+            let (Some(verb), Some(resource)) = (field("verb"), field("resource")) else {
+                return Err(ApiError::bad_request("a deny rule needs \"verb\" and \"resource\""));
+            };
+            let mut rules = shared.deny_rules();
+            rules.push(DenyRule { verb, resource, user: field("user") });
+            Ok((StatusCode::OK, rules_json(&rules)))
+        }
+        (Method::POST, ["allow-all"]) => {
+            shared.deny_rules().clear();
+            Ok((StatusCode::OK, rules_json(&[])))
+        }
+        (Method::POST, ["token"]) => {
+            let b = body()?;
+            let field = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
+            let (ns, name) = (field("namespace"), field("name"));
+            if ns.is_empty() || name.is_empty() {
+                return Err(ApiError::bad_request("a token needs \"namespace\" and \"name\""));
+            }
+            let audiences: Vec<&str> = b
+                .get("audiences")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let ttl = b.get("ttlSeconds").and_then(Value::as_u64).unwrap_or(3600);
+            let pod = b.get("pod").and_then(Value::as_str);
+            let token = shared.issue(ns, name, pod, &audiences, std::time::Duration::from_secs(ttl));
+            Ok((StatusCode::OK, json!({"token": token})))
+        }
+        _ => Err(ApiError::no_route()),
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "34",
+        "emulationMajor": "1",
+        "emulationMinor": "34",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "33",
+        "gitVersion": "v1.34.0+keyturn-standin",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-08-27T00:00:00Z",
+        "goVersion": "go1.24.6",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn api_versions(shared: &Shared) -> Value {
+    let address = shared.url.trim_start_matches("http://");
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}],
+    })
+}
+
+fn group_json(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+fn api_group_list() -> Value {
+    let groups: Vec<Value> = ResourceKind::group_versions().into_iter().map(|(g, v)| group_json(g, v)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+fn api_group(group: &str) -> Option<Value> {
+    let (g, v) = ResourceKind::group_versions().into_iter().find(|(g, _)| *g == group)?;
+    let mut body = group_json(g, v);
+    body["kind"] = json!("APIGroup");
+    body["apiVersion"] = json!("v1");
+    Some(body)
+}
+
+fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let mut resources: Vec<Value> = resources::ALL
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+        .map(|k| {
+            let mut r = json!({
+                "name": k.plural,
+                "singularName": k.singular,
+                "namespaced": k.namespaced,
+                "kind": k.kind,
+                "verbs": k.verbs,
+            });
+            if !k.short_names.is_empty() {
+                r["shortNames"] = json!(k.short_names);
+            }
+            r
+        })
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    if group.is_empty() {
+        resources.push(json!({
+            "name": "serviceaccounts/token",
+            "singularName": "",
+            "namespaced": true,
+            "group": "authentication.k8s.io",
+            "version": "v1",
+            "kind": "TokenRequest",
+            "verbs": ["create"],
+        }));
+    }
+    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+}
