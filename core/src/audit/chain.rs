@@ -92,24 +92,38 @@ impl ChainHash {
     }
 
     /// Parses exactly 64 *lowercase* hex digits, the only spelling the writer produces.
+    /// Branch-free over a table, as the verifier calls it twice per line.
     pub(crate) fn from_canonical_hex(s: &[u8]) -> Option<Self> {
-        fn nibble(c: u8) -> Option<u8> {
-            match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            }
-        }
         if s.len() != HASH_HEX_LEN {
             return None;
         }
         let mut out = [0u8; 32];
-        for (i, pair) in s.chunks_exact(2).enumerate() {
-            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+            let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            bad |= hi | lo;
+            *o = (hi << 4) | (lo & 0x0f);
         }
-        Some(Self(out))
+        // Digits map to 0..=15; anything else to 0xff, which sets the high bits.
+        (bad & 0xf0 == 0).then_some(Self(out))
     }
 }
+
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl fmt::Display for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,18 +230,63 @@ pub(crate) struct CheckedLine {
     pub computed: ChainHash,
 }
 
-/// The members the chain checks need; serde skips (but still syntax-checks) the others.
+/// The members the chain checks need, for lines not in the writer's exact layout; serde skips
+/// (but still syntax-checks) the others. Byte slices rather than `&str`: hex needs no UTF-8
+/// check, and the hash covers the bytes anyway.
 #[derive(Deserialize)]
 struct LineView<'a> {
     seq: u64,
     #[serde(borrow)]
-    prev: &'a str,
+    prev: &'a [u8],
     #[serde(borrow)]
-    hash: &'a str,
+    hash: &'a [u8],
+}
+
+/// Every line starts `{"time":"<24 bytes>","seq":<digits>,"actor":{`.
+const TIME_PREFIX: &[u8] = b"{\"time\":\"";
+const TIME_LEN: usize = "2025-01-31T03:00:00.123Z".len();
+const SEQ_PREFIX: &[u8] = b"\",\"seq\":";
+const SEQ_AT: usize = TIME_PREFIX.len() + TIME_LEN + SEQ_PREFIX.len();
+const AFTER_SEQ: &[u8] = b",\"actor\":{";
+/// …and ends `,"prev":"<64 hex>"` followed by the hash member.
+const PREV_MEMBER: &[u8] = b",\"prev\":\"";
+const PREV_TAIL_LEN: usize = PREV_MEMBER.len() + HASH_HEX_LEN + 1 + HASH_TAIL_LEN;
+
+/// `seq` and the `prev` digits of a line in the writer's exact layout, read at their fixed
+/// places without a JSON parser; `None` when the line is laid out any other way.
+fn canonical_fields(line: &[u8]) -> Option<(u64, &[u8])> {
+    let n = line.len();
+    if n < SEQ_AT + 1 + AFTER_SEQ.len() + PREV_TAIL_LEN
+        || !line.starts_with(TIME_PREFIX)
+        || &line[SEQ_AT - SEQ_PREFIX.len()..SEQ_AT] != SEQ_PREFIX
+    {
+        return None;
+    }
+    let prev_at = n - PREV_TAIL_LEN;
+    let digits = line[SEQ_AT..prev_at].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0
+        || (digits > 1 && line[SEQ_AT] == b'0')
+        || !line[SEQ_AT + digits..prev_at].starts_with(AFTER_SEQ)
+        || !line[prev_at..].starts_with(PREV_MEMBER)
+        || line[prev_at + PREV_MEMBER.len() + HASH_HEX_LEN] != b'"'
+    {
+        return None;
+    }
+    let seq = line[SEQ_AT..SEQ_AT + digits].iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
+    let prev_hex = &line[prev_at + PREV_MEMBER.len()..prev_at + PREV_MEMBER.len() + HASH_HEX_LEN];
+    Some((seq, prev_hex))
 }
 
 /// Parses `line` (without its `\n`) just enough for the chain checks, and recomputes its hash
 /// from its bytes.
+///
+/// Lines in the writer's exact layout (all of them, unless edited) are read at fixed places:
+/// `seq` after the fixed-width `time`, `prev` and `hash` at the end. That is what makes the
+/// verifier fast, and it is enough: the hash then covers every byte, so a line whose other
+/// members were changed fails it. Any other line goes through serde, which accepts any member
+/// order and says precisely what is wrong when it is not an entry at all.
 pub(crate) fn check_line(line: &[u8]) -> Result<CheckedLine, LineError> {
     let n = line.len();
     if n < HASH_TAIL_LEN + 1 || !line.ends_with(b"\"}") {
@@ -240,24 +299,29 @@ pub(crate) fn check_line(line: &[u8]) -> Result<CheckedLine, LineError> {
     let hex = &tail[HASH_MEMBER_PREFIX.len()..HASH_MEMBER_PREFIX.len() + HASH_HEX_LEN];
     let stored = ChainHash::from_canonical_hex(hex).ok_or(LineError::NoHashMember)?;
 
-    let view: LineView<'_> = serde_json::from_slice(line).map_err(|e| LineError::NotAnEntry {
-        reason: e.to_string(),
-    })?;
-    // serde rejects a duplicated `hash`, so the member parsed is the trailing one we cut.
-    if view.hash.as_bytes() != hex {
-        return Err(LineError::NoHashMember);
-    }
-    let prev = ChainHash::from_canonical_hex(view.prev.as_bytes()).ok_or_else(|| {
-        LineError::NotAnEntry {
-            reason: "\"prev\" is not 64 lowercase hex digits".to_owned(),
+    let (seq, prev_hex) = match canonical_fields(line) {
+        Some(fields) => fields,
+        None => {
+            let view: LineView<'_> =
+                serde_json::from_slice(line).map_err(|e| LineError::NotAnEntry {
+                    reason: e.to_string(),
+                })?;
+            // serde rejects a duplicated `hash`, so the member parsed is the trailing one cut.
+            if view.hash != hex {
+                return Err(LineError::NoHashMember);
+            }
+            (view.seq, view.prev)
         }
+    };
+    let prev = ChainHash::from_canonical_hex(prev_hex).ok_or_else(|| LineError::NotAnEntry {
+        reason: "\"prev\" is not 64 lowercase hex digits".to_owned(),
     })?;
 
     let mut h = Sha256::new();
     h.update(&line[..n - HASH_TAIL_LEN]);
     h.update(b"}");
     Ok(CheckedLine {
-        seq: view.seq,
+        seq,
         prev,
         stored,
         computed: ChainHash(h.finalize().into()),
@@ -361,6 +425,47 @@ mod tests {
         let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
         let forged = text.replacen("{\"time\"", &format!("{{\"hash\":\"{hash}\",\"time\""), 1);
         assert!(matches!(check_line(forged.as_bytes()), Err(LineError::NotAnEntry { .. })));
+    }
+
+    #[test]
+    fn the_fixed_layout_and_serde_read_the_same_seq_and_prev() {
+        let prev = ChainHash::of(b"p");
+        let (line, _) = sealed_line(ChainHead {
+            next_seq: 1_234_567,
+            prev,
+        });
+        let line = &line[..line.len() - 1];
+        let (seq, prev_hex) = canonical_fields(line).expect("the writer's own layout");
+        assert_eq!((seq, prev_hex), (1_234_567, prev.to_hex().as_bytes()));
+        let view: LineView<'_> = serde_json::from_slice(line).unwrap();
+        assert_eq!((view.seq, view.prev), (seq, prev_hex));
+    }
+
+    #[test]
+    fn lines_in_another_layout_are_read_by_serde() {
+        let (line, hash) = sealed_line(ChainHead::GENESIS);
+        let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
+        // Members reordered: still an entry, but not the bytes that were hashed.
+        let moved = text.replacen("\"seq\":0,", "", 1).replacen("\"action\"", "\"seq\":0,\"action\"", 1);
+        assert_eq!(canonical_fields(moved.as_bytes()), None);
+        let c = check_line(moved.as_bytes()).unwrap();
+        assert_eq!((c.seq, c.stored), (0, hash));
+        assert_ne!(c.computed, hash);
+        // A leading zero is not the writer's layout either.
+        let zero = text.replacen("\"seq\":0,", "\"seq\":00,", 1);
+        assert_eq!(canonical_fields(zero.as_bytes()), None);
+        assert!(check_line(zero.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_seq_too_large_for_u64_is_not_an_entry() {
+        let (line, _) = sealed_line(ChainHead {
+            next_seq: 7,
+            prev: ChainHash::GENESIS,
+        });
+        let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
+        let huge = text.replacen("\"seq\":7,", "\"seq\":99999999999999999999999,", 1);
+        assert!(matches!(check_line(huge.as_bytes()), Err(LineError::NotAnEntry { .. })));
     }
 
     #[test]

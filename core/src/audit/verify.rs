@@ -14,7 +14,9 @@
 //!    by another chain's, or files were given out of order).
 //!
 //! Only `seq`, `prev` and `hash` are decoded; the other members are syntax-checked by serde
-//! and hashed as bytes, never re-serialized (see [`chain`](super::chain)).
+//! and hashed as bytes, never re-serialized (see [`chain`](super::chain)). Files are read in
+//! rounds of a few MiB; the lines of a round are parsed and hashed on all cores, then linked in
+//! order, so memory stays bounded however large the files are.
 //!
 //! # What a hash chain cannot tell
 //!
@@ -33,7 +35,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::chain::{ChainHash, ChainHead, LineError, check_line};
+use super::chain::{ChainHash, ChainHead, CheckedLine, LineError, check_line};
 use super::tail::MAX_LINE_LEN;
 
 /// Optional anchors: facts about the chain kept somewhere the files' writer cannot reach.
@@ -286,7 +288,16 @@ fn check_anchors(
     None
 }
 
-const READ_BUF: usize = 1024 * 1024;
+/// Bytes read per round. Each round's complete lines are checked in parallel, then linked in
+/// order.
+const READ_BUF: usize = 4 * 1024 * 1024;
+
+/// Below this many bytes a round is checked on one thread: a thread would cost more than it
+/// saves.
+const PARALLEL_MIN: usize = 256 * 1024;
+
+/// The most threads used to check lines.
+const MAX_THREADS: usize = 8;
 
 #[derive(Debug, Default)]
 struct Verifier {
@@ -300,6 +311,10 @@ struct Verifier {
 
 impl Verifier {
     /// Checks one file; returns how many lines it has.
+    ///
+    /// Hashing and parsing a line depend on that line alone, so they run in parallel over a
+    /// round of lines ([`check_lines`]); linking (`seq`, `prev`) then walks the results in
+    /// order.
     fn file(&mut self, path: &Path) -> Result<u64, VerifyFailure> {
         let mut file = File::open(path).map_err(|source| {
             VerifyFailure::Unreadable(VerifyError::Open {
@@ -307,51 +322,58 @@ impl Verifier {
                 source,
             })
         })?;
-        // Room for a full buffer of data plus the longest line carried over from the last one.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(MAX_THREADS);
+        // Room for a round of data plus the longest line carried over from the last one.
         let mut buf = vec![0u8; READ_BUF + MAX_LINE_LEN + 1];
         let mut filled = 0usize;
         let mut line_no = 0u64;
+        let mut eof = false;
+        let mut checked = Vec::new();
         loop {
-            let got = match file.read(&mut buf[filled..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(VerifyFailure::Unreadable(VerifyError::Read {
-                        path: path.to_owned(),
-                        line: line_no,
-                        source,
-                    }));
+            while filled < buf.len() && !eof {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(VerifyFailure::Unreadable(VerifyError::Read {
+                            path: path.to_owned(),
+                            line: line_no,
+                            source,
+                        }));
+                    }
                 }
-            };
-            if got == 0 {
-                if filled > 0 {
-                    let kind = if filled > MAX_LINE_LEN {
-                        BreakKind::LineTooLong
-                    } else {
-                        BreakKind::TornLine
-                    };
-                    return Err(self.broken(path, line_no + 1, None, kind));
-                }
-                return Ok(line_no);
             }
-            filled += got;
-            let mut start = 0usize;
-            for nl in memchr::memchr_iter(b'\n', &buf[..filled]) {
+            let end = memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1);
+            check_lines(&buf[..end], &mut checked, threads);
+            for result in checked.drain(..) {
                 line_no += 1;
-                self.line(&buf[start..nl], path, line_no)?;
-                start = nl + 1;
+                self.line(result, path, line_no)?;
             }
-            buf.copy_within(start..filled, 0);
-            filled -= start;
+            buf.copy_within(end..filled, 0);
+            filled -= end;
             if filled > MAX_LINE_LEN {
                 return Err(self.broken(path, line_no + 1, None, BreakKind::LineTooLong));
+            }
+            if eof {
+                if filled > 0 {
+                    return Err(self.broken(path, line_no + 1, None, BreakKind::TornLine));
+                }
+                return Ok(line_no);
             }
         }
     }
 
-    fn line(&mut self, line: &[u8], path: &Path, line_no: u64) -> Result<(), VerifyFailure> {
-        let c = check_line(line)
-            .map_err(|e| self.broken(path, line_no, None, BreakKind::Malformed(e)))?;
+    /// Links one checked line onto the chain.
+    fn line(
+        &mut self,
+        checked: Result<CheckedLine, LineError>,
+        path: &Path,
+        line_no: u64,
+    ) -> Result<(), VerifyFailure> {
+        let c = checked.map_err(|e| self.broken(path, line_no, None, BreakKind::Malformed(e)))?;
         if c.computed != c.stored {
             let kind = BreakKind::HashMismatch {
                 stored: c.stored,
@@ -412,6 +434,46 @@ impl Verifier {
             kind,
         })
     }
+}
+
+/// Checks each line of `data` (whole lines, each ending in `\n`), appending the results to
+/// `out` in order. Splits `data` at line boundaries over up to `threads` threads.
+fn check_lines(data: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>, threads: usize) {
+    fn each(part: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>) {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', part) {
+            out.push(check_line(&part[start..nl]));
+            start = nl + 1;
+        }
+    }
+    if threads <= 1 || data.len() < PARALLEL_MIN {
+        each(data, out);
+        return;
+    }
+    let mut bounds = vec![0];
+    for k in 1..threads {
+        let from = (data.len() * k / threads).max(bounds[k - 1]);
+        let cut = memchr::memchr(b'\n', &data[from..]).map_or(data.len(), |i| from + i + 1);
+        bounds.push(cut);
+    }
+    bounds.push(data.len());
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = bounds[1..]
+            .windows(2)
+            .map(|w| {
+                let part = &data[w[0]..w[1]];
+                scope.spawn(move || {
+                    let mut v = Vec::new();
+                    each(part, &mut v);
+                    v
+                })
+            })
+            .collect();
+        each(&data[..bounds[1]], out);
+        for helper in helpers {
+            out.extend(helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+    });
 }
 
 #[cfg(test)]

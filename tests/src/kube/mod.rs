@@ -1,1 +1,292 @@
-//! Kubernetes API stand-in (being written).
+//! A Kubernetes API stand-in for keyturn's tests, and [`TestCluster`], which gives a test
+//! either a fresh stand-in or a real cluster.
+//!
+//! No kube-apiserver can be installed where keyturn's tests run, so [`KubeStandin`] serves the
+//! real Kubernetes JSON HTTP API for exactly the subset keyturn uses, over plain HTTP on
+//! loopback, and **rejects what the real server rejects**, with the same codes, reasons and
+//! messages. A test that passes here should pass against a real cluster, which is why
+//! end-to-end tests go through [`TestCluster`] and also run against one when
+//! `KEYTURN_TEST_KUBECONFIG` is set.
+//!
+//! Served (all namespaced except TokenReview):
+//!
+//! | resource | verbs |
+//! |---|---|
+//! | core/v1 `secrets` | get, list, create, update, patch (merge, JSON, strategic, apply), delete, deletecollection |
+//! | core/v1 `serviceaccounts` (+ `token` subresource) | same; `token`: create (TokenRequest) |
+//! | apps/v1 `deployments`, `statefulsets` | same |
+//! | coordination.k8s.io/v1 `leases` | same |
+//! | authentication.k8s.io/v1 `tokenreviews` | create |
+//!
+//! plus `/version`, `/api`, `/apis` discovery, `/.well-known/openid-configuration` and
+//! `/openid/v1/jwks`. What each rule is and where it deliberately differs from the real
+//! server is documented in the module that enforces it: [`status`] (error bodies),
+//! `secrets`, `apps`, `kinds` (the write pipeline), `managed` (server-side apply), `patch`,
+//! `auth` (401 and the deny switch), `tokens` and `reviews` (JWTs, TokenReview).
+//!
+//! Not served: watch (answers 405), namespaces as objects (any namespace name just works),
+//! pagination (`limit` is ignored), protobuf, admission webhooks, finalizers and graceful
+//! deletion, and list-merge semantics of strategic merge patch and apply on lists.
+
+mod apps;
+mod auth;
+mod cluster;
+mod kinds;
+mod managed;
+mod objects;
+mod patch;
+mod resources;
+mod reviews;
+mod secrets;
+mod selectors;
+mod server;
+pub(crate) mod status;
+mod store;
+mod tokens;
+mod validation;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use cluster::{REAL_CLUSTER_ENV, TestCluster};
+pub use server::RecordedRequest;
+
+use auth::DenyRule;
+use server::Shared;
+use store::Store;
+use tokens::TokenAuthority;
+
+/// The service account whose token [`KubeStandin::token_reviewer_jwt`] mints.
+pub const TOKEN_REVIEWER_NAMESPACE: &str = "kube-system";
+/// See [`TOKEN_REVIEWER_NAMESPACE`].
+pub const TOKEN_REVIEWER_NAME: &str = "keyturn-token-reviewer";
+
+/// A running stand-in API server on a loopback port. Dropping it stops the server.
+pub struct KubeStandin {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ca_pem: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for KubeStandin {
+    // Never prints the admin token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStandin").field("url", &self.shared.url).finish_non_exhaustive()
+    }
+}
+
+impl KubeStandin {
+    /// Starts a stand-in on a free port of 127.0.0.1.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a stand-in on `addr`, which must be a loopback address (port 0: any free one).
+    ///
+    /// # Errors
+    /// When `addr` is not loopback (the stand-in has no TLS and trusts its admin token) or
+    /// cannot be bound.
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "the Kubernetes stand-in only listens on loopback, not on {addr}"
+        );
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            deny: Mutex::new(Vec::new()),
+            tokens: TokenAuthority::new(&url)?,
+            admin_token: {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+            },
+            url,
+            log: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = server::router(Arc::clone(&shared));
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = served.await {
+                tracing::warn!(error = %e, "Kubernetes stand-in stopped");
+            }
+        });
+        Ok(Self { shared, addr, ca_pem: placeholder_ca_pem()?, shutdown: Some(tx) })
+    }
+
+    /// `http://127.0.0.1:PORT`: the API server URL, also OpenBao's `kubernetes_host` and the
+    /// tokens' issuer.
+    pub fn url(&self) -> String {
+        self.shared.url.clone()
+    }
+
+    /// A CA certificate (PEM) to configure clients that insist on one, such as OpenBao's
+    /// kubernetes auth (`kubernetes_ca_cert`; outside a pod it refuses a config without one).
+    /// The stand-in speaks plain HTTP, so nothing is ever verified against it.
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bearer token of the kubeconfig's user, `kubernetes-admin`.
+    pub fn admin_token(&self) -> String {
+        self.shared.admin_token.clone()
+    }
+
+    /// A kubeconfig with one cluster, one token user and one current context (`default`
+    /// namespace), loadable by kubectl, kube-rs and client-go.
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: keyturn-standin\n  cluster:\n    server: {url}\ncontexts:\n- name: keyturn-standin\n  context:\n    cluster: keyturn-standin\n    user: {user}\n    namespace: default\ncurrent-context: keyturn-standin\nusers:\n- name: {user}\n  user:\n    token: {token}\npreferences: {{}}\n",
+            url = self.shared.url,
+            user = auth::ADMIN_USER,
+            token = self.shared.admin_token,
+        )
+    }
+
+    /// Writes [`Self::kubeconfig_yaml`] to `path`, readable by the owner only (it holds the
+    /// admin token).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(self.kubeconfig_yaml().as_bytes())?;
+        Ok(())
+    }
+
+    /// A kube-rs client for the admin user, built from [`Self::kubeconfig_yaml`] so that the
+    /// kubeconfig itself is exercised.
+    ///
+    /// # Errors
+    /// When kube-rs cannot load the kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A kube-rs client that authenticates with `token` (e.g. a service-account JWT).
+    ///
+    /// # Errors
+    /// When the client cannot be built.
+    pub fn client_with_token(&self, token: &str) -> anyhow::Result<kube::Client> {
+        let mut config = kube::Config::new(self.shared.url.parse()?);
+        config.auth_info.token = Some(secrecy::SecretString::from(token.to_owned()));
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A projected service-account token for `namespace/name`, signed by this stand-in, valid
+    /// for `ttl` from now. Empty `audiences`: the API server's own audience (the issuer URL),
+    /// which is also what a role without `audience` makes OpenBao review against.
+    pub fn issue_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        ttl: Duration,
+    ) -> String {
+        self.shared.issue(namespace, name, None, audiences, ttl)
+    }
+
+    /// Like [`Self::issue_service_account_token`], bound to a pod (the token carries
+    /// `kubernetes.io.pod`), as the token a kubelet projects into a pod is.
+    pub fn issue_pod_service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        audiences: &[&str],
+        ttl: Duration,
+    ) -> String {
+        self.shared.issue(namespace, service_account, Some(pod), audiences, ttl)
+    }
+
+    /// A day-long token for `kube-system/keyturn-token-reviewer`, to give OpenBao's
+    /// kubernetes auth as `token_reviewer_jwt`. The stand-in lets any authenticated user
+    /// create TokenReviews (unless denied), as `system:auth-delegator` would.
+    pub fn token_reviewer_jwt(&self) -> String {
+        self.issue_service_account_token(
+            TOKEN_REVIEWER_NAMESPACE,
+            TOKEN_REVIEWER_NAME,
+            &[],
+            Duration::from_secs(24 * 3600),
+        )
+    }
+
+    /// Makes every request for `verb` on `resource` answer 403, as RBAC would for a user
+    /// without that grant. `verb`: `get`, `list`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection` or `*`; `resource`: `secrets`, `deployments` (or
+    /// `deployments.apps`), `leases`, `tokenreviews`, `serviceaccounts/token`, … or `*`.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.shared.deny_rules().push(DenyRule {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+            user: None,
+        });
+    }
+
+    /// Like [`Self::deny`], for one user only (`system:serviceaccount:NS:NAME` or
+    /// `kubernetes-admin`), so other clients keep working.
+    pub fn deny_user(&self, user: &str, verb: &str, resource: &str) {
+        self.shared.deny_rules().push(DenyRule {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+            user: Some(user.to_owned()),
+        });
+    }
+
+    /// Every authenticated request on a resource so far, in order: what a real server's audit
+    /// log would show. Lets a test check what a client did (and was answered), e.g. that
+    /// OpenBao's TokenReview was refused.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Removes every deny rule.
+    pub fn allow_all(&self) {
+        self.shared.deny_rules().clear();
+    }
+}
+
+/// A fresh self-signed CA certificate; see [`KubeStandin::ca_pem`].
+fn placeholder_ca_pem() -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "keyturn-kube-standin-ca");
+    Ok(params.self_signed(&key)?.pem())
+}
+
+impl Drop for KubeStandin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

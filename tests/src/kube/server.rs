@@ -35,6 +35,10 @@ use super::tokens::{TokenAuthority, TokenSpec};
 /// The real server refuses request bodies over 3 MiB.
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// What the real server answers aggregated discovery with; kube-rs checks it.
+const AGGREGATED_DISCOVERY_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
 /// State shared by every request of one stand-in.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -44,6 +48,23 @@ pub(crate) struct Shared {
     pub admin_token: String,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// Every authenticated resource request, in order.
+    pub log: Mutex<Vec<RecordedRequest>>,
+}
+
+/// One authenticated request on a resource, as the audit log of a real server would show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// `get`, `list`, `create`, `update`, `patch`, `delete`, `deletecollection`, `watch`.
+    pub verb: String,
+    /// `secrets`, `deployments`, `tokenreviews`, `serviceaccounts/token`, …
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// `kubernetes-admin` or `system:serviceaccount:NS:NAME`.
+    pub user: String,
+    /// The HTTP status answered.
+    pub code: u16,
 }
 
 impl Shared {
@@ -172,10 +193,15 @@ async fn dispatch(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, h
         query: Query::parse(uri.query()),
         content_type: header_str(header::CONTENT_TYPE),
         user_agent: header_str(header::USER_AGENT),
+        aggregated: header_str(header::ACCEPT).is_some_and(|a| a.contains("as=APIGroupDiscoveryList")),
         body: &body,
         user: &user,
     };
     match route(&shared, uri.path(), &ctx) {
+        Ok((code, value)) if value.get("kind").and_then(Value::as_str) == Some("APIGroupDiscoveryList") => {
+            let body = serde_json::to_vec(&value).unwrap_or_default();
+            (code, [(header::CONTENT_TYPE, AGGREGATED_DISCOVERY_CONTENT_TYPE)], body).into_response()
+        }
         Ok((code, value)) => json_response(code, &value),
         Err(e) => e.into_response(),
     }
@@ -187,6 +213,8 @@ struct RequestContext<'a> {
     query: Query,
     content_type: Option<&'a str>,
     user_agent: Option<&'a str>,
+    /// The client asked for aggregated discovery (`apidiscovery.k8s.io/v2`).
+    aggregated: bool,
     body: &'a [u8],
     user: &'a UserInfo,
 }
@@ -202,6 +230,8 @@ fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply,
     match segs.as_slice() {
         ["_standin", rest @ ..] => control(shared, rest, ctx),
         ["version"] => discovery(Some(version())),
+        ["api"] if ctx.aggregated => discovery(Some(aggregated_discovery(true))),
+        ["apis"] if ctx.aggregated => discovery(Some(aggregated_discovery(false))),
         ["api"] => discovery(Some(api_versions(shared))),
         ["apis"] => discovery(Some(api_group_list())),
         ["apis", group] => discovery(api_group(group)),
@@ -251,13 +281,39 @@ fn resource_route(
             )));
         }
     };
+    let result = serve_resource(shared, kind, verb, namespace, name, subresource, ctx);
+    let code = match &result {
+        Ok((code, _)) => code.as_u16(),
+        Err(e) => e.code,
+    };
+    shared.log.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedRequest {
+        verb: verb.to_owned(),
+        resource: subresource.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}")),
+        namespace: namespace.map(str::to_owned),
+        name: name.map(str::to_owned),
+        user: ctx.user.username.clone(),
+        code,
+    });
+    result
+}
+
+/// Authorizes and serves one resource request.
+fn serve_resource(
+    shared: &Shared,
+    kind: &'static ResourceKind,
+    verb: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    subresource: Option<&str>,
+    ctx: &RequestContext<'_>,
+) -> Result<Reply, ApiError> {
     auth::authorize(
         &shared.deny_rules(),
         ctx.user,
         &Attributes {
             verb,
-            group,
-            resource: plural,
+            group: kind.group,
+            resource: kind.plural,
             subresource,
             namespace,
             name: name.unwrap_or(""),
@@ -429,4 +485,48 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
     }
     let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+}
+
+/// `apidiscovery.k8s.io/v2` for `/api` (`core`) or `/apis`, which kube-rs'
+/// `Discovery::run_aggregated` asks for.
+fn aggregated_discovery(core: bool) -> Value {
+    let groups: Vec<(&str, &str)> = if core {
+        vec![("", "v1")]
+    } else {
+        ResourceKind::group_versions()
+    };
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(group, version)| {
+            let resources: Vec<Value> = resources::ALL
+                .iter()
+                .filter(|k| k.group == group && k.version == version)
+                .map(|k| {
+                    let mut r = json!({
+                        "resource": k.plural,
+                        "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                        "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": k.singular,
+                        "verbs": k.verbs,
+                    });
+                    if !k.short_names.is_empty() {
+                        r["shortNames"] = json!(k.short_names);
+                    }
+                    if **k == resources::SERVICE_ACCOUNTS {
+                        r["subresources"] = json!([{
+                            "subresource": "token",
+                            "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"},
+                            "verbs": ["create"],
+                        }]);
+                    }
+                    r
+                })
+                .collect();
+            json!({
+                "metadata": {"name": group},
+                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+            })
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

@@ -231,7 +231,6 @@ pub(crate) fn expect_type(
     let ok = match want {
         JsonType::String => value.is_string() || value.is_null(),
         JsonType::Bool => value.is_boolean() || value.is_null(),
-        JsonType::Object => value.is_object() || value.is_null(),
         JsonType::StringMap => match value {
             Value::Null => true,
             Value::Object(m) => m.values().all(|v| v.is_string() || v.is_null()),
@@ -257,7 +256,6 @@ pub(crate) fn expect_type(
 pub(crate) enum JsonType {
     String,
     Bool,
-    Object,
     /// `map[string]string` / `map[string][]byte` (values are strings on the wire).
     StringMap,
 }

@@ -1,0 +1,124 @@
+//! The command line. Every flag is also an environment variable, as Kubernetes manifests
+//! prefer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::FalseyValueParser;
+
+use crate::write::Owner;
+
+/// keyturn-init: log in to Vault, write a pod's secrets into a memory-backed directory, exit.
+///
+/// Exit codes: 0 ok, 64 usage/config, 66 secret path not found, 69 Vault unavailable past
+/// the deadline, 70 internal, 74 output-directory I/O, 77 permission denied.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "keyturn-init", version, about, long_about = None)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifest", "manifest_inline", "annotations"])))]
+pub struct Cli {
+    /// The manifest file (YAML or JSON).
+    #[arg(long, env = "KEYTURN_INIT_MANIFEST", value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// The manifest itself, inline (for an env var set from a ConfigMap).
+    #[arg(long, env = "KEYTURN_INIT_MANIFEST_INLINE", value_name = "YAML")]
+    pub manifest_inline: Option<String>,
+
+    /// Vault Agent Injector annotations: the pod's annotations file from the downward API.
+    #[arg(long, env = "KEYTURN_INIT_ANNOTATIONS", value_name = "FILE")]
+    pub annotations: Option<PathBuf>,
+
+    /// The output directory; must exist, and be tmpfs or ramfs unless --allow-disk.
+    #[arg(long, env = "KEYTURN_INIT_OUT", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Total time for login and every fetch (e.g. 60s, 1m30s, 500ms).
+    #[arg(long, env = "KEYTURN_INIT_DEADLINE", value_name = "DURATION", default_value = "60s", value_parser = parse_deadline)]
+    pub deadline: Duration,
+
+    /// Allow an output directory on a disk-backed filesystem.
+    #[arg(long, env = "KEYTURN_INIT_ALLOW_DISK", value_parser = FalseyValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
+    pub allow_disk: bool,
+
+    /// Do not revoke the Vault token; write it (mode 0400) to FILE for a sidecar. A relative
+    /// FILE is inside the output directory.
+    #[arg(long, env = "KEYTURN_INIT_KEEP_TOKEN", value_name = "FILE")]
+    pub keep_token: Option<PathBuf>,
+
+    /// Owner of the written files (numeric).
+    #[arg(long, env = "KEYTURN_INIT_OWNER", value_name = "UID:GID", value_parser = parse_owner)]
+    pub owner: Option<Owner>,
+
+    /// Append audit events to FILE (hash-chained JSON lines, fsynced).
+    #[arg(long, env = "KEYTURN_AUDIT_FILE", value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
+
+    /// Write audit events to stdout (the default when no --audit-file is given).
+    #[arg(long, env = "KEYTURN_AUDIT_STDOUT", value_parser = FalseyValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
+    pub audit_stdout: bool,
+
+    /// The pod's name, for audit events (downward API `metadata.name`).
+    #[arg(long, env = "KEYTURN_POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// Log filter for stderr (JSON lines): error, warn, info, debug, or a tracing filter.
+    #[arg(long, env = "KEYTURN_LOG", value_name = "FILTER", default_value = "warn")]
+    pub log: String,
+}
+
+/// Parses a deadline: a humantime duration above zero.
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_deadline(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 60s, 1m30s, 500ms)"))?;
+    if d.is_zero() {
+        return Err("the deadline must be above zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses `UID:GID`, both numeric.
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_owner(s: &str) -> Result<Owner, String> {
+    let bad = || format!("{s:?} is not UID:GID (numbers, e.g. 1000:1000)");
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    Ok(Owner { uid: u.parse().map_err(|_| bad())?, gid: g.parse().map_err(|_| bad())? })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let c = Cli::try_parse_from(["keyturn-init", "--manifest", "m.yaml", "--out", "/dev/shm/x"]).unwrap();
+        assert_eq!(c.deadline, Duration::from_secs(60));
+        assert!(!c.allow_disk && !c.audit_stdout);
+        let c = Cli::try_parse_from([
+            "keyturn-init", "--annotations", "a", "--out", "o", "--deadline", "2s", "--allow-disk", "--owner", "1:2",
+        ])
+        .unwrap();
+        assert_eq!(c.deadline, Duration::from_secs(2));
+        assert!(c.allow_disk);
+        assert_eq!(c.owner, Some(Owner { uid: 1, gid: 2 }));
+    }
+
+    #[test]
+    fn exactly_one_manifest_source_is_required() {
+        assert!(Cli::try_parse_from(["keyturn-init", "--out", "o"]).is_err());
+        assert!(Cli::try_parse_from(["keyturn-init", "--out", "o", "--manifest", "m", "--annotations", "a"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse_deadline("0s").is_err());
+        assert!(parse_deadline("soon").is_err());
+        assert!(parse_owner("root:root").is_err());
+        assert!(parse_owner("1000").is_err());
+    }
+}

@@ -1,0 +1,680 @@
+//! The manifest: which secrets a pod gets, and how keyturn-init logs in to fetch them.
+//!
+//! ```yaml
+//! vault:                                   # optional block; defaults shown
+//!   address: https://vault.example:8200    # else VAULT_ADDR
+//!   namespace: team-a                      # else VAULT_NAMESPACE
+//!   auth: kubernetes                       # kubernetes | jwt | approle | token
+//!   role: orders-api                       # kubernetes (required), jwt (optional)
+//!   mount: kubernetes                      # the auth mount; default: the auth method's name
+//!   jwt-file: /var/run/secrets/kubernetes.io/serviceaccount/token   # kubernetes, jwt
+//!   role-id: 5f2c…                         # approle: role-id or role-id-file
+//!   role-id-file: /etc/approle/role-id
+//!   secret-id-file: /etc/approle/secret-id # approle (required)
+//!   token-file: /etc/vault/token           # token: else VAULT_TOKEN, else ~/.vault-token
+//! secrets:
+//!   - path: secret/data/orders/db          # Vault API path (KV v2 includes data/)
+//!     file: db.env                         # relative to the output directory; no .., not absolute
+//!     format: env                          # raw | env | json | yaml | template
+//!     key: password                        # one field only (raw: required unless the secret has one field)
+//!     mode: "0400"                         # octal; default 0400
+//!     version: 3                           # KV v2: pin a version
+//!     engine: kv2                          # kv1 | kv2 | dynamic; default: asked of Vault
+//!     template: |                          # format template (implied when template: is set)
+//!       postgres://{{ .user }}:{{ .password | urlquery }}@db/orders
+//! ```
+//!
+//! `format` defaults to `template` when `template:` is set, else `raw` when `key:` is set,
+//! else `json`. The manifest is YAML (or JSON, which is YAML too). Every problem is
+//! reported as `SOURCE:LINE:COLUMN: message`, all of them at once, before any network call.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::exit::{ExitCode, HasExitCode};
+use crate::fetch::Engine;
+use crate::paths::RelPath;
+use crate::template::Template;
+
+/// Default mode of secret files.
+pub const DEFAULT_MODE: u32 = 0o400;
+
+/// A validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Where it came from (a file name, `KEYTURN_INIT_MANIFEST_INLINE`, an annotations
+    /// file), for messages.
+    pub origin: String,
+    /// How to reach and log in to Vault.
+    pub vault: VaultSpec,
+    /// The files to write.
+    pub secrets: Vec<SecretSpec>,
+}
+
+/// A position in the manifest (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    /// Line.
+    pub line: u32,
+    /// Column.
+    pub col: u32,
+}
+
+impl Loc {
+    fn of<T>(s: &Spanned<T>) -> Self {
+        Self { line: s.referenced.line(), col: s.referenced.column() }
+    }
+}
+
+/// The `vault:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultSpec {
+    /// Overrides `VAULT_ADDR`.
+    pub address: Option<String>,
+    /// Overrides `VAULT_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// How to log in.
+    pub auth: AuthSpec,
+}
+
+/// How to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSpec {
+    /// The pod's service-account token, checked by Vault with TokenReview.
+    Kubernetes {
+        /// Auth mount.
+        mount: String,
+        /// Vault role.
+        role: String,
+        /// Service-account token file.
+        jwt_file: PathBuf,
+    },
+    /// A JWT Vault checks against a JWKS or OIDC discovery.
+    Jwt {
+        /// Auth mount.
+        mount: String,
+        /// Vault role, or the mount's default.
+        role: Option<String>,
+        /// The JWT file.
+        jwt_file: PathBuf,
+    },
+    /// AppRole.
+    AppRole {
+        /// Auth mount.
+        mount: String,
+        /// The role id.
+        role_id: RoleId,
+        /// The secret id file.
+        secret_id_file: PathBuf,
+    },
+    /// A token given to the process. It is the caller's, so keyturn-init does not revoke it.
+    Token {
+        /// The token file, else `VAULT_TOKEN` / `~/.vault-token`.
+        token_file: Option<PathBuf>,
+    },
+}
+
+/// An AppRole role id, inline or in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleId {
+    /// Given in the manifest.
+    Inline(String),
+    /// Read from a file.
+    File(PathBuf),
+}
+
+/// How a file's content is made from the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// One field's bytes.
+    Raw,
+    /// `NAME='value'` lines.
+    Env,
+    /// A JSON object.
+    Json,
+    /// YAML `"name": "value"` lines.
+    Yaml,
+    /// A template (see [`crate::template`]).
+    Template(Template),
+}
+
+/// One file to write.
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    /// Where the entry starts in the manifest.
+    pub at: Loc,
+    /// The Vault path, normalized.
+    pub path: String,
+    /// A pinned KV v2 version.
+    pub version: Option<u64>,
+    /// The engine, if given.
+    pub engine: Option<Engine>,
+    /// One field only.
+    pub key: Option<String>,
+    /// The file, relative to the output directory.
+    pub file: RelPath,
+    /// How to render.
+    pub format: Format,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// One problem with a manifest, located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The manifest could not be read at all.
+    #[error("{origin}: {message}")]
+    Unreadable {
+        /// The file.
+        origin: String,
+        /// Why.
+        message: String,
+    },
+    /// A problem at a position.
+    #[error("{origin}:{}:{}: {message}", at.line, at.col)]
+    At {
+        /// The file.
+        origin: String,
+        /// Where.
+        at: Loc,
+        /// What.
+        message: String,
+    },
+}
+
+impl HasExitCode for ManifestError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Usage
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    vault: Option<Spanned<RawVault>>,
+    secrets: Spanned<Vec<Spanned<RawSecret>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawVault {
+    address: Option<Spanned<String>>,
+    namespace: Option<String>,
+    auth: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+    mount: Option<Spanned<String>>,
+    jwt_file: Option<Spanned<String>>,
+    role_id: Option<Spanned<String>>,
+    role_id_file: Option<Spanned<String>>,
+    secret_id_file: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    path: Spanned<String>,
+    file: Spanned<String>,
+    key: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    template: Option<Spanned<String>>,
+    version: Option<Spanned<u64>>,
+    engine: Option<Spanned<String>>,
+}
+
+/// Collects located problems.
+pub(crate) struct Problems<'a> {
+    origin: &'a str,
+    list: Vec<ManifestError>,
+}
+
+impl<'a> Problems<'a> {
+    pub(crate) fn new(origin: &'a str) -> Self {
+        Self { origin, list: Vec::new() }
+    }
+
+    pub(crate) fn at(&mut self, at: Loc, message: impl Into<String>) {
+        self.list.push(ManifestError::At { origin: self.origin.to_owned(), at, message: message.into() });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, Vec<ManifestError>> {
+        if self.list.is_empty() { Ok(value) } else { Err(self.list) }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest. `origin` names it in messages.
+    ///
+    /// # Errors
+    /// Every problem found, each located.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, Vec<ManifestError>> {
+        let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(origin, &e)])?;
+        let mut p = Problems::new(origin);
+        let vault = match raw.vault {
+            Some(v) => vault_spec(&v.value, Loc::of(&v), &mut p),
+            None => {
+                p.at(Loc { line: 1, col: 1 }, "no vault: block; say how to log in (auth: kubernetes, role: …)");
+                None
+            }
+        };
+        if raw.secrets.value.is_empty() {
+            p.at(Loc::of(&raw.secrets), "secrets: is empty; list at least one secret");
+        }
+        let mut secrets = Vec::with_capacity(raw.secrets.value.len());
+        for s in &raw.secrets.value {
+            if let Some(spec) = secret_spec(&s.value, Loc::of(s), &mut p) {
+                secrets.push(spec);
+            }
+        }
+        check_files(&secrets, &mut p);
+        let vault = p.finish(vault)?;
+        Ok(Self {
+            origin: origin.to_owned(),
+            vault: vault.unwrap_or(VaultSpec { address: None, namespace: None, auth: AuthSpec::Token { token_file: None } }),
+            secrets,
+        })
+    }
+}
+
+/// A serde-saphyr error as `origin:line:col: message`, one line.
+fn yaml_error(origin: &str, e: &serde_saphyr::Error) -> ManifestError {
+    let plain = e.without_snippet().to_string();
+    match e.location() {
+        Some(l) => {
+            let suffix = format!(" at line {}, column {}", l.line(), l.column());
+            let msg = plain.strip_suffix(&suffix).unwrap_or(&plain);
+            ManifestError::At {
+                origin: origin.to_owned(),
+                at: Loc { line: l.line(), col: l.column() },
+                message: one_line(msg),
+            }
+        }
+        None => ManifestError::Unreadable { origin: origin.to_owned(), message: one_line(&plain) },
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> {
+    let start = p.list.len();
+    let auth_name = v.auth.as_ref().map_or("kubernetes", |a| a.value.as_str());
+    let auth_at = v.auth.as_ref().map_or(at, Loc::of);
+    let s = |x: &Option<Spanned<String>>| x.as_ref().map(|x| x.value.clone());
+    let mount = s(&v.mount).map(|m| m.trim_matches('/').trim_start_matches("auth/").to_owned());
+    if let Some(m) = &v.mount
+        && mount.as_deref().is_some_and(str::is_empty)
+    {
+        p.at(Loc::of(m), "mount: is empty");
+    }
+    let not_for = |p: &mut Problems<'_>, field: &Option<Spanned<String>>, name: &str| {
+        if let Some(f) = field {
+            p.at(Loc::of(f), format!("{name}: does not apply to auth {auth_name}"));
+        }
+    };
+    let auth = match auth_name {
+        "kubernetes" | "jwt" => {
+            not_for(p, &v.role_id, "role-id");
+            not_for(p, &v.role_id_file, "role-id-file");
+            not_for(p, &v.secret_id_file, "secret-id-file");
+            not_for(p, &v.token_file, "token-file");
+            let jwt_file = PathBuf::from(
+                s(&v.jwt_file).unwrap_or_else(|| keyturn_core::vault::auth::DEFAULT_SA_TOKEN_PATH.to_owned()),
+            );
+            if auth_name == "kubernetes" {
+                let role = s(&v.role).unwrap_or_default();
+                if role.is_empty() {
+                    p.at(v.role.as_ref().map_or(auth_at, Loc::of), "role: is required for auth kubernetes");
+                }
+                AuthSpec::Kubernetes { mount: mount.unwrap_or_else(|| "kubernetes".into()), role, jwt_file }
+            } else {
+                AuthSpec::Jwt { mount: mount.unwrap_or_else(|| "jwt".into()), role: s(&v.role), jwt_file }
+            }
+        }
+        "approle" => {
+            not_for(p, &v.role, "role");
+            not_for(p, &v.jwt_file, "jwt-file");
+            not_for(p, &v.token_file, "token-file");
+            let role_id = match (s(&v.role_id), s(&v.role_id_file)) {
+                (Some(r), None) => RoleId::Inline(r),
+                (None, Some(f)) => RoleId::File(f.into()),
+                _ => {
+                    p.at(auth_at, "auth approle needs exactly one of role-id: and role-id-file:");
+                    RoleId::Inline(String::new())
+                }
+            };
+            let secret_id_file = match s(&v.secret_id_file) {
+                Some(f) => PathBuf::from(f),
+                None => {
+                    p.at(auth_at, "secret-id-file: is required for auth approle");
+                    PathBuf::new()
+                }
+            };
+            AuthSpec::AppRole { mount: mount.unwrap_or_else(|| "approle".into()), role_id, secret_id_file }
+        }
+        "token" => {
+            not_for(p, &v.role, "role");
+            not_for(p, &v.mount, "mount");
+            not_for(p, &v.jwt_file, "jwt-file");
+            not_for(p, &v.role_id, "role-id");
+            not_for(p, &v.role_id_file, "role-id-file");
+            not_for(p, &v.secret_id_file, "secret-id-file");
+            AuthSpec::Token { token_file: s(&v.token_file).map(PathBuf::from) }
+        }
+        other => {
+            p.at(auth_at, format!("unknown auth {other:?}; expected one of kubernetes, jwt, approle, token"));
+            return None;
+        }
+    };
+    if let Some(a) = &v.address
+        && let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value)
+    {
+        p.at(Loc::of(a), e.to_string());
+    }
+    (p.list.len() == start).then(|| VaultSpec { address: s(&v.address), namespace: v.namespace.clone(), auth })
+}
+
+/// Normalizes and checks a Vault path: no leading/trailing `/`, no empty, `.` or `..`
+/// segment.
+///
+/// # Errors
+/// A message naming the problem.
+pub fn vault_path(p: &str) -> Result<String, String> {
+    let t = p.trim_matches('/');
+    if t.is_empty() {
+        return Err("path: is empty".into());
+    }
+    if t.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(format!("path {p:?} has an empty, . or .. segment"));
+    }
+    if t.chars().any(char::is_whitespace) {
+        return Err(format!("path {p:?} contains whitespace"));
+    }
+    Ok(t.to_owned())
+}
+
+/// Parses an octal mode: `"0400"`, `"400"`, `"0o400"`; only permission bits (no setuid,
+/// setgid, sticky).
+///
+/// # Errors
+/// A message naming the problem.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let bad = || format!("mode {s:?} is not an octal permission like \"0400\"");
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad());
+    }
+    let m = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if m > 0o777 {
+        return Err(format!("mode {s:?} sets setuid, setgid or sticky bits; only 0000-0777 are allowed"));
+    }
+    Ok(m)
+}
+
+fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpec> {
+    let start = p.list.len();
+    let path = vault_path(&s.path.value).map_err(|m| p.at(Loc::of(&s.path), m)).ok();
+    let file = RelPath::parse(&s.file.value).map_err(|e| p.at(Loc::of(&s.file), e.to_string())).ok();
+    let mode = match &s.mode {
+        Some(m) => parse_mode(&m.value).map_err(|e| p.at(Loc::of(m), e)).ok(),
+        None => Some(DEFAULT_MODE),
+    };
+    let engine = s.engine.as_ref().and_then(|e| match e.value.as_str() {
+        "kv1" => Some(Engine::Kv1),
+        "kv2" => Some(Engine::Kv2),
+        "dynamic" => Some(Engine::Dynamic),
+        other => {
+            p.at(Loc::of(e), format!("unknown engine {other:?}; expected one of kv1, kv2, dynamic"));
+            None
+        }
+    });
+    let version = s.version.as_ref().map(|v| {
+        if v.value == 0 {
+            p.at(Loc::of(v), "version: starts at 1");
+        }
+        if matches!(engine, Some(Engine::Kv1 | Engine::Dynamic)) {
+            p.at(Loc::of(v), "version: applies to engine kv2 only");
+        }
+        v.value
+    });
+    let key = s.key.as_ref().map(|k| k.value.clone());
+    if let Some(k) = &s.key
+        && k.value.is_empty()
+    {
+        p.at(Loc::of(k), "key: is empty");
+    }
+    let format_name = match (&s.format, &s.template, &s.key) {
+        (Some(f), _, _) => f.value.as_str(),
+        (None, Some(_), _) => "template",
+        (None, None, Some(_)) => "raw",
+        (None, None, None) => "json",
+    };
+    let format_at = s.format.as_ref().map_or(at, Loc::of);
+    let format = match format_name {
+        "raw" => Some(Format::Raw),
+        "env" => Some(Format::Env),
+        "json" => Some(Format::Json),
+        "yaml" => Some(Format::Yaml),
+        "template" => match &s.template {
+            None => {
+                p.at(format_at, "format template needs a template: field");
+                None
+            }
+            Some(t) => match Template::parse(&t.value) {
+                Ok(t) => Some(Format::Template(t)),
+                Err(e) => {
+                    p.at(Loc::of(t), format!("template: {e}"));
+                    None
+                }
+            },
+        },
+        other => {
+            p.at(format_at, format!("unknown format {other:?}; expected one of raw, env, json, yaml, template"));
+            None
+        }
+    };
+    if let Some(t) = &s.template
+        && format_name != "template"
+    {
+        p.at(Loc::of(t), format!("template: is only used with format template, not {format_name}"));
+    }
+    if format_name == "template"
+        && let Some(k) = &s.key
+    {
+        p.at(Loc::of(k), "key: does not apply to format template; name fields in the template");
+    }
+    if p.list.len() != start {
+        return None;
+    }
+    Some(SecretSpec {
+        at,
+        path: path?,
+        version,
+        engine,
+        key,
+        file: file?,
+        format: format?,
+        mode: mode?,
+    })
+}
+
+/// Two entries writing one file, or a file where another needs a directory.
+pub(crate) fn check_files(secrets: &[SecretSpec], p: &mut Problems<'_>) {
+    let mut seen: HashMap<&RelPath, Loc> = HashMap::with_capacity(secrets.len());
+    for s in secrets {
+        if let Some(first) = seen.get(&s.file) {
+            p.at(s.at, format!("file {} is also written by the entry at line {}", s.file, first.line));
+        } else {
+            seen.insert(&s.file, s.at);
+        }
+    }
+    // A file that is another's directory: only possible with nested files, which are rare.
+    if secrets.iter().any(|s| !s.file.parents().is_empty()) {
+        for a in secrets {
+            for b in secrets {
+                if a.file.is_ancestor_of(&b.file) {
+                    p.at(b.at, format!("file {} needs {} to be a directory, but line {} writes it as a file", b.file, a.file, a.at.line));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VAULT: &str = "vault: { auth: kubernetes, role: app }\n";
+
+    fn parse(secrets: &str) -> Result<Manifest, Vec<ManifestError>> {
+        Manifest::parse("m.yaml", &format!("{VAULT}secrets:\n{secrets}"))
+    }
+
+    fn errs(secrets: &str) -> Vec<String> {
+        parse(secrets).unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_full_manifest_parses_with_defaults() {
+        let m = parse(
+            "  - path: /secret/data/orders/db/\n    file: db.env\n    format: env\n  - path: database/creds/ro\n    file: ./ro.json\n    mode: 0440\n  - path: kv/x\n    key: k\n    file: k\n",
+        )
+        .unwrap();
+        assert_eq!(m.secrets.len(), 3);
+        assert_eq!(m.secrets[0].path, "secret/data/orders/db");
+        assert_eq!(m.secrets[0].format, Format::Env);
+        assert_eq!(m.secrets[0].mode, 0o400);
+        assert_eq!(m.secrets[1].format, Format::Json);
+        assert_eq!(m.secrets[1].mode, 0o440);
+        assert_eq!(m.secrets[1].file.to_string(), "ro.json");
+        assert_eq!(m.secrets[2].format, Format::Raw);
+        assert_eq!(m.secrets[0].at, Loc { line: 3, col: 5 });
+        assert_eq!(
+            m.vault.auth,
+            AuthSpec::Kubernetes {
+                mount: "kubernetes".into(),
+                role: "app".into(),
+                jwt_file: keyturn_core::vault::auth::DEFAULT_SA_TOKEN_PATH.into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_located() {
+        assert_eq!(
+            errs("  - path: a/b\n    fle: x\n"),
+            ["m.yaml:4:5: unknown field `fle`, expected one of path, file, key, format, mode, template, version, engine"]
+        );
+    }
+
+    #[test]
+    fn absolute_and_dot_dot_files_are_refused_at_their_line() {
+        let e = errs("  - path: a/b\n    file: /etc/x\n  - path: a/c\n    file: ../x\n");
+        assert_eq!(e.len(), 2);
+        assert!(e[0].starts_with("m.yaml:4:11: file \"/etc/x\" is absolute"), "{e:?}");
+        assert!(e[1].starts_with("m.yaml:6:11: file \"../x\" contains \"..\""), "{e:?}");
+    }
+
+    #[test]
+    fn two_entries_writing_one_file_are_refused() {
+        let e = errs("  - path: a/b\n    file: x\n  - path: a/c\n    file: ./x\n");
+        assert_eq!(e, ["m.yaml:5:5: file x is also written by the entry at line 3"]);
+        let e = errs("  - path: a/b\n    file: d\n  - path: a/c\n    file: d/x\n");
+        assert!(e[0].contains("needs d to be a directory"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_format_engine_and_bad_mode_are_each_reported() {
+        let e = errs("  - path: a/b\n    file: x\n    format: toml\n    engine: kv3\n    mode: \"0999\"\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("m.yaml:5:13: unknown format \"toml\"")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("m.yaml:6:13: unknown engine \"kv3\"")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("m.yaml:7:11: mode \"0999\"")), "{e:?}");
+    }
+
+    #[test]
+    fn modes_are_octal_and_permission_bits_only() {
+        assert_eq!(parse_mode("0400"), Ok(0o400));
+        assert_eq!(parse_mode("640"), Ok(0o640));
+        assert_eq!(parse_mode("0o444"), Ok(0o444));
+        assert!(parse_mode("4755").is_err());
+        assert!(parse_mode("rw").is_err());
+        assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn template_rules_are_checked() {
+        let e = errs("  - path: a/b\n    file: x\n    format: template\n");
+        assert!(e[0].contains("format template needs a template: field"), "{e:?}");
+        let e = errs("  - path: a/b\n    file: x\n    format: env\n    template: \"{{ .a }}\"\n");
+        assert!(e[0].contains("only used with format template"), "{e:?}");
+        let e = errs("  - path: a/b\n    file: x\n    template: \"{{ if .a }}\"\n");
+        assert!(e[0].starts_with("m.yaml:5:15: template: template line 1 column 1: `if` is not supported"), "{e:?}");
+        let m = parse("  - path: a/b\n    file: x\n    template: \"{{ .a }}\"\n").unwrap();
+        assert!(matches!(m.secrets[0].format, Format::Template(_)));
+    }
+
+    #[test]
+    fn version_needs_kv2_and_starts_at_one() {
+        let e = errs("  - path: a/b\n    file: x\n    version: 0\n");
+        assert!(e[0].contains("version: starts at 1"), "{e:?}");
+        let e = errs("  - path: a/b\n    file: x\n    engine: kv1\n    version: 2\n");
+        assert!(e[0].contains("applies to engine kv2 only"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_vault_paths_are_refused() {
+        let e = errs("  - path: a/../b\n    file: x\n  - path: /\n    file: y\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn vault_block_rules_are_checked() {
+        let m = |v: &str| Manifest::parse("m.yaml", &format!("vault: {v}\nsecrets:\n  - path: a/b\n    file: x\n"));
+        let e = m("{ auth: kubernetes }").unwrap_err();
+        assert!(e[0].to_string().contains("role: is required"), "{e:?}");
+        let e = m("{ auth: ldap }").unwrap_err();
+        assert!(e[0].to_string().contains("unknown auth \"ldap\""), "{e:?}");
+        let e = m("{ auth: approle, role-id: r }").unwrap_err();
+        assert!(e[0].to_string().contains("secret-id-file: is required"), "{e:?}");
+        let e = m("{ auth: token, role: r }").unwrap_err();
+        assert!(e[0].to_string().contains("role: does not apply to auth token"), "{e:?}");
+        let e = m("{ auth: token, address: \"vault:8200\" }").unwrap_err();
+        assert!(e[0].to_string().contains("not an http:// or https:// URL"), "{e:?}");
+        let ok = m("{ auth: approle, mount: auth/ar/, role-id-file: /r, secret-id-file: /s }").unwrap();
+        assert_eq!(
+            ok.vault.auth,
+            AuthSpec::AppRole { mount: "ar".into(), role_id: RoleId::File("/r".into()), secret_id_file: "/s".into() }
+        );
+        let e = Manifest::parse("m.yaml", "secrets:\n  - path: a/b\n    file: x\n").unwrap_err();
+        assert!(e[0].to_string().contains("no vault: block"), "{e:?}");
+    }
+
+    #[test]
+    fn an_empty_secret_list_and_broken_yaml_are_refused() {
+        let e = Manifest::parse("m.yaml", &format!("{VAULT}secrets: []\n")).unwrap_err();
+        assert!(e[0].to_string().contains("secrets: is empty"), "{e:?}");
+        let e = Manifest::parse("m.yaml", "secrets: [\n").unwrap_err();
+        assert!(e[0].to_string().starts_with("m.yaml:1:10:"), "{e:?}");
+    }
+
+    #[test]
+    fn json_manifests_are_accepted() {
+        let m = Manifest::parse(
+            "inline",
+            r#"{"vault":{"auth":"token"},"secrets":[{"path":"kv/a","file":"a","format":"raw","key":"k"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.secrets[0].key.as_deref(), Some("k"));
+    }
+}

@@ -1,0 +1,355 @@
+//! [`TestCluster`]: one Kubernetes for one test, stand-in or real.
+//!
+//! End-to-end tests must run unchanged against a real cluster, so they never touch the
+//! stand-in directly: they ask a `TestCluster` for a client, a namespace, tokens, the API
+//! address and CA, and a client that lacks a permission. With `KEYTURN_TEST_KUBECONFIG`
+//! unset each `TestCluster` is a fresh [`KubeStandin`]; set, it is the current context of that
+//! kubeconfig, and every test gets its own namespace there (labelled
+//! `keyturn.dev/test=true`, deleted on drop together with anything cluster-scoped the test
+//! made), so tests can still run in parallel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+use super::KubeStandin;
+
+/// Path of the kubeconfig of a real cluster to run the end-to-end tests against.
+pub const REAL_CLUSTER_ENV: &str = "KEYTURN_TEST_KUBECONFIG";
+
+/// The resources a restricted client is granted on a real cluster (minus what is denied).
+const GRANTABLE: &[(&str, &str)] = &[
+    ("", "secrets"),
+    ("", "serviceaccounts"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("coordination.k8s.io", "leases"),
+];
+const ALL_VERBS: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+
+enum Backend {
+    Standin(KubeStandin),
+    Real(RealCluster),
+}
+
+struct RealCluster {
+    config: kube::Config,
+    server: String,
+    ca_pem: Option<String>,
+    /// Cluster-scoped objects to delete on drop (ClusterRoleBinding names).
+    cluster_role_bindings: Mutex<Vec<String>>,
+}
+
+/// A Kubernetes API for one test: a fresh stand-in, or a namespace on a real cluster.
+pub struct TestCluster {
+    backend: Backend,
+    namespace: String,
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    restricted: AtomicUsize,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field("real", &self.is_real())
+            .field("host", &self.kubernetes_host())
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unique_namespace() -> String {
+    format!("keyturn-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// PEM from the DER certificates kube-rs loaded.
+fn pem_from_der(certs: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+fn ignore_already_exists<T>(r: kube::Result<T>) -> kube::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl TestCluster {
+    /// A fresh stand-in, or — with `KEYTURN_TEST_KUBECONFIG` set — the real cluster of that
+    /// kubeconfig's current context, with a new namespace for this test.
+    ///
+    /// # Errors
+    /// When the stand-in cannot start, or the real cluster cannot be reached or the namespace
+    /// created.
+    pub async fn start() -> anyhow::Result<Self> {
+        match std::env::var_os(REAL_CLUSTER_ENV) {
+            Some(path) if !path.is_empty() => Self::real(PathBuf::from(path)).await,
+            _ => Self::start_standin().await,
+        }
+    }
+
+    /// A fresh stand-in even when a real cluster is configured, for tests of stand-in-only
+    /// behaviour.
+    ///
+    /// # Errors
+    /// When the stand-in cannot start.
+    pub async fn start_standin() -> anyhow::Result<Self> {
+        let standin = KubeStandin::start().await?;
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        standin.write_kubeconfig(&kubeconfig)?;
+        let client = standin.client().await?;
+        Ok(Self {
+            backend: Backend::Standin(standin),
+            namespace: unique_namespace(),
+            kubeconfig,
+            client,
+            restricted: AtomicUsize::new(0),
+            _dir: Some(dir),
+        })
+    }
+
+    async fn real(kubeconfig: PathBuf) -> anyhow::Result<Self> {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
+        let ca_pem = config.root_cert.as_deref().map(pem_from_der);
+        let client = kube::Client::try_from(config.clone())?;
+        let namespace = unique_namespace();
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": namespace, "labels": {"keyturn.dev/test": "true"}}
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {namespace} on {server}"))?;
+        Ok(Self {
+            backend: Backend::Real(RealCluster {
+                config,
+                server,
+                ca_pem,
+                cluster_role_bindings: Mutex::new(Vec::new()),
+            }),
+            namespace,
+            kubeconfig,
+            client,
+            restricted: AtomicUsize::new(0),
+            _dir: None,
+        })
+    }
+
+    /// Whether this is a real cluster.
+    pub fn is_real(&self) -> bool {
+        matches!(self.backend, Backend::Real(_))
+    }
+
+    /// The stand-in, for tests of stand-in-only switches; `None` on a real cluster.
+    pub fn standin(&self) -> Option<&KubeStandin> {
+        match &self.backend {
+            Backend::Standin(s) => Some(s),
+            Backend::Real(_) => None,
+        }
+    }
+
+    /// An admin client.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// This test's namespace. On the stand-in it need not be created; on a real cluster it
+    /// was, and is deleted on drop.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A kubeconfig for the admin user, for binaries under test (`KUBECONFIG`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server URL, as OpenBao's `kubernetes_host` wants it.
+    pub fn kubernetes_host(&self) -> String {
+        match &self.backend {
+            Backend::Standin(s) => s.url(),
+            Backend::Real(r) => r.server.clone(),
+        }
+    }
+
+    /// The API server's CA in PEM, for OpenBao's `kubernetes_ca_cert` (with
+    /// `disable_local_ca_jwt`, which OpenBao needs outside a pod). For the stand-in it is a
+    /// placeholder CA (see [`KubeStandin::ca_pem`]); `None` only for a real cluster whose
+    /// kubeconfig names no CA.
+    pub fn kubernetes_ca_pem(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Standin(s) => Some(s.ca_pem()),
+            Backend::Real(r) => r.ca_pem.clone(),
+        }
+    }
+
+    /// A one-hour token for `namespace/name` with the API server's default audience.
+    ///
+    /// # Errors
+    /// On a real cluster, when the service account or the TokenRequest cannot be created.
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> anyhow::Result<String> {
+        self.service_account_token_for(namespace, name, &[], Duration::from_secs(3600)).await
+    }
+
+    /// A token for `namespace/name` with the given audiences (empty: the API server's) and
+    /// lifetime. On a real cluster the service account is created if missing and the token
+    /// comes from the TokenRequest API, whose minimum lifetime is 10 minutes.
+    ///
+    /// # Errors
+    /// On a real cluster, when the service account or the TokenRequest cannot be created.
+    pub async fn service_account_token_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        match &self.backend {
+            Backend::Standin(s) => Ok(s.issue_service_account_token(namespace, name, audiences, ttl)),
+            Backend::Real(_) => {
+                let sas: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
+                let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+                ignore_already_exists(sas.create(&PostParams::default(), &sa).await)?;
+                let request: TokenRequest = serde_json::from_value(json!({
+                    "spec": {"audiences": audiences, "expirationSeconds": ttl.as_secs().max(600)}
+                }))?;
+                let issued = sas.create_token_request(name, &PostParams::default(), &request).await?;
+                Ok(issued.status.map(|s| s.token).context("TokenRequest answered without a token")?)
+            }
+        }
+    }
+
+    /// A token OpenBao's kubernetes auth can use as `token_reviewer_jwt`: a service account
+    /// bound to `system:auth-delegator` (on a real cluster, for the life of this value).
+    ///
+    /// # Errors
+    /// On a real cluster, when the account, binding or token cannot be created.
+    pub async fn token_reviewer_jwt(&self) -> anyhow::Result<String> {
+        let Backend::Real(real) = &self.backend else {
+            return Ok(self.standin().map(KubeStandin::token_reviewer_jwt).unwrap_or_default());
+        };
+        let name = "keyturn-token-reviewer";
+        let binding_name = format!("{}-token-reviewer", self.namespace);
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": binding_name, "labels": {"keyturn.dev/test": "true"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.namespace}],
+        }))?;
+        ignore_already_exists(Api::<ClusterRoleBinding>::all(self.client()).create(&PostParams::default(), &binding).await)?;
+        real.cluster_role_bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(binding_name);
+        self.service_account_token_for(&self.namespace, name, &[], Duration::from_secs(3600)).await
+    }
+
+    /// A client that may do everything an admin may except the `(verb, resource)` pairs in
+    /// `denied`, each answered 403 (`verb` or `resource` may be `*`).
+    ///
+    /// On the stand-in this is a service-account identity with per-user deny rules. On a real
+    /// cluster it is a service account bound to a Role in this test's namespace that grants
+    /// every verb on secrets, serviceaccounts, deployments, statefulsets and leases except the
+    /// denied ones; so there it can do nothing outside the namespace nor anything cluster-scoped
+    /// (TokenReview included), which tests must not rely on either way.
+    ///
+    /// # Errors
+    /// When the account, its grants, its token or the client cannot be made.
+    pub async fn client_denied(&self, denied: &[(&str, &str)]) -> anyhow::Result<kube::Client> {
+        let n = self.restricted.fetch_add(1, Ordering::Relaxed);
+        let sa = format!("keyturn-restricted-{n}");
+        match &self.backend {
+            Backend::Standin(s) => {
+                let user = format!("system:serviceaccount:{}:{sa}", self.namespace);
+                for (verb, resource) in denied {
+                    s.deny_user(&user, verb, resource);
+                }
+                let token = s.issue_service_account_token(&self.namespace, &sa, &[], Duration::from_secs(3600));
+                s.client_with_token(&token)
+            }
+            Backend::Real(real) => {
+                let is_denied = |verb: &str, group: &str, resource: &str| {
+                    let qualified = if group.is_empty() { resource.to_owned() } else { format!("{resource}.{group}") };
+                    denied.iter().any(|(v, r)| {
+                        (*v == "*" || *v == verb) && (*r == "*" || *r == resource || *r == qualified)
+                    })
+                };
+                let rules: Vec<serde_json::Value> = GRANTABLE
+                    .iter()
+                    .filter_map(|(group, resource)| {
+                        let verbs: Vec<&str> =
+                            ALL_VERBS.iter().copied().filter(|v| !is_denied(v, group, resource)).collect();
+                        (!verbs.is_empty())
+                            .then(|| json!({"apiGroups": [group], "resources": [resource], "verbs": verbs}))
+                    })
+                    .collect();
+                let role: Role = serde_json::from_value(json!({"metadata": {"name": sa}, "rules": rules}))?;
+                let binding: RoleBinding = serde_json::from_value(json!({
+                    "metadata": {"name": sa},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}],
+                }))?;
+                let pp = PostParams::default();
+                Api::<Role>::namespaced(self.client(), &self.namespace).create(&pp, &role).await?;
+                Api::<RoleBinding>::namespaced(self.client(), &self.namespace).create(&pp, &binding).await?;
+                let token = self.service_account_token(&self.namespace, &sa).await?;
+                let mut config = real.config.clone();
+                config.auth_info = kube::config::AuthInfo {
+                    token: Some(secrecy::SecretString::from(token)),
+                    ..Default::default()
+                };
+                Ok(kube::Client::try_from(config)?)
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    /// On a real cluster, deletes the namespace and cluster-scoped leftovers. Drop cannot
+    /// await, and the test's runtime may be single-threaded and busy dropping us, so this
+    /// runs on a thread with its own runtime and client.
+    fn drop(&mut self) {
+        let Backend::Real(real) = &self.backend else { return };
+        let config = real.config.clone();
+        let namespace = self.namespace.clone();
+        let bindings =
+            std::mem::take(&mut *real.cluster_role_bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let Ok(client) = kube::Client::try_from(config) else { return };
+                let dp = DeleteParams::background();
+                for b in bindings {
+                    let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(&b, &dp).await;
+                }
+                if let Err(e) = Api::<Namespace>::all(client).delete(&namespace, &dp).await {
+                    eprintln!("keyturn-tests: could not delete test namespace {namespace}: {e}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
