@@ -54,7 +54,7 @@ fn fmt_rate(r: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -148,7 +148,9 @@ fn main() {
         append.push(runtime.block_on(append_run(&append_path, args.events, args.callers)));
     }
     let anchor_path = args.dir.join("anchor.jsonl");
-    let anchor: Vec<f64> = (0..args.runs).map(|_| anchor_run(&anchor_path, args.anchor_events)).collect();
+    let anchor: Vec<f64> = (0..args.runs)
+        .map(|_| anchor_run(&anchor_path, args.anchor_events))
+        .collect();
 
     let verify_path = args.dir.join("verify.jsonl");
     runtime.block_on(append_run(&verify_path, args.verify_events, args.callers));
@@ -162,20 +164,33 @@ fn main() {
         "append, chained + fdatasync, group commit ({} concurrent callers, {} events/run, median of {} runs):",
         args.callers, args.events, args.runs
     );
-    println!("  keyturn  {:>12} events/s   (runs: {})", fmt_rate(k), runs_list(&append));
+    println!(
+        "  keyturn  {:>12} events/s   (runs: {})",
+        fmt_rate(k),
+        runs_list(&append)
+    );
     println!(
         "  anchor   {:>12} events/s   plain append + fdatasync per event, no chain (Vault file audit device model; {} events/run; runs: {})",
         fmt_rate(a),
         args.anchor_events,
         runs_list(&anchor)
     );
-    println!("  ratio    {:>11.1}x            target: >= 50,000 events/s", k / a);
+    println!(
+        "  ratio    {:>11.1}x            target: >= 50,000 events/s",
+        k / a
+    );
     println!(
         "verify ({} events, {size_mb:.0} MB, page cache warm, median of {} runs):",
         args.verify_events, args.runs
     );
-    println!("  keyturn  {:>12} events/s   (runs: {})", fmt_rate(v), runs_list(&verify_rates));
-    println!("  anchor            n/a          Vault's file audit device has no chain to verify; target: >= 1,000,000 events/s");
+    println!(
+        "  keyturn  {:>12} events/s   (runs: {})",
+        fmt_rate(v),
+        runs_list(&verify_rates)
+    );
+    println!(
+        "  anchor            n/a          Vault's file audit device has no chain to verify; target: >= 1,000,000 events/s"
+    );
     let _ = fs::remove_file(&append_path);
     let _ = fs::remove_file(&anchor_path);
     if !args.keep {

@@ -27,15 +27,13 @@
 //! The file format is the downward API's: one `key="value"` line per annotation, the value
 //! quoted as Go's `%q` does (`\n`, `\"`, `\\`, `\t`, `\xNN`, `\uNNNN`, …).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use crate::manifest::{
-    AuthSpec, Format, Loc, Manifest, ManifestError, Problems, SecretSpec, VaultSpec, check_files, parse_mode,
-    vault_path,
+    AuthSpec, Format, Loc, Manifest, ManifestError, Problems, SecretSpec, VaultSpec, check_files,
+    parse_mode, vault_path,
 };
 use crate::paths::RelPath;
 use crate::template::Template;
+use std::collections::BTreeMap;
 
 const PREFIX: &str = "vault.hashicorp.com/";
 /// The injector's file mode for rendered secrets.
@@ -64,7 +62,10 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
     let mut address = None;
     let mut default_json = false;
     for (i, line) in text.lines().enumerate() {
-        let at = Loc { line: u32::try_from(i + 1).unwrap_or(u32::MAX), col: 1 };
+        let at = Loc {
+            line: i as u64 + 1,
+            col: 1,
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -72,7 +73,9 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
             p.at(at, "not a key=\"value\" line");
             continue;
         };
-        let Some(name) = key.strip_prefix(PREFIX) else { continue };
+        let Some(name) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
         let value = match go_unquote(quoted) {
             Some(v) => v,
             None => {
@@ -80,7 +83,11 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                 continue;
             }
         };
-        let slot = |prefix: &str| name.strip_prefix(prefix).filter(|n| !n.is_empty()).map(str::to_owned);
+        let slot = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+        };
         if let Some(n) = slot("agent-inject-secret-") {
             named.entry(n).or_default().secret = Some((value, at));
         } else if let Some(n) = slot("agent-inject-template-") {
@@ -102,27 +109,45 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                 },
                 "agent-inject" | "agent-inject-status" | "agent-inject-containers" => {}
                 n if n.starts_with("agent-inject") => {
-                    p.at(at, format!("{key} is not supported by keyturn-init; remove it or use a manifest"));
+                    p.at(
+                        at,
+                        format!(
+                            "{key} is not supported by keyturn-init; remove it or use a manifest"
+                        ),
+                    );
                 }
-                _ => tracing::debug!(annotation = %key, "ignoring a Vault injector annotation keyturn-init does not need"),
+                _ => {
+                    tracing::debug!(annotation = %key, "ignoring a Vault injector annotation keyturn-init does not need")
+                }
             }
         }
     }
     let mut secrets = Vec::with_capacity(named.len());
     for (name, n) in &named {
         let Some((path, at)) = &n.secret else {
-            let (what, at) = [("template", &n.template), ("file", &n.file), ("perms", &n.perms)]
-                .into_iter()
-                .find_map(|(w, v)| v.as_ref().map(|(_, at)| (w, *at)))
-                .unwrap_or(("file", Loc::default()));
-            p.at(at, format!("{PREFIX}agent-inject-{what}-{name} has no {PREFIX}agent-inject-secret-{name}"));
+            let (what, at) = [
+                ("template", &n.template),
+                ("file", &n.file),
+                ("perms", &n.perms),
+            ]
+            .into_iter()
+            .find_map(|(w, v)| v.as_ref().map(|(_, at)| (w, *at)))
+            .unwrap_or(("file", Loc::default()));
+            p.at(
+                at,
+                format!(
+                    "{PREFIX}agent-inject-{what}-{name} has no {PREFIX}agent-inject-secret-{name}"
+                ),
+            );
             continue;
         };
         let start_errors = p_len(&p);
         let path = vault_path(path).map_err(|m| p.at(*at, m)).ok();
         let file_name = n.file.as_ref().map_or(name.as_str(), |(f, _)| f.as_str());
         let file_at = n.file.as_ref().map_or(*at, |(_, a)| *a);
-        let file = RelPath::parse(file_name).map_err(|e| p.at(file_at, e.to_string())).ok();
+        let file = RelPath::parse(file_name)
+            .map_err(|e| p.at(file_at, e.to_string()))
+            .ok();
         let mode = match &n.perms {
             Some((m, a)) => parse_mode(m).map_err(|e| p.at(*a, e)).ok(),
             None => Some(INJECTOR_MODE),
@@ -142,11 +167,23 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
             continue;
         }
         if let (Some(path), Some(file), Some(mode), Some(format)) = (path, file, mode, format) {
-            secrets.push(SecretSpec { at: *at, path, version: None, engine: None, key: None, file, format, mode });
+            secrets.push(SecretSpec {
+                at: *at,
+                path,
+                version: None,
+                engine: None,
+                key: None,
+                file,
+                format,
+                mode,
+            });
         }
     }
     if secrets.is_empty() && named.is_empty() {
-        p.at(Loc { line: 1, col: 1 }, format!("no {PREFIX}agent-inject-secret-* annotations"));
+        p.at(
+            Loc { line: 1, col: 1 },
+            format!("no {PREFIX}agent-inject-secret-* annotations"),
+        );
     }
     check_files(&secrets, &mut p);
     let role = match role {
@@ -172,10 +209,14 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         auth: AuthSpec::Kubernetes {
             mount,
             role,
-            jwt_file: PathBuf::from(keyturn_core::vault::auth::DEFAULT_SA_TOKEN_PATH),
+            jwt_file: None,
         },
     };
-    p.finish(Manifest { origin: origin.to_owned(), vault, secrets })
+    p.finish(Manifest {
+        origin: origin.to_owned(),
+        vault,
+        secrets,
+    })
 }
 
 fn p_len(p: &Problems<'_>) -> usize {
@@ -261,12 +302,18 @@ mod tests {
     }
 
     fn file(pairs: &[(&str, &str)]) -> String {
-        pairs.iter().map(|(k, v)| format!("{k}={}\n", q(v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}\n", q(v)))
+            .collect()
     }
 
     #[test]
     fn go_quoting_round_trips() {
-        assert_eq!(go_unquote(r#""a\nb\t\"c\"\\ \x41\u00e9\U0001F600 \101""#).unwrap(), "a\nb\t\"c\"\\ Aé😀 A");
+        assert_eq!(
+            go_unquote(r#""a\nb\t\"c\"\\ \x41\u00e9\U0001F600 \101""#).unwrap(),
+            "a\nb\t\"c\"\\ Aé😀 A"
+        );
         assert_eq!(go_unquote("\"plain\"").unwrap(), "plain");
         assert!(go_unquote("unquoted").is_none());
         assert!(go_unquote(r#""bad \q""#).is_none());
@@ -279,7 +326,10 @@ mod tests {
         let text = file(&[
             ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
             ("vault.hashicorp.com/agent-inject", "true"),
-            ("vault.hashicorp.com/agent-inject-secret-db", "secret/data/orders/db"),
+            (
+                "vault.hashicorp.com/agent-inject-secret-db",
+                "secret/data/orders/db",
+            ),
             ("vault.hashicorp.com/agent-inject-template-db", tpl),
             ("vault.hashicorp.com/agent-inject-file-db", "db.url"),
             ("vault.hashicorp.com/agent-inject-perms-db", "0440"),
@@ -291,12 +341,25 @@ mod tests {
         let m = parse("ann", &text).unwrap();
         assert_eq!(m.secrets.len(), 2);
         let db = &m.secrets[0];
-        assert_eq!((db.path.as_str(), db.file.to_string(), db.mode), ("secret/data/orders/db", "db.url".into(), 0o440));
-        assert!(matches!(&db.format, Format::Template(t) if t.secret_paths() == ["secret/data/orders/db"]));
+        assert_eq!(
+            (db.path.as_str(), db.file.to_string(), db.mode),
+            ("secret/data/orders/db", "db.url".into(), 0o440)
+        );
+        assert!(
+            matches!(&db.format, Format::Template(t) if t.secret_paths() == ["secret/data/orders/db"])
+        );
         let plain = &m.secrets[1];
-        assert_eq!((plain.file.to_string(), plain.mode), ("plain".into(), INJECTOR_MODE));
-        assert_eq!(plain.format, Format::Template(Template::parse(MAP_TEMPLATE).unwrap()));
-        assert!(matches!(&m.vault.auth, AuthSpec::Kubernetes { mount, role, .. } if mount == "k8s-prod" && role == "orders-api"));
+        assert_eq!(
+            (plain.file.to_string(), plain.mode),
+            ("plain".into(), INJECTOR_MODE)
+        );
+        assert_eq!(
+            plain.format,
+            Format::Template(Template::parse(MAP_TEMPLATE).unwrap())
+        );
+        assert!(
+            matches!(&m.vault.auth, AuthSpec::Kubernetes { mount, role, .. } if mount == "k8s-prod" && role == "orders-api")
+        );
     }
 
     #[test]
@@ -317,9 +380,22 @@ mod tests {
     #[test]
     fn a_template_without_its_secret_and_a_missing_role_are_errors() {
         let text = file(&[("vault.hashicorp.com/agent-inject-template-a", "{{ .x }}")]);
-        let e: Vec<String> = parse("ann", &text).unwrap_err().iter().map(ToString::to_string).collect();
-        assert!(e.iter().any(|m| m.contains("agent-inject-template-a has no vault.hashicorp.com/agent-inject-secret-a")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("vault.hashicorp.com/role is required")), "{e:?}");
+        let e: Vec<String> = parse("ann", &text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            e.iter().any(|m| m.contains(
+                "agent-inject-template-a has no vault.hashicorp.com/agent-inject-secret-a"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("vault.hashicorp.com/role is required")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -327,10 +403,18 @@ mod tests {
         let text = file(&[
             ("vault.hashicorp.com/role", "r"),
             ("vault.hashicorp.com/agent-inject-secret-a", "pki/issue/x"),
-            ("vault.hashicorp.com/agent-inject-template-a", "{{ with secret \"pki/issue/x\" \"common_name=a\" }}{{ end }}"),
+            (
+                "vault.hashicorp.com/agent-inject-template-a",
+                "{{ with secret \"pki/issue/x\" \"common_name=a\" }}{{ end }}",
+            ),
         ]);
         let e = parse("ann", &text).unwrap_err();
-        assert!(e[0].to_string().starts_with("ann:3:1: vault.hashicorp.com/agent-inject-template-a: template line 1"), "{e:?}");
+        assert!(
+            e[0].to_string().starts_with(
+                "ann:3:1: vault.hashicorp.com/agent-inject-template-a: template line 1"
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

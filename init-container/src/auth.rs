@@ -3,11 +3,13 @@
 //! Credential files (a service-account token, a JWT, an AppRole secret id, a token file) are
 //! checked before any network call, so a missing one exits 64 without touching Vault.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use keyturn_core::SecretValue;
-use keyturn_core::vault::auth::{AppRole, AuthMethod, Jwt, Kubernetes, TokenAuth};
+use keyturn_core::vault::auth::{
+    AppRole, AuthMethod, DEFAULT_SA_TOKEN_PATH, Jwt, Kubernetes, TokenAuth,
+};
 use keyturn_core::vault::config::read_credential_file;
 use keyturn_core::vault::{ConfigError, LoginInfo, RetryPolicy, Vault, VaultConfig, VaultError};
 
@@ -59,32 +61,68 @@ impl HasExitCode for AuthError {
 ///
 /// # Errors
 /// [`AuthError`] for an unreadable credential file or a missing token.
-pub fn prepare(spec: &AuthSpec, cfg: &VaultConfig) -> Result<Prepared, AuthError> {
+pub fn prepare(
+    spec: &AuthSpec,
+    cfg: &VaultConfig,
+    jwt_default: Option<&Path>,
+) -> Result<Prepared, AuthError> {
+    let jwt_path = |given: &Option<PathBuf>| {
+        given
+            .clone()
+            .or_else(|| jwt_default.map(Path::to_path_buf))
+            .unwrap_or_else(|| DEFAULT_SA_TOKEN_PATH.into())
+    };
     Ok(match spec {
-        AuthSpec::Kubernetes { mount, role, jwt_file } => {
-            let jwt = read_credential_file("service account token", jwt_file)?;
+        AuthSpec::Kubernetes {
+            mount,
+            role,
+            jwt_file,
+        } => {
+            let jwt_file = jwt_path(jwt_file);
+            let jwt = read_credential_file("service account token", &jwt_file)?;
             Prepared {
                 identity: identity_of(&jwt),
-                method: Box::new(Kubernetes { mount: mount.clone(), role: role.clone(), jwt_path: jwt_file.clone() }),
+                method: Box::new(Kubernetes {
+                    mount: mount.clone(),
+                    role: role.clone(),
+                    jwt_path: jwt_file,
+                }),
                 owns_token: true,
             }
         }
-        AuthSpec::Jwt { mount, role, jwt_file } => {
-            let jwt = read_credential_file("jwt", jwt_file)?;
+        AuthSpec::Jwt {
+            mount,
+            role,
+            jwt_file,
+        } => {
+            let jwt_file = jwt_path(jwt_file);
+            let jwt = read_credential_file("jwt", &jwt_file)?;
             Prepared {
                 identity: identity_of(&jwt),
-                method: Box::new(Jwt { mount: mount.clone(), role: role.clone(), jwt_path: jwt_file.clone() }),
+                method: Box::new(Jwt {
+                    mount: mount.clone(),
+                    role: role.clone(),
+                    jwt_path: jwt_file,
+                }),
                 owns_token: true,
             }
         }
-        AuthSpec::AppRole { mount, role_id, secret_id_file } => {
+        AuthSpec::AppRole {
+            mount,
+            role_id,
+            secret_id_file,
+        } => {
             let role_id = match role_id {
                 RoleId::Inline(r) => r.clone(),
                 RoleId::File(f) => text_file("role-id", f)?,
             };
             let secret_id = read_credential_file("secret-id", secret_id_file)?;
             Prepared {
-                method: Box::new(AppRole { mount: mount.clone(), role_id, secret_id }),
+                method: Box::new(AppRole {
+                    mount: mount.clone(),
+                    role_id,
+                    secret_id,
+                }),
                 owns_token: true,
                 identity: Identity::Other,
             }
@@ -94,18 +132,24 @@ pub fn prepare(spec: &AuthSpec, cfg: &VaultConfig) -> Result<Prepared, AuthError
                 Some(f) => read_credential_file("token", f)?,
                 None => cfg.token.clone().ok_or(ConfigError::NoToken)?,
             };
-            Prepared { method: Box::new(TokenAuth { token }), owns_token: false, identity: Identity::Other }
+            Prepared {
+                method: Box::new(TokenAuth { token }),
+                owns_token: false,
+                identity: Identity::Other,
+            }
         }
     })
 }
 
 fn text_file(what: &'static str, path: &Path) -> Result<String, ConfigError> {
     let v = read_credential_file(what, path)?;
-    v.expose_str().map(str::to_owned).map_err(|_| ConfigError::CredentialFile {
-        what,
-        path: path.to_owned(),
-        cause: "not UTF-8 text".into(),
-    })
+    v.expose_str()
+        .map(str::to_owned)
+        .map_err(|_| ConfigError::CredentialFile {
+            what,
+            path: path.to_owned(),
+            cause: "not UTF-8 text".into(),
+        })
 }
 
 /// The service account named by a Kubernetes token's `sub` claim
@@ -116,11 +160,25 @@ fn identity_of(jwt: &SecretValue) -> Identity {
         .expose()
         .split(|b| *b == b'.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.trim_ascii_end()).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.trim_ascii_end())
+                .ok()
+        })
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    let sub = claims.as_ref().and_then(|c| c.get("sub")).and_then(|s| s.as_str()).unwrap_or_default();
-    match sub.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
-        Some((ns, name)) => Identity::ServiceAccount { namespace: ns.to_owned(), name: name.to_owned() },
+    let sub = claims
+        .as_ref()
+        .and_then(|c| c.get("sub"))
+        .and_then(|s| s.as_str())
+        .unwrap_or_default();
+    match sub
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, name)) => Identity::ServiceAccount {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        },
         None => Identity::Other,
     }
 }
@@ -155,7 +213,9 @@ pub async fn login(
 #[must_use]
 pub fn login_exit_code(e: &VaultError) -> ExitCode {
     match e {
-        VaultError::Rejected { code: 400 | 401, .. } => ExitCode::PermissionDenied,
+        VaultError::Rejected {
+            code: 400 | 401, ..
+        } => ExitCode::PermissionDenied,
         e => ExitCode::from_vault(e.exit_code()),
     }
 }
@@ -166,35 +226,60 @@ mod tests {
 
     fn jwt(claims: &str) -> SecretValue {
         let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        SecretValue::from(format!("{}.{}.sig", b.encode(r#"{"alg":"ES256"}"#), b.encode(claims)))
+        SecretValue::from(format!(
+            "{}.{}.sig",
+            b.encode(r#"{"alg":"ES256"}"#),
+            b.encode(claims)
+        ))
     }
 
     #[test]
     fn the_service_account_comes_from_the_sub_claim() {
         assert_eq!(
             identity_of(&jwt(r#"{"sub":"system:serviceaccount:shop:orders-api"}"#)),
-            Identity::ServiceAccount { namespace: "shop".into(), name: "orders-api".into() }
+            Identity::ServiceAccount {
+                namespace: "shop".into(),
+                name: "orders-api".into()
+            }
         );
-        assert_eq!(identity_of(&jwt(r#"{"sub":"user@example.com"}"#)), Identity::Other);
-        assert_eq!(identity_of(&SecretValue::from_str_copy("not a jwt")), Identity::Other);
+        assert_eq!(
+            identity_of(&jwt(r#"{"sub":"user@example.com"}"#)),
+            Identity::Other
+        );
+        assert_eq!(
+            identity_of(&SecretValue::from_str_copy("not a jwt")),
+            Identity::Other
+        );
     }
 
     #[test]
     fn a_missing_credential_file_is_a_usage_error_before_any_call() {
-        let spec = AuthSpec::Kubernetes { mount: "k".into(), role: "r".into(), jwt_file: "/nonexistent/token".into() };
+        let spec = AuthSpec::Kubernetes {
+            mount: "k".into(),
+            role: "r".into(),
+            jwt_file: Some("/nonexistent/token".into()),
+        };
         let cfg = VaultConfig::for_addr("http://127.0.0.1:1").unwrap();
-        let e = prepare(&spec, &cfg).unwrap_err();
+        let e = prepare(&spec, &cfg, None).unwrap_err();
         assert_eq!(e.exit_code(), ExitCode::Usage);
         assert!(e.to_string().contains("/nonexistent/token"), "{e}");
-        let e = prepare(&AuthSpec::Token { token_file: None }, &cfg).unwrap_err();
+        let e = prepare(&AuthSpec::Token { token_file: None }, &cfg, None).unwrap_err();
         assert!(e.to_string().contains("no Vault token"), "{e}");
     }
 
     #[test]
     fn refused_logins_are_permission_denied() {
-        let e = VaultError::Rejected { op: "login", path: "auth/approle/login".into(), code: 400, messages: vec![] };
+        let e = VaultError::Rejected {
+            op: "login",
+            path: "auth/approle/login".into(),
+            code: 400,
+            messages: vec![],
+        };
         assert_eq!(login_exit_code(&e), ExitCode::PermissionDenied);
-        let e = VaultError::PermissionDenied { op: "login", path: "auth/kubernetes/login".into() };
+        let e = VaultError::PermissionDenied {
+            op: "login",
+            path: "auth/kubernetes/login".into(),
+        };
         assert_eq!(login_exit_code(&e), ExitCode::PermissionDenied);
     }
 }

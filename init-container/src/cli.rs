@@ -57,12 +57,22 @@ pub struct Cli {
     #[arg(long, env = "KEYTURN_AUDIT_STDOUT", value_parser = FalseyValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
     pub audit_stdout: bool,
 
+    /// The service-account token (or JWT) for kubernetes/jwt auth when the manifest names
+    /// none; default: /var/run/secrets/kubernetes.io/serviceaccount/token.
+    #[arg(long, env = "KEYTURN_INIT_JWT_FILE", value_name = "FILE")]
+    pub jwt_file: Option<PathBuf>,
+
     /// The pod's name, for audit events (downward API `metadata.name`).
     #[arg(long, env = "KEYTURN_POD_NAME", value_name = "NAME")]
     pub pod_name: Option<String>,
 
     /// Log filter for stderr (JSON lines): error, warn, info, debug, or a tracing filter.
-    #[arg(long, env = "KEYTURN_LOG", value_name = "FILTER", default_value = "warn")]
+    #[arg(
+        long,
+        env = "KEYTURN_LOG",
+        value_name = "FILTER",
+        default_value = "warn"
+    )]
     pub log: String,
 }
 
@@ -71,7 +81,8 @@ pub struct Cli {
 /// # Errors
 /// A message for clap.
 pub fn parse_deadline(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 60s, 1m30s, 500ms)"))?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e} (write e.g. 60s, 1m30s, 500ms)"))?;
     if d.is_zero() {
         return Err("the deadline must be above zero".into());
     }
@@ -85,7 +96,10 @@ pub fn parse_deadline(s: &str) -> Result<Duration, String> {
 pub fn parse_owner(s: &str) -> Result<Owner, String> {
     let bad = || format!("{s:?} is not UID:GID (numbers, e.g. 1000:1000)");
     let (u, g) = s.split_once(':').ok_or_else(bad)?;
-    Ok(Owner { uid: u.parse().map_err(|_| bad())?, gid: g.parse().map_err(|_| bad())? })
+    Ok(Owner {
+        uid: u.parse().map_err(|_| bad())?,
+        gid: g.parse().map_err(|_| bad())?,
+    })
 }
 
 #[cfg(test)]
@@ -96,11 +110,27 @@ mod tests {
 
     #[test]
     fn flags_parse_with_defaults() {
-        let c = Cli::try_parse_from(["keyturn-init", "--manifest", "m.yaml", "--out", "/dev/shm/x"]).unwrap();
+        let c = Cli::try_parse_from([
+            "keyturn-init",
+            "--manifest",
+            "m.yaml",
+            "--out",
+            "/dev/shm/x",
+        ])
+        .unwrap();
         assert_eq!(c.deadline, Duration::from_secs(60));
         assert!(!c.allow_disk && !c.audit_stdout);
         let c = Cli::try_parse_from([
-            "keyturn-init", "--annotations", "a", "--out", "o", "--deadline", "2s", "--allow-disk", "--owner", "1:2",
+            "keyturn-init",
+            "--annotations",
+            "a",
+            "--out",
+            "o",
+            "--deadline",
+            "2s",
+            "--allow-disk",
+            "--owner",
+            "1:2",
         ])
         .unwrap();
         assert_eq!(c.deadline, Duration::from_secs(2));
@@ -111,7 +141,18 @@ mod tests {
     #[test]
     fn exactly_one_manifest_source_is_required() {
         assert!(Cli::try_parse_from(["keyturn-init", "--out", "o"]).is_err());
-        assert!(Cli::try_parse_from(["keyturn-init", "--out", "o", "--manifest", "m", "--annotations", "a"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "keyturn-init",
+                "--out",
+                "o",
+                "--manifest",
+                "m",
+                "--annotations",
+                "a"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

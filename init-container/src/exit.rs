@@ -90,7 +90,10 @@ impl ExitCode {
     /// The code to exit with for a set of failures (`Ok` for none).
     #[must_use]
     pub fn worst(codes: impl IntoIterator<Item = ExitCode>) -> ExitCode {
-        codes.into_iter().min_by_key(|c| c.rank()).unwrap_or(ExitCode::Ok)
+        codes
+            .into_iter()
+            .min_by_key(|c| c.rank())
+            .unwrap_or(ExitCode::Ok)
     }
 }
 
@@ -112,7 +115,11 @@ mod tests {
 
     #[test]
     fn permission_denied_wins_over_everything_else() {
-        let c = ExitCode::worst([ExitCode::Unavailable, ExitCode::PermissionDenied, ExitCode::Io]);
+        let c = ExitCode::worst([
+            ExitCode::Unavailable,
+            ExitCode::PermissionDenied,
+            ExitCode::Io,
+        ]);
         assert_eq!(c.code(), 77);
     }
 

@@ -195,7 +195,12 @@ struct OpState {
 impl Progress {
     fn start(&self, op: &'static str, path: &str) -> usize {
         let mut ops = self.ops.borrow_mut();
-        ops.push(OpState { op, path: path.to_owned(), done: false, last: None });
+        ops.push(OpState {
+            op,
+            path: path.to_owned(),
+            done: false,
+            last: None,
+        });
         ops.len() - 1
     }
 
@@ -277,13 +282,16 @@ pub async fn fetch_all(
     progress: &Progress,
 ) -> Result<FetchedSet, Vec<FetchError>> {
     let mounts = if reads.iter().any(|r| r.engine.is_none()) {
-        mounts(vault, retry, progress).await.map_err(|e| vec![FetchError::Vault(e)])?
+        mounts(vault, retry, progress)
+            .await
+            .map_err(|e| vec![FetchError::Vault(e)])?
     } else {
         Vec::new()
     };
+    let mounts = &mounts;
     let mut pending: FuturesUnordered<_> = reads
         .iter()
-        .map(|r| async move { (r, fetch_one(vault, r, &mounts, retry, progress).await) })
+        .map(|r| async move { (r, fetch_one(vault, r, mounts, retry, progress).await) })
         .collect();
     let mut set = FetchedSet::default();
     let mut errors = Vec::new();
@@ -305,17 +313,28 @@ pub async fn fetch_all(
     Ok(set)
 }
 
-async fn mounts(vault: &Vault, retry: &RetryPolicy, progress: &Progress) -> Result<Vec<Mount>, VaultError> {
+async fn mounts(
+    vault: &Vault,
+    retry: &RetryPolicy,
+    progress: &Progress,
+) -> Result<Vec<Mount>, VaultError> {
     const PATH: &str = "sys/internal/ui/mounts";
     let r = retried(retry, progress, "read", PATH, || vault.logical_read(PATH)).await?;
     let Some(secret) = r.data.get("secret").and_then(|v| v.as_object()) else {
-        return Err(VaultError::BadResponse { op: "read", path: PATH.into(), what: "no secret mounts listed".into() });
+        return Err(VaultError::BadResponse {
+            op: "read",
+            path: PATH.into(),
+            what: "no secret mounts listed".into(),
+        });
     };
     Ok(secret
         .iter()
         .map(|(path, m)| {
             let kind = m.get("type").and_then(|t| t.as_str()).unwrap_or_default();
-            let version = m.get("options").and_then(|o| o.get("version")).and_then(|v| v.as_str());
+            let version = m
+                .get("options")
+                .and_then(|o| o.get("version"))
+                .and_then(|v| v.as_str());
             let engine = match (kind, version) {
                 ("kv", Some("2")) => Engine::Kv2,
                 ("kv" | "generic", _) => Engine::Kv1,
@@ -324,6 +343,23 @@ async fn mounts(vault: &Vault, retry: &RetryPolicy, progress: &Progress) -> Resu
             (path.clone(), engine)
         })
         .collect())
+}
+
+/// `e`, naming `path` instead of the path it was built with.
+fn repath(mut e: VaultError, path: &str) -> VaultError {
+    match &mut e {
+        VaultError::Unreachable { path: p, .. }
+        | VaultError::PermissionDenied { path: p, .. }
+        | VaultError::NotFound { path: p, .. }
+        | VaultError::CasConflict { path: p, .. }
+        | VaultError::Unavailable { path: p, .. }
+        | VaultError::Rejected { path: p, .. }
+        | VaultError::BadResponse { path: p, .. }
+        | VaultError::DeadlineExceeded { path: p, .. }
+        | VaultError::NotText { path: p, .. } => path.clone_into(p),
+        VaultError::Config(_) => {}
+    }
+    e
 }
 
 /// The longest mount that holds `path`, if any.
@@ -351,7 +387,10 @@ async fn fetch_one(
         },
     };
     if read.key.version.is_some() && engine != Engine::Kv2 {
-        return Err(FetchError::VersionNotKv2 { path: path.to_owned(), engine: engine.as_str() });
+        return Err(FetchError::VersionNotKv2 {
+            path: path.to_owned(),
+            engine: engine.as_str(),
+        });
     }
     match engine {
         Engine::Kv2 => {
@@ -381,8 +420,21 @@ async fn fetch_one(
                     }
                 },
             };
-            let v = retried(retry, progress, "read", path, || vault.kv2_read(mount, rest, read.key.version)).await?;
-            Ok(Fetched { engine, data: v.data, version: Some(v.version), lease: None })
+            let v = retried(retry, progress, "read", path, || async {
+                // Core names a KV v2 error by mount and secret path; the manifest and every
+                // message here use the API path.
+                vault
+                    .kv2_read(mount, rest, read.key.version)
+                    .await
+                    .map_err(|e| repath(e, path))
+            })
+            .await?;
+            Ok(Fetched {
+                engine,
+                data: v.data,
+                version: Some(v.version),
+                lease: None,
+            })
         }
         Engine::Kv1 => {
             let (m, rest) = match mount {
@@ -390,7 +442,12 @@ async fn fetch_one(
                 None => path.split_once('/').unwrap_or((path, "")),
             };
             let data = retried(retry, progress, "read", path, || vault.kv1_read(m, rest)).await?;
-            Ok(Fetched { engine, data, version: None, lease: None })
+            Ok(Fetched {
+                engine,
+                data,
+                version: None,
+                lease: None,
+            })
         }
         Engine::Dynamic => {
             let r = retried(retry, progress, "read", path, || vault.logical_read(path)).await?;
@@ -407,7 +464,12 @@ async fn fetch_one(
             if let Some(l) = &lease {
                 tracing::info!(lease_id = %l.id, ttl_s = l.duration, "dynamic secret leased (not renewed)");
             }
-            Ok(Fetched { engine, data, version: None, lease })
+            Ok(Fetched {
+                engine,
+                data,
+                version: None,
+                lease,
+            })
         }
     }
 }
@@ -422,11 +484,24 @@ mod tests {
 
     #[test]
     fn the_longest_mount_prefix_wins() {
-        let ms = m(&[("team/", Engine::Kv1), ("team/kv/", Engine::Kv2), ("secret/", Engine::Kv2)]);
-        assert_eq!(mount_of("team/kv/data/x", &ms).map(|x| x.0.as_str()), Some("team/kv/"));
-        assert_eq!(mount_of("team/other", &ms).map(|x| x.0.as_str()), Some("team/"));
+        let ms = m(&[
+            ("team/", Engine::Kv1),
+            ("team/kv/", Engine::Kv2),
+            ("secret/", Engine::Kv2),
+        ]);
+        assert_eq!(
+            mount_of("team/kv/data/x", &ms).map(|x| x.0.as_str()),
+            Some("team/kv/")
+        );
+        assert_eq!(
+            mount_of("team/other", &ms).map(|x| x.0.as_str()),
+            Some("team/")
+        );
         assert_eq!(mount_of("secretx/a", &ms), None);
-        assert_eq!(mount_of("secret", &ms).map(|x| x.0.as_str()), Some("secret/"));
+        assert_eq!(
+            mount_of("secret", &ms).map(|x| x.0.as_str()),
+            Some("secret/")
+        );
     }
 
     #[test]
@@ -434,11 +509,22 @@ mod tests {
         let p = Progress::default();
         let a = p.start("read", "secret/data/a");
         let b = p.start("read", "secret/data/b");
-        p.failed(a, &VaultError::Unavailable { op: "read", path: "secret/data/a".into(), code: 503, messages: vec![] });
+        p.failed(
+            a,
+            &VaultError::Unavailable {
+                op: "read",
+                path: "secret/data/a".into(),
+                code: 503,
+                messages: vec![],
+            },
+        );
         p.done(b);
         let left = p.unfinished(Duration::from_secs(2));
         assert_eq!(left.len(), 1);
-        assert_eq!(left[0].to_string(), "vault read secret/data/a: gave up after 2s: server answered 503: ");
+        assert_eq!(
+            left[0].to_string(),
+            "vault read secret/data/a: gave up after 2s: server answered 503: "
+        );
         assert_eq!(left[0].exit_code(), 69);
     }
 }

@@ -1,1 +1,65 @@
-fn main() {}
+//! `keyturn-init`: parse the command line, set up logging, run, exit with the run's code.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use keyturn_init::cli::Cli;
+use keyturn_init::exit;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's message spans several lines; the first says what is wrong.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("keyturn-init: {}", first.trim_start_matches("error: "));
+            return exit::ExitCode::Usage.into();
+        }
+    };
+    // vaultrs and rustify log every failed request at ERROR, repeating what keyturn's own
+    // retry warning and failure line already say; they stay quiet unless named.
+    let mut directives = cli.log.clone();
+    for lib in ["rustify", "vaultrs"] {
+        if !directives.contains(lib) {
+            directives.push_str(&format!(",{lib}=off"));
+        }
+    }
+    let filter = match tracing_subscriber::EnvFilter::try_new(&directives) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("keyturn-init: --log {:?}: {e}", cli.log);
+            return exit::ExitCode::Usage.into();
+        }
+    };
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .init();
+    // One thread: the work is a few dozen concurrent requests, and a thread pool would
+    // cost start-up time and memory for nothing.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyturn-init: cannot start the async runtime: {e}");
+            return exit::ExitCode::Internal.into();
+        }
+    };
+    let outcome = rt.block_on(keyturn_init::run::run(&cli));
+    let mut err = std::io::stderr().lock();
+    for f in &outcome.failures {
+        let _ = writeln!(err, "keyturn-init: {}", f.message);
+    }
+    outcome.code().into()
+}

@@ -7,7 +7,8 @@
 //!   auth: kubernetes                       # kubernetes | jwt | approle | token
 //!   role: orders-api                       # kubernetes (required), jwt (optional)
 //!   mount: kubernetes                      # the auth mount; default: the auth method's name
-//!   jwt-file: /var/run/secrets/kubernetes.io/serviceaccount/token   # kubernetes, jwt
+//!   jwt-file: /var/run/secrets/tokens/vault   # kubernetes, jwt; default: --jwt-file, else
+//!                                          # /var/run/secrets/kubernetes.io/serviceaccount/token
 //!   role-id: 5f2c…                         # approle: role-id or role-id-file
 //!   role-id-file: /etc/approle/role-id
 //!   secret-id-file: /etc/approle/secret-id # approle (required)
@@ -58,14 +59,17 @@ pub struct Manifest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Loc {
     /// Line.
-    pub line: u32,
+    pub line: u64,
     /// Column.
-    pub col: u32,
+    pub col: u64,
 }
 
 impl Loc {
     fn of<T>(s: &Spanned<T>) -> Self {
-        Self { line: s.referenced.line(), col: s.referenced.column() }
+        Self {
+            line: s.referenced.line(),
+            col: s.referenced.column(),
+        }
     }
 }
 
@@ -89,8 +93,8 @@ pub enum AuthSpec {
         mount: String,
         /// Vault role.
         role: String,
-        /// Service-account token file.
-        jwt_file: PathBuf,
+        /// Service-account token file; `None`: `--jwt-file`, else the in-pod default.
+        jwt_file: Option<PathBuf>,
     },
     /// A JWT Vault checks against a JWKS or OIDC discovery.
     Jwt {
@@ -98,8 +102,8 @@ pub enum AuthSpec {
         mount: String,
         /// Vault role, or the mount's default.
         role: Option<String>,
-        /// The JWT file.
-        jwt_file: PathBuf,
+        /// The JWT file; `None`: `--jwt-file`, else the in-pod default.
+        jwt_file: Option<PathBuf>,
     },
     /// AppRole.
     AppRole {
@@ -235,11 +239,18 @@ pub(crate) struct Problems<'a> {
 
 impl<'a> Problems<'a> {
     pub(crate) fn new(origin: &'a str) -> Self {
-        Self { origin, list: Vec::new() }
+        Self {
+            origin,
+            list: Vec::new(),
+        }
     }
 
     pub(crate) fn at(&mut self, at: Loc, message: impl Into<String>) {
-        self.list.push(ManifestError::At { origin: self.origin.to_owned(), at, message: message.into() });
+        self.list.push(ManifestError::At {
+            origin: self.origin.to_owned(),
+            at,
+            message: message.into(),
+        });
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -247,7 +258,11 @@ impl<'a> Problems<'a> {
     }
 
     pub(crate) fn finish<T>(self, value: T) -> Result<T, Vec<ManifestError>> {
-        if self.list.is_empty() { Ok(value) } else { Err(self.list) }
+        if self.list.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.list)
+        }
     }
 }
 
@@ -257,17 +272,24 @@ impl Manifest {
     /// # Errors
     /// Every problem found, each located.
     pub fn parse(origin: &str, text: &str) -> Result<Self, Vec<ManifestError>> {
-        let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(origin, &e)])?;
+        let raw: RawManifest =
+            serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(origin, &e)])?;
         let mut p = Problems::new(origin);
         let vault = match raw.vault {
             Some(v) => vault_spec(&v.value, Loc::of(&v), &mut p),
             None => {
-                p.at(Loc { line: 1, col: 1 }, "no vault: block; say how to log in (auth: kubernetes, role: …)");
+                p.at(
+                    Loc { line: 1, col: 1 },
+                    "no vault: block; say how to log in (auth: kubernetes, role: …)",
+                );
                 None
             }
         };
         if raw.secrets.value.is_empty() {
-            p.at(Loc::of(&raw.secrets), "secrets: is empty; list at least one secret");
+            p.at(
+                Loc::of(&raw.secrets),
+                "secrets: is empty; list at least one secret",
+            );
         }
         let mut secrets = Vec::with_capacity(raw.secrets.value.len());
         for s in &raw.secrets.value {
@@ -279,7 +301,11 @@ impl Manifest {
         let vault = p.finish(vault)?;
         Ok(Self {
             origin: origin.to_owned(),
-            vault: vault.unwrap_or(VaultSpec { address: None, namespace: None, auth: AuthSpec::Token { token_file: None } }),
+            vault: vault.unwrap_or(VaultSpec {
+                address: None,
+                namespace: None,
+                auth: AuthSpec::Token { token_file: None },
+            }),
             secrets,
         })
     }
@@ -294,11 +320,17 @@ fn yaml_error(origin: &str, e: &serde_saphyr::Error) -> ManifestError {
             let msg = plain.strip_suffix(&suffix).unwrap_or(&plain);
             ManifestError::At {
                 origin: origin.to_owned(),
-                at: Loc { line: l.line(), col: l.column() },
+                at: Loc {
+                    line: l.line(),
+                    col: l.column(),
+                },
                 message: one_line(msg),
             }
         }
-        None => ManifestError::Unreadable { origin: origin.to_owned(), message: one_line(&plain) },
+        None => ManifestError::Unreadable {
+            origin: origin.to_owned(),
+            message: one_line(&plain),
+        },
     }
 }
 
@@ -319,7 +351,10 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
     }
     let not_for = |p: &mut Problems<'_>, field: &Option<Spanned<String>>, name: &str| {
         if let Some(f) = field {
-            p.at(Loc::of(f), format!("{name}: does not apply to auth {auth_name}"));
+            p.at(
+                Loc::of(f),
+                format!("{name}: does not apply to auth {auth_name}"),
+            );
         }
     };
     let auth = match auth_name {
@@ -328,17 +363,26 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             not_for(p, &v.role_id_file, "role-id-file");
             not_for(p, &v.secret_id_file, "secret-id-file");
             not_for(p, &v.token_file, "token-file");
-            let jwt_file = PathBuf::from(
-                s(&v.jwt_file).unwrap_or_else(|| keyturn_core::vault::auth::DEFAULT_SA_TOKEN_PATH.to_owned()),
-            );
+            let jwt_file = s(&v.jwt_file).map(PathBuf::from);
             if auth_name == "kubernetes" {
                 let role = s(&v.role).unwrap_or_default();
                 if role.is_empty() {
-                    p.at(v.role.as_ref().map_or(auth_at, Loc::of), "role: is required for auth kubernetes");
+                    p.at(
+                        v.role.as_ref().map_or(auth_at, Loc::of),
+                        "role: is required for auth kubernetes",
+                    );
                 }
-                AuthSpec::Kubernetes { mount: mount.unwrap_or_else(|| "kubernetes".into()), role, jwt_file }
+                AuthSpec::Kubernetes {
+                    mount: mount.unwrap_or_else(|| "kubernetes".into()),
+                    role,
+                    jwt_file,
+                }
             } else {
-                AuthSpec::Jwt { mount: mount.unwrap_or_else(|| "jwt".into()), role: s(&v.role), jwt_file }
+                AuthSpec::Jwt {
+                    mount: mount.unwrap_or_else(|| "jwt".into()),
+                    role: s(&v.role),
+                    jwt_file,
+                }
             }
         }
         "approle" => {
@@ -349,7 +393,10 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
                 (Some(r), None) => RoleId::Inline(r),
                 (None, Some(f)) => RoleId::File(f.into()),
                 _ => {
-                    p.at(auth_at, "auth approle needs exactly one of role-id: and role-id-file:");
+                    p.at(
+                        auth_at,
+                        "auth approle needs exactly one of role-id: and role-id-file:",
+                    );
                     RoleId::Inline(String::new())
                 }
             };
@@ -360,7 +407,11 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
                     PathBuf::new()
                 }
             };
-            AuthSpec::AppRole { mount: mount.unwrap_or_else(|| "approle".into()), role_id, secret_id_file }
+            AuthSpec::AppRole {
+                mount: mount.unwrap_or_else(|| "approle".into()),
+                role_id,
+                secret_id_file,
+            }
         }
         "token" => {
             not_for(p, &v.role, "role");
@@ -369,10 +420,15 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             not_for(p, &v.role_id, "role-id");
             not_for(p, &v.role_id_file, "role-id-file");
             not_for(p, &v.secret_id_file, "secret-id-file");
-            AuthSpec::Token { token_file: s(&v.token_file).map(PathBuf::from) }
+            AuthSpec::Token {
+                token_file: s(&v.token_file).map(PathBuf::from),
+            }
         }
         other => {
-            p.at(auth_at, format!("unknown auth {other:?}; expected one of kubernetes, jwt, approle, token"));
+            p.at(
+                auth_at,
+                format!("unknown auth {other:?}; expected one of kubernetes, jwt, approle, token"),
+            );
             return None;
         }
     };
@@ -381,7 +437,11 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
     {
         p.at(Loc::of(a), e.to_string());
     }
-    (p.list.len() == start).then(|| VaultSpec { address: s(&v.address), namespace: v.namespace.clone(), auth })
+    (p.list.len() == start).then(|| VaultSpec {
+        address: s(&v.address),
+        namespace: v.namespace.clone(),
+        auth,
+    })
 }
 
 /// Normalizes and checks a Vault path: no leading/trailing `/`, no empty, `.` or `..`
@@ -411,20 +471,27 @@ pub fn vault_path(p: &str) -> Result<String, String> {
 pub fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let bad = || format!("mode {s:?} is not an octal permission like \"0400\"");
-    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
         return Err(bad());
     }
     let m = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
     if m > 0o777 {
-        return Err(format!("mode {s:?} sets setuid, setgid or sticky bits; only 0000-0777 are allowed"));
+        return Err(format!(
+            "mode {s:?} sets setuid, setgid or sticky bits; only 0000-0777 are allowed"
+        ));
     }
     Ok(m)
 }
 
 fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpec> {
     let start = p.list.len();
-    let path = vault_path(&s.path.value).map_err(|m| p.at(Loc::of(&s.path), m)).ok();
-    let file = RelPath::parse(&s.file.value).map_err(|e| p.at(Loc::of(&s.file), e.to_string())).ok();
+    let path = vault_path(&s.path.value)
+        .map_err(|m| p.at(Loc::of(&s.path), m))
+        .ok();
+    let file = RelPath::parse(&s.file.value)
+        .map_err(|e| p.at(Loc::of(&s.file), e.to_string()))
+        .ok();
     let mode = match &s.mode {
         Some(m) => parse_mode(&m.value).map_err(|e| p.at(Loc::of(m), e)).ok(),
         None => Some(DEFAULT_MODE),
@@ -434,7 +501,10 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
         "kv2" => Some(Engine::Kv2),
         "dynamic" => Some(Engine::Dynamic),
         other => {
-            p.at(Loc::of(e), format!("unknown engine {other:?}; expected one of kv1, kv2, dynamic"));
+            p.at(
+                Loc::of(e),
+                format!("unknown engine {other:?}; expected one of kv1, kv2, dynamic"),
+            );
             None
         }
     });
@@ -479,19 +549,28 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
             },
         },
         other => {
-            p.at(format_at, format!("unknown format {other:?}; expected one of raw, env, json, yaml, template"));
+            p.at(
+                format_at,
+                format!("unknown format {other:?}; expected one of raw, env, json, yaml, template"),
+            );
             None
         }
     };
     if let Some(t) = &s.template
         && format_name != "template"
     {
-        p.at(Loc::of(t), format!("template: is only used with format template, not {format_name}"));
+        p.at(
+            Loc::of(t),
+            format!("template: is only used with format template, not {format_name}"),
+        );
     }
     if format_name == "template"
         && let Some(k) = &s.key
     {
-        p.at(Loc::of(k), "key: does not apply to format template; name fields in the template");
+        p.at(
+            Loc::of(k),
+            "key: does not apply to format template; name fields in the template",
+        );
     }
     if p.list.len() != start {
         return None;
@@ -513,7 +592,13 @@ pub(crate) fn check_files(secrets: &[SecretSpec], p: &mut Problems<'_>) {
     let mut seen: HashMap<&RelPath, Loc> = HashMap::with_capacity(secrets.len());
     for s in secrets {
         if let Some(first) = seen.get(&s.file) {
-            p.at(s.at, format!("file {} is also written by the entry at line {}", s.file, first.line));
+            p.at(
+                s.at,
+                format!(
+                    "file {} is also written by the entry at line {}",
+                    s.file, first.line
+                ),
+            );
         } else {
             seen.insert(&s.file, s.at);
         }
@@ -523,7 +608,13 @@ pub(crate) fn check_files(secrets: &[SecretSpec], p: &mut Problems<'_>) {
         for a in secrets {
             for b in secrets {
                 if a.file.is_ancestor_of(&b.file) {
-                    p.at(b.at, format!("file {} needs {} to be a directory, but line {} writes it as a file", b.file, a.file, a.at.line));
+                    p.at(
+                        b.at,
+                        format!(
+                            "file {} needs {} to be a directory, but line {} writes it as a file",
+                            b.file, a.file, a.at.line
+                        ),
+                    );
                 }
             }
         }
@@ -541,7 +632,11 @@ mod tests {
     }
 
     fn errs(secrets: &str) -> Vec<String> {
-        parse(secrets).unwrap_err().iter().map(ToString::to_string).collect()
+        parse(secrets)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -564,7 +659,7 @@ mod tests {
             AuthSpec::Kubernetes {
                 mount: "kubernetes".into(),
                 role: "app".into(),
-                jwt_file: keyturn_core::vault::auth::DEFAULT_SA_TOKEN_PATH.into()
+                jwt_file: None
             }
         );
     }
@@ -573,7 +668,9 @@ mod tests {
     fn an_unknown_field_is_located() {
         assert_eq!(
             errs("  - path: a/b\n    fle: x\n"),
-            ["m.yaml:4:5: unknown field `fle`, expected one of path, file, key, format, mode, template, version, engine"]
+            [
+                "m.yaml:4:5: unknown field `fle`, expected one of path, file, key, format, mode, template, version, engine"
+            ]
         );
     }
 
@@ -581,25 +678,48 @@ mod tests {
     fn absolute_and_dot_dot_files_are_refused_at_their_line() {
         let e = errs("  - path: a/b\n    file: /etc/x\n  - path: a/c\n    file: ../x\n");
         assert_eq!(e.len(), 2);
-        assert!(e[0].starts_with("m.yaml:4:11: file \"/etc/x\" is absolute"), "{e:?}");
-        assert!(e[1].starts_with("m.yaml:6:11: file \"../x\" contains \"..\""), "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:4:11: file \"/etc/x\" is absolute"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("m.yaml:6:11: file \"../x\" contains \"..\""),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn two_entries_writing_one_file_are_refused() {
         let e = errs("  - path: a/b\n    file: x\n  - path: a/c\n    file: ./x\n");
-        assert_eq!(e, ["m.yaml:5:5: file x is also written by the entry at line 3"]);
+        assert_eq!(
+            e,
+            ["m.yaml:5:5: file x is also written by the entry at line 3"]
+        );
         let e = errs("  - path: a/b\n    file: d\n  - path: a/c\n    file: d/x\n");
         assert!(e[0].contains("needs d to be a directory"), "{e:?}");
     }
 
     #[test]
     fn unknown_format_engine_and_bad_mode_are_each_reported() {
-        let e = errs("  - path: a/b\n    file: x\n    format: toml\n    engine: kv3\n    mode: \"0999\"\n");
+        let e = errs(
+            "  - path: a/b\n    file: x\n    format: toml\n    engine: kv3\n    mode: \"0999\"\n",
+        );
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("m.yaml:5:13: unknown format \"toml\"")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("m.yaml:6:13: unknown engine \"kv3\"")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("m.yaml:7:11: mode \"0999\"")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("m.yaml:5:13: unknown format \"toml\"")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("m.yaml:6:13: unknown engine \"kv3\"")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("m.yaml:7:11: mode \"0999\"")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -615,11 +735,19 @@ mod tests {
     #[test]
     fn template_rules_are_checked() {
         let e = errs("  - path: a/b\n    file: x\n    format: template\n");
-        assert!(e[0].contains("format template needs a template: field"), "{e:?}");
+        assert!(
+            e[0].contains("format template needs a template: field"),
+            "{e:?}"
+        );
         let e = errs("  - path: a/b\n    file: x\n    format: env\n    template: \"{{ .a }}\"\n");
         assert!(e[0].contains("only used with format template"), "{e:?}");
         let e = errs("  - path: a/b\n    file: x\n    template: \"{{ if .a }}\"\n");
-        assert!(e[0].starts_with("m.yaml:5:15: template: template line 1 column 1: `if` is not supported"), "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "m.yaml:5:15: template: template line 1 column 1: `if` is not supported"
+            ),
+            "{e:?}"
+        );
         let m = parse("  - path: a/b\n    file: x\n    template: \"{{ .a }}\"\n").unwrap();
         assert!(matches!(m.secrets[0].format, Format::Template(_)));
     }
@@ -640,21 +768,41 @@ mod tests {
 
     #[test]
     fn vault_block_rules_are_checked() {
-        let m = |v: &str| Manifest::parse("m.yaml", &format!("vault: {v}\nsecrets:\n  - path: a/b\n    file: x\n"));
+        let m = |v: &str| {
+            Manifest::parse(
+                "m.yaml",
+                &format!("vault: {v}\nsecrets:\n  - path: a/b\n    file: x\n"),
+            )
+        };
         let e = m("{ auth: kubernetes }").unwrap_err();
         assert!(e[0].to_string().contains("role: is required"), "{e:?}");
         let e = m("{ auth: ldap }").unwrap_err();
         assert!(e[0].to_string().contains("unknown auth \"ldap\""), "{e:?}");
         let e = m("{ auth: approle, role-id: r }").unwrap_err();
-        assert!(e[0].to_string().contains("secret-id-file: is required"), "{e:?}");
+        assert!(
+            e[0].to_string().contains("secret-id-file: is required"),
+            "{e:?}"
+        );
         let e = m("{ auth: token, role: r }").unwrap_err();
-        assert!(e[0].to_string().contains("role: does not apply to auth token"), "{e:?}");
+        assert!(
+            e[0].to_string()
+                .contains("role: does not apply to auth token"),
+            "{e:?}"
+        );
         let e = m("{ auth: token, address: \"vault:8200\" }").unwrap_err();
-        assert!(e[0].to_string().contains("not an http:// or https:// URL"), "{e:?}");
-        let ok = m("{ auth: approle, mount: auth/ar/, role-id-file: /r, secret-id-file: /s }").unwrap();
+        assert!(
+            e[0].to_string().contains("not an http:// or https:// URL"),
+            "{e:?}"
+        );
+        let ok =
+            m("{ auth: approle, mount: auth/ar/, role-id-file: /r, secret-id-file: /s }").unwrap();
         assert_eq!(
             ok.vault.auth,
-            AuthSpec::AppRole { mount: "ar".into(), role_id: RoleId::File("/r".into()), secret_id_file: "/s".into() }
+            AuthSpec::AppRole {
+                mount: "ar".into(),
+                role_id: RoleId::File("/r".into()),
+                secret_id_file: "/s".into()
+            }
         );
         let e = Manifest::parse("m.yaml", "secrets:\n  - path: a/b\n    file: x\n").unwrap_err();
         assert!(e[0].to_string().contains("no vault: block"), "{e:?}");

@@ -216,11 +216,24 @@ impl OutDir {
         if !allow_disk {
             match keyturn_core::sys::is_memory_backed(path) {
                 Ok(true) => {}
-                Ok(false) => return Err(PathError::NotMemoryBacked { path: path.to_owned() }),
-                Err(e) => return Err(PathError::Io { path: path.to_owned(), op: "statfs", source: e }),
+                Ok(false) => {
+                    return Err(PathError::NotMemoryBacked {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(e) => {
+                    return Err(PathError::Io {
+                        path: path.to_owned(),
+                        op: "statfs",
+                        source: e,
+                    });
+                }
             }
         }
-        Ok(Self { path: path.to_owned(), fd })
+        Ok(Self {
+            path: path.to_owned(),
+            fd,
+        })
     }
 
     /// The directory as given.
@@ -274,7 +287,11 @@ impl OutDir {
 }
 
 fn dir_flags(readable: bool) -> OFlags {
-    let access = if readable { OFlags::RDONLY } else { OFlags::PATH };
+    let access = if readable {
+        OFlags::RDONLY
+    } else {
+        OFlags::PATH
+    };
     access | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
@@ -294,18 +311,28 @@ pub(crate) fn open_dir(
         Err(Errno::NOTDIR | Errno::LOOP) => {
             match rustix::fs::statat(parent, name.as_bytes(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                    Err(PathError::Symlink { path: shown.to_owned() })
+                    Err(PathError::Symlink {
+                        path: shown.to_owned(),
+                    })
                 }
-                _ => Err(PathError::NotADirectory { path: shown.to_owned() }),
+                _ => Err(PathError::NotADirectory {
+                    path: shown.to_owned(),
+                }),
             }
         }
-        Err(Errno::NOENT) => Err(PathError::Missing { path: shown.to_owned() }),
+        Err(Errno::NOENT) => Err(PathError::Missing {
+            path: shown.to_owned(),
+        }),
         Err(e) => Err(io_err(shown.to_owned(), "open", e)),
     }
 }
 
 pub(crate) fn io_err(path: PathBuf, op: &'static str, e: Errno) -> PathError {
-    PathError::Io { path, op, source: e.into() }
+    PathError::Io {
+        path,
+        op,
+        source: e.into(),
+    }
 }
 
 #[cfg(test)]
@@ -325,13 +352,22 @@ mod tests {
 
     #[test]
     fn absolute_paths_are_refused() {
-        assert!(matches!(RelPath::parse("/etc/passwd"), Err(RelPathError::Absolute(_))));
+        assert!(matches!(
+            RelPath::parse("/etc/passwd"),
+            Err(RelPathError::Absolute(_))
+        ));
     }
 
     #[test]
     fn any_dot_dot_is_refused_even_one_that_stays_inside() {
-        assert!(matches!(RelPath::parse("../x"), Err(RelPathError::DotDot(_))));
-        assert!(matches!(RelPath::parse("a/../b"), Err(RelPathError::DotDot(_))));
+        assert!(matches!(
+            RelPath::parse("../x"),
+            Err(RelPathError::DotDot(_))
+        ));
+        assert!(matches!(
+            RelPath::parse("a/../b"),
+            Err(RelPathError::DotDot(_))
+        ));
     }
 
     #[test]
@@ -339,7 +375,10 @@ mod tests {
         assert!(matches!(RelPath::parse(""), Err(RelPathError::Empty(_))));
         assert!(matches!(RelPath::parse("./"), Err(RelPathError::Empty(_))));
         assert!(matches!(RelPath::parse("a\0b"), Err(RelPathError::Nul(_))));
-        assert!(matches!(RelPath::parse(&"x".repeat(256)), Err(RelPathError::TooLong(_))));
+        assert!(matches!(
+            RelPath::parse(&"x".repeat(256)),
+            Err(RelPathError::TooLong(_))
+        ));
     }
 
     #[test]
@@ -356,7 +395,10 @@ mod tests {
         if keyturn_core::sys::is_memory_backed(d.path()).unwrap() {
             return; // the build tree is on tmpfs here; nothing to check
         }
-        assert!(matches!(OutDir::open(d.path(), false), Err(PathError::NotMemoryBacked { .. })));
+        assert!(matches!(
+            OutDir::open(d.path(), false),
+            Err(PathError::NotMemoryBacked { .. })
+        ));
         OutDir::open(d.path(), true).unwrap();
     }
 
@@ -367,16 +409,25 @@ mod tests {
         std::fs::create_dir(d.path().join("real/inner")).unwrap();
         std::os::unix::fs::symlink(d.path().join("real"), d.path().join("link")).unwrap();
         let e = OutDir::open(&d.path().join("link"), true).unwrap_err();
-        assert!(matches!(&e, PathError::Symlink { path } if path.ends_with("link")), "{e}");
+        assert!(
+            matches!(&e, PathError::Symlink { path } if path.ends_with("link")),
+            "{e}"
+        );
         let e = OutDir::open(&d.path().join("link/inner"), true).unwrap_err();
-        assert!(matches!(&e, PathError::Symlink { path } if path.ends_with("link")), "{e}");
+        assert!(
+            matches!(&e, PathError::Symlink { path } if path.ends_with("link")),
+            "{e}"
+        );
         OutDir::open(&d.path().join("real/inner"), true).unwrap();
     }
 
     #[test]
     fn a_missing_or_non_directory_output_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(OutDir::open(&d.path().join("nope"), true), Err(PathError::Missing { .. })));
+        assert!(matches!(
+            OutDir::open(&d.path().join("nope"), true),
+            Err(PathError::Missing { .. })
+        ));
         std::fs::write(d.path().join("f"), "x").unwrap();
         assert!(matches!(
             OutDir::open(&d.path().join("f"), true),
@@ -390,15 +441,30 @@ mod tests {
         let out = OutDir::open(d.path(), true).unwrap();
         let r = |s| RelPath::parse(s).unwrap();
         assert_eq!(out.check_target(&r("new")).unwrap(), TargetState::Absent);
-        assert_eq!(out.check_target(&r("sub/new")).unwrap(), TargetState::Absent);
+        assert_eq!(
+            out.check_target(&r("sub/new")).unwrap(),
+            TargetState::Absent
+        );
         std::fs::write(d.path().join("f"), "x").unwrap();
         assert_eq!(out.check_target(&r("f")).unwrap(), TargetState::Regular);
         std::os::unix::fs::symlink("/etc/hostname", d.path().join("l")).unwrap();
-        assert!(matches!(out.check_target(&r("l")), Err(PathError::Symlink { .. })));
+        assert!(matches!(
+            out.check_target(&r("l")),
+            Err(PathError::Symlink { .. })
+        ));
         std::os::unix::fs::symlink("/tmp", d.path().join("ldir")).unwrap();
-        assert!(matches!(out.check_target(&r("ldir/x")), Err(PathError::Symlink { .. })));
+        assert!(matches!(
+            out.check_target(&r("ldir/x")),
+            Err(PathError::Symlink { .. })
+        ));
         std::fs::create_dir(d.path().join("dir")).unwrap();
-        assert!(matches!(out.check_target(&r("dir")), Err(PathError::NotARegularFile { .. })));
-        assert!(matches!(out.check_target(&r("f/x")), Err(PathError::NotADirectory { .. })));
+        assert!(matches!(
+            out.check_target(&r("dir")),
+            Err(PathError::NotARegularFile { .. })
+        ));
+        assert!(matches!(
+            out.check_target(&r("f/x")),
+            Err(PathError::NotADirectory { .. })
+        ));
     }
 }

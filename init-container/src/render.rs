@@ -48,7 +48,9 @@ pub enum RenderError {
         count: usize,
     },
     /// A field name is not a valid environment variable name.
-    #[error("{path}: field {field:?} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")]
+    #[error(
+        "{path}: field {field:?} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+    )]
     BadEnvName {
         /// The Vault path.
         path: String,
@@ -120,7 +122,9 @@ impl SecretBuf {
     /// An empty buffer with room for `n` bytes.
     #[must_use]
     pub fn with_capacity(n: usize) -> Self {
-        Self { buf: Zeroizing::new(Vec::with_capacity(n.min(MAX_RENDERED))) }
+        Self {
+            buf: Zeroizing::new(Vec::with_capacity(n.min(MAX_RENDERED))),
+        }
     }
 
     /// Appends `b`.
@@ -204,8 +208,17 @@ pub fn render<'a>(
         Format::Raw => {
             let v = match key {
                 Some(k) => data.get(k).ok_or_else(|| unknown(path, k))?,
-                None if data.len() == 1 => data.iter().next().map(|(_, v)| v).ok_or(RenderError::TooLarge)?,
-                None => return Err(RenderError::NeedKey { path: path.to_owned(), count: data.len() }),
+                None if data.len() == 1 => data
+                    .iter()
+                    .next()
+                    .map(|(_, v)| v)
+                    .ok_or(RenderError::TooLarge)?,
+                None => {
+                    return Err(RenderError::NeedKey {
+                        path: path.to_owned(),
+                        count: data.len(),
+                    });
+                }
             };
             if v.len() > MAX_RENDERED {
                 return Err(RenderError::TooLarge);
@@ -237,7 +250,13 @@ pub fn render<'a>(
                 check_lease_clash(data, path)?;
                 out.push(b"lease_id: ")?;
                 quoted(&l.id, &mut out)?;
-                out.push(format!("\nlease_duration: {}\nrenewable: {}\n", l.duration, l.renewable).as_bytes())?;
+                out.push(
+                    format!(
+                        "\nlease_duration: {}\nrenewable: {}\n",
+                        l.duration, l.renewable
+                    )
+                    .as_bytes(),
+                )?;
             }
             Ok(Rendered::Owned(out.finish()))
         }
@@ -250,12 +269,20 @@ pub fn render<'a>(
 }
 
 fn unknown(path: &str, field: &str) -> RenderError {
-    RenderError::UnknownField { path: path.to_owned(), field: field.to_owned(), hint: String::new() }
+    RenderError::UnknownField {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        hint: String::new(),
+    }
 }
 
 /// A first guess at the output size, so most files need one allocation.
 fn estimate(data: &SecretData, key: Option<&str>) -> usize {
-    let n: usize = data.iter().filter(|(k, _)| key.is_none_or(|want| *k == want)).map(|(k, v)| k.len() + v.len() + 8).sum();
+    let n: usize = data
+        .iter()
+        .filter(|(k, _)| key.is_none_or(|want| *k == want))
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
     n + 96
 }
 
@@ -274,18 +301,29 @@ fn selected<'d>(
 }
 
 fn text<'v>(path: &str, field: &str, v: &'v SecretValue) -> Result<&'v str, RenderError> {
-    v.expose_str().map_err(|_| RenderError::NotUtf8 { path: path.to_owned(), field: field.to_owned() })
+    v.expose_str().map_err(|_| RenderError::NotUtf8 {
+        path: path.to_owned(),
+        field: field.to_owned(),
+    })
 }
 
 fn env_line(path: &str, k: &str, v: &SecretValue, out: &mut SecretBuf) -> Result<(), RenderError> {
     let mut chars = k.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(RenderError::BadEnvName { path: path.to_owned(), field: k.to_owned() });
+        return Err(RenderError::BadEnvName {
+            path: path.to_owned(),
+            field: k.to_owned(),
+        });
     }
     if v.expose().contains(&0) {
-        return Err(RenderError::NulInEnv { path: path.to_owned(), field: k.to_owned() });
+        return Err(RenderError::NulInEnv {
+            path: path.to_owned(),
+            field: k.to_owned(),
+        });
     }
     out.push(k.as_bytes())?;
     out.push(b"='")?;
@@ -306,7 +344,10 @@ const LEASE_FIELDS: [&str; 3] = ["lease_id", "lease_duration", "renewable"];
 
 fn check_lease_clash(data: &SecretData, path: &str) -> Result<(), RenderError> {
     match LEASE_FIELDS.iter().find(|f| data.get(f).is_some()) {
-        Some(f) => Err(RenderError::LeaseClash { path: path.to_owned(), field: (*f).to_owned() }),
+        Some(f) => Err(RenderError::LeaseClash {
+            path: path.to_owned(),
+            field: (*f).to_owned(),
+        }),
         None => Ok(()),
     }
 }
@@ -337,7 +378,13 @@ pub(crate) fn json_object(
         }
         out.push(b"\"lease_id\":")?;
         json_string(&l.id, out)?;
-        out.push(format!(",\"lease_duration\":{},\"renewable\":{}", l.duration, l.renewable).as_bytes())?;
+        out.push(
+            format!(
+                ",\"lease_duration\":{},\"renewable\":{}",
+                l.duration, l.renewable
+            )
+            .as_bytes(),
+        )?;
     }
     out.push(b"}")
 }
@@ -391,7 +438,12 @@ mod tests {
         for (k, v) in pairs {
             d.insert(*k, SecretValue::from_str_copy(v));
         }
-        Fetched { engine: Engine::Kv2, data: d, version: Some(1), lease: None }
+        Fetched {
+            engine: Engine::Kv2,
+            data: d,
+            version: Some(1),
+            lease: None,
+        }
     }
 
     fn out(format: &Format, key: Option<&str>, f: &Fetched) -> Result<String, RenderError> {
@@ -403,13 +455,19 @@ mod tests {
     fn raw_writes_the_chosen_field_exactly() {
         let f = fetched(&[("a", "1"), ("b", "two\n")]);
         assert_eq!(out(&Format::Raw, Some("b"), &f).unwrap(), "two\n");
-        assert_eq!(out(&Format::Raw, None, &fetched(&[("only", "x")])).unwrap(), "x");
+        assert_eq!(
+            out(&Format::Raw, None, &fetched(&[("only", "x")])).unwrap(),
+            "x"
+        );
     }
 
     #[test]
     fn raw_without_key_on_several_fields_asks_for_one() {
         let e = out(&Format::Raw, None, &fetched(&[("a", "1"), ("b", "2")])).unwrap_err();
-        assert_eq!(e.to_string(), "secret/data/app: has 2 fields; set key: to choose one for format raw");
+        assert_eq!(
+            e.to_string(),
+            "secret/data/app: has 2 fields; set key: to choose one for format raw"
+        );
         let e = out(&Format::Raw, Some("c"), &fetched(&[("a", "1")])).unwrap_err();
         assert_eq!(e.to_string(), "secret/data/app: no field \"c\"");
     }
@@ -421,8 +479,15 @@ mod tests {
         assert_eq!(s, "PASS='it'\\''s $HOME `x` \"q\"\nline2'\nUSER='app'\n");
         // The shell reads the values back exactly.
         let script = format!("{s}printf '%s' \"$PASS\"");
-        let o = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert_eq!(String::from_utf8(o.stdout).unwrap(), "it's $HOME `x` \"q\"\nline2");
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap(),
+            "it's $HOME `x` \"q\"\nline2"
+        );
     }
 
     #[test]
@@ -444,9 +509,17 @@ mod tests {
         assert_eq!(v["b"], "x\"y");
         let mut d = fetched(&[("username", "u")]);
         d.engine = Engine::Dynamic;
-        d.lease = Some(Lease { id: "database/creds/ro/x".into(), duration: 60, renewable: true });
-        let v: serde_json::Value = serde_json::from_str(&out(&Format::Json, None, &d).unwrap()).unwrap();
-        assert_eq!(v, serde_json::json!({"username":"u","lease_id":"database/creds/ro/x","lease_duration":60,"renewable":true}));
+        d.lease = Some(Lease {
+            id: "database/creds/ro/x".into(),
+            duration: 60,
+            renewable: true,
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&out(&Format::Json, None, &d).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"username":"u","lease_id":"database/creds/ro/x","lease_duration":60,"renewable":true})
+        );
     }
 
     #[test]
@@ -463,7 +536,10 @@ mod tests {
     fn key_limits_structured_formats_to_one_field() {
         let f = fetched(&[("A", "1"), ("B", "2")]);
         assert_eq!(out(&Format::Env, Some("B"), &f).unwrap(), "B='2'\n");
-        assert_eq!(out(&Format::Json, Some("A"), &f).unwrap(), "{\"A\":\"1\"}\n");
+        assert_eq!(
+            out(&Format::Json, Some("A"), &f).unwrap(),
+            "{\"A\":\"1\"}\n"
+        );
     }
 
     #[test]
@@ -471,16 +547,25 @@ mod tests {
         let mut f = fetched(&[]);
         f.data.insert("bin", SecretValue::new(vec![0xff, 0xfe]));
         let e = out(&Format::Json, None, &f).unwrap_err();
-        assert_eq!(e.to_string(), "secret/data/app: field \"bin\" is not valid UTF-8; use format raw for binary values");
+        assert_eq!(
+            e.to_string(),
+            "secret/data/app: field \"bin\" is not valid UTF-8; use format raw for binary values"
+        );
     }
 
     #[test]
     fn output_over_the_limit_is_refused() {
         let big = "x".repeat(MAX_RENDERED);
         let f = fetched(&[("a", &big)]);
-        assert_eq!(out(&Format::Json, None, &f).unwrap_err(), RenderError::TooLarge);
+        assert_eq!(
+            out(&Format::Json, None, &f).unwrap_err(),
+            RenderError::TooLarge
+        );
         let f = fetched(&[("a", &format!("{big}x"))]);
-        assert_eq!(out(&Format::Raw, None, &f).unwrap_err(), RenderError::TooLarge);
+        assert_eq!(
+            out(&Format::Raw, None, &f).unwrap_err(),
+            RenderError::TooLarge
+        );
     }
 
     #[test]

@@ -63,8 +63,16 @@ pub struct TemplateError {
 enum Node {
     Text(String),
     Output(Pipeline),
-    With { path: String, body: Vec<Node> },
-    Range { key: Option<String>, value: String, over: Expr, body: Vec<Node> },
+    With {
+        path: String,
+        body: Vec<Node>,
+    },
+    Range {
+        key: Option<String>,
+        value: String,
+        over: Expr,
+        body: Vec<Node>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +170,15 @@ impl Template {
         all: &FetchedSet,
         out: &mut SecretBuf,
     ) -> Result<(), RenderError> {
-        let mut scope = Scope { all, vars: Vec::new(), out };
-        let dot = Val::Fields { path: root_path, data: root };
+        let mut scope = Scope {
+            all,
+            vars: Vec::new(),
+            out,
+        };
+        let dot = Val::Fields {
+            path: root_path,
+            data: root,
+        };
         scope.exec(&self.nodes, &dot)
     }
 }
@@ -179,7 +194,11 @@ pub(crate) fn normalize_vault_path(p: &str) -> String {
 #[derive(Debug)]
 enum Item {
     Text(String),
-    Action { tokens: Vec<Tok>, line: usize, col: usize },
+    Action {
+        tokens: Vec<Tok>,
+        line: usize,
+        col: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +228,11 @@ impl Pos<'_> {
 
     fn err(&self, at: usize, message: impl Into<String>) -> TemplateError {
         let (line, col) = self.at(at);
-        TemplateError { line, col, message: message.into() }
+        TemplateError {
+            line,
+            col,
+            message: message.into(),
+        }
     }
 }
 
@@ -235,7 +258,8 @@ fn lex(src: &str) -> Result<Vec<Item>, TemplateError> {
         }
         let mut j = open + 2;
         let rest = &src[j..];
-        let trim_before = rest.starts_with("- ") || rest.starts_with("-\t") || rest.starts_with("-\n");
+        let trim_before =
+            rest.starts_with("- ") || rest.starts_with("-\t") || rest.starts_with("-\n");
         if trim_before {
             text = text.trim_end();
             j += 1;
@@ -310,12 +334,15 @@ fn lex_action(
                 i += 1 + name_len + n;
             }
             '"' => {
-                let (s, n) = string_lit(rest).ok_or_else(|| pos.err(i, "unterminated or malformed string"))?;
+                let (s, n) = string_lit(rest)
+                    .ok_or_else(|| pos.err(i, "unterminated or malformed string"))?;
                 toks.push(Tok::Str(s));
                 i += n;
             }
             '`' => {
-                let end = rest[1..].find('`').ok_or_else(|| pos.err(i, "unterminated raw string"))?;
+                let end = rest[1..]
+                    .find('`')
+                    .ok_or_else(|| pos.err(i, "unterminated raw string"))?;
                 toks.push(Tok::Str(rest[1..1 + end].to_owned()));
                 i += end + 2;
             }
@@ -345,7 +372,9 @@ fn lex_action(
 }
 
 fn ident_len(s: &str) -> usize {
-    s.char_indices().find(|(_, c)| !(c.is_alphanumeric() || *c == '_')).map_or(s.len(), |(i, _)| i)
+    s.char_indices()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+        .map_or(s.len(), |(i, _)| i)
 }
 
 /// `.a.b.c` → `["a","b","c"]` and its byte length; a lone `.` → `[]`.
@@ -398,7 +427,10 @@ fn string_lit(s: &str) -> Option<(String, usize)> {
 
 type Items = std::iter::Peekable<std::vec::IntoIter<Item>>;
 
-fn parse_block(it: &mut Items, opened: Option<(usize, usize, &str)>) -> Result<Vec<Node>, TemplateError> {
+fn parse_block(
+    it: &mut Items,
+    opened: Option<(usize, usize, &str)>,
+) -> Result<Vec<Node>, TemplateError> {
     let mut nodes = Vec::new();
     while let Some(item) = it.next() {
         let (tokens, line, col) = match item {
@@ -408,7 +440,11 @@ fn parse_block(it: &mut Items, opened: Option<(usize, usize, &str)>) -> Result<V
             }
             Item::Action { tokens, line, col } => (tokens, line, col),
         };
-        let err = |m: String| TemplateError { line, col, message: m };
+        let err = |m: String| TemplateError {
+            line,
+            col,
+            message: m,
+        };
         match tokens.first() {
             None => return Err(err("empty action {{ }}".into())),
             Some(Tok::Ident(w)) if w == "end" => {
@@ -437,32 +473,51 @@ fn parse_block(it: &mut Items, opened: Option<(usize, usize, &str)>) -> Result<V
                 nodes.push(Node::With { path, body });
             }
             Some(Tok::Ident(w)) if w == "range" => {
-                let (key, value, expr_toks) = match &tokens[1..] {
-                    [Tok::Var(k, kc), Tok::Comma, Tok::Var(v, vc), Tok::Declare, rest @ ..]
-                        if kc.is_empty() && vc.is_empty() =>
-                    {
-                        (Some(k.clone()), v.clone(), rest)
-                    }
-                    [Tok::Var(v, vc), Tok::Declare, rest @ ..] if vc.is_empty() => (None, v.clone(), rest),
-                    _ => return Err(err("range must be written `range $k, $v := EXPR` or `range $v := EXPR`".into())),
-                };
+                let (key, value, expr_toks) =
+                    match &tokens[1..] {
+                        [
+                            Tok::Var(k, kc),
+                            Tok::Comma,
+                            Tok::Var(v, vc),
+                            Tok::Declare,
+                            rest @ ..,
+                        ] if kc.is_empty() && vc.is_empty() => (Some(k.clone()), v.clone(), rest),
+                        [Tok::Var(v, vc), Tok::Declare, rest @ ..] if vc.is_empty() => {
+                            (None, v.clone(), rest)
+                        }
+                        _ => return Err(err(
+                            "range must be written `range $k, $v := EXPR` or `range $v := EXPR`"
+                                .into(),
+                        )),
+                    };
                 let over = parse_pipeline(expr_toks).map_err(err)?;
                 if !over.funcs.is_empty() {
                     return Err(err("range over a function's result is not supported".into()));
                 }
                 let body = parse_block(it, Some((line, col, "range")))?;
-                nodes.push(Node::Range { key, value, over: over.expr, body });
+                nodes.push(Node::Range {
+                    key,
+                    value,
+                    over: over.expr,
+                    body,
+                });
             }
-            Some(Tok::Ident(w)) if matches!(w.as_str(), "if" | "else" | "define" | "template" | "block") => {
-                return Err(err(format!("`{w}` is not supported (see the template language in the README)")));
+            Some(Tok::Ident(w))
+                if matches!(w.as_str(), "if" | "else" | "define" | "template" | "block") =>
+            {
+                return Err(err(format!(
+                    "`{w}` is not supported (see the template language in the README)"
+                )));
             }
             _ => nodes.push(Node::Output(parse_pipeline(&tokens).map_err(err)?)),
         }
     }
     match opened {
-        Some((line, col, what)) => {
-            Err(TemplateError { line, col, message: format!("{what} without a matching {{{{ end }}}}") })
-        }
+        Some((line, col, what)) => Err(TemplateError {
+            line,
+            col,
+            message: format!("{what} without a matching {{{{ end }}}}"),
+        }),
         None => Ok(nodes),
     }
 }
@@ -482,7 +537,9 @@ fn parse_pipeline(tokens: &[Tok]) -> Result<Pipeline, String> {
 }
 
 fn unknown_fn(f: &str) -> String {
-    format!("unknown function `{f}` (supported: urlquery, base64Encode, base64Decode, toJSON, trimSpace, index)")
+    format!(
+        "unknown function `{f}` (supported: urlquery, base64Encode, base64Decode, toJSON, trimSpace, index)"
+    )
 }
 
 /// `OPERAND`, `index OPERAND "k"…`, or `FUNC ARGS…` (applied innermost first).
@@ -522,7 +579,9 @@ fn operand(t: &Tok) -> Result<Expr, String> {
         Tok::Dot(chain) => Ok(Expr::Dot(chain.clone())),
         Tok::Var(name, chain) => Ok(Expr::Var(name.clone(), chain.clone())),
         Tok::Str(s) => Ok(Expr::Str(s.clone())),
-        Tok::Ident(f) if Func::lookup(f).is_some() => Err(format!("function `{f}` needs an argument")),
+        Tok::Ident(f) if Func::lookup(f).is_some() => {
+            Err(format!("function `{f}` needs an argument"))
+        }
         Tok::Ident(f) => Err(unknown_fn(f)),
         Tok::Other(c) => Err(format!("unexpected `{c}`")),
         Tok::Pipe | Tok::Comma | Tok::Declare => Err("unexpected punctuation".into()),
@@ -543,9 +602,16 @@ enum Val<'a> {
     /// `.Data.metadata` of a KV v2 response.
     Kv2Meta { path: &'a str, f: &'a Fetched },
     /// One field's value.
-    Secret { path: &'a str, field: &'a str, v: &'a SecretValue },
+    Secret {
+        path: &'a str,
+        field: &'a str,
+        v: &'a SecretValue,
+    },
     /// A function's result over a secret.
-    Owned { path: &'a str, v: std::rc::Rc<SecretValue> },
+    Owned {
+        path: &'a str,
+        v: std::rc::Rc<SecretValue>,
+    },
     /// Non-secret text: a literal, a field name, a lease id.
     Text(std::borrow::Cow<'a, str>),
     /// A number (lease duration, version).
@@ -577,19 +643,33 @@ impl<'a> Scope<'a, '_> {
                     self.print(&v)?;
                 }
                 Node::With { path, body } => {
-                    let f = self.all.get(&ReadKey { path: path.clone(), version: None }).ok_or_else(|| {
-                        RenderError::Internal(format!("secret {path} used by a template was not fetched"))
-                    })?;
+                    let f = self
+                        .all
+                        .get(&ReadKey {
+                            path: path.clone(),
+                            version: None,
+                        })
+                        .ok_or_else(|| {
+                            RenderError::Internal(format!(
+                                "secret {path} used by a template was not fetched"
+                            ))
+                        })?;
                     self.exec(body, &Val::Response { path, f })?;
                 }
-                Node::Range { key, value, over, body } => {
+                Node::Range {
+                    key,
+                    value,
+                    over,
+                    body,
+                } => {
                     let over = self.eval(over, dot)?;
                     let (path, data) = match over {
                         Val::Fields { path, data } => (path, data),
                         Val::Kv2Data { path, .. } => {
                             return Err(RenderError::Template {
                                 path: path.to_owned(),
-                                message: "range over .Data of a KV v2 secret: use .Data.data".into(),
+                                message: "range over .Data of a KV v2 secret: use .Data.data"
+                                    .into(),
                             });
                         }
                         other => {
@@ -604,7 +684,8 @@ impl<'a> Scope<'a, '_> {
                         if let Some(kn) = key {
                             self.vars.push((kn.clone(), Val::Text(k.as_str().into())));
                         }
-                        self.vars.push((value.clone(), Val::Secret { path, field: k, v }));
+                        self.vars
+                            .push((value.clone(), Val::Secret { path, field: k, v }));
                         let r = self.exec(body, dot);
                         self.vars.truncate(mark);
                         r?;
@@ -619,9 +700,16 @@ impl<'a> Scope<'a, '_> {
         match e {
             Expr::Dot(chain) => chain.iter().try_fold(dot.clone(), |v, name| field(v, name)),
             Expr::Var(name, chain) => {
-                let v = self.vars.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone()).ok_or_else(|| {
-                    RenderError::Template { path: val_path(dot).to_owned(), message: format!("undefined variable ${name}") }
-                })?;
+                let v = self
+                    .vars
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| RenderError::Template {
+                        path: val_path(dot).to_owned(),
+                        message: format!("undefined variable ${name}"),
+                    })?;
                 chain.iter().try_fold(v, |v, name| field(v, name))
             }
             Expr::Str(s) => Ok(Val::Text(s.as_str().into())),
@@ -663,31 +751,59 @@ fn val_path<'a>(v: &Val<'a>) -> &'a str {
 }
 
 fn unknown(path: &str, field: &str, hint: &str) -> RenderError {
-    RenderError::UnknownField { path: path.to_owned(), field: field.to_owned(), hint: hint.to_owned() }
+    RenderError::UnknownField {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        hint: hint.to_owned(),
+    }
 }
 
 fn field<'a>(v: Val<'a>, name: &str) -> Result<Val<'a>, RenderError> {
     match v {
         Val::Fields { path, data } => match data.0.get_key_value(name) {
-            Some((k, v)) => Ok(Val::Secret { path, field: k.as_str(), v }),
+            Some((k, v)) => Ok(Val::Secret {
+                path,
+                field: k.as_str(),
+                v,
+            }),
             None => Err(unknown(path, name, "")),
         },
         Val::Response { path, f } => match name {
             "Data" if f.engine == Engine::Kv2 => Ok(Val::Kv2Data { path, f }),
-            "Data" => Ok(Val::Fields { path, data: &f.data }),
-            "LeaseID" => Ok(Val::Text(f.lease.as_ref().map_or("", |l| l.id.as_str()).into())),
+            "Data" => Ok(Val::Fields {
+                path,
+                data: &f.data,
+            }),
+            "LeaseID" => Ok(Val::Text(
+                f.lease.as_ref().map_or("", |l| l.id.as_str()).into(),
+            )),
             "LeaseDuration" => Ok(Val::Num(f.lease.as_ref().map_or(0, |l| l.duration))),
             "Renewable" => Ok(Val::Bool(f.lease.as_ref().is_some_and(|l| l.renewable))),
-            _ => Err(unknown(path, name, " (a response has .Data, .LeaseID, .LeaseDuration, .Renewable)")),
+            _ => Err(unknown(
+                path,
+                name,
+                " (a response has .Data, .LeaseID, .LeaseDuration, .Renewable)",
+            )),
         },
         Val::Kv2Data { path, f } => match name {
-            "data" => Ok(Val::Fields { path, data: &f.data }),
+            "data" => Ok(Val::Fields {
+                path,
+                data: &f.data,
+            }),
             "metadata" => Ok(Val::Kv2Meta { path, f }),
-            _ => Err(unknown(path, name, " (a KV v2 secret's fields are under .Data.data)")),
+            _ => Err(unknown(
+                path,
+                name,
+                " (a KV v2 secret's fields are under .Data.data)",
+            )),
         },
         Val::Kv2Meta { path, f } => match name {
             "version" => Ok(Val::Num(f.version.unwrap_or(0))),
-            _ => Err(unknown(path, name, " (only .Data.metadata.version is available)")),
+            _ => Err(unknown(
+                path,
+                name,
+                " (only .Data.metadata.version is available)",
+            )),
         },
         Val::Secret { path, field, .. } => Err(RenderError::Template {
             path: path.to_owned(),
@@ -715,8 +831,11 @@ fn apply_one<'a>(v: Val<'a>, f: Func) -> Result<Val<'a>, RenderError> {
         Val::Text(t) => t.as_bytes(),
         Val::Fields { data, .. } if f == Func::ToJson => {
             let mut b = SecretBuf::with_capacity(64);
-            crate::render::json_object(data, None, &mut b, path)?;
-            return Ok(Val::Owned { path, v: std::rc::Rc::new(b.finish()) });
+            crate::render::json_object(data, None, None, &mut b, path)?;
+            return Ok(Val::Owned {
+                path,
+                v: std::rc::Rc::new(b.finish()),
+            });
         }
         Val::Num(n) => return Ok(Val::Text(n.to_string().into())),
         Val::Bool(b) => return Ok(Val::Text(b.to_string().into())),
@@ -732,7 +851,9 @@ fn apply_one<'a>(v: Val<'a>, f: Func) -> Result<Val<'a>, RenderError> {
         Func::UrlQuery => {
             for &b in bytes {
                 match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(&[b])?,
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        out.push(&[b])?
+                    }
                     b' ' => out.push(b"+")?,
                     b => out.push(&[b'%', hex(b >> 4), hex(b & 15)])?,
                 }
@@ -747,9 +868,12 @@ fn apply_one<'a>(v: Val<'a>, f: Func) -> Result<Val<'a>, RenderError> {
         }
         Func::Base64Decode => {
             let mut tmp = zeroize::Zeroizing::new(vec![0u8; bytes.len()]);
-            let n = base64::engine::general_purpose::STANDARD.decode_slice(bytes.trim_ascii(), &mut tmp[..]).map_err(
-                |_| RenderError::Template { path: path.to_owned(), message: "base64Decode: not valid base64".into() },
-            )?;
+            let n = base64::engine::general_purpose::STANDARD
+                .decode_slice(bytes.trim_ascii(), &mut tmp[..])
+                .map_err(|_| RenderError::Template {
+                    path: path.to_owned(),
+                    message: "base64Decode: not valid base64".into(),
+                })?;
             out.push(&tmp[..n])?;
         }
         Func::ToJson => {
@@ -761,7 +885,10 @@ fn apply_one<'a>(v: Val<'a>, f: Func) -> Result<Val<'a>, RenderError> {
         }
         Func::TrimSpace => out.push(bytes.trim_ascii())?,
     }
-    Ok(Val::Owned { path, v: std::rc::Rc::new(out.finish()) })
+    Ok(Val::Owned {
+        path,
+        v: std::rc::Rc::new(out.finish()),
+    })
 }
 
 fn hex(n: u8) -> u8 {
@@ -782,7 +909,12 @@ mod tests {
     }
 
     fn fetched(engine: Engine, pairs: &[(&str, &str)]) -> Fetched {
-        Fetched { engine, data: data(pairs), version: Some(3), lease: None }
+        Fetched {
+            engine,
+            data: data(pairs),
+            version: Some(3),
+            lease: None,
+        }
     }
 
     fn render_with(src: &str, root: &SecretData, all: &FetchedSet) -> Result<String, RenderError> {
@@ -798,13 +930,19 @@ mod tests {
 
     #[test]
     fn fields_are_substituted_and_text_is_kept() {
-        let s = render("postgres://{{ .user }}:{{ .password }}@db:5432/app\n", &[("user", "u"), ("password", "p")]);
+        let s = render(
+            "postgres://{{ .user }}:{{ .password }}@db:5432/app\n",
+            &[("user", "u"), ("password", "p")],
+        );
         assert_eq!(s.unwrap(), "postgres://u:p@db:5432/app\n");
     }
 
     #[test]
     fn index_reaches_fields_that_are_not_identifiers() {
-        assert_eq!(render(r#"{{ index . "api-key" }}"#, &[("api-key", "k")]).unwrap(), "k");
+        assert_eq!(
+            render(r#"{{ index . "api-key" }}"#, &[("api-key", "k")]).unwrap(),
+            "k"
+        );
     }
 
     #[test]
@@ -818,17 +956,35 @@ mod tests {
         let pairs = &[("p", "a b/c&d")];
         assert_eq!(render("{{ .p | urlquery }}", pairs).unwrap(), "a+b%2Fc%26d");
         assert_eq!(render("{{ urlquery .p }}", pairs).unwrap(), "a+b%2Fc%26d");
-        assert_eq!(render("{{ .p | base64Encode | base64Decode }}", pairs).unwrap(), "a b/c&d");
-        assert_eq!(render("{{ .p | toJSON }}", &[("p", "q\"\n")]).unwrap(), r#""q\"\n""#);
-        assert_eq!(render("{{ . | toJSON }}", &[("a", "1"), ("b", "2")]).unwrap(), r#"{"a":"1","b":"2"}"#);
-        assert_eq!(render("[{{ .p | trimSpace }}]", &[("p", "  x \n")]).unwrap(), "[x]");
+        assert_eq!(
+            render("{{ .p | base64Encode | base64Decode }}", pairs).unwrap(),
+            "a b/c&d"
+        );
+        assert_eq!(
+            render("{{ .p | toJSON }}", &[("p", "q\"\n")]).unwrap(),
+            r#""q\"\n""#
+        );
+        assert_eq!(
+            render("{{ . | toJSON }}", &[("a", "1"), ("b", "2")]).unwrap(),
+            r#"{"a":"1","b":"2"}"#
+        );
+        assert_eq!(
+            render("[{{ .p | trimSpace }}]", &[("p", "  x \n")]).unwrap(),
+            "[x]"
+        );
     }
 
     #[test]
     fn range_visits_fields_in_name_order() {
-        let s = render("{{ range $k, $v := . }}{{ $k }}={{ $v }};{{ end }}", &[("b", "2"), ("a", "1")]);
+        let s = render(
+            "{{ range $k, $v := . }}{{ $k }}={{ $v }};{{ end }}",
+            &[("b", "2"), ("a", "1")],
+        );
         assert_eq!(s.unwrap(), "a=1;b=2;");
-        let s = render("{{ range $v := . }}<{{ $v }}>{{ end }}", &[("b", "2"), ("a", "1")]);
+        let s = render(
+            "{{ range $v := . }}<{{ $v }}>{{ end }}",
+            &[("b", "2"), ("a", "1")],
+        );
         assert_eq!(s.unwrap(), "<1><2>");
     }
 
@@ -843,11 +999,33 @@ mod tests {
     #[test]
     fn with_secret_exposes_the_vault_response_shape_for_each_engine() {
         let mut all = FetchedSet::default();
-        all.insert(ReadKey { path: "secret/data/app".into(), version: None }, fetched(Engine::Kv2, &[("pw", "v2")]));
-        all.insert(ReadKey { path: "kv/app".into(), version: None }, fetched(Engine::Kv1, &[("pw", "v1")]));
+        all.insert(
+            ReadKey {
+                path: "secret/data/app".into(),
+                version: None,
+            },
+            fetched(Engine::Kv2, &[("pw", "v2")]),
+        );
+        all.insert(
+            ReadKey {
+                path: "kv/app".into(),
+                version: None,
+            },
+            fetched(Engine::Kv1, &[("pw", "v1")]),
+        );
         let mut dynamic = fetched(Engine::Dynamic, &[("username", "u")]);
-        dynamic.lease = Some(Lease { id: "database/creds/ro/abc".into(), duration: 3600, renewable: true });
-        all.insert(ReadKey { path: "database/creds/ro".into(), version: None }, dynamic);
+        dynamic.lease = Some(Lease {
+            id: "database/creds/ro/abc".into(),
+            duration: 3600,
+            renewable: true,
+        });
+        all.insert(
+            ReadKey {
+                path: "database/creds/ro".into(),
+                version: None,
+            },
+            dynamic,
+        );
         let src = concat!(
             "{{- with secret \"secret/data/app\" -}}{{ .Data.data.pw }} v{{ .Data.metadata.version }}{{- end }}\n",
             "{{ with secret \"kv/app\" }}{{ .Data.pw }}{{ end }}\n",
@@ -860,10 +1038,23 @@ mod tests {
     #[test]
     fn a_kv2_field_read_as_if_kv1_says_where_the_fields_are() {
         let mut all = FetchedSet::default();
-        all.insert(ReadKey { path: "secret/data/app".into(), version: None }, fetched(Engine::Kv2, &[("pw", "x")]));
-        let e = render_with(r#"{{ with secret "secret/data/app" }}{{ .Data.pw }}{{ end }}"#, &SecretData::new(), &all)
-            .unwrap_err();
-        assert!(e.to_string().contains("no field \"pw\"") && e.to_string().contains(".Data.data"), "{e}");
+        all.insert(
+            ReadKey {
+                path: "secret/data/app".into(),
+                version: None,
+            },
+            fetched(Engine::Kv2, &[("pw", "x")]),
+        );
+        let e = render_with(
+            r#"{{ with secret "secret/data/app" }}{{ .Data.pw }}{{ end }}"#,
+            &SecretData::new(),
+            &all,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("no field \"pw\"") && e.to_string().contains(".Data.data"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -884,8 +1075,18 @@ mod tests {
         let cases = [
             ("x\n  {{ if .a }}y{{ end }}", 2, 3, "`if` is not supported"),
             ("{{ .a | printf }}", 1, 1, "unknown function `printf`"),
-            ("{{ with secret \"pki/issue/x\" \"common_name=a\" }}{{ end }}", 1, 1, "writes to Vault"),
-            ("{{ with secret \"a\" }}", 1, 1, "with without a matching {{ end }}"),
+            (
+                "{{ with secret \"pki/issue/x\" \"common_name=a\" }}{{ end }}",
+                1,
+                1,
+                "writes to Vault",
+            ),
+            (
+                "{{ with secret \"a\" }}",
+                1,
+                1,
+                "with without a matching {{ end }}",
+            ),
             ("{{ end }}", 1, 1, "end without"),
             ("{{ .a ", 1, 1, "unclosed action"),
             ("{{ (.a) }}", 1, 1, "unexpected `(`"),

@@ -119,9 +119,17 @@ enum Committed {
     /// A new file: undo by unlinking it.
     New { parent: usize, name: String },
     /// Exchanged with an existing file: the old content is under `tmp`.
-    Exchanged { parent: usize, name: String, tmp: String },
+    Exchanged {
+        parent: usize,
+        name: String,
+        tmp: String,
+    },
     /// Replaced after hard-linking the old file to `backup`.
-    Backup { parent: usize, name: String, backup: String },
+    Backup {
+        parent: usize,
+        name: String,
+        backup: String,
+    },
 }
 
 #[derive(Default)]
@@ -156,7 +164,13 @@ impl Tx {
                 Existing::Different => true,
             };
             let tmp = self.write_temp(parent, item, owner)?;
-            self.prepared.push(Prepared { parent, name: name.to_owned(), tmp, shown, existed });
+            self.prepared.push(Prepared {
+                parent,
+                name: name.to_owned(),
+                tmp,
+                shown,
+                existed,
+            });
             report.written += 1;
         }
         let prepared = std::mem::take(&mut self.prepared);
@@ -184,11 +198,12 @@ impl Tx {
         let mut fd = open_dir(item.dir.fd(), OsStr::new("."), &shown, true)?;
         for name in item.rel.parents() {
             shown.push(name);
-            let created = match rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(DIR_MODE)) {
-                Ok(()) => true,
-                Err(Errno::EXIST) => false,
-                Err(e) => return Err(io_err(shown, "mkdir", e).into()),
-            };
+            let created =
+                match rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(DIR_MODE)) {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => false,
+                    Err(e) => return Err(io_err(shown, "mkdir", e).into()),
+                };
             let next = open_dir(fd.as_fd(), OsStr::new(name), &shown, true)?;
             if created {
                 // Recorded against a parent entry so the rollback can rmdir it.
@@ -201,24 +216,45 @@ impl Tx {
                 });
                 self.created_dirs.push((idx, name.clone()));
                 if let Some(o) = owner {
-                    std::os::unix::fs::fchown(&next, Some(o.uid), Some(o.gid))
-                        .map_err(|e| PathError::Io { path: shown.clone(), op: "chown", source: e })?;
+                    std::os::unix::fs::fchown(&next, Some(o.uid), Some(o.gid)).map_err(|e| {
+                        PathError::Io {
+                            path: shown.clone(),
+                            op: "chown",
+                            source: e,
+                        }
+                    })?;
                 }
             }
             fd = next;
         }
-        self.parents.push(Parent { key, fd, shown, touched: false });
+        self.parents.push(Parent {
+            key,
+            fd,
+            shown,
+            touched: false,
+        });
         Ok(self.parents.len() - 1)
     }
 
-    fn write_temp(&mut self, parent: usize, item: &Item<'_>, owner: Option<Owner>) -> Result<String, WriteError> {
+    fn write_temp(
+        &mut self,
+        parent: usize,
+        item: &Item<'_>,
+        owner: Option<Owner>,
+    ) -> Result<String, WriteError> {
         let pid = std::process::id();
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let dir_shown = self.parents[parent].shown.clone();
         let (tmp, fd) = loop {
             self.counter += 1;
             let tmp = format!(".keyturn-{pid}-{}.tmp", self.counter);
-            match rustix::fs::openat(&self.parents[parent].fd, tmp.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            match rustix::fs::openat(
+                &self.parents[parent].fd,
+                tmp.as_str(),
+                flags,
+                Mode::from_raw_mode(0o600),
+            ) {
                 Ok(fd) => break (tmp, fd),
                 // A leftover of an earlier run with the same pid (pid 1 in every container).
                 Err(Errno::EXIST) if self.counter < 10_000 => {}
@@ -229,7 +265,13 @@ impl Tx {
         let shown = dir_shown.join(&tmp);
         let io = |op: &'static str| {
             let shown = shown.clone();
-            move |e: std::io::Error| WriteError::Path(PathError::Io { path: shown, op, source: e })
+            move |e: std::io::Error| {
+                WriteError::Path(PathError::Io {
+                    path: shown,
+                    op,
+                    source: e,
+                })
+            }
         };
         // Record the temp before anything can fail, so the rollback removes it.
         self.prepared.push(Prepared {
@@ -241,7 +283,8 @@ impl Tx {
         });
         let mut f = File::from(fd);
         f.write_all(item.content).map_err(io("write"))?;
-        f.set_permissions(std::fs::Permissions::from_mode(item.mode)).map_err(io("chmod"))?;
+        f.set_permissions(std::fs::Permissions::from_mode(item.mode))
+            .map_err(io("chmod"))?;
         if let Some(o) = owner {
             std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid)).map_err(io("chown"))?;
         }
@@ -254,9 +297,16 @@ impl Tx {
         let fd = self.parents[p.parent].fd.as_fd();
         let (parent, name, tmp) = (p.parent, p.name.clone(), p.tmp.clone());
         if p.existed {
-            match rustix::fs::renameat_with(fd, tmp.as_str(), fd, name.as_str(), RenameFlags::EXCHANGE) {
+            match rustix::fs::renameat_with(
+                fd,
+                tmp.as_str(),
+                fd,
+                name.as_str(),
+                RenameFlags::EXCHANGE,
+            ) {
                 Ok(()) => {
-                    self.committed.push(Committed::Exchanged { parent, name, tmp });
+                    self.committed
+                        .push(Committed::Exchanged { parent, name, tmp });
                     return Ok(());
                 }
                 Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {}
@@ -270,17 +320,30 @@ impl Tx {
                 let _ = rustix::fs::unlinkat(fd, backup.as_str(), AtFlags::empty());
                 return Err(io_err(p.shown.clone(), "rename", e).into());
             }
-            self.committed.push(Committed::Backup { parent, name, backup });
+            self.committed.push(Committed::Backup {
+                parent,
+                name,
+                backup,
+            });
             return Ok(());
         }
-        match rustix::fs::renameat_with(fd, tmp.as_str(), fd, name.as_str(), RenameFlags::NOREPLACE) {
+        match rustix::fs::renameat_with(fd, tmp.as_str(), fd, name.as_str(), RenameFlags::NOREPLACE)
+        {
             Ok(()) => {}
-            Err(Errno::EXIST) => return Err(WriteError::Raced { path: p.shown.clone() }),
+            Err(Errno::EXIST) => {
+                return Err(WriteError::Raced {
+                    path: p.shown.clone(),
+                });
+            }
             Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
                 // link(2) never replaces: the same guarantee as RENAME_NOREPLACE.
                 match rustix::fs::linkat(fd, tmp.as_str(), fd, name.as_str(), AtFlags::empty()) {
                     Ok(()) => {}
-                    Err(Errno::EXIST) => return Err(WriteError::Raced { path: p.shown.clone() }),
+                    Err(Errno::EXIST) => {
+                        return Err(WriteError::Raced {
+                            path: p.shown.clone(),
+                        });
+                    }
                     Err(e) => return Err(io_err(p.shown.clone(), "link", e).into()),
                 }
                 let _ = rustix::fs::unlinkat(fd, tmp.as_str(), AtFlags::empty());
@@ -299,7 +362,9 @@ impl Tx {
                 Committed::Exchanged { parent, tmp, .. } => (parent, tmp),
                 Committed::Backup { parent, backup, .. } => (parent, backup),
             };
-            if let Err(e) = rustix::fs::unlinkat(&self.parents[parent].fd, old.as_str(), AtFlags::empty()) {
+            if let Err(e) =
+                rustix::fs::unlinkat(&self.parents[parent].fd, old.as_str(), AtFlags::empty())
+            {
                 tracing::warn!(dir = %self.parents[parent].shown.display(), file = %old, error = %e, "cannot remove the replaced file");
             }
         }
@@ -319,10 +384,20 @@ impl Tx {
                 }
                 Committed::Exchanged { parent, name, tmp } => {
                     let fd = self.parents[*parent].fd.as_fd();
-                    rustix::fs::renameat_with(fd, tmp.as_str(), fd, name.as_str(), RenameFlags::EXCHANGE)
-                        .and_then(|()| rustix::fs::unlinkat(fd, tmp.as_str(), AtFlags::empty()))
+                    rustix::fs::renameat_with(
+                        fd,
+                        tmp.as_str(),
+                        fd,
+                        name.as_str(),
+                        RenameFlags::EXCHANGE,
+                    )
+                    .and_then(|()| rustix::fs::unlinkat(fd, tmp.as_str(), AtFlags::empty()))
                 }
-                Committed::Backup { parent, name, backup } => {
+                Committed::Backup {
+                    parent,
+                    name,
+                    backup,
+                } => {
                     let fd = self.parents[*parent].fd.as_fd();
                     rustix::fs::renameat(fd, backup.as_str(), fd, name.as_str())
                 }
@@ -332,10 +407,12 @@ impl Tx {
             }
         }
         for p in self.prepared.drain(..) {
-            let _ = rustix::fs::unlinkat(&self.parents[p.parent].fd, p.tmp.as_str(), AtFlags::empty());
+            let _ =
+                rustix::fs::unlinkat(&self.parents[p.parent].fd, p.tmp.as_str(), AtFlags::empty());
         }
         for (parent, name) in self.created_dirs.drain(..).rev() {
-            let _ = rustix::fs::unlinkat(&self.parents[parent].fd, name.as_str(), AtFlags::REMOVEDIR);
+            let _ =
+                rustix::fs::unlinkat(&self.parents[parent].fd, name.as_str(), AtFlags::REMOVEDIR);
         }
     }
 }
@@ -353,13 +430,26 @@ fn compare(
     let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Existing::Absent),
-        Err(Errno::LOOP) => return Err(PathError::Symlink { path: shown.to_owned() }.into()),
-        Err(Errno::ISDIR) => return Err(PathError::NotARegularFile { path: shown.to_owned() }.into()),
+        Err(Errno::LOOP) => {
+            return Err(PathError::Symlink {
+                path: shown.to_owned(),
+            }
+            .into());
+        }
+        Err(Errno::ISDIR) => {
+            return Err(PathError::NotARegularFile {
+                path: shown.to_owned(),
+            }
+            .into());
+        }
         Err(e) => return Err(io_err(shown.to_owned(), "open", e).into()),
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(shown.to_owned(), "stat", e))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(PathError::NotARegularFile { path: shown.to_owned() }.into());
+        return Err(PathError::NotARegularFile {
+            path: shown.to_owned(),
+        }
+        .into());
     }
     let same_meta = u64::try_from(st.st_size).ok() == Some(content.len() as u64)
         && st.st_mode & 0o7777 == mode
@@ -369,18 +459,28 @@ fn compare(
     }
     let mut buf = Zeroizing::new(vec![0u8; content.len()]);
     let mut f = File::from(fd);
-    let n = f.read(&mut buf[..]).map_err(|e| PathError::Io { path: shown.to_owned(), op: "read", source: e })?;
+    let n = f.read(&mut buf[..]).map_err(|e| PathError::Io {
+        path: shown.to_owned(),
+        op: "read",
+        source: e,
+    })?;
     let mut total = n;
     while total < buf.len() {
-        let n = f
-            .read(&mut buf[total..])
-            .map_err(|e| PathError::Io { path: shown.to_owned(), op: "read", source: e })?;
+        let n = f.read(&mut buf[total..]).map_err(|e| PathError::Io {
+            path: shown.to_owned(),
+            op: "read",
+            source: e,
+        })?;
         if n == 0 {
             break;
         }
         total += n;
     }
-    Ok(if total == content.len() && buf[..] == *content { Existing::Same } else { Existing::Different })
+    Ok(if total == content.len() && buf[..] == *content {
+        Existing::Same
+    } else {
+        Existing::Different
+    })
 }
 
 #[cfg(test)]
@@ -423,41 +523,104 @@ mod tests {
         let (d, out) = setup();
         let (a, b) = (rel("a.env"), rel("sub/dir/b.json"));
         let items = [
-            Item { dir: &out, rel: &a, content: b"A=1\n", mode: 0o400 },
-            Item { dir: &out, rel: &b, content: b"{}", mode: 0o440 },
+            Item {
+                dir: &out,
+                rel: &a,
+                content: b"A=1\n",
+                mode: 0o400,
+            },
+            Item {
+                dir: &out,
+                rel: &b,
+                content: b"{}",
+                mode: 0o440,
+            },
         ];
         let r = write_all(&items, None).unwrap();
-        assert_eq!(r, Report { written: 2, unchanged: 0 });
+        assert_eq!(
+            r,
+            Report {
+                written: 2,
+                unchanged: 0
+            }
+        );
         assert_eq!(std::fs::read(d.path().join("a.env")).unwrap(), b"A=1\n");
         let m = std::fs::metadata(d.path().join("sub/dir/b.json")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o440);
-        assert_eq!(entries(d.path()), ["a.env", "sub", "sub/dir", "sub/dir/b.json"]);
+        assert_eq!(
+            entries(d.path()),
+            ["a.env", "sub", "sub/dir", "sub/dir/b.json"]
+        );
     }
 
     #[test]
     fn unchanged_files_keep_their_inode_and_mtime() {
         let (d, out) = setup();
         let a = rel("a");
-        let items = [Item { dir: &out, rel: &a, content: b"same", mode: 0o400 }];
+        let items = [Item {
+            dir: &out,
+            rel: &a,
+            content: b"same",
+            mode: 0o400,
+        }];
         write_all(&items, None).unwrap();
         let before = std::fs::metadata(d.path().join("a")).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let r = write_all(&items, None).unwrap();
-        assert_eq!(r, Report { written: 0, unchanged: 1 });
+        assert_eq!(
+            r,
+            Report {
+                written: 0,
+                unchanged: 1
+            }
+        );
         let after = std::fs::metadata(d.path().join("a")).unwrap();
-        assert_eq!((before.ino(), before.mtime_nsec()), (after.ino(), after.mtime_nsec()));
+        assert_eq!(
+            (before.ino(), before.mtime_nsec()),
+            (after.ino(), after.mtime_nsec())
+        );
     }
 
     #[test]
     fn a_changed_file_is_replaced_and_a_changed_mode_counts_as_a_change() {
         let (d, out) = setup();
         let a = rel("a");
-        write_all(&[Item { dir: &out, rel: &a, content: b"one", mode: 0o400 }], None).unwrap();
-        write_all(&[Item { dir: &out, rel: &a, content: b"two", mode: 0o400 }], None).unwrap();
+        write_all(
+            &[Item {
+                dir: &out,
+                rel: &a,
+                content: b"one",
+                mode: 0o400,
+            }],
+            None,
+        )
+        .unwrap();
+        write_all(
+            &[Item {
+                dir: &out,
+                rel: &a,
+                content: b"two",
+                mode: 0o400,
+            }],
+            None,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"two");
-        let r = write_all(&[Item { dir: &out, rel: &a, content: b"two", mode: 0o440 }], None).unwrap();
+        let r = write_all(
+            &[Item {
+                dir: &out,
+                rel: &a,
+                content: b"two",
+                mode: 0o440,
+            }],
+            None,
+        )
+        .unwrap();
         assert_eq!(r.written, 1);
-        assert_eq!(std::fs::metadata(d.path().join("a")).unwrap().mode() & 0o777, 0o440);
+        assert_eq!(
+            std::fs::metadata(d.path().join("a")).unwrap().mode() & 0o777,
+            0o440
+        );
         assert_eq!(entries(d.path()), ["a"]);
     }
 
@@ -472,14 +635,37 @@ mod tests {
         std::fs::write(d.path().join("blocker/keep"), "x").unwrap();
         let (old, new, nested, blocker) = (rel("old"), rel("new"), rel("n/e/w"), rel("blocker"));
         let items = [
-            Item { dir: &out, rel: &old, content: b"new content", mode: 0o400 },
-            Item { dir: &out, rel: &new, content: b"fresh", mode: 0o400 },
-            Item { dir: &out, rel: &nested, content: b"fresh", mode: 0o400 },
-            Item { dir: &out, rel: &blocker, content: b"x", mode: 0o400 },
+            Item {
+                dir: &out,
+                rel: &old,
+                content: b"new content",
+                mode: 0o400,
+            },
+            Item {
+                dir: &out,
+                rel: &new,
+                content: b"fresh",
+                mode: 0o400,
+            },
+            Item {
+                dir: &out,
+                rel: &nested,
+                content: b"fresh",
+                mode: 0o400,
+            },
+            Item {
+                dir: &out,
+                rel: &blocker,
+                content: b"x",
+                mode: 0o400,
+            },
         ];
         let e = write_all(&items, None).unwrap_err();
         assert!(e.to_string().contains("blocker"), "{e}");
-        assert_eq!(std::fs::read_to_string(d.path().join("old")).unwrap(), "old content");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("old")).unwrap(),
+            "old content"
+        );
         let mut want = before.clone();
         want.extend(["blocker".to_owned(), "blocker/keep".to_owned()]);
         want.sort();
@@ -493,8 +679,20 @@ mod tests {
         std::fs::write(victim.path(), "victim").unwrap();
         std::os::unix::fs::symlink(victim.path(), d.path().join("s")).unwrap();
         let s = rel("s");
-        let e = write_all(&[Item { dir: &out, rel: &s, content: b"x", mode: 0o400 }], None).unwrap_err();
-        assert!(matches!(e, WriteError::Path(PathError::Symlink { .. })), "{e}");
+        let e = write_all(
+            &[Item {
+                dir: &out,
+                rel: &s,
+                content: b"x",
+                mode: 0o400,
+            }],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, WriteError::Path(PathError::Symlink { .. })),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(victim.path()).unwrap(), "victim");
     }
 
@@ -502,8 +700,20 @@ mod tests {
     fn owner_is_applied_when_given() {
         let (d, out) = setup();
         let a = rel("a");
-        let me = Owner { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw() };
-        write_all(&[Item { dir: &out, rel: &a, content: b"x", mode: 0o400 }], Some(me)).unwrap();
+        let me = Owner {
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        };
+        write_all(
+            &[Item {
+                dir: &out,
+                rel: &a,
+                content: b"x",
+                mode: 0o400,
+            }],
+            Some(me),
+        )
+        .unwrap();
         let m = std::fs::metadata(d.path().join("a")).unwrap();
         assert_eq!((m.uid(), m.gid()), (me.uid, me.gid));
     }

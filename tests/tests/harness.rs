@@ -13,7 +13,7 @@ async fn postgres_accepts_the_superuser_password_and_refuses_a_wrong_one() {
     assert!((150_000..160_000).contains(&version), "expected PostgreSQL 15, got {version}");
     admin.batch_execute("CREATE ROLE harness_probe LOGIN PASSWORD 'probe-pw'").await.unwrap();
     pg.connect_as("harness_probe", "probe-pw").await.unwrap();
-    let e = pg.connect_as(SUPERUSER, "wrong").await.err().expect("a wrong password must fail");
+    let Err(e) = pg.connect_as(SUPERUSER, "wrong").await else { panic!("a wrong password must fail") };
     let code = e.as_db_error().map(|d| d.code().clone());
     assert_eq!(code, Some(tokio_postgres::error::SqlState::INVALID_PASSWORD), "{e:?}");
     // log_statement=all reached the server: the statement above is in its log.

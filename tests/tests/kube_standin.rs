@@ -12,10 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use keyturn_tests::kube::{KubeStandin, TestCluster};
 use keyturn_tests::openbao::OpenBao;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -23,7 +23,9 @@ use kube::core::Status;
 use serde_json::{Value, json};
 
 async fn cluster() -> TestCluster {
-    TestCluster::start().await.expect("a Kubernetes API for the test")
+    TestCluster::start()
+        .await
+        .expect("a Kubernetes API for the test")
 }
 
 fn status_of(result: Result<impl std::fmt::Debug, kube::Error>) -> Box<Status> {
@@ -35,14 +37,26 @@ fn status_of(result: Result<impl std::fmt::Debug, kube::Error>) -> Box<Status> {
 
 fn secret(name: &str, data: &[(&str, &[u8])]) -> Secret {
     Secret {
-        metadata: kube::api::ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
-        data: Some(data.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec()))).collect()),
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                .collect(),
+        ),
         ..Default::default()
     }
 }
 
 fn data_of(s: &Secret) -> BTreeMap<String, Vec<u8>> {
-    s.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()
+    s.data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
 }
 
 fn rv(meta: &kube::api::ObjectMeta) -> String {
@@ -51,7 +65,13 @@ fn rv(meta: &kube::api::ObjectMeta) -> String {
 
 /// A request kube's typed API cannot make (e.g. `data` that is not base64), still sent
 /// through kube::Client so that it authenticates the same way on a real cluster.
-async fn raw(client: &kube::Client, method: &str, path: &str, content_type: &str, body: &Value) -> Result<Value, kube::Error> {
+async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+) -> Result<Value, kube::Error> {
     let request = http::Request::builder()
         .method(method)
         .uri(path)
@@ -101,7 +121,11 @@ async fn a_secret_round_trips_through_kube_rs_with_string_data_folded_into_data(
     assert_eq!(rv(&fetched.metadata), rv(&created.metadata));
     assert_eq!(
         data_of(&fetched),
-        [("password".to_owned(), b"hunter2".to_vec()), ("username".to_owned(), b"app".to_vec())].into()
+        [
+            ("password".to_owned(), b"hunter2".to_vec()),
+            ("username".to_owned(), b"app".to_vec())
+        ]
+        .into()
     );
 }
 
@@ -114,11 +138,23 @@ async fn listing_secrets_carries_a_list_resource_version_and_honours_label_selec
         s.metadata.labels = Some([("team".to_owned(), team.to_owned())].into());
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
-    let red = secrets.list(&ListParams::default().labels("team=red")).await.unwrap();
-    let names: Vec<_> = red.items.iter().filter_map(|s| s.metadata.name.clone()).collect();
+    let red = secrets
+        .list(&ListParams::default().labels("team=red"))
+        .await
+        .unwrap();
+    let names: Vec<_> = red
+        .items
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
     assert_eq!(names, ["a", "c"]);
     let list_rv: u64 = red.metadata.resource_version.unwrap().parse().unwrap();
-    let newest: u64 = red.items.iter().map(|s| rv(&s.metadata).parse::<u64>().unwrap()).max().unwrap();
+    let newest: u64 = red
+        .items
+        .iter()
+        .map(|s| rv(&s.metadata).parse::<u64>().unwrap())
+        .max()
+        .unwrap();
     assert!(list_rv >= newest);
 }
 
@@ -126,8 +162,14 @@ async fn listing_secrets_carries_a_list_resource_version_and_honours_label_selec
 async fn deleting_a_secret_answers_success_and_then_it_is_not_found() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    secrets.create(&PostParams::default(), &secret("gone", &[("k", b"v")])).await.unwrap();
-    secrets.delete("gone", &DeleteParams::default()).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("gone", &[("k", b"v")]))
+        .await
+        .unwrap();
+    secrets
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
     assert_eq!(status_of(secrets.get("gone").await).code, 404);
 }
 
@@ -135,17 +177,36 @@ async fn deleting_a_secret_answers_success_and_then_it_is_not_found() {
 async fn json_and_strategic_merge_patches_edit_secret_data() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    secrets.create(&PostParams::default(), &secret("s", &[("a", b"1"), ("b", b"2")])).await.unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("s", &[("a", b"1"), ("b", b"2")]),
+        )
+        .await
+        .unwrap();
 
     let json_patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "replace", "path": "/data/a", "value": "MTE="},
         {"op": "remove", "path": "/data/b"}
     ]))
     .unwrap();
-    secrets.patch("s", &PatchParams::default(), &Patch::<()>::Json(json_patch)).await.unwrap();
+    secrets
+        .patch("s", &PatchParams::default(), &Patch::<()>::Json(json_patch))
+        .await
+        .unwrap();
     let strategic = json!({"stringData": {"c": "3"}});
-    let patched = secrets.patch("s", &PatchParams::default(), &Patch::Strategic(&strategic)).await.unwrap();
-    assert_eq!(data_of(&patched), [("a".to_owned(), b"11".to_vec()), ("c".to_owned(), b"3".to_vec())].into());
+    let patched = secrets
+        .patch("s", &PatchParams::default(), &Patch::Strategic(&strategic))
+        .await
+        .unwrap();
+    assert_eq!(
+        data_of(&patched),
+        [
+            ("a".to_owned(), b"11".to_vec()),
+            ("c".to_owned(), b"3".to_vec())
+        ]
+        .into()
+    );
 }
 
 #[tokio::test]
@@ -153,14 +214,25 @@ async fn server_side_apply_creates_a_missing_secret_and_records_its_field_manage
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
     let applied = secrets
-        .patch("fresh", &PatchParams::apply("keyturn"), &Patch::Apply(secret("fresh", &[("token", b"t")])))
+        .patch(
+            "fresh",
+            &PatchParams::apply("keyturn"),
+            &Patch::Apply(secret("fresh", &[("token", b"t")])),
+        )
         .await
         .unwrap();
     assert_eq!(data_of(&applied)["token"], b"t");
     let managers: Vec<_> = applied.metadata.managed_fields.unwrap_or_default();
-    let keyturn = managers.iter().find(|m| m.manager.as_deref() == Some("keyturn")).expect("keyturn manages fields");
+    let keyturn = managers
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("keyturn"))
+        .expect("keyturn manages fields");
     assert_eq!(keyturn.operation.as_deref(), Some("Apply"));
-    assert!(keyturn.fields_v1.as_ref().unwrap().0["f:data"].get("f:token").is_some());
+    assert!(
+        keyturn.fields_v1.as_ref().unwrap().0["f:data"]
+            .get("f:token")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -168,9 +240,22 @@ async fn server_side_apply_removes_keys_the_manager_stops_applying() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
     let pp = PatchParams::apply("keyturn");
-    secrets.patch("s", &pp, &Patch::Apply(secret("s", &[("current", b"1"), ("previous", b"0")]))).await.unwrap();
-    let after = secrets.patch("s", &pp, &Patch::Apply(secret("s", &[("current", b"2")]))).await.unwrap();
-    assert_eq!(data_of(&after), [("current".to_owned(), b"2".to_vec())].into());
+    secrets
+        .patch(
+            "s",
+            &pp,
+            &Patch::Apply(secret("s", &[("current", b"1"), ("previous", b"0")])),
+        )
+        .await
+        .unwrap();
+    let after = secrets
+        .patch("s", &pp, &Patch::Apply(secret("s", &[("current", b"2")])))
+        .await
+        .unwrap();
+    assert_eq!(
+        data_of(&after),
+        [("current".to_owned(), b"2".to_vec())].into()
+    );
 }
 
 // ---- Secrets: what the real server rejects ----
@@ -179,7 +264,11 @@ async fn server_side_apply_removes_keys_the_manager_stops_applying() {
 async fn a_data_key_with_a_space_is_rejected_as_invalid_naming_the_field() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    let status = status_of(secrets.create(&PostParams::default(), &secret("s", &[("bad key", b"v")])).await);
+    let status = status_of(
+        secrets
+            .create(&PostParams::default(), &secret("s", &[("bad key", b"v")]))
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert!(
         status.message.starts_with(
@@ -189,7 +278,10 @@ async fn a_data_key_with_a_space_is_rejected_as_invalid_naming_the_field() {
         status.message
     );
     let details = status.details.as_ref().unwrap();
-    assert_eq!((details.kind.as_str(), details.name.as_str()), ("Secret", "s"));
+    assert_eq!(
+        (details.kind.as_str(), details.name.as_str()),
+        ("Secret", "s")
+    );
     assert_eq!(details.causes[0].field, "data[bad key]");
     assert_eq!(details.causes[0].reason, "FieldValueInvalid");
 }
@@ -199,9 +291,19 @@ async fn a_data_key_longer_than_253_characters_is_rejected_as_invalid() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
     let long = "k".repeat(254);
-    let status = status_of(secrets.create(&PostParams::default(), &secret("s", &[(&long, b"v")])).await);
+    let status = status_of(
+        secrets
+            .create(&PostParams::default(), &secret("s", &[(&long, b"v")]))
+            .await,
+    );
     assert_eq!(status.code, 422);
-    assert!(status.message.ends_with("must be no more than 253 characters"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .ends_with("must be no more than 253 characters"),
+        "{}",
+        status.message
+    );
 }
 
 #[tokio::test]
@@ -212,8 +314,20 @@ async fn non_base64_data_is_rejected_as_a_bad_request_like_the_real_server() {
     let path = format!("/api/v1/namespaces/{}/secrets", c.namespace());
     let status = status_of(raw(&c.client(), "POST", &path, "application/json", &body).await);
     assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
-    assert!(status.message.starts_with("Secret in version \"v1\" cannot be handled as a Secret:"), "{}", status.message);
-    assert!(status.message.contains("illegal base64 data at input byte 3"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .starts_with("Secret in version \"v1\" cannot be handled as a Secret:"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status
+            .message
+            .contains("illegal base64 data at input byte 3"),
+        "{}",
+        status.message
+    );
 }
 
 #[tokio::test]
@@ -221,13 +335,22 @@ async fn data_over_one_mebibyte_is_rejected_as_too_long_and_exactly_one_mebibyte
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
     let half = vec![b'x'; 512 * 1024];
-    secrets.create(&PostParams::default(), &secret("full", &[("a", &half), ("b", &half)])).await.unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("full", &[("a", &half), ("b", &half)]),
+        )
+        .await
+        .unwrap();
 
     let mut over = secret("big", &[("a", &half), ("b", &half)]);
     over.string_data = Some([("c".to_owned(), "!".to_owned())].into());
     let status = status_of(secrets.create(&PostParams::default(), &over).await);
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
-    assert_eq!(status.message, "Secret \"big\" is invalid: data: Too long: must have at most 1048576 bytes");
+    assert_eq!(
+        status.message,
+        "Secret \"big\" is invalid: data: Too long: must have at most 1048576 bytes"
+    );
     assert_eq!(status.details.unwrap().causes[0].field, "data");
 }
 
@@ -235,21 +358,42 @@ async fn data_over_one_mebibyte_is_rejected_as_too_long_and_exactly_one_mebibyte
 async fn an_invalid_secret_name_is_rejected_as_invalid() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    let status = status_of(secrets.create(&PostParams::default(), &secret("Db_Creds", &[("k", b"v")])).await);
+    let status = status_of(
+        secrets
+            .create(&PostParams::default(), &secret("Db_Creds", &[("k", b"v")]))
+            .await,
+    );
     assert_eq!(status.code, 422);
     assert_eq!(status.details.unwrap().causes[0].field, "metadata.name");
-    assert!(status.message.contains("a lowercase RFC 1123 subdomain"), "{}", status.message);
+    assert!(
+        status.message.contains("a lowercase RFC 1123 subdomain"),
+        "{}",
+        status.message
+    );
 }
 
 #[tokio::test]
 async fn changing_a_secret_type_is_rejected_as_immutable() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    secrets.create(&PostParams::default(), &secret("s", &[("tls.crt", b"c"), ("tls.key", b"k")])).await.unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("s", &[("tls.crt", b"c"), ("tls.key", b"k")]),
+        )
+        .await
+        .unwrap();
     let patch = json!({"type": "kubernetes.io/tls"});
-    let status = status_of(secrets.patch("s", &PatchParams::default(), &Patch::Merge(&patch)).await);
+    let status = status_of(
+        secrets
+            .patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
     assert_eq!(status.code, 422);
-    assert_eq!(status.message, "Secret \"s\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable");
+    assert_eq!(
+        status.message,
+        "Secret \"s\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable"
+    );
 }
 
 #[tokio::test]
@@ -260,9 +404,19 @@ async fn an_immutable_secret_refuses_new_data() {
     s.immutable = Some(true);
     secrets.create(&PostParams::default(), &s).await.unwrap();
     let patch = json!({"stringData": {"k": "new"}});
-    let status = status_of(secrets.patch("frozen", &PatchParams::default(), &Patch::Merge(&patch)).await);
+    let status = status_of(
+        secrets
+            .patch("frozen", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
     assert_eq!(status.code, 422);
-    assert!(status.message.contains("data: Forbidden: field is immutable when `immutable` is set"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("data: Forbidden: field is immutable when `immutable` is set"),
+        "{}",
+        status.message
+    );
 }
 
 #[tokio::test]
@@ -279,9 +433,19 @@ async fn getting_a_missing_secret_is_not_found() {
 async fn creating_an_existing_secret_already_exists() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    secrets.create(&PostParams::default(), &secret("twice", &[("k", b"v")])).await.unwrap();
-    let status = status_of(secrets.create(&PostParams::default(), &secret("twice", &[("k", b"v")])).await);
-    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
+    secrets
+        .create(&PostParams::default(), &secret("twice", &[("k", b"v")]))
+        .await
+        .unwrap();
+    let status = status_of(
+        secrets
+            .create(&PostParams::default(), &secret("twice", &[("k", b"v")]))
+            .await,
+    );
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (409, "AlreadyExists")
+    );
     assert_eq!(status.message, "secrets \"twice\" already exists");
 }
 
@@ -289,10 +453,16 @@ async fn creating_an_existing_secret_already_exists() {
 async fn an_update_with_a_stale_resource_version_conflicts() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    let created = secrets.create(&PostParams::default(), &secret("s", &[("k", b"1")])).await.unwrap();
+    let created = secrets
+        .create(&PostParams::default(), &secret("s", &[("k", b"1")]))
+        .await
+        .unwrap();
     let mut first = created.clone();
     first.data = secret("s", &[("k", b"2")]).data;
-    let updated = secrets.replace("s", &PostParams::default(), &first).await.unwrap();
+    let updated = secrets
+        .replace("s", &PostParams::default(), &first)
+        .await
+        .unwrap();
     assert_ne!(rv(&updated.metadata), rv(&created.metadata));
 
     let mut stale = created;
@@ -310,14 +480,24 @@ async fn an_update_with_a_stale_resource_version_conflicts() {
 async fn a_merge_patch_with_a_stale_resource_version_precondition_conflicts() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    let created = secrets.create(&PostParams::default(), &secret("s", &[("k", b"1")])).await.unwrap();
+    let created = secrets
+        .create(&PostParams::default(), &secret("s", &[("k", b"1")]))
+        .await
+        .unwrap();
     let current = rv(&created.metadata);
     let fresh = json!({"metadata": {"resourceVersion": current}, "stringData": {"k": "2"}});
-    let patched = secrets.patch("s", &PatchParams::default(), &Patch::Merge(&fresh)).await.unwrap();
+    let patched = secrets
+        .patch("s", &PatchParams::default(), &Patch::Merge(&fresh))
+        .await
+        .unwrap();
     assert_ne!(rv(&patched.metadata), current);
 
     let stale = json!({"metadata": {"resourceVersion": current}, "stringData": {"k": "3"}});
-    let status = status_of(secrets.patch("s", &PatchParams::default(), &Patch::Merge(&stale)).await);
+    let status = status_of(
+        secrets
+            .patch("s", &PatchParams::default(), &Patch::Merge(&stale))
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
 }
 
@@ -326,25 +506,46 @@ async fn server_side_apply_conflicts_between_field_managers_and_force_takes_over
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
     secrets
-        .patch("db", &PatchParams::apply("rotation-a"), &Patch::Apply(secret("db", &[("password", b"a")])))
+        .patch(
+            "db",
+            &PatchParams::apply("rotation-a"),
+            &Patch::Apply(secret("db", &[("password", b"a")])),
+        )
         .await
         .unwrap();
 
     let theirs = Patch::Apply(secret("db", &[("password", b"b")]));
-    let status = status_of(secrets.patch("db", &PatchParams::apply("rotation-b"), &theirs).await);
+    let status = status_of(
+        secrets
+            .patch("db", &PatchParams::apply("rotation-b"), &theirs)
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
-    assert_eq!(status.message, "Apply failed with 1 conflict: conflict with \"rotation-a\": .data.password");
+    assert_eq!(
+        status.message,
+        "Apply failed with 1 conflict: conflict with \"rotation-a\": .data.password"
+    );
     let cause = &status.details.unwrap().causes[0];
-    assert_eq!((cause.reason.as_str(), cause.field.as_str()), ("FieldManagerConflict", ".data.password"));
+    assert_eq!(
+        (cause.reason.as_str(), cause.field.as_str()),
+        ("FieldManagerConflict", ".data.password")
+    );
 
-    let forced = secrets.patch("db", &PatchParams::apply("rotation-b").force(), &theirs).await.unwrap();
+    let forced = secrets
+        .patch("db", &PatchParams::apply("rotation-b").force(), &theirs)
+        .await
+        .unwrap();
     assert_eq!(data_of(&forced)["password"], b"b");
     let owners: Vec<String> = forced
         .metadata
         .managed_fields
         .unwrap_or_default()
         .into_iter()
-        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:data/f:password").is_some()))
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:data/f:password").is_some())
+        })
         .filter_map(|m| m.manager)
         .collect();
     assert_eq!(owners, ["rotation-b"]);
@@ -354,10 +555,24 @@ async fn server_side_apply_conflicts_between_field_managers_and_force_takes_over
 async fn a_put_whose_body_names_another_object_is_a_bad_request() {
     let c = cluster().await;
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
-    secrets.create(&PostParams::default(), &secret("one", &[("k", b"v")])).await.unwrap();
-    let status = status_of(secrets.replace("one", &PostParams::default(), &secret("two", &[("k", b"v")])).await);
+    secrets
+        .create(&PostParams::default(), &secret("one", &[("k", b"v")]))
+        .await
+        .unwrap();
+    let status = status_of(
+        secrets
+            .replace(
+                "one",
+                &PostParams::default(),
+                &secret("two", &[("k", b"v")]),
+            )
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
-    assert_eq!(status.message, "the name of the object (two) does not match the name on the URL (one)");
+    assert_eq!(
+        status.message,
+        "the name of the object (two) does not match the name on the URL (one)"
+    );
 }
 
 // ---- Deployments, StatefulSets, Leases ----
@@ -366,19 +581,47 @@ async fn a_put_whose_body_names_another_object_is_a_bad_request() {
 async fn patching_a_deployment_template_annotation_bumps_generation_like_a_rollout_restart() {
     let c = cluster().await;
     let deployments: Api<Deployment> = Api::namespaced(c.client(), c.namespace());
-    let created = deployments.create(&PostParams::default(), &deployment("web")).await.unwrap();
+    let created = deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
 
     let pp = PatchParams::default();
-    let restarted = deployments.patch("web", &pp, &Patch::Strategic(restart_patch("2025-01-01T00:00:00Z"))).await.unwrap();
+    let restarted = deployments
+        .patch(
+            "web",
+            &pp,
+            &Patch::Strategic(restart_patch("2025-01-01T00:00:00Z")),
+        )
+        .await
+        .unwrap();
     assert_eq!(restarted.metadata.generation, Some(2));
 
     let labels = json!({"metadata": {"labels": {"team": "payments"}}});
-    let relabelled = deployments.patch("web", &pp, &Patch::Merge(&labels)).await.unwrap();
-    assert_eq!(relabelled.metadata.generation, Some(2), "labels are not spec");
+    let relabelled = deployments
+        .patch("web", &pp, &Patch::Merge(&labels))
+        .await
+        .unwrap();
+    assert_eq!(
+        relabelled.metadata.generation,
+        Some(2),
+        "labels are not spec"
+    );
 
-    let again = deployments.patch("web", &pp, &Patch::Strategic(restart_patch("2025-01-01T00:00:00Z"))).await.unwrap();
-    assert_eq!(again.metadata.generation, Some(2), "a no-op patch changes nothing");
+    let again = deployments
+        .patch(
+            "web",
+            &pp,
+            &Patch::Strategic(restart_patch("2025-01-01T00:00:00Z")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.generation,
+        Some(2),
+        "a no-op patch changes nothing"
+    );
     assert_eq!(rv(&again.metadata), rv(&relabelled.metadata));
 
     let applied = deployments
@@ -392,14 +635,60 @@ async fn patching_a_deployment_template_annotation_bumps_generation_like_a_rollo
 }
 
 #[tokio::test]
+async fn applying_a_whole_deployment_manifest_that_differs_only_by_defaults_does_not_conflict() {
+    let c = cluster().await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client(), c.namespace());
+    deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
+
+    let mut manifest = serde_json::to_value(deployment("web")).unwrap();
+    manifest["spec"]["template"]["metadata"]["annotations"] =
+        json!({"keyturn.dev/secret-hash": "abc"});
+    let applied = deployments
+        .patch(
+            "web",
+            &PatchParams::apply("keyturn"),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.metadata.generation, Some(2));
+    let containers = &applied.spec.unwrap().template.spec.unwrap().containers;
+    assert_eq!(
+        containers[0].image_pull_policy.as_deref(),
+        Some("IfNotPresent"),
+        "defaults stay"
+    );
+
+    manifest["spec"]["replicas"] = json!(3);
+    let status = status_of(
+        deployments
+            .patch(
+                "web",
+                &PatchParams::apply("keyturn"),
+                &Patch::Apply(&manifest),
+            )
+            .await,
+    );
+    assert_eq!(status.code, 409, "replicas belong to the creator");
+    assert_eq!(status.details.unwrap().causes[0].field, ".spec.replicas");
+}
+
+#[tokio::test]
 async fn a_deployment_whose_selector_does_not_match_its_template_is_invalid() {
     let c = cluster().await;
     let deployments: Api<Deployment> = Api::namespaced(c.client(), c.namespace());
     let mut d = deployment("web");
-    d.spec.as_mut().unwrap().selector.match_labels = Some([("app".to_owned(), "other".to_owned())].into());
+    d.spec.as_mut().unwrap().selector.match_labels =
+        Some([("app".to_owned(), "other".to_owned())].into());
     let status = status_of(deployments.create(&PostParams::default(), &d).await);
     assert_eq!(status.code, 422);
-    assert_eq!(status.details.unwrap().causes[0].field, "spec.template.metadata.labels");
+    assert_eq!(
+        status.details.unwrap().causes[0].field,
+        "spec.template.metadata.labels"
+    );
 }
 
 #[tokio::test]
@@ -412,10 +701,27 @@ async fn patching_a_statefulset_template_bumps_its_generation() {
         "spec": {"replicas": 0, "serviceName": "db", "selector": d.spec.as_ref().unwrap().selector, "template": d.spec.as_ref().unwrap().template}
     }))
     .unwrap();
-    assert_eq!(sets.create(&PostParams::default(), &sts).await.unwrap().metadata.generation, Some(1));
-    let patched = sets.patch("db", &PatchParams::default(), &Patch::Strategic(restart_patch("now"))).await.unwrap();
+    assert_eq!(
+        sets.create(&PostParams::default(), &sts)
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        Some(1)
+    );
+    let patched = sets
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Strategic(restart_patch("now")),
+        )
+        .await
+        .unwrap();
     assert_eq!(patched.metadata.generation, Some(2));
-    assert_eq!(status_of(sets.get("missing").await).message, "statefulsets.apps \"missing\" not found");
+    assert_eq!(
+        status_of(sets.get("missing").await).message,
+        "statefulsets.apps \"missing\" not found"
+    );
 }
 
 #[tokio::test]
@@ -431,29 +737,51 @@ async fn a_lease_update_with_a_stale_resource_version_conflicts() {
 
     let mut renewed = created.clone();
     renewed.spec.as_mut().unwrap().lease_transitions = Some(1);
-    leases.replace("keyturn-leader", &PostParams::default(), &renewed).await.unwrap();
+    leases
+        .replace("keyturn-leader", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
 
     let mut stale = created.clone();
     stale.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
-    let status = status_of(leases.replace("keyturn-leader", &PostParams::default(), &stale).await);
+    let status = status_of(
+        leases
+            .replace("keyturn-leader", &PostParams::default(), &stale)
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
-    assert!(status.message.starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"keyturn-leader\""));
+    assert!(status.message.starts_with(
+        "Operation cannot be fulfilled on leases.coordination.k8s.io \"keyturn-leader\""
+    ));
 
     // Leases, unlike Secrets, refuse an update that names no resourceVersion at all.
     let mut unconditional = created;
     unconditional.metadata.resource_version = None;
-    let status = status_of(leases.replace("keyturn-leader", &PostParams::default(), &unconditional).await);
+    let status = status_of(
+        leases
+            .replace("keyturn-leader", &PostParams::default(), &unconditional)
+            .await,
+    );
     assert_eq!(status.code, 422);
-    assert_eq!(status.details.unwrap().causes[0].field, "metadata.resourceVersion");
+    assert_eq!(
+        status.details.unwrap().causes[0].field,
+        "metadata.resourceVersion"
+    );
 
-    leases.delete("keyturn-leader", &DeleteParams::default()).await.unwrap();
+    leases
+        .delete("keyturn-leader", &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 // ---- Tokens ----
 
 fn review(token: &str) -> TokenReview {
     TokenReview {
-        spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: None },
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: None,
+        },
         ..Default::default()
     }
 }
@@ -463,14 +791,26 @@ async fn token_review_authenticates_an_issued_token_as_its_service_account() {
     let c = cluster().await;
     let token = c.service_account_token(c.namespace(), "app").await.unwrap();
     let reviews: Api<TokenReview> = Api::all(c.client());
-    let status = reviews.create(&PostParams::default(), &review(&token)).await.unwrap().status.unwrap();
+    let status = reviews
+        .create(&PostParams::default(), &review(&token))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(status.authenticated, Some(true), "{:?}", status.error);
     let user = status.user.unwrap();
     let ns = c.namespace();
-    assert_eq!(user.username.as_deref(), Some(format!("system:serviceaccount:{ns}:app").as_str()));
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{ns}:app").as_str())
+    );
     assert!(user.uid.is_some_and(|u| !u.is_empty()));
     let groups = user.groups.unwrap_or_default();
-    for g in ["system:serviceaccounts", &format!("system:serviceaccounts:{ns}"), "system:authenticated"] {
+    for g in [
+        "system:serviceaccounts",
+        &format!("system:serviceaccounts:{ns}"),
+        "system:authenticated",
+    ] {
         assert!(groups.iter().any(|x| x == g), "{g} missing from {groups:?}");
     }
     assert!(!status.audiences.unwrap_or_default().is_empty());
@@ -481,11 +821,17 @@ async fn token_review_rejects_a_tampered_token_with_an_error_not_an_http_failure
     let c = cluster().await;
     let token = c.service_account_token(c.namespace(), "app").await.unwrap();
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
     claims["sub"] = json!("system:serviceaccount:kube-system:clusterrole-aggregation-controller");
     parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
     let reviews: Api<TokenReview> = Api::all(c.client());
-    let status = reviews.create(&PostParams::default(), &review(&parts.join("."))).await.unwrap().status.unwrap();
+    let status = reviews
+        .create(&PostParams::default(), &review(&parts.join(".")))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_ne!(status.authenticated, Some(true));
     assert!(status.error.is_some_and(|e| !e.is_empty()));
 }
@@ -494,15 +840,29 @@ async fn token_review_rejects_a_tampered_token_with_an_error_not_an_http_failure
 async fn a_token_request_mints_a_token_bound_to_the_service_account_uid() {
     let c = cluster().await;
     let sas: Api<ServiceAccount> = Api::namespaced(c.client(), c.namespace());
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "rotator"}})).unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "rotator"}})).unwrap();
     let sa = sas.create(&PostParams::default(), &sa).await.unwrap();
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": ["vault"], "expirationSeconds": 600}})).unwrap();
-    let token = sas.create_token_request("rotator", &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": ["vault"], "expirationSeconds": 600}}))
+            .unwrap();
+    let token = sas
+        .create_token_request("rotator", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
 
     let reviews: Api<TokenReview> = Api::all(c.client());
     let mut r = review(&token);
     r.spec.audiences = Some(vec!["vault".into()]);
-    let status = reviews.create(&PostParams::default(), &r).await.unwrap().status.unwrap();
+    let status = reviews
+        .create(&PostParams::default(), &r)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(status.authenticated, Some(true), "{:?}", status.error);
     assert_eq!(status.user.unwrap().uid, sa.metadata.uid);
     assert_eq!(status.audiences, Some(vec!["vault".to_owned()]));
@@ -513,7 +873,12 @@ async fn token_review_rejects_an_expired_token() {
     let standin = KubeStandin::start().await.unwrap();
     let expired = standin.issue_service_account_token("app", "web", &[], Duration::ZERO);
     let reviews: Api<TokenReview> = Api::all(standin.client().await.unwrap());
-    let status = reviews.create(&PostParams::default(), &review(&expired)).await.unwrap().status.unwrap();
+    let status = reviews
+        .create(&PostParams::default(), &review(&expired))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_ne!(status.authenticated, Some(true));
     assert!(status.error.unwrap().contains("expired"));
 }
@@ -525,11 +890,20 @@ async fn an_issued_token_authenticates_api_requests_as_its_service_account() {
     standin.deny_user("system:serviceaccount:app:web", "get", "secrets");
     let secrets: Api<Secret> = Api::namespaced(standin.client_with_token(&token).unwrap(), "app");
     let status = status_of(secrets.get("x").await);
-    assert_eq!(status.code, 403, "the token authenticated as the service account it names");
+    assert_eq!(
+        status.code, 403,
+        "the token authenticated as the service account it names"
+    );
 
-    let for_vault = standin.issue_service_account_token("app", "web", &["vault"], Duration::from_secs(60));
-    let secrets: Api<Secret> = Api::namespaced(standin.client_with_token(&for_vault).unwrap(), "app");
-    assert_eq!(status_of(secrets.get("x").await).code, 401, "a token for another audience is not an API credential");
+    let for_vault =
+        standin.issue_service_account_token("app", "web", &["vault"], Duration::from_secs(60));
+    let secrets: Api<Secret> =
+        Api::namespaced(standin.client_with_token(&for_vault).unwrap(), "app");
+    assert_eq!(
+        status_of(secrets.get("x").await).code,
+        401,
+        "a token for another audience is not an API credential"
+    );
 }
 
 #[tokio::test]
@@ -537,7 +911,10 @@ async fn openid_discovery_serves_the_key_that_verifies_issued_tokens() {
     let standin = KubeStandin::start().await.unwrap();
     let http = reqwest::Client::new();
     let config: Value = http
-        .get(format!("{}/.well-known/openid-configuration", standin.url()))
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            standin.url()
+        ))
         .send()
         .await
         .unwrap()
@@ -545,19 +922,37 @@ async fn openid_discovery_serves_the_key_that_verifies_issued_tokens() {
         .await
         .unwrap();
     assert_eq!(config["issuer"], standin.url());
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        http.get(config["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = http
+        .get(config["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
 
-    let token = standin.issue_pod_service_account_token("app", "web", "web-0", &["vault"], Duration::from_secs(60));
+    let token = standin.issue_pod_service_account_token(
+        "app",
+        "web",
+        "web-0",
+        &["vault"],
+        Duration::from_secs(60),
+    );
     let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     validation.set_audience(&["vault"]);
     validation.set_issuer(&[standin.url()]);
-    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap().claims;
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
+        .unwrap()
+        .claims;
     assert_eq!(claims["sub"], "system:serviceaccount:app:web");
     assert_eq!(claims["kubernetes.io"]["namespace"], "app");
     assert_eq!(claims["kubernetes.io"]["pod"]["name"], "web-0");
-    assert!(claims["kubernetes.io"]["serviceaccount"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(
+        claims["kubernetes.io"]["serviceaccount"]["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty())
+    );
 }
 
 // ---- Authentication and authorization ----
@@ -570,11 +965,16 @@ async fn a_client_without_a_grant_gets_a_forbidden_status_it_can_parse() {
         .create(&PostParams::default(), &secret("s", &[("k", b"v")]))
         .await
         .unwrap();
-    let restricted: Api<Secret> = Api::namespaced(c.client_denied(&[("patch", "secrets")]).await.unwrap(), &ns);
+    let restricted: Api<Secret> =
+        Api::namespaced(c.client_denied(&[("patch", "secrets")]).await.unwrap(), &ns);
     restricted.get("s").await.unwrap();
 
     let patch = json!({"stringData": {"k": "new"}});
-    let status = status_of(restricted.patch("s", &PatchParams::default(), &Patch::Merge(&patch)).await);
+    let status = status_of(
+        restricted
+            .patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
     assert_eq!(
         status.message,
@@ -583,7 +983,10 @@ async fn a_client_without_a_grant_gets_a_forbidden_status_it_can_parse() {
         )
     );
     let details = status.details.unwrap();
-    assert_eq!((details.name.as_str(), details.kind.as_str()), ("s", "secrets"));
+    assert_eq!(
+        (details.name.as_str(), details.kind.as_str()),
+        ("s", "secrets")
+    );
 }
 
 #[tokio::test]
@@ -591,7 +994,10 @@ async fn the_deny_switch_forbids_matching_requests_until_allow_all() {
     let standin = KubeStandin::start().await.unwrap();
     let client = standin.client().await.unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "app");
-    deployments.create(&PostParams::default(), &deployment("web")).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
 
     standin.deny("get", "deployments");
     standin.deny("*", "leases");
@@ -603,12 +1009,59 @@ async fn the_deny_switch_forbids_matching_requests_until_allow_all() {
     );
     let leases: Api<Lease> = Api::namespaced(client.clone(), "app");
     let status = status_of(leases.list(&ListParams::default()).await);
-    assert_eq!(status.message, "leases.coordination.k8s.io is forbidden: User \"kubernetes-admin\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"app\"");
-    deployments.patch("web", &PatchParams::default(), &Patch::Merge(json!({}))).await.unwrap();
+    assert_eq!(
+        status.message,
+        "leases.coordination.k8s.io is forbidden: User \"kubernetes-admin\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"app\""
+    );
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({})))
+        .await
+        .unwrap();
 
     standin.allow_all();
     deployments.get("web").await.unwrap();
     leases.list(&ListParams::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_control_endpoints_switch_denials_and_mint_tokens_for_the_admin_only() {
+    let standin = KubeStandin::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let control = |path: &str, token: &str, body: Value| {
+        http.post(format!("{}/_standin/{path}", standin.url()))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let admin = standin.admin_token();
+    let minted: Value = control(
+        "token",
+        &admin,
+        json!({"namespace": "app", "name": "web", "ttlSeconds": 60}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let sa_token = minted["token"].as_str().unwrap().to_owned();
+    let as_sa = control("allow-all", &sa_token, json!({})).await.unwrap();
+    assert_eq!(as_sa.status(), 403, "only the admin may flip switches");
+
+    let secrets: Api<Secret> =
+        Api::namespaced(standin.client_with_token(&sa_token).unwrap(), "app");
+    assert_eq!(status_of(secrets.get("x").await).code, 404);
+    let denied = control(
+        "deny",
+        &admin,
+        json!({"verb": "get", "resource": "secrets"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.status(), 200);
+    assert_eq!(status_of(secrets.get("x").await).code, 403);
+    control("allow-all", &admin, json!({})).await.unwrap();
+    assert_eq!(status_of(secrets.get("x").await).code, 404);
 }
 
 #[tokio::test]
@@ -623,7 +1076,11 @@ async fn a_request_without_valid_credentials_is_unauthorized() {
     assert_eq!(body["code"], 401);
 
     let forged = standin.client_with_token("not-the-admin-token").unwrap();
-    let status = status_of(Api::<Secret>::namespaced(forged, "default").list(&ListParams::default()).await);
+    let status = status_of(
+        Api::<Secret>::namespaced(forged, "default")
+            .list(&ListParams::default())
+            .await,
+    );
     assert_eq!((status.code, status.reason.as_str()), (401, "Unauthorized"));
 }
 
@@ -637,12 +1094,19 @@ async fn kube_rs_discovery_and_version_work_against_it() {
     assert_eq!(version.major, "1");
     for discovery in [
         kube::Discovery::new(client.clone()).run().await.unwrap(),
-        kube::Discovery::new(client.clone()).run_aggregated().await.unwrap(),
+        kube::Discovery::new(client.clone())
+            .run_aggregated()
+            .await
+            .unwrap(),
     ] {
         assert!(discovery.has_group("apps"));
         assert!(discovery.has_group("coordination.k8s.io"));
         let apps = discovery.get("apps").unwrap();
-        assert!(apps.recommended_resources().iter().any(|(r, _)| r.plural == "deployments"));
+        assert!(
+            apps.recommended_resources()
+                .iter()
+                .any(|(r, _)| r.plural == "deployments")
+        );
     }
 }
 
@@ -650,10 +1114,18 @@ async fn kube_rs_discovery_and_version_work_against_it() {
 async fn the_written_kubeconfig_loads_in_kube_rs() {
     let c = cluster().await;
     let kubeconfig = kube::config::Kubeconfig::read_from(c.kubeconfig_path()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), c.kubernetes_host());
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        config.cluster_url.to_string().trim_end_matches('/'),
+        c.kubernetes_host()
+    );
     let client = kube::Client::try_from(config).unwrap();
-    Api::<Secret>::namespaced(client, c.namespace()).list(&ListParams::default()).await.unwrap();
+    Api::<Secret>::namespaced(client, c.namespace())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -676,27 +1148,47 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyturn-kube-standin"))
-        .args(["--listen", "127.0.0.1:0", "--deny", "get:secrets", "--kubeconfig"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--deny",
+            "get:secrets",
+            "--kubeconfig",
+        ])
         .arg(&kubeconfig)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
-    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(), &Default::default())
-        .await
-        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let secrets: Api<Secret> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
     assert_eq!(status_of(secrets.get("x").await).code, 403);
     secrets.list(&ListParams::default()).await.unwrap();
 
     let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -715,19 +1207,29 @@ async fn openbao_with_kubernetes_auth(c: &TestCluster) -> OpenBao {
         config["kubernetes_ca_cert"] = json!(ca);
         config["disable_local_ca_jwt"] = json!(true);
     }
-    bao.api("POST", "auth/kubernetes/config", Some(config)).await.unwrap();
+    bao.api("POST", "auth/kubernetes/config", Some(config))
+        .await
+        .unwrap();
     let role = json!({
         "bound_service_account_names": ["web"],
         "bound_service_account_namespaces": [c.namespace()],
         "audience": "vault",
         "token_policies": ["default"],
     });
-    bao.api("POST", "auth/kubernetes/role/web", Some(role)).await.unwrap();
+    bao.api("POST", "auth/kubernetes/role/web", Some(role))
+        .await
+        .unwrap();
     bao
 }
 
 async fn bao_login(bao: &OpenBao, jwt: &str) -> anyhow::Result<Value> {
-    bao.api_as("", "POST", "auth/kubernetes/login", Some(json!({"role": "web", "jwt": jwt}))).await
+    bao.api_as(
+        "",
+        "POST",
+        "auth/kubernetes/login",
+        Some(json!({"role": "web", "jwt": jwt})),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -736,15 +1238,28 @@ async fn openbao_kubernetes_auth_logs_a_service_account_in_through_token_review(
     let bao = openbao_with_kubernetes_auth(&c).await;
     let ns = c.namespace();
 
-    let jwt = c.service_account_token_for(ns, "web", &["vault"], Duration::from_secs(600)).await.unwrap();
+    let jwt = c
+        .service_account_token_for(ns, "web", &["vault"], Duration::from_secs(600))
+        .await
+        .unwrap();
     let login = bao_login(&bao, &jwt).await.unwrap();
     let metadata = &login["auth"]["metadata"];
     assert_eq!(metadata["service_account_name"], "web");
     assert_eq!(metadata["service_account_namespace"], ns);
-    assert!(login["auth"]["client_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(
+        login["auth"]["client_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
 
-    let intruder = c.service_account_token_for(ns, "intruder", &["vault"], Duration::from_secs(600)).await.unwrap();
-    assert!(bao_login(&bao, &intruder).await.is_err(), "a service account the role does not name is refused");
+    let intruder = c
+        .service_account_token_for(ns, "intruder", &["vault"], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(
+        bao_login(&bao, &intruder).await.is_err(),
+        "a service account the role does not name is refused"
+    );
 }
 
 #[tokio::test]
@@ -753,20 +1268,38 @@ async fn openbao_kubernetes_auth_fails_when_token_review_is_forbidden_or_the_tok
     let bao = openbao_with_kubernetes_auth(&c).await;
     let standin = c.standin().unwrap();
     let reviews = |code: u16| {
-        standin.requests().iter().filter(|r| r.resource == "tokenreviews" && r.code == code).count()
+        standin
+            .requests()
+            .iter()
+            .filter(|r| r.resource == "tokenreviews" && r.code == code)
+            .count()
     };
 
     // OpenBao answers every failed login with a bare "permission denied", so what the
     // stand-in was asked and answered is the evidence.
-    let expired = standin.issue_service_account_token(c.namespace(), "web", &["vault"], Duration::ZERO);
+    let expired =
+        standin.issue_service_account_token(c.namespace(), "web", &["vault"], Duration::ZERO);
     assert!(bao_login(&bao, &expired).await.is_err());
 
-    let jwt = standin.issue_service_account_token(c.namespace(), "web", &["vault"], Duration::from_secs(600));
+    let jwt = standin.issue_service_account_token(
+        c.namespace(),
+        "web",
+        &["vault"],
+        Duration::from_secs(600),
+    );
     standin.deny("create", "tokenreviews");
     assert!(bao_login(&bao, &jwt).await.is_err());
     assert_eq!(reviews(403), 1, "{:?}", standin.requests());
-    let reviewer = standin.requests().into_iter().find(|r| r.resource == "tokenreviews").unwrap().user;
-    assert_eq!(reviewer, "system:serviceaccount:kube-system:keyturn-token-reviewer");
+    let reviewer = standin
+        .requests()
+        .into_iter()
+        .find(|r| r.resource == "tokenreviews")
+        .unwrap()
+        .user;
+    assert_eq!(
+        reviewer,
+        "system:serviceaccount:kube-system:keyturn-token-reviewer"
+    );
 
     standin.allow_all();
     let answered = reviews(201);

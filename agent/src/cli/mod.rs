@@ -6,19 +6,26 @@
 //! inside its `run`, so the commands that need none (`audit verify`) start instantly.
 //!
 //! Exit codes follow sysexits(3) for the whole CLI (see [`exit`]): clap's usage errors exit 64,
-//! not clap's default 2.
+//! not clap's default 2. Subcommands that touch secrets take their audit options from
+//! [`audit_log::AuditLogArgs`].
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
 pub mod audit;
+pub mod audit_log;
 pub mod exit;
 pub mod logging;
 
 /// keyturn: secrets rotation and injection for Kubernetes, with a tamper-evident audit log.
 #[derive(Debug, Parser)]
-#[command(name = "keyturn", version, propagate_version = true, arg_required_else_help = true)]
+#[command(
+    name = "keyturn",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// Options every subcommand takes.
     #[command(flatten)]
@@ -33,7 +40,12 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// Which logs to write to stderr (as JSON), in tracing's filter syntax: `info`,
     /// `keyturn=debug,warn`, ….
-    #[arg(long = "log", env = "KEYTURN_LOG", default_value = "info", global = true)]
+    #[arg(
+        long = "log",
+        env = "KEYTURN_LOG",
+        default_value = "info",
+        global = true
+    )]
     pub log: String,
 }
 

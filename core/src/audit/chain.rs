@@ -100,7 +100,10 @@ impl ChainHash {
         let mut out = [0u8; 32];
         let mut bad = 0u8;
         for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-            let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            let (hi, lo) = (
+                HEX_VALUE[usize::from(pair[0])],
+                HEX_VALUE[usize::from(pair[1])],
+            );
             bad |= hi | lo;
             *o = (hi << 4) | (lo & 0x0f);
         }
@@ -263,7 +266,10 @@ fn canonical_fields(line: &[u8]) -> Option<(u64, &[u8])> {
         return None;
     }
     let prev_at = n - PREV_TAIL_LEN;
-    let digits = line[SEQ_AT..prev_at].iter().take_while(|b| b.is_ascii_digit()).count();
+    let digits = line[SEQ_AT..prev_at]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     if digits == 0
         || (digits > 1 && line[SEQ_AT] == b'0')
         || !line[SEQ_AT + digits..prev_at].starts_with(AFTER_SEQ)
@@ -272,9 +278,11 @@ fn canonical_fields(line: &[u8]) -> Option<(u64, &[u8])> {
     {
         return None;
     }
-    let seq = line[SEQ_AT..SEQ_AT + digits].iter().try_fold(0u64, |acc, d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })?;
+    let seq = line[SEQ_AT..SEQ_AT + digits]
+        .iter()
+        .try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
     let prev_hex = &line[prev_at + PREV_MEMBER.len()..prev_at + PREV_MEMBER.len() + HASH_HEX_LEN];
     Some((seq, prev_hex))
 }
@@ -381,7 +389,10 @@ mod tests {
     fn a_sealed_line_hashes_its_canonical_form_and_ends_with_the_hash_member() {
         let (line, hash) = sealed_line(ChainHead::GENESIS);
         let text = std::str::from_utf8(&line).unwrap();
-        assert!(text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")), "{text}");
+        assert!(
+            text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")),
+            "{text}"
+        );
         assert!(text.starts_with("{\"time\":\"2025-01-31T03:00:00.123Z\",\"seq\":0,"));
         let canonical = format!("{}}}", &text[..text.len() - 1 - HASH_TAIL_LEN]);
         assert_eq!(ChainHash::of(canonical.as_bytes()), hash);
@@ -403,14 +414,19 @@ mod tests {
     fn check_line_recomputes_the_stored_hash() {
         let (line, hash) = sealed_line(ChainHead::GENESIS);
         let c = check_line(&line[..line.len() - 1]).unwrap();
-        assert_eq!((c.seq, c.prev, c.stored, c.computed), (0, ChainHash::GENESIS, hash, hash));
+        assert_eq!(
+            (c.seq, c.prev, c.stored, c.computed),
+            (0, ChainHash::GENESIS, hash, hash)
+        );
     }
 
     #[test]
     fn check_line_rejects_lines_without_the_trailing_hash_member() {
         assert_eq!(check_line(b"{}"), Err(LineError::NoHashMember));
         let (line, _) = sealed_line(ChainHead::GENESIS);
-        let upper = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap().to_uppercase();
+        let upper = String::from_utf8(line[..line.len() - 1].to_vec())
+            .unwrap()
+            .to_uppercase();
         assert_eq!(check_line(upper.as_bytes()), Err(LineError::NoHashMember));
         let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
         let spaced = text.replacen(",\"seq\"", ", \"seq\"", 1);
@@ -424,7 +440,10 @@ mod tests {
         let (line, hash) = sealed_line(ChainHead::GENESIS);
         let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
         let forged = text.replacen("{\"time\"", &format!("{{\"hash\":\"{hash}\",\"time\""), 1);
-        assert!(matches!(check_line(forged.as_bytes()), Err(LineError::NotAnEntry { .. })));
+        assert!(matches!(
+            check_line(forged.as_bytes()),
+            Err(LineError::NotAnEntry { .. })
+        ));
     }
 
     #[test]
@@ -446,7 +465,9 @@ mod tests {
         let (line, hash) = sealed_line(ChainHead::GENESIS);
         let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
         // Members reordered: still an entry, but not the bytes that were hashed.
-        let moved = text.replacen("\"seq\":0,", "", 1).replacen("\"action\"", "\"seq\":0,\"action\"", 1);
+        let moved =
+            text.replacen("\"seq\":0,", "", 1)
+                .replacen("\"action\"", "\"seq\":0,\"action\"", 1);
         assert_eq!(canonical_fields(moved.as_bytes()), None);
         let c = check_line(moved.as_bytes()).unwrap();
         assert_eq!((c.seq, c.stored), (0, hash));
@@ -465,7 +486,10 @@ mod tests {
         });
         let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
         let huge = text.replacen("\"seq\":7,", "\"seq\":99999999999999999999999,", 1);
-        assert!(matches!(check_line(huge.as_bytes()), Err(LineError::NotAnEntry { .. })));
+        assert!(matches!(
+            check_line(huge.as_bytes()),
+            Err(LineError::NotAnEntry { .. })
+        ));
     }
 
     #[test]

@@ -411,7 +411,10 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"kind":"service-account","name":"orders-api","namespace":"shop","pod":"orders-api-7f9c"}"#
         );
-        assert_eq!(serde_json::to_string(&Outcome::Started).unwrap(), "\"started\"");
+        assert_eq!(
+            serde_json::to_string(&Outcome::Started).unwrap(),
+            "\"started\""
+        );
         assert_eq!(ActorKind::ServiceAccount.as_str(), "service-account");
         assert_eq!(Outcome::Denied.as_str(), "denied");
     }

@@ -269,18 +269,30 @@ impl HmacKey {
     /// Writes the key as hex to a private temporary file, then links it to `path`, which fails
     /// with `AlreadyExists` rather than replace a key someone else made.
     fn publish(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             // create_new with 0600 is subject to the umask, which can only remove bits; set it
             // explicitly anyway so the mode does not depend on that reasoning.
             f.set_permissions(fs::Permissions::from_mode(0o600))?;
-            let mut text = Zeroizing::new(hex::encode(self.0.expose()));
-            text.push('\n');
-            f.write_all(text.as_bytes())?;
+            // Encoded straight into zeroizing storage of the final size: no stray copies.
+            let key = self.0.expose();
+            let mut text = Zeroizing::new(vec![b'\n'; 2 * key.len() + 1]);
+            hex::encode_to_slice(key, &mut text[..2 * key.len()]).map_err(io::Error::other)?;
+            f.write_all(&text)?;
             f.sync_all()?;
             fs::hard_link(&tmp, path)
         })();
@@ -293,7 +305,9 @@ impl HmacKey {
 /// Hex when the trimmed content is an even number of hex digits, else the raw bytes.
 fn decode(content: &[u8]) -> Zeroizing<Vec<u8>> {
     let trimmed = content.trim_ascii();
-    if !trimmed.is_empty() && trimmed.len() % 2 == 0 && trimmed.iter().all(u8::is_ascii_hexdigit)
+    if !trimmed.is_empty()
+        && trimmed.len().is_multiple_of(2)
+        && trimmed.iter().all(u8::is_ascii_hexdigit)
     {
         let mut out = Zeroizing::new(vec![0u8; trimmed.len() / 2]);
         if hex::decode_to_slice(trimmed, &mut out).is_ok() {
@@ -314,7 +328,11 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     #[test]
@@ -334,15 +352,29 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            at(&[(STATE_DIR_ENV, "/s"), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")]),
+            at(&[
+                (STATE_DIR_ENV, "/s"),
+                ("XDG_STATE_HOME", "/x"),
+                ("HOME", "/h")
+            ]),
             PathBuf::from("/s/audit-hmac.key")
         );
         assert_eq!(
-            at(&[(STATE_DIR_ENV, ""), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")]),
+            at(&[
+                (STATE_DIR_ENV, ""),
+                ("XDG_STATE_HOME", "/x"),
+                ("HOME", "/h")
+            ]),
             PathBuf::from("/x/keyturn/audit-hmac.key")
         );
-        assert_eq!(at(&[("HOME", "/h")]), PathBuf::from("/h/.local/state/keyturn/audit-hmac.key"));
-        assert!(matches!(KeySource::from_env_with(env(&[])), Err(KeyError::NoLocation)));
+        assert_eq!(
+            at(&[("HOME", "/h")]),
+            PathBuf::from("/h/.local/state/keyturn/audit-hmac.key")
+        );
+        assert!(matches!(
+            KeySource::from_env_with(env(&[])),
+            Err(KeyError::NoLocation)
+        ));
     }
 
     #[test]
@@ -353,7 +385,11 @@ mod tests {
         assert!(created);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dir_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_mode, 0o700);
         let (second, created) = HmacKey::load_or_create(&path).unwrap();
         assert!(!created);
@@ -392,8 +428,8 @@ mod tests {
 
     #[test]
     fn a_missing_key_file_is_an_error_naming_it() {
-        let e = HmacKey::from_source(&KeySource::File("/nonexistent/keyturn.key".into()))
-            .unwrap_err();
+        let e =
+            HmacKey::from_source(&KeySource::File("/nonexistent/keyturn.key".into())).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/keyturn.key"), "{e}");
         assert_eq!(e.exit_code(), 74);
     }
@@ -408,7 +444,10 @@ mod tests {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[7u8; 32]).unwrap();
         mac.update(b"what do ya want for nothing?");
         let want = hex::encode(mac.finalize().into_bytes());
-        assert_eq!(key.hmac_hex(&SecretValue::from_str_copy("what do ya want for nothing?")), want);
+        assert_eq!(
+            key.hmac_hex(&SecretValue::from_str_copy("what do ya want for nothing?")),
+            want
+        );
     }
 
     #[test]

@@ -143,7 +143,10 @@ mod tests {
     }
 
     fn texts(t: &FileTail) -> Vec<String> {
-        t.lines.iter().map(|l| String::from_utf8(l.bytes.clone()).unwrap()).collect()
+        t.lines
+            .iter()
+            .map(|l| String::from_utf8(l.bytes.clone()).unwrap())
+            .collect()
     }
 
     #[test]

@@ -17,7 +17,11 @@ pub(crate) async fn record_n(log: &AuditLog, n: u64) -> Vec<RecordedEvent> {
         let actor = Actor::service_account("shop", format!("app-{}", i % 3)).with_pod("p-1");
         let event = log
             .event(actor, "secret.read", format!("secret/data/app/{i}"))
-            .outcome(if i % 5 == 4 { Outcome::Denied } else { Outcome::Ok })
+            .outcome(if i % 5 == 4 {
+                Outcome::Denied
+            } else {
+                Outcome::Ok
+            })
             .request_id(format!("req-{i}"))
             .build();
         out.push(log.record(event).await.unwrap());
@@ -33,7 +37,11 @@ pub(crate) async fn write_log(path: &Path, n: u64) -> Vec<RecordedEvent> {
 
 /// The file's lines, newlines kept.
 pub(crate) fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().split_inclusive('\n').map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_inclusive('\n')
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Writes `lines` back, concatenated.

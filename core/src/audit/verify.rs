@@ -123,7 +123,14 @@ pub struct ChainBreak {
 
 impl fmt::Display for ChainBreak {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "seq {} at {}:{}: {}", self.seq, self.path.display(), self.line, self.kind)
+        write!(
+            f,
+            "seq {} at {}:{}: {}",
+            self.seq,
+            self.path.display(),
+            self.line,
+            self.kind
+        )
     }
 }
 
@@ -282,19 +289,26 @@ fn check_anchors(
     if let Some(expected) = options.expect_last_hash {
         let found = v.head.map_or(ChainHash::GENESIS, |h| h.prev);
         if found != expected {
-            return Some(at(next_seq, BreakKind::LastHashMismatch { expected, found }));
+            return Some(at(
+                next_seq,
+                BreakKind::LastHashMismatch { expected, found },
+            ));
         }
     }
     None
 }
 
 /// Bytes read per round. Each round's complete lines are checked in parallel, then linked in
-/// order.
-const READ_BUF: usize = 4 * 1024 * 1024;
+/// order. (Small in tests, so that they cross rounds and split rounds over threads.)
+const READ_BUF: usize = if cfg!(test) {
+    64 * 1024
+} else {
+    4 * 1024 * 1024
+};
 
 /// Below this many bytes a round is checked on one thread: a thread would cost more than it
 /// saves.
-const PARALLEL_MIN: usize = 256 * 1024;
+const PARALLEL_MIN: usize = if cfg!(test) { 16 * 1024 } else { 256 * 1024 };
 
 /// The most threads used to check lines.
 const MAX_THREADS: usize = 8;
@@ -422,7 +436,13 @@ impl Verifier {
 
     /// A break at `path:line`. Its seq is the one expected there; before the first entry, the
     /// one the line claims (`claimed`), or 0.
-    fn broken(&self, path: &Path, line: u64, claimed: Option<u64>, kind: BreakKind) -> VerifyFailure {
+    fn broken(
+        &self,
+        path: &Path,
+        line: u64,
+        claimed: Option<u64>,
+        kind: BreakKind,
+    ) -> VerifyFailure {
         let seq = match self.head {
             Some(h) => h.next_seq,
             None => claimed.unwrap_or(0),
@@ -471,7 +491,11 @@ fn check_lines(data: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>, threa
             .collect();
         each(&data[..bounds[1]], out);
         for helper in helpers {
-            out.extend(helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            out.extend(
+                helper
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            );
         }
     });
 }

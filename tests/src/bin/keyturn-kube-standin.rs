@@ -32,7 +32,11 @@ const EXIT_USAGE: i32 = 64;
 #[command(version, about = "Runs keyturn's Kubernetes API stand-in on loopback")]
 struct Args {
     /// Loopback address to listen on; port 0 picks a free one.
-    #[arg(long, env = "KEYTURN_KUBE_STANDIN_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "KEYTURN_KUBE_STANDIN_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
     listen: SocketAddr,
 
     /// Where to write the admin kubeconfig.
@@ -53,7 +57,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Validate everything before binding anything.
     if !args.listen.ip().is_loopback() {
-        usage_error(&format!("--listen {} is not a loopback address; the stand-in only serves 127.0.0.1/::1", args.listen));
+        usage_error(&format!(
+            "--listen {} is not a loopback address; the stand-in only serves 127.0.0.1/::1",
+            args.listen
+        ));
     }
     let mut deny = Vec::new();
     for rule in &args.deny {
@@ -69,7 +76,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let standin = KubeStandin::start_on(args.listen).await?;
         for (verb, resource) in &deny {

@@ -53,7 +53,10 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
                     && strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
                 {
                     set_default(strategy, "rollingUpdate", json!({}));
-                    if let Some(ru) = strategy.get_mut("rollingUpdate").and_then(Value::as_object_mut) {
+                    if let Some(ru) = strategy
+                        .get_mut("rollingUpdate")
+                        .and_then(Value::as_object_mut)
+                    {
                         set_default(ru, "maxUnavailable", json!("25%"));
                         set_default(ru, "maxSurge", json!("25%"));
                     }
@@ -62,7 +65,9 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
             Workload::StatefulSet => {
                 set_default(spec, "podManagementPolicy", json!("OrderedReady"));
                 set_default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
-                if let Some(us) = spec.get_mut("updateStrategy").and_then(Value::as_object_mut)
+                if let Some(us) = spec
+                    .get_mut("updateStrategy")
+                    .and_then(Value::as_object_mut)
                     && us.get("type").and_then(Value::as_str) == Some("RollingUpdate")
                 {
                     set_default(us, "rollingUpdate", json!({"partition": 0}));
@@ -83,9 +88,20 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
         set_default(pod, "schedulerName", json!("default-scheduler"));
         if let Some(Value::Array(containers)) = pod.get_mut("containers") {
             for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_owned();
-                let latest = image.rsplit('/').next().is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
-                let pull = if latest && !image.contains('@') { "Always" } else { "IfNotPresent" };
+                let image = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let latest = image
+                    .rsplit('/')
+                    .next()
+                    .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
+                let pull = if latest && !image.contains('@') {
+                    "Always"
+                } else {
+                    "IfNotPresent"
+                };
                 set_default(c, "imagePullPolicy", json!(pull));
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
@@ -93,7 +109,10 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
             }
         }
     }
-    for path in [&["spec", "template", "metadata", "labels"][..], &["spec", "template", "metadata", "annotations"]] {
+    for path in [
+        &["spec", "template", "metadata", "labels"][..],
+        &["spec", "template", "metadata", "annotations"],
+    ] {
         validation::drop_empty_map(obj, path);
     }
 }
@@ -101,13 +120,23 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
 /// Carries status and generation over from `old` (status is not writable here) and bumps the
 /// generation when the real strategy would.
 pub(crate) fn prepare_update(kind: Workload, obj: &mut Value, old: &Value) {
-    let old_generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+    let old_generation = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let spec_changed = obj.get("spec") != old.get("spec");
     let annotations_changed = kind == Workload::Deployment
         && obj.pointer("/metadata/annotations") != old.pointer("/metadata/annotations");
-    let generation = if spec_changed || annotations_changed { old_generation + 1 } else { old_generation };
+    let generation = if spec_changed || annotations_changed {
+        old_generation + 1
+    } else {
+        old_generation
+    };
     if let Some(map) = obj.as_object_mut() {
-        map.insert("status".into(), old.get("status").cloned().unwrap_or_else(|| json!({})));
+        map.insert(
+            "status".into(),
+            old.get("status").cloned().unwrap_or_else(|| json!({})),
+        );
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("generation".into(), json!(generation));
         }
@@ -131,23 +160,26 @@ fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> bool {
         .get("matchLabels")
         .and_then(Value::as_object)
         .is_none_or(|m| m.iter().all(|(k, v)| label(k) == v.as_str()));
-    let exprs_ok = selector.get("matchExpressions").and_then(Value::as_array).is_none_or(|exprs| {
-        exprs.iter().all(|e| {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-            let values: Vec<&str> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-                "In" => label(key).is_some_and(|v| values.contains(&v)),
-                "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
-                "Exists" => label(key).is_some(),
-                "DoesNotExist" => label(key).is_none(),
-                _ => false,
-            }
-        })
-    });
+    let exprs_ok = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .is_none_or(|exprs| {
+            exprs.iter().all(|e| {
+                let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+                let values: Vec<&str> = e
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                    "In" => label(key).is_some_and(|v| values.contains(&v)),
+                    "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
+                    "Exists" => label(key).is_some(),
+                    "DoesNotExist" => label(key).is_none(),
+                    _ => false,
+                }
+            })
+        });
     match_labels_ok && exprs_ok
 }
 
@@ -162,7 +194,12 @@ fn selector_is_empty(selector: &Value) -> bool {
 }
 
 /// `ValidateDeployment`/`ValidateStatefulSet` (the parts listed in the module docs).
-pub(crate) fn validate(kind: Workload, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
+pub(crate) fn validate(
+    kind: Workload,
+    obj: &Value,
+    old: Option<&Value>,
+    errs: &mut Vec<FieldError>,
+) {
     let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
     let kind_word = match kind {
         Workload::Deployment => "deployment",
@@ -172,7 +209,11 @@ pub(crate) fn validate(kind: Workload, obj: &Value, old: Option<&Value>, errs: &
     if let Some(replicas) = spec.get("replicas").and_then(Value::as_i64)
         && replicas < 0
     {
-        errs.push(FieldError::invalid_raw("spec.replicas", replicas.to_string(), "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid_raw(
+            "spec.replicas",
+            replicas.to_string(),
+            "must be greater than or equal to 0",
+        ));
     }
 
     let template_labels = spec
@@ -198,13 +239,21 @@ pub(crate) fn validate(kind: Workload, obj: &Value, old: Option<&Value>, errs: &
         }
     }
     validation::validate_labels(&template_labels, "spec.template.metadata.labels", errs);
-    if let Some(annotations) = spec.pointer("/template/metadata/annotations").and_then(Value::as_object) {
+    if let Some(annotations) = spec
+        .pointer("/template/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         validation::validate_annotations(annotations, "spec.template.metadata.annotations", errs);
     }
 
-    match spec.pointer("/template/spec/containers").and_then(Value::as_array) {
+    match spec
+        .pointer("/template/spec/containers")
+        .and_then(Value::as_array)
+    {
         None => errs.push(FieldError::required("spec.template.spec.containers", "")),
-        Some(cs) if cs.is_empty() => errs.push(FieldError::required("spec.template.spec.containers", "")),
+        Some(cs) if cs.is_empty() => {
+            errs.push(FieldError::required("spec.template.spec.containers", ""))
+        }
         Some(cs) => {
             for (i, c) in cs.iter().enumerate() {
                 let path = format!("spec.template.spec.containers[{i}]");
@@ -216,7 +265,10 @@ pub(crate) fn validate(kind: Workload, obj: &Value, old: Option<&Value>, errs: &
                         }
                     }
                 }
-                if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(|s| s.trim().is_empty())
+                {
                     errs.push(FieldError::required(format!("{path}.image"), ""));
                 }
             }
@@ -282,14 +334,18 @@ mod tests {
         validate(Workload::Deployment, &d, None, &mut errs);
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(d["spec"]["replicas"], 1);
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
     }
 
     #[test]
     fn a_template_annotation_change_bumps_generation_and_a_label_change_does_not() {
         let old = deployment();
         let mut new = deployment();
-        new["spec"]["template"]["metadata"]["annotations"] = json!({"keyturn.dev/restartedAt": "now"});
+        new["spec"]["template"]["metadata"]["annotations"] =
+            json!({"keyturn.dev/restartedAt": "now"});
         prepare_update(Workload::Deployment, &mut new, &old);
         assert_eq!(new["metadata"]["generation"], 2);
 

@@ -29,7 +29,10 @@ impl UserInfo {
         Self {
             username: ADMIN_USER.to_owned(),
             uid: String::new(),
-            groups: vec!["kubeadm:cluster-admins".into(), "system:authenticated".into()],
+            groups: vec![
+                "kubeadm:cluster-admins".into(),
+                "system:authenticated".into(),
+            ],
             extra: BTreeMap::new(),
         }
     }
@@ -47,8 +50,14 @@ impl UserInfo {
             vec![format!("JTI={}", subject.claims.jti)],
         );
         if let Some(pod) = &k.pod {
-            extra.insert("authentication.kubernetes.io/pod-name".to_owned(), vec![pod.name.clone()]);
-            extra.insert("authentication.kubernetes.io/pod-uid".to_owned(), vec![pod.uid.clone()]);
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".to_owned(),
+                vec![pod.name.clone()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".to_owned(),
+                vec![pod.uid.clone()],
+            );
         }
         Self {
             username: subject.claims.sub.clone(),
@@ -71,7 +80,10 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The token of an `Authorization: Bearer …` header, if there is one.
 pub(crate) fn bearer_token(header: Option<&str>) -> Option<&str> {
     header
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
@@ -113,7 +125,9 @@ impl DenyRule {
         let qualified = if a.group.is_empty() {
             resource.clone()
         } else {
-            let (base, sub) = resource.split_once('/').map_or((resource.as_str(), None), |(b, s)| (b, Some(s)));
+            let (base, sub) = resource
+                .split_once('/')
+                .map_or((resource.as_str(), None), |(b, s)| (b, Some(s)));
             match sub {
                 Some(sub) => format!("{base}.{}/{sub}", a.group),
                 None => format!("{base}.{}", a.group),
@@ -127,7 +141,11 @@ impl DenyRule {
 ///
 /// # Errors
 /// 403 `Forbidden` naming the user, verb, resource, group and namespace.
-pub(crate) fn authorize(rules: &[DenyRule], user: &UserInfo, a: &Attributes<'_>) -> Result<(), ApiError> {
+pub(crate) fn authorize(
+    rules: &[DenyRule],
+    user: &UserInfo,
+    a: &Attributes<'_>,
+) -> Result<(), ApiError> {
     if !rules.iter().any(|r| r.matches(user, a)) {
         return Ok(());
     }
@@ -145,8 +163,14 @@ pub(crate) fn authorize(rules: &[DenyRule], user: &UserInfo, a: &Attributes<'_>)
             user.username, a.verb, resource, a.group
         ),
     };
-    let qualified = if a.group.is_empty() { a.resource.to_owned() } else { format!("{}.{}", a.resource, a.group) };
-    Err(ApiError::forbidden(&qualified, a.group, a.resource, a.name, &why))
+    let qualified = if a.group.is_empty() {
+        a.resource.to_owned()
+    } else {
+        format!("{}.{}", a.resource, a.group)
+    };
+    Err(ApiError::forbidden(
+        &qualified, a.group, a.resource, a.name, &why,
+    ))
 }
 
 #[cfg(test)]
@@ -154,13 +178,25 @@ mod tests {
     use super::*;
 
     fn attrs<'a>(verb: &'a str, group: &'a str, resource: &'a str) -> Attributes<'a> {
-        Attributes { verb, group, resource, subresource: None, namespace: Some("ns"), name: "x" }
+        Attributes {
+            verb,
+            group,
+            resource,
+            subresource: None,
+            namespace: Some("ns"),
+            name: "x",
+        }
     }
 
     #[test]
     fn a_denial_is_worded_like_rbac() {
-        let rules = vec![DenyRule { verb: "patch".into(), resource: "secrets".into(), user: None }];
-        let err = authorize(&rules, &UserInfo::admin(), &attrs("patch", "", "secrets")).unwrap_err();
+        let rules = vec![DenyRule {
+            verb: "patch".into(),
+            resource: "secrets".into(),
+            user: None,
+        }];
+        let err =
+            authorize(&rules, &UserInfo::admin(), &attrs("patch", "", "secrets")).unwrap_err();
         assert_eq!(
             err.message,
             "secrets \"x\" is forbidden: User \"kubernetes-admin\" cannot patch resource \"secrets\" in API group \"\" in the namespace \"ns\""
@@ -171,11 +207,23 @@ mod tests {
     #[test]
     fn rules_match_plain_or_group_qualified_resources_and_wildcards() {
         let user = UserInfo::admin();
-        let by_group = DenyRule { verb: "get".into(), resource: "deployments.apps".into(), user: None };
+        let by_group = DenyRule {
+            verb: "get".into(),
+            resource: "deployments.apps".into(),
+            user: None,
+        };
         assert!(by_group.matches(&user, &attrs("get", "apps", "deployments")));
-        let any = DenyRule { verb: "*".into(), resource: "leases".into(), user: None };
+        let any = DenyRule {
+            verb: "*".into(),
+            resource: "leases".into(),
+            user: None,
+        };
         assert!(any.matches(&user, &attrs("update", "coordination.k8s.io", "leases")));
-        let someone_else = DenyRule { verb: "*".into(), resource: "*".into(), user: Some("bob".into()) };
+        let someone_else = DenyRule {
+            verb: "*".into(),
+            resource: "*".into(),
+            user: Some("bob".into()),
+        };
         assert!(!someone_else.matches(&user, &attrs("get", "", "secrets")));
     }
 }

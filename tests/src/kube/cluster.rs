@@ -33,11 +33,20 @@ const GRANTABLE: &[(&str, &str)] = &[
     ("apps", "statefulsets"),
     ("coordination.k8s.io", "leases"),
 ];
-const ALL_VERBS: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+const ALL_VERBS: &[&str] = &[
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
 
 enum Backend {
     Standin(KubeStandin),
-    Real(RealCluster),
+    Real(Box<RealCluster>),
 }
 
 struct RealCluster {
@@ -69,7 +78,10 @@ impl std::fmt::Debug for TestCluster {
 }
 
 fn unique_namespace() -> String {
-    format!("keyturn-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "keyturn-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// PEM from the DER certificates kube-rs loaded.
@@ -135,8 +147,13 @@ impl TestCluster {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
             .with_context(|| format!("reading {}", kubeconfig.display()))?;
         let config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
-        let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
         let ca_pem = config.root_cert.as_deref().map(pem_from_der);
         let client = kube::Client::try_from(config.clone())?;
         let namespace = unique_namespace();
@@ -148,12 +165,12 @@ impl TestCluster {
             .await
             .with_context(|| format!("creating namespace {namespace} on {server}"))?;
         Ok(Self {
-            backend: Backend::Real(RealCluster {
+            backend: Backend::Real(Box::new(RealCluster {
                 config,
                 server,
                 ca_pem,
                 cluster_role_bindings: Mutex::new(Vec::new()),
-            }),
+            })),
             namespace,
             kubeconfig,
             client,
@@ -214,8 +231,13 @@ impl TestCluster {
     ///
     /// # Errors
     /// On a real cluster, when the service account or the TokenRequest cannot be created.
-    pub async fn service_account_token(&self, namespace: &str, name: &str) -> anyhow::Result<String> {
-        self.service_account_token_for(namespace, name, &[], Duration::from_secs(3600)).await
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        self.service_account_token_for(namespace, name, &[], Duration::from_secs(3600))
+            .await
     }
 
     /// A token for `namespace/name` with the given audiences (empty: the API server's) and
@@ -232,16 +254,24 @@ impl TestCluster {
         ttl: Duration,
     ) -> anyhow::Result<String> {
         match &self.backend {
-            Backend::Standin(s) => Ok(s.issue_service_account_token(namespace, name, audiences, ttl)),
+            Backend::Standin(s) => {
+                Ok(s.issue_service_account_token(namespace, name, audiences, ttl))
+            }
             Backend::Real(_) => {
                 let sas: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
-                let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+                let sa: ServiceAccount =
+                    serde_json::from_value(json!({"metadata": {"name": name}}))?;
                 ignore_already_exists(sas.create(&PostParams::default(), &sa).await)?;
                 let request: TokenRequest = serde_json::from_value(json!({
                     "spec": {"audiences": audiences, "expirationSeconds": ttl.as_secs().max(600)}
                 }))?;
-                let issued = sas.create_token_request(name, &PostParams::default(), &request).await?;
-                Ok(issued.status.map(|s| s.token).context("TokenRequest answered without a token")?)
+                let issued = sas
+                    .create_token_request(name, &PostParams::default(), &request)
+                    .await?;
+                Ok(issued
+                    .status
+                    .map(|s| s.token)
+                    .context("TokenRequest answered without a token")?)
             }
         }
     }
@@ -253,7 +283,10 @@ impl TestCluster {
     /// On a real cluster, when the account, binding or token cannot be created.
     pub async fn token_reviewer_jwt(&self) -> anyhow::Result<String> {
         let Backend::Real(real) = &self.backend else {
-            return Ok(self.standin().map(KubeStandin::token_reviewer_jwt).unwrap_or_default());
+            return Ok(self
+                .standin()
+                .map(KubeStandin::token_reviewer_jwt)
+                .unwrap_or_default());
         };
         let name = "keyturn-token-reviewer";
         let binding_name = format!("{}-token-reviewer", self.namespace);
@@ -262,9 +295,17 @@ impl TestCluster {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.namespace}],
         }))?;
-        ignore_already_exists(Api::<ClusterRoleBinding>::all(self.client()).create(&PostParams::default(), &binding).await)?;
-        real.cluster_role_bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(binding_name);
-        self.service_account_token_for(&self.namespace, name, &[], Duration::from_secs(3600)).await
+        ignore_already_exists(
+            Api::<ClusterRoleBinding>::all(self.client())
+                .create(&PostParams::default(), &binding)
+                .await,
+        )?;
+        real.cluster_role_bindings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(binding_name);
+        self.service_account_token_for(&self.namespace, name, &[], Duration::from_secs(3600))
+            .await
     }
 
     /// A client that may do everything an admin may except the `(verb, resource)` pairs in
@@ -287,14 +328,24 @@ impl TestCluster {
                 for (verb, resource) in denied {
                     s.deny_user(&user, verb, resource);
                 }
-                let token = s.issue_service_account_token(&self.namespace, &sa, &[], Duration::from_secs(3600));
+                let token = s.issue_service_account_token(
+                    &self.namespace,
+                    &sa,
+                    &[],
+                    Duration::from_secs(3600),
+                );
                 s.client_with_token(&token)
             }
             Backend::Real(real) => {
                 let is_denied = |verb: &str, group: &str, resource: &str| {
-                    let qualified = if group.is_empty() { resource.to_owned() } else { format!("{resource}.{group}") };
+                    let qualified = if group.is_empty() {
+                        resource.to_owned()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
                     denied.iter().any(|(v, r)| {
-                        (*v == "*" || *v == verb) && (*r == "*" || *r == resource || *r == qualified)
+                        (*v == "*" || *v == verb)
+                            && (*r == "*" || *r == resource || *r == qualified)
                     })
                 };
                 let rules: Vec<serde_json::Value> = GRANTABLE
@@ -306,15 +357,20 @@ impl TestCluster {
                             .then(|| json!({"apiGroups": [group], "resources": [resource], "verbs": verbs}))
                     })
                     .collect();
-                let role: Role = serde_json::from_value(json!({"metadata": {"name": sa}, "rules": rules}))?;
+                let role: Role =
+                    serde_json::from_value(json!({"metadata": {"name": sa}, "rules": rules}))?;
                 let binding: RoleBinding = serde_json::from_value(json!({
                     "metadata": {"name": sa},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
                     "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}],
                 }))?;
                 let pp = PostParams::default();
-                Api::<Role>::namespaced(self.client(), &self.namespace).create(&pp, &role).await?;
-                Api::<RoleBinding>::namespaced(self.client(), &self.namespace).create(&pp, &binding).await?;
+                Api::<Role>::namespaced(self.client(), &self.namespace)
+                    .create(&pp, &role)
+                    .await?;
+                Api::<RoleBinding>::namespaced(self.client(), &self.namespace)
+                    .create(&pp, &binding)
+                    .await?;
                 let token = self.service_account_token(&self.namespace, &sa).await?;
                 let mut config = real.config.clone();
                 config.auth_info = kube::config::AuthInfo {
@@ -332,23 +388,41 @@ impl Drop for TestCluster {
     /// await, and the test's runtime may be single-threaded and busy dropping us, so this
     /// runs on a thread with its own runtime and client.
     fn drop(&mut self) {
-        let Backend::Real(real) = &self.backend else { return };
+        let Backend::Real(real) = &self.backend else {
+            return;
+        };
         let config = real.config.clone();
         let namespace = self.namespace.clone();
-        let bindings =
-            std::mem::take(&mut *real.cluster_role_bindings.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let bindings = std::mem::take(
+            &mut *real
+                .cluster_role_bindings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                let Ok(client) = kube::Client::try_from(config) else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let cleanup = async move {
+                let Ok(client) = kube::Client::try_from(config) else {
+                    return;
+                };
                 let dp = DeleteParams::background();
                 for b in bindings {
-                    let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(&b, &dp).await;
+                    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+                        .delete(&b, &dp)
+                        .await;
                 }
                 if let Err(e) = Api::<Namespace>::all(client).delete(&namespace, &dp).await {
                     eprintln!("keyturn-tests: could not delete test namespace {namespace}: {e}");
                 }
-            });
+            };
+            // An unreachable cluster must not hang the test run at drop.
+            let _ =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), cleanup).await });
         });
         let _ = cleanup.join();
     }

@@ -33,11 +33,17 @@ fn cannot_handle(kind: &ResourceKind, why: impl std::fmt::Display) -> ApiError {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
-    serde_json::from_value::<T>(obj.clone()).map(drop).map_err(|e| cannot_handle(kind, e))
+    serde_json::from_value::<T>(obj.clone())
+        .map(drop)
+        .map_err(|e| cannot_handle(kind, e))
 }
 
 /// `apiVersion`/`kind` in a body must name the endpoint's resource when present.
-pub(crate) fn check_type_meta(kind: &ResourceKind, obj: &Value, required: bool) -> Result<(), ApiError> {
+pub(crate) fn check_type_meta(
+    kind: &ResourceKind,
+    obj: &Value,
+    required: bool,
+) -> Result<(), ApiError> {
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let object_kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     if required && (api_version.is_empty() || object_kind.is_empty()) {
@@ -64,7 +70,10 @@ pub(crate) fn check_type_meta(kind: &ResourceKind, obj: &Value, required: bool) 
 /// Decoding: the body must fit the Go types, else 400 (`… cannot be handled as a …`).
 pub(crate) fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiError> {
     if !obj.is_object() {
-        return Err(cannot_handle(kind, "json: cannot unmarshal non-object into Go value"));
+        return Err(cannot_handle(
+            kind,
+            "json: cannot unmarshal non-object into Go value",
+        ));
     }
     if let Some(meta) = obj.get("metadata") {
         serde_json::from_value::<ObjectMeta>(meta.clone()).map_err(|e| cannot_handle(kind, e))?;
@@ -103,6 +112,15 @@ pub(crate) fn prepare_apply_config(kind: &ResourceKind, config: &mut Value) {
     }
 }
 
+/// `config` with the kind's defaults filled in, for comparing applied values with live ones;
+/// `None` for kinds without defaults worth comparing.
+pub(crate) fn with_defaults(kind: &ResourceKind, config: &Value) -> Option<Value> {
+    let w = workload(kind)?;
+    let mut defaulted = config.clone();
+    apps::apply_defaults(w, &mut defaulted);
+    Some(defaulted)
+}
+
 /// Server-side preparation (`PrepareForCreate`/`PrepareForUpdate` plus defaulting): server
 /// fields are taken from `old` or cleared, and the kind's own normalization runs.
 pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>) {
@@ -112,11 +130,26 @@ pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>)
         map.insert("kind".into(), json!(kind.kind));
         let meta = map.entry("metadata").or_insert_with(|| json!({}));
         if let Some(meta) = meta.as_object_mut() {
-            for k in ["managedFields", "selfLink", "uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+            for k in [
+                "managedFields",
+                "selfLink",
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+            ] {
                 meta.remove(k);
             }
-            if let Some(old_meta) = old.and_then(|o| o.get("metadata")).and_then(Value::as_object) {
-                for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+            if let Some(old_meta) = old
+                .and_then(|o| o.get("metadata"))
+                .and_then(Value::as_object)
+            {
+                for k in [
+                    "uid",
+                    "creationTimestamp",
+                    "generation",
+                    "deletionTimestamp",
+                ] {
                     if let Some(v) = old_meta.get(k) {
                         meta.insert(k.into(), v.clone());
                     }
@@ -149,12 +182,20 @@ pub(crate) fn validate(kind: &ResourceKind, obj: &Value, old: Option<&Value>) ->
     } else if let Some(w) = workload(kind) {
         apps::validate(w, obj, old, &mut errs);
     } else if *kind == resources::LEASES {
-        if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64)
+        if let Some(d) = obj
+            .pointer("/spec/leaseDurationSeconds")
+            .and_then(Value::as_i64)
             && d <= 0
         {
-            errs.push(FieldError::invalid_raw("spec.leaseDurationSeconds", d.to_string(), "must be greater than 0"));
+            errs.push(FieldError::invalid_raw(
+                "spec.leaseDurationSeconds",
+                d.to_string(),
+                "must be greater than 0",
+            ));
         }
-        if let Some(t) = obj.pointer("/spec/leaseTransitions").and_then(Value::as_i64)
+        if let Some(t) = obj
+            .pointer("/spec/leaseTransitions")
+            .and_then(Value::as_i64)
             && t < 0
         {
             errs.push(FieldError::invalid_raw(

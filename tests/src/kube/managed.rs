@@ -42,6 +42,16 @@ impl Operation {
     }
 }
 
+/// Who writes, with which API version, and when: what a `managedFields[]` entry records
+/// besides the fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Writer<'a> {
+    pub manager: &'a str,
+    pub api_version: &'a str,
+    /// RFC 3339.
+    pub now: &'a str,
+}
+
 /// One `managedFields[]` entry.
 #[derive(Debug, Clone)]
 pub(crate) struct ManagedEntry {
@@ -128,7 +138,9 @@ fn merge_config(target: &mut Value, config: &Value) {
                     continue;
                 }
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge_config(existing, v),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_config(existing, v)
+                    }
                     _ => {
                         t.insert(k.clone(), v.clone());
                     }
@@ -141,8 +153,12 @@ fn merge_config(target: &mut Value, config: &Value) {
 
 /// Removes the leaf at `path`, then any map that removal left empty.
 fn remove_path(obj: &mut Value, path: &[String]) {
-    let Some((first, rest)) = path.split_first() else { return };
-    let Some(map) = obj.as_object_mut() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
     if rest.is_empty() {
         map.remove(first);
         return;
@@ -156,23 +172,27 @@ fn remove_path(obj: &mut Value, path: &[String]) {
 }
 
 impl ManagedFields {
-    fn entry_mut(&mut self, manager: &str, op: Operation, api_version: &str, now: &str) -> &mut ManagedEntry {
-        let idx = match self.entries.iter().position(|e| e.manager == manager && e.operation == op) {
+    fn entry_mut(&mut self, who: Writer<'_>, op: Operation) -> &mut ManagedEntry {
+        let idx = match self
+            .entries
+            .iter()
+            .position(|e| e.manager == who.manager && e.operation == op)
+        {
             Some(i) => i,
             None => {
                 self.entries.push(ManagedEntry {
-                    manager: manager.to_owned(),
+                    manager: who.manager.to_owned(),
                     operation: op,
-                    api_version: api_version.to_owned(),
-                    time: now.to_owned(),
+                    api_version: who.api_version.to_owned(),
+                    time: who.now.to_owned(),
                     fields: BTreeSet::new(),
                 });
                 self.entries.len() - 1
             }
         };
         let e = &mut self.entries[idx];
-        e.api_version = api_version.to_owned();
-        e.time = now.to_owned();
+        e.api_version = who.api_version.to_owned();
+        e.time = who.now.to_owned();
         e
     }
 
@@ -186,14 +206,7 @@ impl ManagedFields {
     }
 
     /// Records an Update operation by `manager` that turned `old` into `new`.
-    pub fn record_update(
-        &mut self,
-        manager: &str,
-        api_version: &str,
-        now: &str,
-        old: Option<&Value>,
-        new: &Value,
-    ) {
+    pub fn record_update(&mut self, who: Writer<'_>, old: Option<&Value>, new: &Value) {
         let old_leaves = old.map(leaves).unwrap_or_default();
         let changed: BTreeSet<FieldPath> = leaves(new)
             .into_iter()
@@ -204,12 +217,19 @@ impl ManagedFields {
             for e in &mut self.entries {
                 e.fields.retain(|p| !changed.contains(p));
             }
-            self.entry_mut(manager, Operation::Update, api_version, now).fields.extend(changed);
+            self.entry_mut(who, Operation::Update)
+                .fields
+                .extend(changed);
         }
         self.prune(new);
     }
 
     /// Server-side apply of `config` by `manager` onto `current` (`None`: the object is new).
+    ///
+    /// `defaulted` is `config` with the kind's defaults filled in, when the kind has any: a
+    /// field is compared with the live object in that form, so that an applied list which
+    /// differs from the live one only by server defaults (a container without
+    /// `imagePullPolicy`) is the same value, as it is on the real server.
     ///
     /// Returns the merged object (not yet defaulted or validated).
     ///
@@ -217,19 +237,23 @@ impl ManagedFields {
     /// 409 `Conflict` listing every conflicting field and its owner, unless `force`.
     pub fn apply(
         &mut self,
-        manager: &str,
-        api_version: &str,
-        now: &str,
+        who: Writer<'_>,
         current: Option<&Value>,
         config: &Value,
+        defaulted: Option<&Value>,
         force: bool,
     ) -> Result<Value, ApiError> {
+        let manager = who.manager;
         let applied = leaves(config);
         let current_leaves = current.map(leaves).unwrap_or_default();
+        let comparable = defaulted.map(leaves).unwrap_or_default();
 
         let mut conflicts: Vec<(String, FieldPath)> = Vec::new();
         for (path, value) in &applied {
-            let Some(existing) = current_leaves.get(path) else { continue };
+            let Some(existing) = current_leaves.get(path) else {
+                continue;
+            };
+            let value = comparable.get(path).unwrap_or(value);
             if existing == value {
                 continue;
             }
@@ -253,7 +277,9 @@ impl ManagedFields {
             }
         }
 
-        let mut merged = current.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+        let mut merged = current
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new()));
         merge_config(&mut merged, config);
 
         let previously_owned: BTreeSet<FieldPath> = self
@@ -262,16 +288,20 @@ impl ManagedFields {
             .find(|e| e.manager == manager && e.operation == Operation::Apply)
             .map(|e| e.fields.clone())
             .unwrap_or_default();
-        for path in previously_owned.iter().filter(|p| !applied.contains_key(*p)) {
+        for path in previously_owned
+            .iter()
+            .filter(|p| !applied.contains_key(*p))
+        {
             let owned_elsewhere = self.entries.iter().any(|e| {
-                !(e.manager == manager && e.operation == Operation::Apply) && e.fields.contains(path)
+                !(e.manager == manager && e.operation == Operation::Apply)
+                    && e.fields.contains(path)
             });
             if !owned_elsewhere {
                 remove_path(&mut merged, path);
             }
         }
 
-        let entry = self.entry_mut(manager, Operation::Apply, api_version, now);
+        let entry = self.entry_mut(who, Operation::Apply);
         entry.fields = applied.into_keys().collect();
         self.prune(&merged);
         Ok(merged)
@@ -309,7 +339,11 @@ impl ManagedFields {
     #[cfg(test)]
     fn owners(&self, path: &[&str]) -> Vec<String> {
         let p: FieldPath = path.iter().map(|s| (*s).to_owned()).collect();
-        self.entries.iter().filter(|e| e.fields.contains(&p)).map(|e| e.manager.clone()).collect()
+        self.entries
+            .iter()
+            .filter(|e| e.fields.contains(&p))
+            .map(|e| e.manager.clone())
+            .collect()
     }
 }
 
@@ -333,7 +367,10 @@ fn conflict_error(conflicts: &[(String, FieldPath)]) -> ApiError {
         })
         .collect();
     let message = if let [(m, p)] = conflicts {
-        format!("Apply failed with 1 conflict: conflict with {m}: {}", path_string(p))
+        format!(
+            "Apply failed with 1 conflict: conflict with {m}: {}",
+            path_string(p)
+        )
     } else {
         let mut by_manager: BTreeMap<&str, Vec<&FieldPath>> = BTreeMap::new();
         for (m, p) in conflicts {
@@ -344,17 +381,26 @@ fn conflict_error(conflicts: &[(String, FieldPath)]) -> ApiError {
             lines.push(format!("conflicts with {m}:"));
             lines.extend(paths.into_iter().map(|p| format!("- {}", path_string(p))));
         }
-        format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            lines.join("\n")
+        )
     };
     ApiError::apply_conflict(message, causes)
 }
 
 /// `{"f:data": {"f:password": {}}}`; a path that is both owned and a parent gets `".": {}`.
 fn fields_v1(fields: &BTreeSet<FieldPath>) -> Value {
-    fn node_at<'a>(root: &'a mut Map<String, Value>, path: &[String]) -> &'a mut Map<String, Value> {
+    fn node_at<'a>(
+        root: &'a mut Map<String, Value>,
+        path: &[String],
+    ) -> &'a mut Map<String, Value> {
         let mut node = root;
         for seg in path {
-            let child = node.entry(format!("f:{seg}")).or_insert_with(|| Value::Object(Map::new()));
+            let child = node
+                .entry(format!("f:{seg}"))
+                .or_insert_with(|| Value::Object(Map::new()));
             node = match child {
                 Value::Object(m) => m,
                 _ => unreachable!("fieldsV1 nodes are always objects"),
@@ -381,7 +427,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const NOW: &str = "2025-01-01T00:00:00Z";
+    fn w(manager: &str) -> Writer<'_> {
+        Writer {
+            manager,
+            api_version: "v1",
+            now: "2025-01-01T00:00:00Z",
+        }
+    }
 
     fn secret(data: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": data})
@@ -391,9 +443,9 @@ mod tests {
     fn an_update_owns_what_it_changed_and_nothing_else() {
         let mut m = ManagedFields::default();
         let v1 = secret(json!({"a": "MQ==", "b": "Mg=="}));
-        m.record_update("creator", "v1", NOW, None, &v1);
+        m.record_update(w("creator"), None, &v1);
         let v2 = secret(json!({"a": "MQ==", "b": "Mw=="}));
-        m.record_update("editor", "v1", NOW, Some(&v1), &v2);
+        m.record_update(w("editor"), Some(&v1), &v2);
         assert_eq!(m.owners(&["data", "a"]), vec!["creator"]);
         assert_eq!(m.owners(&["data", "b"]), vec!["editor"]);
     }
@@ -402,15 +454,19 @@ mod tests {
     fn apply_conflicts_with_a_different_value_owned_elsewhere_unless_forced() {
         let mut m = ManagedFields::default();
         let v1 = secret(json!({"password": "YQ=="}));
-        m.record_update("creator", "v1", NOW, None, &v1);
+        m.record_update(w("creator"), None, &v1);
         let config = secret(json!({"password": "Yg=="}));
-        let err = m.apply("keyturn", "v1", NOW, Some(&v1), &config, false).unwrap_err();
+        let err = m
+            .apply(w("keyturn"), Some(&v1), &config, None, false)
+            .unwrap_err();
         assert_eq!(err.code, 409);
         assert_eq!(
             err.message,
             "Apply failed with 1 conflict: conflict with \"creator\" using v1: .data.password"
         );
-        let merged = m.apply("keyturn", "v1", NOW, Some(&v1), &config, true).unwrap();
+        let merged = m
+            .apply(w("keyturn"), Some(&v1), &config, None, true)
+            .unwrap();
         assert_eq!(merged["data"]["password"], "Yg==");
         assert_eq!(m.owners(&["data", "password"]), vec!["keyturn"]);
     }
@@ -419,9 +475,15 @@ mod tests {
     fn applying_the_same_value_shares_ownership_without_conflict() {
         let mut m = ManagedFields::default();
         let v1 = secret(json!({"password": "YQ=="}));
-        m.record_update("creator", "v1", NOW, None, &v1);
-        m.apply("keyturn", "v1", NOW, Some(&v1), &secret(json!({"password": "YQ=="})), false)
-            .unwrap();
+        m.record_update(w("creator"), None, &v1);
+        m.apply(
+            w("keyturn"),
+            Some(&v1),
+            &secret(json!({"password": "YQ=="})),
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(m.owners(&["data", "password"]), vec!["creator", "keyturn"]);
     }
 
@@ -429,13 +491,41 @@ mod tests {
     fn a_field_no_longer_applied_is_removed_unless_someone_else_owns_it() {
         let mut m = ManagedFields::default();
         let v1 = m
-            .apply("keyturn", "v1", NOW, None, &secret(json!({"a": "MQ==", "b": "Mg=="})), false)
+            .apply(
+                w("keyturn"),
+                None,
+                &secret(json!({"a": "MQ==", "b": "Mg=="})),
+                None,
+                false,
+            )
             .unwrap();
-        let v2 = m.apply("keyturn", "v1", NOW, Some(&v1), &secret(json!({"a": "MQ=="})), false).unwrap();
+        let v2 = m
+            .apply(
+                w("keyturn"),
+                Some(&v1),
+                &secret(json!({"a": "MQ=="})),
+                None,
+                false,
+            )
+            .unwrap();
         assert_eq!(v2["data"], json!({"a": "MQ=="}));
-        let v3 = m.apply("other", "v1", NOW, Some(&v2), &secret(json!({"a": "MQ=="})), false).unwrap();
+        let v3 = m
+            .apply(
+                w("other"),
+                Some(&v2),
+                &secret(json!({"a": "MQ=="})),
+                None,
+                false,
+            )
+            .unwrap();
         let v4 = m
-            .apply("keyturn", "v1", NOW, Some(&v3), &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}), false)
+            .apply(
+                w("keyturn"),
+                Some(&v3),
+                &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}),
+                None,
+                false,
+            )
             .unwrap();
         assert_eq!(v4["data"], json!({"a": "MQ=="}), "still owned by `other`");
     }

@@ -20,7 +20,7 @@
 //!
 //! plus `/version`, `/api`, `/apis` discovery, `/.well-known/openid-configuration` and
 //! `/openid/v1/jwks`. What each rule is and where it deliberately differs from the real
-//! server is documented in the module that enforces it: [`status`] (error bodies),
+//! server is documented in the module that enforces it: `status` (error bodies),
 //! `secrets`, `apps`, `kinds` (the write pipeline), `managed` (server-side apply), `patch`,
 //! `auth` (401 and the deny switch), `tokens` and `reviews` (JWTs, TokenReview).
 //!
@@ -76,7 +76,9 @@ pub struct KubeStandin {
 impl std::fmt::Debug for KubeStandin {
     // Never prints the admin token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeStandin").field("url", &self.shared.url).finish_non_exhaustive()
+        f.debug_struct("KubeStandin")
+            .field("url", &self.shared.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,8 +101,9 @@ impl KubeStandin {
             addr.ip().is_loopback(),
             "the Kubernetes stand-in only listens on loopback, not on {addr}"
         );
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let shared = Arc::new(Shared {
@@ -124,7 +127,12 @@ impl KubeStandin {
                 tracing::warn!(error = %e, "Kubernetes stand-in stopped");
             }
         });
-        Ok(Self { shared, addr, ca_pem: placeholder_ca_pem()?, shutdown: Some(tx) })
+        Ok(Self {
+            shared,
+            addr,
+            ca_pem: placeholder_ca_pem()?,
+            shutdown: Some(tx),
+        })
     }
 
     /// `http://127.0.0.1:PORT`: the API server URL, also OpenBao's `kubernetes_host` and the
@@ -174,7 +182,9 @@ impl KubeStandin {
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         options.mode(0o600);
-        let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
         file.write_all(self.kubeconfig_yaml().as_bytes())?;
         Ok(())
     }
@@ -186,8 +196,11 @@ impl KubeStandin {
     /// When kube-rs cannot load the kubeconfig.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-            .await?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -224,7 +237,8 @@ impl KubeStandin {
         audiences: &[&str],
         ttl: Duration,
     ) -> String {
-        self.shared.issue(namespace, service_account, Some(pod), audiences, ttl)
+        self.shared
+            .issue(namespace, service_account, Some(pod), audiences, ttl)
     }
 
     /// A day-long token for `kube-system/keyturn-token-reviewer`, to give OpenBao's
@@ -265,7 +279,11 @@ impl KubeStandin {
     /// log would show. Lets a test check what a client did (and was answered), e.g. that
     /// OpenBao's TokenReview was refused.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Removes every deny rule.
@@ -279,7 +297,9 @@ fn placeholder_ca_pem() -> anyhow::Result<String> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "keyturn-kube-standin-ca");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keyturn-kube-standin-ca");
     Ok(params.self_signed(&key)?.pem())
 }
 

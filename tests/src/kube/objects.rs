@@ -13,7 +13,7 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 
 use super::kinds;
-use super::managed::ManagedFields;
+use super::managed::{ManagedFields, Writer};
 use super::patch::{self, PatchType};
 use super::resources::ResourceKind;
 use super::selectors::{FieldSelector, LabelSelector};
@@ -43,7 +43,10 @@ impl Query {
     }
 
     pub fn flag(&self, k: &str) -> bool {
-        matches!(self.0.get(k).map(String::as_str), Some("true" | "1" | "True"))
+        matches!(
+            self.0.get(k).map(String::as_str),
+            Some("true" | "1" | "True")
+        )
     }
 }
 
@@ -103,7 +106,14 @@ impl ObjectRequest<'_> {
         if let Some(m) = self.query.get("fieldManager") {
             return m.to_owned();
         }
-        self.user_agent.unwrap_or("").split('/').next().unwrap_or("").chars().take(128).collect()
+        self.user_agent
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(128)
+            .collect()
     }
 }
 
@@ -112,7 +122,10 @@ fn now_rfc3339() -> String {
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 fn set_meta(obj: &mut Value, field: &str, value: Value) {
@@ -126,11 +139,16 @@ fn set_meta(obj: &mut Value, field: &str, value: Value) {
 
 /// Decodes a create/update body (JSON, or YAML when sent as YAML).
 fn decode_body(req: &ObjectRequest<'_>) -> Result<Value, ApiError> {
-    let media = req.content_type.unwrap_or("application/json").split(';').next().unwrap_or("").trim();
+    let media = req
+        .content_type
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
     let value: Value = match media {
-        "application/yaml" => serde_yaml::from_slice(req.body).map_err(|e| {
-            ApiError::bad_request(format!("error decoding YAML: {e}"))
-        })?,
+        "application/yaml" => serde_yaml::from_slice(req.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
         "application/json" | "" | "*/*" => serde_json::from_slice(req.body).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
@@ -175,7 +193,9 @@ fn check_name_and_namespace(req: &ObjectRequest<'_>, obj: &Value) -> Result<(), 
 fn generate_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    let suffix: String = (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     let keep = prefix.len().min(253 - 5);
     format!("{}{suffix}", &prefix[..keep])
 }
@@ -207,11 +227,21 @@ fn finish_create(
     set_meta(&mut obj, "creationTimestamp", json!(now_rfc3339()));
     let managed = managed.unwrap_or_else(|| {
         let mut m = ManagedFields::default();
-        m.record_update(&req.update_manager(), &req.kind.api_version(), &now_rfc3339(), None, &obj);
+        let (manager, api_version, now) =
+            (req.update_manager(), req.kind.api_version(), now_rfc3339());
+        let who = Writer {
+            manager: &manager,
+            api_version: &api_version,
+            now: &now,
+        };
+        m.record_update(who, None, &obj);
         m
     });
     let stored = if req.dry_run() {
-        StoredObject { object: obj, managed }
+        StoredObject {
+            object: obj,
+            managed,
+        }
     } else {
         store.put(req.kind, req.ns(), &name, obj, managed)
     };
@@ -228,23 +258,31 @@ fn finish_update(
 ) -> Result<Reply, ApiError> {
     kinds::prepare(req.kind, &mut obj, Some(&existing.object));
     check_valid(req, &obj, Some(&existing.object))?;
-    set_meta(&mut obj, "resourceVersion", json!(existing.resource_version()));
+    set_meta(
+        &mut obj,
+        "resourceVersion",
+        json!(existing.resource_version()),
+    );
     let managed = managed.unwrap_or_else(|| {
         let mut m = existing.managed.clone();
-        m.record_update(
-            &req.update_manager(),
-            &req.kind.api_version(),
-            &now_rfc3339(),
-            Some(&existing.object),
-            &obj,
-        );
+        let (manager, api_version, now) =
+            (req.update_manager(), req.kind.api_version(), now_rfc3339());
+        let who = Writer {
+            manager: &manager,
+            api_version: &api_version,
+            now: &now,
+        };
+        m.record_update(who, Some(&existing.object), &obj);
         m
     });
     if obj == existing.object && managed.same_ownership(&existing.managed) {
         return Ok((StatusCode::OK, existing.render()));
     }
     let stored = if req.dry_run() {
-        StoredObject { object: obj, managed }
+        StoredObject {
+            object: obj,
+            managed,
+        }
     } else {
         store.put(req.kind, req.ns(), req.name(), obj, managed)
     };
@@ -254,7 +292,9 @@ fn finish_update(
 /// GET on one object.
 pub(crate) fn get(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     let store = shared.store();
-    let obj = store.get(req.kind, req.ns(), req.name()).ok_or_else(|| ApiError::not_found(req.kind, req.name()))?;
+    let obj = store
+        .get(req.kind, req.ns(), req.name())
+        .ok_or_else(|| ApiError::not_found(req.kind, req.name()))?;
     Ok((StatusCode::OK, obj.render()))
 }
 
@@ -297,8 +337,14 @@ pub(crate) fn list(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, Ap
         ));
     }
     let store = shared.store();
-    let items = selected(&store, req)?.into_iter().map(as_list_item).collect();
-    Ok((StatusCode::OK, list_body(req.kind, store.resource_version(), items)))
+    let items = selected(&store, req)?
+        .into_iter()
+        .map(as_list_item)
+        .collect();
+    Ok((
+        StatusCode::OK,
+        list_body(req.kind, store.resource_version(), items),
+    ))
 }
 
 /// POST on a collection.
@@ -322,7 +368,9 @@ pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
     }
     kinds::check_shape(req.kind, &obj)?;
     if !meta_str(&obj, "resourceVersion").is_empty() {
-        return Err(ApiError::internal("resourceVersion should not be set on objects to be created"));
+        return Err(ApiError::internal(
+            "resourceVersion should not be set on objects to be created",
+        ));
     }
     let mut store = shared.store();
     finish_create(&mut store, req, obj, None)
@@ -350,7 +398,11 @@ pub(crate) fn update(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
         return Err(ApiError::invalid(
             req.kind,
             req.name(),
-            &[FieldError::invalid_raw("metadata.resourceVersion", "0x0", "must be specified for an update")],
+            &[FieldError::invalid_raw(
+                "metadata.resourceVersion",
+                "0x0",
+                "must be specified for an update",
+            )],
         ));
     }
     if !rv.is_empty() && rv != existing.resource_version() {
@@ -413,17 +465,25 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     kinds::prepare_apply_config(req.kind, &mut config);
     let rv = meta_str(&config, "resourceVersion").to_owned();
     let force = req.query.flag("force");
+    let defaulted = kinds::with_defaults(req.kind, &config);
     let api_version = req.kind.api_version();
     let now = now_rfc3339();
+    let who = Writer {
+        manager: &manager,
+        api_version: &api_version,
+        now: &now,
+    };
 
     let mut store = shared.store();
     match store.get(req.kind, req.ns(), req.name()).cloned() {
         None => {
             if !rv.is_empty() {
-                return Err(ApiError::internal("resourceVersion should not be set on objects to be created"));
+                return Err(ApiError::internal(
+                    "resourceVersion should not be set on objects to be created",
+                ));
             }
             let mut managed = ManagedFields::default();
-            let mut obj = managed.apply(&manager, &api_version, &now, None, &config, force)?;
+            let mut obj = managed.apply(who, None, &config, None, force)?;
             if req.kind.namespaced {
                 set_meta(&mut obj, "namespace", json!(req.ns()));
             }
@@ -434,7 +494,13 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
                 return Err(ApiError::conflict(req.kind, req.name()));
             }
             let mut managed = existing.managed.clone();
-            let obj = managed.apply(&manager, &api_version, &now, Some(&existing.object), &config, force)?;
+            let obj = managed.apply(
+                who,
+                Some(&existing.object),
+                &config,
+                defaulted.as_ref(),
+                force,
+            )?;
             finish_update(&mut store, req, &existing, obj, Some(managed))
         }
     }
@@ -447,7 +513,11 @@ fn delete_preconditions(body: &[u8]) -> Result<(Option<String>, Option<String>),
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("DeleteOptions cannot be decoded: {e}")))?;
-    let get = |k: &str| v.pointer(&format!("/preconditions/{k}")).and_then(Value::as_str).map(str::to_owned);
+    let get = |k: &str| {
+        v.pointer(&format!("/preconditions/{k}"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     Ok((get("uid"), get("resourceVersion")))
 }
 
@@ -496,7 +566,10 @@ pub(crate) fn delete(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
 }
 
 /// DELETE on a collection: deletes what the selectors match and returns it as a list.
-pub(crate) fn delete_collection(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
+pub(crate) fn delete_collection(
+    shared: &Shared,
+    req: &ObjectRequest<'_>,
+) -> Result<Reply, ApiError> {
     let mut store = shared.store();
     let doomed: Vec<StoredObject> = selected(&store, req)?.into_iter().cloned().collect();
     if !req.dry_run() {
@@ -507,7 +580,10 @@ pub(crate) fn delete_collection(shared: &Shared, req: &ObjectRequest<'_>) -> Res
         }
     }
     let items = doomed.iter().map(as_list_item).collect();
-    Ok((StatusCode::OK, list_body(req.kind, store.resource_version(), items)))
+    Ok((
+        StatusCode::OK,
+        list_body(req.kind, store.resource_version(), items),
+    ))
 }
 
 #[cfg(test)]
@@ -516,7 +592,9 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_decoded() {
-        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&force=true&dryRun=All"));
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+(a)&force=true&dryRun=All",
+        ));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("force"));
         assert_eq!(q.get("dryRun"), Some("All"));

@@ -26,7 +26,12 @@ pub(crate) enum PatchType {
 impl PatchType {
     /// Reads the request's `Content-Type`; anything else is a 415, as on the real server.
     pub fn from_content_type(content_type: Option<&str>) -> Result<Self, ApiError> {
-        let media = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+        let media = content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
         match media.to_ascii_lowercase().as_str() {
             "application/merge-patch+json" => Ok(Self::Merge),
             "application/json-patch+json" => Ok(Self::Json),
@@ -72,7 +77,8 @@ pub(crate) fn apply_patch(kind: PatchType, target: &Value, body: &[u8]) -> Resul
             let patch: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding json patch: {e}")))?;
             let mut doc = target.clone();
-            json_patch::patch(&mut doc, &patch).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            json_patch::patch(&mut doc, &patch)
+                .map_err(|e| ApiError::unprocessable(e.to_string()))?;
             Ok(doc)
         }
         PatchType::Apply => Err(ApiError::internal("apply is not a patch of the target")),
@@ -90,14 +96,17 @@ pub(crate) fn parse_apply_config(body: &[u8]) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
     };
     if !value.is_object() {
-        return Err(ApiError::bad_request("error decoding YAML: the apply configuration is not an object"));
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the apply configuration is not an object",
+        ));
     }
     Ok(value)
 }
 
 /// Decodes a JSON request body, answering 400 as the real server does when it cannot.
 pub(crate) fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
 }
 
 /// Strategic merge with map semantics; see the module docs for what differs on lists.
@@ -118,8 +127,7 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
         if k.starts_with('$') {
             continue;
         }
-        let deletes = v.is_null()
-            || v.get("$patch").and_then(Value::as_str) == Some("delete");
+        let deletes = v.is_null() || v.get("$patch").and_then(Value::as_str) == Some("delete");
         if deletes {
             t.remove(k);
         } else {
@@ -129,7 +137,10 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
 }
 
 fn without_directives(map: &Map<String, Value>) -> Map<String, Value> {
-    map.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), v.clone())).collect()
+    map.iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,10 +164,16 @@ mod tests {
     #[test]
     fn content_types_with_parameters_are_recognised() {
         assert_eq!(
-            PatchType::from_content_type(Some("application/merge-patch+json; charset=utf-8")).unwrap(),
+            PatchType::from_content_type(Some("application/merge-patch+json; charset=utf-8"))
+                .unwrap(),
             PatchType::Merge
         );
-        assert_eq!(PatchType::from_content_type(Some("application/json")).unwrap_err().code, 415);
+        assert_eq!(
+            PatchType::from_content_type(Some("application/json"))
+                .unwrap_err()
+                .code,
+            415
+        );
     }
 
     #[test]
@@ -172,7 +189,8 @@ mod tests {
 
     #[test]
     fn apply_configs_may_be_yaml() {
-        let v = parse_apply_config(b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n").unwrap();
+        let v =
+            parse_apply_config(b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n").unwrap();
         assert_eq!(v["metadata"]["name"], "s");
     }
 }

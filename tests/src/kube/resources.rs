@@ -29,8 +29,15 @@ pub(crate) struct ResourceKind {
     pub has_generation: bool,
 }
 
-const STORED_VERBS: &[&str] =
-    &["create", "delete", "deletecollection", "get", "list", "patch", "update"];
+const STORED_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+];
 
 pub(crate) static SECRETS: ResourceKind = ResourceKind {
     group: "",
@@ -123,8 +130,14 @@ pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
 };
 
 /// Every served resource, in discovery order.
-pub(crate) static ALL: &[&ResourceKind] =
-    &[&SECRETS, &SERVICE_ACCOUNTS, &DEPLOYMENTS, &STATEFUL_SETS, &LEASES, &TOKEN_REVIEWS];
+pub(crate) static ALL: &[&ResourceKind] = &[
+    &SECRETS,
+    &SERVICE_ACCOUNTS,
+    &DEPLOYMENTS,
+    &STATEFUL_SETS,
+    &LEASES,
+    &TOKEN_REVIEWS,
+];
 
 impl ResourceKind {
     /// `v1` or `apps/v1`: the `apiVersion` objects of this kind carry.

@@ -18,7 +18,12 @@ use super::tokens::{ObjectRef, TokenSpec};
 
 fn string_list(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -29,9 +34,14 @@ pub(crate) fn token_review(shared: &Shared, body: &[u8]) -> Result<Reply, ApiErr
             "TokenReview in version \"v1\" cannot be handled as a TokenReview: {e}"
         ))
     })?;
-    let token = review.pointer("/spec/token").and_then(Value::as_str).unwrap_or("");
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if token.is_empty() {
-        return Err(ApiError::bad_request("token is required for TokenReview in authentication"));
+        return Err(ApiError::bad_request(
+            "token is required for TokenReview in authentication",
+        ));
     }
     let audiences = string_list(review.pointer("/spec/audiences"));
     let status = match shared.authenticate_token(token, &audiences) {
@@ -64,7 +74,12 @@ pub(crate) fn token_review(shared: &Shared, body: &[u8]) -> Result<Reply, ApiErr
 }
 
 /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`.
-pub(crate) fn token_request(shared: &Shared, namespace: &str, name: &str, body: &[u8]) -> Result<Reply, ApiError> {
+pub(crate) fn token_request(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
     let request: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -79,26 +94,43 @@ pub(crate) fn token_request(shared: &Shared, namespace: &str, name: &str, body: 
         let sa = store
             .get(&resources::SERVICE_ACCOUNTS, namespace, name)
             .ok_or_else(|| ApiError::not_found(&resources::SERVICE_ACCOUNTS, name))?;
-        sa.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_owned()
+        sa.object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
     };
-    let expiration = request.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    let expiration = request
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
     let invalid = |detail: &str| {
         ApiError::invalid_kind(
             "authentication.k8s.io",
             "TokenRequest",
             name,
-            &[FieldError::invalid_raw("spec.expirationSeconds", expiration.to_string(), detail)],
+            &[FieldError::invalid_raw(
+                "spec.expirationSeconds",
+                expiration.to_string(),
+                detail,
+            )],
         )
     };
     if expiration < 600 {
         return Err(invalid("may not specify a duration less than 10 minutes"));
     }
     if expiration > 1 << 32 {
-        return Err(invalid("may not specify a duration larger than 2^32 seconds"));
+        return Err(invalid(
+            "may not specify a duration larger than 2^32 seconds",
+        ));
     }
     let pod = request.pointer("/spec/boundObjectRef").and_then(|r| {
         (r.get("kind").and_then(Value::as_str) == Some("Pod")).then(|| ObjectRef {
-            name: r.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            name: r
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
             uid: r
                 .get("uid")
                 .and_then(Value::as_str)
@@ -115,7 +147,11 @@ pub(crate) fn token_request(shared: &Shared, namespace: &str, name: &str, body: 
         ttl: std::time::Duration::from_secs(u64::try_from(expiration).unwrap_or(3600)),
         pod,
     });
-    let audiences = if audiences.is_empty() { vec![shared.tokens.issuer().to_owned()] } else { audiences };
+    let audiences = if audiences.is_empty() {
+        vec![shared.tokens.issuer().to_owned()]
+    } else {
+        audiences
+    };
     let expires = chrono::DateTime::from_timestamp(exp, 0)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

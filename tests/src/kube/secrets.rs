@@ -15,8 +15,8 @@
 //! - An unset `type` defaults to `Opaque`; any other string is accepted.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use serde_json::{Map, Value};
 
 use super::status::{ApiError, FieldError, go_quote};
@@ -39,7 +39,8 @@ pub(crate) fn go_base64_decode(s: &str) -> Result<Vec<u8>, String> {
     let cleaned: String = s.chars().filter(|c| *c != '\r' && *c != '\n').collect();
     GO_STD.decode(cleaned.as_bytes()).map_err(|e| {
         let at = match e {
-            base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => at,
+            base64::DecodeError::InvalidByte(at, _)
+            | base64::DecodeError::InvalidLastSymbol(at, _) => at,
             // Go reports a short or badly padded last quantum at the quantum's start.
             base64::DecodeError::InvalidLength(_) | base64::DecodeError::InvalidPadding => {
                 cleaned.len() - cleaned.len() % 4
@@ -50,14 +51,26 @@ pub(crate) fn go_base64_decode(s: &str) -> Result<Vec<u8>, String> {
 }
 
 fn cannot_handle(why: &str) -> ApiError {
-    ApiError::bad_request(format!("Secret in version \"v1\" cannot be handled as a Secret: {why}"))
+    ApiError::bad_request(format!(
+        "Secret in version \"v1\" cannot be handled as a Secret: {why}"
+    ))
 }
 
 /// The decode step: field types and base64. Fails with 400 like the real JSON decoder.
 pub(crate) fn check_shape(obj: &Value) -> Result<(), ApiError> {
     let fields = [
-        ("data", JsonType::StringMap, "Secret.data", "map[string][]uint8"),
-        ("stringData", JsonType::StringMap, "Secret.stringData", "map[string]string"),
+        (
+            "data",
+            JsonType::StringMap,
+            "Secret.data",
+            "map[string][]uint8",
+        ),
+        (
+            "stringData",
+            JsonType::StringMap,
+            "Secret.stringData",
+            "map[string]string",
+        ),
         ("type", JsonType::String, "Secret.type", "v1.SecretType"),
         ("immutable", JsonType::Bool, "Secret.immutable", "bool"),
     ];
@@ -76,9 +89,15 @@ pub(crate) fn check_shape(obj: &Value) -> Result<(), ApiError> {
 
 /// Folds `stringData` into `data` (base64-encoding it) and removes it.
 pub(crate) fn fold_string_data(obj: &mut Value) {
-    let Some(map) = obj.as_object_mut() else { return };
-    let Some(Value::Object(string_data)) = map.remove("stringData") else { return };
-    let data = map.entry("data").or_insert_with(|| Value::Object(Map::new()));
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map
+        .entry("data")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !data.is_object() {
         *data = Value::Object(Map::new());
     }
@@ -95,8 +114,15 @@ pub(crate) fn fold_string_data(obj: &mut Value) {
 /// defaulted, unknown top-level fields dropped (the default `fieldValidation=Warn` drops them).
 pub(crate) fn normalize(obj: &mut Value) {
     fold_string_data(obj);
-    let Some(map) = obj.as_object_mut() else { return };
-    map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "data" | "type" | "immutable"));
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    map.retain(|k, _| {
+        matches!(
+            k.as_str(),
+            "apiVersion" | "kind" | "metadata" | "data" | "type" | "immutable"
+        )
+    });
     if let Some(Value::Object(data)) = map.get_mut("data") {
         for v in data.values_mut() {
             if let Some(decoded) = v.as_str().and_then(|s| go_base64_decode(s).ok()) {
@@ -104,7 +130,10 @@ pub(crate) fn normalize(obj: &mut Value) {
             }
         }
     }
-    let type_empty = map.get("type").and_then(Value::as_str).is_none_or(str::is_empty);
+    let type_empty = map
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
     if type_empty {
         map.insert("type".into(), Value::String("Opaque".into()));
     }
@@ -116,7 +145,14 @@ fn decoded_data(obj: &Value) -> Vec<(String, Vec<u8>)> {
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().and_then(|s| go_base64_decode(s).ok()).unwrap_or_default()))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .and_then(|s| go_base64_decode(s).ok())
+                            .unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -141,7 +177,11 @@ pub(crate) fn validate(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldErr
     }
 
     let has = |k: &str| data.iter().any(|(key, _)| key == k);
-    let get = |k: &str| data.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_slice());
+    let get = |k: &str| {
+        data.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_slice())
+    };
     let secret_type = obj.get("type").and_then(Value::as_str).unwrap_or("Opaque");
     match secret_type {
         "kubernetes.io/service-account-token" => {
@@ -157,26 +197,30 @@ pub(crate) fn validate(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldErr
             }
         }
         "kubernetes.io/dockercfg" | "kubernetes.io/dockerconfigjson" => {
-            let key = if secret_type.ends_with("json") { ".dockerconfigjson" } else { ".dockercfg" };
+            let key = if secret_type.ends_with("json") {
+                ".dockerconfigjson"
+            } else {
+                ".dockercfg"
+            };
             match get(key) {
                 None => errs.push(FieldError::required(data_key(key), "")),
                 Some(bytes) => {
                     if let Err(e) = serde_json::from_slice::<Map<String, Value>>(bytes) {
-                        errs.push(FieldError::invalid_str(data_key(key), "<secret contents redacted>", e.to_string()));
+                        errs.push(FieldError::invalid_str(
+                            data_key(key),
+                            "<secret contents redacted>",
+                            e.to_string(),
+                        ));
                     }
                 }
             }
         }
-        "kubernetes.io/basic-auth" => {
-            if !has("username") && !has("password") {
-                errs.push(FieldError::required(data_key("username"), ""));
-                errs.push(FieldError::required(data_key("password"), ""));
-            }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            errs.push(FieldError::required(data_key("username"), ""));
+            errs.push(FieldError::required(data_key("password"), ""));
         }
-        "kubernetes.io/ssh-auth" => {
-            if get("ssh-privatekey").is_none_or(<[u8]>::is_empty) {
-                errs.push(FieldError::required(data_key("ssh-privatekey"), ""));
-            }
+        "kubernetes.io/ssh-auth" if get("ssh-privatekey").is_none_or(<[u8]>::is_empty) => {
+            errs.push(FieldError::required(data_key("ssh-privatekey"), ""));
         }
         "kubernetes.io/tls" => {
             if !has("tls.crt") {
@@ -192,14 +236,24 @@ pub(crate) fn validate(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldErr
     if let Some(old) = old {
         let old_type = old.get("type").and_then(Value::as_str).unwrap_or("Opaque");
         if old_type != secret_type {
-            errs.push(FieldError::invalid_raw("type", go_quote(secret_type), "field is immutable"));
+            errs.push(FieldError::invalid_raw(
+                "type",
+                go_quote(secret_type),
+                "field is immutable",
+            ));
         }
         if old.get("immutable").and_then(Value::as_bool) == Some(true) {
             if obj.get("immutable").and_then(Value::as_bool) != Some(true) {
-                errs.push(FieldError::forbidden("immutable", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
             }
             if old.get("data") != obj.get("data") {
-                errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
             }
         }
     }
@@ -213,21 +267,34 @@ mod tests {
     #[test]
     fn go_base64_accepts_line_breaks_and_rejects_missing_padding() {
         assert_eq!(go_base64_decode("aGVs\nbG8=").unwrap(), b"hello");
-        assert_eq!(go_base64_decode("aGVsbG8").unwrap_err(), "illegal base64 data at input byte 4");
-        assert_eq!(go_base64_decode("not base64!").unwrap_err(), "illegal base64 data at input byte 3");
+        assert_eq!(
+            go_base64_decode("aGVsbG8").unwrap_err(),
+            "illegal base64 data at input byte 4"
+        );
+        assert_eq!(
+            go_base64_decode("not base64!").unwrap_err(),
+            "illegal base64 data at input byte 3"
+        );
     }
 
     #[test]
     fn string_data_is_folded_into_data_and_type_defaults_to_opaque() {
         let mut s = json!({"metadata": {"name": "s"}, "data": {"a": "MQ=="}, "stringData": {"a": "x", "b": "y"}});
         normalize(&mut s);
-        assert_eq!(s, json!({"metadata": {"name": "s"}, "data": {"a": "eA==", "b": "eQ=="}, "type": "Opaque"}));
+        assert_eq!(
+            s,
+            json!({"metadata": {"name": "s"}, "data": {"a": "eA==", "b": "eQ=="}, "type": "Opaque"})
+        );
     }
 
     #[test]
     fn basic_auth_needs_a_username_or_a_password() {
         let mut errs = Vec::new();
-        validate(&json!({"type": "kubernetes.io/basic-auth", "data": {"x": "eA=="}}), None, &mut errs);
+        validate(
+            &json!({"type": "kubernetes.io/basic-auth", "data": {"x": "eA=="}}),
+            None,
+            &mut errs,
+        );
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].to_string(), "data[username]: Required value");
     }

@@ -40,7 +40,11 @@ fn split_top_level(s: &str) -> Vec<String> {
         cur.push(c);
     }
     parts.push(cur);
-    parts.into_iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn parse_set(rest: &str) -> Option<Vec<String>> {
@@ -64,10 +68,19 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 Requirement::Equals(k.trim().to_owned(), v.trim().to_owned())
             } else if let Some((k, rest)) = part.split_once(" notin ") {
-                Requirement::NotIn(k.trim().to_owned(), parse_set(rest).ok_or_else(|| bad(&part))?)
+                Requirement::NotIn(
+                    k.trim().to_owned(),
+                    parse_set(rest).ok_or_else(|| bad(&part))?,
+                )
             } else if let Some((k, rest)) = part.split_once(" in ") {
-                Requirement::In(k.trim().to_owned(), parse_set(rest).ok_or_else(|| bad(&part))?)
-            } else if part.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+                Requirement::In(
+                    k.trim().to_owned(),
+                    parse_set(rest).ok_or_else(|| bad(&part))?,
+                )
+            } else if part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Requirement::Exists(part.clone())
             } else {
                 return Err(bad(&part));
@@ -79,7 +92,11 @@ impl LabelSelector {
 
     /// Whether an object's labels satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
-        let label = |k: &str| obj.pointer("/metadata/labels").and_then(|l| l.get(k)).and_then(Value::as_str);
+        let label = |k: &str| {
+            obj.pointer("/metadata/labels")
+                .and_then(|l| l.get(k))
+                .and_then(Value::as_str)
+        };
         self.0.iter().all(|r| match r {
             Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
             Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
@@ -108,7 +125,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{part}'; can't understand '{part}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
             if !matches!(field, "metadata.name" | "metadata.namespace" | "type") {
@@ -143,16 +162,28 @@ mod tests {
     #[test]
     fn set_and_equality_requirements_combine() {
         let obj = json!({"metadata": {"labels": {"app": "web", "tier": "db"}}});
-        assert!(LabelSelector::parse("app=web,tier in (db, cache)").unwrap().matches(&obj));
+        assert!(
+            LabelSelector::parse("app=web,tier in (db, cache)")
+                .unwrap()
+                .matches(&obj)
+        );
         assert!(!LabelSelector::parse("app!=web").unwrap().matches(&obj));
         assert!(LabelSelector::parse("!missing,app").unwrap().matches(&obj));
-        assert!(!LabelSelector::parse("tier notin (db)").unwrap().matches(&obj));
+        assert!(
+            !LabelSelector::parse("tier notin (db)")
+                .unwrap()
+                .matches(&obj)
+        );
     }
 
     #[test]
     fn field_selectors_know_name_and_namespace() {
         let obj = json!({"metadata": {"name": "a", "namespace": "n"}});
-        assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&obj));
+        assert!(
+            FieldSelector::parse("metadata.name=a")
+                .unwrap()
+                .matches(&obj)
+        );
         assert!(FieldSelector::parse("spec.x=1").is_err());
     }
 }

@@ -32,6 +32,9 @@ use super::status::{ApiError, json_response};
 use super::store::Store;
 use super::tokens::{TokenAuthority, TokenSpec};
 
+/// How many requests [`Shared::log`] keeps.
+const MAX_LOGGED_REQUESTS: usize = 100_000;
+
 /// The real server refuses request bodies over 3 MiB.
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -83,7 +86,12 @@ impl Shared {
         let stored = self
             .store()
             .get(&resources::SERVICE_ACCOUNTS, namespace, name)
-            .and_then(|sa| sa.object.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned));
+            .and_then(|sa| {
+                sa.object
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
         stored.unwrap_or_else(|| self.tokens.remembered_uid(namespace, name))
     }
 
@@ -119,18 +127,32 @@ impl Shared {
     ///
     /// # Errors
     /// The reason, worded for TokenReview's `status.error`.
-    pub fn authenticate_token(&self, token: &str, audiences: &[String]) -> Result<(UserInfo, Vec<String>), String> {
+    pub fn authenticate_token(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<(UserInfo, Vec<String>), String> {
         if auth::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
-            let auds =
-                if audiences.is_empty() { self.tokens.api_audiences().to_vec() } else { audiences.to_vec() };
+            let auds = if audiences.is_empty() {
+                self.tokens.api_audiences().to_vec()
+            } else {
+                audiences.to_vec()
+            };
             return Ok((UserInfo::admin(), auds));
         }
         let subject = self.tokens.verify(token, audiences)?;
         let k = &subject.claims.kubernetes;
         let (ns, name, uid) = (&k.namespace, &k.serviceaccount.name, &k.serviceaccount.uid);
-        let stored_uid = self.store().get(&resources::SERVICE_ACCOUNTS, ns, name).map(|sa| {
-            sa.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_owned()
-        });
+        let stored_uid = self
+            .store()
+            .get(&resources::SERVICE_ACCOUNTS, ns, name)
+            .map(|sa| {
+                sa.object
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            });
         match stored_uid {
             Some(stored) if stored != *uid => {
                 return Err(format!(
@@ -138,7 +160,9 @@ impl Shared {
                 ));
             }
             None if !self.tokens.is_remembered(ns, name, uid) => {
-                return Err(format!("[invalid bearer token, serviceaccounts {name:?} not found]"));
+                return Err(format!(
+                    "[invalid bearer token, serviceaccounts {name:?} not found]"
+                ));
             }
             _ => {}
         }
@@ -154,7 +178,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
         .route("/readyz", get(ok))
-        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .route("/openid/v1/jwks", get(jwks))
         .fallback(dispatch)
         .with_state(shared)
@@ -170,16 +197,33 @@ async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
     let body = serde_json::to_vec(&shared.tokens.jwks()).unwrap_or_default();
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/jwk-set+json")], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Everything that needs a user: the API, discovery and the control endpoints.
-async fn dispatch(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+async fn dispatch(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let user = match auth::bearer_token(authorization)
         .ok_or_else(ApiError::unauthorized)
-        .and_then(|t| shared.authenticate_token(t, &[]).map(|(u, _)| u).map_err(|_| ApiError::unauthorized()))
-    {
+        .and_then(|t| {
+            shared
+                .authenticate_token(t, &[])
+                .map(|(u, _)| u)
+                .map_err(|_| ApiError::unauthorized())
+        }) {
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
@@ -193,14 +237,22 @@ async fn dispatch(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, h
         query: Query::parse(uri.query()),
         content_type: header_str(header::CONTENT_TYPE),
         user_agent: header_str(header::USER_AGENT),
-        aggregated: header_str(header::ACCEPT).is_some_and(|a| a.contains("as=APIGroupDiscoveryList")),
+        aggregated: header_str(header::ACCEPT)
+            .is_some_and(|a| a.contains("as=APIGroupDiscoveryList")),
         body: &body,
         user: &user,
     };
     match route(&shared, uri.path(), &ctx) {
-        Ok((code, value)) if value.get("kind").and_then(Value::as_str) == Some("APIGroupDiscoveryList") => {
+        Ok((code, value))
+            if value.get("kind").and_then(Value::as_str) == Some("APIGroupDiscoveryList") =>
+        {
             let body = serde_json::to_vec(&value).unwrap_or_default();
-            (code, [(header::CONTENT_TYPE, AGGREGATED_DISCOVERY_CONTENT_TYPE)], body).into_response()
+            (
+                code,
+                [(header::CONTENT_TYPE, AGGREGATED_DISCOVERY_CONTENT_TYPE)],
+                body,
+            )
+                .into_response()
         }
         Ok((code, value)) => json_response(code, &value),
         Err(e) => e.into_response(),
@@ -223,9 +275,14 @@ fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply,
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let discovery = |reply: Option<Value>| -> Result<Reply, ApiError> {
         if *ctx.method != Method::GET {
-            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", ctx.method)));
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({})",
+                ctx.method
+            )));
         }
-        reply.map(|v| (StatusCode::OK, v)).ok_or_else(ApiError::no_route)
+        reply
+            .map(|v| (StatusCode::OK, v))
+            .ok_or_else(ApiError::no_route)
     };
     match segs.as_slice() {
         ["_standin", rest @ ..] => control(shared, rest, ctx),
@@ -260,7 +317,9 @@ fn resource_route(
         _ => return Err(ApiError::no_route()),
     };
     let kind = ResourceKind::lookup(group, version, plural).ok_or_else(ApiError::no_route)?;
-    if (!kind.namespaced && namespace.is_some()) || (kind.namespaced && namespace.is_none() && name.is_some()) {
+    if (!kind.namespaced && namespace.is_some())
+        || (kind.namespaced && namespace.is_none() && name.is_some())
+    {
         return Err(ApiError::no_route());
     }
     if subresource.is_some_and(|s| !(kind == &resources::SERVICE_ACCOUNTS && s == "token")) {
@@ -286,7 +345,12 @@ fn resource_route(
         Ok((code, _)) => code.as_u16(),
         Err(e) => e.code,
     };
-    shared.log.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedRequest {
+    let mut log = shared.log.lock().unwrap_or_else(PoisonError::into_inner);
+    // A long-running binary must not grow without bound; tests never get near this.
+    if log.len() >= MAX_LOGGED_REQUESTS {
+        log.drain(..MAX_LOGGED_REQUESTS / 10);
+    }
+    log.push(RecordedRequest {
         verb: verb.to_owned(),
         resource: subresource.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}")),
         namespace: namespace.map(str::to_owned),
@@ -294,6 +358,7 @@ fn resource_route(
         user: ctx.user.username.clone(),
         code,
     });
+    drop(log);
     result
 }
 
@@ -360,25 +425,33 @@ fn control(shared: &Shared, rest: &[&str], ctx: &RequestContext<'_>) -> Result<R
             "",
             "",
             "",
-            &format!("User {:?} cannot use the stand-in's control endpoints", ctx.user.username),
+            &format!(
+                "User {:?} cannot use the stand-in's control endpoints",
+                ctx.user.username
+            ),
         ));
     }
     let body = || -> Result<Value, ApiError> {
-        serde_json::from_slice(ctx.body).map_err(|e| ApiError::bad_request(format!("invalid control request: {e}")))
+        serde_json::from_slice(ctx.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid control request: {e}")))
     };
-    let rules_json = |rules: &[DenyRule]| {
-        json!({"rules": rules.iter().map(|r| json!({"verb": r.verb, "resource": r.resource, "user": r.user})).collect::<Vec<_>>()})
-    };
+    let rules_json = |rules: &[DenyRule]| json!({"rules": rules.iter().map(|r| json!({"verb": r.verb, "resource": r.resource, "user": r.user})).collect::<Vec<_>>()});
     match (ctx.method.clone(), rest) {
         (Method::GET, ["deny"]) => Ok((StatusCode::OK, rules_json(&shared.deny_rules()))),
         (Method::POST, ["deny"]) => {
             let b = body()?;
             let field = |k: &str| b.get(k).and_then(Value::as_str).map(str::to_owned);
             let (Some(verb), Some(resource)) = (field("verb"), field("resource")) else {
-                return Err(ApiError::bad_request("a deny rule needs \"verb\" and \"resource\""));
+                return Err(ApiError::bad_request(
+                    "a deny rule needs \"verb\" and \"resource\"",
+                ));
             };
             let mut rules = shared.deny_rules();
-            rules.push(DenyRule { verb, resource, user: field("user") });
+            rules.push(DenyRule {
+                verb,
+                resource,
+                user: field("user"),
+            });
             Ok((StatusCode::OK, rules_json(&rules)))
         }
         (Method::POST, ["allow-all"]) => {
@@ -390,7 +463,9 @@ fn control(shared: &Shared, rest: &[&str], ctx: &RequestContext<'_>) -> Result<R
             let field = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
             let (ns, name) = (field("namespace"), field("name"));
             if ns.is_empty() || name.is_empty() {
-                return Err(ApiError::bad_request("a token needs \"namespace\" and \"name\""));
+                return Err(ApiError::bad_request(
+                    "a token needs \"namespace\" and \"name\"",
+                ));
             }
             let audiences: Vec<&str> = b
                 .get("audiences")
@@ -399,7 +474,13 @@ fn control(shared: &Shared, rest: &[&str], ctx: &RequestContext<'_>) -> Result<R
                 .unwrap_or_default();
             let ttl = b.get("ttlSeconds").and_then(Value::as_u64).unwrap_or(3600);
             let pod = b.get("pod").and_then(Value::as_str);
-            let token = shared.issue(ns, name, pod, &audiences, std::time::Duration::from_secs(ttl));
+            let token = shared.issue(
+                ns,
+                name,
+                pod,
+                &audiences,
+                std::time::Duration::from_secs(ttl),
+            );
             Ok((StatusCode::OK, json!({"token": token})))
         }
         _ => Err(ApiError::no_route()),
@@ -439,12 +520,17 @@ fn group_json(group: &str, version: &str) -> Value {
 }
 
 fn api_group_list() -> Value {
-    let groups: Vec<Value> = ResourceKind::group_versions().into_iter().map(|(g, v)| group_json(g, v)).collect();
+    let groups: Vec<Value> = ResourceKind::group_versions()
+        .into_iter()
+        .map(|(g, v)| group_json(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = ResourceKind::group_versions().into_iter().find(|(g, _)| *g == group)?;
+    let (g, v) = ResourceKind::group_versions()
+        .into_iter()
+        .find(|(g, _)| *g == group)?;
     let mut body = group_json(g, v);
     body["kind"] = json!("APIGroup");
     body["apiVersion"] = json!("v1");
@@ -483,8 +569,14 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
             "verbs": ["create"],
         }));
     }
-    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+    let group_version = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
 }
 
 /// `apidiscovery.k8s.io/v2` for `/api` (`core`) or `/apis`, which kube-rs'

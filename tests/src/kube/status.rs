@@ -22,8 +22,8 @@ pub(crate) struct ApiError {
     pub reason: &'static str,
     /// Human-readable `message`, worded as the real server words it.
     pub message: String,
-    /// `details`, when the real server sends them.
-    pub details: Option<Details>,
+    /// `details`, when the real server sends them (boxed: errors travel in every `Result`).
+    pub details: Option<Box<Details>>,
 }
 
 /// `Status.details`.
@@ -92,12 +92,20 @@ impl FieldError {
 
     /// `field.Required`.
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorKind::Required, field: field.into(), detail: detail.into() }
+        Self {
+            kind: FieldErrorKind::Required,
+            field: field.into(),
+            detail: detail.into(),
+        }
     }
 
     /// `field.Forbidden`.
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind: FieldErrorKind::Forbidden, field: field.into(), detail: detail.into() }
+        Self {
+            kind: FieldErrorKind::Forbidden,
+            field: field.into(),
+            detail: detail.into(),
+        }
     }
 
     /// `field.TooLong` with the wording of Kubernetes ≥ 1.32.
@@ -147,11 +155,16 @@ pub(crate) fn go_quote(s: &str) -> String {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     fn with_details(mut self, details: Details) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -166,22 +179,29 @@ impl ApiError {
 
     /// `secrets "x" not found`.
     pub fn not_found(kind: &ResourceKind, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} {} not found", kind.qualified_resource(), go_quote(name)))
-            .with_details(Self::resource_details(kind, name))
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} {} not found", kind.qualified_resource(), go_quote(name)),
+        )
+        .with_details(Self::resource_details(kind, name))
     }
 
     /// A path no handler serves; the real server answers `404 page not found` wrapped like this.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource").with_details(
-            Details {
-                causes: vec![Cause {
-                    reason: "UnexpectedServerResponse".into(),
-                    message: "404 page not found".into(),
-                    field: String::new(),
-                }],
-                ..Details::default()
-            },
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
         )
+        .with_details(Details {
+            causes: vec![Cause {
+                reason: "UnexpectedServerResponse".into(),
+                message: "404 page not found".into(),
+                field: String::new(),
+            }],
+            ..Details::default()
+        })
     }
 
     /// `secrets "x" already exists`.
@@ -189,7 +209,11 @@ impl ApiError {
         Self::new(
             409,
             "AlreadyExists",
-            format!("{} {} already exists", kind.qualified_resource(), go_quote(name)),
+            format!(
+                "{} {} already exists",
+                kind.qualified_resource(),
+                go_quote(name)
+            ),
         )
         .with_details(Self::resource_details(kind, name))
     }
@@ -210,35 +234,49 @@ impl ApiError {
 
     /// Server-side apply found fields owned by other managers (`NewApplyConflict`).
     pub fn apply_conflict(message: String, causes: Vec<Cause>) -> Self {
-        Self::new(409, "Conflict", message).with_details(Details { causes, ..Details::default() })
+        Self::new(409, "Conflict", message).with_details(Details {
+            causes,
+            ..Details::default()
+        })
     }
 
     /// `Secret "x" is invalid: <field errors>` (`NewInvalid`).
     pub fn invalid_kind(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
-        let qualified = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         let aggregate = match errors {
             [] => String::new(),
             [one] => format!(": {one}"),
             many => format!(
                 ": [{}]",
-                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
-        Self::new(422, "Invalid", format!("{qualified} {} is invalid{aggregate}", go_quote(name)))
-            .with_details(Details {
-                name: name.to_owned(),
-                group: group.to_owned(),
-                kind: kind.to_owned(),
-                uid: String::new(),
-                causes: errors
-                    .iter()
-                    .map(|e| Cause {
-                        reason: e.cause_type().to_owned(),
-                        message: e.body(),
-                        field: e.field.clone(),
-                    })
-                    .collect(),
-            })
+        Self::new(
+            422,
+            "Invalid",
+            format!("{qualified} {} is invalid{aggregate}", go_quote(name)),
+        )
+        .with_details(Details {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            uid: String::new(),
+            causes: errors
+                .iter()
+                .map(|e| Cause {
+                    reason: e.cause_type().to_owned(),
+                    message: e.body(),
+                    field: e.field.clone(),
+                })
+                .collect(),
+        })
     }
 
     /// `NewInvalid` for one of the served resource kinds.
@@ -252,11 +290,20 @@ impl ApiError {
     }
 
     /// `secrets "x" is forbidden: User "u" cannot patch resource …` (`NewForbidden`).
-    pub fn forbidden(qualified_resource: &str, group: &str, resource: &str, name: &str, why: &str) -> Self {
+    pub fn forbidden(
+        qualified_resource: &str,
+        group: &str,
+        resource: &str,
+        name: &str,
+        why: &str,
+    ) -> Self {
         let message = if name.is_empty() {
             format!("{qualified_resource} is forbidden: {why}")
         } else {
-            format!("{qualified_resource} {} is forbidden: {why}", go_quote(name))
+            format!(
+                "{qualified_resource} {} is forbidden: {why}",
+                go_quote(name)
+            )
         };
         Self::new(403, "Forbidden", message).with_details(Details {
             name: name.to_owned(),
@@ -288,7 +335,11 @@ impl ApiError {
 
     /// 413: the real server caps request bodies at 3 MiB.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     /// 500, used where the real server also answers 500.
@@ -324,7 +375,12 @@ impl IntoResponse for ApiError {
 /// A JSON body with the content type the real server sends.
 pub(crate) fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -339,7 +395,10 @@ mod tests {
             "s",
             &[FieldError::too_long("data", 1_048_576)],
         );
-        assert_eq!(err.message, "Secret \"s\" is invalid: data: Too long: must have at most 1048576 bytes");
+        assert_eq!(
+            err.message,
+            "Secret \"s\" is invalid: data: Too long: must have at most 1048576 bytes"
+        );
         let causes = &err.details.unwrap().causes;
         assert_eq!(causes[0].reason, "FieldValueTooLong");
         assert_eq!(causes[0].field, "data");
@@ -351,7 +410,10 @@ mod tests {
             "apps",
             "Deployment",
             "d",
-            &[FieldError::required("spec.selector", ""), FieldError::required("spec.x", "")],
+            &[
+                FieldError::required("spec.selector", ""),
+                FieldError::required("spec.x", ""),
+            ],
         );
         assert_eq!(
             err.message,

@@ -35,14 +35,21 @@ impl StoredObject {
 
     /// `metadata.resourceVersion`.
     pub fn resource_version(&self) -> &str {
-        self.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("")
+        self.object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 }
 
 type Key = (String, String, String);
 
 fn key(kind: &ResourceKind, namespace: &str, name: &str) -> Key {
-    (kind.qualified_resource(), namespace.to_owned(), name.to_owned())
+    (
+        kind.qualified_resource(),
+        namespace.to_owned(),
+        name.to_owned(),
+    )
 }
 
 /// All objects of one stand-in.
@@ -86,15 +93,24 @@ impl Store {
     ) -> StoredObject {
         self.resource_version += 1;
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), Value::String(self.resource_version.to_string()));
+            meta.insert(
+                "resourceVersion".into(),
+                Value::String(self.resource_version.to_string()),
+            );
         }
         let stored = StoredObject { object, managed };
-        self.objects.insert(key(kind, namespace, name), stored.clone());
+        self.objects
+            .insert(key(kind, namespace, name), stored.clone());
         stored
     }
 
     /// Deletes an object; a delete is a write and takes a resourceVersion too.
-    pub fn remove(&mut self, kind: &ResourceKind, namespace: &str, name: &str) -> Option<StoredObject> {
+    pub fn remove(
+        &mut self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<StoredObject> {
         let removed = self.objects.remove(&key(kind, namespace, name));
         if removed.is_some() {
             self.resource_version += 1;

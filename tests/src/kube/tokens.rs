@@ -86,7 +86,10 @@ pub(crate) struct TokenAuthority {
 
 impl std::fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenAuthority").field("issuer", &self.issuer).field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("TokenAuthority")
+            .field("issuer", &self.issuer)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +116,8 @@ impl TokenAuthority {
         let x = URL_SAFE_NO_PAD.encode(point.x().ok_or_else(|| anyhow::anyhow!("no x"))?);
         let y = URL_SAFE_NO_PAD.encode(point.y().ok_or_else(|| anyhow::anyhow!("no y"))?);
         // Real clusters use the SHA-256 of the PKIX public key as the key id.
-        let kid = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(public.to_public_key_der()?.as_bytes()));
+        let kid =
+            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(public.to_public_key_der()?.as_bytes()));
         Ok(Self {
             issuer: issuer.to_owned(),
             api_audiences: vec![issuer.to_owned(), DEFAULT_CLUSTER_AUDIENCE.to_owned()],
@@ -137,7 +141,10 @@ impl TokenAuthority {
 
     /// A stable uid for a service account that has no stored object.
     pub fn remembered_uid(&self, namespace: &str, name: &str) -> String {
-        let mut uids = self.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut uids = self
+            .uids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         uids.entry((namespace.to_owned(), name.to_owned()))
             .or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone()
@@ -146,15 +153,23 @@ impl TokenAuthority {
     /// Whether `uid` is the uid this authority handed out for a service account it minted
     /// tokens for without a stored object.
     pub fn is_remembered(&self, namespace: &str, name: &str, uid: &str) -> bool {
-        let uids = self.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        uids.get(&(namespace.to_owned(), name.to_owned())).is_some_and(|u| u == uid)
+        let uids = self
+            .uids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        uids.get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|u| u == uid)
     }
 
     /// Signs a projected token. Empty `audiences` means the API server's own audience.
     pub fn issue(&self, spec: &TokenSpec<'_>) -> (String, i64) {
         let now = now_unix();
         let exp = now + i64::try_from(spec.ttl.as_secs()).unwrap_or(i64::MAX / 2);
-        let aud = if spec.audiences.is_empty() { vec![self.issuer.clone()] } else { spec.audiences.clone() };
+        let aud = if spec.audiences.is_empty() {
+            vec![self.issuer.clone()]
+        } else {
+            spec.audiences.clone()
+        };
         let claims = Claims {
             aud,
             exp,
@@ -165,7 +180,10 @@ impl TokenAuthority {
             sub: format!("system:serviceaccount:{}:{}", spec.namespace, spec.name),
             kubernetes: KubernetesClaim {
                 namespace: spec.namespace.to_owned(),
-                serviceaccount: ObjectRef { name: spec.name.to_owned(), uid: spec.sa_uid.to_owned() },
+                serviceaccount: ObjectRef {
+                    name: spec.name.to_owned(),
+                    uid: spec.sa_uid.to_owned(),
+                },
                 pod: spec.pod.clone(),
             },
         };
@@ -182,7 +200,8 @@ impl TokenAuthority {
     /// # Errors
     /// The reason as the real authenticator words it, for TokenReview's `status.error`.
     pub fn verify(&self, token: &str, audiences: &[String]) -> Result<TokenSubject, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a compact JWS"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| invalid("not a compact JWS"))?;
         // A token from another issuer is not ours to judge: the real authenticator skips it.
         let unverified: Claims = jsonwebtoken::dangerous::insecure_decode(token)
             .map_err(|_| invalid("token lookup failed"))?
@@ -208,15 +227,26 @@ impl TokenAuthority {
         if now < claims.nbf {
             return Err(invalid("service account token is not valid yet"));
         }
-        let wanted = if audiences.is_empty() { self.api_audiences.clone() } else { audiences.to_vec() };
-        let matched: Vec<String> = wanted.iter().filter(|a| claims.aud.contains(a)).cloned().collect();
+        let wanted = if audiences.is_empty() {
+            self.api_audiences.clone()
+        } else {
+            audiences.to_vec()
+        };
+        let matched: Vec<String> = wanted
+            .iter()
+            .filter(|a| claims.aud.contains(a))
+            .cloned()
+            .collect();
         if matched.is_empty() {
             return Err(invalid(&format!(
                 "token audiences {:?} is invalid for the target audiences {:?}",
                 claims.aud, wanted
             )));
         }
-        Ok(TokenSubject { claims, audiences: matched })
+        Ok(TokenSubject {
+            claims,
+            audiences: matched,
+        })
     }
 
     /// `/openid/v1/jwks`.
@@ -280,7 +310,11 @@ mod tests {
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
         claims["sub"] = "system:serviceaccount:kube-system:admin".into();
         parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
-        assert!(ta.verify(&parts.join("."), &[]).unwrap_err().contains("cryptographic"));
+        assert!(
+            ta.verify(&parts.join("."), &[])
+                .unwrap_err()
+                .contains("cryptographic")
+        );
 
         let other = TokenAuthority::new("http://127.0.0.1:1").unwrap();
         let (foreign, _) = other.issue(&spec(Duration::from_secs(60), &[]));

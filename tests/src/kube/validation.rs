@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::status::{FieldError, go_quote};
 
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
 const QUALIFIED_NAME_ERR: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const CONFIG_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
@@ -42,7 +43,8 @@ fn max_len_error(n: usize) -> String {
 fn is_dns1123_label_body(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -82,7 +84,8 @@ pub(crate) fn dns1123_subdomain_errors(value: &str) -> Vec<String> {
 fn is_qualified_name_body(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -97,7 +100,11 @@ pub(crate) fn qualified_name_errors(value: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errs.push("prefix part must be non-empty".to_owned());
             } else {
-                errs.extend(dns1123_subdomain_errors(prefix).into_iter().map(|m| format!("prefix part {m}")));
+                errs.extend(
+                    dns1123_subdomain_errors(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
             }
             *name
         }
@@ -117,7 +124,11 @@ pub(crate) fn qualified_name_errors(value: &str) -> Vec<String> {
     if !is_qualified_name_body(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(QUALIFIED_NAME_ERR, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                QUALIFIED_NAME_ERR,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -146,7 +157,9 @@ pub(crate) fn config_key_errors(key: &str) -> Vec<String> {
         errs.push(max_len_error(253));
     }
     let valid_chars = !key.is_empty()
-        && key.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if !valid_chars {
         errs.push(regex_error(
             "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
@@ -170,7 +183,10 @@ pub(crate) fn config_key_errors(key: &str) -> Vec<String> {
 pub(crate) fn validate_object_meta(meta: &Map<String, Value>, errs: &mut Vec<FieldError>) {
     let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         for msg in dns1123_subdomain_errors(name) {
             errs.push(FieldError::invalid_str("metadata.name", name, msg));
@@ -248,7 +264,9 @@ pub(crate) fn expect_type(
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    Err(format!("json: cannot unmarshal {found} into Go struct field {go_field} of type {go_type}"))
+    Err(format!(
+        "json: cannot unmarshal {found} into Go struct field {go_field} of type {go_type}"
+    ))
 }
 
 /// The JSON shapes `expect_type` checks.
@@ -274,7 +292,9 @@ pub(crate) fn strip_nulls(value: &mut Value) {
 
 /// Removes the map at `path` when it is empty: Go's `omitempty` on a `map[string]…` field.
 pub(crate) fn drop_empty_map(root: &mut Value, path: &[&str]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = root;
     for p in parents {
         match cur.get_mut(*p) {
@@ -283,7 +303,10 @@ pub(crate) fn drop_empty_map(root: &mut Value, path: &[&str]) {
         }
     }
     if let Some(obj) = cur.as_object_mut()
-        && obj.get(*last).and_then(Value::as_object).is_some_and(Map::is_empty)
+        && obj
+            .get(*last)
+            .and_then(Value::as_object)
+            .is_some_and(Map::is_empty)
     {
         obj.remove(*last);
     }
@@ -316,7 +339,10 @@ mod tests {
         assert!(config_key_errors("KEY_NAME-1").is_empty());
         assert_eq!(config_key_errors("bad key").len(), 1);
         assert_eq!(config_key_errors(".."), vec!["must not be '..'".to_owned()]);
-        assert_eq!(config_key_errors("..x"), vec!["must not start with '..'".to_owned()]);
+        assert_eq!(
+            config_key_errors("..x"),
+            vec!["must not start with '..'".to_owned()]
+        );
         assert_eq!(config_key_errors(&"k".repeat(254)).len(), 1);
         assert!(config_key_errors("").len() == 1);
     }

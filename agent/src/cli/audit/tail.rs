@@ -61,7 +61,11 @@ fn tail(args: &TailArgs, out: &mut impl Write) -> Result<(), AuditCliError> {
         source,
     })?;
     // Watch before the first read, so nothing appended in between is missed.
-    let watch = if args.follow { Watch::new(path) } else { Watch::None };
+    let watch = if args.follow {
+        Watch::new(path)
+    } else {
+        Watch::None
+    };
 
     let found = read_tail(&file, args.lines).map_err(|e| AuditCliError::Read {
         path: path.clone(),

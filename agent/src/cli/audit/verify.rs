@@ -35,7 +35,13 @@ pub fn run(args: &VerifyArgs, out: &mut impl Write) -> u8 {
         None => (exit::OK, summary(&report)),
         Some(VerifyFailure::Broken(b)) => {
             tracing::warn!(seq = b.seq, path = %b.path.display(), line = b.line, "audit chain broken");
-            (exit::FAILED, format!("broken: {b} ({} entries before it are intact)", report.events))
+            (
+                exit::FAILED,
+                format!(
+                    "broken: {b} ({} entries before it are intact)",
+                    report.events
+                ),
+            )
         }
         Some(VerifyFailure::Unreadable(e)) => {
             eprintln!("keyturn: {e}");
@@ -51,11 +57,18 @@ pub fn run(args: &VerifyArgs, out: &mut impl Write) -> u8 {
 /// `ok: N events, seq A..B, last hash H, in K files`, plus a note when the chain does not start
 /// at its beginning.
 fn summary(r: &VerifyReport) -> String {
-    let files = if r.files == 1 { "1 file".to_owned() } else { format!("{} files", r.files) };
+    let files = if r.files == 1 {
+        "1 file".to_owned()
+    } else {
+        format!("{} files", r.files)
+    };
     let (Some(first), Some(last), Some(hash)) = (r.first_seq, r.last_seq, r.last_hash) else {
         return format!("ok: 0 events, in {files}");
     };
-    let mut s = format!("ok: {} events, seq {first}..{last}, last hash {hash}, in {files}", r.events);
+    let mut s = format!(
+        "ok: {} events, seq {first}..{last}, last hash {hash}, in {files}",
+        r.events
+    );
     if let Some(prev) = r.start_prev.filter(|p| !p.is_genesis()) {
         s.push_str(&format!(
             " (continues an earlier chain from prev {prev}, which was not checked; give the \

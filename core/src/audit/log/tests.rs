@@ -18,7 +18,12 @@ fn verified_events(path: &Path) -> u64 {
 }
 
 fn event(log: &AuditLog, i: u64) -> Event {
-    log.event(Actor::agent("keyturn-0"), "rotate.set", format!("policy-{i}")).build()
+    log.event(
+        Actor::agent("keyturn-0"),
+        "rotate.set",
+        format!("policy-{i}"),
+    )
+    .build()
 }
 
 #[tokio::test]
@@ -58,7 +63,10 @@ async fn reopening_cuts_off_a_torn_last_line_and_continues_after_the_last_whole_
     write_lines(&path, &l);
 
     let recs = write_log(&path, 2).await;
-    assert_eq!(recs[0].seq, 3, "the torn event 3 was never vouched for; its seq is reused");
+    assert_eq!(
+        recs[0].seq, 3,
+        "the torn event 3 was never vouched for; its seq is reused"
+    );
     assert_eq!(verified_events(&path), 5);
 }
 
@@ -70,11 +78,17 @@ async fn reopening_refuses_a_file_whose_last_entry_was_edited() {
     let mut l = lines(&path);
     l[3] = l[3].replace("secret.read", "secret.list");
     write_lines(&path, &l);
-    let e = AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&path))
-        .unwrap_err();
+    let e =
+        AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&path)).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, AuditError::Sink(SinkError::CorruptTail { .. })), "{e:?}");
-    assert!(msg.contains(&path.display().to_string()) && msg.contains("line 4"), "{msg}");
+    assert!(
+        matches!(e, AuditError::Sink(SinkError::CorruptTail { .. })),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("line 4"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +105,10 @@ async fn a_new_file_continues_from_the_previous_files_last_entry() {
     .unwrap();
     let after = record_n(&log, 3).await;
     assert_eq!(after[0].seq, 7);
-    assert_eq!(Entry::parse(lines(&new)[0].as_bytes()).unwrap().prev, before[6].hash);
+    assert_eq!(
+        Entry::parse(lines(&new)[0].as_bytes()).unwrap().prev,
+        before[6].hash
+    );
     let r = verify(&[old, new]);
     assert!(r.is_ok(), "{:?}", r.failure);
     assert_eq!(r.events, 10);
@@ -113,11 +130,17 @@ async fn continuing_from_a_torn_or_empty_or_missing_file_is_refused() {
     let mut l = lines(&torn);
     l[1].pop();
     write_lines(&torn, &l);
-    assert!(matches!(open(&torn), Err(AuditError::ContinueFromTorn { .. })));
+    assert!(matches!(
+        open(&torn),
+        Err(AuditError::ContinueFromTorn { .. })
+    ));
 
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    assert!(matches!(open(&empty), Err(AuditError::ContinueFromEmpty { .. })));
+    assert!(matches!(
+        open(&empty),
+        Err(AuditError::ContinueFromEmpty { .. })
+    ));
 
     let missing = dir.path().join("missing.jsonl");
     let e = open(&missing).unwrap_err();
@@ -137,8 +160,12 @@ async fn two_files_holding_different_chains_are_refused() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     write_log(&a, 2).await;
     write_log(&b, 3).await;
-    let e = AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&a).file(&b))
-        .unwrap_err();
+    let e = AuditLog::open(
+        AuditLogOptions::new(HmacKey::generate().unwrap())
+            .file(&a)
+            .file(&b),
+    )
+    .unwrap_err();
     assert!(matches!(e, AuditError::SinksDisagree { .. }), "{e:?}");
 }
 
@@ -181,7 +208,10 @@ impl AuditSink for GatedSink {
 
     fn write_durably(&mut self, lines: &[u8]) -> Result<(), SinkError> {
         let first = self.batches.lock().unwrap().is_empty();
-        self.batches.lock().unwrap().push(lines.iter().filter(|b| **b == b'\n').count());
+        self.batches
+            .lock()
+            .unwrap()
+            .push(lines.iter().filter(|b| **b == b'\n').count());
         if first {
             self.entered.send(()).unwrap();
             self.release.lock().unwrap().recv().unwrap();
@@ -207,7 +237,9 @@ async fn events_queued_during_a_sync_share_the_next_write() {
         let log = log.clone();
         tokio::spawn(async move { log.record(event(&log, 0)).await })
     };
-    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
     let rest: Vec<_> = (1..10)
         .map(|i| {
             let log = log.clone();
@@ -234,9 +266,8 @@ async fn a_canary_value_appears_only_as_its_hmac() {
     let key_bytes = [0x5au8; 32];
     std::fs::write(&key_path, hex::encode(key_bytes)).unwrap();
     let path = dir.path().join("audit.jsonl");
-    let log =
-        AuditLog::open(AuditLogOptions::new(HmacKey::load(&key_path).unwrap()).file(&path))
-            .unwrap();
+    let log = AuditLog::open(AuditLogOptions::new(HmacKey::load(&key_path).unwrap()).file(&path))
+        .unwrap();
     let value = SecretValue::from_str_copy(CANARY);
     let event = log
         .event(Actor::operator("alice"), "break-glass.reveal", "orders-db")
@@ -251,7 +282,10 @@ async fn a_canary_value_appears_only_as_its_hmac() {
     let text = String::from_utf8(content).unwrap();
     assert!(!text.contains(CANARY));
     assert!(!text.contains(&hex::encode(CANARY)));
-    assert!(!text.contains(&hex::encode(key_bytes)), "the key is not in the log either");
+    assert!(
+        !text.contains(&hex::encode(key_bytes)),
+        "the key is not in the log either"
+    );
 
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key_bytes).unwrap();
     mac.update(CANARY.as_bytes());
@@ -271,7 +305,10 @@ async fn a_write_to_dev_full_fails_and_poisons_the_log() {
     assert!(log.is_poisoned());
     for i in 1..4 {
         let e = log.record(event(&log, i)).await.unwrap_err();
-        assert!(matches!(e, AuditError::Poisoned { failed_seq: 0, .. }), "{e:?}");
+        assert!(
+            matches!(e, AuditError::Poisoned { failed_seq: 0, .. }),
+            "{e:?}"
+        );
     }
     assert_eq!(log.stats().events, 0);
     assert_eq!(log.stats().write_failures, 1);
@@ -287,23 +324,30 @@ async fn a_log_in_a_read_only_directory_cannot_be_opened() {
         None => {
             std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
             if std::fs::write(plain.path().join("probe"), "x").is_ok() {
-                eprintln!("note: skipping: running as root without mount, cannot make a read-only dir");
+                eprintln!(
+                    "note: skipping: running as root without mount, cannot make a read-only dir"
+                );
                 return;
             }
             plain.path().to_owned()
         }
     };
     let path = dir.join("audit.jsonl");
-    let e = AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&path))
-        .unwrap_err();
-    assert!(matches!(e, AuditError::Sink(SinkError::Open { .. })), "{e:?}");
+    let e =
+        AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&path)).unwrap_err();
+    assert!(
+        matches!(e, AuditError::Sink(SinkError::Open { .. })),
+        "{e:?}"
+    );
     assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
 #[tokio::test]
 async fn a_full_file_system_fails_the_record_and_everything_after_it() {
-    let Some(fs) = Tmpfs::mount("size=16k") else { return };
+    let Some(fs) = Tmpfs::mount("size=16k") else {
+        return;
+    };
     let path = fs.path().join("audit.jsonl");
     let log = open_file_log(&path);
     let mut last_ok = None;
@@ -330,7 +374,7 @@ async fn a_full_file_system_fails_the_record_and_everything_after_it() {
     assert!(failed.is_some(), "16k of tmpfs should fill up");
     let last_ok = last_ok.expect("some events fit");
     // Everything vouched for is on disk and intact; at most a torn line follows.
-    let r = verify(&[path.clone()]);
+    let r = verify(std::slice::from_ref(&path));
     assert!(r.last_seq.unwrap() >= last_ok);
     match &r.failure {
         None => {}

@@ -173,14 +173,20 @@ pub(crate) fn line_label(file: &File, seq: Option<u64>, offset: u64) -> String {
 }
 
 fn next_line_label(label: &str) -> String {
-    match label.strip_prefix("line ").and_then(|n| n.parse::<u64>().ok()) {
+    match label
+        .strip_prefix("line ")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         Some(n) => format!("line {}", n + 1),
         None => format!("the line after {label}"),
     }
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()
 }
 
@@ -194,10 +200,12 @@ impl AuditSink for FileSink {
     }
 
     fn write_durably(&mut self, lines: &[u8]) -> Result<(), SinkError> {
-        self.file.write_all(lines).map_err(|source| SinkError::Write {
-            sink: self.name.clone(),
-            source,
-        })?;
+        self.file
+            .write_all(lines)
+            .map_err(|source| SinkError::Write {
+                sink: self.name.clone(),
+                source,
+            })?;
         self.file.sync_data().map_err(|source| SinkError::Sync {
             sink: self.name.clone(),
             source,

@@ -21,10 +21,24 @@ fn one(path: &Path) -> VerifyReport {
 /// A correctly sealed line, as a forger who knows the format would make it.
 fn forged_line(seq: u64, prev: ChainHash) -> String {
     let key = HmacKey::generate().unwrap();
-    let event =
-        EventBuilder::new(&key, Actor::operator("mallory"), "secret.read", "secret/data/x").build();
+    let event = EventBuilder::new(
+        &key,
+        Actor::operator("mallory"),
+        "secret.read",
+        "secret/data/x",
+    )
+    .build();
     let mut buf = Vec::new();
-    seal_into(&mut buf, ChainHead { next_seq: seq, prev }, Utc::now(), &event).unwrap();
+    seal_into(
+        &mut buf,
+        ChainHead {
+            next_seq: seq,
+            prev,
+        },
+        Utc::now(),
+        &event,
+    )
+    .unwrap();
     String::from_utf8(buf).unwrap()
 }
 
@@ -39,7 +53,10 @@ async fn an_untouched_log_verifies_with_its_range_and_last_hash() {
     let recs = write_log(&path, 100).await;
     let r = one(&path);
     assert!(r.is_ok(), "{:?}", r.failure);
-    assert_eq!((r.events, r.files, r.first_seq, r.last_seq), (100, 1, Some(0), Some(99)));
+    assert_eq!(
+        (r.events, r.files, r.first_seq, r.last_seq),
+        (100, 1, Some(0), Some(99))
+    );
     assert_eq!(r.last_hash, Some(recs[99].hash));
     assert_eq!(r.start_prev, Some(ChainHash::GENESIS));
 }
@@ -71,7 +88,13 @@ async fn a_deleted_event_is_reported_at_the_missing_seq() {
     write_lines(&path, &l);
     let b = broken(&one(&path)).clone();
     assert_eq!((b.seq, b.line), (20, 21));
-    assert_eq!(b.kind, BreakKind::SeqMismatch { expected: 20, found: 21 });
+    assert_eq!(
+        b.kind,
+        BreakKind::SeqMismatch {
+            expected: 20,
+            found: 21
+        }
+    );
     assert!(b.to_string().contains("deleted"), "{b}");
 }
 
@@ -85,7 +108,13 @@ async fn two_swapped_events_are_reported_at_the_first_of_them() {
     write_lines(&path, &l);
     let b = broken(&one(&path)).clone();
     assert_eq!((b.seq, b.line), (10, 11));
-    assert_eq!(b.kind, BreakKind::SeqMismatch { expected: 10, found: 11 });
+    assert_eq!(
+        b.kind,
+        BreakKind::SeqMismatch {
+            expected: 10,
+            found: 11
+        }
+    );
 }
 
 #[tokio::test]
@@ -115,7 +144,13 @@ async fn a_correctly_hashed_forged_event_is_caught_at_the_next_real_one() {
     let b = broken(&one(&path)).clone();
     // The forgery takes seq 30; the real event 30 is then one too early.
     assert_eq!((b.seq, b.line), (31, 32));
-    assert_eq!(b.kind, BreakKind::SeqMismatch { expected: 31, found: 30 });
+    assert_eq!(
+        b.kind,
+        BreakKind::SeqMismatch {
+            expected: 31,
+            found: 30
+        }
+    );
 }
 
 #[tokio::test]
@@ -181,7 +216,10 @@ async fn two_files_given_in_order_verify_as_one_chain() {
     let (a, b) = two_files(dir.path()).await;
     let r = verify(&[a, b.clone()]);
     assert!(r.is_ok(), "{:?}", r.failure);
-    assert_eq!((r.events, r.files, r.first_seq, r.last_seq), (20, 2, Some(0), Some(19)));
+    assert_eq!(
+        (r.events, r.files, r.first_seq, r.last_seq),
+        (20, 2, Some(0), Some(19))
+    );
     // The second file alone is a continuation whose start cannot be checked.
     let alone = one(&b);
     assert!(alone.is_ok(), "{:?}", alone.failure);
@@ -198,8 +236,17 @@ async fn a_break_at_the_file_boundary_names_the_second_files_first_line() {
     write_lines(&b, &l);
     let r = verify(&[a, b.clone()]);
     let brk = broken(&r);
-    assert_eq!((brk.seq, brk.path.as_path(), brk.line), (10, b.as_path(), 1));
-    assert_eq!(brk.kind, BreakKind::SeqMismatch { expected: 10, found: 11 });
+    assert_eq!(
+        (brk.seq, brk.path.as_path(), brk.line),
+        (10, b.as_path(), 1)
+    );
+    assert_eq!(
+        brk.kind,
+        BreakKind::SeqMismatch {
+            expected: 10,
+            found: 11
+        }
+    );
     assert_eq!(r.files, 1);
 }
 
@@ -209,7 +256,10 @@ async fn files_given_out_of_order_break_at_the_boundary() {
     let (a, b) = two_files(dir.path()).await;
     let r = verify(&[b, a.clone()]);
     let brk = broken(&r);
-    assert_eq!((brk.seq, brk.path.as_path(), brk.line), (20, a.as_path(), 1));
+    assert_eq!(
+        (brk.seq, brk.path.as_path(), brk.line),
+        (20, a.as_path(), 1)
+    );
 }
 
 #[tokio::test]
@@ -221,7 +271,10 @@ async fn an_unrelated_chain_after_the_first_file_breaks_the_prev_link_or_seq() {
     write_log(&c, 10).await;
     let r = verify(&[a, c.clone()]);
     let brk = broken(&r);
-    assert_eq!((brk.seq, brk.path.as_path(), brk.line), (10, c.as_path(), 1));
+    assert_eq!(
+        (brk.seq, brk.path.as_path(), brk.line),
+        (10, c.as_path(), 1)
+    );
 }
 
 #[tokio::test]
@@ -233,21 +286,36 @@ async fn a_missing_tail_goes_unnoticed_without_an_anchor_and_is_caught_with_one(
         expect_last_hash: Some(recs[29].hash),
         expect_count: Some(30),
     };
-    assert!(verify_with(&[path.clone()], &anchors).is_ok());
+    assert!(verify_with(std::slice::from_ref(&path), &anchors).is_ok());
 
     let mut l = lines(&path);
     l.truncate(27);
     write_lines(&path, &l);
-    assert!(one(&path).is_ok(), "a hash chain alone cannot see a missing tail");
+    assert!(
+        one(&path).is_ok(),
+        "a hash chain alone cannot see a missing tail"
+    );
 
-    let by_count = VerifyOptions { expect_count: Some(30), ..Default::default() };
-    let r = verify_with(&[path.clone()], &by_count);
+    let by_count = VerifyOptions {
+        expect_count: Some(30),
+        ..Default::default()
+    };
+    let r = verify_with(std::slice::from_ref(&path), &by_count);
     let b = broken(&r);
     assert_eq!((b.seq, b.line), (27, 28));
-    assert_eq!(b.kind, BreakKind::CountMismatch { expected: 30, found: 27 });
+    assert_eq!(
+        b.kind,
+        BreakKind::CountMismatch {
+            expected: 30,
+            found: 27
+        }
+    );
 
-    let by_hash = VerifyOptions { expect_last_hash: Some(recs[29].hash), ..Default::default() };
-    let r = verify_with(&[path.clone()], &by_hash);
+    let by_hash = VerifyOptions {
+        expect_last_hash: Some(recs[29].hash),
+        ..Default::default()
+    };
+    let r = verify_with(std::slice::from_ref(&path), &by_hash);
     let b = broken(&r);
     assert_eq!(b.seq, 27);
     assert!(matches!(b.kind, BreakKind::LastHashMismatch { .. }), "{b}");
@@ -264,7 +332,11 @@ async fn a_deleted_first_entry_reads_as_a_continuation() {
     let r = one(&path);
     assert!(r.is_ok());
     assert_eq!(r.first_seq, Some(1));
-    assert_ne!(r.start_prev, Some(ChainHash::GENESIS), "the report shows it does not start at 0");
+    assert_ne!(
+        r.start_prev,
+        Some(ChainHash::GENESIS),
+        "the report shows it does not start at 0"
+    );
 }
 
 #[test]
@@ -274,13 +346,22 @@ fn a_chain_start_with_a_nonzero_seq_is_broken_at_seq_0() {
     std::fs::write(&path, forged_line(5, ChainHash::GENESIS)).unwrap();
     let b = broken(&one(&path)).clone();
     assert_eq!((b.seq, b.line), (0, 1));
-    assert_eq!(b.kind, BreakKind::SeqMismatch { expected: 0, found: 5 });
+    assert_eq!(
+        b.kind,
+        BreakKind::SeqMismatch {
+            expected: 0,
+            found: 5
+        }
+    );
 }
 
 #[test]
 fn a_missing_file_is_unreadable_not_broken() {
     let r = verify(&["/nonexistent/audit.jsonl".into()]);
-    assert!(matches!(r.failure, Some(VerifyFailure::Unreadable(VerifyError::Open { .. }))));
+    assert!(matches!(
+        r.failure,
+        Some(VerifyFailure::Unreadable(VerifyError::Open { .. }))
+    ));
 }
 
 #[test]
@@ -294,7 +375,7 @@ fn empty_files_hold_an_empty_chain() {
 }
 
 #[tokio::test]
-async fn a_log_larger_than_the_read_buffer_verifies() {
+async fn a_log_spanning_many_rounds_and_threads_verifies_and_breaks_at_the_right_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
     let log = crate::audit::test_support::open_file_log(&path);
@@ -302,14 +383,20 @@ async fn a_log_larger_than_the_read_buffer_verifies() {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let log = log.clone();
-            tokio::spawn(async move { crate::audit::test_support::record_n(&log, 1000).await })
+            tokio::spawn(async move { crate::audit::test_support::record_n(&log, 250).await })
         })
         .collect();
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(std::fs::metadata(&path).unwrap().len() > READ_BUF as u64);
+    assert!(std::fs::metadata(&path).unwrap().len() > 4 * READ_BUF as u64);
     let r = one(&path);
     assert!(r.is_ok(), "{:?}", r.failure);
-    assert_eq!(r.events, 8000);
+    assert_eq!(r.events, 2000);
+
+    let mut l = lines(&path);
+    l[1789] = l[1789].replace("secret.read", "secret.list");
+    write_lines(&path, &l);
+    let b = broken(&one(&path)).clone();
+    assert_eq!((b.seq, b.line), (1789, 1790));
 }

@@ -1,0 +1,161 @@
+//! One audit event per secret read, recorded before any file is written (fail closed).
+//!
+//! Sinks: `--audit-file` / `KEYTURN_AUDIT_FILE` and/or `--audit-stdout`; with neither,
+//! stdout (an init container's stdout is the cluster's log pipeline). The HMAC key comes
+//! from `KEYTURN_AUDIT_HMAC_KEY_FILE` (or keyturn-core's per-install key).
+//!
+//! Each event is `secret.read` on the Vault path, by the pod's service account (from its
+//! token) or `keyturn-init`, with the Vault entity and the pod name when known. `value_hmac`
+//! is the HMAC of the secret's only field, or, for a secret with several fields, of its
+//! canonical JSON object (`{"a":"…","b":"…"}`, names sorted); `detail` names the engine, the
+//! KV v2 version or the lease (id, TTL), and for several fields the HMAC of each, so an
+//! investigator holding one leaked value can still find the read.
+
+use keyturn_core::audit::{
+    Actor, AuditError, AuditLog, AuditLogOptions, Event, HmacKey, KeyError, Outcome,
+};
+use keyturn_core::vault::VaultError;
+
+use crate::auth::Identity;
+use crate::exit::{ExitCode, HasExitCode};
+use crate::fetch::{Engine, Fetched, FetchedSet, ReadKey};
+use crate::render::SecretBuf;
+
+/// The action name of a read.
+pub const ACTION: &str = "secret.read";
+
+/// The audit log could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditFailure {
+    /// The HMAC key.
+    #[error("audit: {0}")]
+    Key(#[from] KeyError),
+    /// Opening or recording.
+    #[error("audit: {0}")]
+    Log(#[from] AuditError),
+}
+
+impl HasExitCode for AuditFailure {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Key(e) => ExitCode::from_sysexit(e.exit_code()),
+            Self::Log(e) => ExitCode::from_sysexit(e.exit_code()),
+        }
+    }
+}
+
+/// Opens the audit log (before any network call).
+///
+/// # Errors
+/// A key or sink that cannot be used.
+pub fn open(file: Option<&std::path::Path>, stdout: bool) -> Result<AuditLog, AuditFailure> {
+    let key = HmacKey::from_env()?;
+    let mut opts = AuditLogOptions::new(key);
+    if let Some(f) = file {
+        opts = opts.file(f);
+    }
+    if stdout || file.is_none() {
+        opts = opts.stdout();
+    }
+    Ok(AuditLog::open(opts)?)
+}
+
+/// The actor of every event of this run.
+#[must_use]
+pub fn actor(identity: &Identity, entity_id: &str, pod: Option<&str>) -> Actor {
+    let mut a = match identity {
+        Identity::ServiceAccount { namespace, name } => {
+            Actor::service_account(namespace.clone(), name.clone())
+        }
+        Identity::Other => Actor::agent("keyturn-init"),
+    };
+    if !entity_id.is_empty() {
+        a = a.with_entity(entity_id);
+    }
+    if let Some(p) = pod.filter(|p| !p.is_empty()) {
+        a = a.with_pod(p);
+    }
+    a
+}
+
+/// Resource name of a read: the path, with `?version=N` when pinned.
+fn resource(key: &ReadKey) -> String {
+    match key.version {
+        Some(v) => format!("{}?version={v}", key.path),
+        None => key.path.clone(),
+    }
+}
+
+/// The event for one successful read.
+#[tracing::instrument(skip_all, fields(path = %key.path))]
+fn read_event(log: &AuditLog, actor: &Actor, key: &ReadKey, f: &Fetched) -> Event {
+    let mut detail = match (f.engine, &f.lease) {
+        (Engine::Kv2, _) => format!("kv2 version {}", f.version.unwrap_or(0)),
+        (Engine::Kv1, _) => "kv1".to_owned(),
+        (Engine::Dynamic, Some(l)) => {
+            format!(
+                "dynamic lease {} ttl {}s{}",
+                l.id,
+                l.duration,
+                if l.renewable { " renewable" } else { "" }
+            )
+        }
+        (Engine::Dynamic, None) => "dynamic".to_owned(),
+    };
+    let b = log.event(actor.clone(), ACTION, resource(key));
+    let b = if f.data.len() == 1 {
+        let (_, v) = f.data.iter().next().expect("one field");
+        b.value(v)
+    } else {
+        let mut buf = SecretBuf::with_capacity(256);
+        // Values that are not UTF-8 have no JSON form; their per-field HMACs still count.
+        let _ = crate::render::json_object(&f.data, None, None, &mut buf, &key.path);
+        let canonical = buf.finish();
+        detail.push_str(" fields");
+        for (k, v) in f.data.iter() {
+            detail.push_str(&format!(" {k}={}", log.hmac_key().hmac_hex(v)));
+        }
+        b.value(&canonical)
+    };
+    b.detail(detail).build()
+}
+
+/// Records one event per read, concurrently (the log batches them into one sync), and
+/// returns once all are durable.
+///
+/// # Errors
+/// The first failure: then nothing may be written.
+pub async fn record_reads(
+    log: &AuditLog,
+    actor: &Actor,
+    set: &FetchedSet,
+) -> Result<(), AuditFailure> {
+    let events: Vec<Event> = set
+        .iter()
+        .map(|(k, f)| read_event(log, actor, k, f))
+        .collect();
+    let results = futures_util::future::join_all(events.into_iter().map(|e| log.record(e))).await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Records failed reads (best effort: the run fails anyway).
+pub async fn record_failures(log: &AuditLog, actor: &Actor, failures: &[(&str, &VaultError)]) {
+    for (path, e) in failures {
+        let outcome = match e {
+            VaultError::PermissionDenied { .. } => Outcome::Denied,
+            _ => Outcome::Error,
+        };
+        let ev = log
+            .event(actor.clone(), ACTION, *path)
+            .outcome(outcome)
+            .detail(e.to_string())
+            .build();
+        if let Err(e) = log.record(ev).await {
+            tracing::warn!(error = %e, "could not record a failed read in the audit log");
+            return;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! keyturn-init's refusals: each leaves the output directory exactly as it was.
+
+mod init_support;
+
+use init_support::{Fixture, snapshot};
+use serde_json::json;
+
+/// A manifest reading `secret/data/orders/a` into `file`, logging in with the root token.
+fn manifest(f: &Fixture, file: &str) -> String {
+    let tf = f.file("token", f.bao.root_token());
+    format!(
+        "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: {file}, key: v }}\n",
+        tf.display()
+    )
+}
+
+async fn fixture_with_a_secret() -> Fixture {
+    let mut f = Fixture::start().await;
+    let v = f.canary("a");
+    f.kv2("orders/a", json!({"v": v})).await;
+    // Something already there, which no refusal may touch.
+    std::fs::write(f.out.join("existing"), "keep me").unwrap();
+    f
+}
+
+#[tokio::test]
+async fn an_output_directory_on_disk_is_refused_before_any_network_call() {
+    let f = fixture_with_a_secret().await;
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if keyturn_core::sys::is_memory_backed(disk.path()).unwrap() {
+        eprintln!("note: the target directory is on tmpfs here; nothing to check");
+        return;
+    }
+    let m = f.file("m.yaml", &manifest(&f, "a"));
+    let args = [
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        disk.path().to_str().unwrap(),
+    ];
+    let r = f.run(&args, &[]).await;
+    assert_eq!(r.code, 74, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains("not on tmpfs or ramfs"),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::read_dir(disk.path()).unwrap().next().is_none());
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+    // --allow-disk lifts exactly that rule.
+    let mut with_flag = args.to_vec();
+    with_flag.push("--allow-disk");
+    let r = f.run(&with_flag, &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    f.assert_no_canary_leaked(&r);
+}
+
+#[tokio::test]
+async fn a_symlink_in_the_output_path_or_at_a_target_is_refused_and_nothing_is_written() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    // A symlink to the output directory.
+    let link = f.out.parent().unwrap().join("link");
+    std::os::unix::fs::symlink(&f.out, &link).unwrap();
+    let m = f.file("m.yaml", &manifest(&f, "a"));
+    let r = f
+        .run(
+            &[
+                "--manifest",
+                m.to_str().unwrap(),
+                "--out",
+                link.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(r.code, 74, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains("is a symbolic link"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.snapshot(), before);
+    // A symlink where a secret would go, pointing outside.
+    let victim = f.scratch.path().join("victim");
+    std::fs::write(&victim, "victim").unwrap();
+    std::os::unix::fs::symlink(&victim, f.out.join("a")).unwrap();
+    let before = f.snapshot();
+    let r = f.run_manifest(&manifest(&f, "a"), &[], &[]).await;
+    assert_eq!(r.code, 74, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains("/a: is a symbolic link"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+    f.assert_no_canary_leaked(&r);
+}
+
+#[tokio::test]
+async fn absolute_dot_dot_and_duplicate_files_are_refused_before_any_network_call() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    let tf = f.file("token", f.bao.root_token());
+    let cases = [
+        ("/etc/passwd", "is absolute"),
+        ("../escape", "contains \"..\""),
+        ("sub/../../escape", "contains \"..\""),
+    ];
+    for (file, why) in cases {
+        let r = f.run_manifest(&manifest(&f, file), &[], &[]).await;
+        assert_eq!(r.code, 64, "{file}: {}", r.stderr);
+        let lines = r.failure_lines();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(
+            lines[0].contains("manifest.yaml:3:") && lines[0].contains(why),
+            "{}",
+            lines[0]
+        );
+    }
+    let dup = format!(
+        "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: x }}\n  - {{ path: secret/data/orders/b, file: ./x }}\n",
+        tf.display()
+    );
+    let r = f.run_manifest(&dup, &[], &[]).await;
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0]
+            .contains("manifest.yaml:4:5: file x is also written by the entry at line 3"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+    f.assert_no_canary_leaked(&r);
+}
+
+#[tokio::test]
+async fn a_failure_after_fetching_writes_nothing_and_keeps_existing_files() {
+    let mut f = fixture_with_a_secret().await;
+    let big = "x".repeat(1024 * 1024 + 1);
+    f.kv2("orders/big", json!({"v": big})).await;
+    let c = f.canary("c");
+    f.kv2("orders/c", json!({"v": c})).await;
+    let tf = f.file("token", f.bao.root_token());
+    // "existing" is a target too: it must keep its old content.
+    let head = format!(
+        "vault: {{ auth: token, token-file: {} }}\nsecrets:\n",
+        tf.display()
+    );
+    let ok = "  - { path: secret/data/orders/a, file: existing, key: v }\n  - { path: secret/data/orders/c, file: new/c, key: v }\n";
+    let before = f.snapshot();
+    let cases = [
+        // Over the 1 MiB limit.
+        (
+            "  - { path: secret/data/orders/big, file: big, key: v }\n",
+            64,
+            "over the 1024 KiB limit",
+        ),
+        // A template naming a field the secret lacks.
+        (
+            "  - { path: secret/data/orders/c, file: t, template: '{{ .nope }}' }\n",
+            64,
+            "secret/data/orders/c: no field \"nope\"",
+        ),
+        // A path that does not exist.
+        (
+            "  - { path: secret/data/orders/missing, file: m }\n",
+            66,
+            "secret/data/orders/missing: not found",
+        ),
+    ];
+    for (bad, code, msg) in cases {
+        let r = f.run_manifest(&format!("{head}{ok}{bad}"), &[], &[]).await;
+        assert_eq!(r.code, code, "{bad}: {}", r.stderr);
+        let lines = r.failure_lines();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(
+            lines[0].contains(msg) && lines[0].contains("manifest.yaml:5:5"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(f.snapshot(), before, "{bad}");
+        assert_eq!(f.read_out("existing"), "keep me");
+        f.assert_no_canary_leaked(&r);
+    }
+    let r = f.run_manifest(&format!("{head}{ok}"), &[], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(f.read_out("new/c"), c);
+}
+
+#[tokio::test]
+async fn usage_errors_exit_64_before_any_network_call() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    let m = f.file("m.yaml", &manifest(&f, "a"));
+    let out = f.out.to_str().unwrap();
+    let m = m.to_str().unwrap();
+    for args in [
+        vec!["--manifest", m, "--out", out, "--no-such-flag"],
+        vec!["--manifest", m, "--out", out, "--deadline", "soon"],
+        vec!["--out", out],
+        vec!["--manifest", m, "--out", out, "--owner", "root"],
+        vec!["--manifest", "/nonexistent.yaml", "--out", out],
+    ] {
+        let r = f.run(&args, &[]).await;
+        assert_eq!(r.code, 64, "{args:?}: {}", r.stderr);
+        assert_eq!(r.failure_lines().len(), 1, "{args:?}: {}", r.stderr);
+    }
+    let bad_manifest = f.file(
+        "bad.yaml",
+        "vault: { auth: token }\nsecrets:\n  - { path: a/b, file: x, fromat: env }\n",
+    );
+    let r = f
+        .run(
+            &["--manifest", bad_manifest.to_str().unwrap(), "--out", out],
+            &[],
+        )
+        .await;
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains("bad.yaml:3:27: unknown field `fromat`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+}
+
+#[tokio::test]
+async fn an_unusable_audit_log_stops_the_run_before_anything_is_read_or_written() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    let r = f
+        .run_manifest(
+            &manifest(&f, "a"),
+            &[],
+            &[("KEYTURN_AUDIT_FILE", "/nonexistent-dir/audit.jsonl")],
+        )
+        .await;
+    assert_ne!(r.code, 0);
+    assert!(r.failure_lines()[0].contains("audit"), "{}", r.stderr);
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+    let _ = snapshot;
+}

@@ -1,0 +1,269 @@
+//! keyturn-init and Vault: kubernetes auth through the Kubernetes stand-in, least-privilege
+//! roles, the deadline, and the token's life.
+
+mod init_support;
+
+use std::time::Duration;
+
+use init_support::{Fixture, mode};
+use keyturn_tests::kube::TestCluster;
+use serde_json::{Value, json};
+
+/// OpenBao's kubernetes auth against `c`, with role `sa` holding the keyturn-init policy.
+async fn kubernetes_auth(f: &Fixture, c: &TestCluster, sa: &str) {
+    f.bao
+        .put_policy("keyturn-init", &init_support::init_policy())
+        .await
+        .unwrap();
+    f.bao.enable_auth("kubernetes", "kubernetes").await.unwrap();
+    let mut config = json!({
+        "kubernetes_host": c.kubernetes_host(),
+        "token_reviewer_jwt": c.token_reviewer_jwt().await.unwrap(),
+    });
+    if let Some(ca) = c.kubernetes_ca_pem() {
+        config["kubernetes_ca_cert"] = json!(ca);
+        config["disable_local_ca_jwt"] = json!(true);
+    }
+    f.bao
+        .api("POST", "auth/kubernetes/config", Some(config))
+        .await
+        .unwrap();
+    let role = json!({
+        "bound_service_account_names": [sa],
+        "bound_service_account_namespaces": [c.namespace()],
+        "audience": "vault",
+        "token_policies": ["keyturn-init"],
+        "token_ttl": "10m",
+    });
+    f.bao
+        .api("POST", &format!("auth/kubernetes/role/{sa}"), Some(role))
+        .await
+        .unwrap();
+}
+
+async fn accessors(f: &Fixture) -> usize {
+    let v = f
+        .bao
+        .api("LIST", "auth/token/accessors", None)
+        .await
+        .unwrap();
+    v["data"]["keys"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_pods_kubernetes_role_reads_its_own_paths_and_is_denied_others_at_once() {
+    let mut f = Fixture::start().await;
+    let c = TestCluster::start().await.unwrap();
+    let (own, other) = (f.canary("own"), f.canary("other"));
+    f.kv2("orders/db", json!({"password": own})).await;
+    f.kv2("payments/db", json!({"password": other})).await;
+    kubernetes_auth(&f, &c, "orders-api").await;
+    let jwt = c
+        .service_account_token_for(
+            c.namespace(),
+            "orders-api",
+            &["vault"],
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let jwt_file = f.file("sa-token", &jwt);
+    let head = format!(
+        "vault: {{ auth: kubernetes, role: orders-api, jwt-file: {} }}\nsecrets:\n",
+        jwt_file.display()
+    );
+    let own_entry = "  - { path: secret/data/orders/db, file: db, key: password }\n";
+
+    let accessors_before = accessors(&f).await;
+    let r = f
+        .run_manifest(
+            &format!("{head}{own_entry}"),
+            &[],
+            &[("KEYTURN_POD_NAME", "orders-api-7f9c")],
+        )
+        .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(f.read_out("db"), own);
+    assert_eq!(mode(&f.out.join("db")), 0o400);
+    // The login token was revoked at exit.
+    assert_eq!(
+        accessors(&f).await,
+        accessors_before,
+        "the login token is still alive"
+    );
+    let reads: Vec<Value> = f
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e["action"] == "secret.read")
+        .collect();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["actor"]["kind"], "service-account");
+    assert_eq!(reads[0]["actor"]["namespace"], c.namespace());
+    assert_eq!(reads[0]["actor"]["pod"], "orders-api-7f9c");
+
+    // Another workload's path: 403 → 77, naming the path, with nothing written. A retried
+    // 403 would run into the deadline and exit 69 instead.
+    let before = f.snapshot();
+    let denied = format!(
+        "{head}{own_entry}  - {{ path: secret/data/payments/db, file: other, key: password }}\n"
+    );
+    let r = f.run_manifest(&denied, &["--deadline", "30s"], &[]).await;
+    assert_eq!(r.code, 77, "{}", r.stderr);
+    let lines = r.failure_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0]
+            .contains("manifest.yaml:4:5: vault read secret/data/payments/db: permission denied"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/payments/db"), 1);
+    assert!(
+        f.audit_entries()
+            .iter()
+            .any(|e| e["resource"] == "secret/data/payments/db" && e["outcome"] == "denied")
+    );
+    f.assert_no_canary_leaked(&r);
+
+    // A token for another service account is refused at login: 77.
+    let stranger = c
+        .service_account_token_for(
+            c.namespace(),
+            "stranger",
+            &["vault"],
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let sf = f.file("stranger-token", &stranger);
+    let m = format!(
+        "vault: {{ auth: kubernetes, role: orders-api, jwt-file: {} }}\nsecrets:\n{own_entry}",
+        sf.display()
+    );
+    let r = f.run_manifest(&m, &[], &[]).await;
+    assert_eq!(r.code, 77, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains("auth/kubernetes/login"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn with_keep_token_the_approle_token_is_written_0400_and_still_valid() {
+    let mut f = Fixture::start().await;
+    let v = f.canary("v");
+    f.kv1("orders/app", json!({"v": v})).await;
+    f.bao
+        .put_policy("keyturn-init", &init_support::init_policy())
+        .await
+        .unwrap();
+    f.bao.enable_auth("approle", "approle").await.unwrap();
+    f.bao
+        .api(
+            "POST",
+            "auth/approle/role/orders",
+            Some(json!({"token_policies": ["keyturn-init"]})),
+        )
+        .await
+        .unwrap();
+    let id = f
+        .bao
+        .api("GET", "auth/approle/role/orders/role-id", None)
+        .await
+        .unwrap();
+    let role_id = id["data"]["role_id"].as_str().unwrap().to_owned();
+    let m = approle_manifest(&f, &role_id).await;
+    let r = f
+        .run_manifest(&m, &["--keep-token", "vault-token"], &[])
+        .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let token = f.read_out("vault-token");
+    f.canaries.push(token.clone());
+    assert_eq!(mode(&f.out.join("vault-token")), 0o400);
+    let me = f
+        .bao
+        .api_as(&token, "GET", "auth/token/lookup-self", None)
+        .await
+        .unwrap();
+    assert!(
+        me["data"]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "keyturn-init"),
+        "{me}"
+    );
+    f.assert_no_canary_leaked(&r);
+
+    // Without it, the login token is revoked at exit: no new accessor remains.
+    let m = approle_manifest(&f, &role_id).await;
+    let before = accessors(&f).await;
+    let r = f.run_manifest(&m, &[], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(accessors(&f).await, before);
+}
+
+#[tokio::test]
+async fn an_unreachable_vault_exits_69_at_the_deadline_naming_what_it_waited_for() {
+    let mut f = Fixture::start().await;
+    let v = f.canary("v");
+    f.kv2("orders/a", json!({"v": v})).await;
+    let port = keyturn_tests::process::free_port();
+    let tf = f.file("token", f.bao.root_token());
+    let m = format!(
+        "vault: {{ auth: token, token-file: {}, address: \"http://127.0.0.1:{port}\" }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v }}\n",
+        tf.display()
+    );
+    let before = f.snapshot();
+    let r = f.run_manifest(&m, &["--deadline", "2s"], &[]).await;
+    assert_eq!(r.code, 69, "{}", r.stderr);
+    let lines = r.failure_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("auth/token/lookup-self: gave up after 2s"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("cannot reach"), "{}", lines[0]);
+    assert_eq!(f.snapshot(), before);
+    f.assert_no_canary_leaked(&r);
+}
+
+#[tokio::test]
+async fn a_secret_that_stays_unavailable_exits_69_naming_the_path() {
+    let mut f = Fixture::start().await;
+    let v = f.canary("v");
+    f.kv2("orders/a", json!({"v": v})).await;
+    // Seal the server after login would work: every read answers 503.
+    let tf = f.file("token", f.bao.root_token());
+    f.bao.api("PUT", "sys/seal", None).await.unwrap();
+    let m = format!(
+        "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v, engine: kv2 }}\n",
+        tf.display()
+    );
+    let r = f.run_manifest(&m, &["--deadline", "2s"], &[]).await;
+    assert_eq!(r.code, 69, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains("gave up after 2s"),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::read_dir(&f.out).unwrap().next().is_none());
+    f.assert_no_canary_leaked(&r);
+}
+
+/// A manifest logging in with AppRole `orders` and a fresh secret id.
+async fn approle_manifest(f: &Fixture, role_id: &str) -> String {
+    let sid = f
+        .bao
+        .api("POST", "auth/approle/role/orders/secret-id", None)
+        .await
+        .unwrap();
+    let sf = f.file("sid", sid["data"]["secret_id"].as_str().unwrap());
+    format!(
+        "vault: {{ auth: approle, role-id: {role_id}, secret-id-file: {} }}\nsecrets:\n  - {{ path: kv/orders/app, file: app.json }}\n",
+        sf.display()
+    )
+}
