@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use keyturn_core::vault::{RetryPolicy, SecretData, Vault, VaultError};
 use serde::Deserialize as _;
 
@@ -267,6 +266,9 @@ where
     r
 }
 
+/// Reads in flight at once.
+pub const MAX_IN_FLIGHT: usize = 8;
+
 /// A mount from `sys/internal/ui/mounts`: its path with a trailing `/`, and its engine.
 type Mount = (String, Engine);
 
@@ -289,10 +291,11 @@ pub async fn fetch_all(
         Vec::new()
     };
     let mounts = &mounts;
-    let mut pending: FuturesUnordered<_> = reads
-        .iter()
+    // At most MAX_IN_FLIGHT requests at once: each in-flight request holds a connection and
+    // its buffers, and past a handful, more of them only add memory and server contention.
+    let mut pending = futures_util::stream::iter(reads)
         .map(|r| async move { (r, fetch_one(vault, r, mounts, retry, progress).await) })
-        .collect();
+        .buffer_unordered(MAX_IN_FLIGHT);
     let mut set = FetchedSet::default();
     let mut errors = Vec::new();
     while let Some((read, result)) = pending.next().await {

@@ -73,7 +73,7 @@ pub struct RawAws {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum RawTarget {
     Generated(RawGenerated),
-    Postgres(RawPostgres),
+    Postgres(Box<RawPostgres>),
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,345 @@
+//! The rotation state machine: create → set → test → finish (→ distribute), each step
+//! idempotent, each persisted before the next side effect, each audited before it happens.
+//!
+//! A rotation is driven to completion by whoever holds it. A process that finds a rotation
+//! in flight resumes it at its recorded step when the holder is itself or the holder's lease
+//! has run out; otherwise it leaves it alone. Because every state write is a compare-and-set,
+//! two processes can never both advance one rotation, and for one scheduled slot at most one
+//! rotation starts: a process that finds the last rotation started at or after the slot's
+//! due time does nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keyturn_core::SecretValue;
+use keyturn_core::audit::{Actor, AuditError, AuditLog, Outcome as AuditOutcome};
+use keyturn_core::vault::SecretData;
+
+use super::generate::generate;
+use super::store::{Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError};
+use super::target::{Target, TargetError};
+use crate::policy::Policy;
+
+/// Why a rotation runs.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// The schedule's slot that fell due at this time.
+    Schedule {
+        /// The slot's due time (before jitter).
+        due: DateTime<Utc>,
+    },
+    /// An operator or script asked for it now (`keyturn rotate`, break-glass).
+    Manual {
+        /// Recorded in the audit log.
+        reason: Option<String>,
+    },
+}
+
+/// How a call to [`Engine::rotate`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// A rotation completed: the new value is CURRENT.
+    Rotated {
+        /// Its id.
+        rotation_id: String,
+        /// Whether it was resumed from an earlier, interrupted run.
+        resumed: bool,
+    },
+    /// The slot was already served by a rotation that started at or after its due time.
+    AlreadyDone,
+    /// Another live process holds an in-flight rotation of this policy.
+    Busy {
+        /// Who.
+        holder: String,
+    },
+    /// The rotation was given up after repeated failures; CURRENT is unchanged and works.
+    Failed {
+        /// Its id.
+        rotation_id: String,
+        /// What kept failing.
+        error: String,
+    },
+}
+
+/// Failures that stop a rotation where it is, leaving it resumable.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The store failed; the rotation stays at its last recorded step.
+    #[error("policy {policy}: {source}")]
+    Store {
+        /// The policy.
+        policy: String,
+        /// The failure.
+        #[source]
+        source: StoreError,
+    },
+    /// The audit event for the next step could not be written, so the step did not run
+    /// (fail closed).
+    #[error("policy {policy}: audit log refused the {step} event, step not taken: {source}")]
+    Audit {
+        /// The policy.
+        policy: String,
+        /// The step that did not run.
+        step: &'static str,
+        /// The failure.
+        #[source]
+        source: AuditError,
+    },
+}
+
+/// Test-only crash points: with the `crash-points` feature, `KEYTURN_CRASH_AFTER=<step>`
+/// makes the process SIGKILL itself right after that step's state is durable, which is
+/// exactly what an OOM kill or a node loss at that moment looks like.
+fn crash_point(step: &str) {
+    #[cfg(feature = "crash-points")]
+    if std::env::var("KEYTURN_CRASH_AFTER").is_ok_and(|s| s == step) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    #[cfg(not(feature = "crash-points"))]
+    let _ = step;
+}
+
+/// Drives rotations.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    audit: Arc<AuditLog>,
+    actor: Actor,
+    holder: String,
+    lease: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl Engine {
+    /// An engine that audits to `audit` as `actor` and claims rotations as `holder` (stable
+    /// across restarts of the same instance, so it resumes its own rotations at once).
+    #[must_use]
+    pub fn new(audit: Arc<AuditLog>, actor: Actor, holder: impl Into<String>) -> Self {
+        Self {
+            audit,
+            actor,
+            holder: holder.into(),
+            lease: Duration::from_secs(300),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the backoff between failed `set`/`test` attempts (tests use short ones).
+    #[must_use]
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Sets how long a claim on a rotation stands without being renewed.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The holder name.
+    #[must_use]
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    fn lease_until(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Runs (or resumes) `policy`'s rotation to its end.
+    ///
+    /// # Errors
+    /// A store or audit failure stops the rotation at its last durable step; running
+    /// `rotate` again later resumes it.
+    pub async fn rotate(
+        &self,
+        policy: &Policy,
+        store: &dyn Store,
+        target: &dyn Target,
+        trigger: &Trigger,
+    ) -> Result<RotationOutcome, RotationError> {
+        let name = policy.name.as_str();
+        let st = |source| RotationError::Store { policy: name.to_owned(), source };
+        let view = store.view().await.map_err(st)?;
+        let last = view.state.last.clone();
+        let now = Utc::now();
+        let (mut rec, mut fence, resumed) = match view.state.in_flight {
+            Some(f) if f.holder != self.holder && f.lease_until > now => {
+                return Ok(RotationOutcome::Busy { holder: f.holder });
+            }
+            Some(mut f) => {
+                let from = f.holder.clone();
+                f.holder.clone_from(&self.holder);
+                f.lease_until = self.lease_until();
+                self.record(name, &f.rotation_id, "rotate.resume", AuditOutcome::Started, None, Some(format!("at step {} (was held by {from})", f.step.as_str())))
+                    .await?;
+                let state = StateRecord { in_flight: Some(f.clone()), last: last.clone() };
+                match store.write_state(&view.fence, &state).await {
+                    Ok(fence) => (f, fence, true),
+                    Err(StoreError::Conflict { .. }) => return Ok(RotationOutcome::Busy { holder: "another process".into() }),
+                    Err(e) => return Err(st(e)),
+                }
+            }
+            None => {
+                if let (Trigger::Schedule { due }, Some(l)) = (trigger, &last)
+                    && l.started_at >= *due
+                {
+                    return Ok(RotationOutcome::AlreadyDone);
+                }
+                let value = generate(&policy.generator);
+                let pending = target.compose(value, view.current.as_ref().map(|c| &c.fields));
+                let rec = InFlight {
+                    rotation_id: uuid::Uuid::new_v4().to_string(),
+                    step: Step::Created,
+                    pending,
+                    started_at: now,
+                    holder: self.holder.clone(),
+                    lease_until: self.lease_until(),
+                    attempts: 0,
+                };
+                let reason = match trigger {
+                    Trigger::Manual { reason } => reason.clone(),
+                    Trigger::Schedule { due } => Some(format!("scheduled for {}", due.to_rfc3339())),
+                };
+                self.record(name, &rec.rotation_id, "rotate.create", AuditOutcome::Started, main_value(&rec.pending), reason)
+                    .await?;
+                let state = StateRecord { in_flight: Some(rec.clone()), last: last.clone() };
+                match store.write_state(&view.fence, &state).await {
+                    Ok(fence) => {
+                        crash_point("create");
+                        (rec, fence, false)
+                    }
+                    Err(StoreError::Conflict { .. }) => return Ok(RotationOutcome::Busy { holder: "another process".into() }),
+                    Err(e) => return Err(st(e)),
+                }
+            }
+        };
+        let base = view.current;
+
+        loop {
+            match rec.step {
+                Step::Created | Step::Set => {
+                    let (action, next) = if rec.step == Step::Created { ("rotate.set", Step::Set) } else { ("rotate.test", Step::Tested) };
+                    self.record(name, &rec.rotation_id, action, AuditOutcome::Ok, main_value(&rec.pending), Some(target.describe())).await?;
+                    let r = if next == Step::Set { target.set(&rec.pending).await } else { target.test(&rec.pending).await };
+                    match r {
+                        Ok(()) => {
+                            rec.step = next;
+                            rec.attempts = 0;
+                            fence = self.save(store, &fence, &mut rec, &last).await.map_err(st)?;
+                            crash_point(next.as_str_for_crash());
+                        }
+                        Err(e) => {
+                            rec.attempts += 1;
+                            tracing::warn!(policy = name, rotation_id = %rec.rotation_id, step = action, attempt = rec.attempts, error = %e, "rotation step failed");
+                            if rec.attempts >= policy.max_attempts {
+                                return self.give_up(name, store, target, &fence, rec, base.as_ref(), last, &e).await;
+                            }
+                            fence = self.save(store, &fence, &mut rec, &last).await.map_err(st)?;
+                            tokio::time::sleep(self.backoff(rec.attempts)).await;
+                        }
+                    }
+                }
+                Step::Tested => {
+                    self.record(name, &rec.rotation_id, "rotate.finish", AuditOutcome::Ok, main_value(&rec.pending), Some(store.location())).await?;
+                    store.promote(&rec, base.as_ref()).await.map_err(st)?;
+                    rec.step = Step::Finished;
+                    fence = self.save(store, &fence, &mut rec, &last).await.map_err(st)?;
+                    crash_point("finish");
+                }
+                Step::Finished => {
+                    let done = LastRotation { rotation_id: rec.rotation_id.clone(), started_at: rec.started_at, outcome: "ok".into() };
+                    store
+                        .write_state(&fence, &StateRecord { in_flight: None, last: Some(done) })
+                        .await
+                        .map_err(st)?;
+                    self.record(name, &rec.rotation_id, "rotate.done", AuditOutcome::Ok, main_value(&rec.pending), None).await?;
+                    tracing::info!(policy = name, rotation_id = %rec.rotation_id, resumed, "rotated");
+                    return Ok(RotationOutcome::Rotated { rotation_id: rec.rotation_id, resumed });
+                }
+            }
+        }
+    }
+
+    /// Persists `rec` with a renewed lease.
+    async fn save(&self, store: &dyn Store, fence: &Fence, rec: &mut InFlight, last: &Option<LastRotation>) -> Result<Fence, StoreError> {
+        rec.lease_until = self.lease_until();
+        store.write_state(fence, &StateRecord { in_flight: Some(rec.clone()), last: last.clone() }).await
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.backoff_min.saturating_mul(1u32 << attempt.min(16));
+        exp.min(self.backoff_max)
+    }
+
+    /// Abandons a rotation whose `set` or `test` kept failing: the target is put back so the
+    /// CURRENT credential works, the in-flight record is cleared, and the failure is audited.
+    #[allow(clippy::too_many_arguments)]
+    async fn give_up(
+        &self,
+        name: &str,
+        store: &dyn Store,
+        target: &dyn Target,
+        fence: &Fence,
+        rec: InFlight,
+        base: Option<&Current>,
+        _last: Option<LastRotation>,
+        error: &TargetError,
+    ) -> Result<RotationOutcome, RotationError> {
+        if let Err(e) = target.revert(base.map(|c| &c.fields), &rec.pending).await {
+            tracing::error!(policy = name, rotation_id = %rec.rotation_id, error = %e, "could not revert the target after a failed rotation");
+        }
+        let failed = LastRotation { rotation_id: rec.rotation_id.clone(), started_at: rec.started_at, outcome: "failed".into() };
+        store
+            .write_state(fence, &StateRecord { in_flight: None, last: Some(failed) })
+            .await
+            .map_err(|source| RotationError::Store { policy: name.to_owned(), source })?;
+        self.record(name, &rec.rotation_id, "rotate.failed", AuditOutcome::Error, None, Some(error.to_string())).await?;
+        tracing::error!(policy = name, rotation_id = %rec.rotation_id, attempts = rec.attempts, error = %error, "rotation given up; the current credential is unchanged");
+        Ok(RotationOutcome::Failed { rotation_id: rec.rotation_id, error: error.to_string() })
+    }
+
+    async fn record(
+        &self,
+        policy: &str,
+        rotation_id: &str,
+        action: &'static str,
+        outcome: AuditOutcome,
+        value: Option<&SecretValue>,
+        detail: Option<String>,
+    ) -> Result<(), RotationError> {
+        let mut b = self.audit.event(self.actor.clone(), action, format!("policy/{policy}")).outcome(outcome).rotation_id(rotation_id);
+        if let Some(v) = value {
+            b = b.value(v);
+        }
+        if let Some(d) = detail {
+            b = b.detail(d);
+        }
+        self.audit
+            .record(b.build())
+            .await
+            .map(drop)
+            .map_err(|source| RotationError::Audit { policy: policy.to_owned(), step: action, source })
+    }
+}
+
+impl Step {
+    fn as_str_for_crash(self) -> &'static str {
+        match self {
+            Step::Set => "set",
+            Step::Tested => "test",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// The secret part of a credential, whose HMAC goes into the audit record.
+fn main_value(d: &SecretData) -> Option<&SecretValue> {
+    d.get("password").or_else(|| d.get("value"))
+}

@@ -1,0 +1,180 @@
+//! Where a credential's versions live, and where an in-flight rotation keeps its state.
+//!
+//! One trait, [`Store`], one file per implementation. A store holds three things for a
+//! policy: the CURRENT value (what apps read), the PREVIOUS value (kept, so a rollback or a
+//! slow client still works), and the in-flight record of a rotation that has started but
+//! not finished: its id, its step, its holder's lease, and the PENDING value, which is
+//! persisted before any side effect so a crash can never lose a credential that was already
+//! applied to a target.
+//!
+//! Every write of the in-flight record is a compare-and-set against the [`Fence`] read with
+//! it. That CAS is what keeps two processes (daemon replicas, break-glass) from running one
+//! policy's rotation at the same time.
+
+pub mod vault_kv;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyturn_core::vault::SecretData;
+
+/// A rotation's progress: the last step whose effect is known to be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// The PENDING value is persisted; nothing has been applied yet.
+    Created,
+    /// The target system accepts the PENDING value.
+    Set,
+    /// A login with the PENDING value worked.
+    Tested,
+    /// PENDING is CURRENT; the old CURRENT is PREVIOUS.
+    Finished,
+}
+
+impl Step {
+    /// The name stored and audited.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Set => "set",
+            Self::Tested => "tested",
+            Self::Finished => "finished",
+        }
+    }
+
+    /// Parses a stored name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => Self::Created,
+            "set" => Self::Set,
+            "tested" => Self::Tested,
+            "finished" => Self::Finished,
+            _ => return None,
+        })
+    }
+}
+
+/// A rotation that has started and not yet been cleared.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// The rotation id: a UUID that is also the idempotency token on every store and target.
+    pub rotation_id: String,
+    /// Progress.
+    pub step: Step,
+    /// The PENDING credential's fields (`value`, or `username` + `password`).
+    pub pending: SecretData,
+    /// When the rotation started (the slot it serves is judged by this).
+    pub started_at: DateTime<Utc>,
+    /// Who is driving it.
+    pub holder: String,
+    /// Until when the holder's claim stands; after it, another process may take over.
+    pub lease_until: DateTime<Utc>,
+    /// Failed `set`/`test` attempts so far.
+    pub attempts: u32,
+}
+
+/// The last rotation that completed or was given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRotation {
+    /// Its id.
+    pub rotation_id: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
+/// The CURRENT credential.
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// Its fields.
+    pub fields: SecretData,
+    /// The store's version id for it.
+    pub version: String,
+}
+
+/// The compare-and-set token for the in-flight record, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence(pub String);
+
+/// The rotation state kept beside the credential: what is in flight, and how the last
+/// rotation ended. Written whole, with compare-and-set.
+#[derive(Debug, Clone, Default)]
+pub struct StateRecord {
+    /// The rotation in flight, if any.
+    pub in_flight: Option<InFlight>,
+    /// The last rotation that completed or was given up.
+    pub last: Option<LastRotation>,
+}
+
+/// Everything a rotation needs to decide what to do next.
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    /// CURRENT, if anything was ever stored.
+    pub current: Option<Current>,
+    /// The rotation state.
+    pub state: StateRecord,
+    /// The token for the next state write.
+    pub fence: Fence,
+}
+
+/// Store failures. Names the store location, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else wrote the in-flight record since it was read.
+    #[error("{store}: state changed concurrently (another process is rotating this policy)")]
+    Conflict {
+        /// The store location.
+        store: String,
+    },
+    /// The state record is unreadable (hand-edited, or from a newer keyturn).
+    #[error("{store}: corrupt rotation state: {what}")]
+    Corrupt {
+        /// The store location.
+        store: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The backing service failed.
+    #[error("{store}: {source}")]
+    Backend {
+        /// The store location.
+        store: String,
+        /// The failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
+}
+
+impl StoreError {
+    /// Whether a later attempt may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Conflict { .. } | Self::Corrupt { .. } => false,
+            Self::Backend { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// A place a policy's credential lives.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where, for messages and audit records (`vault-kv:secret/keyturn/orders-db`).
+    fn location(&self) -> String;
+
+    /// Reads CURRENT, the in-flight record and the last rotation.
+    async fn view(&self) -> Result<StoreView, StoreError>;
+
+    /// Replaces the state record if it is still at `fence`; returns the new fence. When the
+    /// record carries a [`Step::Created`] rotation, this is where its PENDING value becomes
+    /// durable; when it carries none, any PENDING copy is removed.
+    async fn write_state(&self, fence: &Fence, state: &StateRecord) -> Result<Fence, StoreError>;
+
+    /// Makes the in-flight PENDING value CURRENT, the old CURRENT PREVIOUS. Idempotent: if
+    /// it already is CURRENT (a crash after this call), it does nothing.
+    async fn promote(&self, rec: &InFlight, base: Option<&Current>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,197 @@
+//! Vault KV v2 as a store.
+//!
+//! - CURRENT is the latest version at the policy's path, so apps and `keyturn-init` read it
+//!   plainly; PREVIOUS is the version before it (KV v2 keeps it).
+//! - The state record lives at `keyturn-state/<path>` in the same mount, one KV v2 secret
+//!   whose version number is the fence: every state write is a `cas` write on it. Its fields
+//!   are `rotation_id`, `step`, `holder`, `lease_until`, `attempts`, `started_at`,
+//!   `pending.<field>` (the PENDING value), and `last_rotation_id`, `last_started_at`,
+//!   `last_outcome`.
+//!
+//! The state path sits outside the app's path on purpose: an app's read policy for
+//! `secret/data/orders/db` does not reach `secret/data/keyturn-state/orders/db`, where the
+//! PENDING value is.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keyturn_core::SecretValue;
+use keyturn_core::vault::{SecretData, Vault, VaultError};
+
+use super::{Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView};
+
+/// The prefix, inside the policy's mount, under which rotation state is kept.
+pub const STATE_PREFIX: &str = "keyturn-state";
+const PENDING: &str = "pending.";
+
+/// A policy's credential in Vault KV v2.
+#[derive(Debug, Clone)]
+pub struct VaultKvStore {
+    vault: Arc<Vault>,
+    mount: String,
+    path: String,
+}
+
+impl VaultKvStore {
+    /// The store for `mount`/`path`, through `vault` (logged in with the agent's token).
+    #[must_use]
+    pub fn new(vault: Arc<Vault>, mount: &str, path: &str) -> Self {
+        Self { vault, mount: mount.to_owned(), path: path.to_owned() }
+    }
+
+    /// Where the state record is, inside the mount.
+    #[must_use]
+    pub fn state_path(&self) -> String {
+        format!("{STATE_PREFIX}/{}", self.path)
+    }
+
+    fn backend(&self, e: VaultError) -> StoreError {
+        match e {
+            VaultError::CasConflict { .. } => StoreError::Conflict { store: self.location() },
+            e => {
+                let retryable = e.is_retryable();
+                StoreError::Backend { store: self.location(), source: Box::new(e), retryable }
+            }
+        }
+    }
+
+    fn corrupt(&self, what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt { store: self.location(), what: what.into() }
+    }
+
+    fn parse_state(&self, d: &SecretData) -> Result<StateRecord, StoreError> {
+        let text = |k: &str| -> Result<Option<String>, StoreError> {
+            match d.get(k) {
+                None => Ok(None),
+                Some(v) => v.expose_str().map(|s| Some(s.to_owned())).map_err(|_| self.corrupt(format!("{k} is not text"))),
+            }
+        };
+        let time = |k: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+            text(k)?
+                .map(|s| DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)))
+                .transpose()
+                .map_err(|_| self.corrupt(format!("{k} is not an RFC 3339 time")))
+        };
+        let last = match (text("last_rotation_id")?, time("last_started_at")?, text("last_outcome")?) {
+            (Some(rotation_id), Some(started_at), Some(outcome)) => Some(LastRotation { rotation_id, started_at, outcome }),
+            _ => None,
+        };
+        let in_flight = match text("rotation_id")? {
+            None => None,
+            Some(rotation_id) => {
+                let step = text("step")?.and_then(|s| Step::parse(&s)).ok_or_else(|| self.corrupt("missing or unknown step"))?;
+                let mut pending = SecretData::new();
+                for (k, v) in d.iter() {
+                    if let Some(field) = k.strip_prefix(PENDING) {
+                        pending.insert(field, v.clone());
+                    }
+                }
+                if pending.is_empty() {
+                    return Err(self.corrupt("in-flight rotation without a pending value"));
+                }
+                Some(InFlight {
+                    rotation_id,
+                    step,
+                    pending,
+                    started_at: time("started_at")?.ok_or_else(|| self.corrupt("missing started_at"))?,
+                    holder: text("holder")?.unwrap_or_default(),
+                    lease_until: time("lease_until")?.unwrap_or(DateTime::<Utc>::MIN_UTC),
+                    attempts: text("attempts")?.and_then(|a| a.parse().ok()).unwrap_or(0),
+                })
+            }
+        };
+        Ok(StateRecord { in_flight, last })
+    }
+}
+
+fn put(d: &mut SecretData, k: &str, v: impl Into<String>) {
+    d.insert(k, SecretValue::from(v.into()));
+}
+
+fn encode_state(state: &StateRecord) -> SecretData {
+    let mut d = SecretData::new();
+    if let Some(l) = &state.last {
+        put(&mut d, "last_rotation_id", l.rotation_id.clone());
+        put(&mut d, "last_started_at", l.started_at.to_rfc3339());
+        put(&mut d, "last_outcome", l.outcome.clone());
+    }
+    if let Some(f) = &state.in_flight {
+        put(&mut d, "rotation_id", f.rotation_id.clone());
+        put(&mut d, "step", f.step.as_str());
+        put(&mut d, "holder", f.holder.clone());
+        put(&mut d, "lease_until", f.lease_until.to_rfc3339());
+        put(&mut d, "started_at", f.started_at.to_rfc3339());
+        put(&mut d, "attempts", f.attempts.to_string());
+        for (k, v) in f.pending.iter() {
+            d.insert(format!("{PENDING}{k}"), v.clone());
+        }
+    }
+    if d.is_empty() {
+        // KV v2 refuses an empty write; an explicit marker keeps "no state" writable.
+        put(&mut d, "state", "idle");
+    }
+    d
+}
+
+/// Whether two credentials hold the same fields and values (constant-time per value).
+pub(crate) fn same_fields(a: &SecretData, b: &SecretData) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.ct_eq(w)))
+}
+
+#[async_trait]
+impl Store for VaultKvStore {
+    fn location(&self) -> String {
+        format!("vault-kv:{}/{}", self.mount, self.path)
+    }
+
+    async fn view(&self) -> Result<StoreView, StoreError> {
+        let current = match self.vault.kv2_read(&self.mount, &self.path, None).await {
+            Ok(v) => Some(Current { fields: v.data, version: v.version.to_string() }),
+            Err(VaultError::NotFound { .. }) => None,
+            Err(e) => return Err(self.backend(e)),
+        };
+        let (state, fence) = match self.vault.kv2_read(&self.mount, &self.state_path(), None).await {
+            Ok(v) => (self.parse_state(&v.data)?, Fence(v.version.to_string())),
+            Err(VaultError::NotFound { .. }) => (StateRecord::default(), Fence("0".into())),
+            Err(e) => return Err(self.backend(e)),
+        };
+        Ok(StoreView { current, state, fence })
+    }
+
+    async fn write_state(&self, fence: &Fence, state: &StateRecord) -> Result<Fence, StoreError> {
+        let cas: u64 = fence.0.parse().map_err(|_| self.corrupt(format!("fence {:?} is not a version", fence.0)))?;
+        let v = self
+            .vault
+            .kv2_write(&self.mount, &self.state_path(), &encode_state(state), Some(cas))
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(Fence(v.to_string()))
+    }
+
+    async fn promote(&self, rec: &InFlight, base: Option<&Current>) -> Result<(), StoreError> {
+        // Resuming after a crash that followed the write: CURRENT already is PENDING, and a
+        // second write would push the old value out of PREVIOUS.
+        if base.is_some_and(|c| same_fields(&c.fields, &rec.pending)) {
+            return Ok(());
+        }
+        let cas = match base {
+            Some(c) => c.version.parse().map_err(|_| self.corrupt("current version is not a number"))?,
+            None => 0,
+        };
+        match self.vault.kv2_write(&self.mount, &self.path, &rec.pending, Some(cas)).await {
+            Ok(_) => Ok(()),
+            Err(VaultError::CasConflict { .. }) => {
+                // Either this rotation already promoted (a crash after the write) or someone
+                // else wrote CURRENT. Only the first is fine.
+                let now = self.vault.kv2_read(&self.mount, &self.path, None).await.map_err(|e| self.backend(e))?;
+                if same_fields(&now.data, &rec.pending) {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict { store: self.location() })
+                }
+            }
+            Err(e) => Err(self.backend(e)),
+        }
+    }
+}

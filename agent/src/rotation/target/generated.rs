@@ -1,0 +1,44 @@
+//! The `generated` target: no external system. The value is a random token or API key that
+//! only the store and its readers know, so `set`, `test` and `revert` have nothing to do.
+
+use async_trait::async_trait;
+use keyturn_core::SecretValue;
+use keyturn_core::vault::SecretData;
+
+use super::{Target, TargetError};
+
+/// The field a generated credential is stored under.
+pub const FIELD: &str = "value";
+
+/// A generated value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Generated;
+
+#[async_trait]
+impl Target for Generated {
+    fn describe(&self) -> String {
+        "generated".into()
+    }
+
+    fn compose(&self, value: SecretValue, _current: Option<&SecretData>) -> SecretData {
+        let mut d = SecretData::new();
+        d.insert(FIELD, value);
+        d
+    }
+
+    async fn set(&self, _pending: &SecretData) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn test(&self, pending: &SecretData) -> Result<(), TargetError> {
+        // The one thing that can be checked: the stored credential has its value.
+        match pending.get(FIELD) {
+            Some(v) if !v.is_empty() => Ok(()),
+            _ => Err(TargetError::Refused { target: self.describe(), what: "pending credential has no value".into() }),
+        }
+    }
+
+    async fn revert(&self, _current: Option<&SecretData>, _pending: &SecretData) -> Result<(), TargetError> {
+        Ok(())
+    }
+}
