@@ -1,11 +1,15 @@
 //! keyturn's agent library: everything the `keyturn` binary does, so tests can drive it.
 //!
 //! - [`cli`]: the command line — parsing, logging, exit codes, and one module per subcommand.
+//! - [`daemon`]: `keyturn run` — the timer queue, hot reload, metrics and health endpoints.
+//! - [`backends`]: the store and target each policy uses.
 //! - [`policy`]: rotation policies — YAML schema, validation with file:line:column errors.
 //! - [`rotation`]: the crash-safe rotation protocol, its stores and targets.
 //! - [`schedule`]: cron / `every` schedules, time zones, deterministic jitter.
 
+pub mod backends;
 pub mod cli;
+pub mod daemon;
 pub mod policy;
 pub mod rotation;
 pub mod schedule;

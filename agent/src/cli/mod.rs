@@ -17,6 +17,11 @@ pub mod audit;
 pub mod audit_log;
 pub mod exit;
 pub mod logging;
+pub mod policy;
+pub mod rotate;
+pub mod rotation_args;
+pub mod run;
+pub mod vault_args;
 
 /// keyturn: secrets rotation and injection for Kubernetes, with a tamper-evident audit log.
 #[derive(Debug, Parser)]
@@ -55,6 +60,13 @@ pub enum Command {
     /// Check and read the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Work with rotation policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Rotate one policy now, in the foreground.
+    Rotate(rotate::RotateArgs),
+    /// Run the rotation daemon.
+    Run(run::RunArgs),
 }
 
 /// Parses the process's arguments. On a usage error, prints clap's message and returns exit
@@ -98,6 +110,9 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     let code = match cli.command {
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Rotate(args) => rotate::run(args),
+        Command::Run(args) => run::run(args),
     };
     ExitCode::from(code)
 }

@@ -4,8 +4,7 @@
 //! Each line is checked for, in this order:
 //!
 //! 1. a newline at its end (else: torn, [`BreakKind::TornLine`]);
-//! 2. the shape of an entry: JSON with `seq`, `prev`, and `hash` last
-//!    ([`BreakKind::Malformed`]);
+//! 2. the shape of an entry: `seq`, `prev`, and `hash` last ([`BreakKind::Malformed`]);
 //! 3. its hash: SHA-256 of the line's bytes with the `hash` member cut out
 //!    ([`BreakKind::HashMismatch`]: the entry was edited);
 //! 4. its `seq`: one more than the previous entry's, across files
@@ -13,10 +12,15 @@
 //! 5. its `prev`: the previous entry's hash ([`BreakKind::PrevMismatch`]: an entry was replaced
 //!    by another chain's, or files were given out of order).
 //!
-//! Only `seq`, `prev` and `hash` are decoded; the other members are syntax-checked by serde
-//! and hashed as bytes, never re-serialized (see [`chain`](super::chain)). Files are read in
-//! rounds of a few MiB; the lines of a round are parsed and hashed on all cores, then linked in
-//! order, so memory stays bounded however large the files are.
+//! Only `seq`, `prev` and `hash` are read, and in the writer's own layout they are read at
+//! fixed places with no JSON parser; the other members are not decoded but hashed as the bytes
+//! they are, never re-serialized (see [`chain`](super::chain)). So `verify` vouches for the
+//! chain, not for the JSON of every member: a line whose middle is not JSON yet whose hash
+//! matches could only come from someone able to rewrite the chain anyway (below), and
+//! `keyturn audit tail` shows it as not an entry. Lines in any other layout go through serde.
+//!
+//! Files are read in rounds of a few MiB; the lines of a round are checked on all cores, then
+//! linked in order, so memory stays bounded however large the files are.
 //!
 //! # What a hash chain cannot tell
 //!

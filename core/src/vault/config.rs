@@ -45,6 +45,12 @@ pub enum ConfigError {
         /// Why it cannot be read (an I/O error; never its content).
         cause: String,
     },
+    /// A required setting is absent.
+    #[error("missing {what}")]
+    Missing {
+        /// Which setting.
+        what: &'static str,
+    },
     /// No token was found for token auth.
     #[error("no Vault token: set VAULT_TOKEN or write one to ~/.vault-token")]
     NoToken,

@@ -1,0 +1,87 @@
+//! What `run` and `rotate` share: the policy path, the holder name, the agent's Vault
+//! identity and the audit log, all checked before any network call.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use keyturn_core::audit::{Actor, AuditLog};
+
+use super::audit_log::AuditLogArgs;
+use super::exit;
+use super::vault_args::VaultArgs;
+use crate::backends::Backends;
+use crate::policy::{self, Policy};
+use crate::rotation::Engine;
+
+/// Options for the commands that rotate.
+#[derive(Debug, Clone, Args)]
+pub struct RotationArgs {
+    /// A policy file or a directory of them.
+    #[arg(long, env = "KEYTURN_POLICIES", value_name = "PATH")]
+    pub policies: PathBuf,
+    /// This instance's name in rotation state and audit records. Keep it stable across
+    /// restarts (the pod name of a StatefulSet, the host name) so an instance resumes its own
+    /// interrupted rotations at once.
+    #[arg(long, env = "KEYTURN_HOLDER")]
+    pub holder: Option<String>,
+    /// The agent's Vault identity.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// The audit log.
+    #[command(flatten)]
+    pub audit: AuditLogArgs,
+}
+
+/// Everything ready for rotating.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The validated policies.
+    pub policies: Vec<Policy>,
+    /// The engine.
+    pub engine: Engine,
+    /// The clients.
+    pub backends: Backends,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+}
+
+impl RotationArgs {
+    fn holder(&self) -> String {
+        self.holder.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "keyturn".to_owned())
+        })
+    }
+
+    /// Validates the policies and configuration (no network), opens the audit log, then logs
+    /// in to Vault.
+    ///
+    /// # Errors
+    /// The exit code, after printing one line per problem.
+    pub async fn prepare(&self) -> Result<Prepared, u8> {
+        let policies = policy::load(&self.policies).map_err(|e| {
+            eprintln!("{e}");
+            exit::USAGE
+        })?;
+        let (cfg, method) = self.vault.prepare().map_err(|e| {
+            eprintln!("keyturn: {e}");
+            exit::USAGE
+        })?;
+        let audit = self.audit.open().map_err(|e| {
+            eprintln!("keyturn: {e}");
+            e.exit_code()
+        })?;
+        let audit = Arc::new(audit);
+        let vault = VaultArgs::login(&cfg, method.as_ref()).await.map_err(|e| {
+            eprintln!("keyturn: {e}");
+            u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE)
+        })?;
+        let holder = self.holder();
+        let engine = Engine::new(audit.clone(), Actor::agent(holder.clone()), holder);
+        Ok(Prepared { policies, engine, backends: Backends { vault: Some(vault) }, audit })
+    }
+}

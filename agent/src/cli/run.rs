@@ -1,0 +1,92 @@
+//! `keyturn run`: the rotation daemon.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::sync::watch;
+
+use super::exit;
+use super::rotation_args::RotationArgs;
+use crate::daemon::{Daemon, DaemonConfig, Metrics, server};
+
+/// `keyturn run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "KEYTURN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Rotations that may run at once.
+    #[arg(long, env = "KEYTURN_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// After SIGTERM, how long rotations in flight may take to finish.
+    #[arg(long, env = "KEYTURN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Shared options.
+    #[command(flatten)]
+    pub common: RotationArgs,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
+#[must_use]
+pub fn run(args: RunArgs) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyturn: cannot start runtime: {e}");
+            return exit::SOFTWARE;
+        }
+    };
+    rt.block_on(async move {
+        let p = match args.common.prepare().await {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let metrics = Metrics::new(Some(p.audit.clone()));
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(addr) = args.listen {
+            let metrics = metrics.clone();
+            let mut stop = stop_rx.clone();
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("keyturn: cannot listen on {addr}: {e}");
+                    return exit::UNAVAILABLE;
+                }
+            };
+            tokio::spawn(async move {
+                let app = server::router(metrics, ready_rx);
+                let _ = axum::serve(listener, app).with_graceful_shutdown(async move { let _ = stop.wait_for(|s| *s).await; }).await;
+            });
+        }
+        let cfg = DaemonConfig {
+            policies: args.common.policies.clone(),
+            concurrency: args.concurrency,
+            grace: args.grace,
+            reload_debounce: Duration::from_millis(300),
+        };
+        let daemon = Daemon::new(cfg, p.engine, p.backends, metrics, ready_tx);
+        let result = daemon.run(shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        match result {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("keyturn: {e}");
+                u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE)
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
