@@ -10,6 +10,8 @@
 pub mod backends;
 pub mod cli;
 pub mod daemon;
+pub mod distribute;
 pub mod policy;
+pub mod rbac;
 pub mod rotation;
 pub mod schedule;

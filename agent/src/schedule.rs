@@ -112,10 +112,12 @@ impl Schedule {
     }
 
     /// The first due time strictly after `last` (the last successful rotation). With no
-    /// rotation yet, the policy is due at once (`now`).
+    /// rotation yet, the policy's first slot is the Unix epoch: due at once, and served by
+    /// any rotation at all, so that several daemon replicas starting at different moments
+    /// agree that one first rotation is enough.
     #[must_use]
-    pub fn next_due(&self, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
-        let Some(last) = last else { return now };
+    pub fn next_due(&self, last: Option<DateTime<Utc>>, _now: DateTime<Utc>) -> DateTime<Utc> {
+        let Some(last) = last else { return DateTime::<Utc>::UNIX_EPOCH };
         match self {
             Self::Every(d) => last + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
             Self::Cron { schedule, tz, .. } => schedule
@@ -249,10 +251,12 @@ mod tests {
     }
 
     #[test]
-    fn never_rotated_is_due_now() {
+    fn never_rotated_is_due_at_once_with_one_shared_slot() {
         let s = Schedule::cron("@daily", None).unwrap();
-        let now = utc(2026, 1, 1, 12, 0);
-        assert_eq!(s.next_due(None, now), now);
+        let (a, b) = (utc(2026, 1, 1, 12, 0), utc(2026, 1, 1, 12, 5));
+        assert!(s.next_due(None, a) <= a);
+        // Two replicas starting minutes apart name the same first slot.
+        assert_eq!(s.next_due(None, a), s.next_due(None, b));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`sys`]: the few process and filesystem facts keyturn checks (core dumps, tmpfs).
 
 pub mod audit;
+pub mod logfilter;
 pub mod secret;
 pub mod sys;
 pub mod vault;

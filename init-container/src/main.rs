@@ -23,14 +23,7 @@ fn main() -> ExitCode {
             return exit::ExitCode::Usage.into();
         }
     };
-    // vaultrs and rustify log every failed request at ERROR, repeating what keyturn's own
-    // retry warning and failure line already say; they stay quiet unless named.
-    let mut directives = cli.log.clone();
-    for lib in ["rustify", "vaultrs"] {
-        if !directives.contains(lib) {
-            directives.push_str(&format!(",{lib}=off"));
-        }
-    }
+    let directives = keyturn_core::logfilter::with_quiet_libraries(&cli.log);
     let filter = match tracing_subscriber::EnvFilter::try_new(&directives) {
         Ok(f) => f,
         Err(e) => {

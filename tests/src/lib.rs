@@ -10,6 +10,7 @@
 //! killed by the kernel if the test process dies), so tests run in parallel without sharing
 //! state. `dev/setup.sh` installs the programs.
 
+pub mod bins;
 pub mod canary;
 pub mod kube;
 pub mod moto;

@@ -40,7 +40,9 @@ pub(crate) struct Debouncer<K, V, R> {
 
 impl<K, V, R> std::fmt::Debug for Debouncer<K, V, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Debouncer").field("window", &self.window).finish_non_exhaustive()
+        f.debug_struct("Debouncer")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +53,11 @@ where
     R: Clone + Send + Sync + 'static,
 {
     pub(crate) fn new(window: Duration, action: Action<K, V, R>) -> Self {
-        Self { window, pending: Arc::new(Mutex::new(HashMap::new())), action }
+        Self {
+            window,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            action,
+        }
     }
 
     pub(crate) fn window(&self) -> Duration {
@@ -67,14 +73,27 @@ where
             return batch.done.subscribe();
         }
         let (done, outcome) = watch::channel(None);
-        pending.insert(key.clone(), Batch { items: vec![item], done });
+        pending.insert(
+            key.clone(),
+            Batch {
+                items: vec![item],
+                done,
+            },
+        );
         drop(pending);
 
-        let (window, pending, action) = (self.window, Arc::clone(&self.pending), Arc::clone(&self.action));
+        let (window, pending, action) = (
+            self.window,
+            Arc::clone(&self.pending),
+            Arc::clone(&self.action),
+        );
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
             // Closing the batch before running it: later requests open the next one.
-            let batch = pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            let batch = pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
             if let Some(Batch { items, done }) = batch {
                 let result = action(key, items).await;
                 // `send_replace` stores the result even when every waiter has gone away.
@@ -117,7 +136,11 @@ mod tests {
         let other = d.submit("api".to_owned(), 9);
         tokio::time::sleep(Duration::from_millis(1400)).await;
         let c = d.submit("web".to_owned(), 3);
-        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing runs before the window closes");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "nothing runs before the window closes"
+        );
 
         let (ra, rb, rc) = (result(a).await, result(b).await, result(c).await);
         assert_eq!(ra, rb);

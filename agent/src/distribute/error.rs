@@ -21,13 +21,21 @@ impl ObjectRef {
     /// A Secret.
     #[must_use]
     pub fn secret(namespace: &str, name: &str) -> Self {
-        Self { resource: "secrets".into(), namespace: namespace.into(), name: name.into() }
+        Self {
+            resource: "secrets".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} in namespace {:?}", self.resource, self.name, self.namespace)
+        write!(
+            f,
+            "{} {:?} in namespace {:?}",
+            self.resource, self.name, self.namespace
+        )
     }
 }
 
@@ -42,15 +50,13 @@ pub enum DistributeError {
     /// The policy maps a Secret key to a credential field the credential does not have.
     /// Nothing was written.
     #[error(
-        "policy {policy:?}: secrets {secret:?} in namespace {namespace:?}: key {key:?} maps to credential field {field:?}, which this credential does not have; nothing was written"
+        "policy {policy:?}: {secret}: key {key:?} maps to credential field {field:?}, which this credential does not have; nothing was written"
     )]
     MissingField {
         /// The policy.
         policy: String,
-        /// The Secret's namespace.
-        namespace: String,
         /// The Secret.
-        secret: String,
+        secret: Box<ObjectRef>,
         /// The Secret key.
         key: String,
         /// The credential field it maps to.
@@ -60,15 +66,13 @@ pub enum DistributeError {
     /// A value to be delivered is empty. keyturn never writes an empty value (over a good one
     /// or at all): an empty credential is always a bug upstream. Nothing was written.
     #[error(
-        "policy {policy:?}: secrets {secret:?} in namespace {namespace:?}: refusing to write an empty value for key {key:?} (credential field {field:?}); nothing was written"
+        "policy {policy:?}: {secret}: refusing to write an empty value for key {key:?} (credential field {field:?}); nothing was written"
     )]
     EmptyValue {
         /// The policy.
         policy: String,
-        /// The Secret's namespace.
-        namespace: String,
         /// The Secret.
-        secret: String,
+        secret: Box<ObjectRef>,
         /// The Secret key.
         key: String,
         /// The credential field it maps to.
@@ -77,16 +81,14 @@ pub enum DistributeError {
 
     /// 403: the agent's service account lacks the grant. Nothing was changed by this request;
     /// the rotation stays resumable once the Role is fixed.
-    #[error("{object}: forbidden to {verb} — grant it with `keyturn policy rbac`{hint} ({message})")]
+    #[error("{object}: forbidden to {verb} — grant it with `keyturn policy rbac`{hint} ({message})", hint = create_hint(object, verb))]
     Forbidden {
         /// What was denied.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb denied (`get`, `patch`, `create`).
         verb: String,
         /// Always 403.
         code: u16,
-        /// More advice where the grant is not obvious (creating Secrets).
-        hint: String,
         /// The API server's words (who was denied).
         message: String,
     },
@@ -95,7 +97,7 @@ pub enum DistributeError {
     #[error("{object}: not found (on {verb}): {message}")]
     NotFound {
         /// What is missing.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb that found nothing.
         verb: String,
         /// Always 404.
@@ -109,7 +111,7 @@ pub enum DistributeError {
     #[error("{object}: {verb} refused as invalid (HTTP {code}): {message}")]
     Invalid {
         /// What was written.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb.
         verb: String,
         /// 422 or 400.
@@ -123,7 +125,7 @@ pub enum DistributeError {
     #[error("{object}: {verb} conflicted with other writers {attempts} times in a row (HTTP 409)")]
     Conflict {
         /// What was written.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb.
         verb: String,
         /// Always 409.
@@ -136,7 +138,7 @@ pub enum DistributeError {
     #[error("{object}: {verb} failed with HTTP {code} {reason}: {message}")]
     Api {
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb.
         verb: String,
         /// The HTTP status.
@@ -151,7 +153,7 @@ pub enum DistributeError {
     #[error("{object}: {verb}: Kubernetes API unreachable: {cause}")]
     Unreachable {
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb.
         verb: String,
         /// The transport's words.
@@ -162,7 +164,7 @@ pub enum DistributeError {
     #[error("{object}: {verb}: {cause}")]
     Protocol {
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The verb.
         verb: String,
         /// What went wrong, without any body content.
@@ -170,7 +172,9 @@ pub enum DistributeError {
     },
 
     /// A restart target of a kind keyturn cannot restart.
-    #[error("{kind} {name:?} in namespace {namespace:?}: cannot restart this kind (Deployment, StatefulSet or DaemonSet)")]
+    #[error(
+        "{kind} {name:?} in namespace {namespace:?}: cannot restart this kind (Deployment, StatefulSet or DaemonSet)"
+    )]
     UnsupportedWorkload {
         /// The namespace.
         namespace: String,
@@ -186,8 +190,17 @@ pub enum DistributeError {
     #[error("{object}: the batched rollout restart ended without a result")]
     RestartAbandoned {
         /// The workload.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
     },
+}
+
+/// Advice for the one grant whose fix is not simply "add it to the Role".
+fn create_hint(object: &ObjectRef, verb: &str) -> &'static str {
+    if verb == "create" && object.resource == "secrets" {
+        " (RBAC cannot limit create to names: pre-create the Secret, empty is fine, or generate the Role with create allowed)"
+    } else {
+        ""
+    }
 }
 
 impl DistributeError {
@@ -197,7 +210,9 @@ impl DistributeError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Conflict { .. } | Self::RestartAbandoned { .. } => true,
+            Self::Unreachable { .. } | Self::Conflict { .. } | Self::RestartAbandoned { .. } => {
+                true
+            }
             Self::Api { code, .. } => *code == 429 || *code >= 500,
             Self::MissingField { .. }
             | Self::EmptyValue { .. }
@@ -233,10 +248,10 @@ impl DistributeError {
             | Self::Api { object, .. }
             | Self::Unreachable { object, .. }
             | Self::Protocol { object, .. }
-            | Self::RestartAbandoned { object } => Some(object),
-            Self::MissingField { .. } | Self::EmptyValue { .. } | Self::UnsupportedWorkload { .. } => {
-                None
-            }
+            | Self::RestartAbandoned { object } => Some(object.as_ref()),
+            Self::MissingField { .. }
+            | Self::EmptyValue { .. }
+            | Self::UnsupportedWorkload { .. } => None,
         }
     }
 
@@ -245,48 +260,80 @@ impl DistributeError {
     /// Never uses the text of a response body: `kube::Error::SerdeError`'s message can quote
     /// the JSON it choked on, which for a Secret is its data, so only its category is kept.
     pub(crate) fn from_kube(e: kube::Error, object: &ObjectRef, verb: &str) -> Self {
-        let (object, verb) = (object.clone(), verb.to_owned());
+        let (object, verb) = (Box::new(object.clone()), verb.to_owned());
         match e {
             kube::Error::Api(status) => {
                 let code = status.code;
                 let message = status.message.clone();
                 match code {
-                    403 => {
-                        let hint = if verb == "create" && object.resource == "secrets" {
-                            " (create cannot be limited to names in RBAC: pre-create the Secret, empty is fine, or grant create on secrets in this namespace)".to_owned()
-                        } else {
-                            String::new()
-                        };
-                        Self::Forbidden { object, verb, code, hint, message }
-                    }
-                    404 => Self::NotFound { object, verb, code, message },
-                    400 | 422 => Self::Invalid { object, verb, code, message },
-                    409 => Self::Conflict { object, verb, code, attempts: 1 },
-                    _ => Self::Api { object, verb, code, reason: status.reason.clone(), message },
+                    403 => Self::Forbidden {
+                        object,
+                        verb,
+                        code,
+                        message,
+                    },
+                    404 => Self::NotFound {
+                        object,
+                        verb,
+                        code,
+                        message,
+                    },
+                    400 | 422 => Self::Invalid {
+                        object,
+                        verb,
+                        code,
+                        message,
+                    },
+                    409 => Self::Conflict {
+                        object,
+                        verb,
+                        code,
+                        attempts: 1,
+                    },
+                    _ => Self::Api {
+                        object,
+                        verb,
+                        code,
+                        reason: status.reason.clone(),
+                        message,
+                    },
                 }
             }
             kube::Error::SerdeError(se) => Self::Protocol {
                 object,
                 verb,
-                cause: format!("the answer could not be decoded ({:?} error)", se.classify()),
+                cause: format!(
+                    "the answer could not be decoded ({:?} error)",
+                    se.classify()
+                ),
             },
-            kube::Error::FromUtf8(_) => {
-                Self::Protocol { object, verb, cause: "the answer was not UTF-8".into() }
-            }
-            kube::Error::BuildRequest(re) => {
-                Self::Protocol { object, verb, cause: format!("could not build the request: {re}") }
-            }
-            kube::Error::HttpError(he) => {
-                Self::Protocol { object, verb, cause: format!("could not build the request: {he}") }
-            }
-            other => Self::Unreachable { object, verb, cause: other.to_string() },
+            kube::Error::FromUtf8(_) => Self::Protocol {
+                object,
+                verb,
+                cause: "the answer was not UTF-8".into(),
+            },
+            kube::Error::BuildRequest(re) => Self::Protocol {
+                object,
+                verb,
+                cause: format!("could not build the request: {re}"),
+            },
+            kube::Error::HttpError(he) => Self::Protocol {
+                object,
+                verb,
+                cause: format!("could not build the request: {he}"),
+            },
+            other => Self::Unreachable {
+                object,
+                verb,
+                cause: other.to_string(),
+            },
         }
     }
 
     /// A body keyturn could not parse (the parser's category only, never the text).
     pub(crate) fn undecodable(object: &ObjectRef, verb: &str, e: &serde_json::Error) -> Self {
         Self::Protocol {
-            object: object.clone(),
+            object: Box::new(object.clone()),
             verb: verb.to_owned(),
             cause: format!("the answer could not be decoded ({:?} error)", e.classify()),
         }
@@ -299,13 +346,19 @@ mod tests {
 
     fn api(code: u16, reason: &str) -> kube::Error {
         kube::Error::Api(
-            kube::core::Status::failure("the server's words", reason).with_code(code).boxed(),
+            kube::core::Status::failure("the server's words", reason)
+                .with_code(code)
+                .boxed(),
         )
     }
 
     #[test]
     fn a_403_names_the_object_the_verb_and_the_fix() {
-        let e = DistributeError::from_kube(api(403, "Forbidden"), &ObjectRef::secret("y", "x"), "patch");
+        let e = DistributeError::from_kube(
+            api(403, "Forbidden"),
+            &ObjectRef::secret("y", "x"),
+            "patch",
+        );
         assert!(!e.is_retryable());
         assert_eq!(e.code(), Some(403));
         assert!(
@@ -319,16 +372,28 @@ mod tests {
     #[test]
     fn server_errors_throttling_and_transport_are_retryable_and_client_errors_are_not() {
         let o = ObjectRef::secret("ns", "s");
-        for (code, retryable) in [(500, true), (503, true), (429, true), (401, false), (404, false), (422, false), (400, false)] {
+        for (code, retryable) in [
+            (500, true),
+            (503, true),
+            (429, true),
+            (401, false),
+            (404, false),
+            (422, false),
+            (400, false),
+        ] {
             let e = DistributeError::from_kube(api(code, "X"), &o, "get");
             assert_eq!(e.is_retryable(), retryable, "HTTP {code}");
         }
-        let conflict = DistributeError::Conflict { object: o.clone(), verb: "patch".into(), code: 409, attempts: 8 };
+        let conflict = DistributeError::Conflict {
+            object: Box::new(o.clone()),
+            verb: "patch".into(),
+            code: 409,
+            attempts: 8,
+        };
         assert!(conflict.is_retryable());
         let empty = DistributeError::EmptyValue {
             policy: "p".into(),
-            namespace: "ns".into(),
-            secret: "s".into(),
+            secret: Box::new(o),
             key: "password".into(),
             field: "password".into(),
         };
@@ -337,7 +402,8 @@ mod tests {
 
     #[test]
     fn an_undecodable_body_is_described_by_category_only() {
-        let se = serde_json::from_str::<serde_json::Value>("{\"data\": {\"k\": \"SECRETVALUE\"").unwrap_err();
+        let se = serde_json::from_str::<serde_json::Value>("{\"data\": {\"k\": \"SECRETVALUE\"")
+            .unwrap_err();
         let e = DistributeError::undecodable(&ObjectRef::secret("ns", "s"), "get", &se);
         assert!(!e.to_string().contains("SECRETVALUE"));
         assert!(!format!("{e:?}").contains("SECRETVALUE"));

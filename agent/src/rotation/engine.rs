@@ -205,6 +205,7 @@ impl Engine {
                 };
                 let reason = match trigger {
                     Trigger::Manual { reason } => reason.clone(),
+                    Trigger::Schedule { due } if *due == DateTime::<Utc>::UNIX_EPOCH => Some("first rotation".into()),
                     Trigger::Schedule { due } => Some(format!("scheduled for {}", due.to_rfc3339())),
                 };
                 self.record(name, &rec.rotation_id, "rotate.create", AuditOutcome::Started, main_value(&rec.pending), reason)

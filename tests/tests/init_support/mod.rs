@@ -21,45 +21,9 @@ use serde_json::{Value, json};
 
 /// The `keyturn-init` binary, built on first use.
 pub fn bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("KEYTURN_INIT_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("TARGET/PROFILE/deps/TEST");
-        let target = profile_dir.parent().expect("TARGET");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug");
-        let profile = if profile == "debug" { "dev" } else { profile };
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "keyturn-init",
-                "--bin",
-                "keyturn-init",
-                "--profile",
-                profile,
-            ])
-            .arg("--target-dir")
-            .arg(target)
-            .current_dir(keyturn_tests::tools::repo_root())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p keyturn-init failed");
-        profile_dir.join("keyturn-init")
-    })
-    .clone()
+    keyturn_tests::bins::keyturn_init()
 }
 
-/// What one run of the binary did.
 #[derive(Debug)]
 pub struct Run {
     /// Exit code.

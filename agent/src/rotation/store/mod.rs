@@ -11,6 +11,7 @@
 //! it. That CAS is what keeps two processes (daemon replicas, break-glass) from running one
 //! policy's rotation at the same time.
 
+pub mod aws_sm;
 pub mod vault_kv;
 
 use async_trait::async_trait;

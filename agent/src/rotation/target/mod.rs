@@ -4,6 +4,7 @@
 //! after a crash the engine runs them again with the same PENDING value.
 
 pub mod generated;
+pub mod postgres;
 
 use async_trait::async_trait;
 use keyturn_core::SecretValue;

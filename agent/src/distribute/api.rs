@@ -1,0 +1,88 @@
+//! The few raw Kubernetes API calls distribution makes, and the retry pacing for 409s.
+//!
+//! Why raw requests (`kube::core::Request` + `Client::request_text`) rather than the typed
+//! `Api<Secret>`: kube-rs logs the whole response body at `warn` when it cannot deserialize
+//! one into the typed object, and a Secret's body is its data; and `k8s_openapi::ByteString`
+//! is not zeroized. Here a body is kept as zeroizing text, parsed into minimal views, and
+//! never printed.
+
+use std::time::Duration;
+
+use rand::Rng as _;
+use zeroize::Zeroizing;
+
+use super::error::{DistributeError, ObjectRef};
+
+/// How many times a write is attempted when other writers keep causing 409s.
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
+
+/// A built request, or why it could not be built.
+pub(crate) type Built = Result<http::Request<Vec<u8>>, kube::core::request::Error>;
+
+/// Sends `request` (the `verb` on `object`) and returns the answer's body as zeroizing text.
+///
+/// # Errors
+/// The API's answer or the transport failure, classified.
+pub(crate) async fn send(
+    client: &kube::Client,
+    request: Built,
+    object: &ObjectRef,
+    verb: &str,
+) -> Result<Zeroizing<String>, DistributeError> {
+    let request = request
+        .map_err(|e| DistributeError::from_kube(kube::Error::BuildRequest(e), object, verb))?;
+    client
+        .request_text(request)
+        .await
+        .map(Zeroizing::new)
+        .map_err(|e| DistributeError::from_kube(e, object, verb))
+}
+
+/// Parses an answer into a view of the fields keyturn reads.
+///
+/// # Errors
+/// [`DistributeError::Protocol`], naming the parser's category only.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    body: &str,
+    object: &ObjectRef,
+    verb: &str,
+) -> Result<T, DistributeError> {
+    serde_json::from_str(body).map_err(|e| DistributeError::undecodable(object, verb, &e))
+}
+
+/// The pause before attempt `attempt + 1` after a 409: exponential from 25 ms, capped at 1 s,
+/// with jitter so that writers who collided once do not collide again in lockstep.
+pub(crate) fn conflict_backoff(attempt: u32) -> Duration {
+    let ceiling = 25u64.saturating_mul(1 << attempt.min(6)).min(1000);
+    Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+}
+
+/// `{"resourceVersion": ...}` out of `metadata`; what every view needs.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Meta {
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+/// An answer of which only the metadata matters.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Written {
+    #[serde(default)]
+    pub metadata: Meta,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_backoff_grows_and_is_capped() {
+        for _ in 0..50 {
+            let first = conflict_backoff(0);
+            assert!(first >= Duration::from_millis(12) && first <= Duration::from_millis(25));
+            assert!(conflict_backoff(20) <= Duration::from_secs(1));
+            assert!(conflict_backoff(20) >= Duration::from_millis(500));
+        }
+    }
+}

@@ -1,0 +1,797 @@
+//! The `postgres` target: PostgreSQL roles whose passwords keyturn sets.
+//!
+//! - `set` logs in as the admin and runs `ALTER ROLE "user" WITH PASSWORD '<verifier>'`, where
+//!   the verifier is a SCRAM-SHA-256 verifier computed here with a random salt (as psql's
+//!   `\password` does). The cleartext password never reaches the server, so it cannot appear
+//!   in `log_statement` output, `pg_stat_activity` or the server's error reports. Setting the
+//!   same password again only changes the salt, so `set` is idempotent.
+//! - `test` logs in as the pending user with the pending password (SCRAM) and runs `SELECT 1`.
+//! - `revert` puts CURRENT's password back when `set` changed the role CURRENT uses (always
+//!   with `strategy: single`); with `strategy: alternating` the role in use was never touched,
+//!   so there is nothing to undo.
+//!
+//! Roles are never created: a role that does not exist is a [`TargetError::Refused`] naming
+//! it. The admin credential is read from an [`AdminSource`] at every `set`/`revert`, because
+//! admin passwords rotate too.
+//!
+//! TLS is rustls only, with libpq's modes (see [`TlsMode`]); the default is `prefer`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyturn_core::SecretValue;
+use keyturn_core::vault::SecretData;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use zeroize::Zeroizing;
+
+use super::{Target, TargetError};
+use crate::policy::{PostgresTarget, Strategy};
+
+/// The credential field holding the role name.
+pub const USERNAME: &str = "username";
+/// The credential field holding the password.
+pub const PASSWORD: &str = "password";
+
+/// The default bound on one operation (connect, then the statement).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the admin credential (fields `username` and `password`) comes from.
+///
+/// It is asked again for every `set`, `revert` and [`Postgres::reset_password`], so an admin
+/// password rotated elsewhere (or by keyturn itself) is picked up without a restart. A
+/// [`SecretData`] is a fixed source.
+#[async_trait]
+pub trait AdminSource: Send + Sync + fmt::Debug {
+    /// The admin credential.
+    ///
+    /// # Errors
+    /// Why it could not be read. The message names the store or path, never a value.
+    async fn admin(&self) -> Result<SecretData, BoxError>;
+}
+
+#[async_trait]
+impl AdminSource for SecretData {
+    async fn admin(&self) -> Result<SecretData, BoxError> {
+        Ok(self.clone())
+    }
+}
+
+/// Why an [`AdminSource`] could not produce the credential.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An [`AdminSource`] from an async closure, e.g. one that reads the admin's store:
+/// `AdminFn(move || { let v = vault.clone(); async move { Ok(v.kv2_read(m, p, None).await?.data) } })`.
+pub struct AdminFn<F>(pub F);
+
+impl<F> fmt::Debug for AdminFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminFn")
+    }
+}
+
+#[async_trait]
+impl<F, Fut> AdminSource for AdminFn<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<SecretData, BoxError>> + Send,
+{
+    async fn admin(&self) -> Result<SecretData, BoxError> {
+        (self.0)().await
+    }
+}
+
+/// How the connection to the server is protected; the names and meanings are libpq's
+/// `sslmode`.
+///
+/// In `prefer` and `require` the server's certificate is not checked (as with libpq): the
+/// link is encrypted, and SCRAM's channel binding (used whenever the server offers
+/// `SCRAM-SHA-256-PLUS`, which PostgreSQL 11+ does over TLS) is what makes a login through a
+/// man in the middle fail. `verify-full` checks the chain and the host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, else plaintext.
+    #[default]
+    Prefer,
+    /// TLS or no connection.
+    Require,
+    /// TLS with the certificate chain checked against the configured CA (else the OS's
+    /// roots) and the host name matched.
+    VerifyFull,
+}
+
+impl FromStr for TlsMode {
+    type Err = TlsConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-full" => Ok(Self::VerifyFull),
+            other => Err(TlsConfigError::UnknownMode(other.to_owned())),
+        }
+    }
+}
+
+/// TLS settings that cannot be used. Found at configuration time, before any connection.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A mode name that is not one of libpq's that keyturn supports.
+    #[error("unknown TLS mode {0:?} (disable, prefer, require or verify-full)")]
+    UnknownMode(String),
+    /// The CA bundle holds no usable certificate.
+    #[error("CA bundle: {0}")]
+    BadCa(String),
+}
+
+/// A PostgreSQL target: the role(s) of one policy on one server.
+#[derive(Clone)]
+pub struct Postgres {
+    host: String,
+    port: u16,
+    database: String,
+    users: Vec<String>,
+    strategy: Strategy,
+    admin: Arc<dyn AdminSource>,
+    tls: TlsMode,
+    ca: Option<Arc<Vec<CertificateDer<'static>>>>,
+    tls_connector: Arc<OnceLock<MakeRustlsConnect>>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Postgres")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("users", &self.users)
+            .field("strategy", &self.strategy)
+            .field("admin", &self.admin)
+            .field("tls", &self.tls)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connection is for, so an error can say what was refused.
+#[derive(Clone, Copy)]
+enum Doing<'a> {
+    /// Logging in as the admin role.
+    AdminLogin(&'a str),
+    /// Changing `role`'s password while logged in as `admin`.
+    Alter { role: &'a str, admin: &'a str },
+    /// Logging in as the rotated role.
+    Login(&'a str),
+}
+
+impl fmt::Display for Doing<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AdminLogin(a) => write!(f, "admin login as role \"{a}\""),
+            Self::Alter { role, admin } => {
+                write!(f, "changing the password of role \"{role}\" as \"{admin}\"")
+            }
+            Self::Login(r) => write!(f, "login as role \"{r}\""),
+        }
+    }
+}
+
+impl Postgres {
+    /// A target for `spec` whose admin credential is fixed. Prefer
+    /// [`Postgres::with_admin_source`] where the admin password can rotate.
+    #[must_use]
+    pub fn new(spec: &PostgresTarget, admin: SecretData) -> Self {
+        Self::with_admin_source(spec, Arc::new(admin))
+    }
+
+    /// A target for `spec` that asks `admin` for the admin credential each time it needs it.
+    #[must_use]
+    pub fn with_admin_source(spec: &PostgresTarget, admin: Arc<dyn AdminSource>) -> Self {
+        Self {
+            host: spec.host.clone(),
+            port: spec.port,
+            database: spec.database.clone(),
+            users: spec.users.clone(),
+            strategy: spec.strategy,
+            admin,
+            tls: TlsMode::default(),
+            ca: None,
+            tls_connector: Arc::new(OnceLock::new()),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets the TLS mode (default [`TlsMode::Prefer`]).
+    #[must_use]
+    pub fn with_tls(mut self, mode: TlsMode) -> Self {
+        self.tls = mode;
+        self.tls_connector = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// Trusts only the CA certificates in `pem` (instead of the OS's roots) in
+    /// [`TlsMode::VerifyFull`], as libpq's `sslrootcert`. Other modes do not check
+    /// certificates.
+    ///
+    /// # Errors
+    /// When `pem` holds no parsable certificate.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, TlsConfigError> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsConfigError::BadCa(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsConfigError::BadCa("no certificate found".into()));
+        }
+        self.ca = Some(Arc::new(certs));
+        self.tls_connector = Arc::new(OnceLock::new());
+        Ok(self)
+    }
+
+    /// Bounds each operation (connecting and running its statement) to `timeout`
+    /// (default [`DEFAULT_TIMEOUT`]); past it the target is [`TargetError::Unreachable`].
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The roles this target may change.
+    #[must_use]
+    pub fn users(&self) -> &[String] {
+        &self.users
+    }
+
+    /// Sets `user`'s password to `value` now, outside any rotation (break-glass: make a
+    /// leaked password useless, or reset the idle user of an alternating pair). The same
+    /// statement `set` runs: only a verifier reaches the server.
+    ///
+    /// # Errors
+    /// [`TargetError::Refused`] when `user` is not one of this target's roles, does not exist,
+    /// or the admin may not change it; [`TargetError::Unreachable`] when the server cannot be
+    /// reached in time; [`TargetError::Admin`] when the admin credential cannot be read.
+    pub async fn reset_password(&self, user: &str, value: &SecretValue) -> Result<(), TargetError> {
+        if !self.users.iter().any(|u| u == user) {
+            return Err(self.refused(format!(
+                "role \"{user}\" is not one of this target's roles ({}); refusing to change it",
+                self.users.join(", ")
+            )));
+        }
+        if value.is_empty() {
+            return Err(self.refused(format!(
+                "refusing to set an empty password on role \"{user}\""
+            )));
+        }
+        let admin = self.admin.admin().await.map_err(|e| TargetError::Admin {
+            target: self.describe(),
+            cause: chain(&*e),
+        })?;
+        let admin_user = field_str(&admin, USERNAME).ok_or_else(|| TargetError::Admin {
+            target: self.describe(),
+            cause: "has no (UTF-8) username field".into(),
+        })?;
+        let admin_pw = admin
+            .get(PASSWORD)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| TargetError::Admin {
+                target: self.describe(),
+                cause: "has no password field".into(),
+            })?;
+        // The verifier is salted and iterated; the cleartext stays in this process.
+        let verifier = Zeroizing::new(postgres_protocol::password::scram_sha_256(value.expose()));
+        let sql = Zeroizing::new(alter_role_sql(user, &verifier));
+        self.bounded(async {
+            let client = self
+                .connect(admin_user, admin_pw.expose(), Doing::AdminLogin(admin_user))
+                .await?;
+            client.batch_execute(&sql).await.map_err(|e| {
+                self.classify(
+                    &e,
+                    Doing::Alter {
+                        role: user,
+                        admin: admin_user,
+                    },
+                )
+            })
+        })
+        .await?;
+        tracing::info!(server = %self.describe(), role = user, "password changed");
+        Ok(())
+    }
+
+    fn refused(&self, what: String) -> TargetError {
+        TargetError::Refused {
+            target: self.describe(),
+            what,
+        }
+    }
+
+    /// Runs `op` within the target's timeout.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, TargetError>>,
+    ) -> Result<T, TargetError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(r) => r,
+            Err(_) => Err(TargetError::Unreachable {
+                target: self.describe(),
+                cause: format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            }),
+        }
+    }
+
+    /// Logs in as `user` to the target's database.
+    async fn connect(
+        &self,
+        user: &str,
+        password: &[u8],
+        doing: Doing<'_>,
+    ) -> Result<tokio_postgres::Client, TargetError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&self.host)
+            .port(self.port)
+            .dbname(&self.database)
+            .user(user)
+            .password(password)
+            .application_name("keyturn")
+            .connect_timeout(self.timeout)
+            .ssl_mode(match self.tls {
+                TlsMode::Disable => SslMode::Disable,
+                TlsMode::Prefer => SslMode::Prefer,
+                TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
+            });
+        // The connection task ends when the client is dropped.
+        if self.tls == TlsMode::Disable {
+            let (client, conn) = cfg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| self.classify(&e, doing))?;
+            tokio::spawn(conn);
+            Ok(client)
+        } else {
+            let tls = self.tls_connector()?;
+            let (client, conn) = cfg
+                .connect(tls)
+                .await
+                .map_err(|e| self.classify(&e, doing))?;
+            tokio::spawn(conn);
+            Ok(client)
+        }
+    }
+
+    /// The rustls connector for this target's mode, built on first use.
+    fn tls_connector(&self) -> Result<MakeRustlsConnect, TargetError> {
+        if let Some(c) = self.tls_connector.get() {
+            return Ok(c.clone());
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.refused(format!("TLS setup: {e}")))?;
+        let config = if self.tls == TlsMode::VerifyFull {
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.ca {
+                Some(ca) => {
+                    roots.add_parsable_certificates(ca.iter().cloned());
+                }
+                None => {
+                    roots.add_parsable_certificates(native_roots().iter().cloned());
+                }
+            }
+            if roots.is_empty() {
+                return Err(self.refused(
+                    "TLS verify-full: no trusted CA certificate (configure a CA bundle)".into(),
+                ));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                .with_no_client_auth()
+        };
+        Ok(self
+            .tls_connector
+            .get_or_init(|| MakeRustlsConnect::new(config))
+            .clone())
+    }
+
+    /// Sorts a driver error into retryable or not, in words that name the host, port and
+    /// role, and never a password (the driver's and the server's messages hold none).
+    fn classify(&self, e: &tokio_postgres::Error, doing: Doing<'_>) -> TargetError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            if transient_sqlstate(code) {
+                return TargetError::Unreachable {
+                    target: self.describe(),
+                    cause: format!("{doing}: {} (SQLSTATE {code})", db.message()),
+                };
+            }
+            let what = match (doing, code) {
+                (Doing::Alter { role, .. }, "42704") => {
+                    format!(
+                        "role \"{role}\" does not exist (keyturn does not create roles; create it with LOGIN first)"
+                    )
+                }
+                _ => format!("{doing} refused: {} (SQLSTATE {code})", db.message()),
+            };
+            return self.refused(what);
+        }
+        // The driver's own errors: its top line says which kind, the chain says why.
+        let kind = e.to_string();
+        let refused = [
+            "error performing TLS handshake",
+            "authentication error",
+            "invalid configuration",
+            "invalid connection string",
+        ];
+        if refused.contains(&kind.as_str()) {
+            self.refused(format!("{doing} refused: {}", chain(e)))
+        } else {
+            TargetError::Unreachable {
+                target: self.describe(),
+                cause: format!("{doing}: {}", chain(e)),
+            }
+        }
+    }
+}
+
+/// SQLSTATEs a later attempt may not see: the server starting or stopping, out of
+/// connections or resources, a lock or serialization conflict, a cancelled statement.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03"
+        )
+}
+
+/// `e` and its causes, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A field as text, if present and UTF-8.
+fn field_str<'a>(d: &'a SecretData, key: &str) -> Option<&'a str> {
+    d.get(key)
+        .and_then(|v| v.expose_str().ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// `name` as an SQL identifier: double-quoted, inner double quotes doubled. Case and every
+/// character are kept (the policy's role names are exact, not folded to lower case).
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The statement that installs `verifier` as `role`'s password. A verifier is base64, digits
+/// and `$:=+/` only, so it needs no escaping; quotes are doubled anyway.
+fn alter_role_sql(role: &str, verifier: &str) -> String {
+    format!(
+        "ALTER ROLE {} WITH PASSWORD '{}'",
+        quote_ident(role),
+        verifier.replace('\'', "''")
+    )
+}
+
+/// The OS's trusted roots, read once per process.
+fn native_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let r = rustls_native_certs::load_native_certs();
+        for e in &r.errors {
+            tracing::warn!(error = %e, "could not load some of the OS's CA certificates");
+        }
+        r.certs
+    })
+}
+
+/// libpq's `prefer`/`require`: encrypt, do not authenticate the server's certificate. The
+/// handshake signatures are still checked, so the peer holds the key of the certificate it
+/// shows, which is what SCRAM channel binding relies on to defeat a man in the middle.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[async_trait]
+impl Target for Postgres {
+    fn describe(&self) -> String {
+        if self.host.contains(':') {
+            format!("postgres:[{}]:{}/{}", self.host, self.port, self.database)
+        } else {
+            format!("postgres:{}:{}/{}", self.host, self.port, self.database)
+        }
+    }
+
+    fn compose(&self, value: SecretValue, current: Option<&SecretData>) -> SecretData {
+        let first = self.users.first().map_or("", String::as_str);
+        let user = match self.strategy {
+            Strategy::Single => first,
+            // The user not in use, so the app keeps working with CURRENT until promotion.
+            Strategy::Alternating => match (
+                current.and_then(|c| field_str(c, USERNAME)),
+                self.users.get(1),
+            ) {
+                (Some(cur), Some(second)) if cur == first => second.as_str(),
+                _ => first,
+            },
+        };
+        let mut d = SecretData::new();
+        d.insert(USERNAME, SecretValue::from_str_copy(user));
+        d.insert(PASSWORD, value);
+        d
+    }
+
+    async fn set(&self, pending: &SecretData) -> Result<(), TargetError> {
+        let user = field_str(pending, USERNAME)
+            .ok_or_else(|| self.refused("pending credential has no username".into()))?;
+        let password = pending.get(PASSWORD).ok_or_else(|| {
+            self.refused(format!(
+                "pending credential for role \"{user}\" has no password"
+            ))
+        })?;
+        self.reset_password(user, password).await
+    }
+
+    async fn test(&self, pending: &SecretData) -> Result<(), TargetError> {
+        let user = field_str(pending, USERNAME)
+            .ok_or_else(|| self.refused("pending credential has no username".into()))?;
+        let password = pending
+            .get(PASSWORD)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                self.refused(format!(
+                    "pending credential for role \"{user}\" has no password"
+                ))
+            })?;
+        self.bounded(async {
+            let client = self
+                .connect(user, password.expose(), Doing::Login(user))
+                .await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| self.classify(&e, Doing::Login(user)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts CURRENT's password back on its role when `set` changed that same role, which is
+    /// always the case with `strategy: single`. With `alternating`, `set` changed the idle
+    /// role only: CURRENT works untouched, and the idle role keeps the abandoned password
+    /// (PREVIOUS, which named it, was already superseded by `set`; the next rotation sets it
+    /// afresh). Without a CURRENT (the very first rotation) there is nothing to go back to.
+    async fn revert(
+        &self,
+        current: Option<&SecretData>,
+        pending: &SecretData,
+    ) -> Result<(), TargetError> {
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let (Some(cur_user), Some(pending_user)) =
+            (field_str(current, USERNAME), field_str(pending, USERNAME))
+        else {
+            return Ok(());
+        };
+        if cur_user != pending_user {
+            return Ok(());
+        }
+        let password = current.get(PASSWORD).ok_or_else(|| {
+            self.refused(format!(
+                "CURRENT credential for role \"{cur_user}\" has no password to restore"
+            ))
+        })?;
+        self.reset_password(cur_user, password).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::StoreRef;
+
+    fn target(strategy: Strategy, users: &[&str]) -> Postgres {
+        let spec = PostgresTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "postgres".into(),
+            admin: StoreRef::VaultKv {
+                mount: "secret".into(),
+                path: "pg-admin".into(),
+            },
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+            strategy,
+        };
+        Postgres::new(&spec, SecretData::new())
+    }
+
+    fn cred(user: &str, pw: &str) -> SecretData {
+        let mut d = SecretData::new();
+        d.insert(USERNAME, SecretValue::from_str_copy(user));
+        d.insert(PASSWORD, SecretValue::from_str_copy(pw));
+        d
+    }
+
+    fn user_of(d: &SecretData) -> &str {
+        field_str(d, USERNAME).unwrap()
+    }
+
+    #[test]
+    fn identifiers_are_double_quoted_with_inner_quotes_doubled() {
+        assert_eq!(quote_ident("orders_a"), "\"orders_a\"");
+        assert_eq!(
+            quote_ident("Robert\"; DROP ROLE x; --"),
+            "\"Robert\"\"; DROP ROLE x; --\""
+        );
+    }
+
+    #[test]
+    fn the_alter_statement_carries_a_verifier_and_not_the_password() {
+        let verifier = postgres_protocol::password::scram_sha_256(b"hunter2-cleartext");
+        let sql = alter_role_sql("app", &verifier);
+        assert!(
+            sql.starts_with("ALTER ROLE \"app\" WITH PASSWORD 'SCRAM-SHA-256$4096:"),
+            "{sql}"
+        );
+        assert!(!sql.contains("hunter2"));
+        // Random salt: the same password gives a different verifier each time.
+        assert_ne!(
+            verifier,
+            postgres_protocol::password::scram_sha_256(b"hunter2-cleartext")
+        );
+    }
+
+    #[test]
+    fn single_composes_its_one_user() {
+        let t = target(Strategy::Single, &["app"]);
+        let d = t.compose(SecretValue::from_str_copy("new"), Some(&cred("app", "old")));
+        assert_eq!(user_of(&d), "app");
+        assert_eq!(d.get(PASSWORD).unwrap().expose(), b"new");
+    }
+
+    #[test]
+    fn alternating_composes_the_user_not_in_use() {
+        let t = target(Strategy::Alternating, &["a", "b"]);
+        assert_eq!(
+            user_of(&t.compose(SecretValue::from_str_copy("x"), None)),
+            "a"
+        );
+        assert_eq!(
+            user_of(&t.compose(SecretValue::from_str_copy("x"), Some(&cred("a", "p")))),
+            "b"
+        );
+        assert_eq!(
+            user_of(&t.compose(SecretValue::from_str_copy("x"), Some(&cred("b", "p")))),
+            "a"
+        );
+        // A CURRENT naming neither (the policy's users changed) starts over with the first.
+        assert_eq!(
+            user_of(&t.compose(SecretValue::from_str_copy("x"), Some(&cred("old", "p")))),
+            "a"
+        );
+    }
+
+    #[tokio::test]
+    async fn set_refuses_a_role_that_is_not_the_targets() {
+        let t = target(Strategy::Single, &["app"]);
+        let err = t.set(&cred("postgres", "x")).await.unwrap_err();
+        assert!(matches!(err, TargetError::Refused { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("\"postgres\" is not one of this target's roles"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn alternating_revert_leaves_the_current_role_alone() {
+        // No admin credential and no server: any attempt to connect would fail.
+        let t = target(Strategy::Alternating, &["a", "b"]);
+        t.revert(Some(&cred("a", "cur")), &cred("b", "pending"))
+            .await
+            .unwrap();
+        t.revert(None, &cred("a", "pending")).await.unwrap();
+    }
+
+    #[test]
+    fn transient_server_states_are_retryable_and_refusals_are_not() {
+        for c in ["08006", "53300", "57P03", "40001"] {
+            assert!(transient_sqlstate(c), "{c}");
+        }
+        for c in ["28P01", "28000", "42501", "42704", "3D000"] {
+            assert!(!transient_sqlstate(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn tls_modes_parse_by_their_libpq_names() {
+        assert_eq!(
+            "verify-full".parse::<TlsMode>().unwrap(),
+            TlsMode::VerifyFull
+        );
+        assert_eq!("prefer".parse::<TlsMode>().unwrap(), TlsMode::Prefer);
+        assert!("verify-ca".parse::<TlsMode>().is_err());
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_rejected() {
+        let t = target(Strategy::Single, &["app"]);
+        assert!(t.with_ca_pem(b"not a pem").is_err());
+    }
+
+    #[test]
+    fn describe_names_host_port_and_database() {
+        assert_eq!(
+            target(Strategy::Single, &["app"]).describe(),
+            "postgres:127.0.0.1:5432/postgres"
+        );
+    }
+}

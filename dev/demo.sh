@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job, end to end, on this machine: real OpenBao and a Kubernetes API stand-in on
+# loopback; keyturn-init renders a pod's secrets into tmpfs; keyturn rotates a credential;
+# the audit trail is shown, verified, and caught being tampered with.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./dev/setup.sh
+cargo build --locked -q -p keyturn -p keyturn-init -p keyturn-tests --bin keyturn --bin keyturn-init --bin keyturn-demo
+KEYTURN_BIN="$PWD/target/debug/keyturn" KEYTURN_INIT_BIN="$PWD/target/debug/keyturn-init" \
+  exec ./target/debug/keyturn-demo

@@ -1,0 +1,300 @@
+//! `keyturn rotate` and `keyturn run` as real processes against a real OpenBao, with a token
+//! holding only `policies/vault/keyturn-agent.hcl`: the crash matrix (the process is
+//! SIGKILLed right after each step and a restart converges), the daemon's schedule, two
+//! daemons on one policy set, hot reload, and SIGTERM.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use keyturn_tests::canary::assert_absent;
+use keyturn_tests::openbao::OpenBao;
+
+struct Env {
+    bao: OpenBao,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let bao = OpenBao::start().await.unwrap();
+        let hcl = std::fs::read_to_string(keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl")).unwrap();
+        bao.put_policy("keyturn-agent", &hcl).await.unwrap();
+        let token = bao.create_token(&["keyturn-agent"]).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("hmac.key"), [7u8; 32]).unwrap();
+        Self { bao, token, dir }
+    }
+
+    fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    fn audit(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    fn write_policy(&self, name: &str, extra: &str) {
+        std::fs::write(
+            self.policies().join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: {name} }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/{name} }} }}\n  target: {{ generated: {{}} }}\n{extra}"
+            ),
+        )
+        .unwrap();
+    }
+
+    fn cmd(&self, args: &[&str], holder: &str) -> Command {
+        let mut c = Command::new(keyturn_tests::bins::keyturn());
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("VAULT_ADDR", self.bao.addr())
+            .env("VAULT_TOKEN", &self.token)
+            .env("KEYTURN_POLICIES", self.policies())
+            .env("KEYTURN_HOLDER", holder)
+            .env("KEYTURN_AUDIT_FILE", self.audit())
+            .env("KEYTURN_AUDIT_HMAC_KEY_FILE", self.dir.path().join("hmac.key"))
+            .env("KEYTURN_LOG", "info");
+        c
+    }
+
+    fn rotate(&self, policy: &str, crash_after: Option<&str>) -> Output {
+        let mut c = self.cmd(&["rotate", policy], "agent-1");
+        if let Some(step) = crash_after {
+            c.env("KEYTURN_CRASH_AFTER", step);
+        }
+        c.output().unwrap()
+    }
+
+    async fn current(&self, name: &str) -> Option<(String, u64)> {
+        let v = self.bao.root_client().unwrap();
+        match v.kv2_read("secret", &format!("keyturn/{name}"), None).await {
+            Ok(r) => Some((r.data.get("value").unwrap().expose_str().unwrap().to_owned(), r.version)),
+            Err(_) => None,
+        }
+    }
+
+    async fn version(&self, name: &str, version: u64) -> String {
+        let v = self.bao.root_client().unwrap();
+        let r = v.kv2_read("secret", &format!("keyturn/{name}"), Some(version)).await.unwrap();
+        r.data.get("value").unwrap().expose_str().unwrap().to_owned()
+    }
+
+    async fn state(&self, name: &str) -> serde_json::Value {
+        self.bao.api("GET", &format!("secret/data/keyturn-state/keyturn/{name}"), None).await.unwrap()["data"]["data"].clone()
+    }
+
+    fn verify_audit(&self) {
+        let report = keyturn_core::audit::verify(&[self.audit()]);
+        assert!(report.is_ok(), "audit chain: {report:?}");
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+async fn crash_and_resume(step: &str) {
+    let e = Env::new().await;
+    e.write_policy("api", "");
+    let first = e.rotate("api", None);
+    assert!(first.status.success(), "{}", text(&first));
+    let (old, v1) = e.current("api").await.unwrap();
+
+    let crashed = e.rotate("api", Some(step));
+    assert_eq!(crashed.status.signal(), Some(9), "expected a SIGKILL after {step}: {}", text(&crashed));
+    let state = e.state("api").await;
+    assert_eq!(state["step"], if step == "test" { "tested" } else if step == "finish" { "finished" } else if step == "create" { "created" } else { step });
+    let pending = state["pending.value"].as_str().unwrap().to_owned();
+
+    let resumed = e.rotate("api", None);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
+    let (now, v2) = e.current("api").await.unwrap();
+    assert_eq!(v2, v1 + 1, "exactly one new version");
+    assert_eq!(now, pending, "the value persisted before the crash is the one promoted");
+    assert_eq!(e.version("api", v2 - 1).await, old, "the old value is PREVIOUS");
+    let after = e.state("api").await;
+    assert!(after.get("rotation_id").is_none() && after.get("pending.value").is_none(), "no orphaned PENDING: {after}");
+    e.verify_audit();
+    for out in [&first, &crashed, &resumed] {
+        assert_absent("keyturn output", text(out).as_bytes(), &[&old, &now]);
+    }
+    assert_absent("audit log", &std::fs::read(e.audit()).unwrap(), &[&old, &now]);
+}
+
+#[tokio::test]
+async fn a_kill_after_create_resumes_and_promotes_the_persisted_value() {
+    crash_and_resume("create").await;
+}
+
+#[tokio::test]
+async fn a_kill_after_set_resumes_and_promotes_the_same_value() {
+    crash_and_resume("set").await;
+}
+
+#[tokio::test]
+async fn a_kill_after_test_resumes_and_promotes_the_same_value() {
+    crash_and_resume("test").await;
+}
+
+#[tokio::test]
+async fn a_kill_after_finish_does_not_write_a_second_version() {
+    crash_and_resume("finish").await;
+}
+
+#[tokio::test]
+async fn rotate_names_an_unknown_policy_and_exits_64_before_any_network_call() {
+    let e = Env::new().await;
+    e.write_policy("api", "");
+    let out = e.cmd(&["rotate", "nope"], "agent-1").env("VAULT_ADDR", "http://127.0.0.1:9").output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("no policy named \"nope\""), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn a_denied_store_path_fails_clearly_and_writes_nothing() {
+    let e = Env::new().await;
+    // Outside the agent policy's prefixes.
+    std::fs::write(
+        e.policies().join("x.yaml"),
+        "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: x }\nspec:\n  every: 24h\n  store: { vault-kv: { path: elsewhere/x } }\n  target: { generated: {} }\n",
+    )
+    .unwrap();
+    let out = e.rotate("x", None);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("permission denied"), "{}", text(&out));
+    let v = e.bao.root_client().unwrap();
+    assert!(v.kv2_read("secret", "elsewhere/x", None).await.is_err());
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(e: &Env, holder: &str) -> Self {
+        let log = e.dir.path().join(format!("{holder}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = e
+            .cmd(&["run", "--grace", "10s"], holder)
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().unwrap();
+        (status, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `cond` (checked every 100 ms) for up to a minute: a synchronisation point, not
+/// a timing assertion.
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < Duration::from_secs(60), "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_rotates_never_rotated_policies_at_start_up_and_stops_on_sigterm() {
+    let e = Env::new().await;
+    for n in ["a", "b", "c"] {
+        e.write_policy(n, "");
+    }
+    let d = Daemon::start(&e, "agent-1");
+    for n in ["a", "b", "c"] {
+        eventually(&format!("policy {n} rotated"), || async { e.current(n).await.is_some() }).await;
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status:?}\n{log}");
+    for n in ["a", "b", "c"] {
+        let (v, ver) = e.current(n).await.unwrap();
+        assert_eq!(ver, 1, "rotated once");
+        assert_absent("daemon log", log.as_bytes(), &[&v]);
+    }
+    e.verify_audit();
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_policy_set_rotate_each_policy_once() {
+    let e = Env::new().await;
+    let names: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        e.write_policy(n, "");
+    }
+    let d1 = Daemon::start(&e, "agent-1");
+    let d2 = Daemon::start(&e, "agent-2");
+    for n in &names {
+        eventually(&format!("{n} rotated"), || async { e.current(n).await.is_some() }).await;
+    }
+    // Let both settle (each has scanned and acted on every policy), then look.
+    eventually("both daemons ready", || async { d1.log().contains("policies loaded") && d2.log().contains("policies loaded") }).await;
+    let (s1, l1) = d1.stop();
+    let (s2, l2) = d2.stop();
+    assert!(s1.success() && s2.success(), "{l1}\n{l2}");
+    for n in &names {
+        assert_eq!(e.current(n).await.unwrap().1, 1, "{n} was rotated more than once:\n{l1}\n{l2}");
+    }
+}
+
+#[tokio::test]
+async fn a_valid_policy_change_applies_and_an_invalid_one_is_rejected_while_the_old_set_stays() {
+    let e = Env::new().await;
+    e.write_policy("first", "");
+    let d = Daemon::start(&e, "agent-1");
+    eventually("first rotated", || async { e.current("first").await.is_some() }).await;
+    e.write_policy("second", "");
+    eventually("second picked up and rotated", || async { e.current("second").await.is_some() }).await;
+    std::fs::write(e.policies().join("broken.yaml"), "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: broken }\nspec:\n  schedule: \"not cron\"\n").unwrap();
+    eventually("the bad file is rejected", || async { d.log().contains("policy change rejected") }).await;
+    assert!(d.log().contains("broken.yaml"), "the error names the file:\n{}", d.log());
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(e.current("first").await.unwrap().1, 1);
+    assert_eq!(e.current("second").await.unwrap().1, 1);
+}
+
+#[tokio::test]
+async fn the_daemon_resumes_a_rotation_left_in_flight_by_a_crash() {
+    let e = Env::new().await;
+    e.write_policy("api", "");
+    assert!(e.rotate("api", None).status.success());
+    let crashed = e.rotate("api", Some("set"));
+    assert_eq!(crashed.status.signal(), Some(9));
+    let pending = e.state("api").await["pending.value"].as_str().unwrap().to_owned();
+    let d = Daemon::start(&e, "agent-1");
+    eventually("the in-flight rotation finished", || async { e.current("api").await.is_some_and(|(_, v)| v == 2) }).await;
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(e.current("api").await.unwrap().0, pending);
+    assert!(log.contains("rotate") || log.contains("rotated"), "{log}");
+}
+
