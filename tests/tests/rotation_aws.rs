@@ -373,6 +373,40 @@ async fn two_engines_racing_for_one_slot_rotate_it_exactly_once() {
 }
 
 #[tokio::test]
+async fn two_engines_racing_for_a_first_rotation_create_the_secret_once() {
+    let e = env().await;
+    let (a, b) = (engine(&e, "agent-a"), engine(&e, "agent-b"));
+    let (sa, sb) = (store(&e), store(&e));
+    let trigger = Trigger::Schedule {
+        due: Utc::now() - chrono::Duration::seconds(1),
+    };
+    let (ra, rb) = tokio::join!(
+        a.rotate(&e.policy, &sa, &Generated, &trigger),
+        b.rotate(&e.policy, &sb, &Generated, &trigger)
+    );
+    let outcomes = [ra.unwrap(), rb.unwrap()];
+    let winners: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            RotationOutcome::Rotated { rotation_id, .. } => Some(rotation_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert_eq!(at_stage(&e, "AWSCURRENT").await.1, *winners[0]);
+    let prev = e
+        .moto
+        .secretsmanager(
+            "GetSecretValue",
+            json!({ "SecretId": SECRET, "VersionStage": "AWSPREVIOUS" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(prev["SecretString"], "{}");
+    assert_no_pending(&e).await;
+}
+
+#[tokio::test]
 async fn two_state_writers_from_one_fence_exactly_one_wins() {
     let e = env().await;
     seed(&e, &canary("seed")).await;

@@ -4,7 +4,7 @@
 //! daemons on one policy set, hot reload, and SIGTERM.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 

@@ -72,7 +72,7 @@ async fn a_rotation_makes_a_new_current_keeps_the_previous_and_clears_its_state(
     assert!(view.state.in_flight.is_none());
     assert_eq!(view.state.last.unwrap().rotation_id, rotation_id);
     // The audit log holds every step, chained, and neither value.
-    let report = keyturn_core::audit::verify(&[e.audit_file.clone()]);
+    let report = keyturn_core::audit::verify(std::slice::from_ref(&e.audit_file));
     assert!(report.is_ok(), "{report:?}");
     let text = std::fs::read(&e.audit_file).unwrap();
     for action in ["rotate.create", "rotate.set", "rotate.test", "rotate.finish", "rotate.done"] {

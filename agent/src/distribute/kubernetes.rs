@@ -160,8 +160,11 @@ impl KubernetesSink {
                     secret_type: dist.secret_type.as_deref().unwrap_or("Opaque"),
                     data: &wanted,
                 };
-                let bytes = serde_json::to_vec(&body)
-                    .map_err(|e| DistributeError::undecodable(&object, "create", &e))?;
+                let bytes = serde_json::to_vec(&body).map_err(|e| DistributeError::Protocol {
+                    object: Box::new(object.clone()),
+                    verb: "create".into(),
+                    cause: format!("could not encode the request ({:?} error)", e.classify()),
+                })?;
                 let pp = PostParams {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..PostParams::default()

@@ -30,8 +30,10 @@ fn bin(env: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| keyturn_tests::tools::repo_root().join("target/debug").join(name))
 }
 
+/// Runs a keyturn binary to completion. The Kubernetes stand-in serves from this process,
+/// so the wait must not block the runtime's only thread (OpenBao calls back into it).
 fn run(cmd: &mut Command) -> anyhow::Result<(i32, String)> {
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    let out = tokio::task::block_in_place(|| cmd.output()).with_context(|| format!("run {cmd:?}"))?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Ok((out.status.code().unwrap_or(-1), text))
 }
@@ -42,7 +44,7 @@ fn show(text: &str) {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let keyturn = bin("KEYTURN_BIN", "keyturn");
     let init = bin("KEYTURN_INIT_BIN", "keyturn-init");
@@ -155,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     println!("   secret/keyturn/webhook-token is now at version {} (version {} kept as PREVIOUS)", cur.version, cur.version - 1);
 
     step(4, "The audit trail: every access, hash-chained, values only as HMACs");
-    let (_, text) = run(Command::new(&keyturn).args(["audit", "tail"]).arg(&audit))?;
+    let (_, text) = run(Command::new(&keyturn).args(["audit", "tail", "-n", "100"]).arg(&audit))?;
     show(&text);
     let (code, text) = run(Command::new(&keyturn).args(["audit", "verify"]).arg(&audit))?;
     show(&text);

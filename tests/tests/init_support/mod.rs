@@ -13,7 +13,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;

@@ -19,11 +19,16 @@
 //!
 //! Secrets Manager has no conditional write, but `UpdateSecretVersionStage` is one: moving
 //! `AWSCURRENT` requires `RemoveFromVersionId`, and the call fails unless the label is on
-//! that very version. A state write therefore (1) puts the new record as an unlabelled
-//! proposal (label [`PROPOSED`]), then (2) moves `AWSCURRENT` from the fence to it. Of two
-//! writers starting from one fence, exactly one move succeeds; the other gets
-//! [`StoreError::Conflict`]. The first state write creates the state secret with
+//! that very version. A state write therefore (1) puts the new record as a proposal (a new
+//! version labelled [`PROPOSED`] instead of `AWSCURRENT`), then (2) moves `AWSCURRENT` from
+//! the fence to it. Of two writers starting from one fence, exactly one move succeeds; the
+//! other gets [`StoreError::Conflict`]. The first state write creates the state secret with
 //! `CreateSecret`, which fails for the second creator.
+//!
+//! A writer that starts a rotation puts its PENDING version *before* its state write, so a
+//! state that names a rotation always has its value. A writer that then loses the race
+//! leaves that version behind, never applied and without a label (it hands `AWSPENDING` back
+//! to the winner); Secrets Manager removes such versions in time.
 //!
 //! A proposal's `ClientRequestToken` is a hash of the fence and the record, so a retried
 //! write (the SDK retries timeouts) is idempotent, and a move whose answer was lost is
@@ -210,6 +215,17 @@ pub async fn client_from_env(region: Option<&str>) -> Client {
         loader = loader.region(aws_config::Region::new(r.to_owned()));
     }
     Client::new(&loader.load().await)
+}
+
+/// `client` for another region (a policy's `region:`), sharing its credentials, endpoint
+/// and HTTP connections.
+#[must_use]
+pub fn with_region(client: &Client, region: &str) -> Client {
+    let conf = client
+        .config()
+        .to_builder()
+        .region(aws_config::Region::new(region.to_owned()));
+    Client::from_conf(conf.build())
 }
 
 /// The state secret's name for `secret_id`: `keyturn-state/<name>`. For an ARN, the name is
@@ -490,8 +506,13 @@ impl AwsSmStore {
         };
         if !labels.iter().any(|l| l == PENDING) {
             // An idempotent put leaves labels as they were, and a racing writer's put may
-            // have taken the label: put it back where the state says PENDING is.
-            self.label_pending(&rec.rotation_id).await?;
+            // have taken the label: put it back where the state will say PENDING is. The
+            // label is for people and for Secrets Manager's version clean-up (which spares a
+            // day-old version anyway); keyturn finds PENDING by version id, so this is not
+            // worth failing the rotation for.
+            if let Err(e) = self.label_pending(&rec.rotation_id).await {
+                tracing::warn!(secret = %self.secret_id, rotation_id = %rec.rotation_id, error = %e, "could not label the pending version AWSPENDING");
+            }
         }
         Ok(())
     }
@@ -963,6 +984,17 @@ mod tests {
         assert!(same_fields(&d, &back));
         d.insert("bin", SecretValue::new(vec![0xff]));
         assert!(encode_fields(&d).is_none());
+    }
+
+    #[test]
+    fn a_client_can_be_pointed_at_another_region() {
+        let base = sdk::Config::builder()
+            .behavior_version(sdk::config::BehaviorVersion::latest())
+            .region(sdk::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .build();
+        let c = with_region(&Client::from_conf(base), "eu-west-1");
+        assert_eq!(c.config().region().map(|r| r.as_ref()), Some("eu-west-1"));
     }
 
     #[test]
