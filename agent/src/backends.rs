@@ -7,9 +7,11 @@ use keyturn_core::vault::Vault;
 
 use crate::policy::{Policy, StoreRef, Target as TargetSpec};
 use crate::rotation::store::Store;
+use crate::rotation::store::aws_sm::{self, AwsSmStore};
 use crate::rotation::store::vault_kv::VaultKvStore;
 use crate::rotation::target::Target;
 use crate::rotation::target::generated::Generated;
+use crate::rotation::target::postgres::{AdminFn, BoxError, Postgres};
 
 /// A policy needs a backend this process was not given.
 #[derive(Debug, thiserror::Error)]
@@ -39,43 +41,86 @@ pub enum BackendError {
 pub struct Backends {
     /// Vault, logged in with the agent's identity.
     pub vault: Option<Arc<Vault>>,
+    /// AWS Secrets Manager, from the standard credential chain.
+    pub aws: Option<aws_sm::sdk::Client>,
 }
 
 impl Backends {
+    /// Whether any of `policies` keeps a credential (or an admin credential) in AWS.
+    #[must_use]
+    pub fn needs_aws(policies: &[Policy]) -> bool {
+        let aws = |r: &StoreRef| matches!(r, StoreRef::AwsSecretsManager { .. });
+        policies.iter().any(|p| {
+            aws(&p.store) || matches!(&p.target, TargetSpec::Postgres(pg) if aws(&pg.admin))
+        })
+    }
+
     /// The store for `policy`.
     ///
     /// # Errors
     /// The store kind is not configured.
     pub fn store(&self, policy: &Policy) -> Result<Arc<dyn Store>, BackendError> {
-        match &policy.store {
+        self.store_at(&policy.name, &policy.store)
+    }
+
+    /// The store at `r`, on behalf of policy `name`.
+    ///
+    /// # Errors
+    /// The store kind is not configured.
+    pub fn store_at(&self, name: &str, r: &StoreRef) -> Result<Arc<dyn Store>, BackendError> {
+        match r {
             StoreRef::VaultKv { mount, path } => {
-                let vault = self.vault.clone().ok_or_else(|| BackendError::NotConfigured {
-                    policy: policy.name.clone(),
-                    what: "Vault",
-                    hint: "set VAULT_ADDR and a token or auth method",
-                })?;
+                let vault = self
+                    .vault
+                    .clone()
+                    .ok_or_else(|| BackendError::NotConfigured {
+                        policy: name.to_owned(),
+                        what: "Vault",
+                        hint: "set VAULT_ADDR and a token or auth method",
+                    })?;
                 Ok(Arc::new(VaultKvStore::new(vault, mount, path)))
             }
-            StoreRef::AwsSecretsManager { .. } => Err(BackendError::NotConfigured {
-                policy: policy.name.clone(),
-                what: "AWS Secrets Manager",
-                hint: "not yet supported by this build",
-            }),
+            StoreRef::AwsSecretsManager { secret_id, region } => {
+                let client = self
+                    .aws
+                    .as_ref()
+                    .ok_or_else(|| BackendError::NotConfigured {
+                        policy: name.to_owned(),
+                        what: "AWS Secrets Manager",
+                        hint: "set AWS_REGION and credentials (the standard AWS chain)",
+                    })?;
+                let client = match region {
+                    Some(r) => aws_sm::with_region(client, r),
+                    None => client.clone(),
+                };
+                Ok(Arc::new(AwsSmStore::for_secret(client, secret_id)))
+            }
         }
     }
 
-    /// The target for `policy`.
+    /// The target for `policy`. A PostgreSQL target reads its admin credential from the
+    /// admin store at each use, so an admin password rotated elsewhere is picked up.
     ///
     /// # Errors
-    /// The target kind is not configured.
+    /// The target's admin store is not configured.
     pub async fn target(&self, policy: &Policy) -> Result<Arc<dyn Target>, BackendError> {
         match &policy.target {
             TargetSpec::Generated => Ok(Arc::new(Generated)),
-            TargetSpec::Postgres(_) => Err(BackendError::NotConfigured {
-                policy: policy.name.clone(),
-                what: "PostgreSQL",
-                hint: "not yet supported by this build",
-            }),
+            TargetSpec::Postgres(pg) => {
+                let admin_store = self.store_at(&policy.name, &pg.admin)?;
+                let at = pg.admin.to_string();
+                let source = AdminFn(move || {
+                    let store = admin_store.clone();
+                    let at = at.clone();
+                    async move {
+                        let view = store.view().await.map_err(|e| Box::new(e) as BoxError)?;
+                        view.current
+                            .map(|c| c.fields)
+                            .ok_or_else(|| format!("no admin credential stored at {at}").into())
+                    }
+                });
+                Ok(Arc::new(Postgres::with_admin_source(pg, Arc::new(source))))
+            }
         }
     }
 }

@@ -36,7 +36,9 @@ pub enum ScheduleError {
     },
     /// Both day-of-month and day-of-week are restricted. crontab(5) ORs them, which is
     /// rarely what is meant; keyturn asks for one of them to be `*`.
-    #[error("cron expression {expr:?} restricts both day-of-month and day-of-week; set one of them to *")]
+    #[error(
+        "cron expression {expr:?} restricts both day-of-month and day-of-week; set one of them to *"
+    )]
     DomAndDow {
         /// The expression as written.
         expr: String,
@@ -83,17 +85,28 @@ impl Schedule {
     pub fn cron(expr: &str, timezone: Option<&str>) -> Result<Self, ScheduleError> {
         let tz = match timezone {
             None => Tz::UTC,
-            Some(name) => Tz::from_str(name).map_err(|_| ScheduleError::BadTimezone(name.into()))?,
+            Some(name) => {
+                Tz::from_str(name).map_err(|_| ScheduleError::BadTimezone(name.into()))?
+            }
         };
         let translated = to_cron_crate(expr)?;
-        let schedule = cron::Schedule::from_str(&translated).map_err(|e| ScheduleError::BadCron {
-            expr: expr.into(),
-            why: e.to_string(),
-        })?;
-        if schedule.after(&Utc::now().with_timezone(&tz)).next().is_none() {
+        let schedule =
+            cron::Schedule::from_str(&translated).map_err(|e| ScheduleError::BadCron {
+                expr: expr.into(),
+                why: e.to_string(),
+            })?;
+        if schedule
+            .after(&Utc::now().with_timezone(&tz))
+            .next()
+            .is_none()
+        {
             return Err(ScheduleError::NeverFires { expr: expr.into() });
         }
-        Ok(Self::Cron { expr: expr.into(), schedule: Box::new(schedule), tz })
+        Ok(Self::Cron {
+            expr: expr.into(),
+            schedule: Box::new(schedule),
+            tz,
+        })
     }
 
     /// Parses an interval such as `24h`, `90m` or `1h30m`.
@@ -101,7 +114,10 @@ impl Schedule {
     /// # Errors
     /// Not a duration, or shorter than [`MIN_INTERVAL`].
     pub fn every(given: &str) -> Result<Self, ScheduleError> {
-        let d = parse_duration(given).map_err(|why| ScheduleError::BadInterval { given: given.into(), why })?;
+        let d = parse_duration(given).map_err(|why| ScheduleError::BadInterval {
+            given: given.into(),
+            why,
+        })?;
         if d < MIN_INTERVAL {
             return Err(ScheduleError::BadInterval {
                 given: given.into(),
@@ -117,9 +133,13 @@ impl Schedule {
     /// agree that one first rotation is enough.
     #[must_use]
     pub fn next_due(&self, last: Option<DateTime<Utc>>, _now: DateTime<Utc>) -> DateTime<Utc> {
-        let Some(last) = last else { return DateTime::<Utc>::UNIX_EPOCH };
+        let Some(last) = last else {
+            return DateTime::<Utc>::UNIX_EPOCH;
+        };
         match self {
-            Self::Every(d) => last + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
+            Self::Every(d) => {
+                last + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)
+            }
             Self::Cron { schedule, tz, .. } => schedule
                 .after(&last.with_timezone(tz))
                 .next()
@@ -166,7 +186,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// # Errors
 /// Not 5 fields, or both day fields restricted.
 pub fn to_cron_crate(expr: &str) -> Result<String, ScheduleError> {
-    let bad = |why: &str| ScheduleError::BadCron { expr: expr.into(), why: why.into() };
+    let bad = |why: &str| ScheduleError::BadCron {
+        expr: expr.into(),
+        why: why.into(),
+    };
     let trimmed = expr.trim();
     let five = match trimmed {
         "@yearly" | "@annually" => "0 0 1 1 *",
@@ -174,7 +197,11 @@ pub fn to_cron_crate(expr: &str) -> Result<String, ScheduleError> {
         "@weekly" => "0 0 * * 0",
         "@daily" | "@midnight" => "0 0 * * *",
         "@hourly" => "0 * * * *",
-        s if s.starts_with('@') => return Err(bad("unknown macro (use @hourly, @daily, @weekly, @monthly or @yearly)")),
+        s if s.starts_with('@') => {
+            return Err(bad(
+                "unknown macro (use @hourly, @daily, @weekly, @monthly or @yearly)",
+            ));
+        }
         s => s,
     };
     let fields: Vec<&str> = five.split_whitespace().collect();
@@ -188,7 +215,10 @@ pub fn to_cron_crate(expr: &str) -> Result<String, ScheduleError> {
         return Err(ScheduleError::DomAndDow { expr: expr.into() });
     }
     let dow = translate_dow(fields[4]).map_err(|why| bad(&why))?;
-    Ok(format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow))
+    Ok(format!(
+        "0 {} {} {} {} {}",
+        fields[0], fields[1], fields[2], fields[3], dow
+    ))
 }
 
 /// Maps every day-of-week number in a field (lists, ranges, steps) from crontab's 0–7 with
@@ -213,7 +243,9 @@ fn translate_dow(field: &str) -> Result<String, String> {
             Some((a, b)) => {
                 let (ma, mb) = (map_num(a)?, map_num(b)?);
                 match (ma.parse::<u8>(), mb.parse::<u8>()) {
-                    (Ok(x), Ok(1)) if x > 1 && b.parse::<u8>().ok() == Some(7) && step.is_none() => {
+                    (Ok(x), Ok(1))
+                        if x > 1 && b.parse::<u8>().ok() == Some(7) && step.is_none() =>
+                    {
                         format!("{x}-7,1")
                     }
                     _ => format!("{ma}-{mb}"),
@@ -235,7 +267,9 @@ fn translate_dow(field: &str) -> Result<String, String> {
 /// On an impossible date.
 #[must_use]
 pub fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("valid date")
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+        .single()
+        .expect("valid date")
 }
 
 #[cfg(test)]
@@ -272,7 +306,12 @@ mod tests {
 
     #[test]
     fn monday_is_one_and_sunday_is_zero_or_seven_as_in_crontab() {
-        for (expr, want) in [("0 0 * * 1", Weekday::Mon), ("0 0 * * 0", Weekday::Sun), ("0 0 * * 7", Weekday::Sun), ("0 0 * * 6", Weekday::Sat)] {
+        for (expr, want) in [
+            ("0 0 * * 1", Weekday::Mon),
+            ("0 0 * * 0", Weekday::Sun),
+            ("0 0 * * 7", Weekday::Sun),
+            ("0 0 * * 6", Weekday::Sat),
+        ] {
             let s = Schedule::cron(expr, None).unwrap();
             let t = s.next_due(Some(utc(2026, 6, 1, 12, 0)), utc(2026, 6, 1, 12, 0));
             assert_eq!(t.weekday(), want, "{expr}");
@@ -284,7 +323,10 @@ mod tests {
         assert_eq!(to_cron_crate("0 9 * * 1-5").unwrap(), "0 0 9 * * 2-6");
         assert_eq!(to_cron_crate("0 9 * * 5-7").unwrap(), "0 0 9 * * 6-7,1");
         assert_eq!(to_cron_crate("0 9 * * 0-6/2").unwrap(), "0 0 9 * * 1-7/2");
-        assert_eq!(to_cron_crate("0 9 * * MON,FRI").unwrap(), "0 0 9 * * MON,FRI");
+        assert_eq!(
+            to_cron_crate("0 9 * * MON,FRI").unwrap(),
+            "0 0 9 * * MON,FRI"
+        );
     }
 
     #[test]
@@ -293,14 +335,19 @@ mod tests {
         let after_jan = s.next_due(Some(utc(2026, 1, 31, 0, 0)), utc(2026, 1, 31, 0, 0));
         assert_eq!(after_jan, utc(2026, 3, 31, 0, 0)); // no February 31
         let leap = Schedule::cron("0 0 29 2 *", None).unwrap();
-        assert_eq!(leap.next_due(Some(utc(2026, 3, 1, 0, 0)), utc(2026, 3, 1, 0, 0)), utc(2028, 2, 29, 0, 0));
+        assert_eq!(
+            leap.next_due(Some(utc(2026, 3, 1, 0, 0)), utc(2026, 3, 1, 0, 0)),
+            utc(2028, 2, 29, 0, 0)
+        );
     }
 
     #[test]
     fn a_cron_that_never_fires_is_an_error() {
         assert_eq!(
             Schedule::cron("0 0 30 2 *", None).unwrap_err(),
-            ScheduleError::NeverFires { expr: "0 0 30 2 *".into() }
+            ScheduleError::NeverFires {
+                expr: "0 0 30 2 *".into()
+            }
         );
     }
 
@@ -311,10 +358,22 @@ mod tests {
             e.to_string(),
             "invalid cron expression \"0 3 * *\": expected 5 fields (minute hour day-of-month month day-of-week), found 4"
         );
-        assert!(matches!(Schedule::cron("61 * * * *", None), Err(ScheduleError::BadCron { .. })));
-        assert!(matches!(Schedule::cron("0 0 * * 8", None), Err(ScheduleError::BadCron { .. })));
-        assert!(matches!(Schedule::cron("@fortnightly", None), Err(ScheduleError::BadCron { .. })));
-        assert!(matches!(Schedule::cron("0 0 1 * 1", None), Err(ScheduleError::DomAndDow { .. })));
+        assert!(matches!(
+            Schedule::cron("61 * * * *", None),
+            Err(ScheduleError::BadCron { .. })
+        ));
+        assert!(matches!(
+            Schedule::cron("0 0 * * 8", None),
+            Err(ScheduleError::BadCron { .. })
+        ));
+        assert!(matches!(
+            Schedule::cron("@fortnightly", None),
+            Err(ScheduleError::BadCron { .. })
+        ));
+        assert!(matches!(
+            Schedule::cron("0 0 1 * 1", None),
+            Err(ScheduleError::DomAndDow { .. })
+        ));
     }
 
     #[test]
@@ -335,13 +394,18 @@ mod tests {
         let first = gap.next_due(Some(utc(2026, 10, 24, 0, 30)), utc(2026, 10, 24, 0, 30));
         let second = gap.next_due(Some(first), first);
         assert_eq!(first.with_timezone(&chrono_tz::Europe::Berlin).hour(), 2);
-        assert!(second - first >= chrono::Duration::hours(23), "fired twice: {first} then {second}");
+        assert!(
+            second - first >= chrono::Duration::hours(23),
+            "fired twice: {first} then {second}"
+        );
     }
 
     #[test]
     fn unknown_time_zone_is_an_error() {
         assert_eq!(
-            Schedule::cron("@daily", Some("Mars/Olympus")).unwrap_err().to_string(),
+            Schedule::cron("@daily", Some("Mars/Olympus"))
+                .unwrap_err()
+                .to_string(),
             "unknown time zone \"Mars/Olympus\" (use an IANA name such as Europe/Berlin)"
         );
     }
@@ -351,8 +415,14 @@ mod tests {
         let s = Schedule::every("1h30m").unwrap();
         let last = utc(2026, 1, 1, 0, 0);
         assert_eq!(s.next_due(Some(last), last), utc(2026, 1, 1, 1, 30));
-        assert!(matches!(Schedule::every("10s"), Err(ScheduleError::BadInterval { .. })));
-        assert!(matches!(Schedule::every("soon"), Err(ScheduleError::BadInterval { .. })));
+        assert!(matches!(
+            Schedule::every("10s"),
+            Err(ScheduleError::BadInterval { .. })
+        ));
+        assert!(matches!(
+            Schedule::every("soon"),
+            Err(ScheduleError::BadInterval { .. })
+        ));
     }
 
     #[test]
@@ -362,9 +432,13 @@ mod tests {
         let a = jittered("orders-db", due, w);
         assert_eq!(a, jittered("orders-db", due, w));
         assert!(a >= due && a < due + chrono::Duration::hours(1));
-        let starts: std::collections::BTreeSet<_> =
-            (0..50).map(|i| jittered(&format!("p{i}"), due, w)).collect();
-        assert!(starts.len() > 45, "50 policies should land at distinct points");
+        let starts: std::collections::BTreeSet<_> = (0..50)
+            .map(|i| jittered(&format!("p{i}"), due, w))
+            .collect();
+        assert!(
+            starts.len() > 45,
+            "50 policies should land at distinct points"
+        );
         assert_eq!(jittered("x", due, Duration::ZERO), due);
     }
 }

@@ -27,6 +27,9 @@ mod tests {
     #[test]
     fn noisy_libraries_are_off_unless_named() {
         assert_eq!(with_quiet_libraries("info"), "info,rustify=off,vaultrs=off");
-        assert_eq!(with_quiet_libraries("info,vaultrs=debug"), "info,vaultrs=debug,rustify=off");
+        assert_eq!(
+            with_quiet_libraries("info,vaultrs=debug"),
+            "info,vaultrs=debug,rustify=off"
+        );
     }
 }

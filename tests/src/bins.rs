@@ -13,12 +13,27 @@ fn build(package: &str, bin: &str, features: &[&str], env_override: &str) -> Pat
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("TARGET/PROFILE/deps/TEST");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("TARGET/PROFILE/deps/TEST");
     let target = profile_dir.parent().expect("TARGET");
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
     let profile = if profile == "debug" { "dev" } else { profile };
     let mut cmd = std::process::Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "-p", package, "--bin", bin, "--profile", profile]);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--profile",
+        profile,
+    ]);
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
@@ -38,7 +53,8 @@ fn build(package: &str, bin: &str, features: &[&str], env_override: &str) -> Pat
 /// When it cannot be built.
 pub fn keyturn_init() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("keyturn-init", "keyturn-init", &[], "KEYTURN_INIT_BIN")).clone()
+    BIN.get_or_init(|| build("keyturn-init", "keyturn-init", &[], "KEYTURN_INIT_BIN"))
+        .clone()
 }
 
 /// `keyturn`, with the test-only crash points (`KEYTURN_CRASH_AFTER=<step>`) compiled in.
@@ -47,5 +63,6 @@ pub fn keyturn_init() -> PathBuf {
 /// When it cannot be built.
 pub fn keyturn() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("keyturn", "keyturn", &["crash-points"], "KEYTURN_BIN")).clone()
+    BIN.get_or_init(|| build("keyturn", "keyturn", &["crash-points"], "KEYTURN_BIN"))
+        .clone()
 }

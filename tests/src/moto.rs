@@ -28,14 +28,21 @@ impl Moto {
     pub async fn start() -> anyhow::Result<Self> {
         let bin = crate::tools::moto_server()?;
         let dir = tempfile::tempdir()?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let mut last = None;
         for _ in 0..3 {
             let port = free_port();
             let mut proc = Spawn {
                 name: "moto",
                 program: &bin,
-                args: vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
+                args: vec![
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                ],
                 env: vec![],
                 user: None,
                 log: dir.path().join(format!("moto-{port}.log")),
@@ -51,7 +58,14 @@ impl Moto {
                 })
                 .await;
             match ready {
-                Ok(()) => return Ok(Self { proc, port, http, _dir: dir }),
+                Ok(()) => {
+                    return Ok(Self {
+                        proc,
+                        port,
+                        http,
+                        _dir: dir,
+                    });
+                }
                 Err(e) => last = Some(e),
             }
         }

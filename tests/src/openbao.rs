@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use keyturn_core::vault::{Vault, VaultConfig};
 use keyturn_core::SecretValue;
+use keyturn_core::vault::{Vault, VaultConfig};
 use serde_json::Value;
 
 use crate::process::{ServerProcess, Spawn, free_port};
@@ -60,7 +60,10 @@ impl OpenBao {
         let config = dir.path().join("audit.hcl");
         std::fs::write(
             &config,
-            format!("audit \"file\" \"test\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n", audit_log.display().to_string()),
+            format!(
+                "audit \"file\" \"test\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
+                audit_log.display().to_string()
+            ),
         )?;
         let mut proc = Spawn {
             name: "openbao",
@@ -82,7 +85,9 @@ impl OpenBao {
             stop_signal: "TERM",
         }
         .start()?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let health = format!("http://127.0.0.1:{port}/v1/sys/health");
         proc.wait_ready(Duration::from_secs(30), || {
             let http = http.clone();
@@ -92,7 +97,14 @@ impl OpenBao {
             }
         })
         .await?;
-        Ok(Self { proc, port, root_token, http, audit_log, _dir: dir })
+        Ok(Self {
+            proc,
+            port,
+            root_token,
+            http,
+            audit_log,
+            _dir: dir,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -159,7 +171,12 @@ impl OpenBao {
     ///
     /// # Errors
     /// On a non-2xx answer, with Vault's error text.
-    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         self.api_as(&self.root_token, method, path, body).await
     }
 
@@ -180,13 +197,20 @@ impl OpenBao {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
             bail!("{method} {path}: {status}: {text}");
         }
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
     }
 
     /// Writes a policy.
@@ -194,9 +218,13 @@ impl OpenBao {
     /// # Errors
     /// When Vault rejects it.
     pub async fn put_policy(&self, name: &str, hcl: &str) -> anyhow::Result<()> {
-        self.api("PUT", &format!("sys/policies/acl/{name}"), Some(serde_json::json!({ "policy": hcl })))
-            .await
-            .map(drop)
+        self.api(
+            "PUT",
+            &format!("sys/policies/acl/{name}"),
+            Some(serde_json::json!({ "policy": hcl })),
+        )
+        .await
+        .map(drop)
     }
 
     /// Creates a token with `policies` (no default policy beyond Vault's `default`).
@@ -205,21 +233,35 @@ impl OpenBao {
     /// When Vault refuses.
     pub async fn create_token(&self, policies: &[&str]) -> anyhow::Result<String> {
         let v = self
-            .api("POST", "auth/token/create", Some(serde_json::json!({ "policies": policies, "ttl": "1h" })))
+            .api(
+                "POST",
+                "auth/token/create",
+                Some(serde_json::json!({ "policies": policies, "ttl": "1h" })),
+            )
             .await?;
-        v["auth"]["client_token"].as_str().map(str::to_owned).context("no client_token in answer")
+        v["auth"]["client_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no client_token in answer")
     }
 
     /// Mounts a secrets engine (`kv` with version 1 or 2, `database`, …) at `path`.
     ///
     /// # Errors
     /// When Vault refuses.
-    pub async fn mount(&self, path: &str, engine: &str, options: Option<Value>) -> anyhow::Result<()> {
+    pub async fn mount(
+        &self,
+        path: &str,
+        engine: &str,
+        options: Option<Value>,
+    ) -> anyhow::Result<()> {
         let mut body = serde_json::json!({ "type": engine });
         if let Some(o) = options {
             body["options"] = o;
         }
-        self.api("POST", &format!("sys/mounts/{path}"), Some(body)).await.map(drop)
+        self.api("POST", &format!("sys/mounts/{path}"), Some(body))
+            .await
+            .map(drop)
     }
 
     /// Enables an auth method at `path`.
@@ -227,8 +269,12 @@ impl OpenBao {
     /// # Errors
     /// When Vault refuses.
     pub async fn enable_auth(&self, path: &str, method: &str) -> anyhow::Result<()> {
-        self.api("POST", &format!("sys/auth/{path}"), Some(serde_json::json!({ "type": method })))
-            .await
-            .map(drop)
+        self.api(
+            "POST",
+            &format!("sys/auth/{path}"),
+            Some(serde_json::json!({ "type": method })),
+        )
+        .await
+        .map(drop)
     }
 }

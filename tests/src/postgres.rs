@@ -59,7 +59,15 @@ impl Postgres {
             .arg(&initdb)
             .arg("-D")
             .arg(&data)
-            .args(["-U", SUPERUSER, "-A", "scram-sha-256", "--no-sync", "-E", "UTF8"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .context("run initdb")?;
@@ -105,11 +113,22 @@ impl Postgres {
             let ready = proc
                 .wait_ready(Duration::from_secs(30), || {
                     let conn = conn.clone();
-                    async move { tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.is_ok() }
+                    async move {
+                        tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                            .await
+                            .is_ok()
+                    }
                 })
                 .await;
             match ready {
-                Ok(()) => return Ok(Self { proc, port, password, _dir: dir }),
+                Ok(()) => {
+                    return Ok(Self {
+                        proc,
+                        port,
+                        password,
+                        _dir: dir,
+                    });
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -131,15 +150,24 @@ impl Postgres {
     /// A libpq-style connection string for `user`/`password` on database `postgres`.
     #[must_use]
     pub fn conn_string(&self, user: &str, password: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname=postgres connect_timeout=5", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres connect_timeout=5",
+            self.port
+        )
     }
 
     /// Connects as `user` with `password`.
     ///
     /// # Errors
     /// When the login fails (wrong password, no such role).
-    pub async fn connect_as(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_string(user, password), tokio_postgres::NoTls).await?;
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_string(user, password), tokio_postgres::NoTls)
+                .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -162,11 +190,18 @@ impl Postgres {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
 }
 
 fn chown_r(path: &Path, user: &str) -> anyhow::Result<()> {
-    let st = Command::new("chown").args(["-R", &format!("{user}:{user}")]).arg(path).status()?;
+    let st = Command::new("chown")
+        .args(["-R", &format!("{user}:{user}")])
+        .arg(path)
+        .status()?;
     if !st.success() {
         bail!("chown {} to {user} failed", path.display());
     }

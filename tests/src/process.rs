@@ -47,7 +47,8 @@ impl Spawn<'_> {
     /// # Errors
     /// When `setpriv` or the program cannot be started.
     pub fn start(self) -> anyhow::Result<ServerProcess> {
-        let out = File::create(&self.log).with_context(|| format!("create {}", self.log.display()))?;
+        let out =
+            File::create(&self.log).with_context(|| format!("create {}", self.log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new("setpriv");
         cmd.arg("--pdeathsig").arg("KILL");
@@ -64,7 +65,12 @@ impl Spawn<'_> {
         let child = cmd
             .spawn()
             .with_context(|| format!("start {} ({})", self.name, self.program.display()))?;
-        Ok(ServerProcess { name: self.name, child, stop_signal: self.stop_signal, log: self.log })
+        Ok(ServerProcess {
+            name: self.name,
+            child,
+            stop_signal: self.stop_signal,
+            log: self.log,
+        })
     }
 }
 
@@ -93,7 +99,11 @@ impl ServerProcess {
     /// When it exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited with {status}; its output:\n{}", self.name, tail(&self.log(), 40));
+            bail!(
+                "{} exited with {status}; its output:\n{}",
+                self.name,
+                tail(&self.log(), 40)
+            );
         }
         Ok(())
     }
@@ -114,7 +124,11 @@ impl ServerProcess {
                 return Ok(());
             }
             if start.elapsed() > within {
-                bail!("{} not ready after {within:?}; its output:\n{}", self.name, tail(&self.log(), 40));
+                bail!(
+                    "{} not ready after {within:?}; its output:\n{}",
+                    self.name,
+                    tail(&self.log(), 40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -126,7 +140,9 @@ impl ServerProcess {
             return;
         }
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args([&format!("-{}", self.stop_signal), &pid]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{}", self.stop_signal), &pid])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -152,7 +168,10 @@ impl Drop for ServerProcess {
 /// When no loopback port can be bound at all.
 #[must_use]
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 /// The last `n` lines of `s`.
@@ -164,5 +183,7 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Whether something accepts TCP connections at `port` on loopback.
 pub async fn port_open(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
 }

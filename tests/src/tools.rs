@@ -8,7 +8,10 @@ use anyhow::bail;
 /// The repository root.
 #[must_use]
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Finds a program: `$ENV_VAR`, then `.keyturn/bin/NAME` (written by `dev/setup.sh`), then
@@ -60,11 +63,16 @@ pub fn moto_server() -> anyhow::Result<PathBuf> {
 /// # Errors
 /// When PostgreSQL 15 is not installed.
 pub fn postgres(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("KEYTURN_PG_BINDIR")
-        .map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from);
+    let dir = std::env::var_os("KEYTURN_PG_BINDIR").map_or_else(
+        || PathBuf::from("/usr/lib/postgresql/15/bin"),
+        PathBuf::from,
+    );
     let p = dir.join(name);
     if p.is_file() {
         return Ok(p);
     }
-    bail!("{} not found (set KEYTURN_PG_BINDIR, or run dev/setup.sh to install PostgreSQL 15)", p.display())
+    bail!(
+        "{} not found (set KEYTURN_PG_BINDIR, or run dev/setup.sh to install PostgreSQL 15)",
+        p.display()
+    )
 }

@@ -6,18 +6,38 @@ use serde_json::json;
 
 #[tokio::test]
 async fn postgres_accepts_the_superuser_password_and_refuses_a_wrong_one() {
-    let pg = Postgres::start_with(&[("log_statement", "all")]).await.unwrap();
+    let pg = Postgres::start_with(&[("log_statement", "all")])
+        .await
+        .unwrap();
     let admin = pg.admin().await.unwrap();
-    let row = admin.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap();
+    let row = admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap();
     let version: i32 = row.get(0);
-    assert!((150_000..160_000).contains(&version), "expected PostgreSQL 15, got {version}");
-    admin.batch_execute("CREATE ROLE harness_probe LOGIN PASSWORD 'probe-pw'").await.unwrap();
+    assert!(
+        (150_000..160_000).contains(&version),
+        "expected PostgreSQL 15, got {version}"
+    );
+    admin
+        .batch_execute("CREATE ROLE harness_probe LOGIN PASSWORD 'probe-pw'")
+        .await
+        .unwrap();
     pg.connect_as("harness_probe", "probe-pw").await.unwrap();
-    let Err(e) = pg.connect_as(SUPERUSER, "wrong").await else { panic!("a wrong password must fail") };
+    let Err(e) = pg.connect_as(SUPERUSER, "wrong").await else {
+        panic!("a wrong password must fail")
+    };
     let code = e.as_db_error().map(|d| d.code().clone());
-    assert_eq!(code, Some(tokio_postgres::error::SqlState::INVALID_PASSWORD), "{e:?}");
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::INVALID_PASSWORD),
+        "{e:?}"
+    );
     // log_statement=all reached the server: the statement above is in its log.
-    assert!(pg.log().contains("CREATE ROLE harness_probe"), "server log lacks the statement");
+    assert!(
+        pg.log().contains("CREATE ROLE harness_probe"),
+        "server log lacks the statement"
+    );
 }
 
 #[tokio::test]
@@ -25,12 +45,20 @@ async fn two_postgres_clusters_run_side_by_side_on_their_own_ports() {
     let (a, b) = tokio::join!(Postgres::start(), Postgres::start());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_ne!(a.port(), b.port());
-    a.admin().await.unwrap().batch_execute("CREATE ROLE only_in_a").await.unwrap();
+    a.admin()
+        .await
+        .unwrap()
+        .batch_execute("CREATE ROLE only_in_a")
+        .await
+        .unwrap();
     let n: i64 = b
         .admin()
         .await
         .unwrap()
-        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'only_in_a'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'only_in_a'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -49,13 +77,25 @@ async fn a_dropped_postgres_stops_listening() {
 async fn moto_stores_and_returns_a_secrets_manager_secret() {
     let moto = Moto::start().await.unwrap();
     let created = moto
-        .secretsmanager("CreateSecret", json!({"Name": "harness/probe", "SecretString": "v1"}))
+        .secretsmanager(
+            "CreateSecret",
+            json!({"Name": "harness/probe", "SecretString": "v1"}),
+        )
         .await
         .unwrap();
     assert!(created["ARN"].as_str().unwrap().contains("harness/probe"));
-    let got = moto.secretsmanager("GetSecretValue", json!({"SecretId": "harness/probe"})).await.unwrap();
+    let got = moto
+        .secretsmanager("GetSecretValue", json!({"SecretId": "harness/probe"}))
+        .await
+        .unwrap();
     assert_eq!(got["SecretString"], "v1");
     assert_eq!(got["VersionStages"], json!(["AWSCURRENT"]));
-    let missing = moto.secretsmanager("GetSecretValue", json!({"SecretId": "nope"})).await.unwrap_err();
-    assert!(missing.to_string().contains("ResourceNotFoundException"), "{missing}");
+    let missing = moto
+        .secretsmanager("GetSecretValue", json!({"SecretId": "nope"}))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("ResourceNotFoundException"),
+        "{missing}"
+    );
 }

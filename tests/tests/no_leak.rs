@@ -38,15 +38,30 @@ async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
 
     let bao = OpenBao::start().await.unwrap();
     bao.enable_auth("approle", "approle").await.unwrap();
-    bao.put_policy("rw", r#"path "secret/data/app/*" { capabilities = ["create", "read", "update"] }"#)
+    bao.put_policy(
+        "rw",
+        r#"path "secret/data/app/*" { capabilities = ["create", "read", "update"] }"#,
+    )
+    .await
+    .unwrap();
+    bao.api(
+        "POST",
+        "auth/approle/role/app",
+        Some(json!({"token_policies": ["rw"]})),
+    )
+    .await
+    .unwrap();
+    let role_id = bao
+        .api("GET", "auth/approle/role/app/role-id", None)
         .await
-        .unwrap();
-    bao.api("POST", "auth/approle/role/app", Some(json!({"token_policies": ["rw"]}))).await.unwrap();
-    let role_id = bao.api("GET", "auth/approle/role/app/role-id", None).await.unwrap()["data"]["role_id"]
+        .unwrap()["data"]["role_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let secret_id = bao.api("POST", "auth/approle/role/app/secret-id", None).await.unwrap()["data"]["secret_id"]
+    let secret_id = bao
+        .api("POST", "auth/approle/role/app/secret-id", None)
+        .await
+        .unwrap()["data"]["secret_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -54,7 +69,11 @@ async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
     let value = canary("trace");
     let mut v = Vault::connect(&bao.config(None)).unwrap();
     let info = v
-        .login(&AppRole { mount: "approle".into(), role_id, secret_id: SecretValue::from_str_copy(&secret_id) })
+        .login(&AppRole {
+            mount: "approle".into(),
+            role_id,
+            secret_id: SecretValue::from_str_copy(&secret_id),
+        })
         .await
         .unwrap();
     let token = info.token.expose_str().unwrap().to_owned();
@@ -66,7 +85,9 @@ async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
     // Failures on the way: a CAS conflict, a denied path, a missing one.
     let mut errors = String::new();
     for e in [
-        v.kv2_write("secret", "app/db", &d, Some(0)).await.unwrap_err(),
+        v.kv2_write("secret", "app/db", &d, Some(0))
+            .await
+            .unwrap_err(),
         v.kv2_read("secret", "other/db", None).await.unwrap_err(),
         v.kv2_read("secret", "app/missing", None).await.unwrap_err(),
     ] {
@@ -75,8 +96,15 @@ async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
     tracing::info!(data = ?got, "read done");
 
     let logs = capture.0.lock().unwrap().clone();
-    assert!(logs.len() > 1000, "expected trace output from the libraries, got {} bytes", logs.len());
-    for (place, text) in [("trace logs", logs.as_slice()), ("errors", errors.as_bytes())] {
+    assert!(
+        logs.len() > 1000,
+        "expected trace output from the libraries, got {} bytes",
+        logs.len()
+    );
+    for (place, text) in [
+        ("trace logs", logs.as_slice()),
+        ("errors", errors.as_bytes()),
+    ] {
         assert_absent(place, text, &[&value, &secret_id, &token]);
     }
 }

@@ -20,7 +20,10 @@ struct Env {
 impl Env {
     async fn new() -> Self {
         let bao = OpenBao::start().await.unwrap();
-        let hcl = std::fs::read_to_string(keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl")).unwrap();
+        let hcl = std::fs::read_to_string(
+            keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
+        )
+        .unwrap();
         bao.put_policy("keyturn-agent", &hcl).await.unwrap();
         let token = bao.create_token(&["keyturn-agent"]).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -58,7 +61,10 @@ impl Env {
             .env("KEYTURN_POLICIES", self.policies())
             .env("KEYTURN_HOLDER", holder)
             .env("KEYTURN_AUDIT_FILE", self.audit())
-            .env("KEYTURN_AUDIT_HMAC_KEY_FILE", self.dir.path().join("hmac.key"))
+            .env(
+                "KEYTURN_AUDIT_HMAC_KEY_FILE",
+                self.dir.path().join("hmac.key"),
+            )
             .env("KEYTURN_LOG", "info");
         c
     }
@@ -74,19 +80,43 @@ impl Env {
     async fn current(&self, name: &str) -> Option<(String, u64)> {
         let v = self.bao.root_client().unwrap();
         match v.kv2_read("secret", &format!("keyturn/{name}"), None).await {
-            Ok(r) => Some((r.data.get("value").unwrap().expose_str().unwrap().to_owned(), r.version)),
+            Ok(r) => Some((
+                r.data
+                    .get("value")
+                    .unwrap()
+                    .expose_str()
+                    .unwrap()
+                    .to_owned(),
+                r.version,
+            )),
             Err(_) => None,
         }
     }
 
     async fn version(&self, name: &str, version: u64) -> String {
         let v = self.bao.root_client().unwrap();
-        let r = v.kv2_read("secret", &format!("keyturn/{name}"), Some(version)).await.unwrap();
-        r.data.get("value").unwrap().expose_str().unwrap().to_owned()
+        let r = v
+            .kv2_read("secret", &format!("keyturn/{name}"), Some(version))
+            .await
+            .unwrap();
+        r.data
+            .get("value")
+            .unwrap()
+            .expose_str()
+            .unwrap()
+            .to_owned()
     }
 
     async fn state(&self, name: &str) -> serde_json::Value {
-        self.bao.api("GET", &format!("secret/data/keyturn-state/keyturn/{name}"), None).await.unwrap()["data"]["data"].clone()
+        self.bao
+            .api(
+                "GET",
+                &format!("secret/data/keyturn-state/keyturn/{name}"),
+                None,
+            )
+            .await
+            .unwrap()["data"]["data"]
+            .clone()
     }
 
     fn verify_audit(&self) {
@@ -96,7 +126,11 @@ impl Env {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 async fn crash_and_resume(step: &str) {
@@ -107,9 +141,25 @@ async fn crash_and_resume(step: &str) {
     let (old, v1) = e.current("api").await.unwrap();
 
     let crashed = e.rotate("api", Some(step));
-    assert_eq!(crashed.status.signal(), Some(9), "expected a SIGKILL after {step}: {}", text(&crashed));
+    assert_eq!(
+        crashed.status.signal(),
+        Some(9),
+        "expected a SIGKILL after {step}: {}",
+        text(&crashed)
+    );
     let state = e.state("api").await;
-    assert_eq!(state["step"], if step == "test" { "tested" } else if step == "finish" { "finished" } else if step == "create" { "created" } else { step });
+    assert_eq!(
+        state["step"],
+        if step == "test" {
+            "tested"
+        } else if step == "finish" {
+            "finished"
+        } else if step == "create" {
+            "created"
+        } else {
+            step
+        }
+    );
     let pending = state["pending.value"].as_str().unwrap().to_owned();
 
     let resumed = e.rotate("api", None);
@@ -117,15 +167,29 @@ async fn crash_and_resume(step: &str) {
     assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
     let (now, v2) = e.current("api").await.unwrap();
     assert_eq!(v2, v1 + 1, "exactly one new version");
-    assert_eq!(now, pending, "the value persisted before the crash is the one promoted");
-    assert_eq!(e.version("api", v2 - 1).await, old, "the old value is PREVIOUS");
+    assert_eq!(
+        now, pending,
+        "the value persisted before the crash is the one promoted"
+    );
+    assert_eq!(
+        e.version("api", v2 - 1).await,
+        old,
+        "the old value is PREVIOUS"
+    );
     let after = e.state("api").await;
-    assert!(after.get("rotation_id").is_none() && after.get("pending.value").is_none(), "no orphaned PENDING: {after}");
+    assert!(
+        after.get("rotation_id").is_none() && after.get("pending.value").is_none(),
+        "no orphaned PENDING: {after}"
+    );
     e.verify_audit();
     for out in [&first, &crashed, &resumed] {
         assert_absent("keyturn output", text(out).as_bytes(), &[&old, &now]);
     }
-    assert_absent("audit log", &std::fs::read(e.audit()).unwrap(), &[&old, &now]);
+    assert_absent(
+        "audit log",
+        &std::fs::read(e.audit()).unwrap(),
+        &[&old, &now],
+    );
 }
 
 #[tokio::test]
@@ -152,9 +216,17 @@ async fn a_kill_after_finish_does_not_write_a_second_version() {
 async fn rotate_names_an_unknown_policy_and_exits_64_before_any_network_call() {
     let e = Env::new().await;
     e.write_policy("api", "");
-    let out = e.cmd(&["rotate", "nope"], "agent-1").env("VAULT_ADDR", "http://127.0.0.1:9").output().unwrap();
+    let out = e
+        .cmd(&["rotate", "nope"], "agent-1")
+        .env("VAULT_ADDR", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
-    assert!(text(&out).contains("no policy named \"nope\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("no policy named \"nope\""),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test]
@@ -196,7 +268,9 @@ impl Daemon {
     }
 
     fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let status = self.child.wait().unwrap();
         (status, self.log())
     }
@@ -218,7 +292,10 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < Duration::from_secs(60), "gave up waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "gave up waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -231,7 +308,10 @@ async fn the_daemon_rotates_never_rotated_policies_at_start_up_and_stops_on_sigt
     }
     let d = Daemon::start(&e, "agent-1");
     for n in ["a", "b", "c"] {
-        eventually(&format!("policy {n} rotated"), || async { e.current(n).await.is_some() }).await;
+        eventually(&format!("policy {n} rotated"), || async {
+            e.current(n).await.is_some()
+        })
+        .await;
     }
     let (status, log) = d.stop();
     assert!(status.success(), "{status:?}\n{log}");
@@ -253,15 +333,25 @@ async fn two_daemons_on_one_policy_set_rotate_each_policy_once() {
     let d1 = Daemon::start(&e, "agent-1");
     let d2 = Daemon::start(&e, "agent-2");
     for n in &names {
-        eventually(&format!("{n} rotated"), || async { e.current(n).await.is_some() }).await;
+        eventually(&format!("{n} rotated"), || async {
+            e.current(n).await.is_some()
+        })
+        .await;
     }
     // Let both settle (each has scanned and acted on every policy), then look.
-    eventually("both daemons ready", || async { d1.log().contains("policies loaded") && d2.log().contains("policies loaded") }).await;
+    eventually("both daemons ready", || async {
+        d1.log().contains("policies loaded") && d2.log().contains("policies loaded")
+    })
+    .await;
     let (s1, l1) = d1.stop();
     let (s2, l2) = d2.stop();
     assert!(s1.success() && s2.success(), "{l1}\n{l2}");
     for n in &names {
-        assert_eq!(e.current(n).await.unwrap().1, 1, "{n} was rotated more than once:\n{l1}\n{l2}");
+        assert_eq!(
+            e.current(n).await.unwrap().1,
+            1,
+            "{n} was rotated more than once:\n{l1}\n{l2}"
+        );
     }
 }
 
@@ -270,12 +360,25 @@ async fn a_valid_policy_change_applies_and_an_invalid_one_is_rejected_while_the_
     let e = Env::new().await;
     e.write_policy("first", "");
     let d = Daemon::start(&e, "agent-1");
-    eventually("first rotated", || async { e.current("first").await.is_some() }).await;
+    eventually("first rotated", || async {
+        e.current("first").await.is_some()
+    })
+    .await;
     e.write_policy("second", "");
-    eventually("second picked up and rotated", || async { e.current("second").await.is_some() }).await;
+    eventually("second picked up and rotated", || async {
+        e.current("second").await.is_some()
+    })
+    .await;
     std::fs::write(e.policies().join("broken.yaml"), "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: broken }\nspec:\n  schedule: \"not cron\"\n").unwrap();
-    eventually("the bad file is rejected", || async { d.log().contains("policy change rejected") }).await;
-    assert!(d.log().contains("broken.yaml"), "the error names the file:\n{}", d.log());
+    eventually("the bad file is rejected", || async {
+        d.log().contains("policy change rejected")
+    })
+    .await;
+    assert!(
+        d.log().contains("broken.yaml"),
+        "the error names the file:\n{}",
+        d.log()
+    );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     assert_eq!(e.current("first").await.unwrap().1, 1);
@@ -289,12 +392,17 @@ async fn the_daemon_resumes_a_rotation_left_in_flight_by_a_crash() {
     assert!(e.rotate("api", None).status.success());
     let crashed = e.rotate("api", Some("set"));
     assert_eq!(crashed.status.signal(), Some(9));
-    let pending = e.state("api").await["pending.value"].as_str().unwrap().to_owned();
+    let pending = e.state("api").await["pending.value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let d = Daemon::start(&e, "agent-1");
-    eventually("the in-flight rotation finished", || async { e.current("api").await.is_some_and(|(_, v)| v == 2) }).await;
+    eventually("the in-flight rotation finished", || async {
+        e.current("api").await.is_some_and(|(_, v)| v == 2)
+    })
+    .await;
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     assert_eq!(e.current("api").await.unwrap().0, pending);
     assert!(log.contains("rotate") || log.contains("rotated"), "{log}");
 }
-

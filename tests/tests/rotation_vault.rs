@@ -34,9 +34,19 @@ async fn env() -> Env {
     .unwrap();
     let policy = policy::load(&pfile).unwrap().remove(0);
     let audit_file = dir.path().join("audit.jsonl");
-    let audit = Arc::new(AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&audit_file)).unwrap());
+    let audit = Arc::new(
+        AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&audit_file))
+            .unwrap(),
+    );
     let vault = Arc::new(bao.root_client().unwrap());
-    Env { bao, vault, policy, audit, audit_file, _dir: dir }
+    Env {
+        bao,
+        vault,
+        policy,
+        audit,
+        audit_file,
+        _dir: dir,
+    }
 }
 
 fn engine(e: &Env, holder: &str) -> Engine {
@@ -48,7 +58,11 @@ fn store(e: &Env) -> VaultKvStore {
 }
 
 async fn value_at(e: &Env, version: Option<u64>) -> (SecretValue, u64) {
-    let v = e.vault.kv2_read("secret", "apps/api-token", version).await.unwrap();
+    let v = e
+        .vault
+        .kv2_read("secret", "apps/api-token", version)
+        .await
+        .unwrap();
     (v.data.get("value").unwrap().clone(), v.version)
 }
 
@@ -56,12 +70,33 @@ async fn value_at(e: &Env, version: Option<u64>) -> (SecretValue, u64) {
 async fn a_rotation_makes_a_new_current_keeps_the_previous_and_clears_its_state() {
     let e = env().await;
     let eng = engine(&e, "agent-a");
-    let first = eng.rotate(&e.policy, &store(&e), &Generated, &Trigger::Manual { reason: None }).await.unwrap();
-    assert!(matches!(first, RotationOutcome::Rotated { resumed: false, .. }), "{first:?}");
+    let first = eng
+        .rotate(
+            &e.policy,
+            &store(&e),
+            &Generated,
+            &Trigger::Manual { reason: None },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, RotationOutcome::Rotated { resumed: false, .. }),
+        "{first:?}"
+    );
     let (v1, ver1) = value_at(&e, None).await;
     assert_eq!(v1.len(), 24);
-    let second = eng.rotate(&e.policy, &store(&e), &Generated, &Trigger::Manual { reason: None }).await.unwrap();
-    let RotationOutcome::Rotated { rotation_id, .. } = second else { panic!("{second:?}") };
+    let second = eng
+        .rotate(
+            &e.policy,
+            &store(&e),
+            &Generated,
+            &Trigger::Manual { reason: None },
+        )
+        .await
+        .unwrap();
+    let RotationOutcome::Rotated { rotation_id, .. } = second else {
+        panic!("{second:?}")
+    };
     let (v2, ver2) = value_at(&e, None).await;
     assert_eq!(ver2, ver1 + 1);
     assert!(!v2.ct_eq(&v1));
@@ -75,11 +110,28 @@ async fn a_rotation_makes_a_new_current_keeps_the_previous_and_clears_its_state(
     let report = keyturn_core::audit::verify(std::slice::from_ref(&e.audit_file));
     assert!(report.is_ok(), "{report:?}");
     let text = std::fs::read(&e.audit_file).unwrap();
-    for action in ["rotate.create", "rotate.set", "rotate.test", "rotate.finish", "rotate.done"] {
-        assert!(String::from_utf8_lossy(&text).contains(action), "no {action} event");
+    for action in [
+        "rotate.create",
+        "rotate.set",
+        "rotate.test",
+        "rotate.finish",
+        "rotate.done",
+    ] {
+        assert!(
+            String::from_utf8_lossy(&text).contains(action),
+            "no {action} event"
+        );
     }
-    assert_absent("audit log", &text, &[v1.expose_str().unwrap(), v2.expose_str().unwrap()]);
-    assert_absent("vault server log", e.bao.log().as_bytes(), &[v1.expose_str().unwrap(), v2.expose_str().unwrap()]);
+    assert_absent(
+        "audit log",
+        &text,
+        &[v1.expose_str().unwrap(), v2.expose_str().unwrap()],
+    );
+    assert_absent(
+        "vault server log",
+        e.bao.log().as_bytes(),
+        &[v1.expose_str().unwrap(), v2.expose_str().unwrap()],
+    );
 }
 
 #[tokio::test]
@@ -88,11 +140,26 @@ async fn a_slot_already_served_by_a_later_rotation_is_not_rotated_again() {
     let due = Utc::now() - chrono::Duration::minutes(5);
     let eng = engine(&e, "agent-a");
     assert!(matches!(
-        eng.rotate(&e.policy, &store(&e), &Generated, &Trigger::Schedule { due }).await.unwrap(),
+        eng.rotate(
+            &e.policy,
+            &store(&e),
+            &Generated,
+            &Trigger::Schedule { due }
+        )
+        .await
+        .unwrap(),
         RotationOutcome::Rotated { .. }
     ));
     let (_, ver) = value_at(&e, None).await;
-    let again = engine(&e, "agent-b").rotate(&e.policy, &store(&e), &Generated, &Trigger::Schedule { due }).await.unwrap();
+    let again = engine(&e, "agent-b")
+        .rotate(
+            &e.policy,
+            &store(&e),
+            &Generated,
+            &Trigger::Schedule { due },
+        )
+        .await
+        .unwrap();
     assert_eq!(again, RotationOutcome::AlreadyDone);
     assert_eq!(value_at(&e, None).await.1, ver);
 }
@@ -109,7 +176,10 @@ async fn two_engines_racing_for_one_slot_rotate_it_exactly_once() {
         b.rotate(&e.policy, &sb, &Generated, &trigger)
     );
     let outcomes = [ra.unwrap(), rb.unwrap()];
-    let rotated = outcomes.iter().filter(|o| matches!(o, RotationOutcome::Rotated { .. })).count();
+    let rotated = outcomes
+        .iter()
+        .filter(|o| matches!(o, RotationOutcome::Rotated { .. }))
+        .count();
     assert_eq!(rotated, 1, "{outcomes:?}");
     assert_eq!(value_at(&e, None).await.1, 1, "exactly one version written");
 }
@@ -127,7 +197,16 @@ async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> 
         lease_until: Utc::now() + chrono::Duration::seconds(lease_secs),
         attempts: 0,
     };
-    store(e).write_state(&Fence("0".into()), &StateRecord { in_flight: Some(rec), last: None }).await.unwrap();
+    store(e)
+        .write_state(
+            &Fence("0".into()),
+            &StateRecord {
+                in_flight: Some(rec),
+                last: None,
+            },
+        )
+        .await
+        .unwrap();
     v
 }
 
@@ -135,16 +214,49 @@ async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> 
 async fn a_rotation_held_by_a_live_process_is_left_alone() {
     let e = env().await;
     plant_in_flight(&e, "agent-other", 300, Step::Set).await;
-    let out = engine(&e, "agent-a").rotate(&e.policy, &store(&e), &Generated, &Trigger::Manual { reason: None }).await.unwrap();
-    assert_eq!(out, RotationOutcome::Busy { holder: "agent-other".into() });
-    assert!(e.vault.kv2_read("secret", "apps/api-token", None).await.is_err(), "nothing promoted");
+    let out = engine(&e, "agent-a")
+        .rotate(
+            &e.policy,
+            &store(&e),
+            &Generated,
+            &Trigger::Manual { reason: None },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        RotationOutcome::Busy {
+            holder: "agent-other".into()
+        }
+    );
+    assert!(
+        e.vault
+            .kv2_read("secret", "apps/api-token", None)
+            .await
+            .is_err(),
+        "nothing promoted"
+    );
 }
 
 #[tokio::test]
 async fn a_rotation_whose_holder_lease_expired_is_taken_over_and_finishes_with_its_pending_value() {
     let e = env().await;
     let pending = plant_in_flight(&e, "agent-dead", -1, Step::Set).await;
-    let out = engine(&e, "agent-a").rotate(&e.policy, &store(&e), &Generated, &Trigger::Manual { reason: None }).await.unwrap();
-    assert!(matches!(out, RotationOutcome::Rotated { resumed: true, .. }), "{out:?}");
-    assert!(value_at(&e, None).await.0.ct_eq(&pending), "the pending value, not a fresh one, became current");
+    let out = engine(&e, "agent-a")
+        .rotate(
+            &e.policy,
+            &store(&e),
+            &Generated,
+            &Trigger::Manual { reason: None },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, RotationOutcome::Rotated { resumed: true, .. }),
+        "{out:?}"
+    );
+    assert!(
+        value_at(&e, None).await.0.ct_eq(&pending),
+        "the pending value, not a fresh one, became current"
+    );
 }

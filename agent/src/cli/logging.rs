@@ -24,10 +24,11 @@ pub enum LoggingError {
 /// # Errors
 /// [`LoggingError::Filter`] for a bad filter, [`LoggingError::AlreadySet`] when called twice.
 pub fn init(filter: &str) -> Result<(), LoggingError> {
-    let env_filter = EnvFilter::try_new(keyturn_core::logfilter::with_quiet_libraries(filter)).map_err(|e| LoggingError::Filter {
-        filter: filter.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let env_filter = EnvFilter::try_new(keyturn_core::logfilter::with_quiet_libraries(filter))
+        .map_err(|e| LoggingError::Filter {
+            filter: filter.to_owned(),
+            reason: e.to_string(),
+        })?;
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)

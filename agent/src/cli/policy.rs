@@ -28,14 +28,23 @@ pub fn run(cmd: PolicyCommand) -> u8 {
     match cmd {
         PolicyCommand::Check(a) => match policy::load(&a.path) {
             Ok(ps) => {
-                println!("ok: {} polic{} in {}", ps.len(), if ps.len() == 1 { "y" } else { "ies" }, a.path.display());
+                println!(
+                    "ok: {} polic{} in {}",
+                    ps.len(),
+                    if ps.len() == 1 { "y" } else { "ies" },
+                    a.path.display()
+                );
                 exit::OK
             }
             Err(errors) => {
                 for e in &errors.0 {
                     eprintln!("{e}");
                 }
-                eprintln!("{} problem{} found; nothing was changed", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
+                eprintln!(
+                    "{} problem{} found; nothing was changed",
+                    errors.0.len(),
+                    if errors.0.len() == 1 { "" } else { "s" }
+                );
                 exit::USAGE
             }
         },

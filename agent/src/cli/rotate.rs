@@ -26,7 +26,10 @@ pub const BUSY: u8 = 75;
 /// Runs the subcommand; returns the exit code.
 #[must_use]
 pub fn run(args: RotateArgs) -> u8 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyturn: cannot start runtime: {e}");
@@ -37,7 +40,11 @@ pub fn run(args: RotateArgs) -> u8 {
         // Check the name before any network call.
         match crate::policy::load(&args.common.policies) {
             Ok(ps) if !ps.iter().any(|p| p.name == args.policy) => {
-                eprintln!("keyturn: no policy named {:?} in {}", args.policy, args.common.policies.display());
+                eprintln!(
+                    "keyturn: no policy named {:?} in {}",
+                    args.policy,
+                    args.common.policies.display()
+                );
                 return exit::USAGE;
             }
             _ => {}
@@ -46,7 +53,9 @@ pub fn run(args: RotateArgs) -> u8 {
             Ok(p) => p,
             Err(code) => return code,
         };
-        let Some(policy) = p.policies.iter().find(|x| x.name == args.policy) else { return exit::USAGE };
+        let Some(policy) = p.policies.iter().find(|x| x.name == args.policy) else {
+            return exit::USAGE;
+        };
         let (store, target) = match (p.backends.store(policy), p.backends.target(policy).await) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
@@ -54,25 +63,51 @@ pub fn run(args: RotateArgs) -> u8 {
                 return exit::USAGE;
             }
         };
-        match p.engine.rotate(policy, store.as_ref(), target.as_ref(), &Trigger::Manual { reason: args.reason }).await {
-            Ok(RotationOutcome::Rotated { rotation_id, resumed }) => {
-                println!("rotated {} (rotation {rotation_id}{})", policy.name, if resumed { ", resumed" } else { "" });
+        match p
+            .engine
+            .rotate(
+                policy,
+                store.as_ref(),
+                target.as_ref(),
+                &Trigger::Manual {
+                    reason: args.reason,
+                },
+            )
+            .await
+        {
+            Ok(RotationOutcome::Rotated {
+                rotation_id,
+                resumed,
+            }) => {
+                println!(
+                    "rotated {} (rotation {rotation_id}{})",
+                    policy.name,
+                    if resumed { ", resumed" } else { "" }
+                );
                 exit::OK
             }
             Ok(RotationOutcome::AlreadyDone) => exit::OK,
             Ok(RotationOutcome::Busy { holder }) => {
-                eprintln!("keyturn: policy {} is being rotated by {holder}; try again later", policy.name);
+                eprintln!(
+                    "keyturn: policy {} is being rotated by {holder}; try again later",
+                    policy.name
+                );
                 BUSY
             }
             Ok(RotationOutcome::Failed { rotation_id, error }) => {
-                eprintln!("keyturn: rotation {rotation_id} of {} failed and was rolled back: {error}", policy.name);
+                eprintln!(
+                    "keyturn: rotation {rotation_id} of {} failed and was rolled back: {error}",
+                    policy.name
+                );
                 exit::FAILED
             }
             Err(e) => {
                 eprintln!("keyturn: {e}");
                 match &e {
                     RotationError::Audit { .. } => exit::IO,
-                    RotationError::Store { source, .. } if source.is_retryable() => exit::UNAVAILABLE,
+                    RotationError::Store { source, .. } if source.is_retryable() => {
+                        exit::UNAVAILABLE
+                    }
                     RotationError::Store { .. } => exit::SOFTWARE,
                 }
             }

@@ -80,8 +80,21 @@ impl RotationArgs {
             eprintln!("keyturn: {e}");
             u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE)
         })?;
+        let aws = if Backends::needs_aws(&policies) {
+            Some(crate::rotation::store::aws_sm::client_from_env(None).await)
+        } else {
+            None
+        };
         let holder = self.holder();
         let engine = Engine::new(audit.clone(), Actor::agent(holder.clone()), holder);
-        Ok(Prepared { policies, engine, backends: Backends { vault: Some(vault) }, audit })
+        Ok(Prepared {
+            policies,
+            engine,
+            backends: Backends {
+                vault: Some(vault),
+                aws,
+            },
+            audit,
+        })
     }
 }

@@ -30,7 +30,11 @@ pub struct RunArgs {
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
 #[must_use]
 pub fn run(args: RunArgs) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyturn: cannot start runtime: {e}");
@@ -57,7 +61,11 @@ pub fn run(args: RunArgs) -> u8 {
             };
             tokio::spawn(async move {
                 let app = server::router(metrics, ready_rx);
-                let _ = axum::serve(listener, app).with_graceful_shutdown(async move { let _ = stop.wait_for(|s| *s).await; }).await;
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
             });
         }
         let cfg = DaemonConfig {

@@ -5,8 +5,12 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use keyturn_core::SecretValue;
-use keyturn_core::vault::auth::{AppRole, AuthMethod, DEFAULT_SA_TOKEN_PATH, Kubernetes, TokenAuth};
-use keyturn_core::vault::{ConfigError, Vault, VaultConfig, VaultError, config::read_credential_file};
+use keyturn_core::vault::auth::{
+    AppRole, AuthMethod, DEFAULT_SA_TOKEN_PATH, Kubernetes, TokenAuth,
+};
+use keyturn_core::vault::{
+    ConfigError, Vault, VaultConfig, VaultError, config::read_credential_file,
+};
 
 /// Auth methods the agent can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -23,7 +27,12 @@ pub enum AuthKind {
 #[derive(Debug, Clone, Args)]
 pub struct VaultArgs {
     /// Auth method.
-    #[arg(long = "vault-auth", env = "KEYTURN_VAULT_AUTH", value_enum, default_value = "token")]
+    #[arg(
+        long = "vault-auth",
+        env = "KEYTURN_VAULT_AUTH",
+        value_enum,
+        default_value = "token"
+    )]
     pub auth: AuthKind,
     /// Vault role (kubernetes auth).
     #[arg(long = "vault-role", env = "KEYTURN_VAULT_ROLE")]
@@ -51,18 +60,26 @@ impl VaultArgs {
         let cfg = VaultConfig::from_env()?;
         let mount = |d: &str| self.mount.clone().unwrap_or_else(|| d.to_owned());
         let method: Box<dyn AuthMethod> = match self.auth {
-            AuthKind::Token => Box::new(TokenAuth { token: cfg.token.clone().ok_or(ConfigError::NoToken)? }),
+            AuthKind::Token => Box::new(TokenAuth {
+                token: cfg.token.clone().ok_or(ConfigError::NoToken)?,
+            }),
             AuthKind::Kubernetes => Box::new(Kubernetes {
                 mount: mount("kubernetes"),
-                role: self.role.clone().ok_or(ConfigError::Missing { what: "--vault-role (kubernetes auth)" })?,
+                role: self.role.clone().ok_or(ConfigError::Missing {
+                    what: "--vault-role (kubernetes auth)",
+                })?,
                 jwt_path: self.jwt_file.clone(),
             }),
             AuthKind::Approle => {
-                let file = self.secret_id_file.clone().ok_or(ConfigError::Missing { what: "--vault-secret-id-file (approle auth)" })?;
+                let file = self.secret_id_file.clone().ok_or(ConfigError::Missing {
+                    what: "--vault-secret-id-file (approle auth)",
+                })?;
                 let secret_id: SecretValue = read_credential_file("secret-id", &file)?;
                 Box::new(AppRole {
                     mount: mount("approle"),
-                    role_id: self.role_id.clone().ok_or(ConfigError::Missing { what: "--vault-role-id (approle auth)" })?,
+                    role_id: self.role_id.clone().ok_or(ConfigError::Missing {
+                        what: "--vault-role-id (approle auth)",
+                    })?,
                     secret_id,
                 })
             }
@@ -74,7 +91,10 @@ impl VaultArgs {
     ///
     /// # Errors
     /// The classified Vault failure.
-    pub async fn login(cfg: &VaultConfig, method: &dyn AuthMethod) -> Result<Arc<Vault>, VaultError> {
+    pub async fn login(
+        cfg: &VaultConfig,
+        method: &dyn AuthMethod,
+    ) -> Result<Arc<Vault>, VaultError> {
         let mut v = Vault::connect(cfg)?;
         v.login(method).await?;
         Ok(Arc::new(v))

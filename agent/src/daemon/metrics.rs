@@ -75,9 +75,17 @@ impl Metrics {
     pub fn new(audit: Option<Arc<AuditLog>>) -> Self {
         let mut registry = Registry::default();
         let rotations = Family::<PolicyOutcome, Counter>::default();
-        registry.register("keyturn_rotations", "Rotations by policy and outcome", rotations.clone());
+        registry.register(
+            "keyturn_rotations",
+            "Rotations by policy and outcome",
+            rotations.clone(),
+        );
         let rotation_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register("keyturn_rotation_duration_seconds", "Time from a rotation's start to its end", rotation_duration.clone());
+        registry.register(
+            "keyturn_rotation_duration_seconds",
+            "Time from a rotation's start to its end",
+            rotation_duration.clone(),
+        );
         let next_rotation = Family::<PolicyLabel, Gauge>::default();
         registry.register(
             "keyturn_next_rotation_timestamp_seconds",
@@ -85,28 +93,60 @@ impl Metrics {
             next_rotation.clone(),
         );
         let store_requests = Family::<StoreOp, Counter>::default();
-        registry.register("keyturn_store_requests", "Store requests by store, operation and outcome", store_requests.clone());
+        registry.register(
+            "keyturn_store_requests",
+            "Store requests by store, operation and outcome",
+            store_requests.clone(),
+        );
         let breakglass = Family::<ActionLabel, Counter>::default();
-        registry.register("keyturn_breakglass", "Break-glass actions seen in the audit log", breakglass.clone());
+        registry.register(
+            "keyturn_breakglass",
+            "Break-glass actions seen in the audit log",
+            breakglass.clone(),
+        );
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
-        registry.register_collector(Box::new(Scraped { last_rotated: last_rotated.clone(), audit }));
-        Self { rotations, rotation_duration, next_rotation, store_requests, breakglass, last_rotated, registry: Arc::new(registry) }
+        registry.register_collector(Box::new(Scraped {
+            last_rotated: last_rotated.clone(),
+            audit,
+        }));
+        Self {
+            rotations,
+            rotation_duration,
+            next_rotation,
+            store_requests,
+            breakglass,
+            last_rotated,
+            registry: Arc::new(registry),
+        }
     }
 
     /// Notes that `policy`'s CURRENT value dates from `at`.
     pub fn rotated_at(&self, policy: &str, at: DateTime<Utc>) {
-        self.last_rotated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(policy.to_owned(), at);
+        self.last_rotated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(policy.to_owned(), at);
     }
 
     /// Forgets a policy that left the policy set.
     pub fn forget(&self, policy: &str) {
-        self.last_rotated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(policy);
-        self.next_rotation.remove(&PolicyLabel { policy: policy.to_owned() });
+        self.last_rotated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy);
+        self.next_rotation.remove(&PolicyLabel {
+            policy: policy.to_owned(),
+        });
     }
 
     /// Counts one rotation outcome.
     pub fn outcome(&self, policy: &str, outcome: &str) {
-        self.rotations.get_or_create(&PolicyOutcome { policy: policy.to_owned(), outcome: outcome.to_owned() }).inc();
+        self.rotations
+            .get_or_create(&PolicyOutcome {
+                policy: policy.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition format.
@@ -136,16 +176,31 @@ impl Collector for Scraped {
             .map(|(p, t)| (p.clone(), (now - *t).num_milliseconds() as f64 / 1000.0))
             .collect();
         let g = ConstGauge::new(0.0f64);
-        let mut fam = encoder.encode_descriptor("keyturn_secret_age_seconds", "Age of each policy's CURRENT value", None, g.metric_type())?;
+        let mut fam = encoder.encode_descriptor(
+            "keyturn_secret_age_seconds",
+            "Age of each policy's CURRENT value",
+            None,
+            g.metric_type(),
+        )?;
         for (policy, age) in ages {
             ConstGauge::new(age).encode(fam.encode_family(&PolicyLabel { policy })?)?;
         }
         if let Some(a) = &self.audit {
             let stats = a.stats();
             let c = prometheus_client::metrics::counter::ConstCounter::new(stats.events);
-            c.encode(encoder.encode_descriptor("keyturn_audit_events", "Audit events durably written", None, c.metric_type())?)?;
+            c.encode(encoder.encode_descriptor(
+                "keyturn_audit_events",
+                "Audit events durably written",
+                None,
+                c.metric_type(),
+            )?)?;
             let f = prometheus_client::metrics::counter::ConstCounter::new(stats.write_failures);
-            f.encode(encoder.encode_descriptor("keyturn_audit_write_failures", "Audit writes that failed", None, f.metric_type())?)?;
+            f.encode(encoder.encode_descriptor(
+                "keyturn_audit_write_failures",
+                "Audit writes that failed",
+                None,
+                f.metric_type(),
+            )?)?;
         }
         Ok(())
     }

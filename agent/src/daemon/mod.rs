@@ -99,8 +99,20 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon; `ready` turns true once the policies are loaded and the stores answered.
     #[must_use]
-    pub fn new(cfg: DaemonConfig, engine: Engine, backends: Backends, metrics: Metrics, ready: watch::Sender<bool>) -> Self {
-        Self { cfg, engine, backends, metrics, ready }
+    pub fn new(
+        cfg: DaemonConfig,
+        engine: Engine,
+        backends: Backends,
+        metrics: Metrics,
+        ready: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            cfg,
+            engine,
+            backends,
+            metrics,
+            ready,
+        }
     }
 
     /// Runs until `shutdown` resolves.
@@ -108,8 +120,10 @@ impl Daemon {
     /// # Errors
     /// An invalid initial policy set (nothing runs), or a watcher that cannot start.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-        let mut policies: BTreeMap<String, Arc<Policy>> =
-            policy::load(&self.cfg.policies)?.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
+        let mut policies: BTreeMap<String, Arc<Policy>> = policy::load(&self.cfg.policies)?
+            .into_iter()
+            .map(|p| (p.name.clone(), Arc::new(p)))
+            .collect();
         tracing::info!(policies = policies.len(), path = %self.cfg.policies.display(), "policies loaded");
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = watch_dir(&self.cfg.policies, reload_tx)?;
@@ -131,7 +145,15 @@ impl Daemon {
         }
         for name in resume {
             running.insert(name.clone(), ());
-            self.spawn(&mut tasks, &limit, &done_tx, policies[&name].clone(), Trigger::Manual { reason: Some("resume after restart".into()) });
+            self.spawn(
+                &mut tasks,
+                &limit,
+                &done_tx,
+                policies[&name].clone(),
+                Trigger::Manual {
+                    reason: Some("resume after restart".into()),
+                },
+            );
         }
         let _ = self.ready.send(true);
 
@@ -184,17 +206,31 @@ impl Daemon {
             }
         }
 
-        tracing::info!(in_flight = tasks.len(), grace_s = self.cfg.grace.as_secs(), "shutting down: no new rotations; waiting for those in flight");
+        tracing::info!(
+            in_flight = tasks.len(),
+            grace_s = self.cfg.grace.as_secs(),
+            "shutting down: no new rotations; waiting for those in flight"
+        );
         let _ = self.ready.send(false);
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.cfg.grace, drain).await.is_err() {
-            tracing::warn!(left = tasks.len(), "grace period over; unfinished rotations resume at the next start");
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over; unfinished rotations resume at the next start"
+            );
             tasks.abort_all();
         }
         Ok(())
     }
 
-    fn spawn(&self, tasks: &mut JoinSet<()>, limit: &Arc<Semaphore>, done: &mpsc::UnboundedSender<Done>, p: Arc<Policy>, trigger: Trigger) {
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        limit: &Arc<Semaphore>,
+        done: &mpsc::UnboundedSender<Done>,
+        p: Arc<Policy>,
+        trigger: Trigger,
+    ) {
         let engine = self.engine.clone();
         let backends = self.backends.clone();
         let metrics = self.metrics.clone();
@@ -204,9 +240,15 @@ impl Daemon {
             let _permit = limit.acquire_owned().await;
             let started = std::time::Instant::now();
             let (outcome, rotated_at, failed) = rotate_once(&engine, &backends, &p, &trigger).await;
-            metrics.rotation_duration.observe(started.elapsed().as_secs_f64());
+            metrics
+                .rotation_duration
+                .observe(started.elapsed().as_secs_f64());
             metrics.outcome(&p.name, outcome);
-            let _ = done.send(Done { policy: p.name.clone(), rotated_at, failed });
+            let _ = done.send(Done {
+                policy: p.name.clone(),
+                rotated_at,
+                failed,
+            });
         });
     }
 
@@ -256,14 +298,24 @@ impl Daemon {
         }
         self.metrics
             .next_rotation
-            .get_or_create(&metrics::PolicyLabel { policy: p.name.clone() })
+            .get_or_create(&metrics::PolicyLabel {
+                policy: p.name.clone(),
+            })
             .set(fire_at.timestamp());
-        queue.schedule(Slot { policy: p.name.clone(), due, fire_at });
+        queue.schedule(Slot {
+            policy: p.name.clone(),
+            due,
+            fire_at,
+        });
     }
 
     fn queue_retry(&self, queue: &mut Queue, name: &str) {
         let at = Utc::now() + chrono::Duration::from_std(RETRY_AFTER_FAILURE).unwrap_or_default();
-        queue.schedule(Slot { policy: name.to_owned(), due: at, fire_at: at });
+        queue.schedule(Slot {
+            policy: name.to_owned(),
+            due: at,
+            fire_at: at,
+        });
     }
 
     async fn apply_reload(
@@ -279,7 +331,11 @@ impl Daemon {
         }
         let changed: BTreeMap<String, Arc<Policy>> = new
             .iter()
-            .filter(|(n, p)| old.get(*n).is_none_or(|o| format!("{o:?}") != format!("{p:?}")) && !running.contains_key(*n))
+            .filter(|(n, p)| {
+                old.get(*n)
+                    .is_none_or(|o| format!("{o:?}") != format!("{p:?}"))
+                    && !running.contains_key(*n)
+            })
             .map(|(n, p)| (n.clone(), p.clone()))
             .collect();
         for (name, found) in self.scan(&changed).await {
@@ -288,7 +344,11 @@ impl Daemon {
                 Scan::Last(last) => self.queue_next(queue, &new[&name], last, false),
             }
         }
-        tracing::info!(policies = new.len(), changed = changed.len(), "policies reloaded");
+        tracing::info!(
+            policies = new.len(),
+            changed = changed.len(),
+            "policies reloaded"
+        );
     }
 }
 
@@ -300,7 +360,12 @@ enum Scan {
 
 /// One rotation of `p`; returns the metric outcome, the start of the rotation that now
 /// defines CURRENT (if any), and whether it should be retried soon.
-async fn rotate_once(engine: &Engine, backends: &Backends, p: &Policy, trigger: &Trigger) -> (&'static str, Option<DateTime<Utc>>, bool) {
+async fn rotate_once(
+    engine: &Engine,
+    backends: &Backends,
+    p: &Policy,
+    trigger: &Trigger,
+) -> (&'static str, Option<DateTime<Utc>>, bool) {
     let (store, target) = match (backends.store(p), backends.target(p).await) {
         (Ok(s), Ok(t)) => (s, t),
         (Err(e), _) | (_, Err(e)) => {
@@ -308,7 +373,10 @@ async fn rotate_once(engine: &Engine, backends: &Backends, p: &Policy, trigger: 
             return ("error", None, true);
         }
     };
-    match engine.rotate(p, store.as_ref(), target.as_ref(), trigger).await {
+    match engine
+        .rotate(p, store.as_ref(), target.as_ref(), trigger)
+        .await
+    {
         Ok(RotationOutcome::Rotated { .. }) => match store.view().await {
             Ok(v) => ("rotated", v.state.last.map(|l| l.started_at), false),
             Err(_) => ("rotated", Some(Utc::now()), false),
@@ -330,9 +398,15 @@ async fn rotate_once(engine: &Engine, backends: &Backends, p: &Policy, trigger: 
 }
 
 /// Watches the policy path; every change sends a (coalesced) reload request.
-fn watch_dir(path: &std::path::Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, DaemonError> {
+fn watch_dir(
+    path: &std::path::Path,
+    tx: mpsc::Sender<()>,
+) -> Result<notify::RecommendedWatcher, DaemonError> {
     use notify::Watcher;
-    let err = |e: notify::Error| DaemonError::Watch { path: path.to_owned(), cause: e.to_string() };
+    let err = |e: notify::Error| DaemonError::Watch {
+        path: path.to_owned(),
+        cause: e.to_string(),
+    };
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
             && !ev.kind.is_access()
@@ -341,6 +415,7 @@ fn watch_dir(path: &std::path::Path, tx: mpsc::Sender<()>) -> Result<notify::Rec
         }
     })
     .map_err(err)?;
-    w.watch(path, notify::RecursiveMode::NonRecursive).map_err(err)?;
+    w.watch(path, notify::RecursiveMode::NonRecursive)
+        .map_err(err)?;
     Ok(w)
 }

@@ -47,7 +47,12 @@ impl Queue {
     pub fn schedule(&mut self, slot: Slot) {
         let g = self.generation.entry(slot.policy.clone()).or_default();
         *g += 1;
-        self.heap.push(Reverse(Entry { fire_at: slot.fire_at, policy: slot.policy, due: slot.due, generation: *g }));
+        self.heap.push(Reverse(Entry {
+            fire_at: slot.fire_at,
+            policy: slot.policy,
+            due: slot.due,
+            generation: *g,
+        }));
     }
 
     /// Forgets a policy (removed from the policy set, or being rotated right now).
@@ -82,7 +87,11 @@ impl Queue {
                     let Reverse(e) = self.heap.pop().expect("peeked");
                     // A popped slot is consumed: bump so a duplicate can't fire.
                     self.cancel(&e.policy);
-                    out.push(Slot { policy: e.policy, due: e.due, fire_at: e.fire_at });
+                    out.push(Slot {
+                        policy: e.policy,
+                        due: e.due,
+                        fire_at: e.fire_at,
+                    });
                 }
                 _ => return out,
             }
@@ -92,7 +101,10 @@ impl Queue {
     /// How many live slots are queued.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.heap.iter().filter(|Reverse(e)| self.generation.get(&e.policy) == Some(&e.generation)).count()
+        self.heap
+            .iter()
+            .filter(|Reverse(e)| self.generation.get(&e.policy) == Some(&e.generation))
+            .count()
     }
 
     /// Whether nothing is queued.
@@ -108,7 +120,11 @@ mod tests {
     use crate::schedule::utc;
 
     fn slot(p: &str, m: u32) -> Slot {
-        Slot { policy: p.into(), due: utc(2026, 1, 1, 0, m), fire_at: utc(2026, 1, 1, 0, m) }
+        Slot {
+            policy: p.into(),
+            due: utc(2026, 1, 1, 0, m),
+            fire_at: utc(2026, 1, 1, 0, m),
+        }
     }
 
     #[test]
@@ -118,7 +134,11 @@ mod tests {
         q.schedule(slot("a", 1));
         q.schedule(slot("c", 9));
         assert_eq!(q.next_fire(), Some(utc(2026, 1, 1, 0, 1)));
-        let due: Vec<_> = q.pop_due(utc(2026, 1, 1, 0, 6)).into_iter().map(|s| s.policy).collect();
+        let due: Vec<_> = q
+            .pop_due(utc(2026, 1, 1, 0, 6))
+            .into_iter()
+            .map(|s| s.policy)
+            .collect();
         assert_eq!(due, ["a", "b"]);
         assert_eq!(q.len(), 1);
     }

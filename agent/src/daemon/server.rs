@@ -22,7 +22,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, router(metrics, ready)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, ready))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The routes, for serving on a listener of the caller's.
@@ -32,7 +34,12 @@ pub fn router(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], m.encode()) }
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        m.encode(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -41,7 +48,11 @@ pub fn router(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
             get(move || {
                 let ready = *ready.borrow();
                 async move {
-                    if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
                 }
             }),
         )

@@ -70,7 +70,9 @@ impl std::fmt::Display for StoreRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::VaultKv { mount, path } => write!(f, "vault-kv:{mount}/{path}"),
-            Self::AwsSecretsManager { secret_id, .. } => write!(f, "aws-secretsmanager:{secret_id}"),
+            Self::AwsSecretsManager { secret_id, .. } => {
+                write!(f, "aws-secretsmanager:{secret_id}")
+            }
         }
     }
 }
@@ -121,13 +123,19 @@ pub struct Generator {
 
 /// Character sets a generator can draw from.
 pub const CHARSETS: &[(&str, &str)] = &[
-    ("alphanumeric", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
+    (
+        "alphanumeric",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+    ),
     (
         "alphanumeric-symbols",
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&()*+,-.:;<=>?@[]^_{|}~",
     ),
     ("hex", "0123456789abcdef"),
-    ("base64url", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"),
+    (
+        "base64url",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+    ),
 ];
 
 /// One Kubernetes Secret to keep in step with the store, and the workloads to roll.
@@ -181,8 +189,14 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
             }
         };
         for raw in raws {
-            let mut v = Validator { file: &file, errors: Vec::new() };
-            let (line, column) = (raw.metadata.name.referenced.line(), raw.metadata.name.referenced.column());
+            let mut v = Validator {
+                file: &file,
+                errors: Vec::new(),
+            };
+            let (line, column) = (
+                raw.metadata.name.referenced.line(),
+                raw.metadata.name.referenced.column(),
+            );
             let p = v.policy(raw);
             errors.append(&mut v.errors);
             let Some(p) = p else { continue };
@@ -192,7 +206,11 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
                     line,
                     column,
                     field: "metadata.name".into(),
-                    message: format!("duplicate policy name {:?} (first defined at {}:{l})", p.name, f.display()),
+                    message: format!(
+                        "duplicate policy name {:?} (first defined at {}:{l})",
+                        p.name,
+                        f.display()
+                    ),
                 });
                 continue;
             }
@@ -211,7 +229,11 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
             policies.push(p);
         }
     }
-    if errors.is_empty() { Ok(policies) } else { Err(PolicyErrors(errors)) }
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(PolicyErrors(errors))
+    }
 }
 
 fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
@@ -225,14 +247,22 @@ fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     Ok(files)
 }
 
 fn file_error(file: &Path, message: String) -> PolicyError {
-    PolicyError { file: file.to_owned(), line: 0, column: 0, field: String::new(), message }
+    PolicyError {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message,
+    }
 }
 
 fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
@@ -240,8 +270,19 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
     let (line, column) = plain.location().map_or((0, 0), |l| (l.line(), l.column()));
     // The library appends " at line N column M"; the location is already in front.
     let text = plain.to_string();
-    let message = text.split(" at line ").next().unwrap_or(&text).trim().to_owned();
-    PolicyError { file: file.to_owned(), line, column, field: String::new(), message }
+    let message = text
+        .split(" at line ")
+        .next()
+        .unwrap_or(&text)
+        .trim()
+        .to_owned();
+    PolicyError {
+        file: file.to_owned(),
+        line,
+        column,
+        field: String::new(),
+        message,
+    }
 }
 
 /// Collects errors for one policy document.
@@ -264,7 +305,11 @@ impl Validator<'_> {
     fn policy(&mut self, raw: RawPolicy) -> Option<Policy> {
         let before = self.errors.len();
         if raw.api_version.value != API_VERSION {
-            self.err(&raw.api_version, "apiVersion", format!("must be {API_VERSION:?}"));
+            self.err(
+                &raw.api_version,
+                "apiVersion",
+                format!("must be {API_VERSION:?}"),
+            );
         }
         if raw.kind.value != KIND {
             self.err(&raw.kind, "kind", format!("must be {KIND:?}"));
@@ -288,12 +333,21 @@ impl Validator<'_> {
         if let (Some(Schedule::Every(every)), Some(w)) = (&schedule, &spec.window)
             && window >= *every
         {
-            self.err(w, "spec.window", "must be shorter than the `every` interval");
+            self.err(
+                w,
+                "spec.window",
+                "must be shorter than the `every` interval",
+            );
         }
         let store = self.store(&spec.store, "spec.store");
         let target = self.target(&spec.target);
         let generator = self.generator(spec.generator.as_ref());
-        let distribute = spec.distribute.iter().enumerate().map(|(i, d)| self.distribution(i, d, target.as_ref())).collect::<Vec<_>>();
+        let distribute = spec
+            .distribute
+            .iter()
+            .enumerate()
+            .map(|(i, d)| self.distribution(i, d, target.as_ref()))
+            .collect::<Vec<_>>();
         let max_attempts = match &spec.max_attempts {
             None => DEFAULT_MAX_ATTEMPTS,
             Some(n) if (1..=100).contains(&n.value) => n.value,
@@ -325,21 +379,34 @@ impl Validator<'_> {
         tz: &Option<S<String>>,
     ) -> Option<Schedule> {
         match (cron, every) {
-            (Some(c), None) => match Schedule::cron(&c.value, tz.as_ref().map(|t| t.value.as_str())) {
-                Ok(s) => Some(s),
-                Err(crate::schedule::ScheduleError::BadTimezone(_)) if tz.is_some() => {
-                    let t = tz.as_ref()?;
-                    self.err(t, "spec.timezone", format!("unknown time zone {:?} (use an IANA name such as Europe/Berlin)", t.value));
-                    None
+            (Some(c), None) => {
+                match Schedule::cron(&c.value, tz.as_ref().map(|t| t.value.as_str())) {
+                    Ok(s) => Some(s),
+                    Err(crate::schedule::ScheduleError::BadTimezone(_)) if tz.is_some() => {
+                        let t = tz.as_ref()?;
+                        self.err(
+                            t,
+                            "spec.timezone",
+                            format!(
+                                "unknown time zone {:?} (use an IANA name such as Europe/Berlin)",
+                                t.value
+                            ),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(c, "spec.schedule", e.to_string());
+                        None
+                    }
                 }
-                Err(e) => {
-                    self.err(c, "spec.schedule", e.to_string());
-                    None
-                }
-            },
+            }
             (None, Some(e)) => {
                 if let Some(t) = tz {
-                    self.err(t, "spec.timezone", "only applies to a cron `schedule`, not to `every`");
+                    self.err(
+                        t,
+                        "spec.timezone",
+                        "only applies to a cron `schedule`, not to `every`",
+                    );
                 }
                 match Schedule::every(&e.value) {
                     Ok(s) => Some(s),
@@ -350,7 +417,11 @@ impl Validator<'_> {
                 }
             }
             (Some(c), Some(_)) => {
-                self.err(c, "spec.schedule", "give either `schedule` or `every`, not both");
+                self.err(
+                    c,
+                    "spec.schedule",
+                    "give either `schedule` or `every`, not both",
+                );
                 None
             }
             (None, None) => {
@@ -369,7 +440,10 @@ impl Validator<'_> {
     fn store(&mut self, raw: &S<RawStore>, field: &str) -> Option<StoreRef> {
         match &raw.value {
             RawStore::VaultKv(kv) => {
-                let mount = kv.mount.as_ref().map_or_else(|| "secret".to_owned(), |m| m.value.clone());
+                let mount = kv
+                    .mount
+                    .as_ref()
+                    .map_or_else(|| "secret".to_owned(), |m| m.value.clone());
                 if let Some(m) = &kv.mount
                     && let Err(msg) = vault_segment_path(&m.value)
                 {
@@ -380,11 +454,18 @@ impl Validator<'_> {
                     self.err(&kv.path, &format!("{field}.vault-kv.path"), msg);
                     return None;
                 }
-                Some(StoreRef::VaultKv { mount: mount.trim_matches('/').to_owned(), path: kv.path.value.trim_matches('/').to_owned() })
+                Some(StoreRef::VaultKv {
+                    mount: mount.trim_matches('/').to_owned(),
+                    path: kv.path.value.trim_matches('/').to_owned(),
+                })
             }
             RawStore::AwsSecretsmanager(a) => {
                 if a.secret_id.value.trim().is_empty() || a.secret_id.value.len() > 2048 {
-                    self.err(&a.secret_id, &format!("{field}.aws-secretsmanager.secret-id"), "must be a name or ARN of 1 to 2048 characters");
+                    self.err(
+                        &a.secret_id,
+                        &format!("{field}.aws-secretsmanager.secret-id"),
+                        "must be a name or ARN of 1 to 2048 characters",
+                    );
                     return None;
                 }
                 Some(StoreRef::AwsSecretsManager {
@@ -405,20 +486,44 @@ impl Validator<'_> {
                     Some("alternating") => Strategy::Alternating,
                     Some(other) => {
                         let s = pg.strategy.as_ref()?;
-                        self.err(s, "spec.target.postgres.strategy", format!("unknown strategy {other:?} (single or alternating)"));
+                        self.err(
+                            s,
+                            "spec.target.postgres.strategy",
+                            format!("unknown strategy {other:?} (single or alternating)"),
+                        );
                         Strategy::Single
                     }
                 };
                 let users: Vec<String> = pg.users.value.iter().map(|u| u.value.clone()).collect();
-                let want = if strategy == Strategy::Alternating { 2 } else { 1 };
+                let want = if strategy == Strategy::Alternating {
+                    2
+                } else {
+                    1
+                };
                 if users.len() != want {
-                    self.err(&pg.users, "spec.target.postgres.users", format!("strategy {strategy:?} needs exactly {want} user(s), found {}", users.len()).to_lowercase());
+                    self.err(
+                        &pg.users,
+                        "spec.target.postgres.users",
+                        format!(
+                            "strategy {strategy:?} needs exactly {want} user(s), found {}",
+                            users.len()
+                        )
+                        .to_lowercase(),
+                    );
                 } else if want == 2 && users[0] == users[1] {
-                    self.err(&pg.users, "spec.target.postgres.users", "the two alternating users must differ");
+                    self.err(
+                        &pg.users,
+                        "spec.target.postgres.users",
+                        "the two alternating users must differ",
+                    );
                 }
                 for u in &pg.users.value {
                     if u.value.is_empty() || u.value.len() > 63 || u.value.contains('\0') {
-                        self.err(u, "spec.target.postgres.users", "a role name must be 1 to 63 characters without NUL");
+                        self.err(
+                            u,
+                            "spec.target.postgres.users",
+                            "a role name must be 1 to 63 characters without NUL",
+                        );
                     }
                 }
                 if pg.host.value.trim().is_empty() {
@@ -431,7 +536,10 @@ impl Validator<'_> {
                 Some(Target::Postgres(PostgresTarget {
                     host: pg.host.value.clone(),
                     port: pg.port.as_ref().map_or(5432, |p| p.value),
-                    database: pg.database.as_ref().map_or_else(|| "postgres".to_owned(), |d| d.value.clone()),
+                    database: pg
+                        .database
+                        .as_ref()
+                        .map_or_else(|| "postgres".to_owned(), |d| d.value.clone()),
                     admin: admin?,
                     users,
                     strategy,
@@ -454,23 +562,44 @@ impl Validator<'_> {
         let Some((_, chars)) = CHARSETS.iter().find(|(n, _)| *n == name) else {
             let names: Vec<&str> = CHARSETS.iter().map(|(n, _)| *n).collect();
             if let Some(c) = charset {
-                self.err(c, "spec.generator.charset", format!("unknown charset {name:?} (one of {})", names.join(", ")));
+                self.err(
+                    c,
+                    "spec.generator.charset",
+                    format!("unknown charset {name:?} (one of {})", names.join(", ")),
+                );
             }
             return None;
         };
         let exclude = raw.and_then(|g| g.exclude.as_ref());
-        let alphabet: Vec<char> =
-            chars.chars().filter(|c| exclude.is_none_or(|e| !e.value.contains(*c))).collect();
+        let alphabet: Vec<char> = chars
+            .chars()
+            .filter(|c| exclude.is_none_or(|e| !e.value.contains(*c)))
+            .collect();
         if alphabet.len() < 10 {
             if let Some(e) = exclude {
-                self.err(e, "spec.generator.exclude", format!("leaves only {} characters; at least 10 are needed", alphabet.len()));
+                self.err(
+                    e,
+                    "spec.generator.exclude",
+                    format!(
+                        "leaves only {} characters; at least 10 are needed",
+                        alphabet.len()
+                    ),
+                );
             }
             return None;
         }
-        Some(Generator { length: len, alphabet })
+        Some(Generator {
+            length: len,
+            alphabet,
+        })
     }
 
-    fn distribution(&mut self, i: usize, d: &schema::RawDistribute, target: Option<&Target>) -> Option<Distribution> {
+    fn distribution(
+        &mut self,
+        i: usize,
+        d: &schema::RawDistribute,
+        target: Option<&Target>,
+    ) -> Option<Distribution> {
         let before = self.errors.len();
         let base = format!("spec.distribute[{i}].kubernetes");
         let k = &d.kubernetes;
@@ -488,25 +617,51 @@ impl Validator<'_> {
             None => &[],
         };
         if k.keys.value.is_empty() {
-            self.err(&k.keys, &format!("{base}.keys"), "must map at least one Secret key to a field");
+            self.err(
+                &k.keys,
+                &format!("{base}.keys"),
+                "must map at least one Secret key to a field",
+            );
         }
         for (key, field) in &k.keys.value {
             if !valid_secret_key(key) {
                 self.err(field, &format!("{base}.keys"), format!("{key:?} is not a valid Secret key (letters, digits, '-', '_', '.'; at most 253)"));
             }
             if target.is_some() && !fields.contains(&field.value.as_str()) {
-                self.err(field, &format!("{base}.keys.{key}"), format!("unknown field {:?} (this target provides {})", field.value, fields.join(", ")));
+                self.err(
+                    field,
+                    &format!("{base}.keys.{key}"),
+                    format!(
+                        "unknown field {:?} (this target provides {})",
+                        field.value,
+                        fields.join(", ")
+                    ),
+                );
             }
         }
         let mut restart = Vec::new();
         for (j, r) in d.restart.iter().enumerate() {
-            if !matches!(r.kind.value.as_str(), "Deployment" | "StatefulSet" | "DaemonSet") {
-                self.err(&r.kind, &format!("spec.distribute[{i}].restart[{j}].kind"), "must be Deployment, StatefulSet or DaemonSet");
+            if !matches!(
+                r.kind.value.as_str(),
+                "Deployment" | "StatefulSet" | "DaemonSet"
+            ) {
+                self.err(
+                    &r.kind,
+                    &format!("spec.distribute[{i}].restart[{j}].kind"),
+                    "must be Deployment, StatefulSet or DaemonSet",
+                );
             }
             if let Err(m) = dns_subdomain(&r.name.value) {
-                self.err(&r.name, &format!("spec.distribute[{i}].restart[{j}].name"), m);
+                self.err(
+                    &r.name,
+                    &format!("spec.distribute[{i}].restart[{j}].name"),
+                    m,
+                );
             }
-            restart.push(Workload { kind: r.kind.value.clone(), name: r.name.value.clone() });
+            restart.push(Workload {
+                kind: r.kind.value.clone(),
+                name: r.name.value.clone(),
+            });
         }
         if self.errors.len() > before {
             return None;
@@ -514,7 +669,12 @@ impl Validator<'_> {
         Some(Distribution {
             namespace: k.namespace.value.clone(),
             secret: k.secret.value.clone(),
-            keys: k.keys.value.iter().map(|(a, b)| (a.clone(), b.value.clone())).collect(),
+            keys: k
+                .keys
+                .value
+                .iter()
+                .map(|(a, b)| (a.clone(), b.value.clone()))
+                .collect(),
             secret_type: k.secret_type.as_ref().map(|t| t.value.clone()),
             restart,
         })
@@ -545,10 +705,17 @@ fn vault_segment_path(p: &str) -> Result<(), String> {
 fn dns_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
-    if ok { Ok(()) } else { Err(format!("{s:?} is not a DNS-1123 label (lowercase letters, digits, '-'; at most 63)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS-1123 label (lowercase letters, digits, '-'; at most 63)"
+        ))
+    }
 }
 
 /// A DNS-1123 subdomain: what Kubernetes accepts for object names.
@@ -556,12 +723,23 @@ fn dns_subdomain(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| !l.is_empty() && dns_label(l).is_ok());
-    if ok { Ok(()) } else { Err(format!("{s:?} is not a valid object name (DNS-1123 subdomain)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid object name (DNS-1123 subdomain)"
+        ))
+    }
 }
 
 /// A key Kubernetes accepts in a Secret's `data`.
 fn valid_secret_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) && k != "." && k != ".."
+    !k.is_empty()
+        && k.len() <= 253
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && k != "."
+        && k != ".."
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@ pub struct RawPolicy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code, reason = "labels and annotations are accepted for the user's own tooling")]
+#[allow(
+    dead_code,
+    reason = "labels and annotations are accepted for the user's own tooling"
+)]
 pub struct RawMetadata {
     pub name: S<String>,
     #[serde(default)]

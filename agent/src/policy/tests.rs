@@ -35,7 +35,14 @@ fn check(text: &str) -> Result<Vec<Policy>, PolicyErrors> {
     std::fs::write(&f, text).unwrap();
     load(&f).map_err(|e| {
         // Report paths relative to the temp dir so assertions can spell them.
-        PolicyErrors(e.0.into_iter().map(|mut x| { x.file = PathBuf::from("p.yaml"); x }).collect())
+        PolicyErrors(
+            e.0.into_iter()
+                .map(|mut x| {
+                    x.file = PathBuf::from("p.yaml");
+                    x
+                })
+                .collect(),
+        )
     })
 }
 
@@ -52,11 +59,25 @@ fn a_good_file_with_two_documents_loads_both_policies() {
     assert_eq!(ps[0].name, "api-token");
     assert_eq!(ps[0].window, Duration::from_secs(3600));
     assert_eq!(ps[0].generator.length, 40);
-    assert_eq!(ps[0].store, StoreRef::VaultKv { mount: "secret".into(), path: "keyturn/api-token".into() });
-    let Target::Postgres(pg) = &ps[1].target else { panic!("postgres target") };
+    assert_eq!(
+        ps[0].store,
+        StoreRef::VaultKv {
+            mount: "secret".into(),
+            path: "keyturn/api-token".into()
+        }
+    );
+    let Target::Postgres(pg) = &ps[1].target else {
+        panic!("postgres target")
+    };
     assert_eq!(pg.strategy, Strategy::Alternating);
     assert_eq!(pg.port, 5432);
-    assert_eq!(pg.admin, StoreRef::VaultKv { mount: "secret".into(), path: "keyturn/pg-admin".into() });
+    assert_eq!(
+        pg.admin,
+        StoreRef::VaultKv {
+            mount: "secret".into(),
+            path: "keyturn/pg-admin".into()
+        }
+    );
     assert_eq!(ps[1].distribute[0].restart[0].name, "orders-api");
 }
 
@@ -91,36 +112,67 @@ fn an_unknown_field_is_rejected_with_its_location() {
 #[test]
 fn duplicate_policy_names_are_rejected() {
     let e = one_error(&good_with("name: orders-db", "name: api-token"));
-    assert!(e.starts_with("p.yaml:14:9: metadata.name: duplicate policy name \"api-token\" (first defined at"), "{e}");
+    assert!(
+        e.starts_with(
+            "p.yaml:14:9: metadata.name: duplicate policy name \"api-token\" (first defined at"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_path_with_dotdot_is_rejected() {
     assert_eq!(
-        one_error(&good_with("path: keyturn/api-token", "path: keyturn/../root")),
+        one_error(&good_with(
+            "path: keyturn/api-token",
+            "path: keyturn/../root"
+        )),
         r#"p.yaml:7:45: spec.store.vault-kv.path: "keyturn/../root" has an empty, '.' or '..' segment"#
     );
 }
 
 #[test]
 fn a_bad_duration_and_an_unknown_timezone_are_each_reported() {
-    let e = check(&good_with("  window: 1h", "  window: soon\n  timezone: Mars/Base")).unwrap_err();
+    let e = check(&good_with(
+        "  window: 1h",
+        "  window: soon\n  timezone: Mars/Base",
+    ))
+    .unwrap_err();
     let all = e.to_string();
     assert!(all.contains("p.yaml:6:11: spec.window:"), "{all}");
-    assert!(all.contains("spec.timezone: unknown time zone \"Mars/Base\""), "{all}");
+    assert!(
+        all.contains("spec.timezone: unknown time zone \"Mars/Base\""),
+        "{all}"
+    );
 }
 
 #[test]
 fn schedule_and_every_are_mutually_exclusive_and_one_is_required() {
-    assert!(one_error(&good_with("  window: 1h", "  every: 1h")).contains("give either `schedule` or `every`, not both"));
-    assert!(one_error(&good_with("  schedule: \"0 3 * * *\"\n", "")).contains("spec.schedule: missing"));
+    assert!(
+        one_error(&good_with("  window: 1h", "  every: 1h"))
+            .contains("give either `schedule` or `every`, not both")
+    );
+    assert!(
+        one_error(&good_with("  schedule: \"0 3 * * *\"\n", "")).contains("spec.schedule: missing")
+    );
 }
 
 #[test]
 fn alternating_needs_two_distinct_users() {
-    let e = one_error(&good_with("users: [orders_a, orders_b]", "users: [orders_a]"));
-    assert!(e.contains("spec.target.postgres.users: strategy alternating needs exactly 2 user(s), found 1"), "{e}");
-    let e = one_error(&good_with("users: [orders_a, orders_b]", "users: [orders_a, orders_a]"));
+    let e = one_error(&good_with(
+        "users: [orders_a, orders_b]",
+        "users: [orders_a]",
+    ));
+    assert!(
+        e.contains(
+            "spec.target.postgres.users: strategy alternating needs exactly 2 user(s), found 1"
+        ),
+        "{e}"
+    );
+    let e = one_error(&good_with(
+        "users: [orders_a, orders_b]",
+        "users: [orders_a, orders_a]",
+    ));
     assert!(e.contains("the two alternating users must differ"), "{e}");
 }
 
@@ -133,25 +185,52 @@ fn a_distribute_key_must_name_a_field_the_target_provides() {
 #[test]
 fn a_restart_kind_must_be_a_workload() {
     let e = one_error(&good_with("kind: Deployment", "kind: Pod"));
-    assert!(e.contains("spec.distribute[0].restart[0].kind: must be Deployment, StatefulSet or DaemonSet"), "{e}");
+    assert!(
+        e.contains(
+            "spec.distribute[0].restart[0].kind: must be Deployment, StatefulSet or DaemonSet"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_generator_excluding_nearly_everything_is_rejected() {
-    let e = one_error(&good_with("charset: alphanumeric }", "charset: hex, exclude: \"0123456789\" }"));
-    assert!(e.contains("spec.generator.exclude: leaves only 6 characters"), "{e}");
+    let e = one_error(&good_with(
+        "charset: alphanumeric }",
+        "charset: hex, exclude: \"0123456789\" }",
+    ));
+    assert!(
+        e.contains("spec.generator.exclude: leaves only 6 characters"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_api_version_and_kind_are_rejected() {
-    let e = check(&GOOD.replacen("keyturn.dev/v1", "keyturn.dev/v2", 1).replacen("kind: RotationPolicy", "kind: Policy", 1)).unwrap_err();
+    let e = check(
+        &GOOD
+            .replacen("keyturn.dev/v1", "keyturn.dev/v2", 1)
+            .replacen("kind: RotationPolicy", "kind: Policy", 1),
+    )
+    .unwrap_err();
     assert_eq!(e.0.len(), 2, "{e}");
-    assert!(e.0[0].to_string().starts_with("p.yaml:1:13: apiVersion: must be"), "{e}");
+    assert!(
+        e.0[0]
+            .to_string()
+            .starts_with("p.yaml:1:13: apiVersion: must be"),
+        "{e}"
+    );
 }
 
 #[test]
 fn two_policies_may_not_share_a_store() {
-    let doubled = format!("{GOOD}---\n{}", GOOD.split("---").next().unwrap().replace("name: api-token", "name: other"));
+    let doubled = format!(
+        "{GOOD}---\n{}",
+        GOOD.split("---")
+            .next()
+            .unwrap()
+            .replace("name: api-token", "name: other")
+    );
     let e = check(&doubled).unwrap_err().to_string();
     assert!(e.contains("spec.store: store vault-kv:secret/keyturn/api-token is already used by policy \"api-token\""), "{e}");
 }
@@ -170,5 +249,8 @@ fn a_directory_loads_every_yaml_file_in_name_order() {
     std::fs::write(dir.path().join("a.yml"), docs[1]).unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
     let ps = load(dir.path()).unwrap();
-    assert_eq!(ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["orders-db", "api-token"]);
+    assert_eq!(
+        ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["orders-db", "api-token"]
+    );
 }

@@ -94,7 +94,8 @@ pub enum RotationError {
 fn crash_point(step: &str) {
     #[cfg(feature = "crash-points")]
     if std::env::var("KEYTURN_CRASH_AFTER").is_ok_and(|s| s == step) {
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::thread::sleep(Duration::from_secs(60));
     }
     #[cfg(not(feature = "crash-points"))]
@@ -165,7 +166,10 @@ impl Engine {
         trigger: &Trigger,
     ) -> Result<RotationOutcome, RotationError> {
         let name = policy.name.as_str();
-        let st = |source| RotationError::Store { policy: name.to_owned(), source };
+        let st = |source| RotationError::Store {
+            policy: name.to_owned(),
+            source,
+        };
         let view = store.view().await.map_err(st)?;
         let last = view.state.last.clone();
         let now = Utc::now();
@@ -177,12 +181,26 @@ impl Engine {
                 let from = f.holder.clone();
                 f.holder.clone_from(&self.holder);
                 f.lease_until = self.lease_until();
-                self.record(name, &f.rotation_id, "rotate.resume", AuditOutcome::Started, None, Some(format!("at step {} (was held by {from})", f.step.as_str())))
-                    .await?;
-                let state = StateRecord { in_flight: Some(f.clone()), last: last.clone() };
+                self.record(
+                    name,
+                    &f.rotation_id,
+                    "rotate.resume",
+                    AuditOutcome::Started,
+                    None,
+                    Some(format!("at step {} (was held by {from})", f.step.as_str())),
+                )
+                .await?;
+                let state = StateRecord {
+                    in_flight: Some(f.clone()),
+                    last: last.clone(),
+                };
                 match store.write_state(&view.fence, &state).await {
                     Ok(fence) => (f, fence, true),
-                    Err(StoreError::Conflict { .. }) => return Ok(RotationOutcome::Busy { holder: "another process".into() }),
+                    Err(StoreError::Conflict { .. }) => {
+                        return Ok(RotationOutcome::Busy {
+                            holder: "another process".into(),
+                        });
+                    }
                     Err(e) => return Err(st(e)),
                 }
             }
@@ -205,18 +223,36 @@ impl Engine {
                 };
                 let reason = match trigger {
                     Trigger::Manual { reason } => reason.clone(),
-                    Trigger::Schedule { due } if *due == DateTime::<Utc>::UNIX_EPOCH => Some("first rotation".into()),
-                    Trigger::Schedule { due } => Some(format!("scheduled for {}", due.to_rfc3339())),
+                    Trigger::Schedule { due } if *due == DateTime::<Utc>::UNIX_EPOCH => {
+                        Some("first rotation".into())
+                    }
+                    Trigger::Schedule { due } => {
+                        Some(format!("scheduled for {}", due.to_rfc3339()))
+                    }
                 };
-                self.record(name, &rec.rotation_id, "rotate.create", AuditOutcome::Started, main_value(&rec.pending), reason)
-                    .await?;
-                let state = StateRecord { in_flight: Some(rec.clone()), last: last.clone() };
+                self.record(
+                    name,
+                    &rec.rotation_id,
+                    "rotate.create",
+                    AuditOutcome::Started,
+                    main_value(&rec.pending),
+                    reason,
+                )
+                .await?;
+                let state = StateRecord {
+                    in_flight: Some(rec.clone()),
+                    last: last.clone(),
+                };
                 match store.write_state(&view.fence, &state).await {
                     Ok(fence) => {
                         crash_point("create");
                         (rec, fence, false)
                     }
-                    Err(StoreError::Conflict { .. }) => return Ok(RotationOutcome::Busy { holder: "another process".into() }),
+                    Err(StoreError::Conflict { .. }) => {
+                        return Ok(RotationOutcome::Busy {
+                            holder: "another process".into(),
+                        });
+                    }
                     Err(e) => return Err(st(e)),
                 }
             }
@@ -226,52 +262,131 @@ impl Engine {
         loop {
             match rec.step {
                 Step::Created | Step::Set => {
-                    let (action, next) = if rec.step == Step::Created { ("rotate.set", Step::Set) } else { ("rotate.test", Step::Tested) };
-                    self.record(name, &rec.rotation_id, action, AuditOutcome::Ok, main_value(&rec.pending), Some(target.describe())).await?;
-                    let r = if next == Step::Set { target.set(&rec.pending).await } else { target.test(&rec.pending).await };
+                    let (action, next) = if rec.step == Step::Created {
+                        ("rotate.set", Step::Set)
+                    } else {
+                        ("rotate.test", Step::Tested)
+                    };
+                    self.record(
+                        name,
+                        &rec.rotation_id,
+                        action,
+                        AuditOutcome::Ok,
+                        main_value(&rec.pending),
+                        Some(target.describe()),
+                    )
+                    .await?;
+                    let r = if next == Step::Set {
+                        target.set(&rec.pending).await
+                    } else {
+                        target.test(&rec.pending).await
+                    };
                     match r {
                         Ok(()) => {
                             rec.step = next;
                             rec.attempts = 0;
-                            fence = self.save(store, &fence, &mut rec, &last).await.map_err(st)?;
+                            fence = self
+                                .save(store, &fence, &mut rec, &last)
+                                .await
+                                .map_err(st)?;
                             crash_point(next.as_str_for_crash());
                         }
                         Err(e) => {
                             rec.attempts += 1;
                             tracing::warn!(policy = name, rotation_id = %rec.rotation_id, step = action, attempt = rec.attempts, error = %e, "rotation step failed");
                             if rec.attempts >= policy.max_attempts {
-                                return self.give_up(name, store, target, &fence, rec, base.as_ref(), last, &e).await;
+                                return self
+                                    .give_up(
+                                        name,
+                                        store,
+                                        target,
+                                        &fence,
+                                        rec,
+                                        base.as_ref(),
+                                        last,
+                                        &e,
+                                    )
+                                    .await;
                             }
-                            fence = self.save(store, &fence, &mut rec, &last).await.map_err(st)?;
+                            fence = self
+                                .save(store, &fence, &mut rec, &last)
+                                .await
+                                .map_err(st)?;
                             tokio::time::sleep(self.backoff(rec.attempts)).await;
                         }
                     }
                 }
                 Step::Tested => {
-                    self.record(name, &rec.rotation_id, "rotate.finish", AuditOutcome::Ok, main_value(&rec.pending), Some(store.location())).await?;
+                    self.record(
+                        name,
+                        &rec.rotation_id,
+                        "rotate.finish",
+                        AuditOutcome::Ok,
+                        main_value(&rec.pending),
+                        Some(store.location()),
+                    )
+                    .await?;
                     store.promote(&rec, base.as_ref()).await.map_err(st)?;
                     rec.step = Step::Finished;
-                    fence = self.save(store, &fence, &mut rec, &last).await.map_err(st)?;
+                    fence = self
+                        .save(store, &fence, &mut rec, &last)
+                        .await
+                        .map_err(st)?;
                     crash_point("finish");
                 }
                 Step::Finished => {
-                    let done = LastRotation { rotation_id: rec.rotation_id.clone(), started_at: rec.started_at, outcome: "ok".into() };
+                    let done = LastRotation {
+                        rotation_id: rec.rotation_id.clone(),
+                        started_at: rec.started_at,
+                        outcome: "ok".into(),
+                    };
                     store
-                        .write_state(&fence, &StateRecord { in_flight: None, last: Some(done) })
+                        .write_state(
+                            &fence,
+                            &StateRecord {
+                                in_flight: None,
+                                last: Some(done),
+                            },
+                        )
                         .await
                         .map_err(st)?;
-                    self.record(name, &rec.rotation_id, "rotate.done", AuditOutcome::Ok, main_value(&rec.pending), None).await?;
+                    self.record(
+                        name,
+                        &rec.rotation_id,
+                        "rotate.done",
+                        AuditOutcome::Ok,
+                        main_value(&rec.pending),
+                        None,
+                    )
+                    .await?;
                     tracing::info!(policy = name, rotation_id = %rec.rotation_id, resumed, "rotated");
-                    return Ok(RotationOutcome::Rotated { rotation_id: rec.rotation_id, resumed });
+                    return Ok(RotationOutcome::Rotated {
+                        rotation_id: rec.rotation_id,
+                        resumed,
+                    });
                 }
             }
         }
     }
 
     /// Persists `rec` with a renewed lease.
-    async fn save(&self, store: &dyn Store, fence: &Fence, rec: &mut InFlight, last: &Option<LastRotation>) -> Result<Fence, StoreError> {
+    async fn save(
+        &self,
+        store: &dyn Store,
+        fence: &Fence,
+        rec: &mut InFlight,
+        last: &Option<LastRotation>,
+    ) -> Result<Fence, StoreError> {
         rec.lease_until = self.lease_until();
-        store.write_state(fence, &StateRecord { in_flight: Some(rec.clone()), last: last.clone() }).await
+        store
+            .write_state(
+                fence,
+                &StateRecord {
+                    in_flight: Some(rec.clone()),
+                    last: last.clone(),
+                },
+            )
+            .await
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -296,14 +411,38 @@ impl Engine {
         if let Err(e) = target.revert(base.map(|c| &c.fields), &rec.pending).await {
             tracing::error!(policy = name, rotation_id = %rec.rotation_id, error = %e, "could not revert the target after a failed rotation");
         }
-        let failed = LastRotation { rotation_id: rec.rotation_id.clone(), started_at: rec.started_at, outcome: "failed".into() };
+        let failed = LastRotation {
+            rotation_id: rec.rotation_id.clone(),
+            started_at: rec.started_at,
+            outcome: "failed".into(),
+        };
         store
-            .write_state(fence, &StateRecord { in_flight: None, last: Some(failed) })
+            .write_state(
+                fence,
+                &StateRecord {
+                    in_flight: None,
+                    last: Some(failed),
+                },
+            )
             .await
-            .map_err(|source| RotationError::Store { policy: name.to_owned(), source })?;
-        self.record(name, &rec.rotation_id, "rotate.failed", AuditOutcome::Error, None, Some(error.to_string())).await?;
+            .map_err(|source| RotationError::Store {
+                policy: name.to_owned(),
+                source,
+            })?;
+        self.record(
+            name,
+            &rec.rotation_id,
+            "rotate.failed",
+            AuditOutcome::Error,
+            None,
+            Some(error.to_string()),
+        )
+        .await?;
         tracing::error!(policy = name, rotation_id = %rec.rotation_id, attempts = rec.attempts, error = %error, "rotation given up; the current credential is unchanged");
-        Ok(RotationOutcome::Failed { rotation_id: rec.rotation_id, error: error.to_string() })
+        Ok(RotationOutcome::Failed {
+            rotation_id: rec.rotation_id,
+            error: error.to_string(),
+        })
     }
 
     async fn record(
@@ -315,7 +454,11 @@ impl Engine {
         value: Option<&SecretValue>,
         detail: Option<String>,
     ) -> Result<(), RotationError> {
-        let mut b = self.audit.event(self.actor.clone(), action, format!("policy/{policy}")).outcome(outcome).rotation_id(rotation_id);
+        let mut b = self
+            .audit
+            .event(self.actor.clone(), action, format!("policy/{policy}"))
+            .outcome(outcome)
+            .rotation_id(rotation_id);
         if let Some(v) = value {
             b = b.value(v);
         }
@@ -326,7 +469,11 @@ impl Engine {
             .record(b.build())
             .await
             .map(drop)
-            .map_err(|source| RotationError::Audit { policy: policy.to_owned(), step: action, source })
+            .map_err(|source| RotationError::Audit {
+                policy: policy.to_owned(),
+                step: action,
+                source,
+            })
     }
 }
 

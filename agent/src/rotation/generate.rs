@@ -2,8 +2,8 @@
 
 use keyturn_core::SecretValue;
 use rand::Rng;
-use rand::rngs::OsRng;
 use rand::TryRngCore;
+use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
 use crate::policy::Generator;
@@ -28,7 +28,10 @@ mod tests {
     use super::*;
 
     fn gen_of(alphabet: &str, length: u32) -> Generator {
-        Generator { length, alphabet: alphabet.chars().collect() }
+        Generator {
+            length,
+            alphabet: alphabet.chars().collect(),
+        }
     }
 
     #[test]
@@ -41,7 +44,10 @@ mod tests {
 
     #[test]
     fn two_values_differ() {
-        let g = gen_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 32);
+        let g = gen_of(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            32,
+        );
         assert!(!generate(&g).ct_eq(&generate(&g)));
     }
 

@@ -81,7 +81,10 @@ impl VaultConfig {
     /// # Errors
     /// A malformed address or boolean, an unreadable CA file or token file.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok(), std::env::var_os("HOME").map(PathBuf::from))
+        Self::from_lookup(
+            |k| std::env::var(k).ok(),
+            std::env::var_os("HOME").map(PathBuf::from),
+        )
     }
 
     /// [`VaultConfig::from_env`] over any variable source, so tests need not touch the
@@ -93,12 +96,18 @@ impl VaultConfig {
         get: impl Fn(&str) -> Option<String>,
         home: Option<PathBuf>,
     ) -> Result<Self, ConfigError> {
-        let addr = get("VAULT_ADDR").filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_ADDR.into());
+        let addr = get("VAULT_ADDR")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_ADDR.into());
         check_addr("VAULT_ADDR", &addr)?;
-        let ca_cert = get("VAULT_CACERT").filter(|s| !s.is_empty()).map(PathBuf::from);
+        let ca_cert = get("VAULT_CACERT")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
         if let Some(p) = &ca_cert {
-            std::fs::metadata(p)
-                .map_err(|e| ConfigError::CaCert { path: p.clone(), cause: e.to_string() })?;
+            std::fs::metadata(p).map_err(|e| ConfigError::CaCert {
+                path: p.clone(),
+                cause: e.to_string(),
+            })?;
         }
         let skip_verify = match get("VAULT_SKIP_VERIFY") {
             None => false,
@@ -143,7 +152,10 @@ impl VaultConfig {
 /// # Errors
 /// [`ConfigError::BadAddress`] naming `source_name`.
 pub fn check_addr(source_name: &str, addr: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadAddress { source_name: source_name.into(), addr: addr.into() };
+    let bad = || ConfigError::BadAddress {
+        source_name: source_name.into(),
+        addr: addr.into(),
+    };
     let rest = addr
         .strip_prefix("http://")
         .or_else(|| addr.strip_prefix("https://"))
@@ -158,7 +170,10 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "yes" => Ok(true),
         "" | "0" | "f" | "false" | "no" => Ok(false),
-        _ => Err(ConfigError::BadBool { name, value: v.to_owned() }),
+        _ => Err(ConfigError::BadBool {
+            name,
+            value: v.to_owned(),
+        }),
     }
 }
 
@@ -199,8 +214,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)], home: Option<PathBuf>) -> Result<VaultConfig, ConfigError> {
-        let m: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         VaultConfig::from_lookup(|k| m.get(k).cloned(), home)
     }
 
@@ -234,18 +251,31 @@ mod tests {
     #[test]
     fn rejects_a_malformed_address_naming_the_variable() {
         let e = cfg(&[("VAULT_ADDR", "127.0.0.1:8200")], None).unwrap_err();
-        assert_eq!(e.to_string(), "VAULT_ADDR: \"127.0.0.1:8200\" is not an http:// or https:// URL");
+        assert_eq!(
+            e.to_string(),
+            "VAULT_ADDR: \"127.0.0.1:8200\" is not an http:// or https:// URL"
+        );
     }
 
     #[test]
     fn rejects_a_missing_ca_file_naming_it() {
         let e = cfg(&[("VAULT_CACERT", "/nonexistent/ca.pem")], None).unwrap_err();
-        assert!(e.to_string().starts_with("VAULT_CACERT /nonexistent/ca.pem:"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("VAULT_CACERT /nonexistent/ca.pem:"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_a_non_boolean_skip_verify() {
         let e = cfg(&[("VAULT_SKIP_VERIFY", "maybe")], None).unwrap_err();
-        assert!(matches!(e, ConfigError::BadBool { name: "VAULT_SKIP_VERIFY", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::BadBool {
+                name: "VAULT_SKIP_VERIFY",
+                ..
+            }
+        ));
     }
 }

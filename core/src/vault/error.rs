@@ -161,7 +161,9 @@ impl VaultError {
     ) -> Self {
         let path = path.to_owned();
         match e {
-            ClientError::APIError { code, errors } => Self::from_status(op, path, code, errors, cas),
+            ClientError::APIError { code, errors } => {
+                Self::from_status(op, path, code, errors, cas)
+            }
             ClientError::RestClientError { source } => {
                 use rustify::errors::ClientError as R;
                 match source {
@@ -177,12 +179,20 @@ impl VaultError {
                         }
                     }
                     // Parse errors keep the body in a field; report only that parsing failed.
-                    other => Self::BadResponse { op, path, what: other.to_string() },
+                    other => Self::BadResponse {
+                        op,
+                        path,
+                        what: other.to_string(),
+                    },
                 }
             }
             ClientError::ResponseDataEmptyError => Self::NotFound { op, path },
             // Display of the remaining variants is a fixed sentence without content.
-            other => Self::BadResponse { op, path, what: other.to_string() },
+            other => Self::BadResponse {
+                op,
+                path,
+                what: other.to_string(),
+            },
         }
     }
 
@@ -197,10 +207,23 @@ impl VaultError {
             403 => Self::PermissionDenied { op, path },
             404 => Self::NotFound { op, path },
             400 if cas.is_some() && messages.iter().any(|m| m.contains("check-and-set")) => {
-                Self::CasConflict { path, expected: cas.unwrap_or_default() }
+                Self::CasConflict {
+                    path,
+                    expected: cas.unwrap_or_default(),
+                }
             }
-            412 | 429 | 500..=599 => Self::Unavailable { op, path, code, messages },
-            _ => Self::Rejected { op, path, code, messages },
+            412 | 429 | 500..=599 => Self::Unavailable {
+                op,
+                path,
+                code,
+                messages,
+            },
+            _ => Self::Rejected {
+                op,
+                path,
+                code,
+                messages,
+            },
         }
     }
 }
@@ -236,6 +259,9 @@ mod tests {
     fn a_cas_mismatch_is_its_own_error() {
         let msgs = vec!["check-and-set parameter did not match the current version".to_owned()];
         let e = VaultError::from_status("write", "secret/x".into(), 400, msgs, Some(3));
-        assert!(matches!(e, VaultError::CasConflict { expected: 3, .. }), "{e}");
+        assert!(
+            matches!(e, VaultError::CasConflict { expected: 3, .. }),
+            "{e}"
+        );
     }
 }

@@ -29,7 +29,9 @@ pub struct SecretData(pub BTreeMap<String, SecretValue>);
 
 impl fmt::Debug for SecretData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretData").field("keys", &self.0.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("SecretData")
+            .field("keys", &self.0.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -105,14 +107,21 @@ impl Serialize for Text<'_> {
 
 fn check_text(data: &SecretData, path: &str) -> Result<(), VaultError> {
     match data.iter().find(|(_, v)| v.expose_str().is_err()) {
-        Some((k, _)) => Err(VaultError::NotText { path: path.to_owned(), key: k.clone() }),
+        Some((k, _)) => Err(VaultError::NotText {
+            path: path.to_owned(),
+            key: k.clone(),
+        }),
         None => Ok(()),
     }
 }
 
 /// Joins a mount and a path for messages: `secret` + `orders/db` → `secret/orders/db`.
 fn full(mount: &str, path: &str) -> String {
-    format!("{}/{}", mount.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        mount.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 impl Vault {
@@ -158,7 +167,12 @@ impl Vault {
     ///
     /// # Errors
     /// As [`Vault::kv1_read`], and [`VaultError::NotText`] for a non-UTF-8 value.
-    pub async fn kv1_write(&self, mount: &str, path: &str, data: &SecretData) -> Result<(), VaultError> {
+    pub async fn kv1_write(
+        &self,
+        mount: &str,
+        path: &str,
+        data: &SecretData,
+    ) -> Result<(), VaultError> {
         let p = full(mount, path);
         check_text(data, &p)?;
         let body: std::collections::HashMap<&str, Text<'_>> =
@@ -190,17 +204,30 @@ impl Vault {
                     .path(path)
                     .version(version)
                     .build()
-                    .map_err(|e| VaultError::BadResponse { op: "read", path: p.clone(), what: e.to_string() })?;
+                    .map_err(|e| VaultError::BadResponse {
+                        op: "read",
+                        path: p.clone(),
+                        what: e.to_string(),
+                    })?;
                 let res = vaultrs::api::exec_with_result(&self.client, req)
                     .await
                     .map_err(|e| self.classify(e, "read", &p))?;
                 if res.data.is_null() {
-                    return Err(VaultError::NotFound { op: "read", path: p.clone() });
+                    return Err(VaultError::NotFound {
+                        op: "read",
+                        path: p.clone(),
+                    });
                 }
-                let data: SecretData = serde_json::from_value(res.data).map_err(|_| {
-                    VaultError::BadResponse { op: "read", path: p.clone(), what: "data is not an object".into() }
-                })?;
-                Ok(Versioned { data, version: res.metadata.version })
+                let data: SecretData =
+                    serde_json::from_value(res.data).map_err(|_| VaultError::BadResponse {
+                        op: "read",
+                        path: p.clone(),
+                        what: "data is not an object".into(),
+                    })?;
+                Ok(Versioned {
+                    data,
+                    version: res.metadata.version,
+                })
             })
             .await
     }
@@ -233,11 +260,19 @@ impl Vault {
             .run(|| async {
                 let r = match cas32 {
                     Some(cas) => {
-                        vaultrs::kv2::set_with_options(&self.client, mount, path, &body, SetSecretRequestOptions { cas }).await
+                        vaultrs::kv2::set_with_options(
+                            &self.client,
+                            mount,
+                            path,
+                            &body,
+                            SetSecretRequestOptions { cas },
+                        )
+                        .await
                     }
                     None => vaultrs::kv2::set(&self.client, mount, path, &body).await,
                 };
-                r.map(|m| m.version).map_err(|e| VaultError::classify(e, "write", &p, &self.addr, cas))
+                r.map(|m| m.version)
+                    .map_err(|e| VaultError::classify(e, "write", &p, &self.addr, cas))
             })
             .await
     }
@@ -246,7 +281,11 @@ impl Vault {
     ///
     /// # Errors
     /// As [`Vault::kv2_read`], except that a missing secret is `Ok(None)`.
-    pub async fn kv2_current_version(&self, mount: &str, path: &str) -> Result<Option<u64>, VaultError> {
+    pub async fn kv2_current_version(
+        &self,
+        mount: &str,
+        path: &str,
+    ) -> Result<Option<u64>, VaultError> {
         let p = full(mount, path);
         let r = self
             .retry
@@ -291,6 +330,9 @@ mod tests {
         let mut d = SecretData::new();
         d.insert("bin", SecretValue::new(vec![0xff]));
         let e = check_text(&d, "secret/x").unwrap_err();
-        assert_eq!(e.to_string(), "vault write secret/x: field \"bin\" is not valid UTF-8");
+        assert_eq!(
+            e.to_string(),
+            "vault write secret/x: field \"bin\" is not valid UTF-8"
+        );
     }
 }

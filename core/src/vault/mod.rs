@@ -29,7 +29,9 @@ pub struct Vault {
 impl std::fmt::Debug for Vault {
     // vaultrs' client Debug would print the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,24 +66,41 @@ impl Vault {
         b.address(&cfg.addr)
             .verify(!cfg.skip_verify)
             .timeout(Some(cfg.request_timeout))
-            .ca_certs(cfg.ca_cert.iter().map(|p| p.display().to_string()).collect())
+            .ca_certs(
+                cfg.ca_cert
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            )
             .token(cfg.token.as_ref().map(token_text).unwrap_or_default());
         if let Some(ns) = &cfg.namespace {
             b.set_namespace(ns.clone());
         }
-        let settings = b.build().map_err(|e| {
-            ConfigError::BadAddress { source_name: e.to_string(), addr: cfg.addr.clone() }
+        let settings = b.build().map_err(|e| ConfigError::BadAddress {
+            source_name: e.to_string(),
+            addr: cfg.addr.clone(),
         })?;
         let client = VaultClient::new(settings).map_err(|e| match e {
-            vaultrs::error::ClientError::FileReadError { path, source } => {
-                ConfigError::CaCert { path: path.into(), cause: source.to_string() }
-            }
+            vaultrs::error::ClientError::FileReadError { path, source } => ConfigError::CaCert {
+                path: path.into(),
+                cause: source.to_string(),
+            },
             vaultrs::error::ClientError::ParseCertificateError { path, .. } => {
-                ConfigError::CaCert { path: path.into(), cause: "not a PEM certificate bundle".into() }
+                ConfigError::CaCert {
+                    path: path.into(),
+                    cause: "not a PEM certificate bundle".into(),
+                }
             }
-            other => ConfigError::BadAddress { source_name: other.to_string(), addr: cfg.addr.clone() },
+            other => ConfigError::BadAddress {
+                source_name: other.to_string(),
+                addr: cfg.addr.clone(),
+            },
         })?;
-        Ok(Self { client, addr: cfg.addr.clone(), retry: RetryPolicy::default() })
+        Ok(Self {
+            client,
+            addr: cfg.addr.clone(),
+            retry: RetryPolicy::default(),
+        })
     }
 
     /// Replaces the retry policy used for every later call.
@@ -159,7 +178,12 @@ impl Vault {
             .await
     }
 
-    pub(crate) fn classify(&self, e: vaultrs::error::ClientError, op: &'static str, path: &str) -> VaultError {
+    pub(crate) fn classify(
+        &self,
+        e: vaultrs::error::ClientError,
+        op: &'static str,
+        path: &str,
+    ) -> VaultError {
         VaultError::classify(e, op, path, &self.addr, None)
     }
 }

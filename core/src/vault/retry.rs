@@ -37,7 +37,10 @@ impl RetryPolicy {
     /// No retries: the first failure is final.
     #[must_use]
     pub fn none() -> Self {
-        Self { max_retries: 0, ..Self::default() }
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
     }
 
     /// Runs `attempt` until it succeeds, fails with a final error, or retries run out.
@@ -71,7 +74,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn unavailable() -> VaultError {
-        VaultError::Unavailable { op: "read", path: "p".into(), code: 503, messages: vec![] }
+        VaultError::Unavailable {
+            op: "read",
+            path: "p".into(),
+            code: 503,
+            messages: vec![],
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -79,7 +87,11 @@ mod tests {
         let n = AtomicUsize::new(0);
         let out = RetryPolicy::default()
             .run(|| async {
-                if n.fetch_add(1, Ordering::SeqCst) < 3 { Err(unavailable()) } else { Ok(7) }
+                if n.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(unavailable())
+                } else {
+                    Ok(7)
+                }
             })
             .await
             .unwrap();
@@ -93,7 +105,10 @@ mod tests {
         let e = RetryPolicy::default()
             .run(|| async {
                 n.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(VaultError::PermissionDenied { op: "read", path: "p".into() })
+                Err::<(), _>(VaultError::PermissionDenied {
+                    op: "read",
+                    path: "p".into(),
+                })
             })
             .await
             .unwrap_err();
@@ -104,7 +119,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gives_up_after_max_retries() {
         let n = AtomicUsize::new(0);
-        let policy = RetryPolicy { max_retries: 2, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            max_retries: 2,
+            ..RetryPolicy::default()
+        };
         let e = policy
             .run(|| async {
                 n.fetch_add(1, Ordering::SeqCst);

@@ -25,16 +25,23 @@ fn step(n: u32, what: &str) {
 }
 
 fn bin(env: &str, name: &str) -> PathBuf {
-    std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| keyturn_tests::tools::repo_root().join("target/debug").join(name))
+    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        keyturn_tests::tools::repo_root()
+            .join("target/debug")
+            .join(name)
+    })
 }
 
 /// Runs a keyturn binary to completion. The Kubernetes stand-in serves from this process,
 /// so the wait must not block the runtime's only thread (OpenBao calls back into it).
 fn run(cmd: &mut Command) -> anyhow::Result<(i32, String)> {
-    let out = tokio::task::block_in_place(|| cmd.output()).with_context(|| format!("run {cmd:?}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out =
+        tokio::task::block_in_place(|| cmd.output()).with_context(|| format!("run {cmd:?}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok((out.status.code().unwrap_or(-1), text))
 }
 
@@ -50,20 +57,32 @@ async fn main() -> anyhow::Result<()> {
     let init = bin("KEYTURN_INIT_BIN", "keyturn-init");
     for b in [&keyturn, &init] {
         if !b.is_file() {
-            bail!("{} is missing: run dev/demo.sh, which builds it", b.display());
+            bail!(
+                "{} is missing: run dev/demo.sh, which builds it",
+                b.display()
+            );
         }
     }
     let work = tempfile::Builder::new().prefix("keyturn-demo-").tempdir()?;
-    let out = tempfile::Builder::new().prefix("keyturn-demo-").tempdir_in("/dev/shm")?;
+    let out = tempfile::Builder::new()
+        .prefix("keyturn-demo-")
+        .tempdir_in("/dev/shm")?;
     let audit = work.path().join("audit.jsonl");
     let key = work.path().join("audit-hmac.key");
     std::fs::write(&key, rand_key())?;
 
-    step(1, "Start OpenBao and the Kubernetes API stand-in on loopback");
+    step(
+        1,
+        "Start OpenBao and the Kubernetes API stand-in on loopback",
+    );
     let bao = OpenBao::start().await?;
     let cluster = TestCluster::start().await?;
     println!("   OpenBao    {}", bao.addr());
-    println!("   Kubernetes {} (namespace {})", cluster.kubernetes_host(), cluster.namespace());
+    println!(
+        "   Kubernetes {} (namespace {})",
+        cluster.kubernetes_host(),
+        cluster.namespace()
+    );
     bao.enable_auth("kubernetes", "kubernetes").await?;
     let mut kcfg = json!({
         "kubernetes_host": cluster.kubernetes_host(),
@@ -73,8 +92,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ca) = cluster.kubernetes_ca_pem() {
         kcfg["kubernetes_ca_cert"] = json!(ca);
     }
-    bao.api("POST", "auth/kubernetes/config", Some(kcfg)).await?;
-    let init_hcl = std::fs::read_to_string(keyturn_tests::tools::repo_root().join("policies/vault/keyturn-init.hcl"))?;
+    bao.api("POST", "auth/kubernetes/config", Some(kcfg))
+        .await?;
+    let init_hcl = std::fs::read_to_string(
+        keyturn_tests::tools::repo_root().join("policies/vault/keyturn-init.hcl"),
+    )?;
     println!("   policies/vault/keyturn-init.hcl → role orders-api (service account orders-api)");
     bao.put_policy("keyturn-init", &init_hcl).await?;
     bao.api(
@@ -96,12 +118,21 @@ async fn main() -> anyhow::Result<()> {
     root.kv2_write("secret", "orders/db", &db, None).await?;
     let mut api = SecretData::new();
     api.insert("token", SecretValue::from(random_text()));
-    root.kv2_write("secret", "orders/payments-api", &api, None).await?;
+    root.kv2_write("secret", "orders/payments-api", &api, None)
+        .await?;
     println!("   wrote secret/data/orders/db and secret/data/orders/payments-api");
 
-    step(2, "keyturn-init renders the pod's secrets into tmpfs, logged in as its service account");
+    step(
+        2,
+        "keyturn-init renders the pod's secrets into tmpfs, logged in as its service account",
+    );
     let sa_token = work.path().join("sa-token");
-    std::fs::write(&sa_token, cluster.service_account_token(cluster.namespace(), "orders-api").await?)?;
+    std::fs::write(
+        &sa_token,
+        cluster
+            .service_account_token(cluster.namespace(), "orders-api")
+            .await?,
+    )?;
     let manifest = work.path().join("manifest.yaml");
     std::fs::write(
         &manifest,
@@ -123,11 +154,19 @@ async fn main() -> anyhow::Result<()> {
     if code != 0 {
         bail!("keyturn-init exited {code}");
     }
-    println!("   exit 0; {} now holds (values not shown):", out.path().display());
+    println!(
+        "   exit 0; {} now holds (values not shown):",
+        out.path().display()
+    );
     list(out.path(), out.path())?;
 
-    step(3, "keyturn rotate: a generated API token, rotated twice, with a least-privilege agent token");
-    let agent_hcl = std::fs::read_to_string(keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"))?;
+    step(
+        3,
+        "keyturn rotate: a generated API token, rotated twice, with a least-privilege agent token",
+    );
+    let agent_hcl = std::fs::read_to_string(
+        keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
+    )?;
     bao.put_policy("keyturn-agent", &agent_hcl).await?;
     let agent_token = bao.create_token(&["keyturn-agent"]).await?;
     let policies = work.path().join("policies");
@@ -136,11 +175,20 @@ async fn main() -> anyhow::Result<()> {
         policies.join("webhook-token.yaml"),
         "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: webhook-token }\nspec:\n  schedule: \"0 3 * * *\"\n  window: 30m\n  store: { vault-kv: { path: keyturn/webhook-token } }\n  target: { generated: {} }\n  generator: { length: 40, charset: alphanumeric }\n",
     )?;
-    let (_, text) = run(Command::new(&keyturn).args(["policy", "check"]).arg(&policies))?;
+    let (_, text) = run(Command::new(&keyturn)
+        .args(["policy", "check"])
+        .arg(&policies))?;
     show(&text);
     for _ in 0..2 {
         let (code, text) = run(Command::new(&keyturn)
-            .args(["--log", "warn", "rotate", "webhook-token", "--reason", "demo"])
+            .args([
+                "--log",
+                "warn",
+                "rotate",
+                "webhook-token",
+                "--reason",
+                "demo",
+            ])
             .env("KEYTURN_POLICIES", &policies)
             .env("KEYTURN_HOLDER", "demo-agent")
             .env("VAULT_ADDR", bao.addr())
@@ -153,11 +201,22 @@ async fn main() -> anyhow::Result<()> {
             bail!("keyturn rotate exited {code}");
         }
     }
-    let cur = root.kv2_read("secret", "keyturn/webhook-token", None).await?;
-    println!("   secret/keyturn/webhook-token is now at version {} (version {} kept as PREVIOUS)", cur.version, cur.version - 1);
+    let cur = root
+        .kv2_read("secret", "keyturn/webhook-token", None)
+        .await?;
+    println!(
+        "   secret/keyturn/webhook-token is now at version {} (version {} kept as PREVIOUS)",
+        cur.version,
+        cur.version - 1
+    );
 
-    step(4, "The audit trail: every access, hash-chained, values only as HMACs");
-    let (_, text) = run(Command::new(&keyturn).args(["audit", "tail", "-n", "100"]).arg(&audit))?;
+    step(
+        4,
+        "The audit trail: every access, hash-chained, values only as HMACs",
+    );
+    let (_, text) = run(Command::new(&keyturn)
+        .args(["audit", "tail", "-n", "100"])
+        .arg(&audit))?;
     show(&text);
     let (code, text) = run(Command::new(&keyturn).args(["audit", "verify"]).arg(&audit))?;
     show(&text);
@@ -169,7 +228,9 @@ async fn main() -> anyhow::Result<()> {
     lines[victim] = lines[victim].replacen("\"outcome\":\"ok\"", "\"outcome\":\"denied\"", 1);
     std::fs::write(&tampered, lines.join("\n") + "\n")?;
     println!("   an attacker edits one event's outcome in a copy of the log:");
-    let (code, text) = run(Command::new(&keyturn).args(["audit", "verify"]).arg(&tampered))?;
+    let (code, text) = run(Command::new(&keyturn)
+        .args(["audit", "verify"])
+        .arg(&tampered))?;
     show(&text);
     println!("   exit {code}");
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -182,11 +243,20 @@ fn list(root: &Path, dir: &Path) -> anyhow::Result<()> {
     entries.sort_by_key(std::fs::DirEntry::path);
     for e in entries {
         let m = e.metadata()?;
-        let rel = e.path().strip_prefix(root).unwrap_or(&e.path()).display().to_string();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap_or(&e.path())
+            .display()
+            .to_string();
         if m.is_dir() {
             list(root, &e.path())?;
         } else {
-            println!("   {:o}  {:>5} bytes  {rel}", m.permissions().mode() & 0o777, m.len());
+            println!(
+                "   {:o}  {:>5} bytes  {rel}",
+                m.permissions().mode() & 0o777,
+                m.len()
+            );
         }
     }
     Ok(())
@@ -199,5 +269,11 @@ fn rand_key() -> Vec<u8> {
 fn random_text() -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    (0..24).map(|_| char::from(b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"[r.random_range(0..56)])).collect()
+    (0..24)
+        .map(|_| {
+            char::from(
+                b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"[r.random_range(0..56)],
+            )
+        })
+        .collect()
 }

@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::{SecretData, Vault, VaultError};
 
-use super::{Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView};
+use super::{
+    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView,
+};
 
 /// The prefix, inside the policy's mount, under which rotation state is kept.
 pub const STATE_PREFIX: &str = "keyturn-state";
@@ -37,7 +39,11 @@ impl VaultKvStore {
     /// The store for `mount`/`path`, through `vault` (logged in with the agent's token).
     #[must_use]
     pub fn new(vault: Arc<Vault>, mount: &str, path: &str) -> Self {
-        Self { vault, mount: mount.to_owned(), path: path.to_owned() }
+        Self {
+            vault,
+            mount: mount.to_owned(),
+            path: path.to_owned(),
+        }
     }
 
     /// Where the state record is, inside the mount.
@@ -48,23 +54,35 @@ impl VaultKvStore {
 
     fn backend(&self, e: VaultError) -> StoreError {
         match e {
-            VaultError::CasConflict { .. } => StoreError::Conflict { store: self.location() },
+            VaultError::CasConflict { .. } => StoreError::Conflict {
+                store: self.location(),
+            },
             e => {
                 let retryable = e.is_retryable();
-                StoreError::Backend { store: self.location(), source: Box::new(e), retryable }
+                StoreError::Backend {
+                    store: self.location(),
+                    source: Box::new(e),
+                    retryable,
+                }
             }
         }
     }
 
     fn corrupt(&self, what: impl Into<String>) -> StoreError {
-        StoreError::Corrupt { store: self.location(), what: what.into() }
+        StoreError::Corrupt {
+            store: self.location(),
+            what: what.into(),
+        }
     }
 
     fn parse_state(&self, d: &SecretData) -> Result<StateRecord, StoreError> {
         let text = |k: &str| -> Result<Option<String>, StoreError> {
             match d.get(k) {
                 None => Ok(None),
-                Some(v) => v.expose_str().map(|s| Some(s.to_owned())).map_err(|_| self.corrupt(format!("{k} is not text"))),
+                Some(v) => v
+                    .expose_str()
+                    .map(|s| Some(s.to_owned()))
+                    .map_err(|_| self.corrupt(format!("{k} is not text"))),
             }
         };
         let time = |k: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -73,14 +91,24 @@ impl VaultKvStore {
                 .transpose()
                 .map_err(|_| self.corrupt(format!("{k} is not an RFC 3339 time")))
         };
-        let last = match (text("last_rotation_id")?, time("last_started_at")?, text("last_outcome")?) {
-            (Some(rotation_id), Some(started_at), Some(outcome)) => Some(LastRotation { rotation_id, started_at, outcome }),
+        let last = match (
+            text("last_rotation_id")?,
+            time("last_started_at")?,
+            text("last_outcome")?,
+        ) {
+            (Some(rotation_id), Some(started_at), Some(outcome)) => Some(LastRotation {
+                rotation_id,
+                started_at,
+                outcome,
+            }),
             _ => None,
         };
         let in_flight = match text("rotation_id")? {
             None => None,
             Some(rotation_id) => {
-                let step = text("step")?.and_then(|s| Step::parse(&s)).ok_or_else(|| self.corrupt("missing or unknown step"))?;
+                let step = text("step")?
+                    .and_then(|s| Step::parse(&s))
+                    .ok_or_else(|| self.corrupt("missing or unknown step"))?;
                 let mut pending = SecretData::new();
                 for (k, v) in d.iter() {
                     if let Some(field) = k.strip_prefix(PENDING) {
@@ -94,7 +122,8 @@ impl VaultKvStore {
                     rotation_id,
                     step,
                     pending,
-                    started_at: time("started_at")?.ok_or_else(|| self.corrupt("missing started_at"))?,
+                    started_at: time("started_at")?
+                        .ok_or_else(|| self.corrupt("missing started_at"))?,
                     holder: text("holder")?.unwrap_or_default(),
                     lease_until: time("lease_until")?.unwrap_or(DateTime::<Utc>::MIN_UTC),
                     attempts: text("attempts")?.and_then(|a| a.parse().ok()).unwrap_or(0),
@@ -147,23 +176,42 @@ impl Store for VaultKvStore {
 
     async fn view(&self) -> Result<StoreView, StoreError> {
         let current = match self.vault.kv2_read(&self.mount, &self.path, None).await {
-            Ok(v) => Some(Current { fields: v.data, version: v.version.to_string() }),
+            Ok(v) => Some(Current {
+                fields: v.data,
+                version: v.version.to_string(),
+            }),
             Err(VaultError::NotFound { .. }) => None,
             Err(e) => return Err(self.backend(e)),
         };
-        let (state, fence) = match self.vault.kv2_read(&self.mount, &self.state_path(), None).await {
+        let (state, fence) = match self
+            .vault
+            .kv2_read(&self.mount, &self.state_path(), None)
+            .await
+        {
             Ok(v) => (self.parse_state(&v.data)?, Fence(v.version.to_string())),
             Err(VaultError::NotFound { .. }) => (StateRecord::default(), Fence("0".into())),
             Err(e) => return Err(self.backend(e)),
         };
-        Ok(StoreView { current, state, fence })
+        Ok(StoreView {
+            current,
+            state,
+            fence,
+        })
     }
 
     async fn write_state(&self, fence: &Fence, state: &StateRecord) -> Result<Fence, StoreError> {
-        let cas: u64 = fence.0.parse().map_err(|_| self.corrupt(format!("fence {:?} is not a version", fence.0)))?;
+        let cas: u64 = fence
+            .0
+            .parse()
+            .map_err(|_| self.corrupt(format!("fence {:?} is not a version", fence.0)))?;
         let v = self
             .vault
-            .kv2_write(&self.mount, &self.state_path(), &encode_state(state), Some(cas))
+            .kv2_write(
+                &self.mount,
+                &self.state_path(),
+                &encode_state(state),
+                Some(cas),
+            )
             .await
             .map_err(|e| self.backend(e))?;
         Ok(Fence(v.to_string()))
@@ -176,19 +224,32 @@ impl Store for VaultKvStore {
             return Ok(());
         }
         let cas = match base {
-            Some(c) => c.version.parse().map_err(|_| self.corrupt("current version is not a number"))?,
+            Some(c) => c
+                .version
+                .parse()
+                .map_err(|_| self.corrupt("current version is not a number"))?,
             None => 0,
         };
-        match self.vault.kv2_write(&self.mount, &self.path, &rec.pending, Some(cas)).await {
+        match self
+            .vault
+            .kv2_write(&self.mount, &self.path, &rec.pending, Some(cas))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(VaultError::CasConflict { .. }) => {
                 // Either this rotation already promoted (a crash after the write) or someone
                 // else wrote CURRENT. Only the first is fine.
-                let now = self.vault.kv2_read(&self.mount, &self.path, None).await.map_err(|e| self.backend(e))?;
+                let now = self
+                    .vault
+                    .kv2_read(&self.mount, &self.path, None)
+                    .await
+                    .map_err(|e| self.backend(e))?;
                 if same_fields(&now.data, &rec.pending) {
                     Ok(())
                 } else {
-                    Err(StoreError::Conflict { store: self.location() })
+                    Err(StoreError::Conflict {
+                        store: self.location(),
+                    })
                 }
             }
             Err(e) => Err(self.backend(e)),

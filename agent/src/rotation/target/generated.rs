@@ -34,11 +34,18 @@ impl Target for Generated {
         // The one thing that can be checked: the stored credential has its value.
         match pending.get(FIELD) {
             Some(v) if !v.is_empty() => Ok(()),
-            _ => Err(TargetError::Refused { target: self.describe(), what: "pending credential has no value".into() }),
+            _ => Err(TargetError::Refused {
+                target: self.describe(),
+                what: "pending credential has no value".into(),
+            }),
         }
     }
 
-    async fn revert(&self, _current: Option<&SecretData>, _pending: &SecretData) -> Result<(), TargetError> {
+    async fn revert(
+        &self,
+        _current: Option<&SecretData>,
+        _pending: &SecretData,
+    ) -> Result<(), TargetError> {
         Ok(())
     }
 }

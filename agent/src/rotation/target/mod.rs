@@ -65,5 +65,9 @@ pub trait Target: Send + Sync + std::fmt::Debug {
 
     /// Undoes `set` when a rotation is given up, so the CURRENT credential keeps working.
     /// A no-op where `set` never touched what CURRENT uses.
-    async fn revert(&self, current: Option<&SecretData>, pending: &SecretData) -> Result<(), TargetError>;
+    async fn revert(
+        &self,
+        current: Option<&SecretData>,
+        pending: &SecretData,
+    ) -> Result<(), TargetError>;
 }
