@@ -252,10 +252,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(e: &Env, holder: &str) -> Self {
+        Self::start_with(e, holder, &[])
+    }
+
+    fn start_with(e: &Env, holder: &str, extra: &[&str]) -> Self {
         let log = e.dir.path().join(format!("{holder}.log"));
         let f = std::fs::File::create(&log).unwrap();
+        let mut args = vec!["run", "--grace", "10s"];
+        args.extend_from_slice(extra);
         let child = e
-            .cmd(&["run", "--grace", "10s"], holder)
+            .cmd(&args, holder)
             .stdout(Stdio::from(f.try_clone().unwrap()))
             .stderr(Stdio::from(f))
             .spawn()
@@ -405,4 +411,50 @@ async fn the_daemon_resumes_a_rotation_left_in_flight_by_a_crash() {
     assert!(status.success(), "{log}");
     assert_eq!(e.current("api").await.unwrap().0, pending);
     assert!(log.contains("rotate") || log.contains("rotated"), "{log}");
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.ok()?))
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
+    let e = Env::new().await;
+    e.write_policy("api", "");
+    let port = keyturn_tests::process::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(&e, "agent-1", &["--listen", &listen]);
+    let base = format!("http://{listen}");
+    eventually("api rotated", || async { e.current("api").await.is_some() }).await;
+    eventually("ready", || async {
+        get(&format!("{base}/readyz"))
+            .await
+            .is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    assert_eq!(get(&format!("{base}/healthz")).await.unwrap().0, 200);
+    let counted = r#"keyturn_rotations_total{policy="api",outcome="rotated"} 1"#;
+    eventually("the rotation is counted", || async {
+        get(&format!("{base}/metrics"))
+            .await
+            .is_some_and(|(_, t)| t.contains(counted))
+    })
+    .await;
+    let metrics = get(&format!("{base}/metrics")).await.unwrap().1;
+    for name in [
+        "keyturn_rotation_duration_seconds_count 1",
+        r#"keyturn_secret_age_seconds{policy="api"}"#,
+        r#"keyturn_next_rotation_timestamp_seconds{policy="api"}"#,
+        r#"keyturn_store_requests_total{store="vault-kv",op="promote",outcome="ok"} 1"#,
+        "keyturn_audit_events_total",
+        "keyturn_audit_write_failures_total 0",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
+    }
+    let (value, _) = e.current("api").await.unwrap();
+    assert_absent("/metrics", metrics.as_bytes(), &[&value]);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
 }

@@ -12,6 +12,7 @@
 //! On shutdown nothing new starts; rotations in flight get a grace period to finish, and
 //! whatever is cut off is resumed by the next start.
 
+pub mod metered;
 pub mod metrics;
 pub mod queue;
 pub mod server;
@@ -27,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::backends::Backends;
 use crate::policy::{self, Policy, PolicyErrors};
+use crate::rotation::store::Store as _;
 use crate::rotation::{Engine, RotationOutcome, Trigger};
 use crate::schedule::jittered;
 pub use metrics::Metrics;
@@ -239,7 +241,8 @@ impl Daemon {
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let started = std::time::Instant::now();
-            let (outcome, rotated_at, failed) = rotate_once(&engine, &backends, &p, &trigger).await;
+            let (outcome, rotated_at, failed) =
+                rotate_once(&engine, &backends, &metrics, &p, &trigger).await;
             metrics
                 .rotation_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -363,20 +366,18 @@ enum Scan {
 async fn rotate_once(
     engine: &Engine,
     backends: &Backends,
+    metrics: &Metrics,
     p: &Policy,
     trigger: &Trigger,
 ) -> (&'static str, Option<DateTime<Utc>>, bool) {
     let (store, target) = match (backends.store(p), backends.target(p).await) {
-        (Ok(s), Ok(t)) => (s, t),
+        (Ok(s), Ok(t)) => (metered::Metered::new(s, metrics.clone()), t),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "policy cannot run");
             return ("error", None, true);
         }
     };
-    match engine
-        .rotate(p, store.as_ref(), target.as_ref(), trigger)
-        .await
-    {
+    match engine.rotate(p, &store, target.as_ref(), trigger).await {
         Ok(RotationOutcome::Rotated { .. }) => match store.view().await {
             Ok(v) => ("rotated", v.state.last.map(|l| l.started_at), false),
             Err(_) => ("rotated", Some(Utc::now()), false),
