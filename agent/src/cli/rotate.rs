@@ -109,6 +109,14 @@ pub fn run(args: RotateArgs) -> u8 {
                         exit::UNAVAILABLE
                     }
                     RotationError::Store { .. } => exit::SOFTWARE,
+                    RotationError::Distribute { source, .. } if source.code() == Some(403) => {
+                        exit::NO_PERMISSION
+                    }
+                    RotationError::Distribute { source, .. } if source.is_retryable() => {
+                        exit::UNAVAILABLE
+                    }
+                    RotationError::Distribute { .. } => exit::FAILED,
+                    RotationError::NoSink { .. } => exit::USAGE,
                 }
             }
         }

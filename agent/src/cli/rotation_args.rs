@@ -11,6 +11,7 @@ use super::audit_log::AuditLogArgs;
 use super::exit;
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
+use crate::distribute::KubernetesSink;
 use crate::policy::{self, Policy};
 use crate::rotation::Engine;
 
@@ -31,6 +32,10 @@ pub struct RotationArgs {
     /// The audit log.
     #[command(flatten)]
     pub audit: AuditLogArgs,
+    /// How long restart requests for one workload are collected before it rolls, so several
+    /// policies feeding one Deployment restart it once.
+    #[arg(long, env = "KEYTURN_RESTART_WINDOW", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub restart_window: std::time::Duration,
 }
 
 /// Everything ready for rotating.
@@ -71,6 +76,22 @@ impl RotationArgs {
             eprintln!("keyturn: {e}");
             exit::USAGE
         })?;
+        // The Kubernetes client is built only when a policy distributes, from KUBECONFIG or the
+        // in-cluster service account; building it makes no request.
+        let kube_sink = if policies.iter().any(|p| !p.distribute.is_empty()) {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                eprintln!(
+                    "keyturn: policies distribute to Kubernetes, but no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
+                );
+                exit::USAGE
+            })?;
+            Some(KubernetesSink::with_restart_window(
+                client,
+                self.restart_window,
+            ))
+        } else {
+            None
+        };
         let audit = self.audit.open().map_err(|e| {
             eprintln!("keyturn: {e}");
             e.exit_code()
@@ -86,7 +107,10 @@ impl RotationArgs {
             None
         };
         let holder = self.holder();
-        let engine = Engine::new(audit.clone(), Actor::agent(holder.clone()), holder);
+        let mut engine = Engine::new(audit.clone(), Actor::agent(holder.clone()), holder);
+        if let Some(sink) = kube_sink {
+            engine = engine.with_sink(Arc::new(sink));
+        }
         Ok(Prepared {
             policies,
             engine,

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub rotations: Family<PolicyOutcome, Counter>,
     /// `keyturn_rotation_duration_seconds`.
     pub rotation_duration: Histogram,
+    /// `keyturn_fire_delay_seconds`: how late after its (jittered) start time a slot fired.
+    pub fire_delay: Histogram,
     /// `keyturn_next_rotation_timestamp_seconds{policy}`.
     pub next_rotation: Family<PolicyLabel, Gauge>,
     /// `keyturn_store_requests_total{store,op,outcome}`.
@@ -86,6 +88,12 @@ impl Metrics {
             "Time from a rotation's start to its end",
             rotation_duration.clone(),
         );
+        let fire_delay = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "keyturn_fire_delay_seconds",
+            "How late after its start time a due slot fired",
+            fire_delay.clone(),
+        );
         let next_rotation = Family::<PolicyLabel, Gauge>::default();
         registry.register(
             "keyturn_next_rotation_timestamp_seconds",
@@ -112,6 +120,7 @@ impl Metrics {
         Self {
             rotations,
             rotation_duration,
+            fire_delay,
             next_rotation,
             store_requests,
             breakglass,

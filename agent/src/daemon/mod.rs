@@ -108,9 +108,10 @@ impl Daemon {
         metrics: Metrics,
         ready: watch::Sender<bool>,
     ) -> Self {
+        let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         Self {
+            engine: engine.with_limit(limit),
             cfg,
-            engine,
             backends,
             metrics,
             ready,
@@ -130,7 +131,6 @@ impl Daemon {
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = watch_dir(&self.cfg.policies, reload_tx)?;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-        let limit = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         let mut queue = Queue::new();
         let mut running: BTreeMap<String, ()> = BTreeMap::new();
@@ -149,7 +149,6 @@ impl Daemon {
             running.insert(name.clone(), ());
             self.spawn(
                 &mut tasks,
-                &limit,
                 &done_tx,
                 policies[&name].clone(),
                 Trigger::Manual {
@@ -158,6 +157,8 @@ impl Daemon {
             );
         }
         let _ = self.ready.send(true);
+        // Slots that fell due while no daemon ran are catch-up work, not timer latency.
+        let up_since = Utc::now();
 
         tokio::pin!(shutdown);
         loop {
@@ -171,12 +172,20 @@ impl Daemon {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = sleep => {
-                    for slot in queue.pop_due(Utc::now()) {
+                    let now = Utc::now();
+                    for slot in queue.pop_due(now) {
                         let Some(p) = policies.get(&slot.policy) else { continue };
+                        // How late the timer fired: what a policy's owner can expect beyond
+                        // its own jitter. Measured here, before the concurrency limit (in the engine).
+                        if slot.fire_at >= up_since {
+                            let late = (now - slot.fire_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                            self.metrics.fire_delay.observe(late);
+                            tracing::debug!(policy = %slot.policy, delay_ms = late * 1000.0, "slot fired");
+                        }
                         if running.insert(slot.policy.clone(), ()).is_some() {
                             continue;
                         }
-                        self.spawn(&mut tasks, &limit, &done_tx, p.clone(), Trigger::Schedule { due: slot.due });
+                        self.spawn(&mut tasks, &done_tx, p.clone(), Trigger::Schedule { due: slot.due });
                     }
                 }
                 Some(done) = done_rx.recv() => {
@@ -228,7 +237,6 @@ impl Daemon {
     fn spawn(
         &self,
         tasks: &mut JoinSet<()>,
-        limit: &Arc<Semaphore>,
         done: &mpsc::UnboundedSender<Done>,
         p: Arc<Policy>,
         trigger: Trigger,
@@ -236,10 +244,8 @@ impl Daemon {
         let engine = self.engine.clone();
         let backends = self.backends.clone();
         let metrics = self.metrics.clone();
-        let limit = limit.clone();
         let done = done.clone();
         tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
             let started = std::time::Instant::now();
             let (outcome, rotated_at, failed) =
                 rotate_once(&engine, &backends, &metrics, &p, &trigger).await;

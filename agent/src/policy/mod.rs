@@ -181,13 +181,14 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
                 continue;
             }
         };
-        let raws: Vec<RawPolicy> = match serde_saphyr::from_multiple(&text) {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(yaml_error(&file, &e));
-                continue;
-            }
-        };
+        let raws: Vec<RawPolicy> =
+            match serde_saphyr::from_multiple_with_options(&text, yaml_options()) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(yaml_error(&file, &e));
+                    continue;
+                }
+            };
         for raw in raws {
             let mut v = Validator {
                 file: &file,
@@ -262,6 +263,19 @@ fn file_error(file: &Path, message: String) -> PolicyError {
         column: 0,
         field: String::new(),
         message,
+    }
+}
+
+/// The parser's defaults guard against YAML bombs in untrusted input; a policy file is an
+/// operator's own configuration and may hold thousands of policies, so the document and node
+/// caps are raised (still bounded, so a runaway generator cannot exhaust memory).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 100_000,
+            max_nodes: 10_000_000,
+            max_events: 40_000_000,
+        },
     }
 }
 

@@ -254,3 +254,16 @@ fn a_directory_loads_every_yaml_file_in_name_order() {
         ["orders-db", "api-token"]
     );
 }
+
+#[test]
+fn one_file_may_hold_thousands_of_policies() {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for i in 0..3000 {
+        let _ = write!(
+            text,
+            "---\napiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: p{i} }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/p{i} }} }}\n  target: {{ generated: {{}} }}\n"
+        );
+    }
+    assert_eq!(check(&text).expect("loads").len(), 3000);
+}

@@ -16,9 +16,14 @@ use keyturn_core::SecretValue;
 use keyturn_core::audit::{Actor, AuditError, AuditLog, Outcome as AuditOutcome};
 use keyturn_core::vault::SecretData;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use super::generate::generate;
 use super::store::{Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError};
 use super::target::{Target, TargetError};
+use crate::distribute::{
+    Delivery, DeliveryReport, DistributeError, RestartOutcome, SecretOutcome, Sink,
+};
 use crate::policy::Policy;
 
 /// Why a rotation runs.
@@ -86,6 +91,27 @@ pub enum RotationError {
         #[source]
         source: AuditError,
     },
+    /// The new value is CURRENT but could not be delivered; the rotation stays in flight at
+    /// `distribute` and the next attempt delivers it (the old value keeps working meanwhile
+    /// only for alternating targets, so this needs attention).
+    #[error("policy {policy}: rotation {rotation_id} is promoted but not distributed: {source}")]
+    Distribute {
+        /// The policy.
+        policy: String,
+        /// The rotation, still in flight.
+        rotation_id: String,
+        /// The failure (object, verb and status; never a value).
+        #[source]
+        source: DistributeError,
+    },
+    /// The policy distributes to Kubernetes but this process has no Kubernetes client.
+    #[error(
+        "policy {policy}: has distribute entries but no Kubernetes API is configured (set KUBECONFIG or run in a cluster); the rotation stays in flight at distribute"
+    )]
+    NoSink {
+        /// The policy.
+        policy: String,
+    },
 }
 
 /// Test-only crash points: with the `crash-points` feature, `KEYTURN_CRASH_AFTER=<step>`
@@ -111,6 +137,8 @@ pub struct Engine {
     lease: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    sink: Option<Arc<dyn Sink>>,
+    limit: Option<Arc<Semaphore>>,
 }
 
 impl Engine {
@@ -125,7 +153,25 @@ impl Engine {
             lease: Duration::from_secs(300),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            sink: None,
+            limit: None,
         }
+    }
+
+    /// Delivers rotated credentials through `sink` (the policies' `distribute` entries).
+    #[must_use]
+    pub fn with_sink(mut self, sink: Arc<dyn Sink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Bounds how many rotations work on stores and targets at once. A rotation gives its
+    /// slot back before it waits for a debounced workload restart: that wait loads nothing,
+    /// and holding slots through it would cap throughput at slots ÷ debounce window.
+    #[must_use]
+    pub fn with_limit(mut self, limit: Arc<Semaphore>) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// Sets the backoff between failed `set`/`test` attempts (tests use short ones).
@@ -169,6 +215,10 @@ impl Engine {
         let st = |source| RotationError::Store {
             policy: name.to_owned(),
             source,
+        };
+        let mut permit = match &self.limit {
+            Some(l) => l.clone().acquire_owned().await.ok(),
+            None => None,
         };
         let view = store.view().await.map_err(st)?;
         let last = view.state.last.clone();
@@ -335,6 +385,13 @@ impl Engine {
                     crash_point("finish");
                 }
                 Step::Finished => {
+                    // Distribution runs again in full on every resume: each part is
+                    // idempotent, so a crash after it and before the state below is cleared
+                    // costs nothing but a no-op pass.
+                    if !policy.distribute.is_empty() {
+                        self.distribute(policy, &rec, &mut permit).await?;
+                        crash_point("distribute");
+                    }
                     let done = LastRotation {
                         rotation_id: rec.rotation_id.clone(),
                         started_at: rec.started_at,
@@ -367,6 +424,112 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The `distribute` step: every Secret of the policy is written, and only when all
+    /// writes succeeded are the workloads restarted (so no pod starts on the old value).
+    /// Retryable failures are retried with backoff; the rest stop the rotation here,
+    /// audited, resumable.
+    async fn distribute(
+        &self,
+        policy: &Policy,
+        rec: &InFlight,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<(), RotationError> {
+        let name = policy.name.as_str();
+        let Some(sink) = &self.sink else {
+            self.record(
+                name,
+                &rec.rotation_id,
+                "rotate.distribute",
+                AuditOutcome::Error,
+                None,
+                Some("no Kubernetes API configured".into()),
+            )
+            .await?;
+            return Err(RotationError::NoSink {
+                policy: name.to_owned(),
+            });
+        };
+        let version = self.version(name, &rec.rotation_id);
+        let deliveries: Vec<Delivery<'_>> = policy
+            .distribute
+            .iter()
+            .map(|d| Delivery {
+                policy: name,
+                distribution: d,
+                credential: &rec.pending,
+                version: &version,
+            })
+            .collect();
+        let to = policy
+            .distribute
+            .iter()
+            .map(|d| format!("{}/{}", d.namespace, d.secret))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.record(
+            name,
+            &rec.rotation_id,
+            "rotate.distribute",
+            AuditOutcome::Started,
+            main_value(&rec.pending),
+            Some(format!("secrets {to} via {}", sink.describe())),
+        )
+        .await?;
+        let mut attempt = 0;
+        loop {
+            match deliver(sink.as_ref(), &deliveries, permit).await {
+                Ok(reports) => {
+                    self.record(
+                        name,
+                        &rec.rotation_id,
+                        "rotate.distribute",
+                        AuditOutcome::Ok,
+                        main_value(&rec.pending),
+                        Some(summarize(&reports)),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() && attempt + 1 < policy.max_attempts => {
+                    attempt += 1;
+                    tracing::warn!(policy = name, rotation_id = %rec.rotation_id, attempt, error = %e, "distribution failed; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(e) => {
+                    let outcome = if e.code() == Some(403) {
+                        AuditOutcome::Denied
+                    } else {
+                        AuditOutcome::Error
+                    };
+                    self.record(
+                        name,
+                        &rec.rotation_id,
+                        "rotate.distribute",
+                        outcome,
+                        None,
+                        Some(e.to_string()),
+                    )
+                    .await?;
+                    return Err(RotationError::Distribute {
+                        policy: name.to_owned(),
+                        rotation_id: rec.rotation_id.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The version written to pod templates: an HMAC (audit key) of the policy and rotation
+    /// id. It changes with every rotation, lets an investigator match pods to audit events,
+    /// and says nothing about the value.
+    fn version(&self, policy: &str, rotation_id: &str) -> String {
+        let input = SecretValue::from(format!("keyturn.dev/version\0{policy}\0{rotation_id}"));
+        let mut hex = self.audit.hmac_key().hmac_hex(&input);
+        hex.truncate(32);
+        hex
     }
 
     /// Persists `rec` with a renewed lease.
@@ -485,6 +648,58 @@ impl Step {
             other => other.as_str(),
         }
     }
+}
+
+/// Writes every Secret, gives the concurrency slot back, then restarts the workloads
+/// (concurrently, so a workload fed by several Secrets rolls once).
+async fn deliver(
+    sink: &dyn Sink,
+    deliveries: &[Delivery<'_>],
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> Result<Vec<DeliveryReport>, DistributeError> {
+    let mut secrets = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        secrets.push(sink.write(d).await?);
+    }
+    drop(permit.take());
+    let restarts = futures_util::future::join_all(deliveries.iter().map(|d| sink.restart(d))).await;
+    deliveries
+        .iter()
+        .zip(secrets)
+        .zip(restarts)
+        .map(|((d, secret), restarts)| {
+            Ok(DeliveryReport {
+                policy: d.policy.to_owned(),
+                secret,
+                restarts: restarts?,
+            })
+        })
+        .collect()
+}
+
+/// One line for the audit record: what each Secret and workload went through.
+fn summarize(reports: &[DeliveryReport]) -> String {
+    let mut parts = Vec::new();
+    for r in reports {
+        let secret = match &r.secret.outcome {
+            SecretOutcome::Created => "created".to_owned(),
+            SecretOutcome::Updated { keys } => format!("updated {}", keys.join(",")),
+            SecretOutcome::Unchanged => "unchanged".to_owned(),
+        };
+        parts.push(format!("{}: {secret}", r.secret.object));
+        for w in &r.restarts {
+            let what = match &w.outcome {
+                RestartOutcome::Restarted { .. } => "restarted",
+                RestartOutcome::AlreadyCurrent { .. } => "already current",
+                RestartOutcome::SkippedPaused => {
+                    tracing::warn!(policy = %r.policy, workload = %w.object, "paused; not restarted, it picks up the new Secret when it next rolls");
+                    "paused, not restarted"
+                }
+            };
+            parts.push(format!("{}: {what}", w.object));
+        }
+    }
+    parts.join("; ")
 }
 
 /// The secret part of a credential, whose HMAC goes into the audit record.
