@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use keyturn_agent::distribute::restart::combined_version;
 use keyturn_agent::distribute::{
     Delivery, DeliveryReport, DistributeError, KubernetesSink, RestartOutcome, SecretOutcome, Sink,
+    deliver_all,
 };
 use keyturn_agent::policy::{Distribution, Workload};
 use keyturn_core::SecretValue;
@@ -751,13 +752,16 @@ async fn a_policy_with_two_secrets_feeding_one_deployment_writes_both_then_resta
     let cred = login("web_a", "pw-1");
     let before = log(&c).map(|l| l.len());
 
-    let reports = s
-        .deliver_all(&[
+    let reports = deliver_all(
+        &s,
+        &[
             delivery("web-db", &rw, &cred, "v1"),
             delivery("web-db", &env, &cred, "v1"),
-        ])
-        .await
-        .unwrap();
+        ],
+        || (),
+    )
+    .await
+    .unwrap();
     assert_eq!(reports.len(), 2);
     assert_eq!(
         reports[0].restarts, reports[1].restarts,

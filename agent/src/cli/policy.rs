@@ -1,4 +1,5 @@
 //! `keyturn policy check PATH`: validate policies without touching any server.
+//! `keyturn policy rbac PATH`: print the Kubernetes Role the agent needs for them.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,26 @@ use crate::policy;
 pub enum PolicyCommand {
     /// Validate a policy file or directory; print every problem as FILE:LINE:COL: FIELD: WHY.
     Check(CheckArgs),
+    /// Print the Kubernetes Roles and RoleBindings the agent needs for these policies:
+    /// get/patch on exactly the Secrets and workloads they name.
+    Rbac(RbacArgs),
+}
+
+/// `keyturn policy rbac`.
+#[derive(Debug, Args)]
+pub struct RbacArgs {
+    /// A policy file, or a directory of `*.yaml`/`*.yml` files.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// The agent's ServiceAccount.
+    #[arg(long, default_value = "keyturn")]
+    pub service_account: String,
+    /// The ServiceAccount's namespace.
+    #[arg(long, default_value = "keyturn-system")]
+    pub namespace: String,
+    /// Also grant `create` on Secrets (RBAC cannot limit it by name; see the output's header).
+    #[arg(long)]
+    pub allow_create_secrets: bool,
 }
 
 /// `keyturn policy check`.
@@ -26,6 +47,19 @@ pub struct CheckArgs {
 #[must_use]
 pub fn run(cmd: PolicyCommand) -> u8 {
     match cmd {
+        PolicyCommand::Rbac(a) => match policy::load(&a.path) {
+            Ok(ps) => {
+                let options = crate::rbac::RbacOptions {
+                    allow_create_secrets: a.allow_create_secrets,
+                };
+                print!(
+                    "{}",
+                    crate::rbac::rbac_yaml_with(&ps, &a.service_account, &a.namespace, &options)
+                );
+                exit::OK
+            }
+            Err(errors) => report(&errors),
+        },
         PolicyCommand::Check(a) => match policy::load(&a.path) {
             Ok(ps) => {
                 println!(
@@ -36,17 +70,19 @@ pub fn run(cmd: PolicyCommand) -> u8 {
                 );
                 exit::OK
             }
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
-                eprintln!(
-                    "{} problem{} found; nothing was changed",
-                    errors.0.len(),
-                    if errors.0.len() == 1 { "" } else { "s" }
-                );
-                exit::USAGE
-            }
+            Err(errors) => report(&errors),
         },
     }
+}
+
+fn report(errors: &policy::PolicyErrors) -> u8 {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+    eprintln!(
+        "{} problem{} found; nothing was changed",
+        errors.0.len(),
+        if errors.0.len() == 1 { "" } else { "s" }
+    );
+    exit::USAGE
 }

@@ -10,7 +10,7 @@
 //! # Ordering
 //!
 //! A workload is restarted only after every Secret feeding it in this delivery holds the new
-//! value: the engine's `distribute` step writes all of a policy's Secrets first and only then
+//! value: [`deliver_all`] writes all of a policy's Secrets first and only then
 //! asks for restarts, and a restart request is made only once its write has returned success. Pods
 //! that start because of the restart therefore read the new value. The reverse order would
 //! roll pods onto the old value, which for a `single`-user PostgreSQL target no longer works.
@@ -181,4 +181,35 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
             restarts,
         })
     }
+}
+
+/// All of a policy's deliveries: every Secret first, then `written` (the engine gives its
+/// concurrency slot back there, as waiting for a debounced restart loads nothing), then every
+/// restart, concurrently, so a workload fed by several of them rolls once.
+///
+/// # Errors
+/// The first failure; no workload is restarted unless every write succeeded.
+pub async fn deliver_all(
+    sink: &dyn Sink,
+    deliveries: &[Delivery<'_>],
+    written: impl FnOnce(),
+) -> Result<Vec<DeliveryReport>, DistributeError> {
+    let mut secrets = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        secrets.push(sink.write(d).await?);
+    }
+    written();
+    let restarts = futures_util::future::join_all(deliveries.iter().map(|d| sink.restart(d))).await;
+    deliveries
+        .iter()
+        .zip(secrets)
+        .zip(restarts)
+        .map(|((d, secret), restarts)| {
+            Ok(DeliveryReport {
+                policy: d.policy.to_owned(),
+                secret,
+                restarts: restarts?,
+            })
+        })
+        .collect()
 }

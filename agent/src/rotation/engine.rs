@@ -22,7 +22,7 @@ use super::generate::generate;
 use super::store::{Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError};
 use super::target::{Target, TargetError};
 use crate::distribute::{
-    Delivery, DeliveryReport, DistributeError, RestartOutcome, SecretOutcome, Sink,
+    Delivery, DeliveryReport, DistributeError, RestartOutcome, SecretOutcome, Sink, deliver_all,
 };
 use crate::policy::Policy;
 
@@ -479,7 +479,7 @@ impl Engine {
         .await?;
         let mut attempt = 0;
         loop {
-            match deliver(sink.as_ref(), &deliveries, permit).await {
+            match deliver_all(sink.as_ref(), &deliveries, || drop(permit.take())).await {
                 Ok(reports) => {
                     self.record(
                         name,
@@ -648,33 +648,6 @@ impl Step {
             other => other.as_str(),
         }
     }
-}
-
-/// Writes every Secret, gives the concurrency slot back, then restarts the workloads
-/// (concurrently, so a workload fed by several Secrets rolls once).
-async fn deliver(
-    sink: &dyn Sink,
-    deliveries: &[Delivery<'_>],
-    permit: &mut Option<OwnedSemaphorePermit>,
-) -> Result<Vec<DeliveryReport>, DistributeError> {
-    let mut secrets = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        secrets.push(sink.write(d).await?);
-    }
-    drop(permit.take());
-    let restarts = futures_util::future::join_all(deliveries.iter().map(|d| sink.restart(d))).await;
-    deliveries
-        .iter()
-        .zip(secrets)
-        .zip(restarts)
-        .map(|((d, secret), restarts)| {
-            Ok(DeliveryReport {
-                policy: d.policy.to_owned(),
-                secret,
-                restarts: restarts?,
-            })
-        })
-        .collect()
 }
 
 /// One line for the audit record: what each Secret and workload went through.

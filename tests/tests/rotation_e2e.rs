@@ -1,0 +1,549 @@
+//! The whole job end to end, with `keyturn rotate` as a real process: a PostgreSQL password
+//! is rotated (alternating users), the new credential is promoted in OpenBao, delivered into
+//! a Kubernetes Secret and the Deployment that reads it is rolled.
+//!
+//! Real PostgreSQL 15 (`log_statement=all`), real OpenBao with the agent's own policy, and
+//! the Kubernetes stand-in — or a real cluster when `KEYTURN_TEST_KUBECONFIG` is set
+//! (stand-in-only assertions say so).
+
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use keyturn_agent::policy::{PostgresTarget, StoreRef, Strategy};
+use keyturn_agent::rotation::target::postgres::Postgres;
+use keyturn_core::SecretValue;
+use keyturn_core::vault::SecretData;
+use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::kube::TestCluster;
+use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::postgres::Postgres as PgServer;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const ADMIN_ROLE: &str = "keyturn_admin";
+const SECRET: &str = "orders-db";
+const DEPLOYMENT: &str = "orders-api";
+
+struct Env {
+    bao: OpenBao,
+    token: String,
+    pg: PgServer,
+    cluster: TestCluster,
+    admin_password: String,
+    dir: tempfile::TempDir,
+}
+
+fn login(user: &str, password: &str) -> SecretData {
+    let mut d = SecretData::new();
+    d.insert("username", SecretValue::from_str_copy(user));
+    d.insert("password", SecretValue::from_str_copy(password));
+    d
+}
+
+impl Env {
+    /// The three servers; roles `app_a`, `app_b` and an admin with CREATEROLE whose password
+    /// (a canary) is in OpenBao at `keyturn/pg-admin`; a Deployment to roll; a token with
+    /// only `keyturn-agent.hcl`.
+    async fn new() -> Self {
+        let (bao, pg, cluster) = tokio::join!(
+            OpenBao::start(),
+            PgServer::start_with(&[("log_statement", "all")]),
+            TestCluster::start()
+        );
+        let (bao, pg, cluster) = (bao.unwrap(), pg.unwrap(), cluster.unwrap());
+        let su = pg.admin().await.unwrap();
+        su.batch_execute(&format!(
+            "CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE; CREATE ROLE app_a LOGIN; CREATE ROLE app_b LOGIN"
+        ))
+        .await
+        .unwrap();
+        // Planted the way keyturn sets passwords (a SCRAM verifier), so planting it does not
+        // put it in the server log either.
+        let admin_password = canary("pg-admin");
+        let spec = PostgresTarget {
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            database: "postgres".into(),
+            admin: StoreRef::VaultKv {
+                mount: "secret".into(),
+                path: "keyturn/pg-admin".into(),
+            },
+            users: vec![ADMIN_ROLE.into()],
+            strategy: Strategy::Single,
+        };
+        Postgres::new(&spec, login("postgres", pg.password()))
+            .reset_password(ADMIN_ROLE, &SecretValue::from_str_copy(&admin_password))
+            .await
+            .unwrap();
+        bao.root_client()
+            .unwrap()
+            .kv2_write(
+                "secret",
+                "keyturn/pg-admin",
+                &login(ADMIN_ROLE, &admin_password),
+                None,
+            )
+            .await
+            .unwrap();
+        let hcl = std::fs::read_to_string(
+            keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
+        )
+        .unwrap();
+        bao.put_policy("keyturn-agent", &hcl).await.unwrap();
+        let token = bao.create_token(&["keyturn-agent"]).await.unwrap();
+
+        let d: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": DEPLOYMENT},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": DEPLOYMENT}},
+                "template": {
+                    "metadata": {"labels": {"app": DEPLOYMENT}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}
+                }
+            }
+        }))
+        .unwrap();
+        Api::<Deployment>::namespaced(cluster.client(), cluster.namespace())
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("hmac.key"), [9u8; 32]).unwrap();
+        Self {
+            bao,
+            token,
+            pg,
+            cluster,
+            admin_password,
+            dir,
+        }
+    }
+
+    fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    fn audit(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    fn write_policy(&self, strategy: &str, users: &str) {
+        std::fs::write(
+            self.policies().join("orders-db.yaml"),
+            format!(
+                "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: orders-db }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/orders-db }} }}\n  target:\n    postgres:\n      host: 127.0.0.1\n      port: {}\n      database: postgres\n      admin: {{ vault-kv: {{ path: keyturn/pg-admin }} }}\n      users: [{users}]\n      strategy: {strategy}\n  generator: {{ length: 32, charset: alphanumeric-symbols }}\n  max-attempts: 2\n  distribute:\n    - kubernetes: {{ namespace: {}, secret: {SECRET}, keys: {{ DB_USER: username, DB_PASSWORD: password }} }}\n      restart: [ {{ kind: Deployment, name: {DEPLOYMENT} }} ]\n",
+                self.pg.port(),
+                self.cluster.namespace(),
+            ),
+        )
+        .unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(keyturn_tests::bins::keyturn());
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("VAULT_ADDR", self.bao.addr())
+            .env("VAULT_TOKEN", &self.token)
+            .env("KUBECONFIG", self.cluster.kubeconfig_path())
+            .env("KEYTURN_POLICIES", self.policies())
+            .env("KEYTURN_HOLDER", "agent-1")
+            .env("KEYTURN_AUDIT_FILE", self.audit())
+            .env(
+                "KEYTURN_AUDIT_HMAC_KEY_FILE",
+                self.dir.path().join("hmac.key"),
+            )
+            .env("KEYTURN_RESTART_WINDOW", "0s")
+            .env("KEYTURN_LOG", "info");
+        c
+    }
+
+    async fn rotate(&self, crash_after: Option<&str>) -> Output {
+        let mut c = self.cmd(&["rotate", "orders-db"]);
+        if let Some(step) = crash_after {
+            c.env("KEYTURN_CRASH_AFTER", step);
+        }
+        c.output().await.unwrap()
+    }
+
+    /// `(username, password)` in the Kubernetes Secret.
+    async fn secret(&self) -> Option<(String, String)> {
+        secret_login(&self.cluster).await
+    }
+
+    /// `(username, password, version)` of CURRENT in OpenBao.
+    async fn current(&self) -> (String, String, u64) {
+        let r = self
+            .bao
+            .root_client()
+            .unwrap()
+            .kv2_read("secret", "keyturn/orders-db", None)
+            .await
+            .unwrap();
+        let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
+        (f("username"), f("password"), r.version)
+    }
+
+    async fn state(&self) -> serde_json::Value {
+        self.bao
+            .api("GET", "secret/data/keyturn-state/keyturn/orders-db", None)
+            .await
+            .unwrap()["data"]["data"]
+            .clone()
+    }
+
+    async fn version_annotation(&self) -> Option<String> {
+        let d = Api::<Deployment>::namespaced(self.cluster.client(), self.cluster.namespace())
+            .get(DEPLOYMENT)
+            .await
+            .unwrap();
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("keyturn.dev/version")
+            .cloned()
+    }
+
+    async fn logs_in(&self, user: &str, password: &str) -> bool {
+        match self.pg.connect_as(user, password).await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn audit_actions(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.audit())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["action"].as_str().unwrap_or_default().to_owned(),
+                    v["outcome"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Checks the audit chain and that no value seen in the test leaked into any output.
+    fn assert_clean(&self, outputs: &[&Output], values: &[String]) {
+        let report = keyturn_core::audit::verify(&[self.audit()]);
+        assert!(report.is_ok(), "audit chain: {report:?}");
+        let mut canaries: Vec<&str> = values.iter().map(String::as_str).collect();
+        canaries.push(&self.admin_password);
+        for o in outputs {
+            assert_absent("keyturn stdout", &o.stdout, &canaries);
+            assert_absent("keyturn stderr", &o.stderr, &canaries);
+        }
+        assert_absent(
+            "audit log",
+            &std::fs::read(self.audit()).unwrap(),
+            &canaries,
+        );
+        assert_absent("PostgreSQL log", self.pg.log().as_bytes(), &canaries);
+    }
+}
+
+async fn secret_login(c: &TestCluster) -> Option<(String, String)> {
+    let s = Api::<Secret>::namespaced(c.client(), c.namespace())
+        .get_opt(SECRET)
+        .await
+        .ok()??;
+    let data = s.data?;
+    let f = |k: &str| data.get(k).map(|b| String::from_utf8(b.0.clone()).unwrap());
+    Some((f("DB_USER")?, f("DB_PASSWORD")?))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_following_the_secret_never_fails_through_twenty_alternating_rotations() {
+    let e = Env::new().await;
+    e.write_policy("alternating", "app_a, app_b");
+    let first = e.rotate(None).await;
+    assert!(first.status.success(), "{}", text(&first));
+    let (user, password) = e.secret().await.expect("the Secret was created");
+    assert_eq!(user, "app_a");
+    assert!(e.logs_in(&user, &password).await);
+
+    // The app: reads whatever the Secret says and logs in with it, over and over, the way a
+    // pod restarted onto a new Secret would. It must never fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let (stop, logins, failures) = (stop.clone(), logins.clone(), failures.clone());
+        let cluster_client = e.cluster.client();
+        let ns = e.cluster.namespace().to_owned();
+        let port = e.pg.port();
+        tokio::spawn(async move {
+            let secrets = Api::<Secret>::namespaced(cluster_client, &ns);
+            while !stop.load(Ordering::Relaxed) {
+                let s = secrets.get(SECRET).await.unwrap();
+                let data = s.data.unwrap();
+                let user = String::from_utf8(data["DB_USER"].0.clone()).unwrap();
+                let pw = String::from_utf8(data["DB_PASSWORD"].0.clone()).unwrap();
+                let conn = format!(
+                    "host=127.0.0.1 port={port} user={user} password={pw} dbname=postgres connect_timeout=5"
+                );
+                match tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        if c.simple_query("SELECT 1").await.is_ok() {
+                            logins.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures.lock().await.push(format!("{user}: query failed"));
+                        }
+                    }
+                    // The error text of a failed login does not include the password.
+                    Err(err) => failures.lock().await.push(format!("{user}: {err}")),
+                }
+            }
+        })
+    };
+
+    let mut outputs = vec![first];
+    let mut seen_passwords = vec![password];
+    let mut users = vec![user];
+    let mut versions = BTreeSet::new();
+    versions.insert(
+        e.version_annotation()
+            .await
+            .expect("rolled on the first rotation"),
+    );
+    for i in 0..20 {
+        let out = e.rotate(None).await;
+        assert!(out.status.success(), "rotation {i}: {}", text(&out));
+        let (u, p) = e.secret().await.unwrap();
+        let (cu, cp, _) = e.current().await;
+        assert_eq!((&u, &p), (&cu, &cp), "the Secret holds CURRENT");
+        assert_ne!(&u, users.last().unwrap(), "alternates users");
+        assert!(
+            e.logs_in(users.last().unwrap(), seen_passwords.last().unwrap())
+                .await,
+            "the previous user keeps working until the next rotation"
+        );
+        assert!(
+            versions.insert(e.version_annotation().await.unwrap()),
+            "every rotation rolls the Deployment with a new version"
+        );
+        users.push(u);
+        seen_passwords.push(p);
+        outputs.push(out);
+        // Let the app log in with each credential at least once.
+        let before = logins.load(Ordering::Relaxed);
+        let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+            while logins.load(Ordering::Relaxed) < before + 2 && !client.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            caught_up.is_ok() && !client.is_finished(),
+            "the app stopped logging in"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.await.unwrap();
+    let failures = failures.lock().await;
+    assert!(
+        failures.is_empty(),
+        "the app failed to log in {} times: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(logins.load(Ordering::Relaxed) >= 40);
+    assert_eq!(versions.len(), 21);
+    let actions = e.audit_actions();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|(a, o)| a == "rotate.distribute" && o == "ok")
+            .count(),
+        21
+    );
+    let refs: Vec<&Output> = outputs.iter().collect();
+    e.assert_clean(&refs, &seen_passwords);
+}
+
+/// Kills `keyturn rotate` right after `step`, checks the app's credential still works, then
+/// restarts it and checks it converged: one new CURRENT, the Secret holding it, the
+/// Deployment rolled once onto it, no rotation left in flight.
+async fn crash_and_resume(strategy: &str, step: &str) {
+    let e = Env::new().await;
+    if strategy == "alternating" {
+        e.write_policy("alternating", "app_a, app_b");
+    } else {
+        e.write_policy("single", "app_a");
+    }
+    let first = e.rotate(None).await;
+    assert!(first.status.success(), "{}", text(&first));
+    let (old_user, old_password) = e.secret().await.unwrap();
+    let (_, _, v1) = e.current().await;
+    let old_version = e.version_annotation().await.unwrap();
+
+    let crashed = e.rotate(Some(step)).await;
+    assert_eq!(
+        crashed.status.signal(),
+        Some(9),
+        "expected a SIGKILL after {step}: {}",
+        text(&crashed)
+    );
+    let state = e.state().await;
+    let pending_password = state["pending.password"].as_str().unwrap().to_owned();
+    let after_promote = matches!(step, "finish" | "distribute");
+    if step != "distribute" {
+        assert_eq!(
+            e.secret().await.unwrap(),
+            (old_user.clone(), old_password.clone()),
+            "the Secret is not touched before distribute"
+        );
+        assert_eq!(e.version_annotation().await.unwrap(), old_version);
+    }
+    if strategy == "alternating" {
+        assert!(
+            e.logs_in(&old_user, &old_password).await,
+            "with alternating users the app's credential works at every crash point"
+        );
+    }
+    assert_eq!(
+        e.current().await.2,
+        if after_promote { v1 + 1 } else { v1 },
+        "promotion happens at finish, once"
+    );
+
+    let resumed = e.rotate(None).await;
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
+    let (user, password, v2) = e.current().await;
+    assert_eq!(v2, v1 + 1, "exactly one new version");
+    assert_eq!(
+        password, pending_password,
+        "the persisted value is promoted"
+    );
+    assert_eq!(e.secret().await.unwrap(), (user.clone(), password.clone()));
+    assert!(e.logs_in(&user, &password).await);
+    let new_version = e.version_annotation().await.unwrap();
+    assert_ne!(new_version, old_version, "the Deployment rolled onto it");
+    let after = e.state().await;
+    assert!(
+        after.get("rotation_id").is_none() && after.get("pending.password").is_none(),
+        "no rotation left in flight: {after}"
+    );
+    if let Some(s) = e.cluster.standin() {
+        // The Deployment was patched at most once per rotation: the resumed distribute step
+        // found it already current when the crash came after it.
+        let rolls = s
+            .requests()
+            .iter()
+            .filter(|r| r.resource == "deployments" && r.verb == "patch" && r.code < 300)
+            .count();
+        assert_eq!(rolls, 2, "one roll per rotation");
+    }
+    e.assert_clean(&[&first, &crashed, &resumed], &[old_password, password]);
+}
+
+#[tokio::test]
+async fn alternating_kill_after_create_converges() {
+    crash_and_resume("alternating", "create").await;
+}
+
+#[tokio::test]
+async fn alternating_kill_after_set_converges() {
+    crash_and_resume("alternating", "set").await;
+}
+
+#[tokio::test]
+async fn alternating_kill_after_test_converges() {
+    crash_and_resume("alternating", "test").await;
+}
+
+#[tokio::test]
+async fn alternating_kill_after_finish_converges() {
+    crash_and_resume("alternating", "finish").await;
+}
+
+#[tokio::test]
+async fn alternating_kill_after_distribute_converges_without_a_second_roll() {
+    crash_and_resume("alternating", "distribute").await;
+}
+
+#[tokio::test]
+async fn single_kill_after_set_converges() {
+    crash_and_resume("single", "set").await;
+}
+
+#[tokio::test]
+async fn single_kill_after_distribute_converges() {
+    crash_and_resume("single", "distribute").await;
+}
+
+#[tokio::test]
+async fn a_denied_secret_patch_is_reported_audited_and_left_resumable() {
+    let e = Env::new().await;
+    let Some(standin) = e.cluster.standin() else {
+        // The deny switch is the stand-in's; the generated Role's denial is tested below.
+        return;
+    };
+    e.write_policy("alternating", "app_a, app_b");
+    let first = e.rotate(None).await;
+    assert!(first.status.success(), "{}", text(&first));
+    let (old_user, old_password) = e.secret().await.unwrap();
+
+    standin.deny("patch", "secrets");
+    let denied = e.rotate(None).await;
+    assert_eq!(denied.status.code(), Some(77), "{}", text(&denied));
+    let msg = text(&denied);
+    assert!(
+        msg.contains(&format!("secrets \"{SECRET}\"")) && msg.contains("patch"),
+        "names the Secret and the verb: {msg}"
+    );
+    assert!(msg.contains("not distributed"), "{msg}");
+    assert_eq!(
+        e.state().await["step"],
+        "finished",
+        "left in flight at distribute"
+    );
+    assert_eq!(
+        e.secret().await.unwrap(),
+        (old_user.clone(), old_password.clone())
+    );
+    assert!(
+        e.logs_in(&old_user, &old_password).await,
+        "the app keeps working"
+    );
+    assert!(
+        e.audit_actions()
+            .iter()
+            .any(|(a, o)| a == "rotate.distribute" && o == "denied"),
+        "the denial is audited"
+    );
+
+    standin.allow_all();
+    let resumed = e.rotate(None).await;
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
+    let (user, password, _) = e.current().await;
+    assert_eq!(e.secret().await.unwrap(), (user, password.clone()));
+    e.assert_clean(&[&first, &denied, &resumed], &[old_password, password]);
+}
