@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end, on this machine: real OpenBao and a Kubernetes API stand-in on
-# loopback; keyturn-init renders a pod's secrets into tmpfs; keyturn rotates a credential;
+# The main job, end to end, on this machine: real OpenBao, PostgreSQL and a Kubernetes API stand-in on
+# loopback; keyturn-init renders a pod's secrets into tmpfs; keyturn rotates a PostgreSQL password,
+# delivers it to a Kubernetes Secret and rolls the Deployment;
 # the audit trail is shown, verified, and caught being tampered with.
 set -euo pipefail
 cd "$(dirname "$0")/.."

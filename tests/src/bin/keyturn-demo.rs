@@ -4,7 +4,9 @@
 //!
 //! 1. Start OpenBao and the Kubernetes API stand-in; wire Vault's kubernetes auth to it.
 //! 2. `keyturn-init` logs in as a pod's service account and renders its secrets into tmpfs.
-//! 3. `keyturn rotate` rotates a credential twice with a least-privilege agent token.
+//! 3. `keyturn rotate` rotates a PostgreSQL password three times (alternating users) with a
+//!    least-privilege agent token, delivers it to a Kubernetes Secret and rolls the
+//!    Deployment; the delivered credential is shown to log in.
 //! 4. `keyturn audit tail` shows the trail; `keyturn audit verify` checks the chain, then
 //!    catches an edited copy.
 
@@ -14,10 +16,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::postgres::Postgres as PgServer;
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 fn step(n: u32, what: &str) {
@@ -162,8 +168,43 @@ async fn main() -> anyhow::Result<()> {
 
     step(
         3,
-        "keyturn rotate: a generated API token, rotated twice, with a least-privilege agent token",
+        "keyturn rotate: a PostgreSQL password (alternating users), delivered to a Kubernetes Secret, Deployment rolled",
     );
+    let pg = PgServer::start_with(&[("log_statement", "all")]).await?;
+    let su = pg.admin().await?;
+    su.batch_execute(
+        "CREATE ROLE keyturn_admin LOGIN CREATEROLE; CREATE ROLE orders_a LOGIN; CREATE ROLE orders_b LOGIN",
+    )
+    .await?;
+    // The admin's password is set with statement logging off for this session, so it never
+    // reaches the server log; it is kept only in Vault, where the agent reads it at each use.
+    let admin_password_text = random_text();
+    // Two round trips: a multi-statement string is logged whole before its SET applies.
+    su.batch_execute("SET log_statement = 'none'").await?;
+    su.batch_execute(&format!(
+        "ALTER ROLE keyturn_admin PASSWORD '{admin_password_text}'"
+    ))
+    .await?;
+    let admin_password = SecretValue::from_str_copy(&admin_password_text);
+    let mut admin = SecretData::new();
+    admin.insert("username", SecretValue::from_str_copy("keyturn_admin"));
+    admin.insert("password", admin_password);
+    root.kv2_write("secret", "keyturn/pg-admin", &admin, None)
+        .await?;
+    println!(
+        "   PostgreSQL 15 on 127.0.0.1:{} (log_statement=all): roles orders_a, orders_b, keyturn_admin",
+        pg.port()
+    );
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "orders-api"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "orders-api"}},
+                 "template": {"metadata": {"labels": {"app": "orders-api"}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}}}
+    }))?;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client(), cluster.namespace());
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
     let agent_hcl = std::fs::read_to_string(
         keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
     )?;
@@ -172,25 +213,37 @@ async fn main() -> anyhow::Result<()> {
     let policies = work.path().join("policies");
     std::fs::create_dir(&policies)?;
     std::fs::write(
-        policies.join("webhook-token.yaml"),
-        "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: webhook-token }\nspec:\n  schedule: \"0 3 * * *\"\n  window: 30m\n  store: { vault-kv: { path: keyturn/webhook-token } }\n  target: { generated: {} }\n  generator: { length: 40, charset: alphanumeric }\n",
+        policies.join("orders-db.yaml"),
+        format!(
+            "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: orders-db }}\nspec:\n  schedule: \"0 3 * * *\"\n  window: 30m\n  store: {{ vault-kv: {{ path: keyturn/orders-db }} }}\n  target:\n    postgres:\n      host: 127.0.0.1\n      port: {}\n      admin: {{ vault-kv: {{ path: keyturn/pg-admin }} }}\n      users: [orders_a, orders_b]\n      strategy: alternating\n  distribute:\n    - kubernetes: {{ namespace: {}, secret: orders-db, keys: {{ DB_USER: username, DB_PASSWORD: password }} }}\n      restart: [ {{ kind: Deployment, name: orders-api }} ]\n",
+            pg.port(),
+            cluster.namespace()
+        ),
     )?;
     let (_, text) = run(Command::new(&keyturn)
         .args(["policy", "check"])
         .arg(&policies))?;
     show(&text);
-    for _ in 0..2 {
+    let (_, text) = run(Command::new(&keyturn)
+        .args(["policy", "rbac"])
+        .arg(&policies))?;
+    println!("   keyturn policy rbac: the agent's Role allows exactly these rules");
+    let rules = text
+        .split("---")
+        .find(|d| d.contains("kind: Role\n"))
+        .and_then(|d| d.split("rules:\n").nth(1))
+        .unwrap_or_default();
+    show(rules);
+    let kubeconfig = cluster.kubeconfig_path().to_owned();
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), cluster.namespace());
+    let mut delivered = vec![admin_password_text];
+    for _ in 0..3 {
         let (code, text) = run(Command::new(&keyturn)
-            .args([
-                "--log",
-                "warn",
-                "rotate",
-                "webhook-token",
-                "--reason",
-                "demo",
-            ])
+            .args(["--log", "warn", "rotate", "orders-db", "--reason", "demo"])
             .env("KEYTURN_POLICIES", &policies)
             .env("KEYTURN_HOLDER", "demo-agent")
+            .env("KEYTURN_RESTART_WINDOW", "0s")
+            .env("KUBECONFIG", &kubeconfig)
             .env("VAULT_ADDR", bao.addr())
             .env("VAULT_TOKEN", &agent_token)
             .env("HOME", work.path())
@@ -200,15 +253,46 @@ async fn main() -> anyhow::Result<()> {
         if code != 0 {
             bail!("keyturn rotate exited {code}");
         }
+        let data = secrets
+            .get("orders-db")
+            .await?
+            .data
+            .context("the Secret has data")?;
+        let user = String::from_utf8_lossy(&data["DB_USER"].0).into_owned();
+        let password = String::from_utf8_lossy(&data["DB_PASSWORD"].0).into_owned();
+        let works = pg.connect_as(&user, &password).await.is_ok();
+        let version = deployments
+            .get("orders-api")
+            .await?
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get("keyturn.dev/version").cloned())
+            .unwrap_or_default();
+        println!(
+            "   Secret orders-db: DB_USER={user}, DB_PASSWORD ({} chars) logs in: {}; Deployment orders-api rolled, keyturn.dev/version={version}",
+            password.len(),
+            if works { "yes" } else { "NO" }
+        );
+        if !works {
+            bail!("the delivered credential does not log in");
+        }
+        delivered.push(password);
     }
-    let cur = root
-        .kv2_read("secret", "keyturn/webhook-token", None)
-        .await?;
+    let log = pg.log();
+    let leaked = delivered
+        .iter()
+        .filter(|p| log.contains(p.as_str()))
+        .count();
     println!(
-        "   secret/keyturn/webhook-token is now at version {} (version {} kept as PREVIOUS)",
-        cur.version,
-        cur.version - 1
+        "   PostgreSQL's statement log ({} lines) holds none of the {} passwords: {}",
+        log.lines().count(),
+        delivered.len(),
+        if leaked == 0 { "yes" } else { "NO" }
     );
+    if leaked != 0 {
+        bail!("a password reached the PostgreSQL log");
+    }
 
     step(
         4,
