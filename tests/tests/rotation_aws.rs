@@ -174,6 +174,7 @@ async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> 
         let state = StateRecord {
             in_flight: Some(rec.clone()),
             last: None,
+            taint: None,
         };
         fence = s.write_state(&fence, &state).await.unwrap();
     }
@@ -419,10 +420,12 @@ async fn two_state_writers_from_one_fence_exactly_one_wins() {
         let ra = StateRecord {
             in_flight: Some(in_flight("agent-a", 300, &value)),
             last: None,
+            taint: None,
         };
         let rb = StateRecord {
             in_flight: Some(in_flight("agent-b", 300, &value)),
             last: None,
+            taint: None,
         };
         let (wa, wb) = tokio::join!(sa.write_state(&fence, &ra), sb.write_state(&fence, &rb));
         let (won, lost_holder) = match (wa, wb) {
@@ -449,6 +452,7 @@ async fn two_state_writers_from_one_fence_exactly_one_wins() {
         let again = StateRecord {
             in_flight: Some(winner.clone()),
             last: None,
+            taint: None,
         };
         let f2 = sa.write_state(&view.fence, &again).await.unwrap();
         assert_eq!(sa.write_state(&view.fence, &again).await.unwrap(), f2);

@@ -203,6 +203,7 @@ async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> 
             &StateRecord {
                 in_flight: Some(rec),
                 last: None,
+                taint: None,
             },
         )
         .await

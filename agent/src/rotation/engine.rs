@@ -19,7 +19,9 @@ use keyturn_core::vault::SecretData;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::generate::generate;
-use super::store::{Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError};
+use super::store::{
+    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, Taint,
+};
 use super::target::{Target, TargetError};
 use crate::distribute::{
     Delivery, DeliveryReport, DistributeError, RestartOutcome, SecretOutcome, Sink, deliver_all,
@@ -222,6 +224,12 @@ impl Engine {
         };
         let view = store.view().await.map_err(st)?;
         let last = view.state.last.clone();
+        // What every state write keeps besides the in-flight record.
+        let keep = StateRecord {
+            in_flight: None,
+            last: last.clone(),
+            taint: view.state.taint.clone(),
+        };
         let now = Utc::now();
         let (mut rec, mut fence, resumed) = match view.state.in_flight {
             Some(f) if f.holder != self.holder && f.lease_until > now => {
@@ -242,7 +250,7 @@ impl Engine {
                 .await?;
                 let state = StateRecord {
                     in_flight: Some(f.clone()),
-                    last: last.clone(),
+                    ..keep.clone()
                 };
                 match store.write_state(&view.fence, &state).await {
                     Ok(fence) => (f, fence, true),
@@ -255,8 +263,14 @@ impl Engine {
                 }
             }
             None => {
+                let taint_due = view
+                    .state
+                    .taint
+                    .as_ref()
+                    .is_some_and(|t| t.rotate_after <= now);
                 if let (Trigger::Schedule { due }, Some(l)) = (trigger, &last)
                     && l.started_at >= *due
+                    && !taint_due
                 {
                     return Ok(RotationOutcome::AlreadyDone);
                 }
@@ -291,7 +305,7 @@ impl Engine {
                 .await?;
                 let state = StateRecord {
                     in_flight: Some(rec.clone()),
-                    last: last.clone(),
+                    ..keep.clone()
                 };
                 match store.write_state(&view.fence, &state).await {
                     Ok(fence) => {
@@ -336,7 +350,7 @@ impl Engine {
                             rec.step = next;
                             rec.attempts = 0;
                             fence = self
-                                .save(store, &fence, &mut rec, &last)
+                                .save(store, &fence, &mut rec, &keep)
                                 .await
                                 .map_err(st)?;
                             crash_point(next.as_str_for_crash());
@@ -353,13 +367,13 @@ impl Engine {
                                         &fence,
                                         rec,
                                         base.as_ref(),
-                                        last,
+                                        keep.taint.clone(),
                                         &e,
                                     )
                                     .await;
                             }
                             fence = self
-                                .save(store, &fence, &mut rec, &last)
+                                .save(store, &fence, &mut rec, &keep)
                                 .await
                                 .map_err(st)?;
                             tokio::time::sleep(self.backoff(rec.attempts)).await;
@@ -379,7 +393,7 @@ impl Engine {
                     store.promote(&rec, base.as_ref()).await.map_err(st)?;
                     rec.step = Step::Finished;
                     fence = self
-                        .save(store, &fence, &mut rec, &last)
+                        .save(store, &fence, &mut rec, &keep)
                         .await
                         .map_err(st)?;
                     crash_point("finish");
@@ -397,12 +411,15 @@ impl Engine {
                         started_at: rec.started_at,
                         outcome: "ok".into(),
                     };
+                    // A taint set before this rotation began refers to a value it replaced.
+                    let taint = keep.taint.clone().filter(|t| t.at > rec.started_at);
                     store
                         .write_state(
                             &fence,
                             &StateRecord {
                                 in_flight: None,
                                 last: Some(done),
+                                taint,
                             },
                         )
                         .await
@@ -538,7 +555,7 @@ impl Engine {
         store: &dyn Store,
         fence: &Fence,
         rec: &mut InFlight,
-        last: &Option<LastRotation>,
+        keep: &StateRecord,
     ) -> Result<Fence, StoreError> {
         rec.lease_until = self.lease_until();
         store
@@ -546,7 +563,7 @@ impl Engine {
                 fence,
                 &StateRecord {
                     in_flight: Some(rec.clone()),
-                    last: last.clone(),
+                    ..keep.clone()
                 },
             )
             .await
@@ -568,7 +585,7 @@ impl Engine {
         fence: &Fence,
         rec: InFlight,
         base: Option<&Current>,
-        _last: Option<LastRotation>,
+        taint: Option<Taint>,
         error: &TargetError,
     ) -> Result<RotationOutcome, RotationError> {
         if let Err(e) = target.revert(base.map(|c| &c.fields), &rec.pending).await {
@@ -585,6 +602,7 @@ impl Engine {
                 &StateRecord {
                     in_flight: None,
                     last: Some(failed),
+                    taint,
                 },
             )
             .await

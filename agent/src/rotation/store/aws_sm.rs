@@ -77,7 +77,7 @@ use zeroize::Zeroizing;
 
 use super::vault_kv::same_fields;
 use super::{
-    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView,
+    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView, Taint,
 };
 
 /// The SDK, for callers that build their own client (tests point it at an emulator).
@@ -639,7 +639,16 @@ impl AwsSmStore {
                 })
             })
             .transpose()?;
-        Ok(StateRecord { in_flight, last })
+        let taint = doc.taint.map(|t| Taint {
+            at: t.at,
+            rotate_after: t.rotate_after,
+            by: t.by,
+        });
+        Ok(StateRecord {
+            in_flight,
+            last,
+            taint,
+        })
     }
 
     /// The compare-and-set: propose the record, then move `AWSCURRENT` to it from `fence`.
@@ -913,6 +922,16 @@ struct StateDoc {
     in_flight: Option<InFlightDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last: Option<LastDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    taint: Option<TaintDoc>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaintDoc {
+    at: DateTime<Utc>,
+    rotate_after: DateTime<Utc>,
+    by: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -949,6 +968,11 @@ fn encode_state(state: &StateRecord) -> String {
             rotation_id: l.rotation_id.clone(),
             started_at: l.started_at,
             outcome: l.outcome.clone(),
+        }),
+        taint: state.taint.as_ref().map(|t| TaintDoc {
+            at: t.at,
+            rotate_after: t.rotate_after,
+            by: t.by.clone(),
         }),
     };
     // Only strings, numbers and times: serializing cannot fail.
@@ -1025,6 +1049,7 @@ mod tests {
                 started_at: now,
                 outcome: "ok".into(),
             }),
+            taint: None,
         };
         let text = encode_state(&rec);
         assert!(!text.contains("canary-not-in-state"));

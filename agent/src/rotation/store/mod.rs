@@ -107,6 +107,20 @@ pub struct StateRecord {
     pub in_flight: Option<InFlight>,
     /// The last rotation that completed or was given up.
     pub last: Option<LastRotation>,
+    /// Set by `break-glass reveal`: CURRENT was shown to a person and must be rotated once
+    /// the TTL has passed. A completed rotation that started after the taint clears it.
+    pub taint: Option<Taint>,
+}
+
+/// A mark that CURRENT was revealed and must be rotated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    /// When it was revealed.
+    pub at: DateTime<Utc>,
+    /// When the rotation falls due.
+    pub rotate_after: DateTime<Utc>,
+    /// Who revealed it (the operator's Vault display name).
+    pub by: String,
 }
 
 /// Everything a rotation needs to decide what to do next.

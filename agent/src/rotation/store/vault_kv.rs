@@ -20,7 +20,7 @@ use keyturn_core::SecretValue;
 use keyturn_core::vault::{SecretData, Vault, VaultError};
 
 use super::{
-    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView,
+    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView, Taint,
 };
 
 /// The prefix, inside the policy's mount, under which rotation state is kept.
@@ -130,7 +130,23 @@ impl VaultKvStore {
                 })
             }
         };
-        Ok(StateRecord { in_flight, last })
+        let taint = match (
+            time("taint_at")?,
+            time("taint_rotate_after")?,
+            text("taint_by")?,
+        ) {
+            (Some(at), Some(rotate_after), Some(by)) => Some(Taint {
+                at,
+                rotate_after,
+                by,
+            }),
+            _ => None,
+        };
+        Ok(StateRecord {
+            in_flight,
+            last,
+            taint,
+        })
     }
 }
 
@@ -144,6 +160,11 @@ fn encode_state(state: &StateRecord) -> SecretData {
         put(&mut d, "last_rotation_id", l.rotation_id.clone());
         put(&mut d, "last_started_at", l.started_at.to_rfc3339());
         put(&mut d, "last_outcome", l.outcome.clone());
+    }
+    if let Some(t) = &state.taint {
+        put(&mut d, "taint_at", t.at.to_rfc3339());
+        put(&mut d, "taint_rotate_after", t.rotate_after.to_rfc3339());
+        put(&mut d, "taint_by", t.by.clone());
     }
     if let Some(f) = &state.in_flight {
         put(&mut d, "rotation_id", f.rotation_id.clone());
