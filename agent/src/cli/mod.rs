@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod audit;
 pub mod audit_log;
+pub mod completions;
 pub mod exit;
 pub mod logging;
 pub mod policy;
@@ -67,6 +68,10 @@ pub enum Command {
     Rotate(rotate::RotateArgs),
     /// Run the rotation daemon.
     Run(run::RunArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page, or write one page per command into a directory.
+    Man(completions::ManArgs),
 }
 
 /// Parses the process's arguments. On a usage error, prints clap's message and returns exit
@@ -113,6 +118,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Rotate(args) => rotate::run(args),
         Command::Run(args) => run::run(args),
+        Command::Completions(args) => completions::run_completions(&args),
+        Command::Man(args) => completions::run_man(&args),
     };
     ExitCode::from(code)
 }

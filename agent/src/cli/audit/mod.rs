@@ -1,10 +1,11 @@
-//! `keyturn audit`: check and read the audit log.
+//! `keyturn audit`: check, read and search the audit log.
 
 use std::io;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
+pub mod search;
 pub mod tail;
 pub mod verify;
 
@@ -18,6 +19,12 @@ pub enum AuditCommand {
     Verify(verify::VerifyArgs),
     /// Print audit entries readably, one line each.
     Tail(tail::TailArgs),
+    /// Print the entries that match every filter given: policy, time, action, actor,
+    /// rotation, or a value read from stdin (--value-hmac: who saw this secret?).
+    ///
+    /// Exits 0 when an entry matched, 1 when none did, 64 on a usage error, 66 when a file
+    /// does not exist. Lines that are not entries are reported on stderr and skipped.
+    Search(search::SearchArgs),
 }
 
 /// Runs an `audit` subcommand; returns the exit code.
@@ -27,6 +34,7 @@ pub fn run(cmd: AuditCommand) -> u8 {
     match cmd {
         AuditCommand::Verify(args) => verify::run(&args, &mut stdout.lock()),
         AuditCommand::Tail(args) => tail::run(&args, &mut stdout.lock()),
+        AuditCommand::Search(args) => search::run(&args, &mut stdout.lock()),
     }
 }
 
