@@ -2,8 +2,8 @@
 //!
 //! Every test that does not need a stand-in-only switch goes through `TestCluster`, so the
 //! same assertions run against a real cluster when `KEYTURN_TEST_KUBECONFIG` is set: that is
-//! how the stand-in's fidelity is checked. The rest (401s, the global deny switch, expired
-//! tokens, JWKS, the binary) use a `KubeStandin` of their own.
+//! how the stand-in's fidelity is checked. The rest (401s, the global deny switch, the RBAC
+//! enforcement switch, expired tokens, JWKS, the binary) use a `KubeStandin` of their own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,8 +14,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SubjectAccessReviewStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use keyturn_tests::kube::{KubeStandin, TestCluster};
 use keyturn_tests::openbao::OpenBao;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -1082,6 +1084,689 @@ async fn a_request_without_valid_credentials_is_unauthorized() {
             .await,
     );
     assert_eq!((status.code, status.reason.as_str()), (401, "Unauthorized"));
+}
+
+// ---- RBAC and SelfSubjectAccessReview ----
+
+/// A Role shaped like the ones `keyturn policy rbac` generates: some verbs on one Secret, by
+/// name.
+const ORDERS_ROLE: &str = "\
+# What the orders service may touch.
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: orders-reader
+rules:
+- apiGroups: ['']
+  resources: [secrets]
+  resourceNames: [orders-db]
+  verbs: [get, patch, list]
+";
+
+/// `User "…" cannot VERB resource "secrets" …` as the real authorizer words it, for the
+/// Secret `name` (`None`: a request without a name, such as create or list).
+fn secrets_forbidden(user: &str, verb: &str, ns: &str, name: Option<&str>) -> String {
+    let subject = name.map_or_else(|| "secrets".to_owned(), |n| format!("secrets {n:?}"));
+    format!(
+        "{subject} is forbidden: User {user:?} cannot {verb} resource \"secrets\" in API group \"\" in the namespace {ns:?}"
+    )
+}
+
+/// Asks the API, as `client`'s user, whether it may `verb` `resource` (of `group`) named
+/// `name` in `ns`: what `kubectl auth can-i` does.
+async fn can_i(
+    client: &kube::Client,
+    ns: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    name: &str,
+) -> SubjectAccessReviewStatus {
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {
+            "namespace": ns, "verb": verb, "group": group, "resource": resource, "name": name,
+        }}
+    }))
+    .unwrap();
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .expect("a SelfSubjectAccessReview status")
+}
+
+#[tokio::test]
+async fn a_service_account_bound_to_a_role_with_resource_names_may_use_only_the_named_secret() {
+    let c = cluster().await;
+    let ns = c.namespace().to_owned();
+    let admin: Api<Secret> = Api::namespaced(c.client(), &ns);
+    for name in ["orders-db", "billing-db"] {
+        admin
+            .create(&PostParams::default(), &secret(name, &[("k", b"v")]))
+            .await
+            .unwrap();
+    }
+    let secrets: Api<Secret> = Api::namespaced(
+        c.client_with_role_as(ORDERS_ROLE, "orders").await.unwrap(),
+        &ns,
+    );
+    let user = c.service_account_username("orders");
+
+    secrets.get("orders-db").await.unwrap();
+    let patch = json!({"stringData": {"k": "rotated"}});
+    secrets
+        .patch("orders-db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(
+        data_of(&admin.get("orders-db").await.unwrap()),
+        [("k".to_owned(), b"rotated".to_vec())].into()
+    );
+    // A list pinned to the name by a field selector is a request for that name.
+    let pinned = secrets
+        .list(&ListParams::default().fields("metadata.name=orders-db"))
+        .await
+        .unwrap();
+    assert_eq!(pinned.items.len(), 1);
+
+    let status = status_of(secrets.get("billing-db").await);
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        secrets_forbidden(&user, "get", &ns, Some("billing-db"))
+    );
+    let status = status_of(
+        secrets
+            .patch("billing-db", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
+    assert_eq!(
+        status.message,
+        secrets_forbidden(&user, "patch", &ns, Some("billing-db"))
+    );
+    let details = status.details.unwrap();
+    assert_eq!(
+        (details.name.as_str(), details.kind.as_str()),
+        ("billing-db", "secrets")
+    );
+    let status = status_of(secrets.delete("orders-db", &DeleteParams::default()).await);
+    assert_eq!(
+        status.message,
+        secrets_forbidden(&user, "delete", &ns, Some("orders-db"))
+    );
+
+    // resourceNames cannot restrict requests that carry no name: create and a plain list.
+    let status = status_of(
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret("orders-db-2", &[("k", b"v")]),
+            )
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        secrets_forbidden(&user, "create", &ns, None)
+    );
+    let status = status_of(secrets.list(&ListParams::default()).await);
+    assert_eq!(status.message, secrets_forbidden(&user, "list", &ns, None));
+}
+
+#[tokio::test]
+async fn a_role_binding_to_a_missing_role_grants_nothing_and_says_why() {
+    let c = cluster().await;
+    let ns = c.namespace().to_owned();
+    Api::<Secret>::namespaced(c.client(), &ns)
+        .create(&PostParams::default(), &secret("orders-db", &[("k", b"v")]))
+        .await
+        .unwrap();
+    let binding_only = "\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: orders
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: orders-reader
+subjects:
+- kind: ServiceAccount
+  name: whoever
+";
+    let client = c.client_with_role_as(binding_only, "orphan").await.unwrap();
+    let user = c.service_account_username("orphan");
+    let status = status_of(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("orders-db")
+            .await,
+    );
+    assert_eq!(status.code, 403);
+    assert_eq!(
+        status.message,
+        format!(
+            "{}: RBAC: role.rbac.authorization.k8s.io \"orders-reader\" not found",
+            secrets_forbidden(&user, "get", &ns, Some("orders-db"))
+        )
+    );
+    let review = can_i(&client, &ns, "get", "", "secrets", "orders-db").await;
+    assert!(!review.allowed, "{review:?}");
+
+    // Once the Role exists, the same binding grants it.
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "orders-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["orders-db"], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(c.client(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    // A real cluster's authorizer reads RBAC from an informer cache: give it a moment.
+    let mut allowed = false;
+    for _ in 0..50 {
+        allowed = can_i(&client, &ns, "get", "", "secrets", "orders-db")
+            .await
+            .allowed;
+        if allowed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(allowed);
+    Api::<Secret>::namespaced(client, &ns)
+        .get("orders-db")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_self_subject_access_review_answers_for_the_calling_service_account() {
+    let c = cluster().await;
+    let ns = c.namespace().to_owned();
+    let client = c.client_with_role_as(ORDERS_ROLE, "orders").await.unwrap();
+
+    let yes = can_i(&client, &ns, "patch", "", "secrets", "orders-db").await;
+    assert!(yes.allowed, "{yes:?}");
+    assert_eq!(
+        yes.reason.as_deref(),
+        Some(
+            format!(
+                "RBAC: allowed by RoleBinding \"orders-reader/{ns}\" of Role \"orders-reader\" to ServiceAccount \"orders/{ns}\""
+            )
+            .as_str()
+        )
+    );
+    for (verb, name) in [
+        ("get", "billing-db"),
+        ("delete", "orders-db"),
+        ("create", ""),
+        ("list", ""),
+    ] {
+        let no = can_i(&client, &ns, verb, "", "secrets", name).await;
+        assert!(!no.allowed, "{verb} {name}: {no:?}");
+        assert_ne!(
+            no.denied,
+            Some(true),
+            "RBAC never denies, it only does not allow"
+        );
+    }
+    let other_namespace = can_i(&client, "elsewhere", "get", "", "secrets", "orders-db").await;
+    assert!(!other_namespace.allowed);
+    let admin = can_i(&c.client(), &ns, "delete", "", "secrets", "orders-db").await;
+    assert!(admin.allowed);
+}
+
+#[tokio::test]
+async fn client_with_role_runs_under_the_rbac_keyturn_policy_rbac_generates() {
+    let c = cluster().await;
+    let ns = c.namespace().to_owned();
+    let generated = include_str!("../../policies/kubernetes/keyturn-agent-rbac.yaml");
+    assert!(generated.contains("namespace: shop"));
+    let yaml = generated.replace("namespace: shop", &format!("namespace: {ns}"));
+    let admin_secrets: Api<Secret> = Api::namespaced(c.client(), &ns);
+    let admin_deployments: Api<Deployment> = Api::namespaced(c.client(), &ns);
+    for name in ["storefront-api-token", "payments-api-token"] {
+        admin_secrets
+            .create(&PostParams::default(), &secret(name, &[]))
+            .await
+            .unwrap();
+    }
+    for name in ["storefront", "payments"] {
+        admin_deployments
+            .create(&PostParams::default(), &deployment(name))
+            .await
+            .unwrap();
+    }
+
+    let agent = c.client_with_role(&yaml).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(agent, &ns);
+    let token = json!({"stringData": {"token": "t0k3n"}});
+    secrets
+        .patch(
+            "storefront-api-token",
+            &PatchParams::default(),
+            &Patch::Merge(&token),
+        )
+        .await
+        .unwrap();
+    deployments
+        .patch(
+            "storefront",
+            &PatchParams::default(),
+            &Patch::Merge(restart_patch("2025-01-01T00:00:00Z")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(
+            secrets
+                .patch(
+                    "payments-api-token",
+                    &PatchParams::default(),
+                    &Patch::Merge(&token)
+                )
+                .await
+        )
+        .code,
+        403
+    );
+    assert_eq!(
+        status_of(
+            deployments
+                .patch(
+                    "payments",
+                    &PatchParams::default(),
+                    &Patch::Merge(restart_patch("2025-01-01T00:00:00Z"))
+                )
+                .await
+        )
+        .code,
+        403
+    );
+    assert_eq!(
+        status_of(
+            secrets
+                .create(&PostParams::default(), &secret("new-token", &[]))
+                .await
+        )
+        .code,
+        403,
+        "the generated Role grants no create"
+    );
+}
+
+#[tokio::test]
+async fn roles_and_role_bindings_round_trip_with_the_v1_defaults_applied() {
+    let c = cluster().await;
+    let ns = c.namespace().to_owned();
+    let roles: Api<Role> = Api::namespaced(c.client(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(c.client(), &ns);
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    let created = roles.create(&PostParams::default(), &role).await.unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert_eq!(created.metadata.namespace.as_deref(), Some(ns.as_str()));
+
+    let mut updated = created.clone();
+    updated.rules = Some(vec![
+        serde_json::from_value(
+            json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}),
+        )
+        .unwrap(),
+    ]);
+    let updated = roles
+        .replace("reader", &PostParams::default(), &updated)
+        .await
+        .unwrap();
+    assert_eq!(updated.rules.unwrap()[0].verbs, ["get", "list"]);
+
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "", "kind": "Role", "name": "reader"},
+        "subjects": [
+            {"kind": "User", "name": "jane"},
+            {"kind": "ServiceAccount", "name": "web"},
+        ],
+    }))
+    .unwrap();
+    let binding = bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+    let subjects = binding.subjects.clone().unwrap();
+    assert_eq!(
+        subjects[0].api_group.as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
+    assert!(subjects[1].api_group.as_deref().unwrap_or("").is_empty());
+
+    let listed = bindings.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+
+    let mut retargeted = binding.clone();
+    retargeted.role_ref.name = "writer".into();
+    let status = status_of(
+        bindings
+            .replace("reader", &PostParams::default(), &retargeted)
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status.message.starts_with(
+            "RoleBinding.rbac.authorization.k8s.io \"reader\" is invalid: roleRef: Invalid value: "
+        ) && status.message.ends_with(": cannot change roleRef"),
+        "{}",
+        status.message
+    );
+
+    bindings
+        .delete("reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    roles
+        .delete("reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(status_of(roles.get("reader").await).code, 404);
+}
+
+#[tokio::test]
+async fn an_invalid_role_or_role_binding_is_rejected_as_invalid() {
+    let c = cluster().await;
+    let ns = c.namespace().to_owned();
+    let roles: Api<Role> = Api::namespaced(c.client(), &ns);
+    let role = |rules: Value| -> Role {
+        serde_json::from_value(json!({"metadata": {"name": "bad"}, "rules": rules})).unwrap()
+    };
+
+    let status = status_of(
+        roles
+            .create(
+                &PostParams::default(),
+                &role(json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": []}])),
+            )
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "Role.rbac.authorization.k8s.io \"bad\" is invalid: rules[0].verbs: Required value: verbs must contain at least one value"
+    );
+    let causes = status.details.unwrap().causes;
+    assert_eq!(
+        (causes[0].reason.as_str(), causes[0].field.as_str()),
+        ("FieldValueRequired", "rules[0].verbs")
+    );
+    let status = status_of(
+        roles
+            .create(
+                &PostParams::default(),
+                &role(json!([
+                    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+                    {"verbs": ["get"]},
+                ])),
+            )
+            .await,
+    );
+    assert_eq!(
+        status.message,
+        "Role.rbac.authorization.k8s.io \"bad\" is invalid: [rules[1].apiGroups: Required value: resource rules must supply at least one api group, rules[1].resources: Required value: resource rules must supply at least one resource]"
+    );
+    let status = status_of(
+        roles
+            .create(
+                &PostParams::default(),
+                &role(json!([{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}])),
+            )
+            .await,
+    );
+    assert_eq!(
+        status.message,
+        "Role.rbac.authorization.k8s.io \"bad\" is invalid: rules[0].nonResourceURLs: Invalid value: []string{\"/healthz\"}: namespaced rules cannot apply to non-resource URLs"
+    );
+
+    let bindings: Api<RoleBinding> = Api::namespaced(c.client(), &ns);
+    let binding = |role_ref: Value, subjects: Value| -> RoleBinding {
+        serde_json::from_value(
+            json!({"metadata": {"name": "bad"}, "roleRef": role_ref, "subjects": subjects}),
+        )
+        .unwrap()
+    };
+    let sa = json!([{"kind": "ServiceAccount", "name": "web"}]);
+    let status = status_of(
+        bindings
+            .create(
+                &PostParams::default(),
+                &binding(
+                    json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Secret", "name": ""}),
+                    sa.clone(),
+                ),
+            )
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "RoleBinding.rbac.authorization.k8s.io \"bad\" is invalid: [roleRef.kind: Unsupported value: \"Secret\": supported values: \"Role\", \"ClusterRole\", roleRef.name: Required value]"
+    );
+    let causes = status.details.unwrap().causes;
+    assert_eq!(
+        (causes[0].reason.as_str(), causes[0].field.as_str()),
+        ("FieldValueNotSupported", "roleRef.kind")
+    );
+    let status = status_of(
+        bindings
+            .create(
+                &PostParams::default(),
+                &binding(
+                    json!({"apiGroup": "example.com", "kind": "Role", "name": "r"}),
+                    json!([{"kind": "Robot", "name": "r2d2"}]),
+                ),
+            )
+            .await,
+    );
+    assert_eq!(
+        status.message,
+        "RoleBinding.rbac.authorization.k8s.io \"bad\" is invalid: [roleRef.apiGroup: Unsupported value: \"example.com\": supported values: \"rbac.authorization.k8s.io\", subjects[0].kind: Unsupported value: \"Robot\": supported values: \"ServiceAccount\", \"User\", \"Group\"]"
+    );
+    assert_eq!(status_of(bindings.get("bad").await).code, 404);
+}
+
+#[tokio::test]
+async fn without_rbac_enforcement_access_reviews_allow_everything_but_deny_rules() {
+    let c = TestCluster::start_standin().await.unwrap();
+    let standin = c.standin().unwrap();
+    let ns = c.namespace().to_owned();
+    let token = c.service_account_token(&ns, "web").await.unwrap();
+    let client = standin.client_with_token(&token).unwrap();
+
+    let review = can_i(&client, &ns, "get", "", "secrets", "anything").await;
+    assert!(review.allowed);
+    assert_eq!(review.reason, None);
+    standin.deny_user(&c.service_account_username("web"), "get", "secrets");
+    assert!(
+        !can_i(&client, &ns, "get", "", "secrets", "anything")
+            .await
+            .allowed
+    );
+    assert!(
+        can_i(&client, &ns, "patch", "", "secrets", "anything")
+            .await
+            .allowed
+    );
+    assert!(
+        can_i(&client, &ns, "patch", "apps", "deployments", "web")
+            .await
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn the_rbac_switch_holds_service_accounts_to_their_roles_while_it_is_on() {
+    let standin = KubeStandin::start().await.unwrap();
+    let admin = standin.client().await.unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "secret-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(admin.clone(), "app")
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "web-reads-secrets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "secret-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "web"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "app")
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let admin_secrets: Api<Secret> = Api::namespaced(admin, "app");
+    admin_secrets
+        .create(&PostParams::default(), &secret("s", &[("k", b"v")]))
+        .await
+        .unwrap();
+    let token = standin.issue_service_account_token("app", "web", &[], Duration::from_secs(600));
+    let web: Api<Secret> = Api::namespaced(standin.client_with_token(&token).unwrap(), "app");
+    let patch = json!({"stringData": {"k": "w"}});
+    web.patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let switch = |token: &str, enforce: bool| {
+        http.post(format!("{}/_standin/rbac", standin.url()))
+            .bearer_auth(token)
+            .json(&json!({"enforce": enforce}))
+            .send()
+    };
+    let as_sa = switch(&token, false).await.unwrap();
+    assert_eq!(as_sa.status(), 403, "only the admin may flip switches");
+    let on = switch(&standin.admin_token(), true).await.unwrap();
+    assert_eq!(on.status(), 200);
+    assert!(standin.rbac_enforced());
+
+    web.get("s").await.unwrap();
+    let status = status_of(
+        web.patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
+    assert_eq!(
+        status.message,
+        secrets_forbidden("system:serviceaccount:app:web", "patch", "app", Some("s"))
+    );
+    admin_secrets
+        .patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    // Deny rules still apply on top of what RBAC allows.
+    standin.deny_user("system:serviceaccount:app:web", "get", "secrets");
+    assert_eq!(status_of(web.get("s").await).code, 403);
+    standin.allow_all();
+    web.get("s").await.unwrap();
+
+    standin.enforce_rbac(false);
+    web.patch("s", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let state: Value = http
+        .get(format!("{}/_standin/rbac", standin.url()))
+        .bearer_auth(standin.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state, json!({"enforce": false}));
+}
+
+#[tokio::test]
+async fn with_rbac_enforced_cluster_roles_bind_per_namespace_and_the_token_reviewer_keeps_working()
+{
+    let standin = KubeStandin::start().await.unwrap();
+    let admin = standin.client().await.unwrap();
+    let cluster_roles: Api<ClusterRole> = Api::all(admin.clone());
+    let names: Vec<String> = cluster_roles
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    for bootstrap in [
+        "cluster-admin",
+        "system:auth-delegator",
+        "system:basic-user",
+    ] {
+        assert!(names.iter().any(|n| n == bootstrap), "{names:?}");
+    }
+    let reader: ClusterRole = serde_json::from_value(json!({
+        // A namespace sent with a cluster-scoped object is dropped, as the real server does.
+        "metadata": {"name": "secret-reader", "namespace": "ignored"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    let reader = cluster_roles
+        .create(&PostParams::default(), &reader)
+        .await
+        .unwrap();
+    assert_eq!(reader.metadata.namespace, None);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "web-reads-secrets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "secret-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "web", "namespace": "app"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "app")
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    standin.enforce_rbac(true);
+
+    let token = standin.issue_service_account_token("app", "web", &[], Duration::from_secs(600));
+    let web = standin.client_with_token(&token).unwrap();
+    let status = status_of(Api::<Secret>::namespaced(web.clone(), "app").get("x").await);
+    assert_eq!(status.code, 404, "allowed, and not there");
+    let status = status_of(
+        Api::<Secret>::namespaced(web.clone(), "other")
+            .get("x")
+            .await,
+    );
+    assert_eq!(status.code, 403);
+
+    let reviewer = standin
+        .client_with_token(&standin.token_reviewer_jwt())
+        .unwrap();
+    let reviewed = Api::<TokenReview>::all(reviewer)
+        .create(&PostParams::default(), &review(&token))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(reviewed.authenticated, Some(true));
+    let status = status_of(
+        Api::<TokenReview>::all(web)
+            .create(&PostParams::default(), &review(&token))
+            .await,
+    );
+    assert_eq!(
+        status.message,
+        "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:app:web\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope"
+    );
 }
 
 // ---- Discovery, kubeconfig, binary ----

@@ -1,12 +1,24 @@
-//! Authentication (bearer tokens) and the deny switch that stands in for RBAC.
+//! Authentication (bearer tokens), the deny switch, and the 403 the authorizer chain answers.
 //!
 //! The stand-in behaves like a cluster started with `--anonymous-auth=false`: a request
 //! without a valid bearer token is a 401. Valid tokens are the admin token from the
 //! kubeconfig and service-account JWTs this stand-in issued for an API audience.
 //!
-//! There is no RBAC. Everything is allowed except what a deny rule matches; a rule may be
-//! scoped to one user, which is how `TestCluster` makes a restricted client whose admin
-//! sibling keeps working, as a ServiceAccount without a grant would on a real cluster.
+//! Authorization is a chain, as kube-apiserver's `--authorization-mode` is:
+//!
+//! 1. **Deny rules** (`KubeStandin::deny`), checked first and for everyone, the admin
+//!    included: the cheap way for a test to make one verb fail without writing a Role. A
+//!    rule may be scoped to one user, which is how `TestCluster` makes a restricted client
+//!    whose admin sibling keeps working.
+//! 2. **RBAC** (`rbac`), only while enforcement is switched on (`KubeStandin::enforce_rbac`):
+//!    a service account may then do only what its Roles and ClusterRoles grant, so a test can
+//!    run keyturn under exactly the Role `keyturn policy rbac` generates. The admin stays
+//!    all-powerful, as a `system:masters` user is.
+//! 3. Otherwise everything is allowed, as with `--authorization-mode=AlwaysAllow`. That is
+//!    the default so that tests which do not care about permissions need no Roles.
+//!
+//! A refusal is worded by [`forbidden`] exactly as the real `Forbidden` filter words it,
+//! including the `: RBAC: …` suffix that names a binding's missing role.
 
 use std::collections::BTreeMap;
 
@@ -110,18 +122,26 @@ pub(crate) struct Attributes<'a> {
     pub name: &'a str,
 }
 
+impl Attributes<'_> {
+    /// `deployments/scale` for a subresource request, else `deployments`: what RBAC rules
+    /// and messages name.
+    pub fn resource_with_subresource(&self) -> String {
+        match self.subresource {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.resource.to_owned(),
+        }
+    }
+}
+
 impl DenyRule {
-    fn matches(&self, user: &UserInfo, a: &Attributes<'_>) -> bool {
+    pub(crate) fn matches(&self, user: &UserInfo, a: &Attributes<'_>) -> bool {
         if self.user.as_deref().is_some_and(|u| u != user.username) {
             return false;
         }
         if self.verb != "*" && self.verb != a.verb {
             return false;
         }
-        let resource = match a.subresource {
-            Some(sub) => format!("{}/{sub}", a.resource),
-            None => a.resource.to_owned(),
-        };
+        let resource = a.resource_with_subresource();
         let qualified = if a.group.is_empty() {
             resource.clone()
         } else {
@@ -137,23 +157,35 @@ impl DenyRule {
     }
 }
 
-/// Answers 403, worded as the RBAC authorizer's denial, when a rule matches.
-///
-/// # Errors
-/// 403 `Forbidden` naming the user, verb, resource, group and namespace.
-pub(crate) fn authorize(
-    rules: &[DenyRule],
-    user: &UserInfo,
-    a: &Attributes<'_>,
-) -> Result<(), ApiError> {
-    if !rules.iter().any(|r| r.matches(user, a)) {
-        return Ok(());
+/// What the authorizer chain decided, as a SubjectAccessReview's status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub allowed: bool,
+    /// Why, in the authorizer's words (`RBAC: allowed by RoleBinding …`); may be empty.
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn allow(reason: impl Into<String>) -> Self {
+        Self {
+            allowed: true,
+            reason: reason.into(),
+        }
     }
-    let resource = match a.subresource {
-        Some(sub) => format!("{}/{sub}", a.resource),
-        None => a.resource.to_owned(),
-    };
-    let why = match a.namespace {
+
+    pub fn no_opinion(reason: impl Into<String>) -> Self {
+        Self {
+            allowed: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The 403 for a refused request, worded as the real `Forbidden` filter words it: the
+/// RBAC-style sentence, then `: <reason>` when the authorizers gave one.
+pub(crate) fn forbidden(user: &UserInfo, a: &Attributes<'_>, reason: &str) -> ApiError {
+    let resource = a.resource_with_subresource();
+    let mut why = match a.namespace {
         Some(ns) => format!(
             "User {:?} cannot {} resource {:?} in API group {:?} in the namespace {:?}",
             user.username, a.verb, resource, a.group, ns
@@ -163,14 +195,16 @@ pub(crate) fn authorize(
             user.username, a.verb, resource, a.group
         ),
     };
+    if !reason.is_empty() {
+        why.push_str(": ");
+        why.push_str(reason);
+    }
     let qualified = if a.group.is_empty() {
         a.resource.to_owned()
     } else {
         format!("{}.{}", a.resource, a.group)
     };
-    Err(ApiError::forbidden(
-        &qualified, a.group, a.resource, a.name, &why,
-    ))
+    ApiError::forbidden(&qualified, a.group, a.resource, a.name, &why)
 }
 
 #[cfg(test)]
@@ -190,18 +224,20 @@ mod tests {
 
     #[test]
     fn a_denial_is_worded_like_rbac() {
-        let rules = vec![DenyRule {
-            verb: "patch".into(),
-            resource: "secrets".into(),
-            user: None,
-        }];
-        let err =
-            authorize(&rules, &UserInfo::admin(), &attrs("patch", "", "secrets")).unwrap_err();
+        let err = forbidden(&UserInfo::admin(), &attrs("patch", "", "secrets"), "");
         assert_eq!(
             err.message,
             "secrets \"x\" is forbidden: User \"kubernetes-admin\" cannot patch resource \"secrets\" in API group \"\" in the namespace \"ns\""
         );
-        assert!(authorize(&rules, &UserInfo::admin(), &attrs("get", "", "secrets")).is_ok());
+        let with_reason = forbidden(
+            &UserInfo::admin(),
+            &attrs("get", "apps", "deployments"),
+            "RBAC: role.rbac.authorization.k8s.io \"r\" not found",
+        );
+        assert_eq!(
+            with_reason.message,
+            "deployments.apps \"x\" is forbidden: User \"kubernetes-admin\" cannot get resource \"deployments\" in API group \"apps\" in the namespace \"ns\": RBAC: role.rbac.authorization.k8s.io \"r\" not found"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! End-to-end tests must run unchanged against a real cluster, so they never touch the
 //! stand-in directly: they ask a `TestCluster` for a client, a namespace, tokens, the API
-//! address and CA, and a client that lacks a permission. With `KEYTURN_TEST_KUBECONFIG`
+//! address and CA, a client that lacks a permission ([`TestCluster::client_denied`]), and a
+//! client that has exactly the permissions of a given Role ([`TestCluster::client_with_role`],
+//! which switches the stand-in to RBAC enforcement). With `KEYTURN_TEST_KUBECONFIG`
 //! unset each `TestCluster` is a fresh [`KubeStandin`]; set, it is the current context of that
 //! kubeconfig, and every test gets its own namespace there (labelled
 //! `keyturn.dev/test=true`, deleted on drop together with anything cluster-scoped the test
@@ -15,10 +17,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use serde::Deserialize as _;
+use serde_json::{Value, json};
 
 use super::KubeStandin;
 
@@ -311,67 +315,158 @@ impl TestCluster {
     /// A client that may do everything an admin may except the `(verb, resource)` pairs in
     /// `denied`, each answered 403 (`verb` or `resource` may be `*`).
     ///
-    /// On the stand-in this is a service-account identity with per-user deny rules. On a real
-    /// cluster it is a service account bound to a Role in this test's namespace that grants
-    /// every verb on secrets, serviceaccounts, deployments, statefulsets and leases except the
-    /// denied ones; so there it can do nothing outside the namespace nor anything cluster-scoped
-    /// (TokenReview included), which tests must not rely on either way.
+    /// It is a service account bound to a Role in this test's namespace that grants every
+    /// verb on secrets, serviceaccounts, deployments, statefulsets and leases except the
+    /// denied ones. On a real cluster that Role is all it has, so there it can do nothing
+    /// outside the namespace nor anything cluster-scoped (TokenReview included), which tests
+    /// must not rely on either way. On the stand-in it also gets per-user deny rules, which
+    /// are what refuse it while RBAC is not enforced; the Role is what grants it the rest
+    /// when it is (see [`Self::client_with_role`]).
     ///
     /// # Errors
     /// When the account, its grants, its token or the client cannot be made.
     pub async fn client_denied(&self, denied: &[(&str, &str)]) -> anyhow::Result<kube::Client> {
         let n = self.restricted.fetch_add(1, Ordering::Relaxed);
         let sa = format!("keyturn-restricted-{n}");
-        match &self.backend {
-            Backend::Standin(s) => {
-                let user = format!("system:serviceaccount:{}:{sa}", self.namespace);
-                for (verb, resource) in denied {
-                    s.deny_user(&user, verb, resource);
-                }
-                let token = s.issue_service_account_token(
-                    &self.namespace,
-                    &sa,
-                    &[],
-                    Duration::from_secs(3600),
-                );
-                s.client_with_token(&token)
+        if let Backend::Standin(s) = &self.backend {
+            let user = self.service_account_username(&sa);
+            for (verb, resource) in denied {
+                s.deny_user(&user, verb, resource);
             }
-            Backend::Real(real) => {
-                let is_denied = |verb: &str, group: &str, resource: &str| {
-                    let qualified = if group.is_empty() {
-                        resource.to_owned()
-                    } else {
-                        format!("{resource}.{group}")
-                    };
-                    denied.iter().any(|(v, r)| {
-                        (*v == "*" || *v == verb)
-                            && (*r == "*" || *r == resource || *r == qualified)
-                    })
-                };
-                let rules: Vec<serde_json::Value> = GRANTABLE
+        }
+        let is_denied = |verb: &str, group: &str, resource: &str| {
+            let qualified = if group.is_empty() {
+                resource.to_owned()
+            } else {
+                format!("{resource}.{group}")
+            };
+            denied.iter().any(|(v, r)| {
+                (*v == "*" || *v == verb) && (*r == "*" || *r == resource || *r == qualified)
+            })
+        };
+        let rules: Vec<Value> = GRANTABLE
+            .iter()
+            .filter_map(|(group, resource)| {
+                let verbs: Vec<&str> = ALL_VERBS
                     .iter()
-                    .filter_map(|(group, resource)| {
-                        let verbs: Vec<&str> =
-                            ALL_VERBS.iter().copied().filter(|v| !is_denied(v, group, resource)).collect();
-                        (!verbs.is_empty())
-                            .then(|| json!({"apiGroups": [group], "resources": [resource], "verbs": verbs}))
-                    })
+                    .copied()
+                    .filter(|v| !is_denied(v, group, resource))
                     .collect();
-                let role: Role =
-                    serde_json::from_value(json!({"metadata": {"name": sa}, "rules": rules}))?;
-                let binding: RoleBinding = serde_json::from_value(json!({
-                    "metadata": {"name": sa},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}],
-                }))?;
-                let pp = PostParams::default();
-                Api::<Role>::namespaced(self.client(), &self.namespace)
-                    .create(&pp, &role)
-                    .await?;
-                Api::<RoleBinding>::namespaced(self.client(), &self.namespace)
-                    .create(&pp, &binding)
-                    .await?;
-                let token = self.service_account_token(&self.namespace, &sa).await?;
+                (!verbs.is_empty())
+                    .then(|| json!({"apiGroups": [group], "resources": [resource], "verbs": verbs}))
+            })
+            .collect();
+        let role: Role = serde_json::from_value(json!({"metadata": {"name": sa}, "rules": rules}))?;
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": sa},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}],
+        }))?;
+        let pp = PostParams::default();
+        Api::<Role>::namespaced(self.client(), &self.namespace)
+            .create(&pp, &role)
+            .await?;
+        Api::<RoleBinding>::namespaced(self.client(), &self.namespace)
+            .create(&pp, &binding)
+            .await?;
+        let token = self.service_account_token(&self.namespace, &sa).await?;
+        self.client_for_token(token)
+    }
+
+    /// `system:serviceaccount:NS:NAME` for the service account `name` of this test's
+    /// namespace: the user name 403 messages and access reviews give it.
+    pub fn service_account_username(&self, name: &str) -> String {
+        format!("system:serviceaccount:{}:{name}", self.namespace)
+    }
+
+    /// A client whose only permissions are those of `role_yaml`, for running code under the
+    /// exact RBAC it will get in production, e.g. what `keyturn policy rbac` generates.
+    ///
+    /// `role_yaml` is one or more YAML documents (`---`), each a `Role` or a `RoleBinding`
+    /// (rbac.authorization.k8s.io/v1); empty documents are skipped. A fresh service account
+    /// of this test's namespace, `keyturn-role-N`, is created; every RoleBinding's subjects
+    /// are replaced by that account, and when the YAML has no RoleBinding, one per Role (of
+    /// the Role's name) binds it. Objects without a namespace go in this test's namespace;
+    /// an object in another namespace is an error (a real cluster's other namespaces are
+    /// not the test's to write to). Everything is created with the admin client.
+    ///
+    /// On the stand-in this also switches on RBAC enforcement
+    /// ([`KubeStandin::enforce_rbac`]) for the rest of the test, so every service-account
+    /// client of this cluster is from then on held to its grants: the token reviewer and
+    /// [`Self::client_denied`] clients keep theirs, clients made from bare
+    /// [`Self::service_account_token`]s have none. The admin client is unaffected. On a real
+    /// cluster RBAC is always on, and the objects go when the namespace does.
+    ///
+    /// Use [`Self::client_with_role_as`] to choose the account's name, e.g. to assert on a
+    /// 403 message that names it.
+    ///
+    /// # Errors
+    /// When the YAML does not parse, holds another kind or another namespace, or when the
+    /// account, the objects (a name already taken: 409), the token or the client cannot be
+    /// made.
+    pub async fn client_with_role(&self, role_yaml: &str) -> anyhow::Result<kube::Client> {
+        let n = self.restricted.fetch_add(1, Ordering::Relaxed);
+        self.client_with_role_as(role_yaml, &format!("keyturn-role-{n}"))
+            .await
+    }
+
+    /// [`Self::client_with_role`] as the service account `service_account` of this test's
+    /// namespace (created if missing), whose user name is
+    /// [`Self::service_account_username`]`(service_account)`.
+    ///
+    /// # Errors
+    /// As [`Self::client_with_role`].
+    pub async fn client_with_role_as(
+        &self,
+        role_yaml: &str,
+        service_account: &str,
+    ) -> anyhow::Result<kube::Client> {
+        let (roles, bindings) = rbac_objects(role_yaml, &self.namespace, service_account)?;
+        let pp = PostParams::default();
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client(), &self.namespace);
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": service_account}}))?;
+        ignore_already_exists(sas.create(&pp, &sa).await)
+            .with_context(|| format!("creating service account {service_account}"))?;
+        let role_api: Api<Role> = Api::namespaced(self.client(), &self.namespace);
+        for role in &roles {
+            let name = role.metadata.name.as_deref().unwrap_or("");
+            role_api
+                .create(&pp, role)
+                .await
+                .with_context(|| format!("creating Role {name}"))?;
+        }
+        let binding_api: Api<RoleBinding> = Api::namespaced(self.client(), &self.namespace);
+        for binding in &bindings {
+            let name = binding.metadata.name.as_deref().unwrap_or("");
+            binding_api
+                .create(&pp, binding)
+                .await
+                .with_context(|| format!("creating RoleBinding {name}"))?;
+        }
+        if let Backend::Standin(s) = &self.backend {
+            s.enforce_rbac(true);
+        }
+        let token = self
+            .service_account_token(&self.namespace, service_account)
+            .await?;
+        let client = self.client_for_token(token)?;
+        if self.is_real()
+            && let Some(rule) = roles
+                .first()
+                .and_then(|r| r.rules.as_ref())
+                .and_then(|rules| rules.first())
+        {
+            wait_until_granted(&client, &self.namespace, rule).await;
+        }
+        Ok(client)
+    }
+
+    /// A client of this cluster that authenticates with `token`.
+    fn client_for_token(&self, token: String) -> anyhow::Result<kube::Client> {
+        match &self.backend {
+            Backend::Standin(s) => s.client_with_token(&token),
+            Backend::Real(real) => {
                 let mut config = real.config.clone();
                 config.auth_info = kube::config::AuthInfo {
                     token: Some(secrecy::SecretString::from(token)),
@@ -381,6 +476,111 @@ impl TestCluster {
             }
         }
     }
+}
+
+/// Waits (a few seconds at most) until `client` may do what `rule` grants in `namespace`.
+///
+/// A real API server authorizes from informer caches, so a Role and RoleBinding just
+/// created may not count yet for the next request; asking with SelfSubjectAccessReviews
+/// until the first grant shows keeps tests from racing that. Gives up quietly: the test's
+/// own requests will then say what is missing.
+async fn wait_until_granted(client: &kube::Client, namespace: &str, rule: &PolicyRule) {
+    let first = |v: Option<&Vec<String>>| v.and_then(|v| v.first()).cloned().unwrap_or_default();
+    let review: SelfSubjectAccessReview = match serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {
+            "namespace": namespace,
+            "verb": rule.verbs.first().cloned().unwrap_or_default(),
+            "group": first(rule.api_groups.as_ref()),
+            "resource": first(rule.resources.as_ref()),
+            "name": first(rule.resource_names.as_ref()),
+        }}
+    })) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for _ in 0..50 {
+        let allowed = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .is_some_and(|s| s.allowed);
+        if allowed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Roles and RoleBindings of `yaml`, put in `namespace` and bound to `service_account`
+/// there; see [`TestCluster::client_with_role`].
+fn rbac_objects(
+    yaml: &str,
+    namespace: &str,
+    service_account: &str,
+) -> anyhow::Result<(Vec<Role>, Vec<RoleBinding>)> {
+    let mut documents = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let value = Value::deserialize(document)
+            .with_context(|| format!("document {} of the RBAC YAML", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        anyhow::ensure!(
+            value.is_object(),
+            "document {} of the RBAC YAML is not a mapping",
+            i + 1
+        );
+        let ns = value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        anyhow::ensure!(
+            ns.is_empty() || ns == namespace,
+            "document {} of the RBAC YAML is in namespace {ns:?}, not this test's ({namespace:?})",
+            i + 1
+        );
+        documents.push((i + 1, value));
+    }
+    let subject =
+        json!([{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]);
+    let mut roles = Vec::new();
+    let mut bindings = Vec::new();
+    for (n, mut value) in documents {
+        value["metadata"]["namespace"] = json!(namespace);
+        match value.get("kind").and_then(Value::as_str).unwrap_or("") {
+            "Role" => roles.push(
+                serde_json::from_value::<Role>(value)
+                    .with_context(|| format!("document {n} of the RBAC YAML"))?,
+            ),
+            "RoleBinding" => {
+                value["subjects"] = subject.clone();
+                bindings.push(
+                    serde_json::from_value::<RoleBinding>(value)
+                        .with_context(|| format!("document {n} of the RBAC YAML"))?,
+                );
+            }
+            other => anyhow::bail!(
+                "document {n} of the RBAC YAML is a {other:?}; only Role and RoleBinding are supported"
+            ),
+        }
+    }
+    anyhow::ensure!(
+        !roles.is_empty() || !bindings.is_empty(),
+        "the RBAC YAML holds no Role and no RoleBinding"
+    );
+    if bindings.is_empty() {
+        for role in &roles {
+            let name = role.metadata.name.clone().unwrap_or_default();
+            bindings.push(serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": subject,
+            }))?);
+        }
+    }
+    Ok((roles, bindings))
 }
 
 impl Drop for TestCluster {
@@ -425,5 +625,47 @@ impl Drop for TestCluster {
                 rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), cleanup).await });
         });
         let _ = cleanup.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbac_yaml_is_put_in_the_test_namespace_and_bound_to_the_account() {
+        let yaml = "# a comment-only preamble\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: r\nrules:\n- apiGroups: ['']\n  resources: [secrets]\n  verbs: [get]\n";
+        let (roles, bindings) = rbac_objects(yaml, "t", "sa").unwrap();
+        assert_eq!(roles[0].metadata.namespace.as_deref(), Some("t"));
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(bindings[0].role_ref.name, "r");
+        let subject = &bindings[0].subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "sa", Some("t"))
+        );
+    }
+
+    #[test]
+    fn rbac_yaml_replaces_binding_subjects_and_refuses_other_namespaces_and_kinds() {
+        let binding = "kind: RoleBinding\napiVersion: rbac.authorization.k8s.io/v1\nmetadata: {name: b, namespace: t}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}\nsubjects: [{kind: ServiceAccount, name: keyturn, namespace: keyturn-system}]\n";
+        let (roles, bindings) = rbac_objects(binding, "t", "sa").unwrap();
+        assert!(roles.is_empty());
+        assert_eq!(bindings[0].subjects.as_ref().unwrap()[0].name, "sa");
+
+        let elsewhere = binding.replace("namespace: t}", "namespace: shop}");
+        let err = rbac_objects(&elsewhere, "t", "sa").unwrap_err().to_string();
+        assert!(err.contains("\"shop\""), "{err}");
+        let cluster_role =
+            "kind: ClusterRole\napiVersion: rbac.authorization.k8s.io/v1\nmetadata: {name: c}\n";
+        let err = rbac_objects(cluster_role, "t", "sa")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only Role and RoleBinding"), "{err}");
+        assert!(rbac_objects("# nothing\n", "t", "sa").is_err());
     }
 }

@@ -6,10 +6,12 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::apps::{self, Workload};
+use super::rbac;
 use super::resources::{self, ResourceKind};
 use super::secrets;
 use super::status::{ApiError, FieldError};
@@ -88,6 +90,14 @@ pub(crate) fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiErr
         typed::<Lease>(kind, obj)
     } else if *kind == resources::SERVICE_ACCOUNTS {
         typed::<ServiceAccount>(kind, obj)
+    } else if *kind == resources::ROLES {
+        typed::<Role>(kind, obj)
+    } else if *kind == resources::ROLE_BINDINGS {
+        typed::<RoleBinding>(kind, obj)
+    } else if *kind == resources::CLUSTER_ROLES {
+        typed::<ClusterRole>(kind, obj)
+    } else if *kind == resources::CLUSTER_ROLE_BINDINGS {
+        typed::<ClusterRoleBinding>(kind, obj)
     } else {
         Ok(())
     }
@@ -162,6 +172,8 @@ pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>)
 
     if *kind == resources::SECRETS {
         secrets::normalize(obj);
+    } else if rbac::is_rbac(kind) {
+        rbac::apply_defaults(kind, obj);
     } else if let Some(w) = workload(kind) {
         apps::apply_defaults(w, obj);
         match old {
@@ -175,10 +187,17 @@ pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>)
 pub(crate) fn validate(kind: &ResourceKind, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     if let Some(meta) = obj.get("metadata").and_then(Value::as_object) {
-        validation::validate_object_meta(meta, &mut errs);
+        let rule = if rbac::is_rbac(kind) {
+            validation::NameRule::PathSegment
+        } else {
+            validation::NameRule::Dns1123Subdomain
+        };
+        validation::validate_object_meta(meta, rule, &mut errs);
     }
     if *kind == resources::SECRETS {
         secrets::validate(obj, old, &mut errs);
+    } else if rbac::is_rbac(kind) {
+        rbac::validate(kind, obj, old, &mut errs);
     } else if let Some(w) = workload(kind) {
         apps::validate(w, obj, old, &mut errs);
     } else if *kind == resources::LEASES {

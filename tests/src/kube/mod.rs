@@ -8,7 +8,7 @@
 //! end-to-end tests go through [`TestCluster`] and also run against one when
 //! `KEYTURN_TEST_KUBECONFIG` is set.
 //!
-//! Served (all namespaced except TokenReview):
+//! Served (namespaced unless marked cluster-scoped):
 //!
 //! | resource | verbs |
 //! |---|---|
@@ -16,13 +16,19 @@
 //! | core/v1 `serviceaccounts` (+ `token` subresource) | same; `token`: create (TokenRequest) |
 //! | apps/v1 `deployments`, `statefulsets` | same |
 //! | coordination.k8s.io/v1 `leases` | same |
-//! | authentication.k8s.io/v1 `tokenreviews` | create |
+//! | rbac.authorization.k8s.io/v1 `roles`, `rolebindings`, `clusterroles`, `clusterrolebindings` (the last two cluster-scoped) | same |
+//! | authentication.k8s.io/v1 `tokenreviews` (cluster-scoped) | create |
+//! | authorization.k8s.io/v1 `selfsubjectaccessreviews` (cluster-scoped) | create |
 //!
 //! plus `/version`, `/api`, `/apis` discovery, `/.well-known/openid-configuration` and
 //! `/openid/v1/jwks`. What each rule is and where it deliberately differs from the real
 //! server is documented in the module that enforces it: `status` (error bodies),
 //! `secrets`, `apps`, `kinds` (the write pipeline), `managed` (server-side apply), `patch`,
-//! `auth` (401 and the deny switch), `tokens` and `reviews` (JWTs, TokenReview).
+//! `auth` (401, the deny switch and the authorizer chain), `rbac` (Roles, bindings, the RBAC
+//! authorizer), `tokens` and `reviews` (JWTs, TokenReview, SelfSubjectAccessReview).
+//!
+//! Authorization is permissive by default (everything not denied by a deny rule is allowed);
+//! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
 //!
 //! Not served: watch (answers 405), namespaces as objects (any namespace name just works),
 //! pagination (`limit` is ignored), protobuf, admission webhooks, finalizers and graceful
@@ -35,6 +41,7 @@ mod kinds;
 mod managed;
 mod objects;
 mod patch;
+mod rbac;
 mod resources;
 mod reviews;
 mod secrets;
@@ -47,6 +54,7 @@ mod validation;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,9 +114,12 @@ impl KubeStandin {
             .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
+        let mut store = Store::default();
+        rbac::seed_defaults(&mut store, (TOKEN_REVIEWER_NAMESPACE, TOKEN_REVIEWER_NAME));
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::default()),
+            store: Mutex::new(store),
             deny: Mutex::new(Vec::new()),
+            rbac_enforced: AtomicBool::new(false),
             tokens: TokenAuthority::new(&url)?,
             admin_token: {
                 use base64::Engine as _;
@@ -242,8 +253,9 @@ impl KubeStandin {
     }
 
     /// A day-long token for `kube-system/keyturn-token-reviewer`, to give OpenBao's
-    /// kubernetes auth as `token_reviewer_jwt`. The stand-in lets any authenticated user
-    /// create TokenReviews (unless denied), as `system:auth-delegator` would.
+    /// kubernetes auth as `token_reviewer_jwt`. Without RBAC enforcement any authenticated
+    /// user may create TokenReviews (unless denied); with it, this account may because the
+    /// stand-in starts with it bound to `system:auth-delegator`.
     pub fn token_reviewer_jwt(&self) -> String {
         self.issue_service_account_token(
             TOKEN_REVIEWER_NAMESPACE,
@@ -286,9 +298,25 @@ impl KubeStandin {
             .clone()
     }
 
-    /// Removes every deny rule.
+    /// Removes every deny rule. RBAC enforcement, if on, stays on.
     pub fn allow_all(&self) {
         self.shared.deny_rules().clear();
+    }
+
+    /// Switches RBAC enforcement. Off (the default), every authenticated request not matched
+    /// by a deny rule is allowed. On, a service account may do only what the Roles and
+    /// ClusterRoles bound to it (or to its groups) grant, evaluated as kube-apiserver's RBAC
+    /// authorizer does, `resourceNames` included; a refusal is the real 403. The admin stays
+    /// all-powerful, and deny rules still apply on top. The stand-in starts with the bootstrap
+    /// ClusterRoles a cluster has (`cluster-admin`, `system:auth-delegator`,
+    /// `system:basic-user`), so SelfSubjectAccessReviews and the token reviewer keep working.
+    pub fn enforce_rbac(&self, on: bool) {
+        self.shared.set_rbac_enforced(on);
+    }
+
+    /// Whether RBAC is enforced; see [`Self::enforce_rbac`].
+    pub fn rbac_enforced(&self) -> bool {
+        self.shared.rbac_enforced()
     }
 }
 

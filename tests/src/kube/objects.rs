@@ -170,6 +170,16 @@ fn decode_body(req: &ObjectRequest<'_>) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// `EnsureObjectNamespaceMatchesRequestNamespace` after the check: a namespaced object takes
+/// the request's namespace, a cluster-scoped one (ClusterRole, …) loses any it was sent with.
+fn scope_namespace(req: &ObjectRequest<'_>, obj: &mut Value) {
+    if req.kind.namespaced {
+        set_meta(obj, "namespace", json!(req.ns()));
+    } else if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("namespace");
+    }
+}
+
 /// `checkName` of the update/patch handlers: the body must name the object of the URL.
 fn check_name_and_namespace(req: &ObjectRequest<'_>, obj: &Value) -> Result<(), ApiError> {
     let name = meta_str(obj, "name");
@@ -180,7 +190,7 @@ fn check_name_and_namespace(req: &ObjectRequest<'_>, obj: &Value) -> Result<(), 
         )));
     }
     let ns = meta_str(obj, "namespace");
-    if !ns.is_empty() && ns != req.ns() {
+    if req.kind.namespaced && !ns.is_empty() && ns != req.ns() {
         return Err(ApiError::bad_request(format!(
             "the namespace of the object ({ns}) does not match the namespace on the request ({})",
             req.ns()
@@ -352,14 +362,12 @@ pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
     let mut obj = decode_body(req)?;
     kinds::check_type_meta(req.kind, &obj, false)?;
     let ns = meta_str(&obj, "namespace");
-    if !ns.is_empty() && ns != req.ns() {
+    if req.kind.namespaced && !ns.is_empty() && ns != req.ns() {
         return Err(ApiError::bad_request(
             "the namespace of the provided object does not match the namespace sent on the request",
         ));
     }
-    if req.kind.namespaced {
-        set_meta(&mut obj, "namespace", json!(req.ns()));
-    }
+    scope_namespace(req, &mut obj);
     if meta_str(&obj, "name").is_empty() {
         let prefix = meta_str(&obj, "generateName").to_owned();
         if !prefix.is_empty() {
@@ -381,9 +389,7 @@ pub(crate) fn update(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
     let mut obj = decode_body(req)?;
     kinds::check_type_meta(req.kind, &obj, false)?;
     check_name_and_namespace(req, &obj)?;
-    if req.kind.namespaced {
-        set_meta(&mut obj, "namespace", json!(req.ns()));
-    }
+    scope_namespace(req, &mut obj);
     kinds::check_shape(req.kind, &obj)?;
     let rv = meta_str(&obj, "resourceVersion").to_owned();
 
@@ -432,12 +438,15 @@ pub(crate) fn patch(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, A
         .get(req.kind, req.ns(), req.name())
         .cloned()
         .ok_or_else(|| ApiError::not_found(req.kind, req.name()))?;
-    let patched = patch::apply_patch(patch_type, &existing.object, req.body)?;
+    let mut patched = patch::apply_patch(patch_type, &existing.object, req.body)?;
     if !patched.is_object() {
         return Err(ApiError::bad_request("the patched object is not an object"));
     }
     kinds::check_type_meta(req.kind, &patched, false)?;
     check_name_and_namespace(req, &patched)?;
+    if !req.kind.namespaced {
+        scope_namespace(req, &mut patched);
+    }
     kinds::check_shape(req.kind, &patched)?;
     // A patch that carries metadata.resourceVersion is a precondition on it.
     let rv = meta_str(&patched, "resourceVersion");
@@ -461,6 +470,9 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
         set_meta(&mut config, "name", json!(req.name()));
     }
     check_name_and_namespace(req, &config)?;
+    if !req.kind.namespaced {
+        scope_namespace(req, &mut config);
+    }
     kinds::check_shape(req.kind, &config)?;
     kinds::prepare_apply_config(req.kind, &mut config);
     let rv = meta_str(&config, "resourceVersion").to_owned();
@@ -484,9 +496,7 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
             }
             let mut managed = ManagedFields::default();
             let mut obj = managed.apply(who, None, &config, None, force)?;
-            if req.kind.namespaced {
-                set_meta(&mut obj, "namespace", json!(req.ns()));
-            }
+            scope_namespace(req, &mut obj);
             finish_create(&mut store, req, obj, Some(managed))
         }
         Some(existing) => {

@@ -129,6 +129,57 @@ pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
     has_generation: false,
 };
 
+pub(crate) static SELF_SUBJECT_ACCESS_REVIEWS: ResourceKind = ResourceKind {
+    group: "authorization.k8s.io",
+    version: "v1",
+    plural: "selfsubjectaccessreviews",
+    singular: "selfsubjectaccessreview",
+    kind: "SelfSubjectAccessReview",
+    namespaced: false,
+    short_names: &[],
+    verbs: &["create"],
+    stored: false,
+    create_on_update: false,
+    unconditional_update: false,
+    has_generation: false,
+};
+
+/// The RBAC kinds: stored like any other object, and read by the authorizer (`rbac`).
+/// Their registry strategies allow create-on-update and unconditional updates.
+const fn rbac_kind(
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> ResourceKind {
+    ResourceKind {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names: &[],
+        verbs: STORED_VERBS,
+        stored: true,
+        create_on_update: true,
+        unconditional_update: true,
+        has_generation: false,
+    }
+}
+
+pub(crate) static ROLES: ResourceKind = rbac_kind("roles", "role", "Role", true);
+pub(crate) static ROLE_BINDINGS: ResourceKind =
+    rbac_kind("rolebindings", "rolebinding", "RoleBinding", true);
+pub(crate) static CLUSTER_ROLES: ResourceKind =
+    rbac_kind("clusterroles", "clusterrole", "ClusterRole", false);
+pub(crate) static CLUSTER_ROLE_BINDINGS: ResourceKind = rbac_kind(
+    "clusterrolebindings",
+    "clusterrolebinding",
+    "ClusterRoleBinding",
+    false,
+);
+
 /// Every served resource, in discovery order.
 pub(crate) static ALL: &[&ResourceKind] = &[
     &SECRETS,
@@ -137,6 +188,11 @@ pub(crate) static ALL: &[&ResourceKind] = &[
     &STATEFUL_SETS,
     &LEASES,
     &TOKEN_REVIEWS,
+    &SELF_SUBJECT_ACCESS_REVIEWS,
+    &ROLES,
+    &ROLE_BINDINGS,
+    &CLUSTER_ROLES,
+    &CLUSTER_ROLE_BINDINGS,
 ];
 
 impl ResourceKind {

@@ -1,19 +1,30 @@
 //! authentication.k8s.io: TokenReview, and the ServiceAccount `token` subresource
-//! (TokenRequest).
+//! (TokenRequest); authorization.k8s.io: SelfSubjectAccessReview.
 //!
 //! TokenReview is what OpenBao's kubernetes auth calls with the pod's JWT; it must answer
 //! exactly like the real one, including `201 Created` with `authenticated: false` and an
 //! `error` string for a bad token (not a 401: the *reviewer* is authenticated, the reviewed
 //! token is not). TokenRequest lets code written for a real cluster mint tokens the same way
 //! on the stand-in.
+//!
+//! SelfSubjectAccessReview is how a client asks "may I?" before trying (`kubectl auth
+//! can-i`). It is answered by the same authorizer chain that guards requests (deny rules,
+//! then RBAC while enforced), for the calling user, with the real status shape: `allowed`,
+//! and `reason` when the authorizer gave one.
 
 use axum::http::StatusCode;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
+
+use super::auth::{Attributes, UserInfo};
+use super::kinds;
+use super::rbac::Request;
 
 use super::objects::Reply;
 use super::resources;
 use super::server::Shared;
-use super::status::{ApiError, FieldError};
+use super::status::{ApiError, FieldError, go_quote};
 use super::tokens::{ObjectRef, TokenSpec};
 
 fn string_list(v: Option<&Value>) -> Vec<String> {
@@ -171,6 +182,103 @@ pub(crate) fn token_request(
             },
             "spec": spec,
             "status": {"token": token, "expirationTimestamp": expires},
+        }),
+    ))
+}
+
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`.
+pub(crate) fn self_subject_access_review(
+    shared: &Shared,
+    user: &UserInfo,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let kind = &resources::SELF_SUBJECT_ACCESS_REVIEWS;
+    let cannot_handle = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request(format!(
+            "SelfSubjectAccessReview in version \"v1\" cannot be handled as a SelfSubjectAccessReview: {e}"
+        ))
+    };
+    let raw: Value = serde_json::from_slice(body).map_err(|e| cannot_handle(&e))?;
+    kinds::check_type_meta(kind, &raw, false)?;
+    let review = SelfSubjectAccessReview::deserialize(&raw).map_err(|e| cannot_handle(&e))?;
+    let spec = review.spec;
+    let invalid = |field: &str, value: &str, detail: &str| {
+        ApiError::invalid_kind(
+            kind.group,
+            kind.kind,
+            "",
+            &[FieldError::invalid_raw(field, value, detail)],
+        )
+    };
+    let decision = match (&spec.resource_attributes, &spec.non_resource_attributes) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "spec.nonResourceAttributes",
+                &format!(
+                    "&authorization.NonResourceAttributes{{Path:{}, Verb:{}}}",
+                    go_quote(
+                        spec.non_resource_attributes
+                            .as_ref()
+                            .and_then(|n| n.path.as_deref())
+                            .unwrap_or("")
+                    ),
+                    go_quote(
+                        spec.non_resource_attributes
+                            .as_ref()
+                            .and_then(|n| n.verb.as_deref())
+                            .unwrap_or("")
+                    ),
+                ),
+                "cannot be specified in combination with resourceAttributes",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "spec.resourceAttributes",
+                "(*authorization.NonResourceAttributes)(nil)",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+        }
+        (Some(ra), None) => {
+            let text = |v: &Option<String>| v.as_deref().unwrap_or("").to_owned();
+            let (verb, group, resource, subresource, namespace, name) = (
+                text(&ra.verb),
+                text(&ra.group),
+                text(&ra.resource),
+                text(&ra.subresource),
+                text(&ra.namespace),
+                text(&ra.name),
+            );
+            let attributes = Attributes {
+                verb: &verb,
+                group: &group,
+                resource: &resource,
+                subresource: Some(subresource.as_str()).filter(|s| !s.is_empty()),
+                namespace: Some(namespace.as_str()).filter(|s| !s.is_empty()),
+                name: &name,
+            };
+            shared.decide(user, &Request::Resource(&attributes))
+        }
+        (None, Some(nra)) => shared.decide(
+            user,
+            &Request::NonResource {
+                verb: nra.verb.as_deref().unwrap_or(""),
+                path: nra.path.as_deref().unwrap_or(""),
+            },
+        ),
+    };
+    let mut status = json!({"allowed": decision.allowed});
+    if !decision.reason.is_empty() {
+        status["reason"] = json!(decision.reason);
+    }
+    Ok((
+        StatusCode::CREATED,
+        json!({
+            "kind": kind.kind,
+            "apiVersion": kind.api_version(),
+            "metadata": {"creationTimestamp": null},
+            "spec": serde_json::to_value(&spec).unwrap_or_else(|_| json!({})),
+            "status": status,
         }),
     ))
 }

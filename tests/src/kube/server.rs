@@ -1,5 +1,5 @@
-//! The HTTP surface: routing, authentication, the deny switch, discovery and the control
-//! endpoints.
+//! The HTTP surface: routing, authentication, authorization (deny rules, then RBAC while
+//! enforced), discovery and the control endpoints.
 //!
 //! Resource URLs are parsed by hand rather than with one axum route per shape, so that every
 //! failure — an unknown resource, a wrong verb, a bad body — is answered with a `Status`
@@ -12,8 +12,11 @@
 //! | `POST /_standin/deny` `{"verb":"patch","resource":"secrets","user":"…"?}` | add a deny rule |
 //! | `GET /_standin/deny` | list the deny rules |
 //! | `POST /_standin/allow-all` | clear every deny rule |
+//! | `POST /_standin/rbac` `{"enforce":true}` | switch RBAC enforcement for service accounts on or off |
+//! | `GET /_standin/rbac` | whether RBAC is enforced: `{"enforce": …}` |
 //! | `POST /_standin/token` `{"namespace","name","audiences"?,"ttlSeconds"?}` | mint a service-account JWT: `{"token": …}` |
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::Router;
@@ -24,8 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::auth::{self, Attributes, DenyRule, UserInfo};
+use super::auth::{self, Attributes, Decision, DenyRule, UserInfo};
 use super::objects::{self, ObjectRequest, Query, Reply};
+use super::rbac;
 use super::resources::{self, ResourceKind};
 use super::reviews;
 use super::status::{ApiError, json_response};
@@ -47,6 +51,9 @@ const AGGREGATED_DISCOVERY_CONTENT_TYPE: &str =
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub deny: Mutex<Vec<DenyRule>>,
+    /// Whether RBAC decides what non-admin users may do (else everything not denied is
+    /// allowed).
+    pub rbac_enforced: AtomicBool,
     pub tokens: TokenAuthority,
     pub admin_token: String,
     /// `http://127.0.0.1:PORT`
@@ -78,6 +85,32 @@ impl Shared {
 
     pub fn deny_rules(&self) -> MutexGuard<'_, Vec<DenyRule>> {
         self.deny.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn rbac_enforced(&self) -> bool {
+        self.rbac_enforced.load(Ordering::SeqCst)
+    }
+
+    pub fn set_rbac_enforced(&self, on: bool) {
+        self.rbac_enforced.store(on, Ordering::SeqCst);
+    }
+
+    /// The authorizer chain (see `auth`): deny rules, then RBAC while enforced, with the
+    /// admin allowed whatever RBAC says.
+    pub fn decide(&self, user: &UserInfo, request: &rbac::Request<'_>) -> Decision {
+        if let rbac::Request::Resource(a) = request
+            && self.deny_rules().iter().any(|r| r.matches(user, a))
+        {
+            return Decision::no_opinion("");
+        }
+        if !self.rbac_enforced() {
+            return Decision::allow("");
+        }
+        let decision = rbac::authorize(&self.store(), user, request);
+        if user.is_admin() && !decision.allowed {
+            return Decision::allow("");
+        }
+        decision
     }
 
     /// The uid to put in a token for a service account: its stored object's, else a stable
@@ -372,18 +405,24 @@ fn serve_resource(
     subresource: Option<&str>,
     ctx: &RequestContext<'_>,
 ) -> Result<Reply, ApiError> {
-    auth::authorize(
-        &shared.deny_rules(),
-        ctx.user,
-        &Attributes {
-            verb,
-            group: kind.group,
-            resource: kind.plural,
-            subresource,
-            namespace,
-            name: name.unwrap_or(""),
-        },
-    )?;
+    // A list or watch whose field selector pins `metadata.name` is authorized as a request
+    // for that name, as the real RequestInfoFactory makes it.
+    let selected = match verb {
+        "list" | "watch" => selected_name(&ctx.query),
+        _ => None,
+    };
+    let attributes = Attributes {
+        verb,
+        group: kind.group,
+        resource: kind.plural,
+        subresource,
+        namespace,
+        name: name.or(selected.as_deref()).unwrap_or(""),
+    };
+    let decision = shared.decide(ctx.user, &rbac::Request::Resource(&attributes));
+    if !decision.allowed {
+        return Err(auth::forbidden(ctx.user, &attributes, &decision.reason));
+    }
     if !kind.verbs.contains(&verb) && verb != "watch" {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({})",
@@ -393,6 +432,9 @@ fn serve_resource(
 
     if kind == &resources::TOKEN_REVIEWS {
         return reviews::token_review(shared, ctx.body);
+    }
+    if kind == &resources::SELF_SUBJECT_ACCESS_REVIEWS {
+        return reviews::self_subject_access_review(shared, ctx.user, ctx.body);
     }
     if let (Some(ns), Some(name), Some(_)) = (namespace, name, subresource) {
         return reviews::token_request(shared, ns, name, ctx.body);
@@ -415,6 +457,18 @@ fn serve_resource(
         "delete" => objects::delete(shared, &req),
         _ => objects::delete_collection(shared, &req),
     }
+}
+
+/// `metadata.name=X` (or `==`) in a list's field selector: `RequiresExactMatch`, kept only
+/// when X is a valid path segment, as the real server keeps it.
+fn selected_name(query: &Query) -> Option<String> {
+    query.get("fieldSelector")?.split(',').find_map(|term| {
+        let (field, value) = term.split_once("==").or_else(|| term.split_once('='))?;
+        (field.trim() == "metadata.name"
+            && !value.is_empty()
+            && super::validation::path_segment_name_errors(value).is_empty())
+        .then(|| value.to_owned())
+    })
 }
 
 /// `/_standin/…`: see the module docs.
@@ -457,6 +511,16 @@ fn control(shared: &Shared, rest: &[&str], ctx: &RequestContext<'_>) -> Result<R
         (Method::POST, ["allow-all"]) => {
             shared.deny_rules().clear();
             Ok((StatusCode::OK, rules_json(&[])))
+        }
+        (Method::GET, ["rbac"]) => Ok((StatusCode::OK, json!({"enforce": shared.rbac_enforced()}))),
+        (Method::POST, ["rbac"]) => {
+            let Some(enforce) = body()?.get("enforce").and_then(Value::as_bool) else {
+                return Err(ApiError::bad_request(
+                    "an RBAC switch needs \"enforce\": true or false",
+                ));
+            };
+            shared.set_rbac_enforced(enforce);
+            Ok((StatusCode::OK, json!({"enforce": enforce})))
         }
         (Method::POST, ["token"]) => {
             let b = body()?;

@@ -60,6 +60,8 @@ pub(crate) enum FieldErrorKind {
     Forbidden,
     /// `Too long`.
     TooLong,
+    /// `Unsupported value: <value>`; the value is already formatted (`"quoted"`).
+    NotSupported(String),
 }
 
 /// One validation failure: `field.Error` from apimachinery.
@@ -117,12 +119,30 @@ impl FieldError {
         }
     }
 
+    /// `field.NotSupported` with a string value and the values that are supported, worded
+    /// `supported values: "a", "b"`.
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        Self {
+            kind: FieldErrorKind::NotSupported(go_quote(value)),
+            field: field.into(),
+            detail: format!(
+                "supported values: {}",
+                supported
+                    .iter()
+                    .map(|v| go_quote(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     fn cause_type(&self) -> &'static str {
         match self.kind {
             FieldErrorKind::Invalid(_) => "FieldValueInvalid",
             FieldErrorKind::Required => "FieldValueRequired",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::NotSupported(_) => "FieldValueNotSupported",
         }
     }
 
@@ -133,6 +153,7 @@ impl FieldError {
             FieldErrorKind::Required => "Required value".to_owned(),
             FieldErrorKind::Forbidden => "Forbidden".to_owned(),
             FieldErrorKind::TooLong => "Too long".to_owned(),
+            FieldErrorKind::NotSupported(value) => format!("Unsupported value: {value}"),
         };
         if !self.detail.is_empty() {
             s.push_str(": ");

@@ -177,10 +177,37 @@ pub(crate) fn config_key_errors(key: &str) -> Vec<String> {
     errs
 }
 
-/// `ValidateObjectMeta` for a namespaced object whose names are DNS-1123 subdomains.
+/// `IsValidPathSegmentName`: RBAC object names (`system:auth-delegator` is one), which only
+/// have to be usable as one URL path segment.
+pub(crate) fn path_segment_name_errors(value: &str) -> Vec<String> {
+    if value == "." || value == ".." {
+        return vec![format!("may not be '{value}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|bad| value.contains(**bad))
+        .map(|bad| format!("may not contain '{bad}'"))
+        .collect()
+}
+
+/// Which rule an object's `metadata.name` follows: the `ValidateNameFunc` its kind passes to
+/// `ValidateObjectMeta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameRule {
+    /// `IsDNS1123Subdomain`: Secrets, ServiceAccounts, Deployments, Leases, …
+    Dns1123Subdomain,
+    /// `IsValidPathSegmentName`: Roles, RoleBindings, ClusterRoles, ClusterRoleBindings.
+    PathSegment,
+}
+
+/// `ValidateObjectMeta`, with the name rule of the object's kind.
 ///
 /// `meta` has already passed the shape check, so its fields have the right JSON types.
-pub(crate) fn validate_object_meta(meta: &Map<String, Value>, errs: &mut Vec<FieldError>) {
+pub(crate) fn validate_object_meta(
+    meta: &Map<String, Value>,
+    rule: NameRule,
+    errs: &mut Vec<FieldError>,
+) {
     let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
     if name.is_empty() {
         errs.push(FieldError::required(
@@ -188,7 +215,11 @@ pub(crate) fn validate_object_meta(meta: &Map<String, Value>, errs: &mut Vec<Fie
             "name or generateName is required",
         ));
     } else {
-        for msg in dns1123_subdomain_errors(name) {
+        let name_errors = match rule {
+            NameRule::Dns1123Subdomain => dns1123_subdomain_errors(name),
+            NameRule::PathSegment => path_segment_name_errors(name),
+        };
+        for msg in name_errors {
             errs.push(FieldError::invalid_str("metadata.name", name, msg));
         }
     }
@@ -363,6 +394,22 @@ mod tests {
         assert_eq!(qualified_name_errors("a/b/c").len(), 1);
         assert_eq!(qualified_name_errors("Bad_Prefix/x").len(), 1);
         assert_eq!(qualified_name_errors("x/").len(), 2);
+    }
+
+    #[test]
+    fn path_segment_names_allow_colons_but_not_slashes_or_dots_alone() {
+        assert!(path_segment_name_errors("system:auth-delegator").is_empty());
+        assert_eq!(
+            path_segment_name_errors(".."),
+            vec!["may not be '..'".to_owned()]
+        );
+        assert_eq!(
+            path_segment_name_errors("a/b%c"),
+            vec![
+                "may not contain '/'".to_owned(),
+                "may not contain '%'".to_owned()
+            ]
+        );
     }
 
     #[test]
