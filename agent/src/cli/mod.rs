@@ -16,12 +16,14 @@ use clap::{Args, Parser, Subcommand};
 pub mod audit;
 pub mod audit_log;
 pub mod completions;
+pub mod doctor;
 pub mod exit;
 pub mod logging;
 pub mod policy;
 pub mod rotate;
 pub mod rotation_args;
 pub mod run;
+pub mod status;
 pub mod vault_args;
 
 /// keyturn: secrets rotation and injection for Kubernetes, with a tamper-evident audit log.
@@ -68,6 +70,10 @@ pub enum Command {
     Rotate(rotate::RotateArgs),
     /// Run the rotation daemon.
     Run(run::RunArgs),
+    /// Check that Vault, AWS, Kubernetes, the audit sink and the clock are ready for keyturn.
+    Doctor(doctor::DoctorArgs),
+    /// Show each policy's last rotation, CURRENT's age, the next due time and what is in flight.
+    Status(status::StatusArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
@@ -118,6 +124,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Rotate(args) => rotate::run(args),
         Command::Run(args) => run::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Status(args) => status::run(args),
         Command::Completions(args) => completions::run_completions(&args),
         Command::Man(args) => completions::run_man(&args),
     };
