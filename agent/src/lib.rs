@@ -8,6 +8,7 @@
 //! - [`schedule`]: cron / `every` schedules, time zones, deterministic jitter.
 
 pub mod backends;
+pub mod breakglass;
 pub mod cli;
 pub mod daemon;
 pub mod distribute;

@@ -82,6 +82,8 @@ def start_daemon(work, addr, listen, log_name, extra_log=""):
            "KEYTURN_POLICIES": f"{work}/policies", "KEYTURN_HOLDER": "bench",
            "KEYTURN_AUDIT_FILE": f"{work}/audit.jsonl", "KEYTURN_AUDIT_HMAC_KEY_FILE": f"{work}/hmac.key",
            "KEYTURN_LOG": "warn" + extra_log}
+    # Allocator tuning experiments pass through (e.g. MALLOC_ARENA_MAX=2).
+    env.update({k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
     log = open(f"{work}/{log_name}", "w")
     p = subprocess.Popen([KEYTURN, "run", "--listen", listen, "--concurrency", "32"], env=env, stdout=log, stderr=log)
     for _ in range(6000):

@@ -36,6 +36,10 @@ pub struct RotationArgs {
     /// policies feeding one Deployment restart it once.
     #[arg(long, env = "KEYTURN_RESTART_WINDOW", default_value = "2s", value_parser = humantime::parse_duration)]
     pub restart_window: std::time::Duration,
+    /// How long a claim on an in-flight rotation stands without renewal; after it, another
+    /// process (a replica, break-glass) may take the rotation over.
+    #[arg(long, env = "KEYTURN_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
 }
 
 /// Everything ready for rotating.
@@ -107,7 +111,8 @@ impl RotationArgs {
             None
         };
         let holder = self.holder();
-        let mut engine = Engine::new(audit.clone(), Actor::agent(holder.clone()), holder);
+        let mut engine =
+            Engine::new(audit.clone(), Actor::agent(holder.clone()), holder).with_lease(self.lease);
         if let Some(sink) = kube_sink {
             engine = engine.with_sink(Arc::new(sink));
         }

@@ -22,6 +22,13 @@ pub struct RunArgs {
     /// After SIGTERM, how long rotations in flight may take to finish.
     #[arg(long, env = "KEYTURN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// The break-glass journal (KV v2 `MOUNT/PATH`) read for operators' actions: counted in
+    /// `keyturn_breakglass_total`, revealed values rotated when their TTL passes.
+    #[arg(long, env = "KEYTURN_BREAK_GLASS_JOURNAL", default_value = crate::breakglass::DEFAULT_JOURNAL)]
+    pub break_glass_journal: String,
+    /// How often the break-glass journal is read (one request).
+    #[arg(long, env = "KEYTURN_BREAK_GLASS_POLL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub break_glass_poll: Duration,
     /// Shared options.
     #[command(flatten)]
     pub common: RotationArgs,
@@ -39,6 +46,13 @@ pub fn run(args: RunArgs) -> u8 {
         Err(e) => {
             eprintln!("keyturn: cannot start runtime: {e}");
             return exit::SOFTWARE;
+        }
+    };
+    let journal = match crate::breakglass::Journal::parse(&args.break_glass_journal) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("keyturn: {e}");
+            return exit::USAGE;
         }
     };
     rt.block_on(async move {
@@ -73,6 +87,8 @@ pub fn run(args: RunArgs) -> u8 {
             concurrency: args.concurrency,
             grace: args.grace,
             reload_debounce: Duration::from_millis(300),
+            journal: Some(journal),
+            journal_poll: args.break_glass_poll,
         };
         let daemon = Daemon::new(cfg, p.engine, p.backends, metrics, ready_tx);
         let result = daemon.run(shutdown_signal()).await;

@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::backends::Backends;
+use crate::breakglass::Journal;
 use crate::policy::{self, Policy, PolicyErrors};
 use crate::rotation::store::Store as _;
 use crate::rotation::{Engine, RotationOutcome, Trigger};
@@ -50,6 +51,10 @@ pub struct DaemonConfig {
     /// Quiet time after a file change before the policy set is reloaded (editors write
     /// several events per save).
     pub reload_debounce: Duration,
+    /// The break-glass journal to watch (see [`crate::breakglass`]); `None`: not watched.
+    pub journal: Option<Journal>,
+    /// How often the journal is read.
+    pub journal_poll: Duration,
 }
 
 /// Why the daemon stopped with an error.
@@ -141,7 +146,12 @@ impl Daemon {
         for (name, found) in scan {
             match found {
                 Scan::InFlight => resume.push(name),
-                Scan::Last(last) => self.queue_next(&mut queue, &policies[&name], last, false),
+                Scan::Last(last, taint) => {
+                    self.queue_next(&mut queue, &policies[&name], last, false);
+                    if let Some(t) = taint {
+                        queue_taint(&mut queue, &name, t);
+                    }
+                }
                 Scan::Unreadable => self.queue_retry(&mut queue, &name),
             }
         }
@@ -159,6 +169,13 @@ impl Daemon {
         let _ = self.ready.send(true);
         // Slots that fell due while no daemon ran are catch-up work, not timer latency.
         let up_since = Utc::now();
+
+        // The break-glass journal: one KV read per tick, whatever the number of policies.
+        let journal = self.cfg.journal.clone().zip(self.backends.vault.clone());
+        let mut journal_seen: Option<u64> = None;
+        let mut journal_tick =
+            tokio::time::interval(self.cfg.journal_poll.max(Duration::from_millis(100)));
+        journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
         tokio::pin!(shutdown);
         loop {
@@ -207,6 +224,30 @@ impl Daemon {
                             self.apply_reload(&mut queue, &policies, &new, &running).await;
                             policies = new;
                         }
+                    }
+                }
+                _ = journal_tick.tick(), if journal.is_some() => {
+                    let Some((j, vault)) = &journal else { continue };
+                    match j.read(vault).await {
+                        Ok((entries, _)) => {
+                            let newest = entries.last().map_or(0, |e| e.seq);
+                            // The first read is the baseline: earlier actions are in the audit
+                            // log, and their taints were found by the start-up scan.
+                            if let Some(seen) = journal_seen {
+                                for e in entries.iter().filter(|e| e.seq > seen) {
+                                    self.metrics.breakglass.get_or_create(&metrics::ActionLabel { action: e.action.clone() }).inc();
+                                    tracing::warn!(policy = %e.policy, action = %e.action, "break-glass action by an operator");
+                                    if let Some(t) = e.rotate_after
+                                        && policies.contains_key(&e.policy)
+                                        && !running.contains_key(&e.policy)
+                                    {
+                                        queue_taint(&mut queue, &e.policy, t);
+                                    }
+                                }
+                            }
+                            journal_seen = Some(journal_seen.map_or(newest, |s| s.max(newest)));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot read the break-glass journal"),
                     }
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
@@ -278,7 +319,10 @@ impl Daemon {
                     }
                     Ok(store) => match store.view().await {
                         Ok(v) if v.state.in_flight.is_some() => Scan::InFlight,
-                        Ok(v) => Scan::Last(v.state.last.filter(|l| l.outcome == "ok").map(|l| l.started_at)),
+                        Ok(v) => Scan::Last(
+                            v.state.last.filter(|l| l.outcome == "ok").map(|l| l.started_at),
+                            v.state.taint.map(|t| t.rotate_after),
+                        ),
                         Err(e) => {
                             tracing::error!(policy = %p.name, error = %e, "cannot read rotation state");
                             Scan::Unreadable
@@ -350,7 +394,12 @@ impl Daemon {
         for (name, found) in self.scan(&changed).await {
             match found {
                 Scan::InFlight | Scan::Unreadable => self.queue_retry(queue, &name),
-                Scan::Last(last) => self.queue_next(queue, &new[&name], last, false),
+                Scan::Last(last, taint) => {
+                    self.queue_next(queue, &new[&name], last, false);
+                    if let Some(t) = taint {
+                        queue_taint(queue, &name, t);
+                    }
+                }
             }
         }
         tracing::info!(
@@ -363,8 +412,19 @@ impl Daemon {
 
 enum Scan {
     InFlight,
-    Last(Option<DateTime<Utc>>),
+    /// The last good rotation's start, and when a taint falls due.
+    Last(Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     Unreadable,
+}
+
+/// Schedules the rotation of a revealed value when its taint falls due (replacing the
+/// policy's next slot; the normal schedule resumes after that rotation).
+fn queue_taint(queue: &mut Queue, policy: &str, at: DateTime<Utc>) {
+    queue.schedule(Slot {
+        policy: policy.to_owned(),
+        due: at,
+        fire_at: at,
+    });
 }
 
 /// One rotation of `p`; returns the metric outcome, the start of the rotation that now

@@ -160,6 +160,15 @@ impl Engine {
         }
     }
 
+    /// The same engine acting for someone else (an operator's break-glass command): audit
+    /// records name `actor`, rotations are claimed as `holder`.
+    #[must_use]
+    pub fn acting_as(mut self, actor: Actor, holder: impl Into<String>) -> Self {
+        self.actor = actor;
+        self.holder = holder.into();
+        self
+    }
+
     /// Delivers rotated credentials through `sink` (the policies' `distribute` entries).
     #[must_use]
     pub fn with_sink(mut self, sink: Arc<dyn Sink>) -> Self {

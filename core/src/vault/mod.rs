@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod leases;
 pub mod retry;
 
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};

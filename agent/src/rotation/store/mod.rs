@@ -173,6 +173,20 @@ impl StoreError {
             Self::Backend { retryable, .. } => *retryable,
         }
     }
+
+    /// Whether the backing service refused for lack of permission (Vault 403, AWS
+    /// AccessDenied): a person must grant it, and the CLI exits 77.
+    #[must_use]
+    pub fn is_permission_denied(&self) -> bool {
+        let Self::Backend { source, .. } = self else {
+            return false;
+        };
+        if let Some(v) = source.downcast_ref::<keyturn_core::vault::VaultError>() {
+            return v.exit_code() == 77;
+        }
+        let text = source.to_string();
+        text.contains("AccessDenied") || text.contains("not authorized")
+    }
 }
 
 /// A place a policy's credential lives.

@@ -70,4 +70,13 @@ pub trait Target: Send + Sync + std::fmt::Debug {
         current: Option<&SecretData>,
         pending: &SecretData,
     ) -> Result<(), TargetError>;
+
+    /// Break-glass revoke: makes every credential other than `current` useless, so no value
+    /// issued before it still logs in. For alternating users that is the standby user's
+    /// password, set to a random value nobody keeps. Returns what was invalidated, for the
+    /// audit record; `None` where CURRENT is the only credential the target accepts.
+    async fn invalidate_others(&self, current: &SecretData) -> Result<Option<String>, TargetError> {
+        let _ = current;
+        Ok(None)
+    }
 }

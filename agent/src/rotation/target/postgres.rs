@@ -588,6 +588,23 @@ impl Target for Postgres {
         d
     }
 
+    async fn invalidate_others(&self, current: &SecretData) -> Result<Option<String>, TargetError> {
+        if self.strategy != Strategy::Alternating {
+            return Ok(None);
+        }
+        let in_use = field_str(current, USERNAME);
+        let Some(standby) = self.users.iter().find(|u| Some(u.as_str()) != in_use) else {
+            return Ok(None);
+        };
+        // Random, never stored: the standby user is unusable until the next rotation sets it.
+        let throwaway = crate::rotation::generate::generate(&crate::policy::Generator {
+            length: 48,
+            alphabet: crate::policy::CHARSETS[0].1.chars().collect(),
+        });
+        self.reset_password(standby, &throwaway).await?;
+        Ok(Some(format!("standby role \"{standby}\" password reset")))
+    }
+
     async fn set(&self, pending: &SecretData) -> Result<(), TargetError> {
         let user = field_str(pending, USERNAME)
             .ok_or_else(|| self.refused("pending credential has no username".into()))?;

@@ -59,6 +59,18 @@ impl FileSink {
             Err(e) => return Err(open_err(e)),
         };
         let is_file = file.metadata().map_err(open_err)?.is_file();
+        if is_file {
+            // One writer per file: a second process appending to the same chain would fork it
+            // (two events with one sequence number). The lock goes with the descriptor.
+            use rustix::fs::{FlockOperation, flock};
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(SinkError::InUse { path: path.clone() });
+                }
+                Err(e) => return Err(open_err(e.into())),
+            }
+        }
         let name = format!("file {}", path.display());
         let mut sink = Self {
             path,

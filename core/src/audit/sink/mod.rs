@@ -37,6 +37,14 @@ pub trait AuditSink: Send + std::fmt::Debug {
 /// Errors opening or writing a sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Another process (or another log in this one) has the file open for writing.
+    #[error(
+        "audit file {path} is in use by another keyturn process; give each process its own audit file"
+    )]
+    InUse {
+        /// The audit file.
+        path: PathBuf,
+    },
     /// The file could not be opened or created.
     #[error("cannot open audit file {path}: {source}")]
     Open {
