@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod audit;
 pub mod audit_log;
+pub mod break_glass;
 pub mod completions;
 pub mod doctor;
 pub mod exit;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Check and read the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Emergency actions on a leaked or stuck credential (audited, reason required).
+    #[command(subcommand, name = "break-glass")]
+    BreakGlass(break_glass::BreakGlassCommand),
     /// Work with rotation policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -121,6 +125,7 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     let code = match cli.command {
         Command::Audit(cmd) => audit::run(cmd),
+        Command::BreakGlass(cmd) => break_glass::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Rotate(args) => rotate::run(args),
         Command::Run(args) => run::run(args),
