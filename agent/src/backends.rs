@@ -11,7 +11,7 @@ use crate::rotation::store::aws_sm::{self, AwsSmStore};
 use crate::rotation::store::vault_kv::VaultKvStore;
 use crate::rotation::target::Target;
 use crate::rotation::target::generated::Generated;
-use crate::rotation::target::postgres::{AdminFn, BoxError, Postgres};
+use crate::rotation::target::postgres::{AdminFn, AdminPool, BoxError, Postgres};
 
 /// A policy needs a backend this process was not given.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct Backends {
     pub vault: Option<Arc<Vault>>,
     /// AWS Secrets Manager, from the standard credential chain.
     pub aws: Option<aws_sm::sdk::Client>,
+    /// Idle PostgreSQL admin connections, shared by every PostgreSQL target.
+    pub pg_admin: Arc<AdminPool>,
 }
 
 impl Backends {
@@ -113,13 +115,16 @@ impl Backends {
                     let store = admin_store.clone();
                     let at = at.clone();
                     async move {
-                        let view = store.view().await.map_err(|e| Box::new(e) as BoxError)?;
-                        view.current
+                        let current = store.current().await.map_err(|e| Box::new(e) as BoxError)?;
+                        current
                             .map(|c| c.fields)
                             .ok_or_else(|| format!("no admin credential stored at {at}").into())
                     }
                 });
-                Ok(Arc::new(Postgres::with_admin_source(pg, Arc::new(source))))
+                Ok(Arc::new(
+                    Postgres::with_admin_source(pg, Arc::new(source))
+                        .with_pool(self.pg_admin.clone()),
+                ))
             }
         }
     }

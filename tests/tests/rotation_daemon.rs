@@ -260,8 +260,15 @@ impl Daemon {
         let f = std::fs::File::create(&log).unwrap();
         let mut args = vec!["run", "--grace", "10s"];
         args.extend_from_slice(extra);
-        let child = e
-            .cmd(&args, holder)
+        let mut cmd = e.cmd(&args, holder);
+        if holder != "agent-1" {
+            // One writer per audit file: a second daemon keeps its own.
+            cmd.env(
+                "KEYTURN_AUDIT_FILE",
+                e.dir.path().join(format!("{holder}-audit.jsonl")),
+            );
+        }
+        let child = cmd
             .stdout(Stdio::from(f.try_clone().unwrap()))
             .stderr(Stdio::from(f))
             .spawn()
@@ -352,6 +359,9 @@ async fn two_daemons_on_one_policy_set_rotate_each_policy_once() {
     let (s1, l1) = d1.stop();
     let (s2, l2) = d2.stop();
     assert!(s1.success() && s2.success(), "{l1}\n{l2}");
+    e.verify_audit();
+    let report = keyturn_core::audit::verify(&[e.dir.path().join("agent-2-audit.jsonl")]);
+    assert!(report.is_ok(), "second daemon's audit chain: {report:?}");
     for n in &names {
         assert_eq!(
             e.current(n).await.unwrap().1,

@@ -122,6 +122,7 @@ impl RotationArgs {
             backends: Backends {
                 vault: Some(vault),
                 aws,
+                ..Backends::default()
             },
             audit,
         })

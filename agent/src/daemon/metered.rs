@@ -57,6 +57,12 @@ impl Store for Metered {
         r
     }
 
+    async fn current(&self) -> Result<Option<Current>, StoreError> {
+        let r = self.inner.current().await;
+        self.count("read-current", &r);
+        r
+    }
+
     async fn write_state(&self, fence: &Fence, state: &StateRecord) -> Result<Fence, StoreError> {
         let r = self.inner.write_state(fence, state).await;
         self.count("write-state", &r);

@@ -147,9 +147,33 @@ pub struct AuditStats {
 /// queues up, so the more callers wait, the more one sync covers.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Request>,
+    writer: Arc<WriterHandle>,
     key: Arc<HmacKey>,
     shared: Arc<Shared>,
+}
+
+/// The way to the writer thread. When the last [`AuditLog`] clone goes, dropping this closes
+/// the queue and waits for the thread to finish its batch and close the sinks, so the audit
+/// file's writer lock is free by the time the log is gone (a reopen right after works).
+#[derive(Debug)]
+struct WriterHandle {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    fn tx(&self) -> Result<&mpsc::Sender<Request>, AuditError> {
+        self.tx.as_ref().ok_or(AuditError::Closed)
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -251,12 +275,15 @@ impl AuditLog {
             shared: Arc::clone(&shared),
             max_batch,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("keyturn-audit".to_owned())
             .spawn(move || writer.run())
             .map_err(|source| AuditError::Spawn { source })?;
         Ok(AuditLog {
-            tx,
+            writer: Arc::new(WriterHandle {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
             key: Arc::new(key),
             shared,
         })
@@ -273,7 +300,8 @@ impl AuditLog {
             return Err(p.error());
         }
         let (reply, answer) = oneshot::channel();
-        self.tx
+        self.writer
+            .tx()?
             .send(Request { event, reply })
             .await
             .map_err(|_| AuditError::Closed)?;
@@ -305,7 +333,9 @@ impl AuditLog {
     /// Events queued for the writer and not yet taken into a batch.
     #[must_use]
     pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.writer
+            .tx()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
     }
 
     /// Counters since open.

@@ -198,6 +198,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reads CURRENT, the in-flight record and the last rotation.
     async fn view(&self) -> Result<StoreView, StoreError>;
 
+    /// Reads CURRENT alone (an admin credential read at each use needs no state).
+    async fn current(&self) -> Result<Option<Current>, StoreError> {
+        Ok(self.view().await?.current)
+    }
+
     /// Replaces the state record if it is still at `fence`; returns the new fence. When the
     /// record carries a [`Step::Created`] rotation, this is where its PENDING value becomes
     /// durable; when it carries none, any PENDING copy is removed.

@@ -196,7 +196,13 @@ impl Store for VaultKvStore {
     }
 
     async fn view(&self) -> Result<StoreView, StoreError> {
-        let current = match self.vault.kv2_read(&self.mount, &self.path, None).await {
+        // Two independent reads: concurrently, as a rotation starts with this.
+        let state_path = self.state_path();
+        let (current, state) = tokio::join!(
+            self.vault.kv2_read(&self.mount, &self.path, None),
+            self.vault.kv2_read(&self.mount, &state_path, None)
+        );
+        let current = match current {
             Ok(v) => Some(Current {
                 fields: v.data,
                 version: v.version.to_string(),
@@ -204,11 +210,7 @@ impl Store for VaultKvStore {
             Err(VaultError::NotFound { .. }) => None,
             Err(e) => return Err(self.backend(e)),
         };
-        let (state, fence) = match self
-            .vault
-            .kv2_read(&self.mount, &self.state_path(), None)
-            .await
-        {
+        let (state, fence) = match state {
             Ok(v) => (self.parse_state(&v.data)?, Fence(v.version.to_string())),
             Err(VaultError::NotFound { .. }) => (StateRecord::default(), Fence("0".into())),
             Err(e) => return Err(self.backend(e)),
@@ -218,6 +220,17 @@ impl Store for VaultKvStore {
             state,
             fence,
         })
+    }
+
+    async fn current(&self) -> Result<Option<Current>, StoreError> {
+        match self.vault.kv2_read(&self.mount, &self.path, None).await {
+            Ok(v) => Ok(Some(Current {
+                fields: v.data,
+                version: v.version.to_string(),
+            })),
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend(e)),
+        }
     }
 
     async fn write_state(&self, fence: &Fence, state: &StateRecord) -> Result<Fence, StoreError> {

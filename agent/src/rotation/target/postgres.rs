@@ -148,6 +148,55 @@ pub struct Postgres {
     ca: Option<Arc<Vec<CertificateDer<'static>>>>,
     tls_connector: Arc<OnceLock<MakeRustlsConnect>>,
     timeout: Duration,
+    pool: Arc<AdminPool>,
+}
+
+/// Idle admin connections, shared by every target of a process (see [`Postgres::with_pool`]).
+///
+/// A rotation's `set` runs one `ALTER ROLE` as the admin; opening a fresh connection for it
+/// (backend start + SCRAM login) costs the server several times the statement itself. A
+/// connection is reused only for the same server, database and admin role **and** the same
+/// admin password (compared in constant time), so an admin password rotated elsewhere is
+/// picked up on the next use; a closed connection is dropped. At most
+/// [`AdminPool::MAX_IDLE`] idle connections are kept per admin.
+#[derive(Default)]
+pub struct AdminPool {
+    idle: std::sync::Mutex<
+        std::collections::HashMap<String, Vec<(SecretValue, tokio_postgres::Client)>>,
+    >,
+}
+
+impl fmt::Debug for AdminPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminPool").finish_non_exhaustive()
+    }
+}
+
+impl AdminPool {
+    /// Idle connections kept per admin.
+    pub const MAX_IDLE: usize = 8;
+
+    fn take(&self, key: &str, password: &SecretValue) -> Option<tokio_postgres::Client> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = idle.get_mut(key)?;
+        // Entries for an old password can never match again: drop them.
+        list.retain(|(pw, c)| pw.ct_eq(password) && !c.is_closed());
+        list.pop().map(|(_, c)| c)
+    }
+
+    fn put(&self, key: String, password: SecretValue, client: tokio_postgres::Client) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = idle.entry(key).or_default();
+        if list.len() < Self::MAX_IDLE {
+            list.push((password, client));
+        }
+    }
 }
 
 impl fmt::Debug for Postgres {
@@ -210,7 +259,15 @@ impl Postgres {
             ca: None,
             tls_connector: Arc::new(OnceLock::new()),
             timeout: DEFAULT_TIMEOUT,
+            pool: Arc::default(),
         }
+    }
+
+    /// Reuses admin connections from `pool` (one pool per process, shared by its targets).
+    #[must_use]
+    pub fn with_pool(mut self, pool: Arc<AdminPool>) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// Sets the TLS mode (default [`TlsMode::Prefer`]).
@@ -291,10 +348,15 @@ impl Postgres {
         // The verifier is salted and iterated; the cleartext stays in this process.
         let verifier = Zeroizing::new(postgres_protocol::password::scram_sha_256(value.expose()));
         let sql = Zeroizing::new(alter_role_sql(user, &verifier));
+        let key = format!("{}:{}/{}/{admin_user}", self.host, self.port, self.database);
         self.bounded(async {
-            let client = self
-                .connect(admin_user, admin_pw.expose(), Doing::AdminLogin(admin_user))
-                .await?;
+            let client = match self.pool.take(&key, admin_pw) {
+                Some(c) => c,
+                None => {
+                    self.connect(admin_user, admin_pw.expose(), Doing::AdminLogin(admin_user))
+                        .await?
+                }
+            };
             client.batch_execute(&sql).await.map_err(|e| {
                 self.classify(
                     &e,
@@ -303,7 +365,9 @@ impl Postgres {
                         admin: admin_user,
                     },
                 )
-            })
+            })?;
+            self.pool.put(key.clone(), admin_pw.clone(), client);
+            Ok(())
         })
         .await?;
         tracing::info!(server = %self.describe(), role = user, "password changed");

@@ -383,3 +383,25 @@ async fn a_full_file_system_fails_the_record_and_everything_after_it() {
     }
     drop(log);
 }
+
+#[tokio::test]
+async fn a_second_writer_on_one_file_is_refused_and_the_first_keeps_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let first = open_file_log(&path);
+    first.record(event(&first, 0)).await.unwrap();
+    let second = AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&path));
+    let err = second.expect_err("a second writer must be refused");
+    assert!(
+        err.to_string()
+            .contains("in use by another keyturn process"),
+        "{err}"
+    );
+    first.record(event(&first, 1)).await.unwrap();
+    drop(first);
+    // Once the first is gone the file is free again, and the chain continues.
+    let again = open_file_log(&path);
+    again.record(event(&again, 2)).await.unwrap();
+    drop(again);
+    assert_eq!(verified_events(&path), 3);
+}
