@@ -153,15 +153,9 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
             exit::USAGE
         };
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keyturn: cannot start runtime: {e}");
-            return exit::SOFTWARE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let p = match c.common.prepare().await {

@@ -136,15 +136,9 @@ pub fn run(args: DoctorArgs) -> u8 {
             }
         },
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keyturn: cannot start runtime: {e}");
-            return exit::SOFTWARE;
-        }
+        Err(code) => return code,
     };
     let mut report = Report::default();
     rt.block_on(async {

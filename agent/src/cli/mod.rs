@@ -84,6 +84,18 @@ pub enum Command {
     Man(completions::ManArgs),
 }
 
+/// A single-threaded Tokio runtime for a command that needs async, or the exit code after
+/// saying why there is none.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("keyturn: cannot start runtime: {e}");
+            exit::SOFTWARE
+        })
+}
+
 /// Parses the process's arguments. On a usage error, prints clap's message and returns exit
 /// code 64; for `--help`/`--version`, prints and returns 0.
 ///

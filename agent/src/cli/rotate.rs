@@ -26,15 +26,9 @@ pub const BUSY: u8 = 75;
 /// Runs the subcommand; returns the exit code.
 #[must_use]
 pub fn run(args: RotateArgs) -> u8 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keyturn: cannot start runtime: {e}");
-            return exit::SOFTWARE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         // Check the name before any network call.

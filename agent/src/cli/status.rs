@@ -16,17 +16,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
-use keyturn_core::vault::{RetryPolicy, SecretData, Vault, VaultError};
-use serde::{Deserialize, Serialize};
+use keyturn_core::vault::{RetryPolicy, Vault, VaultError};
+use serde::Serialize;
 
 use super::doctor::human;
 use super::exit;
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::policy::{self, Policy, StoreRef};
+use crate::rotation::store::StateRecord;
 use crate::rotation::store::aws_sm;
-use crate::rotation::store::vault_kv::STATE_PREFIX;
-use crate::rotation::store::{InFlight, LastRotation, StateRecord, Step, Taint};
 use crate::schedule::jittered;
 
 /// `keyturn status`.
@@ -63,13 +62,6 @@ impl ReadError {
         Self {
             message: e.to_string(),
             code,
-        }
-    }
-
-    fn corrupt(store: &str, what: impl std::fmt::Display) -> Self {
-        Self {
-            message: format!("{store}: corrupt rotation state: {what}"),
-            code: exit::SOFTWARE,
         }
     }
 }
@@ -304,15 +296,9 @@ pub fn run(args: StatusArgs) -> u8 {
     } else {
         None
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keyturn: cannot start runtime: {e}");
-            return exit::SOFTWARE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         // A short retry: status is for a person waiting at a terminal.
@@ -340,11 +326,16 @@ pub fn run(args: StatusArgs) -> u8 {
         let mut set = tokio::task::JoinSet::new();
         let limit = Arc::new(tokio::sync::Semaphore::new(16));
         for (i, p) in policies.iter().enumerate() {
-            let (store, vault, aws, limit) =
-                (p.store.clone(), vault.clone(), aws.clone(), limit.clone());
+            let (name, store, vault, aws, limit) = (
+                p.name.clone(),
+                p.store.clone(),
+                vault.clone(),
+                aws.clone(),
+                limit.clone(),
+            );
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                (i, read_state(&store, vault, aws).await)
+                (i, read_state(&name, &store, vault, aws).await)
             });
         }
         let mut states: Vec<Option<Result<StateRecord, ReadError>>> = vec![None; policies.len()];
@@ -381,226 +372,41 @@ pub fn run(args: StatusArgs) -> u8 {
     })
 }
 
-/// Reads the rotation state (no credential) of the store at `r`.
+/// Reads the rotation state (no credential) of the store at `r`, through the store itself.
 async fn read_state(
+    name: &str,
     r: &StoreRef,
     vault: Option<Result<Arc<Vault>, ReadError>>,
     aws: Option<aws_sm::sdk::Client>,
 ) -> Result<StateRecord, ReadError> {
-    match r {
-        StoreRef::VaultKv { mount, path } => {
-            let vault = vault.ok_or_else(|| ReadError {
-                message: "Vault is not configured".to_owned(),
-                code: exit::SOFTWARE,
-            })??;
-            let state_path = format!("{STATE_PREFIX}/{}", path.trim_matches('/'));
-            match vault.kv2_read(mount, &state_path, None).await {
-                Ok(v) => parse_vault_state(&r.to_string(), &v.data),
-                Err(VaultError::NotFound { .. }) => Ok(StateRecord::default()),
-                Err(e) => Err(ReadError::vault(&e)),
-            }
-        }
-        StoreRef::AwsSecretsManager { secret_id, region } => {
-            let client = aws.ok_or_else(|| ReadError {
-                message: "AWS Secrets Manager is not configured".to_owned(),
-                code: exit::SOFTWARE,
-            })?;
-            let client = match region {
-                Some(reg) => aws_sm::with_region(&client, reg),
-                None => client,
-            };
-            read_aws_state(
-                &client,
-                &r.to_string(),
-                &aws_sm::default_state_id(secret_id),
-            )
-            .await
-        }
-    }
-}
-
-/// The Vault KV state entry's fields (see `rotation::store::vault_kv`), without the
-/// `pending.*` value fields.
-fn parse_vault_state(store: &str, d: &SecretData) -> Result<StateRecord, ReadError> {
-    let text = |k: &str| -> Result<Option<String>, ReadError> {
-        d.get(k)
-            .map(|v| {
-                v.expose_str()
-                    .map(str::to_owned)
-                    .map_err(|_| ReadError::corrupt(store, format!("{k} is not text")))
-            })
-            .transpose()
-    };
-    let at = |k: &str| -> Result<Option<DateTime<Utc>>, ReadError> {
-        text(k)?
-            .map(|s| {
-                DateTime::parse_from_rfc3339(&s)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| ReadError::corrupt(store, format!("{k} is not an RFC 3339 time")))
-            })
-            .transpose()
-    };
-    let last = match (
-        text("last_rotation_id")?,
-        at("last_started_at")?,
-        text("last_outcome")?,
-    ) {
-        (Some(rotation_id), Some(started_at), Some(outcome)) => Some(LastRotation {
-            rotation_id,
-            started_at,
-            outcome,
-        }),
-        _ => None,
-    };
-    let in_flight = match text("rotation_id")? {
+    let vault = match vault {
+        Some(v) => Some(v?),
         None => None,
-        Some(rotation_id) => Some(InFlight {
-            rotation_id,
-            step: text("step")?
-                .and_then(|s| Step::parse(&s))
-                .ok_or_else(|| ReadError::corrupt(store, "missing or unknown step"))?,
-            pending: SecretData::new(),
-            started_at: at("started_at")?
-                .ok_or_else(|| ReadError::corrupt(store, "missing started_at"))?,
-            holder: text("holder")?.unwrap_or_default(),
-            lease_until: at("lease_until")?.unwrap_or(DateTime::<Utc>::MIN_UTC),
-            attempts: text("attempts")?.and_then(|a| a.parse().ok()).unwrap_or(0),
-        }),
     };
-    let taint = match (
-        at("taint_at")?,
-        at("taint_rotate_after")?,
-        text("taint_by")?,
-    ) {
-        (Some(at), Some(rotate_after), Some(by)) => Some(Taint {
-            at,
-            rotate_after,
-            by,
-        }),
-        _ => None,
+    let backends = Backends {
+        vault,
+        aws,
+        ..Backends::default()
     };
-    Ok(StateRecord {
-        in_flight,
-        last,
-        taint,
-    })
-}
-
-/// The AWS state secret's JSON (see `rotation::store::aws_sm`): ids, steps and times only.
-#[derive(Deserialize)]
-struct AwsStateDoc {
-    #[serde(default)]
-    in_flight: Option<AwsInFlight>,
-    #[serde(default)]
-    last: Option<AwsLast>,
-    #[serde(default)]
-    taint: Option<AwsTaint>,
-}
-
-#[derive(Deserialize)]
-struct AwsInFlight {
-    rotation_id: String,
-    step: String,
-    holder: String,
-    lease_until: DateTime<Utc>,
-    started_at: DateTime<Utc>,
-    attempts: u32,
-}
-
-#[derive(Deserialize)]
-struct AwsLast {
-    rotation_id: String,
-    started_at: DateTime<Utc>,
-    outcome: String,
-}
-
-#[derive(Deserialize)]
-struct AwsTaint {
-    at: DateTime<Utc>,
-    rotate_after: DateTime<Utc>,
-    by: String,
-}
-
-async fn read_aws_state(
-    client: &aws_sm::sdk::Client,
-    store: &str,
-    state_id: &str,
-) -> Result<StateRecord, ReadError> {
-    use aws_sm::sdk::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-    let out = match client
-        .get_secret_value()
-        .secret_id(state_id)
-        .version_stage("AWSCURRENT")
-        .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(SdkError::ServiceError(se)) => {
-            let code = se.err().code().unwrap_or("UnknownError");
-            if code == "ResourceNotFoundException" {
-                return Ok(StateRecord::default());
-            }
-            let status = se.raw().status().as_u16();
-            return Err(ReadError {
-                message: format!(
-                    "{store}: GetSecretValue {state_id}: {code}: {}",
-                    se.err().message().unwrap_or_default()
-                ),
-                code: if status >= 500 || status == 429 {
-                    exit::UNAVAILABLE
-                } else if code == "AccessDeniedException" {
-                    exit::NO_PERMISSION
-                } else {
-                    exit::SOFTWARE
-                },
-            });
-        }
-        Err(e) => {
-            return Err(ReadError {
-                message: format!(
-                    "{store}: GetSecretValue {state_id}: {}",
-                    DisplayErrorContext(&e)
-                ),
-                code: exit::UNAVAILABLE,
-            });
-        }
-    };
-    let doc: AwsStateDoc = serde_json::from_str(out.secret_string().unwrap_or("{}"))
-        .map_err(|e| ReadError::corrupt(store, format!("state secret {state_id}: {e}")))?;
-    let in_flight = doc
-        .in_flight
-        .map(|f| {
-            Ok::<_, ReadError>(InFlight {
-                step: Step::parse(&f.step).ok_or_else(|| {
-                    ReadError::corrupt(store, format!("unknown step {:?}", f.step))
-                })?,
-                rotation_id: f.rotation_id,
-                pending: SecretData::new(),
-                started_at: f.started_at,
-                holder: f.holder,
-                lease_until: f.lease_until,
-                attempts: f.attempts,
-            })
-        })
-        .transpose()?;
-    Ok(StateRecord {
-        in_flight,
-        last: doc.last.map(|l| LastRotation {
-            rotation_id: l.rotation_id,
-            started_at: l.started_at,
-            outcome: l.outcome,
-        }),
-        taint: doc.taint.map(|t| Taint {
-            at: t.at,
-            rotate_after: t.rotate_after,
-            by: t.by,
-        }),
+    let store = backends.store_at(name, r).map_err(|e| ReadError {
+        message: e.to_string(),
+        code: exit::SOFTWARE,
+    })?;
+    store.state().await.map_err(|e| ReadError {
+        code: if e.is_permission_denied() {
+            exit::NO_PERMISSION
+        } else if e.is_retryable() {
+            exit::UNAVAILABLE
+        } else {
+            exit::SOFTWARE
+        },
+        message: e.to_string(),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use keyturn_core::SecretValue;
+    use crate::rotation::store::LastRotation;
 
     use super::*;
 
@@ -619,14 +425,6 @@ mod tests {
         policy::load(&f).unwrap().remove(0)
     }
 
-    fn data(fields: &[(&str, &str)]) -> SecretData {
-        let mut d = SecretData::new();
-        for (k, v) in fields {
-            d.insert(*k, SecretValue::from_str_copy(v));
-        }
-        d
-    }
-
     #[test]
     fn a_never_rotated_policy_says_never_and_is_due_now() {
         let now = t("2025-03-01T12:00:00Z");
@@ -641,49 +439,6 @@ mod tests {
         assert_eq!(c[3], "-");
         assert_eq!(c[4], "now");
         assert_eq!(c[5], "-");
-    }
-
-    #[test]
-    fn the_vault_state_entry_reads_without_its_pending_value() {
-        let d = data(&[
-            ("last_rotation_id", "r1"),
-            ("last_started_at", "2025-03-01T10:00:00+00:00"),
-            ("last_outcome", "ok"),
-            ("rotation_id", "r2"),
-            ("step", "set"),
-            ("holder", "agent-1"),
-            ("lease_until", "2025-03-01T12:05:00+00:00"),
-            ("started_at", "2025-03-01T11:59:00+00:00"),
-            ("attempts", "1"),
-            ("pending.value", "KTCANARY-pending"),
-            ("taint_at", "2025-03-01T09:00:00+00:00"),
-            ("taint_rotate_after", "2025-03-01T09:15:00+00:00"),
-            ("taint_by", "alice"),
-        ]);
-        let s = parse_vault_state("vault-kv:secret/keyturn/api", &d).unwrap();
-        let f = s.in_flight.as_ref().unwrap();
-        assert!(f.pending.is_empty());
-        assert_eq!(f.step, Step::Set);
-        let now = t("2025-03-01T12:00:00Z");
-        let r = row(&policy(), "vault-kv:secret/keyturn/api".into(), Ok(s), now);
-        assert_eq!(r.current_age_seconds, Some(7200));
-        assert_eq!(r.next_due, Some(t("2025-03-02T10:00:00Z")));
-        let c = cells(&r, now);
-        assert_eq!(c[2], "2025-03-01T10:00:00Z ok");
-        assert_eq!(c[3], "2h");
-        assert_eq!(c[4], "2025-03-02T10:00:00Z");
-        assert!(
-            c[5].contains("in flight: step set held by agent-1"),
-            "{}",
-            c[5]
-        );
-        assert!(
-            c[5].contains("tainted (rotate after 2025-03-01T09:15:00Z, by alice)"),
-            "{}",
-            c[5]
-        );
-        let json = serde_json::to_string(&r).unwrap();
-        assert!(!json.contains("KTCANARY"), "{json}");
     }
 
     #[test]

@@ -57,6 +57,12 @@ impl Store for Metered {
         r
     }
 
+    async fn state(&self) -> Result<StateRecord, StoreError> {
+        let r = self.inner.state().await;
+        self.count("read-state", &r);
+        r
+    }
+
     async fn current(&self) -> Result<Option<Current>, StoreError> {
         let r = self.inner.current().await;
         self.count("read-current", &r);

@@ -710,6 +710,10 @@ impl Store for AwsSmStore {
         format!("aws-secretsmanager:{}", self.secret_id)
     }
 
+    async fn state(&self) -> Result<StateRecord, StoreError> {
+        Ok(self.read_state().await?.0)
+    }
+
     async fn view(&self) -> Result<StoreView, StoreError> {
         let current = match self
             .get(&self.secret_id, Some(CURRENT), None)

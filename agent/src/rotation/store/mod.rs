@@ -198,6 +198,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reads CURRENT, the in-flight record and the last rotation.
     async fn view(&self) -> Result<StoreView, StoreError>;
 
+    /// Reads the rotation state alone (`keyturn status`: no credential needed).
+    async fn state(&self) -> Result<StateRecord, StoreError> {
+        Ok(self.view().await?.state)
+    }
+
     /// Reads CURRENT alone (an admin credential read at each use needs no state).
     async fn current(&self) -> Result<Option<Current>, StoreError> {
         Ok(self.view().await?.current)

@@ -222,6 +222,18 @@ impl Store for VaultKvStore {
         })
     }
 
+    async fn state(&self) -> Result<StateRecord, StoreError> {
+        match self
+            .vault
+            .kv2_read(&self.mount, &self.state_path(), None)
+            .await
+        {
+            Ok(v) => self.parse_state(&v.data),
+            Err(VaultError::NotFound { .. }) => Ok(StateRecord::default()),
+            Err(e) => Err(self.backend(e)),
+        }
+    }
+
     async fn current(&self) -> Result<Option<Current>, StoreError> {
         match self.vault.kv2_read(&self.mount, &self.path, None).await {
             Ok(v) => Ok(Some(Current {
