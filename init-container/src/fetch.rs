@@ -267,7 +267,7 @@ where
 }
 
 /// Reads in flight at once.
-pub const MAX_IN_FLIGHT: usize = 8;
+pub const MAX_IN_FLIGHT: usize = 16;
 
 /// A mount from `sys/internal/ui/mounts`: its path with a trailing `/`, and its engine.
 type Mount = (String, Engine);

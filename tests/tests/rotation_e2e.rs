@@ -547,3 +547,73 @@ async fn a_denied_secret_patch_is_reported_audited_and_left_resumable() {
     assert_eq!(e.secret().await.unwrap(), (user, password.clone()));
     e.assert_clean(&[&first, &denied, &resumed], &[old_password, password]);
 }
+
+#[tokio::test]
+async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_resumes_once_it_exists()
+ {
+    let e = Env::new().await;
+    let Some(standin) = e.cluster.standin() else {
+        // The kubeconfig below is built from the stand-in's plain URL and a token it issues.
+        return;
+    };
+    e.write_policy("alternating", "app_a, app_b");
+    // The Role keyturn itself prints for these policies, enforced by the stand-in.
+    let role = e.cmd(&["policy", "rbac"]).arg(e.policies()).output().await.unwrap();
+    assert!(role.status.success(), "{}", text(&role));
+    e.cluster
+        .client_with_role_as(&String::from_utf8(role.stdout).unwrap(), "keyturn-agent")
+        .await
+        .unwrap();
+    assert!(standin.rbac_enforced());
+    let token = e
+        .cluster
+        .service_account_token(e.cluster.namespace(), "keyturn-agent")
+        .await
+        .unwrap();
+    let kubeconfig = e.dir.path().join("agent-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: agent\ncurrent-context: c\nusers:\n- name: agent\n  user:\n    token: {token}\n",
+            e.cluster.kubernetes_host()
+        ),
+    )
+    .unwrap();
+    let rotate = || {
+        let mut c = e.cmd(&["rotate", "orders-db"]);
+        c.env("KUBECONFIG", &kubeconfig);
+        c
+    };
+
+    // No create in the generated Role: the absent Secret cannot be made.
+    let denied = rotate().output().await.unwrap();
+    assert_eq!(denied.status.code(), Some(77), "{}", text(&denied));
+    let msg = text(&denied);
+    assert!(
+        msg.contains("forbidden") && msg.contains("system:serviceaccount") && msg.contains(SECRET),
+        "names who, what and which object: {msg}"
+    );
+    assert_eq!(e.state().await["step"], "finished", "left resumable");
+    assert!(
+        e.audit_actions()
+            .iter()
+            .any(|(a, o)| a == "rotate.distribute" && o == "denied")
+    );
+
+    // An operator pre-creates the (empty) Secret, as the Role's header says; the next run
+    // resumes the same rotation and delivers it.
+    let empty: Secret =
+        serde_json::from_value(json!({"metadata": {"name": SECRET}})).unwrap();
+    Api::<Secret>::namespaced(e.cluster.client(), e.cluster.namespace())
+        .create(&PostParams::default(), &empty)
+        .await
+        .unwrap();
+    let resumed = rotate().output().await.unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
+    let (user, password, _) = e.current().await;
+    assert_eq!(e.secret().await.unwrap(), (user.clone(), password.clone()));
+    assert!(e.logs_in(&user, &password).await);
+    assert!(e.version_annotation().await.is_some(), "the Deployment rolled");
+    e.assert_clean(&[&denied, &resumed], &[password]);
+}
