@@ -554,6 +554,34 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
             .any(|ev| ev["action"] == "break-glass.reveal" && ev["value_hmac"] == hmac.as_str()),
         "the reveal is findable by the value's HMAC"
     );
+    // And through the command an investigator runs: the leaked value on stdin.
+    let mut search = e
+        .cmd(
+            &[
+                "audit",
+                "search",
+                "--value-hmac",
+                e.operator_audit().to_str().unwrap(),
+            ],
+            &e.operator_token,
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = search.stdin.take().unwrap();
+        stdin.write_all(revealed.as_bytes()).unwrap();
+    }
+    let found = search.wait_with_output().unwrap();
+    assert!(found.status.success(), "{}", text(&found));
+    assert!(
+        String::from_utf8_lossy(&found.stdout).contains("break-glass.reveal"),
+        "{}",
+        text(&found)
+    );
 
     // The daemon learns of it from the journal and rotates when the TTL has passed.
     let t0 = Instant::now();
@@ -578,5 +606,5 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
     );
     drop(daemon);
     let (_, now, _) = e.current().await;
-    e.assert_clean(&[&out, &again], &[&now, &revealed]);
+    e.assert_clean(&[&out, &again, &found], &[&now, &revealed]);
 }

@@ -558,7 +558,12 @@ async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_re
     };
     e.write_policy("alternating", "app_a, app_b");
     // The Role keyturn itself prints for these policies, enforced by the stand-in.
-    let role = e.cmd(&["policy", "rbac"]).arg(e.policies()).output().await.unwrap();
+    let role = e
+        .cmd(&["policy", "rbac"])
+        .arg(e.policies())
+        .output()
+        .await
+        .unwrap();
     assert!(role.status.success(), "{}", text(&role));
     e.cluster
         .client_with_role_as(&String::from_utf8(role.stdout).unwrap(), "keyturn-agent")
@@ -602,8 +607,7 @@ async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_re
 
     // An operator pre-creates the (empty) Secret, as the Role's header says; the next run
     // resumes the same rotation and delivers it.
-    let empty: Secret =
-        serde_json::from_value(json!({"metadata": {"name": SECRET}})).unwrap();
+    let empty: Secret = serde_json::from_value(json!({"metadata": {"name": SECRET}})).unwrap();
     Api::<Secret>::namespaced(e.cluster.client(), e.cluster.namespace())
         .create(&PostParams::default(), &empty)
         .await
@@ -614,6 +618,9 @@ async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_re
     let (user, password, _) = e.current().await;
     assert_eq!(e.secret().await.unwrap(), (user.clone(), password.clone()));
     assert!(e.logs_in(&user, &password).await);
-    assert!(e.version_annotation().await.is_some(), "the Deployment rolled");
+    assert!(
+        e.version_annotation().await.is_some(),
+        "the Deployment rolled"
+    );
     e.assert_clean(&[&denied, &resumed], &[password]);
 }
