@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use keyturn_agent::policy::{PostgresTarget, StoreRef, Strategy};
-use keyturn_agent::rotation::target::postgres::Postgres;
 use keyturn_core::SecretValue;
 use keyturn_core::audit::HmacKey;
-use keyturn_core::vault::SecretData;
-use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
+
+mod support;
+use support::text;
 
 struct Env {
     bao: OpenBao,
@@ -26,13 +26,6 @@ struct Env {
     dir: tempfile::TempDir,
 }
 
-fn login(user: &str, password: &str) -> SecretData {
-    let mut d = SecretData::new();
-    d.insert("username", SecretValue::from_str_copy(user));
-    d.insert("password", SecretValue::from_str_copy(password));
-    d
-}
-
 impl Env {
     async fn new(strategy: &str) -> Self {
         let (bao, pg) = tokio::join!(
@@ -40,43 +33,7 @@ impl Env {
             PgServer::start_with(&[("log_statement", "all")])
         );
         let (bao, pg) = (bao.unwrap(), pg.unwrap());
-        pg.admin()
-            .await
-            .unwrap()
-            .batch_execute(
-                "CREATE ROLE keyturn_admin LOGIN CREATEROLE; CREATE ROLE app_a LOGIN; CREATE ROLE app_b LOGIN",
-            )
-            .await
-            .unwrap();
-        let admin_password = canary("pg-admin");
-        let spec = PostgresTarget {
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            database: "postgres".into(),
-            admin: StoreRef::VaultKv {
-                mount: "secret".into(),
-                path: "keyturn/pg-admin".into(),
-            },
-            users: vec!["keyturn_admin".into()],
-            strategy: Strategy::Single,
-        };
-        Postgres::new(&spec, login("postgres", pg.password()))
-            .reset_password(
-                "keyturn_admin",
-                &SecretValue::from_str_copy(&admin_password),
-            )
-            .await
-            .unwrap();
-        bao.root_client()
-            .unwrap()
-            .kv2_write(
-                "secret",
-                "keyturn/pg-admin",
-                &login("keyturn_admin", &admin_password),
-                None,
-            )
-            .await
-            .unwrap();
+        let admin_password = support::plant_admin(&bao, &pg).await;
         let root = keyturn_tests::tools::repo_root();
         for (name, file) in [
             ("keyturn-agent", "policies/vault/keyturn-agent.hcl"),
@@ -159,27 +116,15 @@ impl Env {
     }
 
     async fn current(&self) -> (String, String, u64) {
-        let r = self
-            .bao
-            .root_client()
-            .unwrap()
-            .kv2_read("secret", "keyturn/orders-db", None)
-            .await
-            .unwrap();
-        let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
-        (f("username"), f("password"), r.version)
+        support::current(&self.bao, "orders-db").await
     }
 
     async fn state(&self) -> serde_json::Value {
-        self.bao
-            .api("GET", "secret/data/keyturn-state/keyturn/orders-db", None)
-            .await
-            .map(|v| v["data"]["data"].clone())
-            .unwrap_or_default()
+        support::state(&self.bao, "orders-db").await
     }
 
     async fn logs_in(&self, user: &str, password: &str) -> bool {
-        self.pg.connect_as(user, password).await.is_ok()
+        support::logs_in(&self.pg, user, password).await
     }
 
     fn events(&self) -> Vec<serde_json::Value> {
@@ -228,14 +173,6 @@ impl Env {
         }
         assert_absent("PostgreSQL log", self.pg.log().as_bytes(), &canaries);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 const REASON: &str = "INC-4711 password pasted in a public channel";

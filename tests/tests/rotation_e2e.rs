@@ -16,11 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use keyturn_agent::policy::{PostgresTarget, StoreRef, Strategy};
-use keyturn_agent::rotation::target::postgres::Postgres;
-use keyturn_core::SecretValue;
-use keyturn_core::vault::SecretData;
-use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::canary::assert_absent;
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
@@ -28,7 +24,9 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-const ADMIN_ROLE: &str = "keyturn_admin";
+mod support;
+use support::text;
+
 const SECRET: &str = "orders-db";
 const DEPLOYMENT: &str = "orders-api";
 
@@ -39,13 +37,6 @@ struct Env {
     cluster: TestCluster,
     admin_password: String,
     dir: tempfile::TempDir,
-}
-
-fn login(user: &str, password: &str) -> SecretData {
-    let mut d = SecretData::new();
-    d.insert("username", SecretValue::from_str_copy(user));
-    d.insert("password", SecretValue::from_str_copy(password));
-    d
 }
 
 impl Env {
@@ -59,40 +50,7 @@ impl Env {
             TestCluster::start()
         );
         let (bao, pg, cluster) = (bao.unwrap(), pg.unwrap(), cluster.unwrap());
-        let su = pg.admin().await.unwrap();
-        su.batch_execute(&format!(
-            "CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE; CREATE ROLE app_a LOGIN; CREATE ROLE app_b LOGIN"
-        ))
-        .await
-        .unwrap();
-        // Planted the way keyturn sets passwords (a SCRAM verifier), so planting it does not
-        // put it in the server log either.
-        let admin_password = canary("pg-admin");
-        let spec = PostgresTarget {
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            database: "postgres".into(),
-            admin: StoreRef::VaultKv {
-                mount: "secret".into(),
-                path: "keyturn/pg-admin".into(),
-            },
-            users: vec![ADMIN_ROLE.into()],
-            strategy: Strategy::Single,
-        };
-        Postgres::new(&spec, login("postgres", pg.password()))
-            .reset_password(ADMIN_ROLE, &SecretValue::from_str_copy(&admin_password))
-            .await
-            .unwrap();
-        bao.root_client()
-            .unwrap()
-            .kv2_write(
-                "secret",
-                "keyturn/pg-admin",
-                &login(ADMIN_ROLE, &admin_password),
-                None,
-            )
-            .await
-            .unwrap();
+        let admin_password = support::plant_admin(&bao, &pg).await;
         let hcl = std::fs::read_to_string(
             keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
         )
@@ -184,25 +142,16 @@ impl Env {
         secret_login(&self.cluster).await
     }
 
-    /// `(username, password, version)` of CURRENT in OpenBao.
     async fn current(&self) -> (String, String, u64) {
-        let r = self
-            .bao
-            .root_client()
-            .unwrap()
-            .kv2_read("secret", "keyturn/orders-db", None)
-            .await
-            .unwrap();
-        let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
-        (f("username"), f("password"), r.version)
+        support::current(&self.bao, "orders-db").await
     }
 
     async fn state(&self) -> serde_json::Value {
-        self.bao
-            .api("GET", "secret/data/keyturn-state/keyturn/orders-db", None)
-            .await
-            .unwrap()["data"]["data"]
-            .clone()
+        support::state(&self.bao, "orders-db").await
+    }
+
+    async fn logs_in(&self, user: &str, password: &str) -> bool {
+        support::logs_in(&self.pg, user, password).await
     }
 
     async fn version_annotation(&self) -> Option<String> {
@@ -216,13 +165,6 @@ impl Env {
             .annotations?
             .get("keyturn.dev/version")
             .cloned()
-    }
-
-    async fn logs_in(&self, user: &str, password: &str) -> bool {
-        match self.pg.connect_as(user, password).await {
-            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
-            Err(_) => false,
-        }
     }
 
     fn audit_actions(&self) -> Vec<(String, String)> {
@@ -266,14 +208,6 @@ async fn secret_login(c: &TestCluster) -> Option<(String, String)> {
     let data = s.data?;
     let f = |k: &str| data.get(k).map(|b| String::from_utf8(b.0.clone()).unwrap());
     Some((f("DB_USER")?, f("DB_PASSWORD")?))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,108 @@
+//! What the PostgreSQL rotation end-to-end tests share: the admin set-up, reads of CURRENT
+//! and of the rotation state, and process output as text.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::process::Output;
+
+use keyturn_agent::policy::{PostgresTarget, StoreRef, Strategy};
+use keyturn_agent::rotation::target::postgres::Postgres;
+use keyturn_core::SecretValue;
+use keyturn_core::vault::SecretData;
+use keyturn_tests::canary::canary;
+use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::postgres::Postgres as PgServer;
+
+/// The admin role the tests create.
+pub const ADMIN_ROLE: &str = "keyturn_admin";
+
+/// `{username, password}`.
+pub fn login(user: &str, password: &str) -> SecretData {
+    let mut d = SecretData::new();
+    d.insert("username", SecretValue::from_str_copy(user));
+    d.insert("password", SecretValue::from_str_copy(password));
+    d
+}
+
+/// Creates the roles `app_a`, `app_b` and an admin with CREATEROLE whose password, a
+/// canary, is stored in OpenBao at `secret/keyturn/pg-admin`; returns that password. It is
+/// planted the way keyturn sets passwords (a SCRAM verifier), so planting it does not put it
+/// in the server log.
+pub async fn plant_admin(bao: &OpenBao, pg: &PgServer) -> String {
+    pg.admin()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE; CREATE ROLE app_a LOGIN; CREATE ROLE app_b LOGIN"
+        ))
+        .await
+        .unwrap();
+    let admin_password = canary("pg-admin");
+    let spec = PostgresTarget {
+        host: "127.0.0.1".into(),
+        port: pg.port(),
+        database: "postgres".into(),
+        admin: StoreRef::VaultKv {
+            mount: "secret".into(),
+            path: "keyturn/pg-admin".into(),
+        },
+        users: vec![ADMIN_ROLE.into()],
+        strategy: Strategy::Single,
+    };
+    Postgres::new(&spec, login("postgres", pg.password()))
+        .reset_password(ADMIN_ROLE, &SecretValue::from_str_copy(&admin_password))
+        .await
+        .unwrap();
+    bao.root_client()
+        .unwrap()
+        .kv2_write(
+            "secret",
+            "keyturn/pg-admin",
+            &login(ADMIN_ROLE, &admin_password),
+            None,
+        )
+        .await
+        .unwrap();
+    admin_password
+}
+
+/// `(username, password, version)` of CURRENT at `secret/keyturn/NAME`.
+pub async fn current(bao: &OpenBao, name: &str) -> (String, String, u64) {
+    let r = bao
+        .root_client()
+        .unwrap()
+        .kv2_read("secret", &format!("keyturn/{name}"), None)
+        .await
+        .unwrap();
+    let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
+    (f("username"), f("password"), r.version)
+}
+
+/// The rotation state entry of `secret/keyturn/NAME` (empty when there is none).
+pub async fn state(bao: &OpenBao, name: &str) -> serde_json::Value {
+    bao.api(
+        "GET",
+        &format!("secret/data/keyturn-state/keyturn/{name}"),
+        None,
+    )
+    .await
+    .map(|v| v["data"]["data"].clone())
+    .unwrap_or_default()
+}
+
+/// Whether `user`/`password` logs in.
+pub async fn logs_in(pg: &PgServer, user: &str, password: &str) -> bool {
+    match pg.connect_as(user, password).await {
+        Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// stdout then stderr, as text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
