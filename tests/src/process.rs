@@ -187,3 +187,24 @@ pub async fn port_open(port: u16) -> bool {
         .await
         .is_ok()
 }
+
+/// How long [`eventually`] waits before it calls a test hung. A hang guard, not a speed
+/// assertion: generous enough that a slow, shared machine never trips it.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// Polls `cond` every 100 ms until it holds; panics naming `what` if it never does within
+/// [`HANG_GUARD`]. Tests wait on outcomes (a rotation happened), never on how fast.
+///
+/// # Panics
+/// When `cond` has not held within [`HANG_GUARD`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < HANG_GUARD, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -6,13 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use keyturn_core::SecretValue;
 use keyturn_core::audit::HmacKey;
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
+use keyturn_tests::process::eventually;
 
 mod support;
 use support::text;
@@ -439,11 +439,10 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
         .unwrap(),
     );
     // The never-rotated policy is rotated at start-up.
-    let t0 = Instant::now();
-    while metric(&listen, "keyturn_rotations_total{") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no first rotation");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the first rotation", || async {
+        metric(&listen, "keyturn_rotations_total{") >= 1.0
+    })
+    .await;
     let (_, revealed, v1) = e.current().await;
 
     let file = e.dir.path().join("revealed.txt");
@@ -465,7 +464,10 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
         0o400
     );
     assert!(std::fs::read_to_string(&file).unwrap().contains(&revealed));
-    assert!(e.state().await.get("taint_at").is_some(), "tainted");
+    let rotate_after = e.state().await["taint_rotate_after"]
+        .as_str()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        .expect("tainted");
     let again = e.operator(&[
         "break-glass",
         "reveal",
@@ -521,21 +523,18 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
     );
 
     // The daemon learns of it from the journal and rotates when the TTL has passed.
-    let t0 = Instant::now();
-    loop {
-        if e.current().await.2 > v1 && e.state().await.get("taint_at").is_none() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the revealed value was not rotated after its TTL; daemon log:\n{}",
-            std::fs::read_to_string(e.dir.path().join("daemon.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the revealed value to be rotated after its TTL", || async {
+        e.current().await.2 > v1 && e.state().await.get("taint_at").is_none()
+    })
+    .await;
+    // Judged by the rotation's own recorded start, not by a clock in the test.
+    let started = e.state().await["last_started_at"]
+        .as_str()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        .expect("a last rotation");
     assert!(
-        t0.elapsed() >= Duration::from_millis(1500),
-        "not before the TTL"
+        started >= rotate_after,
+        "rotated at {started}, before the TTL ({rotate_after})"
     );
     assert_eq!(
         metric(&listen, "keyturn_breakglass_total{action=\"reveal\"}"),

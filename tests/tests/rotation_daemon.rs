@@ -6,10 +6,10 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::process::eventually;
 
 struct Env {
     bao: OpenBao,
@@ -298,20 +298,6 @@ impl Drop for Daemon {
 
 /// Waits for `cond` (checked every 100 ms) for up to a minute: a synchronisation point, not
 /// a timing assertion.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn the_daemon_rotates_never_rotated_policies_at_start_up_and_stops_on_sigterm() {

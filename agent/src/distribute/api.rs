@@ -53,8 +53,13 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
 /// The pause before attempt `attempt + 1` after a 409: exponential from 25 ms, capped at 1 s,
 /// with jitter so that writers who collided once do not collide again in lockstep.
 pub(crate) fn conflict_backoff(attempt: u32) -> Duration {
-    let ceiling = 25u64.saturating_mul(1 << attempt.min(6)).min(1000);
+    let ceiling = backoff_ceiling_ms(attempt);
     Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+}
+
+/// The jitter range's top for `attempt`, in milliseconds.
+fn backoff_ceiling_ms(attempt: u32) -> u64 {
+    25u64.saturating_mul(1 << attempt.min(6)).min(1000)
 }
 
 /// `{"resourceVersion": ...}` out of `metadata`; what every view needs.
@@ -76,13 +81,22 @@ pub(crate) struct Written {
 mod tests {
     use super::*;
 
+    // Arithmetic on the computed pauses; nothing here reads a clock.
     #[test]
-    fn conflict_backoff_grows_and_is_capped() {
-        for _ in 0..50 {
-            let first = conflict_backoff(0);
-            assert!(first >= Duration::from_millis(12) && first <= Duration::from_millis(25));
-            assert!(conflict_backoff(20) <= Duration::from_secs(1));
-            assert!(conflict_backoff(20) >= Duration::from_millis(500));
+    fn the_backoff_ceiling_doubles_from_25_ms_and_stops_at_1_s() {
+        let ceilings: Vec<u64> = (0..8).map(backoff_ceiling_ms).collect();
+        assert_eq!(ceilings, [25, 50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff_ceiling_ms(u32::MAX), 1000);
+    }
+
+    #[test]
+    fn a_pause_is_jittered_within_the_upper_half_of_its_ceiling() {
+        for attempt in [0, 3, 20] {
+            let top = backoff_ceiling_ms(attempt);
+            for _ in 0..50 {
+                let ms = u64::try_from(conflict_backoff(attempt).as_millis()).unwrap();
+                assert!((top / 2..=top).contains(&ms), "attempt {attempt}: {ms} ms");
+            }
         }
     }
 }
