@@ -127,21 +127,10 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
         );
         return exit::USAGE;
     }
-    match crate::policy::load(&c.common.policies) {
-        Ok(ps) if !ps.iter().any(|p| p.name == c.policy) => {
-            eprintln!(
-                "keyturn: no policy named {:?} in {}",
-                c.policy,
-                c.common.policies.display()
-            );
-            return exit::USAGE;
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::USAGE;
-        }
-        Ok(_) => {}
-    }
+    let policies = match c.common.load_named(&c.policy) {
+        Ok(ps) => ps,
+        Err(code) => return code,
+    };
     if !c.yes && !confirm(action, c, &cmd) {
         return if std::io::stdin().is_terminal() {
             eprintln!("keyturn: not confirmed; nothing was done");
@@ -158,7 +147,7 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let p = match c.common.prepare().await {
+        let p = match c.common.prepare_with(policies).await {
             Ok(p) => p,
             Err(code) => return code,
         };

@@ -32,18 +32,11 @@ pub fn run(args: RotateArgs) -> u8 {
     };
     rt.block_on(async move {
         // Check the name before any network call.
-        match crate::policy::load(&args.common.policies) {
-            Ok(ps) if !ps.iter().any(|p| p.name == args.policy) => {
-                eprintln!(
-                    "keyturn: no policy named {:?} in {}",
-                    args.policy,
-                    args.common.policies.display()
-                );
-                return exit::USAGE;
-            }
-            _ => {}
-        }
-        let p = match args.common.prepare().await {
+        let policies = match args.common.load_named(&args.policy) {
+            Ok(ps) => ps,
+            Err(code) => return code,
+        };
+        let p = match args.common.prepare_with(policies).await {
             Ok(p) => p,
             Err(code) => return code,
         };

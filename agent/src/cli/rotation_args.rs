@@ -72,10 +72,40 @@ impl RotationArgs {
     /// # Errors
     /// The exit code, after printing one line per problem.
     pub async fn prepare(&self) -> Result<Prepared, u8> {
-        let policies = policy::load(&self.policies).map_err(|e| {
+        let policies = self.load_policies()?;
+        self.prepare_with(policies).await
+    }
+
+    /// Loads and validates the policy set, and checks that it has one named `name` (no
+    /// network): what `rotate` and `break-glass` check before anything else.
+    ///
+    /// # Errors
+    /// [`exit::USAGE`], after printing the problem.
+    pub fn load_named(&self, name: &str) -> Result<Vec<Policy>, u8> {
+        let policies = self.load_policies()?;
+        if policies.iter().any(|p| p.name == name) {
+            Ok(policies)
+        } else {
+            eprintln!(
+                "keyturn: no policy named {name:?} in {}",
+                self.policies.display()
+            );
+            Err(exit::USAGE)
+        }
+    }
+
+    fn load_policies(&self) -> Result<Vec<Policy>, u8> {
+        policy::load(&self.policies).map_err(|e| {
             eprintln!("{e}");
             exit::USAGE
-        })?;
+        })
+    }
+
+    /// [`RotationArgs::prepare`] with policies already loaded by [`RotationArgs::load_named`].
+    ///
+    /// # Errors
+    /// The exit code, after printing one line per problem.
+    pub async fn prepare_with(&self, policies: Vec<Policy>) -> Result<Prepared, u8> {
         let (cfg, method) = self.vault.prepare().map_err(|e| {
             eprintln!("keyturn: {e}");
             exit::USAGE
