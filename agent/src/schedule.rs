@@ -57,7 +57,7 @@ pub enum ScheduleError {
 }
 
 /// When a policy's rotations fall due.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
     /// A cron expression evaluated in a time zone.
     Cron {

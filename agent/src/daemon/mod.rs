@@ -384,11 +384,7 @@ impl Daemon {
         }
         let changed: BTreeMap<String, Arc<Policy>> = new
             .iter()
-            .filter(|(n, p)| {
-                old.get(*n)
-                    .is_none_or(|o| format!("{o:?}") != format!("{p:?}"))
-                    && !running.contains_key(*n)
-            })
+            .filter(|(n, p)| old.get(*n).is_none_or(|o| o != *p) && !running.contains_key(*n))
             .map(|(n, p)| (n.clone(), p.clone()))
             .collect();
         for (name, found) in self.scan(&changed).await {

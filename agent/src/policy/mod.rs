@@ -25,7 +25,7 @@ pub const KIND: &str = "RotationPolicy";
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
 /// One validated rotation policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// `metadata.name`, unique across the set.
     pub name: String,
@@ -78,7 +78,7 @@ impl std::fmt::Display for StoreRef {
 }
 
 /// What a credential is for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// No external system: a random token or API key.
     Generated,
@@ -87,7 +87,7 @@ pub enum Target {
 }
 
 /// A PostgreSQL target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresTarget {
     /// Server host.
     pub host: String,
@@ -139,7 +139,7 @@ pub const CHARSETS: &[(&str, &str)] = &[
 ];
 
 /// One Kubernetes Secret to keep in step with the store, and the workloads to roll.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Distribution {
     /// Namespace of the Secret.
     pub namespace: String,
