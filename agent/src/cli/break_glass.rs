@@ -529,15 +529,28 @@ fn exit_for(e: &crate::rotation::RotationError) -> u8 {
     }
 }
 
+/// Writes the fields to stdout through a duplicate of fd 1, not through std's stdout buffer,
+/// which is never zeroized and would keep a copy of the value.
 fn print_fields(d: &SecretData) {
-    let mut out = std::io::stdout().lock();
-    for (k, v) in d.iter() {
-        let _ = out.write_all(k.as_bytes());
-        let _ = out.write_all(b": ");
-        let _ = out.write_all(v.expose());
-        let _ = out.write_all(b"\n");
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let _ = stdout.lock().flush();
+    if let Ok(fd) = stdout.as_fd().try_clone_to_owned() {
+        let _ = std::fs::File::from(fd).write_all(&render_fields(d));
     }
-    let _ = out.flush();
+}
+
+/// `key: value` lines, in memory that is zeroized (sized up front, so never reallocated).
+fn render_fields(d: &SecretData) -> zeroize::Zeroizing<Vec<u8>> {
+    let len = d.iter().map(|(k, v)| k.len() + v.expose().len() + 3).sum();
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(len));
+    for (k, v) in d.iter() {
+        buf.extend_from_slice(k.as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(v.expose());
+        buf.push(b'\n');
+    }
+    buf
 }
 
 /// Creates `path` (never an existing file or a symlink) with mode 0400 and the fields.
@@ -549,13 +562,7 @@ fn write_private(path: &std::path::Path, d: &SecretData) -> std::io::Result<()> 
         .mode(0o400)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)?;
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    for (k, v) in d.iter() {
-        buf.extend_from_slice(k.as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(v.expose());
-        buf.push(b'\n');
-    }
+    let buf = render_fields(d);
     f.write_all(&buf)?;
     f.sync_all()
 }
