@@ -24,8 +24,8 @@ use super::exit;
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::policy::{self, Policy, StoreRef};
-use crate::rotation::store::StateRecord;
 use crate::rotation::store::aws_sm;
+use crate::rotation::store::{LastRotation, StateRecord, Taint};
 use crate::schedule::jittered;
 
 /// `keyturn status`.
@@ -74,7 +74,7 @@ struct Row {
     /// Where its credential lives (`vault-kv:secret/keyturn/orders-db`).
     store: String,
     /// The last rotation that completed or was given up.
-    last_rotation: Option<LastJson>,
+    last_rotation: Option<LastRotation>,
     /// Seconds since the last successful rotation started (the age of CURRENT).
     current_age_seconds: Option<i64>,
     /// When the schedule next falls due (the Unix epoch when it never rotated: due now).
@@ -84,18 +84,11 @@ struct Row {
     /// The rotation in flight.
     in_flight: Option<InFlightJson>,
     /// Set by `break-glass reveal`.
-    taint: Option<TaintJson>,
+    taint: Option<Taint>,
     /// Whether the last rotation failed.
     failed: bool,
     /// Why the state could not be read.
     error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-struct LastJson {
-    rotation_id: String,
-    started_at: DateTime<Utc>,
-    outcome: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -107,13 +100,6 @@ struct InFlightJson {
     lease_until: DateTime<Utc>,
     lease_expired: bool,
     attempts: u32,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-struct TaintJson {
-    at: DateTime<Utc>,
-    rotate_after: DateTime<Utc>,
-    by: String,
 }
 
 /// The row for `p` given its state (or why it could not be read), at `now`.
@@ -149,11 +135,7 @@ fn row(
     Row {
         policy: p.name.clone(),
         store,
-        last_rotation: state.last.as_ref().map(|l| LastJson {
-            rotation_id: l.rotation_id.clone(),
-            started_at: l.started_at,
-            outcome: l.outcome.clone(),
-        }),
+        last_rotation: state.last.clone(),
         current_age_seconds: last_ok.map(|t| (now - t).num_seconds()),
         next_due: Some(due),
         next_start: Some(jittered(&p.name, due, p.window)),
@@ -166,11 +148,7 @@ fn row(
             lease_expired: f.lease_until <= now,
             attempts: f.attempts,
         }),
-        taint: state.taint.as_ref().map(|t| TaintJson {
-            at: t.at,
-            rotate_after: t.rotate_after,
-            by: t.by.clone(),
-        }),
+        taint: state.taint.clone(),
         failed: state.last.as_ref().is_some_and(|l| l.outcome == "failed"),
         error: None,
     }

@@ -617,11 +617,7 @@ impl AwsSmStore {
                 self.state_id, doc.format
             )));
         }
-        let last = doc.last.map(|l| LastRotation {
-            rotation_id: l.rotation_id,
-            started_at: l.started_at,
-            outcome: l.outcome,
-        });
+        let last = doc.last;
         // The pending fields are filled in by `view` from the AWSPENDING version.
         let in_flight = doc
             .in_flight
@@ -639,11 +635,7 @@ impl AwsSmStore {
                 })
             })
             .transpose()?;
-        let taint = doc.taint.map(|t| Taint {
-            at: t.at,
-            rotate_after: t.rotate_after,
-            by: t.by,
-        });
+        let taint = doc.taint;
         Ok(StateRecord {
             in_flight,
             last,
@@ -925,17 +917,9 @@ struct StateDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     in_flight: Option<InFlightDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    last: Option<LastDoc>,
+    last: Option<LastRotation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    taint: Option<TaintDoc>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaintDoc {
-    at: DateTime<Utc>,
-    rotate_after: DateTime<Utc>,
-    by: String,
+    taint: Option<Taint>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -949,14 +933,6 @@ struct InFlightDoc {
     attempts: u32,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LastDoc {
-    rotation_id: String,
-    started_at: DateTime<Utc>,
-    outcome: String,
-}
-
 fn encode_state(state: &StateRecord) -> String {
     let doc = StateDoc {
         format: STATE_FORMAT,
@@ -968,16 +944,8 @@ fn encode_state(state: &StateRecord) -> String {
             started_at: f.started_at,
             attempts: f.attempts,
         }),
-        last: state.last.as_ref().map(|l| LastDoc {
-            rotation_id: l.rotation_id.clone(),
-            started_at: l.started_at,
-            outcome: l.outcome.clone(),
-        }),
-        taint: state.taint.as_ref().map(|t| TaintDoc {
-            at: t.at,
-            rotate_after: t.rotate_after,
-            by: t.by.clone(),
-        }),
+        last: state.last.clone(),
+        taint: state.taint.clone(),
     };
     // Only strings, numbers and times: serializing cannot fail.
     serde_json::to_string(&doc).unwrap_or_default()

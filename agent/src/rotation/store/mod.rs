@@ -75,8 +75,10 @@ pub struct InFlight {
     pub attempts: u32,
 }
 
-/// The last rotation that completed or was given up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The last rotation that completed or was given up. Serialized as is in the AWS state
+/// document and in `keyturn status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LastRotation {
     /// Its id.
     pub rotation_id: String,
@@ -112,8 +114,10 @@ pub struct StateRecord {
     pub taint: Option<Taint>,
 }
 
-/// A mark that CURRENT was revealed and must be rotated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A mark that CURRENT was revealed and must be rotated. Serialized as is in the AWS state
+/// document and in `keyturn status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Taint {
     /// When it was revealed.
     pub at: DateTime<Utc>,
