@@ -38,8 +38,7 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// One file to write.
-#[derive(Debug)]
+/// One file to write. `Debug` shows the content's length, never the content.
 pub struct Item<'a> {
     /// The directory it goes in.
     pub dir: &'a OutDir,
@@ -49,6 +48,17 @@ pub struct Item<'a> {
     pub content: &'a [u8],
     /// Permission bits.
     pub mode: u32,
+}
+
+impl std::fmt::Debug for Item<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("dir", &self.dir.path())
+            .field("rel", &self.rel)
+            .field("content_len", &self.content.len())
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .finish()
+    }
 }
 
 /// What a successful write did.
@@ -516,6 +526,22 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn an_item_debug_print_shows_no_content() {
+        let (_d, out) = setup();
+        let r = rel("token");
+        let item = Item {
+            dir: &out,
+            rel: &r,
+            content: b"s.hunter2",
+            mode: 0o400,
+        };
+        let shown = format!("{item:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("104, 117"), "{shown}"); // the bytes as a list
+        assert!(shown.contains("content_len: 9"), "{shown}");
     }
 
     #[test]
