@@ -27,11 +27,23 @@ pub fn disable_core_dumps() -> std::io::Result<()> {
 /// # Errors
 /// When `statfs` fails on `dir` (missing, permission denied).
 pub fn is_memory_backed(dir: &Path) -> std::io::Result<bool> {
-    let st = rustix::fs::statfs(dir).map_err(std::io::Error::from)?;
+    Ok(is_memory_fs(&rustix::fs::statfs(dir)?))
+}
+
+/// [`is_memory_backed`] for a directory already open (an `O_PATH` descriptor will do):
+/// `fstatfs`, so the path is not resolved again and cannot have been swapped since.
+///
+/// # Errors
+/// When `fstatfs` fails.
+pub fn is_memory_backed_fd(dir: impl std::os::fd::AsFd) -> std::io::Result<bool> {
+    Ok(is_memory_fs(&rustix::fs::fstatfs(dir)?))
+}
+
+fn is_memory_fs(st: &rustix::fs::StatFs) -> bool {
     // f_type's integer type differs between targets; widen before comparing.
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
     let magic = i64::from(st.f_type as i64);
-    Ok(magic == TMPFS_MAGIC || magic == RAMFS_MAGIC)
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 #[cfg(test)]
@@ -49,6 +61,16 @@ mod tests {
             return;
         }
         eprintln!("note: the source tree is on tmpfs; skipping the negative check");
+    }
+
+    #[test]
+    fn the_descriptor_and_the_path_agree() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fd = std::fs::File::open(here).unwrap();
+        assert_eq!(
+            is_memory_backed_fd(&fd).unwrap(),
+            is_memory_backed(here).unwrap()
+        );
     }
 
     #[test]

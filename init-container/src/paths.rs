@@ -214,7 +214,9 @@ impl OutDir {
         }
         let fd = cur.expect("at least one component");
         if !allow_disk {
-            match keyturn_core::sys::is_memory_backed(path) {
+            // The descriptor just opened, not the path: no second walk of it, and nothing
+            // swapped in since can be judged instead.
+            match keyturn_core::sys::is_memory_backed_fd(&fd) {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(PathError::NotMemoryBacked {
