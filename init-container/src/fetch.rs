@@ -348,28 +348,16 @@ async fn mounts(
         .collect())
 }
 
-/// `e`, naming `path` instead of the path it was built with.
-fn repath(mut e: VaultError, path: &str) -> VaultError {
-    match &mut e {
-        VaultError::Unreachable { path: p, .. }
-        | VaultError::PermissionDenied { path: p, .. }
-        | VaultError::NotFound { path: p, .. }
-        | VaultError::CasConflict { path: p, .. }
-        | VaultError::Unavailable { path: p, .. }
-        | VaultError::Rejected { path: p, .. }
-        | VaultError::BadResponse { path: p, .. }
-        | VaultError::DeadlineExceeded { path: p, .. }
-        | VaultError::NotText { path: p, .. } => path.clone_into(p),
-        VaultError::Config(_) => {}
-    }
-    e
-}
-
 /// The longest mount that holds `path`, if any.
 fn mount_of<'m>(path: &str, mounts: &'m [Mount]) -> Option<&'m Mount> {
     mounts
         .iter()
-        .filter(|(m, _)| path.len() + 1 >= m.len() && format!("{path}/").starts_with(m.as_str()))
+        .filter(|(m, _)| {
+            // `m` ends in `/`: it holds `path` when `path` is `m` less the `/`, or under it.
+            let base = m.strip_suffix('/').unwrap_or(m);
+            path.strip_prefix(base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
         .max_by_key(|(m, _)| m.len())
 }
 
@@ -429,7 +417,7 @@ async fn fetch_one(
                 vault
                     .kv2_read(mount, rest, read.key.version)
                     .await
-                    .map_err(|e| repath(e, path))
+                    .map_err(|e| e.with_path(path))
             })
             .await?;
             Ok(Fetched {

@@ -150,6 +150,25 @@ impl VaultError {
         }
     }
 
+    /// The same error, naming `path` instead (for a caller that spells the path another
+    /// way, e.g. a KV v2 API path `MOUNT/data/REST` rather than `MOUNT/REST`).
+    #[must_use]
+    pub fn with_path(mut self, path: &str) -> Self {
+        match &mut self {
+            Self::Unreachable { path: p, .. }
+            | Self::PermissionDenied { path: p, .. }
+            | Self::NotFound { path: p, .. }
+            | Self::CasConflict { path: p, .. }
+            | Self::Unavailable { path: p, .. }
+            | Self::Rejected { path: p, .. }
+            | Self::BadResponse { path: p, .. }
+            | Self::DeadlineExceeded { path: p, .. }
+            | Self::NotText { path: p, .. } => path.clone_into(p),
+            Self::Config(_) => {}
+        }
+        self
+    }
+
     /// Classifies a vaultrs error. `cas` is the expected version when the request was a
     /// check-and-set write, so a CAS mismatch comes back as [`VaultError::CasConflict`].
     pub(crate) fn classify(
@@ -253,6 +272,13 @@ mod tests {
         assert!(e(412).is_retryable());
         assert!(!e(400).is_retryable());
         assert_eq!(e(503).exit_code(), 69);
+    }
+
+    #[test]
+    fn with_path_renames_only_the_path() {
+        let e = VaultError::from_status("read", "secret/x".into(), 403, vec![], None)
+            .with_path("secret/data/x");
+        assert_eq!(e.to_string(), "vault read secret/data/x: permission denied");
     }
 
     #[test]
