@@ -234,15 +234,10 @@ pub async fn run(cli: &Cli) -> Outcome {
         cfg.namespace.clone_from(&manifest.vault.namespace);
     }
     let prepared = auth::prepare(&manifest.vault.auth, &cfg, cli.jwt_file.as_deref())
-        .map_err(|e| failures.push(Failure::of(&e)))
-        .ok();
-    let vault = Vault::connect(&cfg)
-        .map_err(|e| failures.push(Failure::new(ExitCode::Usage, e)))
-        .ok();
-    if !failures.is_empty() {
-        return Outcome::failed(failures);
-    }
-    let (Some(prepared), Some(vault)) = (prepared, vault) else {
+        .map_err(|e| failures.push(Failure::of(&e)));
+    let vault = Vault::connect(&cfg).map_err(|e| failures.push(Failure::new(ExitCode::Usage, e)));
+    // Every failure so far is in `failures`, so both are Ok exactly when it is empty.
+    let (Ok(prepared), Ok(vault), true) = (prepared, vault, failures.is_empty()) else {
         return Outcome::failed(failures);
     };
     let audit_log = match crate::audit::open(cli.audit_file.as_deref(), cli.audit_stdout) {
