@@ -277,4 +277,28 @@ impl OpenBao {
         .await
         .map(drop)
     }
+
+    /// Enables the kubernetes auth method at `kubernetes`, checking service-account tokens
+    /// through `cluster`'s TokenReview. Outside a pod OpenBao wants `disable_local_ca_jwt`, and
+    /// that wants a CA: both are set when the cluster has one.
+    ///
+    /// # Errors
+    /// When the cluster has no reviewer token or Vault refuses.
+    pub async fn enable_kubernetes_auth(
+        &self,
+        cluster: &crate::kube::TestCluster,
+    ) -> anyhow::Result<()> {
+        self.enable_auth("kubernetes", "kubernetes").await?;
+        let mut config = serde_json::json!({
+            "kubernetes_host": cluster.kubernetes_host(),
+            "token_reviewer_jwt": cluster.token_reviewer_jwt().await?,
+        });
+        if let Some(ca) = cluster.kubernetes_ca_pem() {
+            config["kubernetes_ca_cert"] = serde_json::json!(ca);
+            config["disable_local_ca_jwt"] = serde_json::json!(true);
+        }
+        self.api("POST", "auth/kubernetes/config", Some(config))
+            .await
+            .map(drop)
+    }
 }

@@ -246,7 +246,7 @@ async fn the_annotations_path_produces_the_same_files_as_the_equivalent_manifest
         .await;
     f.kv1("orders/api", json!({"key": key, "region": "eu"}))
         .await;
-    kubernetes_auth(&f, &c, "orders-api").await;
+    init_support::kubernetes_auth(&f, &c, "orders-api").await;
     let jwt = c
         .service_account_token_for(
             c.namespace(),
@@ -384,42 +384,6 @@ async fn the_annotations_path_produces_the_same_files_as_the_equivalent_manifest
 /// The rendering the injector gives a secret without a template (`name: value` lines).
 fn keyturn_init_map_template() -> &'static str {
     "{{ range $k, $v := . }}{{ $k }}: {{ $v }}\n{{ end }}"
-}
-
-/// OpenBao's kubernetes auth against the cluster, with a role for `sa` bound to the
-/// keyturn-init policy.
-async fn kubernetes_auth(f: &Fixture, c: &keyturn_tests::kube::TestCluster, sa: &str) {
-    f.bao
-        .put_policy("keyturn-init", &init_support::init_policy())
-        .await
-        .unwrap();
-    f.bao.enable_auth("kubernetes", "kubernetes").await.unwrap();
-    let mut config = json!({
-        "kubernetes_host": c.kubernetes_host(),
-        "token_reviewer_jwt": c.token_reviewer_jwt().await.unwrap(),
-    });
-    if let Some(ca) = c.kubernetes_ca_pem() {
-        config["kubernetes_ca_cert"] = json!(ca);
-        config["disable_local_ca_jwt"] = json!(true);
-    }
-    f.bao
-        .api("POST", "auth/kubernetes/config", Some(config))
-        .await
-        .unwrap();
-    f.bao
-        .api(
-            "POST",
-            &format!("auth/kubernetes/role/{sa}"),
-            Some(json!({
-                "bound_service_account_names": [sa],
-                "bound_service_account_namespaces": [c.namespace()],
-                "audience": "vault",
-                "token_policies": ["keyturn-init"],
-                "token_ttl": "10m",
-            })),
-        )
-        .await
-        .unwrap();
 }
 
 /// Go's `%q` for the characters these annotations use.

@@ -9,38 +9,6 @@ use init_support::{Fixture, mode};
 use keyturn_tests::kube::TestCluster;
 use serde_json::{Value, json};
 
-/// OpenBao's kubernetes auth against `c`, with role `sa` holding the keyturn-init policy.
-async fn kubernetes_auth(f: &Fixture, c: &TestCluster, sa: &str) {
-    f.bao
-        .put_policy("keyturn-init", &init_support::init_policy())
-        .await
-        .unwrap();
-    f.bao.enable_auth("kubernetes", "kubernetes").await.unwrap();
-    let mut config = json!({
-        "kubernetes_host": c.kubernetes_host(),
-        "token_reviewer_jwt": c.token_reviewer_jwt().await.unwrap(),
-    });
-    if let Some(ca) = c.kubernetes_ca_pem() {
-        config["kubernetes_ca_cert"] = json!(ca);
-        config["disable_local_ca_jwt"] = json!(true);
-    }
-    f.bao
-        .api("POST", "auth/kubernetes/config", Some(config))
-        .await
-        .unwrap();
-    let role = json!({
-        "bound_service_account_names": [sa],
-        "bound_service_account_namespaces": [c.namespace()],
-        "audience": "vault",
-        "token_policies": ["keyturn-init"],
-        "token_ttl": "10m",
-    });
-    f.bao
-        .api("POST", &format!("auth/kubernetes/role/{sa}"), Some(role))
-        .await
-        .unwrap();
-}
-
 async fn accessors(f: &Fixture) -> usize {
     let v = f
         .bao
@@ -57,7 +25,7 @@ async fn a_pods_kubernetes_role_reads_its_own_paths_and_is_denied_others_at_once
     let (own, other) = (f.canary("own"), f.canary("other"));
     f.kv2("orders/db", json!({"password": own})).await;
     f.kv2("payments/db", json!({"password": other})).await;
-    kubernetes_auth(&f, &c, "orders-api").await;
+    init_support::kubernetes_auth(&f, &c, "orders-api").await;
     let jwt = c
         .service_account_token_for(
             c.namespace(),

@@ -1882,19 +1882,7 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
 /// OpenBao configured against this cluster, with a role for `web` in the test namespace.
 async fn openbao_with_kubernetes_auth(c: &TestCluster) -> OpenBao {
     let bao = OpenBao::start().await.unwrap();
-    bao.enable_auth("kubernetes", "kubernetes").await.unwrap();
-    let mut config = json!({
-        "kubernetes_host": c.kubernetes_host(),
-        "token_reviewer_jwt": c.token_reviewer_jwt().await.unwrap(),
-    });
-    // Outside a pod OpenBao wants disable_local_ca_jwt, and that wants a CA.
-    if let Some(ca) = c.kubernetes_ca_pem() {
-        config["kubernetes_ca_cert"] = json!(ca);
-        config["disable_local_ca_jwt"] = json!(true);
-    }
-    bao.api("POST", "auth/kubernetes/config", Some(config))
-        .await
-        .unwrap();
+    bao.enable_kubernetes_auth(c).await.unwrap();
     let role = json!({
         "bound_service_account_names": ["web"],
         "bound_service_account_namespaces": [c.namespace()],

@@ -13,18 +13,7 @@ use serde_json::json;
 /// `orders-api` service account in the test namespace, and one secret it may read.
 async fn bao_with_kubernetes_auth(cluster: &TestCluster) -> OpenBao {
     let bao = OpenBao::start().await.unwrap();
-    bao.enable_auth("kubernetes", "kubernetes").await.unwrap();
-    let mut config = json!({
-        "kubernetes_host": cluster.kubernetes_host(),
-        "token_reviewer_jwt": cluster.token_reviewer_jwt().await.unwrap(),
-        "disable_local_ca_jwt": true,
-    });
-    if let Some(ca) = cluster.kubernetes_ca_pem() {
-        config["kubernetes_ca_cert"] = json!(ca);
-    }
-    bao.api("POST", "auth/kubernetes/config", Some(config))
-        .await
-        .unwrap();
+    bao.enable_kubernetes_auth(cluster).await.unwrap();
     bao.put_policy(
         "orders",
         r#"path "secret/data/orders/*" { capabilities = ["read"] }"#,

@@ -229,3 +229,24 @@ pub fn init_policy() -> String {
     )
     .unwrap()
 }
+
+/// OpenBao's kubernetes auth against `c`, with role `sa` (bound to that service account in
+/// the test namespace) holding the keyturn-init policy.
+pub async fn kubernetes_auth(f: &Fixture, c: &keyturn_tests::kube::TestCluster, sa: &str) {
+    f.bao
+        .put_policy("keyturn-init", &init_policy())
+        .await
+        .unwrap();
+    f.bao.enable_kubernetes_auth(c).await.unwrap();
+    let role = json!({
+        "bound_service_account_names": [sa],
+        "bound_service_account_namespaces": [c.namespace()],
+        "audience": "vault",
+        "token_policies": ["keyturn-init"],
+        "token_ttl": "10m",
+    });
+    f.bao
+        .api("POST", &format!("auth/kubernetes/role/{sa}"), Some(role))
+        .await
+        .unwrap();
+}
