@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keyturn_agent::policy::{self, Policy, Target as PolicyTarget};
 use keyturn_agent::rotation::store::vault_kv::VaultKvStore;
-use keyturn_agent::rotation::target::postgres::{AdminFn, Postgres, TlsMode};
+use keyturn_agent::rotation::target::postgres::{AdminFn, AdminPool, Postgres, TlsMode};
 use keyturn_agent::rotation::target::{Target, TargetError};
 use keyturn_agent::rotation::{Engine, RotationOutcome, Trigger};
 use keyturn_core::SecretValue;
@@ -656,4 +656,53 @@ async fn over_tls_prefer_encrypts_and_verify_full_checks_the_ca_and_the_host_nam
             pg.password(),
         ],
     );
+}
+
+/// A burst of password changes through one admin shares at most `AdminPool::MAX_OPEN`
+/// admin connections (kept open between uses) instead of starting a backend per change, and
+/// every change lands.
+#[tokio::test]
+async fn a_burst_of_changes_shares_a_bounded_set_of_admin_connections() {
+    const ROLES: usize = 24;
+    let names: Vec<String> = (0..ROLES).map(|i| format!("burst_{i:02}")).collect();
+    let roles: Vec<&str> = names.iter().map(String::as_str).collect();
+    let e = env("single", &["app"], &roles, 3).await;
+    let target = PostgresSpec {
+        host: "127.0.0.1",
+        port: e.pg.port(),
+        users: &roles,
+        strategy: "single",
+    }
+    .target(cred(ADMIN_ROLE, &e.admin_password))
+    .with_pool(Arc::new(AdminPool::default()));
+    let passwords: Vec<String> = names.iter().map(|n| canary(n)).collect();
+    let mut changes = tokio::task::JoinSet::new();
+    for (role, pw) in names.iter().zip(&passwords) {
+        let (target, role, pw) = (target.clone(), role.clone(), pw.clone());
+        changes.spawn(async move {
+            target
+                .reset_password(&role, &SecretValue::from_str_copy(&pw))
+                .await
+        });
+    }
+    while let Some(r) = changes.join_next().await {
+        r.unwrap().unwrap();
+    }
+    for (role, pw) in names.iter().zip(&passwords) {
+        login(e.pg.port(), role, pw).await.unwrap();
+    }
+    let su = e.pg.admin().await.unwrap();
+    let open: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&ADMIN_ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (1..=i64::try_from(AdminPool::MAX_OPEN).unwrap()).contains(&open),
+        "{open} admin connections open after {ROLES} concurrent changes"
+    );
+    assert_no_password_leaked(&e, &passwords);
 }

@@ -306,6 +306,7 @@ impl Ctx<'_> {
                 Ok(RotationOutcome::Rotated {
                     rotation_id,
                     resumed: false,
+                    ..
                 }) => break rotation_id,
                 Ok(
                     RotationOutcome::Rotated { resumed: true, .. } | RotationOutcome::AlreadyDone,

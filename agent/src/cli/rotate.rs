@@ -65,6 +65,7 @@ pub fn run(args: RotateArgs) -> u8 {
             Ok(RotationOutcome::Rotated {
                 rotation_id,
                 resumed,
+                ..
             }) => {
                 println!(
                     "rotated {} (rotation {rotation_id}{})",

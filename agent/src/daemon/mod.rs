@@ -440,12 +440,9 @@ async fn rotate_once(
         }
     };
     match engine.rotate(p, &store, target.as_ref(), trigger).await {
-        Ok(RotationOutcome::Rotated { .. }) => match store.view().await {
-            Ok(v) => ("rotated", v.state.last.map(|l| l.started_at), false),
-            Err(_) => ("rotated", Some(Utc::now()), false),
-        },
-        Ok(RotationOutcome::AlreadyDone) => match store.view().await {
-            Ok(v) => ("already-done", v.state.last.map(|l| l.started_at), false),
+        Ok(RotationOutcome::Rotated { started_at, .. }) => ("rotated", Some(started_at), false),
+        Ok(RotationOutcome::AlreadyDone) => match store.state().await {
+            Ok(s) => ("already-done", s.last.map(|l| l.started_at), false),
             Err(_) => ("already-done", None, true),
         },
         Ok(RotationOutcome::Busy { holder }) => {

@@ -1,5 +1,12 @@
 //! The rotation state machine: create → set → test → finish (→ distribute), each step
-//! idempotent, each persisted before the next side effect, each audited before it happens.
+//! idempotent and audited before it happens.
+//!
+//! Only what a resume could not work out again is written to the store: the PENDING value
+//! (`created`, before any side effect) and, when delivery fails, that the value is promoted
+//! but not delivered (`finished`). `set` and `test` are idempotent and simply run again on a
+//! resume, and a promote already done is recognised from the store itself (CURRENT equals
+//! PENDING), so a successful rotation costs three state writes (claim, promote, clear), not
+//! one per step. A failed attempt is written, so the attempt bound holds across restarts.
 //!
 //! A rotation is driven to completion by whoever holds it. A process that finds a rotation
 //! in flight resumes it at its recorded step when the holder is itself or the holder's lease
@@ -21,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::generate::generate;
 use super::store::{
     Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, Taint,
+    same_fields,
 };
 use super::target::{Target, TargetError};
 use crate::distribute::{
@@ -50,6 +58,8 @@ pub enum RotationOutcome {
     Rotated {
         /// Its id.
         rotation_id: String,
+        /// When it started: the time the scheduler judges the next slot by.
+        started_at: DateTime<Utc>,
         /// Whether it was resumed from an earlier, interrupted run.
         resumed: bool,
     },
@@ -206,6 +216,11 @@ impl Engine {
         &self.holder
     }
 
+    /// Half the lease: a claim with less than this left is renewed before a long step.
+    fn half_lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.lease / 2).unwrap_or(chrono::Duration::MAX)
+    }
+
     fn lease_until(&self) -> DateTime<Utc> {
         Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX)
     }
@@ -331,6 +346,15 @@ impl Engine {
             }
         };
         let base = view.current;
+        // A crash after the promote and before the state was cleared: CURRENT already is
+        // PENDING, so what is left is delivery.
+        if rec.step < Step::Finished
+            && base
+                .as_ref()
+                .is_some_and(|c| same_fields(&c.fields, &rec.pending))
+        {
+            rec.step = Step::Finished;
+        }
 
         loop {
             match rec.step {
@@ -356,12 +380,9 @@ impl Engine {
                     };
                     match r {
                         Ok(()) => {
+                            // Not persisted: a resume runs this step again (idempotent).
                             rec.step = next;
                             rec.attempts = 0;
-                            fence = self
-                                .save(store, &fence, &mut rec, &keep)
-                                .await
-                                .map_err(st)?;
                             crash_point(next.as_str_for_crash());
                         }
                         Err(e) => {
@@ -401,10 +422,6 @@ impl Engine {
                     .await?;
                     store.promote(&rec, base.as_ref()).await.map_err(st)?;
                     rec.step = Step::Finished;
-                    fence = self
-                        .save(store, &fence, &mut rec, &keep)
-                        .await
-                        .map_err(st)?;
                     crash_point("finish");
                 }
                 Step::Finished => {
@@ -412,7 +429,20 @@ impl Engine {
                     // idempotent, so a crash after it and before the state below is cleared
                     // costs nothing but a no-op pass.
                     if !policy.distribute.is_empty() {
-                        self.distribute(policy, &rec, &mut permit).await?;
+                        if rec.lease_until - Utc::now() < self.half_lease() {
+                            fence = self
+                                .save(store, &fence, &mut rec, &keep)
+                                .await
+                                .map_err(st)?;
+                        }
+                        if let Err(e) = self.distribute(policy, &rec, &mut permit).await {
+                            // Left in flight at `finished`, so `status` shows a promoted,
+                            // undelivered value and any later run delivers it.
+                            if let Err(se) = self.save(store, &fence, &mut rec, &keep).await {
+                                tracing::warn!(policy = name, rotation_id = %rec.rotation_id, error = %se, "could not record the undelivered rotation; it is still resumed from its store");
+                            }
+                            return Err(e);
+                        }
                         crash_point("distribute");
                     }
                     let done = LastRotation {
@@ -445,6 +475,7 @@ impl Engine {
                     tracing::info!(policy = name, rotation_id = %rec.rotation_id, resumed, "rotated");
                     return Ok(RotationOutcome::Rotated {
                         rotation_id: rec.rotation_id,
+                        started_at: rec.started_at,
                         resumed,
                     });
                 }

@@ -75,7 +75,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::vault_kv::same_fields;
+use super::same_fields;
 use super::{
     Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView, Taint,
 };

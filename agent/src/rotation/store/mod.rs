@@ -18,7 +18,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyturn_core::vault::SecretData;
 
+/// Whether two credentials hold the same fields and values (constant-time per value).
+pub(crate) fn same_fields(a: &SecretData, b: &SecretData) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.ct_eq(w)))
+}
+
 /// A rotation's progress: the last step whose effect is known to be done.
+///
+/// The engine persists `created` (before any side effect) and `finished` (promoted, delivery
+/// failed); `set` and `tested` are written only with a failed attempt of the step after
+/// them. A resume runs `set` and `test` again, which both are idempotent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     /// The PENDING value is persisted; nothing has been applied yet.

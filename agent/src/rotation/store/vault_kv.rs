@@ -21,6 +21,7 @@ use keyturn_core::vault::{SecretData, Vault, VaultError};
 
 use super::{
     Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView, Taint,
+    same_fields,
 };
 
 /// The prefix, inside the policy's mount, under which rotation state is kept.
@@ -182,11 +183,6 @@ fn encode_state(state: &StateRecord) -> SecretData {
         put(&mut d, "state", "idle");
     }
     d
-}
-
-/// Whether two credentials hold the same fields and values (constant-time per value).
-pub(crate) fn same_fields(a: &SecretData, b: &SecretData) -> bool {
-    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.ct_eq(w)))
 }
 
 #[async_trait]

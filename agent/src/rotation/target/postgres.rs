@@ -151,19 +151,33 @@ pub struct Postgres {
     pool: Arc<AdminPool>,
 }
 
-/// Idle admin connections, shared by every target of a process (see [`Postgres::with_pool`]).
+/// Admin connections, shared by every target of a process (see [`Postgres::with_pool`]).
 ///
 /// A rotation's `set` runs one `ALTER ROLE` as the admin; opening a fresh connection for it
-/// (backend start + SCRAM login) costs the server several times the statement itself. A
-/// connection is reused only for the same server, database and admin role **and** the same
-/// admin password (compared in constant time), so an admin password rotated elsewhere is
-/// picked up on the next use; a closed connection is dropped. At most
-/// [`AdminPool::MAX_IDLE`] idle connections are kept per admin.
+/// (backend start + SCRAM login) costs the server several times the statement itself. So at
+/// most [`AdminPool::MAX_OPEN`] connections are open per admin at once, and they are kept
+/// idle between uses: a burst of rotations queues for them (each statement takes well under
+/// a millisecond) instead of starting a backend per rotation. A connection is reused only
+/// for the same server, database and admin role **and** the same admin password (compared
+/// in constant time), so an admin password rotated elsewhere is picked up on the next use;
+/// a closed connection is dropped.
 #[derive(Default)]
 pub struct AdminPool {
-    idle: std::sync::Mutex<
-        std::collections::HashMap<String, Vec<(SecretValue, tokio_postgres::Client)>>,
-    >,
+    admins: std::sync::Mutex<std::collections::HashMap<String, Admin>>,
+}
+
+/// One admin's connections: the bound on how many are open, and the idle ones.
+struct Admin {
+    open: Arc<tokio::sync::Semaphore>,
+    idle: Vec<(SecretValue, tokio_postgres::Client)>,
+}
+
+/// The right to use one of an admin's connections: an idle one, or a new one to open. Give
+/// the connection back with [`AdminPool::put`]; dropping the slot instead closes nothing
+/// (the caller drops its client) and frees the place.
+struct AdminSlot {
+    _open: tokio::sync::OwnedSemaphorePermit,
+    client: Option<tokio_postgres::Client>,
 }
 
 impl fmt::Debug for AdminPool {
@@ -173,29 +187,57 @@ impl fmt::Debug for AdminPool {
 }
 
 impl AdminPool {
-    /// Idle connections kept per admin.
-    pub const MAX_IDLE: usize = 8;
+    /// Connections open at once per admin.
+    pub const MAX_OPEN: usize = 4;
 
-    fn take(&self, key: &str, password: &SecretValue) -> Option<tokio_postgres::Client> {
-        let mut idle = self
-            .idle
+    fn admins(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Admin>> {
+        self.admins
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = idle.get_mut(key)?;
-        // Entries for an old password can never match again: drop them.
-        list.retain(|(pw, c)| pw.ct_eq(password) && !c.is_closed());
-        list.pop().map(|(_, c)| c)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn put(&self, key: String, password: SecretValue, client: tokio_postgres::Client) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = idle.entry(key).or_default();
-        if list.len() < Self::MAX_IDLE {
-            list.push((password, client));
+    /// Waits for one of `key`'s places, with an idle connection for `password` if there is
+    /// one.
+    async fn take(&self, key: &str, password: &SecretValue) -> AdminSlot {
+        let open = self
+            .admins()
+            .entry(key.to_owned())
+            .or_insert_with(|| Admin {
+                open: Arc::new(tokio::sync::Semaphore::new(Self::MAX_OPEN)),
+                idle: Vec::new(),
+            })
+            .open
+            .clone();
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = open
+            .acquire_owned()
+            .await
+            .expect("admin pool semaphore closed");
+        let mut admins = self.admins();
+        let client = admins.get_mut(key).and_then(|a| {
+            // Entries for an old password can never match again: drop them.
+            a.idle
+                .retain(|(pw, c)| pw.ct_eq(password) && !c.is_closed());
+            a.idle.pop().map(|(_, c)| c)
+        });
+        AdminSlot {
+            _open: permit,
+            client,
         }
+    }
+
+    /// Keeps `client` idle for `key` and frees the slot's place.
+    fn put(
+        &self,
+        key: &str,
+        slot: AdminSlot,
+        password: SecretValue,
+        client: tokio_postgres::Client,
+    ) {
+        if let Some(a) = self.admins().get_mut(key) {
+            a.idle.push((password, client));
+        }
+        drop(slot);
     }
 }
 
@@ -350,7 +392,8 @@ impl Postgres {
         let sql = Zeroizing::new(alter_role_sql(user, &verifier));
         let key = format!("{}:{}/{}/{admin_user}", self.host, self.port, self.database);
         self.bounded(async {
-            let client = match self.pool.take(&key, admin_pw) {
+            let mut slot = self.pool.take(&key, admin_pw).await;
+            let client = match slot.client.take() {
                 Some(c) => c,
                 None => {
                     self.connect(admin_user, admin_pw.expose(), Doing::AdminLogin(admin_user))
@@ -366,7 +409,7 @@ impl Postgres {
                     },
                 )
             })?;
-            self.pool.put(key.clone(), admin_pw.clone(), client);
+            self.pool.put(&key, slot, admin_pw.clone(), client);
             Ok(())
         })
         .await?;
