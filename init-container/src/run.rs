@@ -280,6 +280,7 @@ pub async fn run(cli: &Cli) -> Outcome {
         cli.pod_name.as_deref(),
     );
 
+    let mut revoked = false;
     let result = match fetched {
         Err(_elapsed) => Err(progress
             .unfinished(deadline)
@@ -298,31 +299,36 @@ pub async fn run(cli: &Cli) -> Outcome {
             crate::audit::record_failures(&audit_log, &actor, &vault_errors).await;
             Err(fetch_errors.iter().map(|e| located(&manifest, e)).collect())
         }
-        Ok(Ok(set)) => finish(
-            cli,
-            &manifest,
-            &out,
-            token_target.as_ref(),
-            login.as_ref(),
-            &set,
-            &audit_log,
-            &actor,
-        )
-        .await
-        .map(|r| (r, set.has_leases())),
+        Ok(Ok(set)) => {
+            let finishing = finish(
+                cli,
+                &manifest,
+                &out,
+                token_target.as_ref(),
+                login.as_ref(),
+                &set,
+                &audit_log,
+                &actor,
+            );
+            // Every value is in memory, so a token that will be revoked whatever the writes
+            // do is revoked while they run rather than after them.
+            let r = if login.is_some()
+                && keep_reason(cli, prepared.owns_token, Some(set.has_leases())).is_none()
+            {
+                revoked = true;
+                let left = deadline.saturating_sub(started.elapsed());
+                tokio::join!(finishing, revoke(&vault, left)).0
+            } else {
+                finishing.await
+            };
+            r.map(|r| (r, set.has_leases()))
+        }
     };
 
-    // 6. Revoke, unless the token is wanted or not ours.
-    if let Some(info) = &login {
-        let keep_reason = match &result {
-            Ok(_) if cli.keep_token.is_some() => Some("--keep-token"),
-            Ok((_, true)) => {
-                Some("dynamic secrets were read: revoking the token would revoke their leases")
-            }
-            _ if !prepared.owns_token => Some("the token was handed in (auth: token)"),
-            _ => None,
-        };
-        match keep_reason {
+    // 6. Revoke, unless the token is wanted or not ours (or was revoked above).
+    if let Some(info) = login.as_ref().filter(|_| !revoked) {
+        let leases = result.as_ref().ok().map(|(_, leases)| *leases);
+        match keep_reason(cli, prepared.owns_token, leases) {
             Some(why) => {
                 tracing::info!(accessor = %info.accessor, reason = why, "token not revoked")
             }
@@ -342,6 +348,19 @@ pub async fn run(cli: &Cli) -> Outcome {
             }
         }
         Err(f) => Outcome::failed(f),
+    }
+}
+
+/// Why the token is kept rather than revoked at exit, if it is. `leases` is whether the
+/// secrets read hold leases, `None` when the run failed (its files were not written).
+fn keep_reason(cli: &Cli, owns_token: bool, leases: Option<bool>) -> Option<&'static str> {
+    match leases {
+        Some(_) if cli.keep_token.is_some() => Some("--keep-token"),
+        Some(true) => {
+            Some("dynamic secrets were read: revoking the token would revoke their leases")
+        }
+        _ if !owns_token => Some("the token was handed in (auth: token)"),
+        _ => None,
     }
 }
 
