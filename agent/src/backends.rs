@@ -43,7 +43,8 @@ pub struct Backends {
     pub vault: Option<Arc<Vault>>,
     /// AWS Secrets Manager, from the standard credential chain.
     pub aws: Option<aws_sm::sdk::Client>,
-    /// Idle PostgreSQL admin connections, shared by every PostgreSQL target.
+    /// PostgreSQL admin connections (a few per admin, kept open), shared by every PostgreSQL
+    /// target.
     pub pg_admin: Arc<AdminPool>,
 }
 

@@ -4,7 +4,11 @@
 //!   the verifier is a SCRAM-SHA-256 verifier computed here with a random salt (as psql's
 //!   `\password` does). The cleartext password never reaches the server, so it cannot appear
 //!   in `log_statement` output, `pg_stat_activity` or the server's error reports. Setting the
-//!   same password again only changes the salt, so `set` is idempotent.
+//!   same password again only changes the salt, so `set` is idempotent. The verifier keeps
+//!   PostgreSQL's 4096 iterations. The server runs them once per `ALTER ROLE`, to refuse an
+//!   empty password, so a lower count would be cheaper. It would also buy keyturn's random
+//!   passwords nothing. But some client drivers refuse counts under 4096, and apps could then
+//!   not log in.
 //! - `test` logs in as the pending user with the pending password (SCRAM) and runs `SELECT 1`.
 //! - `revert` puts CURRENT's password back when `set` changed the role CURRENT uses (always
 //!   with `strategy: single`); with `strategy: alternating` the role in use was never touched,
