@@ -188,23 +188,21 @@ pub async fn port_open(port: u16) -> bool {
         .is_ok()
 }
 
-/// How long [`eventually`] waits before it calls a test hung. A hang guard, not a speed
-/// assertion: generous enough that a slow, shared machine never trips it.
-pub const HANG_GUARD: Duration = Duration::from_secs(120);
-
-/// Polls `cond` every 100 ms until it holds; panics naming `what` if it never does within
-/// [`HANG_GUARD`]. Tests wait on outcomes (a rotation happened), never on how fast.
-///
-/// # Panics
-/// When `cond` has not held within [`HANG_GUARD`].
+/// Polls `cond` every 100 ms until it holds. Tests wait on outcomes (a rotation happened),
+/// never on how fast: there is no deadline here. A wait that never ends is ended by the test
+/// runner's own limit (`slow-timeout` in `.config/nextest.toml`), and the line printed every
+/// 300 polls says in the captured output what the test was still waiting for.
 pub async fn eventually<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
+    let mut polls: u64 = 0;
     while !cond().await {
-        assert!(start.elapsed() < HANG_GUARD, "gave up waiting for {what}");
+        polls += 1;
+        if polls.is_multiple_of(300) {
+            eprintln!("still waiting for {what} ({polls} polls)");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

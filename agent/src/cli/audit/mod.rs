@@ -73,10 +73,21 @@ pub enum AuditCliError {
     },
 }
 
+/// An input file does not exist (`EX_NOINPUT`).
+pub(crate) const NO_INPUT: u8 = 66;
+
 impl AuditCliError {
-    /// The exit code: every one of these is an I/O error (74).
+    /// The exit code: 66 for a file that does not exist, 77 for one that may not be read, 74
+    /// for other I/O errors.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
-        super::exit::IO
+        match self {
+            Self::Open { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => NO_INPUT,
+                io::ErrorKind::PermissionDenied => super::exit::NO_PERMISSION,
+                _ => super::exit::IO,
+            },
+            _ => super::exit::IO,
+        }
     }
 }

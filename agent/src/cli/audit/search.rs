@@ -23,11 +23,9 @@ use keyturn_core::SecretValue;
 use keyturn_core::audit::{Actor, ActorKind, Entry, HmacKey, KeyError, KeySource};
 use zeroize::Zeroizing;
 
+use super::AuditCliError;
 use super::tail::render_entry;
 use crate::cli::exit;
-
-/// An input file does not exist (`EX_NOINPUT`).
-const NO_INPUT: u8 = 66;
 
 /// The largest value `--value-hmac` reads: a Kubernetes Secret's limit. Anything larger is not
 /// a credential, and more likely the wrong file.
@@ -128,22 +126,9 @@ pub enum SearchError {
     /// The key could not be loaded.
     #[error("{0}")]
     Key(#[from] KeyError),
-    /// An audit file could not be opened.
-    #[error("cannot open {path}: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// Reading an audit file failed.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
+    /// An audit file could not be opened or read.
+    #[error(transparent)]
+    File(#[from] AuditCliError),
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {source}")]
     Output {
@@ -165,12 +150,8 @@ impl SearchError {
             | Self::KeyMissing { .. }
             | Self::NoKey => exit::USAGE,
             Self::Key(e) => e.exit_code(),
-            Self::Open { source, .. } => match source.kind() {
-                io::ErrorKind::NotFound => NO_INPUT,
-                io::ErrorKind::PermissionDenied => exit::NO_PERMISSION,
-                _ => exit::IO,
-            },
-            Self::ReadValue { .. } | Self::Read { .. } | Self::Output { .. } => exit::IO,
+            Self::File(e) => e.exit_code(),
+            Self::ReadValue { .. } | Self::Output { .. } => exit::IO,
         }
     }
 }
@@ -227,7 +208,7 @@ fn search(args: &SearchArgs, out: &mut impl Write) -> Result<u64, SearchError> {
         .map(|path| {
             File::open(path)
                 .map(|f| (path.as_path(), f))
-                .map_err(|source| SearchError::Open {
+                .map_err(|source| AuditCliError::Open {
                     path: path.clone(),
                     source,
                 })
@@ -268,7 +249,7 @@ fn search_file(
         line.clear();
         let got = reader
             .read_until(b'\n', &mut line)
-            .map_err(|source| SearchError::Read {
+            .map_err(|source| AuditCliError::Read {
                 path: path.to_owned(),
                 source,
             })?;
@@ -731,7 +712,7 @@ mod tests {
 
     #[test]
     fn a_missing_audit_file_exits_66_and_an_unreadable_one_77() {
-        let open = |kind| SearchError::Open {
+        let open = |kind| AuditCliError::Open {
             path: "/x".into(),
             source: io::Error::from(kind),
         };
