@@ -304,8 +304,9 @@ async fn tail_prints_the_last_entries_readably_one_line_each() {
     let default = keyturn(&[&"audit", &"tail", &path]);
     assert_eq!(stdout(&default).lines().count(), 10);
 
+    // A missing file is EX_NOINPUT, as for `audit search`.
     let missing = keyturn(&[&"audit", &"tail", &dir.path().join("nope")]);
-    assert_eq!(missing.status.code(), Some(74));
+    assert_eq!(missing.status.code(), Some(66));
 }
 
 #[tokio::test]
