@@ -183,11 +183,6 @@ impl Template {
     }
 }
 
-/// Normalizes a Vault path the way the manifest does, so `secret "/a/b/"` finds `a/b`.
-pub(crate) fn normalize_vault_path(p: &str) -> String {
-    p.trim_matches('/').to_owned()
-}
-
 // ---------------------------------------------------------------------------------------
 // Lexing: text and actions.
 
@@ -458,7 +453,16 @@ fn parse_block(
             }
             Some(Tok::Ident(w)) if w == "with" => {
                 let path = match &tokens[1..] {
-                    [Tok::Ident(s), Tok::Str(p)] if s == "secret" => normalize_vault_path(p),
+                    // The manifest's own check, so `secret "/a/b/"` finds `a/b` and a path
+                    // the manifest would refuse (`a/../b`, which Vault resolves to `b` while
+                    // the audit names `a/../b`) is refused here too, before any read.
+                    [Tok::Ident(s), Tok::Str(p)] if s == "secret" => {
+                        if p.trim_matches('/').is_empty() {
+                            return Err(err("secret \"\" names no path".into()));
+                        }
+                        crate::manifest::vault_path(p)
+                            .map_err(|m| err(format!("with secret: {m}")))?
+                    }
                     [Tok::Ident(s), Tok::Str(_), ..] if s == "secret" => {
                         return Err(err(
                             "secret with parameters writes to Vault; only reads (secret \"PATH\") are supported".into(),
@@ -466,9 +470,6 @@ fn parse_block(
                     }
                     _ => return Err(err("only `with secret \"PATH\"` is supported".into())),
                 };
-                if path.is_empty() {
-                    return Err(err("secret \"\" names no path".into()));
-                }
                 let body = parse_block(it, Some((line, col, "with")))?;
                 nodes.push(Node::With { path, body });
             }
@@ -1062,6 +1063,28 @@ mod tests {
         let t = Template::parse(r#"{{ with secret "/a/b/" }}{{ end }}{{ with secret "c" }}{{ with secret "a/b" }}{{ end }}{{ end }}"#)
             .unwrap();
         assert_eq!(t.secret_paths(), ["a/b", "c"]);
+    }
+
+    #[test]
+    fn a_with_secret_path_with_a_dot_dot_empty_or_dot_segment_is_refused_at_parse_time() {
+        // The manifest's own rule for `path:`: a template must not read a path the manifest
+        // could not name (`a/../b` would read `b`, and the audit would name `a/../b`).
+        for (src, col) in [
+            (r#"{{ with secret "secret/data/app/../one" }}{{ end }}"#, 1),
+            (r#"x{{ with secret "secret/data/./one" }}{{ end }}"#, 2),
+            (r#"{{ with secret "secret//data/one" }}{{ end }}"#, 1),
+            (
+                r#"{{ with secret "a" }}{{ with secret "a/.." }}{{ end }}{{ end }}"#,
+                22,
+            ),
+        ] {
+            let e = Template::parse(src).unwrap_err();
+            assert_eq!((e.line, e.col), (1, col), "{src}: {e}");
+            assert!(
+                e.message.contains("has an empty, . or .. segment"),
+                "{src}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -246,3 +246,60 @@ async fn an_unusable_audit_log_stops_the_run_before_anything_is_read_or_written(
     assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
     let _ = snapshot;
 }
+
+#[tokio::test]
+async fn a_template_reading_a_dot_dot_path_is_refused_before_any_network_call() {
+    let mut f = fixture_with_a_secret().await;
+    // What `secret/data/orders/x/../one` would resolve to: it must never be read.
+    let one = f.canary("one");
+    f.kv2("orders/one", json!({"v": one})).await;
+    let before = f.snapshot();
+    let tf = f.file("token", f.bao.root_token());
+    let m = format!(
+        "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - path: secret/data/orders/a\n    file: t\n    template: '{{{{ with secret \"secret/data/orders/x/../one\" }}}}{{{{ .Data.data.v }}}}{{{{ end }}}}'\n",
+        tf.display()
+    );
+    let r = f.run_manifest(&m, &[], &[]).await;
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    let lines = r.failure_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("manifest.yaml:5:15: template:")
+            && lines[0].contains("secret/data/orders/x/../one")
+            && lines[0].contains(".. segment"),
+        "{}",
+        lines[0]
+    );
+    // The same through the injector's annotations names the annotation.
+    let ann = f.file(
+        "annotations",
+        "vault.hashicorp.com/role=\"r\"\nvault.hashicorp.com/agent-inject-secret-t=\"secret/data/orders/a\"\nvault.hashicorp.com/agent-inject-template-t=\"{{ with secret \\\"secret/data/orders/x/../one\\\" }}{{ .Data.data.v }}{{ end }}\"\n",
+    );
+    let r2 = f
+        .run(
+            &[
+                "--annotations",
+                ann.to_str().unwrap(),
+                "--out",
+                f.out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(r2.code, 64, "{}", r2.stderr);
+    let lines = r2.failure_lines();
+    assert_eq!(lines.len(), 1, "{}", r2.stderr);
+    assert!(
+        lines[0].contains("annotations:3:1: vault.hashicorp.com/agent-inject-template-t:")
+            && lines[0].contains(".. segment"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(f.snapshot(), before);
+    for path in ["secret/data/orders/one", "secret/data/orders/x/../one"] {
+        assert_eq!(f.bao.requests_for("read", path), 0, "{path}");
+    }
+    assert!(f.audit_entries().is_empty(), "{:?}", f.audit_entries());
+    f.assert_no_canary_leaked(&r);
+    f.assert_no_canary_leaked(&r2);
+}
