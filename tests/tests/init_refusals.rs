@@ -2,7 +2,7 @@
 
 mod init_support;
 
-use init_support::{Fixture, snapshot};
+use init_support::{Fixture, StdoutIs, snapshot};
 use serde_json::json;
 
 /// A manifest reading `secret/data/orders/a` into `file`, logging in with the root token.
@@ -302,4 +302,56 @@ async fn a_template_reading_a_dot_dot_path_is_refused_before_any_network_call() 
     assert!(f.audit_entries().is_empty(), "{:?}", f.audit_entries());
     f.assert_no_canary_leaked(&r);
     f.assert_no_canary_leaked(&r2);
+}
+
+#[tokio::test]
+async fn an_audit_event_stdout_cannot_take_fails_the_run_with_74_and_writes_nothing() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    let m = f.file("m.yaml", &manifest(&f, "a"));
+    let args = [
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        f.out.to_str().unwrap(),
+    ];
+
+    // Stdout closed: refused before any network call, since nothing could be recorded.
+    let r = f.run_audit_to_stdout(&args, StdoutIs::Closed).await;
+    assert_eq!(r.code, 74, "{}", r.stderr);
+    let lines = r.failure_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("audit: stdout is closed or /dev/null")
+            && lines[0].contains("--audit-file"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+    f.assert_no_canary_leaked(&r);
+
+    // A pipe nobody reads: the write of the read's event fails, and the file is not written.
+    let r = f.run_audit_to_stdout(&args, StdoutIs::ReaderGone).await;
+    assert_eq!(r.code, 74, "{}", r.stderr);
+    let lines = r.failure_lines();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("was not recorded") && lines[0].contains("no secret file was written"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(f.snapshot(), before);
+    f.assert_no_canary_leaked(&r);
+
+    // The same run with a reader: the event is on stdout and the file is written.
+    let r = f.run_audit_to_stdout(&args, StdoutIs::Read).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let events = String::from_utf8(r.stdout.clone()).unwrap();
+    assert!(
+        events.contains("\"secret.read\"") && events.contains("secret/data/orders/a"),
+        "{events}"
+    );
+    assert!(f.out.join("a").exists());
+    f.assert_no_canary_leaked(&r);
 }

@@ -43,6 +43,17 @@ impl Run {
     }
 }
 
+/// What a run's stdout is, for [`Fixture::run_audit_to_stdout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutIs {
+    /// A pipe the test reads.
+    Read,
+    /// Closed before keyturn-init starts (`>&-`).
+    Closed,
+    /// A pipe whose read end the test dropped.
+    ReaderGone,
+}
+
 /// A test's world: OpenBao, an output directory on tmpfs, a scratch directory on disk for
 /// manifests and the audit files.
 pub struct Fixture {
@@ -126,7 +137,58 @@ impl Fixture {
     /// Runs keyturn-init with `args`, the Vault address of this fixture, the audit going to
     /// [`Fixture::audit_file`], a HOME of its own, and `env`.
     pub async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = tokio::process::Command::new(bin());
+        let mut cmd = self.command(bin(), args, env);
+        let o = cmd.output().await.expect("run keyturn-init");
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Runs keyturn-init as [`Fixture::run`] does, but with the audit going to stdout only
+    /// (its default: no `KEYTURN_AUDIT_FILE`), and stdout as `how` says.
+    pub async fn run_audit_to_stdout(&self, args: &[&str], how: StdoutIs) -> Run {
+        let mut cmd = match how {
+            // Through a shell, so the descriptor is really closed when keyturn-init starts.
+            StdoutIs::Closed => {
+                let mut sh_args = vec!["-c", "exec \"$0\" \"$@\" >&-"];
+                let b = bin();
+                let b = b.to_str().unwrap().to_owned();
+                sh_args.push(&b);
+                sh_args.extend_from_slice(args);
+                self.command(PathBuf::from("/bin/sh"), &sh_args, &[])
+            }
+            StdoutIs::Read | StdoutIs::ReaderGone => self.command(bin(), args, &[]),
+        };
+        cmd.env_remove("KEYTURN_AUDIT_FILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("run keyturn-init");
+        if matches!(how, StdoutIs::ReaderGone) {
+            // Nobody reads the pipe any more: every write to it fails with EPIPE.
+            drop(child.stdout.take());
+        }
+        let o = child
+            .wait_with_output()
+            .await
+            .expect("wait for keyturn-init");
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `program` (keyturn-init, or a shell running it) with `args` and the environment
+    /// [`Fixture::run`] describes.
+    fn command(
+        &self,
+        program: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -140,12 +202,7 @@ impl Fixture {
             .env("KEYTURN_LOG", "info")
             .envs(env.iter().copied())
             .kill_on_drop(true);
-        let o = cmd.output().await.expect("run keyturn-init");
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: o.stdout,
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        cmd
     }
 
     /// Runs with `--manifest` (written from `yaml`) and `--out`.
