@@ -4,20 +4,53 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use keyturn_core::SecretValue;
-use keyturn_core::audit::{Actor, AuditLog, AuditLogOptions, HmacKey, Outcome, RecordedEvent};
+use keyturn_core::audit::{
+    Actor, AuditLog, AuditLogOptions, ChainHash, Entry, HmacKey, Outcome, RecordedEvent,
+};
 
 const CANARY: &str = "canary-cli-0d9e4b71-must-not-appear";
 
+/// The audit key every log here is written with, and that `keyturn` is given through
+/// `KEYTURN_AUDIT_HMAC_KEY_FILE`.
+const KEY_BYTES: [u8; 32] = [0x3c; 32];
+
+fn key_file() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("audit-hmac.key"), KEY_BYTES).unwrap();
+        dir
+    });
+    // A `static` is never dropped, so the directory outlives every test.
+    Box::leak(dir.path().join("audit-hmac.key").into_boxed_path())
+}
+
+fn key() -> HmacKey {
+    HmacKey::load(key_file()).unwrap()
+}
+
+/// `keyturn ARGS`, with the audit key and nothing else from the environment that matters.
 fn keyturn(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyturn"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .env_remove("KEYTURN_LOG")
+    keyturn_cmd(args)
+        .env("KEYTURN_AUDIT_HMAC_KEY_FILE", key_file())
         .output()
         .expect("run keyturn")
+}
+
+/// `keyturn ARGS` without any audit key: no key file, and no place for a per-install one.
+fn keyturn_cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
+    c.args(args.iter().map(|a| a.as_ref()))
+        .env_remove("KEYTURN_LOG")
+        .env_remove("KEYTURN_AUDIT_HMAC_KEY_FILE")
+        .env_remove("KEYTURN_STATE_DIR")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("HOME");
+    c
 }
 
 fn stdout(o: &Output) -> String {
@@ -29,7 +62,11 @@ fn stderr(o: &Output) -> String {
 }
 
 fn open_log(path: &Path, previous: Option<&Path>) -> AuditLog {
-    let mut options = AuditLogOptions::new(HmacKey::generate().unwrap()).file(path);
+    open_log_with(path, previous, key())
+}
+
+fn open_log_with(path: &Path, previous: Option<&Path>, key: HmacKey) -> AuditLog {
+    let mut options = AuditLogOptions::new(key).file(path);
     if let Some(previous) = previous {
         options = options.continue_from(previous);
     }
@@ -72,6 +109,32 @@ fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.concat()).unwrap();
 }
 
+/// What a forger without the key does: from line `from` on, renumber `seq`, relink `prev` and
+/// recompute `hash` (SHA-256 of the line without its `hash` and `mac`), as the chain's
+/// documentation tells anyone how. The `mac` needs the key: `keep_macs` leaves the old ones,
+/// else they go.
+fn rehash(lines: &mut [String], from: usize, keep_macs: bool) {
+    for i in from..lines.len() {
+        let mut e = Entry::parse(lines[i].as_bytes()).unwrap();
+        if i > 0 {
+            let before = Entry::parse(lines[i - 1].as_bytes()).unwrap();
+            e.seq = before.seq + 1;
+            e.prev = before.hash;
+        }
+        let mac = e.mac.take();
+        let text = serde_json::to_string(&e).unwrap();
+        let cut = text.len() - 1 - (",\"hash\":\"\"".len() + 64);
+        e.hash = ChainHash::of(format!("{}}}", &text[..cut]).as_bytes());
+        e.mac = if keep_macs { mac } else { None };
+        lines[i] = format!("{}\n", serde_json::to_string(&e).unwrap());
+    }
+}
+
+/// The `; every MAC checked …` part of an ok verdict.
+fn macs_checked() -> String {
+    format!("; every MAC checked under audit key {}", key().id())
+}
+
 #[tokio::test]
 async fn verify_prints_a_one_line_summary_and_exits_0_for_an_intact_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,8 +145,9 @@ async fn verify_prints_a_one_line_summary_and_exits_0_for_an_intact_log() {
     assert_eq!(
         stdout(&out),
         format!(
-            "ok: 25 events, seq 0..24, last hash {}, in 1 file\n",
-            recs[24].hash
+            "ok: 25 events, seq 0..24, last hash {}, in 1 file{}\n",
+            recs[24].hash,
+            macs_checked()
         )
     );
 }
@@ -92,7 +156,7 @@ async fn verify_prints_a_one_line_summary_and_exits_0_for_an_intact_log() {
 #[tokio::test]
 async fn verify_exits_1_naming_the_first_broken_seq_and_file_line_for_each_kind_of_tampering() {
     type Tamper = fn(&mut Vec<String>);
-    let cases: [(&str, Tamper, u64, u64, &str); 5] = [
+    let cases: [(&str, Tamper, u64, u64, &str); 9] = [
         (
             "edit",
             |l| l[7] = l[7].replace("deploy 7", "deploy 8"),
@@ -135,6 +199,49 @@ async fn verify_exits_1_naming_the_first_broken_seq_and_file_line_for_each_kind_
             8,
             "torn line",
         ),
+        // The same, by a forger who recomputes every hash after the change (which passed
+        // before the chain was keyed): only the MACs, which need the key, show it.
+        (
+            "edit, rehashed",
+            |l| {
+                l[7] = l[7].replace("deploy 7", "deploy 8");
+                rehash(l, 7, true);
+            },
+            7,
+            8,
+            "MAC mismatch",
+        ),
+        (
+            "delete, renumbered and rehashed",
+            |l| {
+                l.remove(7);
+                rehash(l, 7, true);
+            },
+            7,
+            8,
+            "MAC mismatch",
+        ),
+        (
+            "insert, renumbered and rehashed",
+            |l| {
+                let forged = l[6].replace("orders/6", "orders/X");
+                l.insert(7, forged);
+                rehash(l, 7, true);
+            },
+            7,
+            8,
+            "MAC mismatch",
+        ),
+        (
+            "edit, rehashed, MACs stripped",
+            |l| {
+                l[7] = l[7].replace("deploy 7", "deploy 8");
+                rehash(l, 7, false);
+            },
+            7,
+            8,
+            "no MAC",
+        ),
     ];
     for (name, tamper, seq, line, why) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -167,8 +274,9 @@ async fn verify_follows_the_chain_across_files_and_names_a_break_at_the_boundary
     assert_eq!(
         stdout(&out),
         format!(
-            "ok: 15 events, seq 0..14, last hash {}, in 2 files\n",
-            recs[4].hash
+            "ok: 15 events, seq 0..14, last hash {}, in 2 files{}\n",
+            recs[4].hash,
+            macs_checked()
         )
     );
 
@@ -233,12 +341,96 @@ async fn verify_checks_anchors_for_a_missing_tail() {
     assert_eq!(counted.status.code(), Some(1));
 }
 
+#[tokio::test]
+async fn verify_fails_a_whole_log_replaced_by_one_under_another_key_at_seq_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let other = HmacKey::generate().unwrap();
+    let other_id = other.id();
+    record(&open_log_with(&path, None, other), 12).await;
+    let out = keyturn(&[&"audit", &"verify", &path]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.starts_with(&format!(
+            "broken: seq 0 at {}:1: MAC mismatch",
+            path.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&key().id()) && !text.contains(&other_id),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn verify_without_the_audit_key_says_so_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 3).await;
+    let out = keyturn_cmd(&[&"audit", &"verify", &path]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs the audit HMAC key") && err.contains("KEYTURN_AUDIT_HMAC_KEY_FILE"),
+        "{err}"
+    );
+    assert_eq!(stdout(&out), "");
+
+    let missing = dir.path().join("no-such.key");
+    let out = keyturn_cmd(&[
+        &"audit",
+        &"verify",
+        &"--audit-hmac-key-file",
+        &missing,
+        &path,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("no-such.key"), "{}", stderr(&out));
+
+    // Given, the key is never printed, in any spelling.
+    let out = keyturn(&[&"--log", &"trace", &"audit", &"verify", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    for spelling in [hex::encode(KEY_BYTES), hex::encode_upper(KEY_BYTES)] {
+        assert!(!all.contains(&spelling));
+    }
+}
+
+#[tokio::test]
+async fn an_unkeyed_log_from_before_keyed_chaining_fails_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 4).await;
+    let mut l = lines(&path);
+    rehash(&mut l, 0, false);
+    write_lines(&path, &l);
+    let out = keyturn(&[&"audit", &"verify", &path]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("unkeyed: 4 events, seq 0..3"), "{text}");
+    assert!(text.contains("no protection against rewriting"), "{text}");
+    let out = keyturn(&[&"audit", &"verify", &"--allow-unkeyed", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("no protection against rewriting"));
+
+    // Reopened by today's writer, the log goes on keyed, and the verdict says since when.
+    record(&open_log(&path, None), 2).await;
+    let out = keyturn(&[&"audit", &"verify", &path]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("seq 0..3 predate keyed chaining"), "{text}");
+}
+
 #[test]
-fn verify_exits_74_for_a_file_it_cannot_read() {
+fn verify_exits_66_for_a_missing_file_and_74_for_one_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.jsonl");
     let out = keyturn(&[&"audit", &"verify", &missing]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(out.status.code(), Some(66));
     assert!(stderr(&out).contains("missing.jsonl"), "{}", stderr(&out));
     assert_eq!(stdout(&out), "");
 

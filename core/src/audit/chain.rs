@@ -1,33 +1,55 @@
-//! The chain: an entry's canonical form, its hash, and the head a writer continues from.
+//! The chain: an entry's canonical form, its hash, its MAC, and the head a writer continues
+//! from.
 //!
 //! # Canonical form
 //!
 //! The canonical form of an entry is its compact `serde_json` serialization with every member
-//! but `hash`, in this fixed order (the field order of [`Entry`](super::Entry)):
+//! but `hash` and `mac`, in this fixed order (the field order of [`Entry`](super::Entry)):
 //!
 //! ```text
 //! time, seq, actor{kind, name, namespace?, pod?, entity?}, action, resource, outcome,
-//! detail?, reason?, request_id?, rotation_id?, value_hmac?, prev
+//! detail?, reason?, request_id?, rotation_id?, value_hmac?, field_hmacs?, prev
 //! ```
 //!
 //! - No whitespace between tokens; members marked `?` are left out when absent (never `null`).
 //! - Strings use `serde_json`'s escaping: `"` `\` and control characters are escaped (`\n`,
 //!   `\u001f`, …), everything else, non-ASCII included, is written as raw UTF-8.
 //! - `time` is RFC 3339 in UTC with milliseconds and a `Z` (`2025-01-31T03:00:00.123Z`);
-//!   `seq` is a decimal integer; `prev` and `hash` are 64 lowercase hex digits.
+//!   `seq` is a decimal integer; `prev`, `hash` and `mac` are 64 lowercase hex digits;
+//!   `field_hmacs` is an object whose members are in name order.
 //!
-//! `hash` is the lowercase hex SHA-256 of those bytes. The line on disk is the canonical form
-//! with `,"hash":"<hex>"` inserted before the closing brace, then `\n`. So every line ends with
-//! exactly 75 bytes of hash member plus `}` — and an independent checker needs no JSON
-//! library to recompute it: cut those 75 bytes, put back the `}`, hash.
+//! # Hash and MAC
 //!
-//! The verifier works that way, on the bytes as they are on disk. It does not re-serialize, so
-//! the hash binds exactly what is stored; the writer only ever stores the canonical form.
+//! `hash` is the lowercase hex SHA-256 of the canonical form; the next entry's `prev` is this
+//! `hash`, so each hash covers every entry before it. `mac` is HMAC-SHA-256 of the 32 bytes of
+//! `hash` under the **chain key**, a key derived from the audit HMAC key
+//! ([`HmacKey::chain_key`](super::HmacKey::chain_key)). The hash alone has no secret: anyone
+//! who can write the file can edit an entry and recompute every hash after it. The MAC is what
+//! makes that need the key; and since `hash` covers `prev`, one entry's MAC vouches for the
+//! whole chain up to it.
+//!
+//! The MAC is over the hash rather than over the canonical form so that the line stays
+//! checkable without the key (the file sink checks the last line's hash when it reopens a
+//! file, and has no key), and so that the MAC costs two SHA-256 blocks whatever the line's
+//! length.
+//!
+//! The line on disk is the canonical form with `,"hash":"<hex>","mac":"<hex>"` inserted before
+//! the closing brace, then `\n`. An independent checker needs no JSON library: cut the last
+//! 148 bytes (both members and the `}`), put back the `}`, hash; then HMAC the hash.
+//!
+//! Lines written before keyed chaining (keyturn up to 0.x, "format 1") end with the `hash`
+//! member alone. They are still read and linked, and reported as *unkeyed*: nothing protects
+//! them against a rewrite except a keyed entry written after them, whose MAC covers them
+//! through `prev`.
+//!
+//! The verifier works on the bytes as they are on disk. It does not re-serialize, so the hash
+//! binds exactly what is stored; the writer only ever stores the canonical form.
 
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
@@ -39,9 +61,15 @@ pub const HASH_HEX_LEN: usize = 64;
 /// What precedes the hex digits of the trailing `hash` member.
 const HASH_MEMBER_PREFIX: &[u8] = b",\"hash\":\"";
 
-/// Bytes from the start of the `hash` member to the end of the line (newline excluded):
+/// Bytes from the start of the `hash` member to the end of an unkeyed line (newline excluded):
 /// `,"hash":"` + 64 hex digits + `"}`.
 pub(crate) const HASH_TAIL_LEN: usize = HASH_MEMBER_PREFIX.len() + HASH_HEX_LEN + 2;
+
+/// What precedes the hex digits of the `mac` member, which follows `hash` on keyed lines.
+const MAC_MEMBER_PREFIX: &[u8] = b",\"mac\":\"";
+
+/// The `mac` member: `,"mac":"` + 64 hex digits + `"`.
+const MAC_MEMBER_LEN: usize = MAC_MEMBER_PREFIX.len() + HASH_HEX_LEN + 1;
 
 /// A SHA-256 digest in the chain: an entry's `hash`, or the `prev` that links to it.
 ///
@@ -178,6 +206,79 @@ impl<'de> Deserialize<'de> for ChainHash {
     }
 }
 
+/// The key the chain's MACs are made with: derived from the audit HMAC key by
+/// [`HmacKey::chain_key`](super::HmacKey::chain_key), never the audit key itself.
+///
+/// Holds HMAC-SHA-256 already keyed (the inner and outer pads hashed once), so a MAC costs two
+/// SHA-256 blocks. `hmac` 0.12 cannot zeroize that state; it lives as long as the
+/// [`HmacKey`](super::HmacKey) it comes from, in the same process. `Debug` shows only the
+/// audit key's id.
+#[derive(Clone)]
+pub struct ChainKey {
+    keyed: Hmac<Sha256>,
+    key_id: String,
+}
+
+impl ChainKey {
+    /// A chain key from derived key bytes; `key_id` is the audit key's id.
+    pub(crate) fn new(derived: &[u8], key_id: String) -> Self {
+        Self {
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(derived)
+                .expect("HMAC takes keys of any length"),
+            key_id,
+        }
+    }
+
+    /// The id of the audit key this was derived from ([`HmacKey::id`](super::HmacKey::id)):
+    /// not secret, so it can name the key in messages.
+    #[must_use]
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The MAC of an entry whose hash is `hash`.
+    pub(crate) fn mac(&self, hash: &ChainHash) -> ChainHash {
+        let mut m = self.keyed.clone();
+        m.update(&hash.0);
+        ChainHash(m.finalize().into_bytes().into())
+    }
+
+    /// Whether `mac` is the MAC of `hash`, compared in constant time by `hmac`.
+    pub(crate) fn verify(&self, hash: &ChainHash, mac: &ChainHash) -> bool {
+        let mut m = self.keyed.clone();
+        m.update(&hash.0);
+        m.verify_slice(&mac.0).is_ok()
+    }
+
+    /// A MAC over `label` and `parts` (each length-prefixed), for records kept outside the
+    /// log under the same key, such as the [anchor](super::anchor). An entry's MAC is over
+    /// exactly 32 bytes and this one over more, so the two can never be confused.
+    pub(crate) fn mac_record(&self, label: &[u8], parts: &[&[u8]]) -> ChainHash {
+        ChainHash(self.record(label, parts).finalize().into_bytes().into())
+    }
+
+    /// Whether `mac` is [`ChainKey::mac_record`] of `label` and `parts`, in constant time.
+    pub(crate) fn verify_record(&self, label: &[u8], parts: &[&[u8]], mac: &ChainHash) -> bool {
+        self.record(label, parts).verify_slice(&mac.0).is_ok()
+    }
+
+    fn record(&self, label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut m = self.keyed.clone();
+        m.update(label);
+        for p in parts {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        m
+    }
+}
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChainKey(audit key id {})", self.key_id)
+    }
+}
+
 /// Where the next entry goes: its `seq` and its `prev`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainHead {
@@ -231,6 +332,21 @@ pub(crate) struct CheckedLine {
     pub stored: ChainHash,
     /// The hash of the line's canonical form, recomputed.
     pub computed: ChainHash,
+    /// The line's `mac`, and whether it was checked.
+    pub mac: MacCheck,
+}
+
+/// The state of a line's `mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MacCheck {
+    /// The line has no `mac`: written before keyed chaining.
+    Absent,
+    /// The line has a `mac`, and no key was given to check it.
+    Unchecked,
+    /// The `mac` is the MAC of the stored `hash` under the key given.
+    Valid,
+    /// The `mac` is not: the line was rewritten, or written under another key.
+    Invalid,
 }
 
 /// The members the chain checks need, for lines not in the writer's exact layout; serde skips
@@ -243,6 +359,8 @@ struct LineView<'a> {
     prev: &'a [u8],
     #[serde(borrow)]
     hash: &'a [u8],
+    #[serde(borrow, default)]
+    mac: Option<&'a [u8]>,
 }
 
 /// Every line starts `{"time":"<24 bytes>","seq":<digits>,"actor":{`.
@@ -251,12 +369,14 @@ const TIME_LEN: usize = "2025-01-31T03:00:00.123Z".len();
 const SEQ_PREFIX: &[u8] = b"\",\"seq\":";
 const SEQ_AT: usize = TIME_PREFIX.len() + TIME_LEN + SEQ_PREFIX.len();
 const AFTER_SEQ: &[u8] = b",\"actor\":{";
-/// …and ends `,"prev":"<64 hex>"` followed by the hash member.
+/// …and ends `,"prev":"<64 hex>"` followed by the hash member (and, on keyed lines, the mac
+/// member, which [`check_line`] has cut off before this is used).
 const PREV_MEMBER: &[u8] = b",\"prev\":\"";
 const PREV_TAIL_LEN: usize = PREV_MEMBER.len() + HASH_HEX_LEN + 1 + HASH_TAIL_LEN;
 
 /// `seq` and the `prev` digits of a line in the writer's exact layout, read at their fixed
-/// places without a JSON parser; `None` when the line is laid out any other way.
+/// places without a JSON parser; `None` when the line is laid out any other way. `line` ends
+/// with the hash member and one more byte (the `}`, or the `,` of the mac member).
 fn canonical_fields(line: &[u8]) -> Option<(u64, &[u8])> {
     let n = line.len();
     if n < SEQ_AT + 1 + AFTER_SEQ.len() + PREV_TAIL_LEN
@@ -287,35 +407,69 @@ fn canonical_fields(line: &[u8]) -> Option<(u64, &[u8])> {
     Some((seq, prev_hex))
 }
 
-/// Parses `line` (without its `\n`) just enough for the chain checks, and recomputes its hash
-/// from its bytes.
+/// The trailing `mac` member of a keyed line: its value, and where the member starts.
+fn trailing_mac(line: &[u8]) -> Option<(ChainHash, usize)> {
+    let n = line.len();
+    if n < MAC_MEMBER_LEN + 1 + HASH_TAIL_LEN || !line.ends_with(b"\"}") {
+        return None;
+    }
+    let at = n - 1 - MAC_MEMBER_LEN;
+    let member = &line[at..n - 1];
+    if !member.starts_with(MAC_MEMBER_PREFIX) {
+        return None;
+    }
+    let hex = &member[MAC_MEMBER_PREFIX.len()..MAC_MEMBER_PREFIX.len() + HASH_HEX_LEN];
+    ChainHash::from_canonical_hex(hex).map(|mac| (mac, at))
+}
+
+/// [`check_line_with`] without a key: the hash is checked, a `mac` only noted.
+pub(crate) fn check_line(line: &[u8]) -> Result<CheckedLine, LineError> {
+    check_line_with(line, None)
+}
+
+/// Parses `line` (without its `\n`) just enough for the chain checks, recomputes its hash
+/// from its bytes, and checks its `mac` under `key` if both are there.
 ///
 /// Lines in the writer's exact layout (all of them, unless edited) are read at fixed places:
-/// `seq` after the fixed-width `time`, `prev` and `hash` at the end. That is what makes the
-/// verifier fast, and it is enough: the hash then covers every byte, so a line whose other
-/// members were changed fails it. Any other line goes through serde, which accepts any member
-/// order and says precisely what is wrong when it is not an entry at all.
-pub(crate) fn check_line(line: &[u8]) -> Result<CheckedLine, LineError> {
-    let n = line.len();
-    if n < HASH_TAIL_LEN + 1 || !line.ends_with(b"\"}") {
+/// `seq` after the fixed-width `time`, `prev`, `hash` and `mac` at the end. That is what makes
+/// the verifier fast, and it is enough: the hash then covers every byte but the `mac`, which
+/// is checked against the hash, so a line whose other members were changed fails. Any other
+/// line goes through serde, which accepts any member order and says precisely what is wrong
+/// when it is not an entry at all.
+pub(crate) fn check_line_with(
+    line: &[u8],
+    key: Option<&ChainKey>,
+) -> Result<CheckedLine, LineError> {
+    // Where the hash member ends: the `}` of an unkeyed line, the `,` of a keyed line's mac.
+    let (mac, end) = match trailing_mac(line) {
+        Some((mac, at)) => (Some(mac), at),
+        None => (None, line.len().saturating_sub(1)),
+    };
+    if end < HASH_TAIL_LEN || line.last() != Some(&b'}') || line[end - 1] != b'"' {
         return Err(LineError::NoHashMember);
     }
-    let tail = &line[n - HASH_TAIL_LEN..];
-    if !tail.starts_with(HASH_MEMBER_PREFIX) {
+    let hash_at = end + 1 - HASH_TAIL_LEN;
+    let member = &line[hash_at..end];
+    if !member.starts_with(HASH_MEMBER_PREFIX) {
         return Err(LineError::NoHashMember);
     }
-    let hex = &tail[HASH_MEMBER_PREFIX.len()..HASH_MEMBER_PREFIX.len() + HASH_HEX_LEN];
+    let hex = &member[HASH_MEMBER_PREFIX.len()..HASH_MEMBER_PREFIX.len() + HASH_HEX_LEN];
     let stored = ChainHash::from_canonical_hex(hex).ok_or(LineError::NoHashMember)?;
 
-    let (seq, prev_hex) = match canonical_fields(line) {
+    let (seq, prev_hex) = match canonical_fields(&line[..=end]) {
         Some(fields) => fields,
         None => {
             let view: LineView<'_> =
                 serde_json::from_slice(line).map_err(|e| LineError::NotAnEntry {
                     reason: e.to_string(),
                 })?;
-            // serde rejects a duplicated `hash`, so the member parsed is the trailing one cut.
-            if view.hash != hex {
+            // serde rejects a duplicated member, so the ones parsed are the trailing ones cut.
+            let same_mac = match (view.mac, mac) {
+                (None, None) => true,
+                (Some(v), Some(m)) => v == m.to_hex().as_bytes(),
+                _ => false,
+            };
+            if view.hash != hex || !same_mac {
                 return Err(LineError::NoHashMember);
             }
             (view.seq, view.prev)
@@ -326,21 +480,30 @@ pub(crate) fn check_line(line: &[u8]) -> Result<CheckedLine, LineError> {
     })?;
 
     let mut h = Sha256::new();
-    h.update(&line[..n - HASH_TAIL_LEN]);
+    h.update(&line[..hash_at]);
     h.update(b"}");
+    let mac = match (mac, key) {
+        (None, _) => MacCheck::Absent,
+        (Some(_), None) => MacCheck::Unchecked,
+        (Some(m), Some(k)) if k.verify(&stored, &m) => MacCheck::Valid,
+        (Some(_), Some(_)) => MacCheck::Invalid,
+    };
     Ok(CheckedLine {
         seq,
         prev,
         stored,
         computed: ChainHash(h.finalize().into()),
+        mac,
     })
 }
 
-/// Appends `event` to `buf` as one sealed line at `head`, stamped `time`, and returns its hash.
+/// Appends `event` to `buf` as one sealed line at `head`, stamped `time`, MACed under `key`,
+/// and returns its hash.
 ///
 /// On error `buf` is left as it was.
 pub(crate) fn seal_into(
     buf: &mut Vec<u8>,
+    key: &ChainKey,
     head: ChainHead,
     time: DateTime<Utc>,
     event: &Event,
@@ -352,10 +515,15 @@ pub(crate) fn seal_into(
         return Err(e);
     }
     let hash = ChainHash::of(&buf[start..]);
-    buf.pop(); // the closing brace; the hash member goes in front of it
-    buf.extend_from_slice(HASH_MEMBER_PREFIX);
+    let mac = key.mac(&hash);
+    buf.pop(); // the closing brace; the hash and mac members go in front of it
     let mut hex = [0u8; HASH_HEX_LEN];
+    buf.extend_from_slice(HASH_MEMBER_PREFIX);
     hash.write_hex(&mut hex);
+    buf.extend_from_slice(&hex);
+    buf.push(b'"');
+    buf.extend_from_slice(MAC_MEMBER_PREFIX);
+    mac.write_hex(&mut hex);
     buf.extend_from_slice(&hex);
     buf.extend_from_slice(b"\"}\n");
     Ok(hash)
@@ -364,10 +532,15 @@ pub(crate) fn seal_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SecretValue;
     use crate::audit::{Actor, Entry, HmacKey, Outcome};
 
+    fn test_key() -> HmacKey {
+        HmacKey::from_bytes_for_test(&[0x5a; 32])
+    }
+
     fn sealed_line(head: ChainHead) -> (Vec<u8>, ChainHash) {
-        let key = HmacKey::generate().unwrap();
+        let key = test_key();
         let event = crate::audit::EventBuilder::new(
             &key,
             Actor::operator("alice").with_entity("ent-1"),
@@ -381,22 +554,84 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let mut buf = Vec::new();
-        let hash = seal_into(&mut buf, head, time, &event).unwrap();
+        let hash = seal_into(&mut buf, &key.chain_key(), head, time, &event).unwrap();
         (buf, hash)
     }
 
+    /// The line as keyturn wrote it before keyed chaining: the same, without the `mac`.
+    fn unkeyed(line: &[u8]) -> Vec<u8> {
+        let n = line.len();
+        let mut v = line[..n - 2 - MAC_MEMBER_LEN].to_vec();
+        v.extend_from_slice(b"}\n");
+        v
+    }
+
     #[test]
-    fn a_sealed_line_hashes_its_canonical_form_and_ends_with_the_hash_member() {
+    fn a_sealed_line_hashes_its_canonical_form_and_macs_the_hash_under_the_chain_key() {
         let (line, hash) = sealed_line(ChainHead::GENESIS);
         let text = std::str::from_utf8(&line).unwrap();
+        let mac = test_key().chain_key().mac(&hash);
         assert!(
-            text.ends_with(&format!(",\"hash\":\"{hash}\"}}\n")),
+            text.ends_with(&format!(",\"hash\":\"{hash}\",\"mac\":\"{mac}\"}}\n")),
             "{text}"
         );
         assert!(text.starts_with("{\"time\":\"2025-01-31T03:00:00.123Z\",\"seq\":0,"));
-        let canonical = format!("{}}}", &text[..text.len() - 1 - HASH_TAIL_LEN]);
+        // As the module documentation tells an independent checker: cut 148 bytes, put back
+        // the brace, hash; then HMAC-SHA-256 the 32 bytes under the chain key.
+        let canonical = format!("{}}}", &text[..text.len() - 1 - 148]);
         assert_eq!(ChainHash::of(canonical.as_bytes()), hash);
         assert!(canonical.ends_with(&format!("\"prev\":\"{}\"}}", "0".repeat(64))));
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(&test_key().chain_key_bytes_for_test()).unwrap();
+        m.update(hash.as_bytes());
+        assert_eq!(hex::encode(m.finalize().into_bytes()), mac.to_hex());
+    }
+
+    #[test]
+    fn the_mac_is_checked_under_the_key_given_and_only_noted_without_one() {
+        let (line, hash) = sealed_line(ChainHead::GENESIS);
+        let body = &line[..line.len() - 1];
+        let own = test_key().chain_key();
+        let other = HmacKey::from_bytes_for_test(&[0xa5; 32]).chain_key();
+        let mac = |key| check_line_with(body, key).unwrap().mac;
+        assert_eq!(mac(Some(&own)), MacCheck::Valid);
+        assert_eq!(mac(Some(&other)), MacCheck::Invalid);
+        assert_eq!(mac(None), MacCheck::Unchecked);
+        let c = check_line_with(body, Some(&own)).unwrap();
+        assert_eq!((c.stored, c.computed), (hash, hash));
+    }
+
+    #[test]
+    fn a_line_without_a_mac_is_an_unkeyed_entry_with_the_same_hash() {
+        let (line, hash) = sealed_line(ChainHead::GENESIS);
+        let old = unkeyed(&line);
+        let c = check_line_with(&old[..old.len() - 1], Some(&test_key().chain_key())).unwrap();
+        assert_eq!(
+            (c.stored, c.computed, c.mac),
+            (hash, hash, MacCheck::Absent)
+        );
+    }
+
+    #[test]
+    fn a_mac_that_is_not_64_lowercase_hex_digits_leaves_no_hash_member() {
+        let (line, _) = sealed_line(ChainHead::GENESIS);
+        let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
+        let at = text.len() - 2 - HASH_HEX_LEN;
+        let upper = format!("{}{}", &text[..at], text[at..].to_uppercase());
+        assert_eq!(check_line(upper.as_bytes()), Err(LineError::NoHashMember));
+    }
+
+    #[test]
+    fn chain_keys_are_derived_not_the_audit_key_and_differ_per_audit_key() {
+        let key = test_key();
+        let a = key.chain_key_bytes_for_test();
+        assert_ne!(a.as_slice(), [0x5a; 32].as_slice());
+        // No value's value_hmac can be the chain key, whatever the value.
+        let label = SecretValue::from_str_copy("keyturn audit chain key v1");
+        assert_ne!(key.hmac_hex(&label), hex::encode(a));
+        let b = HmacKey::from_bytes_for_test(&[0xa5; 32]).chain_key_bytes_for_test();
+        assert_ne!(a, b);
+        assert!(!format!("{:?}", key.chain_key()).contains(&hex::encode(a)));
     }
 
     #[test]
@@ -436,6 +671,18 @@ mod tests {
     }
 
     #[test]
+    fn json_that_merely_ends_like_an_entry_is_not_one() {
+        let z = "0".repeat(64);
+        for line in [
+            format!("{{\"seq\":\"x\",\"prev\":\"{z}\",\"hash\":\"{z}\"}}"),
+            format!("{{\"seq\":1,\"prev\":\"{z}\",\"hash\":\"{z}\",\"mac\":7}}"),
+            format!("{{\"seq\":\"x\",\"prev\":\"{z}\",\"hash\":\"{z}\",\"mac\":\"{z}\"}}"),
+        ] {
+            assert!(check_line(line.as_bytes()).is_err(), "{line}");
+        }
+    }
+
+    #[test]
     fn check_line_rejects_a_duplicated_hash_member() {
         let (line, hash) = sealed_line(ChainHead::GENESIS);
         let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
@@ -454,10 +701,12 @@ mod tests {
             prev,
         });
         let line = &line[..line.len() - 1];
-        let (seq, prev_hex) = canonical_fields(line).expect("the writer's own layout");
+        let (_, mac_at) = trailing_mac(line).expect("a keyed line");
+        let (seq, prev_hex) = canonical_fields(&line[..=mac_at]).expect("the writer's own layout");
         assert_eq!((seq, prev_hex), (1_234_567, prev.to_hex().as_bytes()));
         let view: LineView<'_> = serde_json::from_slice(line).unwrap();
         assert_eq!((view.seq, view.prev), (seq, prev_hex));
+        assert!(view.mac.is_some());
     }
 
     #[test]
@@ -468,14 +717,22 @@ mod tests {
         let moved =
             text.replacen("\"seq\":0,", "", 1)
                 .replacen("\"action\"", "\"seq\":0,\"action\"", 1);
-        assert_eq!(canonical_fields(moved.as_bytes()), None);
+        let cut = |t: &str| t.len() - MAC_MEMBER_LEN;
+        assert_eq!(canonical_fields(&moved.as_bytes()[..cut(&moved)]), None);
         let c = check_line(moved.as_bytes()).unwrap();
-        assert_eq!((c.seq, c.stored), (0, hash));
+        assert_eq!((c.seq, c.stored, c.mac), (0, hash, MacCheck::Unchecked));
         assert_ne!(c.computed, hash);
         // A leading zero is not the writer's layout either.
         let zero = text.replacen("\"seq\":0,", "\"seq\":00,", 1);
-        assert_eq!(canonical_fields(zero.as_bytes()), None);
+        assert_eq!(canonical_fields(&zero.as_bytes()[..cut(&zero)]), None);
         assert!(check_line(zero.as_bytes()).is_err());
+        // Nor is a mac moved away from the end.
+        let (mac, at) = trailing_mac(text.as_bytes()).unwrap();
+        let mac_first = format!("{{\"mac\":\"{mac}\",{}}}", &text[1..at]);
+        assert_eq!(
+            check_line(mac_first.as_bytes()),
+            Err(LineError::NoHashMember)
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! with what [`Outcome`]; the builder callers make events with; and the [`Entry`] an event
 //! becomes once the log has stamped, numbered and chained it.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +146,7 @@ pub struct Event {
     pub(crate) request_id: Option<String>,
     pub(crate) rotation_id: Option<String>,
     pub(crate) value_hmac: Option<String>,
+    pub(crate) field_hmacs: Option<BTreeMap<String, String>>,
 }
 
 impl Event {
@@ -175,6 +178,12 @@ impl Event {
     #[must_use]
     pub fn value_hmac(&self) -> Option<&str> {
         self.value_hmac.as_deref()
+    }
+
+    /// The hex HMAC of each field of a secret with several, by field name.
+    #[must_use]
+    pub fn field_hmacs(&self) -> Option<&BTreeMap<String, String>> {
+        self.field_hmacs.as_ref()
     }
 }
 
@@ -221,6 +230,7 @@ impl<'k> EventBuilder<'k> {
                 request_id: None,
                 rotation_id: None,
                 value_hmac: None,
+                field_hmacs: None,
             },
         }
     }
@@ -259,6 +269,30 @@ impl<'k> EventBuilder<'k> {
     /// investigator who holds a candidate value and the key can tell whether this was it.
     pub fn value(mut self, value: &SecretValue) -> Self {
         self.event.value_hmac = Some(self.key.hmac_hex(value));
+        self
+    }
+
+    /// One field of a secret with several: only its HMAC-SHA256 under the audit key is kept, in
+    /// `field_hmacs` under the field's name, so that `keyturn audit search --value-hmac` finds
+    /// the read from any one leaked field. The name is kept as given: field names are not
+    /// secret. A second call for the same name replaces the first.
+    pub fn field_value(mut self, name: impl Into<String>, value: &SecretValue) -> Self {
+        let hmac = self.key.hmac_hex(value);
+        self.event
+            .field_hmacs
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.into(), hmac);
+        self
+    }
+
+    /// [`EventBuilder::field_value`] for each `(name, value)`, e.g. a `SecretData`'s `iter()`.
+    pub fn field_values<'v, N: Into<String>>(
+        mut self,
+        fields: impl IntoIterator<Item = (N, &'v SecretValue)>,
+    ) -> Self {
+        for (name, value) in fields {
+            self = self.field_value(name, value);
+        }
         self
     }
 
@@ -302,10 +336,18 @@ pub struct Entry {
     /// Hex HMAC-SHA256 of the value under the audit key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_hmac: Option<String>,
+    /// For a secret with several fields: the hex HMAC-SHA256 of each under the audit key, by
+    /// field name (in name order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_hmacs: Option<BTreeMap<String, String>>,
     /// The previous entry's `hash`, or 64 zeros for the first entry of a chain.
     pub prev: ChainHash,
     /// SHA-256 of this entry's canonical form (every member above).
     pub hash: ChainHash,
+    /// HMAC-SHA-256 of `hash` under the chain key; absent on entries written before keyed
+    /// chaining. See [`chain`](super::chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<ChainHash>,
 }
 
 impl Entry {
@@ -349,6 +391,8 @@ pub(crate) struct EntryBody<'a> {
     rotation_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value_hmac: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field_hmacs: Option<&'a BTreeMap<String, String>>,
     prev: ChainHash,
 }
 
@@ -366,6 +410,7 @@ impl<'a> EntryBody<'a> {
             request_id: event.request_id.as_deref(),
             rotation_id: event.rotation_id.as_deref(),
             value_hmac: event.value_hmac.as_deref(),
+            field_hmacs: event.field_hmacs.as_ref(),
             prev: head.prev,
         }
     }
@@ -402,6 +447,40 @@ mod tests {
             .build();
         assert_eq!(event.value_hmac(), Some(key.hmac_hex(&value).as_str()));
         assert!(!format!("{event:?}").contains("canary-builder-7d1f"));
+    }
+
+    #[test]
+    fn each_field_is_kept_only_as_its_hmac_by_name() {
+        let key = HmacKey::generate().unwrap();
+        let user = SecretValue::from_str_copy("canary-field-user-3c1a");
+        let pass = SecretValue::from_str_copy("canary-field-pass-8e2b");
+        let event = EventBuilder::new(&key, Actor::agent("keyturn-init"), "secret.read", "kv/x")
+            .field_values([("username", &user), ("password", &pass)])
+            .build();
+        let fields = event.field_hmacs().unwrap();
+        assert_eq!(
+            fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect::<Vec<_>>(),
+            [
+                ("password", key.hmac_hex(&pass)),
+                ("username", key.hmac_hex(&user))
+            ]
+        );
+        let shown = format!("{event:?}");
+        assert!(!shown.contains("canary-field"), "{shown}");
+        let body =
+            serde_json::to_string(&EntryBody::new(&event, Utc::now(), ChainHead::GENESIS)).unwrap();
+        assert!(!body.contains("canary-field"), "{body}");
+        assert!(
+            body.contains(&format!(
+                "\"field_hmacs\":{{\"password\":\"{}\",\"username\":\"{}\"}},\"prev\"",
+                key.hmac_hex(&pass),
+                key.hmac_hex(&user)
+            )),
+            "{body}"
+        );
     }
 
     #[test]

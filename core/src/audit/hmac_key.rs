@@ -17,12 +17,17 @@ use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::chain::ChainKey;
 use crate::SecretValue;
 
 /// Names the key file.
 pub const KEY_FILE_ENV: &str = "KEYTURN_AUDIT_HMAC_KEY_FILE";
 /// keyturn's state directory; the per-install key lives there.
 pub const STATE_DIR_ENV: &str = "KEYTURN_STATE_DIR";
+/// The salt [`HmacKey::chain_key`] derives the chain key with. Changing it changes every
+/// chain key, so it names a version.
+pub const CHAIN_KEY_LABEL: &[u8] = b"keyturn audit chain key v1";
+
 /// File name of the per-install key inside the state directory.
 pub const PER_INSTALL_KEY_FILE: &str = "audit-hmac.key";
 
@@ -253,6 +258,45 @@ impl HmacKey {
             .expect("HMAC takes keys of any length");
         mac.update(value.expose());
         hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The key the audit chain's MACs are made with (see [`chain`](super::chain)), derived from
+    /// this key.
+    ///
+    /// Derived, not this key itself, because `value_hmac` is HMAC under this key of any value
+    /// keyturn reads: used raw, the chain's MACs would be HMACs of 32-byte strings under the
+    /// same key, and a secret value that happened to be an entry's hash would make its
+    /// `value_hmac` that entry's MAC. The derivation is HKDF-Extract (RFC 5869 §2.2) with
+    /// [`CHAIN_KEY_LABEL`] as salt: HMAC keyed by the label, over this key. No `value_hmac`
+    /// (HMAC keyed by this key) can equal it, and it says nothing about this key.
+    #[must_use]
+    pub fn chain_key(&self) -> ChainKey {
+        ChainKey::new(self.chain_key_bytes().as_slice(), self.id())
+    }
+
+    fn chain_key_bytes(&self) -> Zeroizing<[u8; 32]> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(CHAIN_KEY_LABEL)
+            .expect("HMAC takes keys of any length");
+        mac.update(self.0.expose());
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
+    /// A key with these bytes, for tests that need two known keys.
+    #[cfg(test)]
+    pub(crate) fn from_bytes_for_test(bytes: &[u8]) -> Self {
+        Self(SecretValue::new(bytes.to_vec()))
+    }
+
+    /// Another handle on the same key, for tests that open several logs with it.
+    #[cfg(test)]
+    pub(crate) fn clone_for_test(&self) -> Self {
+        Self(SecretValue::new(self.0.expose().to_vec()))
+    }
+
+    /// The derived chain key's bytes, for tests that check the derivation.
+    #[cfg(test)]
+    pub(crate) fn chain_key_bytes_for_test(&self) -> [u8; 32] {
+        *self.chain_key_bytes()
     }
 
     /// A short, non-secret fingerprint of the key, to tell keys apart in logs: the first 8 bytes

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::chain::{ChainHash, ChainHead, seal_into};
+use super::chain::{ChainHash, ChainHead, ChainKey, seal_into};
 use super::error::AuditError;
 use super::event::{Actor, Event, EventBuilder};
 use super::hmac_key::HmacKey;
@@ -269,6 +269,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(max_batch);
         let shared = Arc::new(Shared::default());
         let writer = Writer {
+            chain_key: key.chain_key(),
             sinks,
             head,
             rx,
@@ -389,6 +390,8 @@ fn head_of_previous_file(path: PathBuf) -> Result<ChainHead, AuditError> {
 /// The writer thread's state. Only it touches the sinks and the chain head, so sealing needs no
 /// lock and seqs are handed out in queue order.
 struct Writer {
+    /// What each line's `mac` is made with.
+    chain_key: ChainKey,
     sinks: Vec<Box<dyn AuditSink>>,
     head: ChainHead,
     rx: mpsc::Receiver<Request>,
@@ -430,6 +433,7 @@ impl Writer {
             return;
         }
         buf.clear();
+        let key = &self.chain_key;
         let mut next = self.head;
         for req in batch.iter() {
             if next.next_seq == u64::MAX {
@@ -437,7 +441,7 @@ impl Writer {
                 continue;
             }
             let time = Utc::now().trunc_subsecs(3);
-            results.push(match seal_into(buf, next, time, &req.event) {
+            results.push(match seal_into(buf, key, next, time, &req.event) {
                 Ok(hash) => {
                     let seq = next.next_seq;
                     next = ChainHead {

@@ -4,51 +4,78 @@
 //! Each line is checked for, in this order:
 //!
 //! 1. a newline at its end (else: torn, [`BreakKind::TornLine`]);
-//! 2. the shape of an entry: `seq`, `prev`, and `hash` last ([`BreakKind::Malformed`]);
-//! 3. its hash: SHA-256 of the line's bytes with the `hash` member cut out
+//! 2. the shape of an entry: `seq`, `prev`, and `hash` (then `mac`) last
+//!    ([`BreakKind::Malformed`]);
+//! 3. its hash: SHA-256 of the line's bytes with the `hash` and `mac` members cut out
 //!    ([`BreakKind::HashMismatch`]: the entry was edited);
-//! 4. its `seq`: one more than the previous entry's, across files
+//! 4. its `mac`, when a key is given ([`VerifyOptions::key`]): HMAC-SHA-256 of the hash under
+//!    the chain key ([`BreakKind::MacMismatch`]: the entry was edited and its hash recomputed,
+//!    or it was written under another key); and that no entry after a keyed one lacks a `mac`
+//!    ([`BreakKind::MacMissing`]);
+//! 5. its `seq`: one more than the previous entry's, across files
 //!    ([`BreakKind::SeqMismatch`]: an entry was deleted, inserted or moved);
-//! 5. its `prev`: the previous entry's hash ([`BreakKind::PrevMismatch`]: an entry was replaced
+//! 6. its `prev`: the previous entry's hash ([`BreakKind::PrevMismatch`]: an entry was replaced
 //!    by another chain's, or files were given out of order).
 //!
-//! Only `seq`, `prev` and `hash` are read, and in the writer's own layout they are read at
-//! fixed places with no JSON parser; the other members are not decoded but hashed as the bytes
-//! they are, never re-serialized (see [`chain`](super::chain)). So `verify` vouches for the
-//! chain, not for the JSON of every member: a line whose middle is not JSON yet whose hash
-//! matches could only come from someone able to rewrite the chain anyway (below), and
-//! `keyturn audit tail` shows it as not an entry. Lines in any other layout go through serde.
+//! Only `seq`, `prev`, `hash` and `mac` are read, and in the writer's own layout they are read
+//! at fixed places with no JSON parser; the other members are not decoded but hashed as the
+//! bytes they are, never re-serialized (see [`chain`](super::chain)). So `verify` vouches for
+//! the chain, not for the JSON of every member: a line whose middle is not JSON yet whose hash
+//! and MAC match could only come from someone holding the key, and `keyturn audit tail` shows
+//! it as not an entry. Lines in any other layout go through serde.
 //!
-//! Files are read in rounds of a few MiB; the lines of a round are checked on all cores, then
-//! linked in order, so memory stays bounded however large the files are.
+//! Files are read in rounds of a few MiB; the lines of a round are checked (hash and MAC) on
+//! all cores, then linked in order, so memory stays bounded however large the files are.
 //!
-//! # What a hash chain cannot tell
+//! # What is and is not protected
 //!
-//! - **A missing tail.** Deleting the last entries leaves a shorter chain that is perfectly
-//!   valid. Only an anchor kept elsewhere catches it: pass the last hash and/or the count you
-//!   expect ([`VerifyOptions`]); the stdout sink's copy in the cluster's log store is one.
+//! - **With the key**, an edited, inserted, deleted, reordered or replaced entry is caught at
+//!   its `seq`, even when the forger recomputed every hash: each MAC needs the key, and covers
+//!   the whole chain before it through `prev`. So is a whole file replaced by a chain written
+//!   under another key. Without the key ([`verify`]) the chain is only a hash chain, which
+//!   anyone who can write the file can recompute.
+//! - **Entries written before keyed chaining** (no `mac`) are reported as unkeyed
+//!   ([`VerifyReport::first_keyed_seq`]): they were open to a rewrite until the first keyed
+//!   entry was written after them, whose MAC covers them from then on.
+//! - **A missing tail.** Deleting the last entries leaves a shorter chain whose every MAC is
+//!   valid. Only an anchor kept elsewhere catches it: the head the writer recorded in its store
+//!   ([`VerifyOptions::anchor`], see [`anchor`](super::anchor)), or the last hash and/or the
+//!   count you expect.
 //! - **A missing head.** A chain that does not start at `seq` 0 with `prev` all zeros is taken
 //!   as the continuation of an earlier file, which is what it looks like when the first files
-//!   are deleted. [`VerifyReport::start_prev`] says where it starts; give every file from the
-//!   first to check it.
-//! - **A rewrite.** The chain has no secret: someone who can write the file can recompute every
-//!   hash after an edit. Again, an anchor outside their reach catches it.
+//!   (or first entries) are deleted. [`VerifyReport::start_prev`] says where it starts; give
+//!   every file from the first to check it. An anchor older than the first entry given is
+//!   reported ([`BreakKind::AnchorBeforeFiles`]).
+//! - **Someone holding the key** can rewrite anything in the file; the anchor then still
+//!   catches a rewrite of the anchored entry or what precedes it, unless they can also write
+//!   the anchor's store.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::chain::{ChainHash, ChainHead, CheckedLine, LineError, check_line};
+use super::anchor::AnchorHead;
+use super::chain::{
+    ChainHash, ChainHead, ChainKey, CheckedLine, LineError, MacCheck, check_line_with,
+};
 use super::tail::MAX_LINE_LEN;
 
-/// Optional anchors: facts about the chain kept somewhere the files' writer cannot reach.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The key to check the MACs with, and optional anchors: facts about the chain kept somewhere
+/// the files' writer cannot reach.
+#[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
+    /// The chain key ([`HmacKey::chain_key`](super::HmacKey::chain_key)) of the audit key the
+    /// files were written with. Without it, MACs are not checked and the chain vouches only
+    /// that it is internally consistent.
+    pub key: Option<ChainKey>,
     /// The hash the last entry must have.
     pub expect_last_hash: Option<ChainHash>,
     /// How many entries the files must hold together.
     pub expect_count: Option<u64>,
+    /// A head the writer recorded outside the files: the entry at its `seq` must be in the
+    /// files, with its hash.
+    pub anchor: Option<AnchorHead>,
 }
 
 /// What the verifier found.
@@ -67,6 +94,16 @@ pub struct VerifyReport {
     pub start_prev: Option<ChainHash>,
     /// `hash` of the last entry that passed.
     pub last_hash: Option<ChainHash>,
+    /// Of the entries that passed, how many carry a `mac` (checked when a key was given).
+    pub keyed_events: u64,
+    /// `seq` of the first entry that carries a `mac`. Entries before it were written before
+    /// keyed chaining; `None` when no entry has one (an unkeyed chain, no protection against
+    /// rewriting).
+    pub first_keyed_seq: Option<u64>,
+    /// Whether a key was given, so that every `mac` counted was checked.
+    pub macs_checked: bool,
+    /// Whether an anchor was given and its entry found in the files with its hash.
+    pub anchor_matched: bool,
     /// Why verification stopped early, if it did.
     pub failure: Option<VerifyFailure>,
 }
@@ -76,6 +113,12 @@ impl VerifyReport {
     #[must_use]
     pub fn is_ok(&self) -> bool {
         self.failure.is_none()
+    }
+
+    /// Entries that passed and carry no `mac`: written before keyed chaining.
+    #[must_use]
+    pub fn unkeyed_events(&self) -> u64 {
+        self.events - self.keyed_events
     }
 }
 
@@ -184,6 +227,43 @@ pub enum BreakKind {
         /// Entries found.
         found: u64,
     },
+    /// The line's `mac` is not the MAC of its hash under the key given: the entry was edited
+    /// and its hash recomputed (or inserted, or renumbered), or the log was written under
+    /// another audit key. The MAC itself is never shown: a MAC computed under the key is what
+    /// a forger lacks.
+    MacMismatch {
+        /// The id of the audit key the check used (not secret).
+        key_id: String,
+    },
+    /// The line has no `mac`, though an entry before it had one: MACs were stripped, or a
+    /// keyturn older than keyed chaining wrote after a newer one.
+    MacMissing,
+    /// The anchor's entry comes before the first entry given: the earliest entries are
+    /// missing, or earlier files were not given.
+    AnchorBeforeFiles {
+        /// The anchored seq.
+        anchor_seq: u64,
+        /// The first seq in the files.
+        first_seq: u64,
+    },
+    /// The files end before the anchor's entry: entries were deleted from the end (or the
+    /// whole file was replaced by a shorter chain).
+    AnchorBeyondEnd {
+        /// The anchored seq.
+        anchor_seq: u64,
+        /// The last seq in the files, if any.
+        last_seq: Option<u64>,
+    },
+    /// The entry at the anchor's seq has another hash than the one anchored: the log was
+    /// replaced or rewritten up to there.
+    AnchorHashMismatch {
+        /// The anchored seq.
+        anchor_seq: u64,
+        /// The anchored hash.
+        expected: ChainHash,
+        /// The hash of the entry at that seq in the files.
+        found: ChainHash,
+    },
 }
 
 impl fmt::Display for BreakKind {
@@ -220,21 +300,71 @@ impl fmt::Display for BreakKind {
             Self::CountMismatch { expected, found } => {
                 write!(f, "{found} entries where {expected} were expected")
             }
+            Self::MacMismatch { key_id } => write!(
+                f,
+                "MAC mismatch: the entry was rewritten with its hash recomputed, or the log was \
+                 written under another audit key than the one given (key id {key_id})"
+            ),
+            Self::MacMissing => write!(
+                f,
+                "no MAC on an entry after keyed ones: the chain's MACs were stripped (or a \
+                 keyturn older than keyed chaining wrote here)"
+            ),
+            Self::AnchorBeforeFiles {
+                anchor_seq,
+                first_seq,
+            } => write!(
+                f,
+                "the anchor records seq {anchor_seq}, but the files start at seq {first_seq}: \
+                 entries are missing from the start, or earlier files were not given"
+            ),
+            Self::AnchorBeyondEnd {
+                anchor_seq,
+                last_seq: Some(last),
+            } => write!(
+                f,
+                "truncated: the anchor records seq {anchor_seq}, but the files end at seq \
+                 {last}: entries {}..={anchor_seq} were deleted from the end",
+                last + 1
+            ),
+            Self::AnchorBeyondEnd {
+                anchor_seq,
+                last_seq: None,
+            } => write!(
+                f,
+                "truncated: the anchor records seq {anchor_seq}, but the files hold no entries"
+            ),
+            Self::AnchorHashMismatch {
+                anchor_seq,
+                expected,
+                found,
+            } => write!(
+                f,
+                "the entry at seq {anchor_seq} has hash {found}, not the anchored {expected}: \
+                 the log was replaced or rewritten"
+            ),
         }
     }
 }
 
-/// Verifies `files`, in order, as one chain. See [`verify_with`].
+/// Verifies `files`, in order, as one chain, without a key: the hash chain is checked, the MACs
+/// are not (see [`verify_with`] and [`VerifyOptions::key`]). What this vouches for is that the
+/// chain is consistent, which anyone able to write the files can make it.
 #[must_use]
 pub fn verify(files: &[PathBuf]) -> VerifyReport {
     verify_with(files, &VerifyOptions::default())
 }
 
-/// Verifies `files`, in order, as one chain, then checks the anchors in `options`. Streams each
-/// file with a fixed-size buffer; never holds more than a buffer's worth.
+/// Verifies `files`, in order, as one chain, checking MACs under [`VerifyOptions::key`] when
+/// given, then checks the anchors in `options`. Streams each file with a fixed-size buffer;
+/// never holds more than a buffer's worth.
 #[must_use]
 pub fn verify_with(files: &[PathBuf], options: &VerifyOptions) -> VerifyReport {
-    let mut v = Verifier::default();
+    let mut v = Verifier {
+        key: options.key.as_ref(),
+        anchor: options.anchor,
+        ..Verifier::default()
+    };
     let mut failure = None;
     let mut last_place: Option<(PathBuf, u64)> = None;
     for path in files {
@@ -250,7 +380,8 @@ pub fn verify_with(files: &[PathBuf], options: &VerifyOptions) -> VerifyReport {
         }
     }
     if failure.is_none() {
-        failure = check_anchors(&v, options, last_place).map(VerifyFailure::Broken);
+        let first_file = files.first().cloned().unwrap_or_default();
+        failure = check_anchors(&v, options, first_file, last_place).map(VerifyFailure::Broken);
     }
     VerifyReport {
         events: v.events,
@@ -259,13 +390,20 @@ pub fn verify_with(files: &[PathBuf], options: &VerifyOptions) -> VerifyReport {
         last_seq: v.head.map(|h| h.next_seq - 1),
         start_prev: v.start_prev,
         last_hash: v.head.map(|h| h.prev),
+        keyed_events: v.keyed_events,
+        first_keyed_seq: v.first_keyed_seq,
+        macs_checked: options.key.is_some(),
+        anchor_matched: v.anchor_matched,
         failure,
     }
 }
 
+/// The checks that can only be made once every file is read: the writer's anchor, then the
+/// expected count and last hash.
 fn check_anchors(
-    v: &Verifier,
+    v: &Verifier<'_>,
     options: &VerifyOptions,
+    first_file: PathBuf,
     last_place: Option<(PathBuf, u64)>,
 ) -> Option<ChainBreak> {
     let (path, line) = last_place.unwrap_or_default();
@@ -276,6 +414,29 @@ fn check_anchors(
         line: line + 1,
         kind,
     };
+    if let Some(anchor) = options.anchor
+        && !v.anchor_matched
+    {
+        // The entry at the anchor's seq was not among those read: it is before or after them.
+        return Some(match (v.first_seq, v.head) {
+            (Some(first_seq), Some(_)) if anchor.seq < first_seq => ChainBreak {
+                seq: anchor.seq,
+                path: first_file,
+                line: 1,
+                kind: BreakKind::AnchorBeforeFiles {
+                    anchor_seq: anchor.seq,
+                    first_seq,
+                },
+            },
+            (_, head) => at(
+                next_seq,
+                BreakKind::AnchorBeyondEnd {
+                    anchor_seq: anchor.seq,
+                    last_seq: head.map(|h| h.next_seq - 1),
+                },
+            ),
+        });
+    }
     if let Some(expected) = options.expect_count
         && expected != v.events
     {
@@ -318,16 +479,23 @@ const PARALLEL_MIN: usize = if cfg!(test) { 16 * 1024 } else { 256 * 1024 };
 const MAX_THREADS: usize = 8;
 
 #[derive(Debug, Default)]
-struct Verifier {
+struct Verifier<'k> {
+    /// The key the MACs are checked with.
+    key: Option<&'k ChainKey>,
+    /// The entry that must be found, with its hash.
+    anchor: Option<AnchorHead>,
+    anchor_matched: bool,
     /// Where the next entry must go; `None` before the first entry.
     head: Option<ChainHead>,
     events: u64,
+    keyed_events: u64,
+    first_keyed_seq: Option<u64>,
     files: usize,
     first_seq: Option<u64>,
     start_prev: Option<ChainHash>,
 }
 
-impl Verifier {
+impl Verifier<'_> {
     /// Checks one file; returns how many lines it has.
     ///
     /// Hashing and parsing a line depend on that line alone, so they run in parallel over a
@@ -365,7 +533,7 @@ impl Verifier {
                 }
             }
             let end = memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1);
-            check_lines(&buf[..end], &mut checked, threads);
+            check_lines(&buf[..end], self.key, &mut checked, threads);
             for result in checked.drain(..) {
                 line_no += 1;
                 self.line(result, path, line_no)?;
@@ -399,6 +567,17 @@ impl Verifier {
             };
             return Err(self.broken(path, line_no, Some(c.seq), kind));
         }
+        match c.mac {
+            MacCheck::Invalid => {
+                let key_id = self.key.map(|k| k.key_id().to_owned()).unwrap_or_default();
+                let kind = BreakKind::MacMismatch { key_id };
+                return Err(self.broken(path, line_no, Some(c.seq), kind));
+            }
+            MacCheck::Absent if self.first_keyed_seq.is_some() => {
+                return Err(self.broken(path, line_no, Some(c.seq), BreakKind::MacMissing));
+            }
+            MacCheck::Absent | MacCheck::Valid | MacCheck::Unchecked => {}
+        }
         match self.head {
             None => {
                 if c.prev.is_genesis() && c.seq != 0 {
@@ -428,12 +607,29 @@ impl Verifier {
                 }
             }
         }
+        if let Some(anchor) = self.anchor
+            && anchor.seq == c.seq
+        {
+            if anchor.hash != c.stored {
+                let kind = BreakKind::AnchorHashMismatch {
+                    anchor_seq: anchor.seq,
+                    expected: anchor.hash,
+                    found: c.stored,
+                };
+                return Err(self.broken(path, line_no, Some(c.seq), kind));
+            }
+            self.anchor_matched = true;
+        }
         self.head = Some(ChainHead::after(c.seq, c.stored).ok_or_else(|| {
             let e = LineError::NotAnEntry {
                 reason: "seq is the largest possible".to_owned(),
             };
             self.broken(path, line_no, Some(c.seq), BreakKind::Malformed(e))
         })?);
+        if c.mac != MacCheck::Absent {
+            self.keyed_events += 1;
+            self.first_keyed_seq.get_or_insert(c.seq);
+        }
         self.events += 1;
         Ok(())
     }
@@ -462,14 +658,19 @@ impl Verifier {
 
 /// Checks each line of `data` (whole lines, each ending in `\n`), appending the results to
 /// `out` in order. Splits `data` at line boundaries over up to `threads` threads.
-fn check_lines(data: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>, threads: usize) {
-    fn each(part: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>) {
+fn check_lines(
+    data: &[u8],
+    key: Option<&ChainKey>,
+    out: &mut Vec<Result<CheckedLine, LineError>>,
+    threads: usize,
+) {
+    let each = |part: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>| {
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', part) {
-            out.push(check_line(&part[start..nl]));
+            out.push(check_line_with(&part[start..nl], key));
             start = nl + 1;
         }
-    }
+    };
     if threads <= 1 || data.len() < PARALLEL_MIN {
         each(data, out);
         return;

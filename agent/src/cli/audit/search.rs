@@ -20,11 +20,11 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use keyturn_core::SecretValue;
-use keyturn_core::audit::{Actor, ActorKind, Entry, HmacKey, KeyError, KeySource};
+use keyturn_core::audit::{Actor, ActorKind, Entry, HmacKey, KeyError};
 use zeroize::Zeroizing;
 
-use super::AuditCliError;
 use super::tail::render_entry;
+use super::{AuditCliError, KeyLoadError};
 use crate::cli::exit;
 
 /// The largest value `--value-hmac` reads: a Kubernetes Secret's limit. Anything larger is not
@@ -307,8 +307,29 @@ impl Filter {
             && self
                 .value_hmac
                 .as_ref()
-                .is_none_or(|h| e.value_hmac.as_ref() == Some(h))
+                .is_none_or(|h| involves_value(e, h))
     }
+}
+
+/// Whether the entry involved the value whose HMAC is `hmac`: as its `value_hmac`, or as one
+/// field of a secret with several (`field_hmacs`).
+///
+/// Entries written before `field_hmacs` existed carry the per-field HMACs of a multi-field
+/// read only in their free-text `detail` (`… fields NAME=HMAC NAME=HMAC`, as `keyturn-init`
+/// wrote it); those are matched too, token by token, so that old logs answer "who saw this
+/// value?" as new ones do. A 64-hex-digit HMAC cannot turn up there by chance.
+fn involves_value(e: &Entry, hmac: &str) -> bool {
+    e.value_hmac.as_deref() == Some(hmac)
+        || e.field_hmacs
+            .as_ref()
+            .is_some_and(|fields| fields.values().any(|h| h == hmac))
+        || e.detail.as_deref().is_some_and(|d| {
+            d.split_once(" fields ").is_some_and(|(_, fields)| {
+                fields
+                    .split(' ')
+                    .any(|t| t.rsplit_once('=').is_some_and(|(_, h)| h == hmac))
+            })
+        })
 }
 
 /// The resource a rotation policy's entries name: `policy/P` (`P` may be given with the
@@ -424,29 +445,13 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Loads the key from `file`, else this install's per-install key; never creates one (a fresh
-/// key would match nothing).
+/// The shared key loading, with `--value-hmac`'s own wording for a key that is not there.
 fn load_key(file: Option<&Path>) -> Result<HmacKey, SearchError> {
-    let source = match file {
-        Some(path) => KeySource::File(path.to_owned()),
-        None => KeySource::from_env().map_err(|_| SearchError::NoKey)?,
-    };
-    let (KeySource::File(path) | KeySource::PerInstall(path)) = &source;
-    match HmacKey::load(path) {
-        Ok(key) => {
-            if matches!(source, KeySource::PerInstall(_)) {
-                tracing::warn!(path = %path.display(), key_id = %key.id(), "no audit HMAC key file given: using this install's per-install key; entries written with another key cannot match");
-            }
-            Ok(key)
-        }
-        Err(KeyError::Read { source: e, .. }) if e.kind() == io::ErrorKind::NotFound => {
-            Err(match source {
-                KeySource::File(path) => SearchError::KeyMissing { path },
-                KeySource::PerInstall(_) => SearchError::NoKey,
-            })
-        }
-        Err(e) => Err(e.into()),
-    }
+    super::load_key(file).map_err(|e| match e {
+        KeyLoadError::Missing { path } => SearchError::KeyMissing { path },
+        KeyLoadError::NoKey => SearchError::NoKey,
+        KeyLoadError::Key(e) => SearchError::Key(e),
+    })
 }
 
 /// Reads the value from stdin, which must not be a terminal.
@@ -505,8 +510,10 @@ mod tests {
             request_id: None,
             rotation_id: Some("r-1".into()),
             value_hmac: Some("ab".repeat(32)),
+            field_hmacs: None,
             prev: ChainHash::GENESIS,
             hash: ChainHash::GENESIS,
+            mac: None,
         }
     }
 
@@ -661,6 +668,53 @@ mod tests {
             ..Filter::default()
         };
         assert!(!f.matches(&e));
+    }
+
+    #[test]
+    fn a_value_matches_one_field_of_a_multi_field_read() {
+        let (user, pass) = ("11".repeat(32), "22".repeat(32));
+        let mut e = entry();
+        e.value_hmac = Some("cc".repeat(32));
+        e.field_hmacs = Some(
+            [("password", &pass), ("username", &user)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect(),
+        );
+        let f = |h: &str| Filter {
+            value_hmac: Some(h.to_owned()),
+            ..Filter::default()
+        };
+        assert!(f(&pass).matches(&e));
+        assert!(f(&user).matches(&e));
+        assert!(
+            f(&"cc".repeat(32)).matches(&e),
+            "the whole-object HMAC still"
+        );
+        assert!(!f(&"33".repeat(32)).matches(&e));
+    }
+
+    #[test]
+    fn a_value_matches_the_per_field_hmacs_old_logs_kept_in_detail() {
+        let (user, pass) = ("11".repeat(32), "22".repeat(32));
+        let mut e = entry();
+        e.value_hmac = Some("cc".repeat(32));
+        e.detail = Some(format!(
+            "kv2 version 3 fields password={pass} username={user}"
+        ));
+        let f = |h: &str| Filter {
+            value_hmac: Some(h.to_owned()),
+            ..Filter::default()
+        };
+        assert!(f(&pass).matches(&e));
+        assert!(f(&user).matches(&e));
+        // Only the list after ` fields ` counts, and only whole HMACs.
+        e.detail = Some(format!(
+            "error: version={pass}; fields password={}",
+            &user[..10]
+        ));
+        assert!(!f(&pass).matches(&e));
+        assert!(!f(&user).matches(&e));
     }
 
     #[test]

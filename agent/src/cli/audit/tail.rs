@@ -255,8 +255,10 @@ mod tests {
             request_id: None,
             rotation_id: None,
             value_hmac: None,
+            field_hmacs: None,
             prev: ChainHash::GENESIS,
             hash: ChainHash::GENESIS,
+            mac: None,
         }
     }
 
