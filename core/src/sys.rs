@@ -4,21 +4,49 @@
 
 use std::path::Path;
 
-use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
 
 /// `statfs` magic of tmpfs (linux/magic.h).
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// `statfs` magic of ramfs (linux/magic.h).
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
-/// Marks the process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core file, and no
-/// `ptrace` attach or `/proc/PID/mem` read by other processes of the same user. Call it
-/// before any secret is fetched.
+/// Why core dumps could not be turned off.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreDumpError {
+    /// `setrlimit(RLIMIT_CORE, 0, 0)` failed.
+    #[error("cannot set the core file size limit (RLIMIT_CORE) to 0: {0}")]
+    Limit(#[source] std::io::Error),
+    /// `prctl(PR_SET_DUMPABLE, 0)` failed.
+    #[error("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE): {0}")]
+    Dumpable(#[source] std::io::Error),
+}
+
+/// Makes sure no core file of this process can ever exist, and that no other process of the
+/// same user can read its memory. Call it first thing in `main`, before any configuration or
+/// secret is read.
+///
+/// Two independent locks, because each alone has a gap:
+///
+/// - `RLIMIT_CORE` 0, soft *and* hard: the kernel writes no core file, and since the hard
+///   limit is 0 too, nothing in this process (a library, a later `setrlimit`) can raise it
+///   again without `CAP_SYS_RESOURCE`. But when `core_pattern` pipes cores to a handler
+///   (systemd-coredump, apport), the kernel starts the handler whatever the limit and leaves
+///   honouring it to the handler.
+/// - `prctl(PR_SET_DUMPABLE, 0)`: no core, not even to a pipe handler, and no `ptrace`
+///   attach or `/proc/PID/mem` read by other processes of the same user. But an `execve`
+///   resets it, so it guards only this image.
 ///
 /// # Errors
-/// When the kernel refuses the `prctl`.
-pub fn disable_core_dumps() -> std::io::Result<()> {
-    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(std::io::Error::from)
+/// When the kernel refuses either call (a seccomp filter could); the caller should not go on.
+pub fn disable_core_dumps() -> Result<(), CoreDumpError> {
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    setrlimit(Resource::Core, none).map_err(|e| CoreDumpError::Limit(e.into()))?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .map_err(|e| CoreDumpError::Dumpable(e.into()))
 }
 
 /// Whether `dir` lives on a memory-backed filesystem (tmpfs or ramfs), so secrets written
@@ -74,7 +102,15 @@ mod tests {
     }
 
     #[test]
-    fn disabling_core_dumps_succeeds() {
+    fn disabling_core_dumps_zeroes_both_core_limits_and_clears_dumpable() {
+        disable_core_dumps().unwrap();
+        let limit = rustix::process::getrlimit(Resource::Core);
+        assert_eq!((limit.current, limit.maximum), (Some(0), Some(0)));
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            DumpableBehavior::NotDumpable
+        );
+        // Idempotent: lowering a limit to what it already is, and clearing a clear flag, work.
         disable_core_dumps().unwrap();
     }
 }

@@ -1,4 +1,5 @@
-//! `keyturn-init`: parse the command line, set up logging, run, exit with the run's code.
+//! `keyturn-init`: turn core dumps off, parse the command line, set up logging, run, exit with
+//! the run's code.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -8,6 +9,13 @@ use keyturn_init::cli::Cli;
 use keyturn_init::exit;
 
 fn main() -> ExitCode {
+    // First, before the command line, the manifest or any token is read: a core file of this
+    // process (or a same-user process reading its memory) would hold the Vault token and every
+    // secret it renders.
+    if let Err(e) = keyturn_core::sys::disable_core_dumps() {
+        eprintln!("keyturn-init: {e}; refusing to run with core dumps possible");
+        return exit::ExitCode::Internal.into();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -108,3 +108,248 @@ async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
         assert_absent(place, text, &[&value, &secret_id, &token]);
     }
 }
+
+/// Neither binary can leave a core file holding the Vault token or a secret, nor have its
+/// memory read by another process of its user: checked on the running processes, started
+/// with core files allowed (`RLIMIT_CORE` unlimited, soft and hard) as an unprivileged user,
+/// while each waits on a Vault that accepts the connection and never answers.
+mod core_dumps {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use keyturn_tests::agent_env::write_generated_policy;
+    use keyturn_tests::bins;
+    use keyturn_tests::canary::canary;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// The user the binaries run as. Tests run as root, and every /proc/PID file of a root
+    /// process is root's anyway; run as another user, a process's /proc/PID files are that
+    /// user's while it is dumpable and root's once it is not. That is how dumpability shows
+    /// from outside (`PR_GET_DUMPABLE` answers only for the caller).
+    const NOBODY: u32 = 65534;
+
+    /// What /proc says about a process's core dumps.
+    #[derive(Debug, PartialEq, Eq)]
+    struct CoreFacts {
+        /// `Max core file size`, soft and hard, as /proc/PID/limits prints them.
+        core_limit: (String, String),
+        /// The owner of /proc/PID/status: [`NOBODY`] while dumpable, 0 once not.
+        proc_owner: u32,
+    }
+
+    /// A process that can leave no core file and whose memory only root can read.
+    fn not_dumpable() -> CoreFacts {
+        CoreFacts {
+            core_limit: ("0".to_owned(), "0".to_owned()),
+            proc_owner: 0,
+        }
+    }
+
+    fn facts(pid: u32) -> CoreFacts {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap_or_else(|| panic!("no core limit in /proc/{pid}/limits:\n{limits}"));
+        let mut values = line["Max core file size".len()..].split_whitespace();
+        let mut next = || values.next().unwrap_or_default().to_owned();
+        let core_limit = (next(), next());
+        let proc_owner = std::fs::metadata(format!("/proc/{pid}/status"))
+            .unwrap()
+            .uid();
+        CoreFacts {
+            core_limit,
+            proc_owner,
+        }
+    }
+
+    /// A child killed when the test ends (and by the kernel if the test process dies first).
+    struct Running {
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Running {
+        /// `program args` as [`NOBODY`], with core files allowed and only `env`.
+        fn start(program: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+            let out = std::fs::File::create(&log).unwrap();
+            // prlimit and setpriv each exec the next, so the pid stays the program's.
+            let child = Command::new("prlimit")
+                .args([
+                    "--core=unlimited:unlimited",
+                    "--",
+                    "setpriv",
+                    "--pdeathsig",
+                    "KILL",
+                ])
+                .args([
+                    "--reuid",
+                    "65534",
+                    "--regid",
+                    "65534",
+                    "--clear-groups",
+                    "--",
+                ])
+                .arg(program)
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .expect("run prlimit and setpriv (util-linux; dev/setup.sh installs it)");
+            Self { child, log }
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Waits for the process's first connection to `vault`, which it makes only after
+        /// `main` has begun, and returns it open so that the process stays waiting.
+        async fn first_connection(&mut self, vault: &TcpListener) -> TcpStream {
+            loop {
+                tokio::select! {
+                    accepted = vault.accept() => return accepted.unwrap().0,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if let Some(status) = self.child.try_wait().unwrap() {
+                            panic!(
+                                "{} exited ({status}) before contacting Vault; its output:\n{}",
+                                self.log.display(),
+                                std::fs::read_to_string(&self.log).unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A Vault that accepts connections and never answers, so a process contacting it stays
+    /// alive (for the 30 s of a request timeout at least) without any secret existing.
+    async fn black_hole() -> (TcpListener, String) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        (l, addr)
+    }
+
+    /// A directory [`NOBODY`] owns, in `parent` (or the default temp dir).
+    fn nobody_dir(parent: Option<&Path>) -> tempfile::TempDir {
+        let d = match parent {
+            Some(p) => tempfile::tempdir_in(p).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        std::os::unix::fs::chown(d.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        d
+    }
+
+    /// Writes `content` at `path`, owned by [`NOBODY`].
+    fn nobody_file(path: &Path, content: &str) -> PathBuf {
+        std::fs::write(path, content).unwrap();
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+        path.to_owned()
+    }
+
+    /// The way of looking is sound: a program that does nothing about core dumps, started
+    /// the same way, shows as dumpable with core files allowed.
+    #[tokio::test]
+    async fn a_process_started_this_way_is_dumpable_unless_it_says_otherwise() {
+        let dir = nobody_dir(None);
+        let sleep = PathBuf::from("/bin/sleep");
+        let control = Running::start(&sleep, &["60"], &[], dir.path().join("sleep.log"));
+        keyturn_tests::process::eventually("sleep to be exec'd as nobody", || async {
+            std::fs::read_to_string(format!("/proc/{}/comm", control.pid()))
+                .is_ok_and(|c| c.trim() == "sleep")
+        })
+        .await;
+        let f = facts(control.pid());
+        assert_eq!(
+            f,
+            CoreFacts {
+                core_limit: ("unlimited".to_owned(), "unlimited".to_owned()),
+                proc_owner: NOBODY,
+            }
+        );
+        assert_ne!(f, not_dumpable());
+    }
+
+    #[tokio::test]
+    async fn the_keyturn_daemon_cannot_dump_core() {
+        let home = nobody_dir(None);
+        let policies = home.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        write_generated_policy(&policies, "orders-db", "");
+        for p in [&policies, &policies.join("orders-db.yaml")] {
+            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let key = nobody_file(&home.path().join("hmac.key"), &"ab".repeat(32));
+        // Read as `~/.vault-token`, as the Vault CLI would.
+        nobody_file(&home.path().join(".vault-token"), &canary("vault-token"));
+        let (vault, addr) = black_hole().await;
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let mut daemon = Running::start(
+            &bins::keyturn(),
+            &["run"],
+            &[
+                ("HOME", &path(home.path())),
+                ("VAULT_ADDR", &addr),
+                ("KEYTURN_POLICIES", &path(&policies)),
+                (
+                    "KEYTURN_AUDIT_FILE",
+                    &path(&home.path().join("audit.jsonl")),
+                ),
+                ("KEYTURN_AUDIT_HMAC_KEY_FILE", &path(&key)),
+            ],
+            home.path().join("keyturn.log"),
+        );
+        let _held = daemon.first_connection(&vault).await;
+        assert_eq!(facts(daemon.pid()), not_dumpable());
+    }
+
+    #[tokio::test]
+    async fn keyturn_init_cannot_dump_core() {
+        let scratch = nobody_dir(None);
+        let shm = nobody_dir(Some(Path::new("/dev/shm")));
+        let out = shm.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::chown(&out, Some(NOBODY), Some(NOBODY)).unwrap();
+        let token = nobody_file(&scratch.path().join("token"), &canary("vault-token"));
+        let manifest = nobody_file(
+            &scratch.path().join("manifest.yaml"),
+            &format!(
+                "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v }}\n",
+                token.display()
+            ),
+        );
+        let key = nobody_file(&scratch.path().join("audit.key"), &"cd".repeat(32));
+        let (vault, addr) = black_hole().await;
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let mut init = Running::start(
+            &bins::keyturn_init(),
+            &["--manifest", &path(&manifest), "--out", &path(&out)],
+            &[
+                ("HOME", &path(scratch.path())),
+                ("VAULT_ADDR", &addr),
+                (
+                    "KEYTURN_AUDIT_FILE",
+                    &path(&scratch.path().join("audit.jsonl")),
+                ),
+                ("KEYTURN_AUDIT_HMAC_KEY_FILE", &path(&key)),
+            ],
+            scratch.path().join("keyturn-init.log"),
+        );
+        let _held = init.first_connection(&vault).await;
+        assert_eq!(facts(init.pid()), not_dumpable());
+    }
+}
