@@ -174,7 +174,7 @@ fn read_event(log: &AuditLog, actor: &Actor, key: &ReadKey, f: &Fetched) -> Even
         for (k, v) in f.data.iter() {
             detail.push_str(&format!(" {k}={}", log.hmac_key().hmac_hex(v)));
         }
-        b.value(&canonical)
+        b.field_values(f.data.iter()).value(&canonical)
     };
     b.detail(detail).build()
 }

@@ -1,4 +1,5 @@
-//! `keyturn audit search`, `keyturn completions` and `keyturn man` as real processes.
+//! `keyturn audit search`, `keyturn audit verify --anchor` (against a real OpenBao),
+//! `keyturn completions` and `keyturn man` as real processes.
 //!
 //! The audit log is a real hash-chained one, written by `keyturn_core::audit::AuditLog` with a
 //! known key; some of its events carry the HMAC of a planted canary value, the way the init
@@ -11,8 +12,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyturn_core::SecretValue;
-use keyturn_core::audit::{Actor, AuditLog, AuditLogOptions, HmacKey, Outcome};
+use std::sync::Arc;
+
+use keyturn_core::audit::{
+    Actor, Anchor, AnchorError, AnchorHead, AuditLog, AuditLogOptions, ChainHash, Entry, HmacKey,
+    Outcome, anchor::Recorded,
+};
 use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::openbao::OpenBao;
 
 /// A chained log of eight events in two batches, `boundary` between them:
 ///
@@ -328,6 +335,55 @@ fn value_hmac_finds_exactly_the_events_that_touched_the_planted_value_and_never_
 }
 
 #[test]
+fn value_hmac_finds_a_multi_field_read_by_any_one_of_its_fields() {
+    // Recorded as keyturn-init records the read of a secret with several fields: the HMAC of
+    // the whole object as value_hmac, and each field's in field_hmacs.
+    let f = Fixture::new();
+    let path = f.dir.path().join("multi.jsonl");
+    let user = canary("search-field-user");
+    let pass = canary("search-field-pass");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let log =
+        AuditLog::open(AuditLogOptions::new(HmacKey::load(&f.key()).unwrap()).file(&path)).unwrap();
+    let (u, p) = (
+        SecretValue::from_str_copy(&user),
+        SecretValue::from_str_copy(&pass),
+    );
+    let object = SecretValue::from_str_copy(&format!(
+        "{{\"password\":\"{pass}\",\"username\":\"{user}\"}}"
+    ));
+    let orders_api = Actor::service_account("shop", "orders-api");
+    for event in [
+        log.event(orders_api.clone(), "secret.read", "secret/data/orders/db")
+            .field_values([("password", &p), ("username", &u)])
+            .value(&object)
+            .build(),
+        log.event(orders_api, "secret.read", "secret/data/orders/other")
+            .value(&u)
+            .build(),
+    ] {
+        rt.block_on(log.record(event)).unwrap();
+    }
+    drop(log);
+
+    let search = |value: &str| {
+        let cmd = f.keyturn(&["audit", "search", path.to_str().unwrap(), "--value-hmac"]);
+        let r = f.run(cmd, Some(value.as_bytes()));
+        assert_absent("stdout", r.stdout.as_bytes(), &[&user, &pass]);
+        assert_absent("stderr", r.stderr.as_bytes(), &[&user, &pass]);
+        r
+    };
+    assert_eq!(search(&pass).seqs(), [0], "one field of the read");
+    assert_eq!(search(&user).seqs(), [0, 1], "the other field, read twice");
+    assert_eq!(search(&format!("{pass}{user}")).code, 1);
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert!(line.contains("\"field_hmacs\":{\"password\":\""), "{line}");
+}
+
+#[test]
 fn the_same_value_under_another_key_matches_nothing() {
     let f = Fixture::new();
     let other_key = f.dir.path().join("other.key");
@@ -514,4 +570,160 @@ fn man_prints_keyturn_1_and_man_out_writes_a_page_per_subcommand() {
     let audit = std::fs::read_to_string(dir.join("keyturn-audit.1")).unwrap();
     assert!(audit.contains("keyturn\\-audit"), "{audit}");
     assert!(audit.contains("search"), "{audit}");
+}
+
+/// The anchor in a real OpenBao: recorded by the writer's [`Anchor`], read by
+/// `keyturn audit verify --anchor`, which then reports a deleted tail and a replaced log.
+#[test]
+fn verify_with_an_openbao_anchor_reports_a_deleted_tail_and_a_replaced_log() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bao = rt.block_on(OpenBao::start()).unwrap();
+    let f = Fixture::new();
+    let location = "vault-kv:secret/keyturn/audit-anchor/test";
+    let key = HmacKey::load(&f.key()).unwrap();
+    let anchor = Anchor::new(
+        Arc::new(bao.root_client().unwrap()),
+        location.parse().unwrap(),
+        key.chain_key(),
+    );
+    let head = |n: usize| {
+        let text = std::fs::read_to_string(f.audit()).unwrap();
+        let e = Entry::parse(text.lines().nth(n).unwrap().as_bytes()).unwrap();
+        AnchorHead {
+            seq: e.seq,
+            hash: e.hash,
+        }
+    };
+    let last = head(7);
+
+    // The writer's side: it moves forward only, and notices a chain that is not the anchored
+    // one.
+    assert!(matches!(
+        rt.block_on(anchor.record(head(5))).unwrap(),
+        Recorded::Advanced { .. }
+    ));
+    assert!(matches!(
+        rt.block_on(anchor.record(last)).unwrap(),
+        Recorded::Advanced { .. }
+    ));
+    assert_eq!(
+        rt.block_on(anchor.record(last)).unwrap(),
+        Recorded::AlreadyThere
+    );
+    let e = rt.block_on(anchor.record(head(6))).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AnchorError::Behind {
+                anchored_seq: 7,
+                seq: 6,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let forked = AnchorHead {
+        seq: 7,
+        hash: ChainHash::of(b"another chain"),
+    };
+    let e = rt.block_on(anchor.record(forked)).unwrap_err();
+    assert!(matches!(e, AnchorError::Diverged { seq: 7, .. }), "{e}");
+    assert_eq!(rt.block_on(anchor.read()).unwrap(), last);
+
+    let verify = |anchor_at: &str| {
+        let audit = f.audit();
+        let mut cmd = f.keyturn(&[
+            "audit",
+            "verify",
+            "--anchor",
+            anchor_at,
+            audit.to_str().unwrap(),
+        ]);
+        cmd.env("VAULT_ADDR", bao.addr())
+            .env("VAULT_TOKEN", bao.root_token());
+        f.run(cmd, None)
+    };
+    let ok = verify(location);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout
+            .contains(&format!("; the anchor {location} (seq 7) matches")),
+        "{}",
+        ok.stdout
+    );
+    assert!(!ok.stdout.contains(&bao.root_token().to_string()));
+
+    // Nothing recorded at the location given: 66, as for a secret path that does not exist.
+    let none = verify("vault-kv:secret/keyturn/audit-anchor/none");
+    assert_eq!(none.code, 66, "{}", none.stderr);
+    assert!(
+        none.stderr.contains("nothing is recorded there"),
+        "{}",
+        none.stderr
+    );
+
+    // Someone who can write the anchor's path but has no key moves it back: its MAC fails.
+    rt.block_on(bao.api(
+        "POST",
+        "secret/data/keyturn/audit-anchor/test",
+        Some(serde_json::json!({ "data": {
+            "seq": "5",
+            "hash": head(5).hash.to_hex(),
+            "mac": "0".repeat(64),
+            "key_id": key.id(),
+        }})),
+    ))
+    .unwrap();
+    let moved = verify(location);
+    assert_eq!(moved.code, 1, "{}", moved.stderr);
+    assert!(moved.stderr.contains("altered"), "{}", moved.stderr);
+    rt.block_on(bao.api("DELETE", "secret/metadata/keyturn/audit-anchor/test", None))
+        .unwrap();
+    rt.block_on(anchor.record(last)).unwrap();
+
+    // The last two entries deleted: every remaining MAC is valid, only the anchor shows it.
+    let full = std::fs::read_to_string(f.audit()).unwrap();
+    let kept: String = full.split_inclusive('\n').take(6).collect();
+    std::fs::write(f.audit(), &kept).unwrap();
+    let plain = f.run(
+        f.keyturn(&["audit", "verify", f.audit().to_str().unwrap()]),
+        None,
+    );
+    assert_eq!(plain.code, 0, "{}", plain.stdout);
+    let cut = verify(location);
+    assert_eq!(cut.code, 1, "{}", cut.stderr);
+    assert!(
+        cut.stdout.starts_with(&format!(
+            "broken: seq 6 at {}:7: truncated: the anchor records seq 7, but the files end at \
+             seq 5",
+            f.audit().display()
+        )),
+        "{}",
+        cut.stdout
+    );
+
+    // The whole log replaced by a longer one written under the same key: the anchor shows it.
+    std::fs::remove_file(f.audit()).unwrap();
+    let log =
+        AuditLog::open(AuditLogOptions::new(HmacKey::load(&f.key()).unwrap()).file(f.audit()))
+            .unwrap();
+    for i in 0..10 {
+        let event = log
+            .event(
+                Actor::agent("keyturn-0"),
+                "rotate.create",
+                format!("policy/p{i}"),
+            )
+            .build();
+        rt.block_on(log.record(event)).unwrap();
+    }
+    drop(log);
+    let replaced = verify(location);
+    assert_eq!(replaced.code, 1, "{}", replaced.stderr);
+    assert!(
+        replaced.stdout.starts_with("broken: seq 7 at ")
+            && replaced.stdout.contains("replaced or rewritten"),
+        "{}",
+        replaced.stdout
+    );
 }
