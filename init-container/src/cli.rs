@@ -1,11 +1,11 @@
 //! The command line. Every flag is also an environment variable, as Kubernetes manifests
 //! prefer.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::FalseyValueParser;
-
+use crate::text::echo;
 use crate::write::Owner;
 
 /// keyturn-init: log in to Vault, write a pod's secrets into a memory-backed directory, exit.
@@ -33,11 +33,12 @@ pub struct Cli {
     pub out: PathBuf,
 
     /// Total time for login and every fetch (e.g. 60s, 1m30s, 500ms).
-    #[arg(long, env = "KEYTURN_INIT_DEADLINE", value_name = "DURATION", default_value = "60s", value_parser = parse_deadline)]
+    #[arg(long, env = "KEYTURN_INIT_DEADLINE", value_name = "DURATION", default_value = "60s", value_parser = Checked(parse_deadline))]
     pub deadline: Duration,
 
-    /// Allow an output directory on a disk-backed filesystem.
-    #[arg(long, env = "KEYTURN_INIT_ALLOW_DISK", value_parser = FalseyValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
+    /// Allow an output directory on a disk-backed filesystem (the variable: true, false, 1
+    /// or 0).
+    #[arg(long, env = "KEYTURN_INIT_ALLOW_DISK", value_parser = Checked(parse_bool), default_value = "false", num_args = 0, default_missing_value = "true")]
     pub allow_disk: bool,
 
     /// Do not revoke the Vault token; write it (mode 0400) to FILE for a sidecar. A relative
@@ -46,15 +47,16 @@ pub struct Cli {
     pub keep_token: Option<PathBuf>,
 
     /// Owner of the written files (numeric).
-    #[arg(long, env = "KEYTURN_INIT_OWNER", value_name = "UID:GID", value_parser = parse_owner)]
+    #[arg(long, env = "KEYTURN_INIT_OWNER", value_name = "UID:GID", value_parser = Checked(parse_owner))]
     pub owner: Option<Owner>,
 
     /// Append audit events to FILE (hash-chained JSON lines, fsynced).
     #[arg(long, env = "KEYTURN_AUDIT_FILE", value_name = "FILE")]
     pub audit_file: Option<PathBuf>,
 
-    /// Write audit events to stdout (the default when no --audit-file is given).
-    #[arg(long, env = "KEYTURN_AUDIT_STDOUT", value_parser = FalseyValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
+    /// Write audit events to stdout (the default when no --audit-file is given; the variable:
+    /// true, false, 1 or 0).
+    #[arg(long, env = "KEYTURN_AUDIT_STDOUT", value_parser = Checked(parse_bool), default_value = "false", num_args = 0, default_missing_value = "true")]
     pub audit_stdout: bool,
 
     /// The service-account token (or JWT) for kubernetes/jwt auth when the manifest names
@@ -76,13 +78,70 @@ pub struct Cli {
     pub log: String,
 }
 
+/// A value parser for a flag that is also an environment variable: the text goes through
+/// the function, and a refusal is one line naming both spellings, e.g. `--owner
+/// (KEYTURN_INIT_OWNER): "x" is not UID:GID …`. (clap's own wording names only the flag, which
+/// misleads when the value came from the variable, and echoes the value uncut.)
+#[derive(Clone, Copy, Debug)]
+pub struct Checked<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Checked<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg.map_or_else(|| "a value".to_owned(), flag_name);
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("not valid UTF-8".to_owned()))?;
+        (self.0)(text).map_err(refuse)
+    }
+}
+
+/// `--flag (VARIABLE)`, or whichever of the two the argument has.
+fn flag_name(a: &clap::Arg) -> String {
+    match (a.get_long(), a.get_env()) {
+        (Some(l), Some(e)) => format!("--{l} ({})", e.to_string_lossy()),
+        (Some(l), None) => format!("--{l}"),
+        (None, Some(e)) => e.to_string_lossy().into_owned(),
+        (None, None) => a.get_id().to_string(),
+    }
+}
+
+/// Parses a boolean: exactly `true`, `false`, `1` or `0`. Anything else is refused rather
+/// than read as true (`KEYTURN_INIT_ALLOW_DISK=maybe` must not put secrets on a disk).
+///
+/// # Errors
+/// A message for [`Checked`].
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!(
+            "{} is not a boolean; write true, false, 1 or 0",
+            echo(other)
+        )),
+    }
+}
+
 /// Parses a deadline: a humantime duration above zero.
 ///
 /// # Errors
-/// A message for clap.
+/// A message for [`Checked`].
 pub fn parse_deadline(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?}: {e} (write e.g. 60s, 1m30s, 500ms)"))?;
+        .map_err(|e| format!("{}: {e} (write e.g. 60s, 1m30s, 500ms)", echo(s)))?;
     if d.is_zero() {
         return Err("the deadline must be above zero".into());
     }
@@ -92,9 +151,9 @@ pub fn parse_deadline(s: &str) -> Result<Duration, String> {
 /// Parses `UID:GID`, both numeric.
 ///
 /// # Errors
-/// A message for clap.
+/// A message for [`Checked`].
 pub fn parse_owner(s: &str) -> Result<Owner, String> {
-    let bad = || format!("{s:?} is not UID:GID (numbers, e.g. 1000:1000)");
+    let bad = || format!("{} is not UID:GID (numbers, e.g. 1000:1000)", echo(s));
     let (u, g) = s.split_once(':').ok_or_else(bad)?;
     Ok(Owner {
         uid: u.parse().map_err(|_| bad())?,
@@ -161,5 +220,40 @@ mod tests {
         assert!(parse_deadline("soon").is_err());
         assert!(parse_owner("root:root").is_err());
         assert!(parse_owner("1000").is_err());
+    }
+
+    #[test]
+    fn booleans_are_only_true_false_1_or_0() {
+        assert_eq!(parse_bool("true"), Ok(true));
+        assert_eq!(parse_bool("1"), Ok(true));
+        assert_eq!(parse_bool("false"), Ok(false));
+        assert_eq!(parse_bool("0"), Ok(false));
+        for s in ["maybe", "yes", "on", "", "TRUE ", "2"] {
+            let e = parse_bool(s).unwrap_err();
+            assert!(
+                e.contains("is not a boolean; write true, false, 1 or 0"),
+                "{s}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_value_names_the_flag_and_its_variable() {
+        use clap::CommandFactory as _;
+        use clap::builder::TypedValueParser as _;
+        let cmd = Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "allow_disk")
+            .unwrap();
+        let e = Checked(parse_bool)
+            .parse_ref(&cmd, Some(arg), OsStr::new("maybe"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--allow-disk (KEYTURN_INIT_ALLOW_DISK): \"maybe\" is not a boolean"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 }

@@ -11,6 +11,7 @@
 //! - [`render`] and [`template`]: the file formats.
 //! - [`write`]: atomic, all-or-nothing writes that leave unchanged files alone.
 //! - [`exit`]: exit codes; [`run`]: the order of it all.
+//! - [`text`]: outside text (names, paths, flag values, Vault's words) made safe to print.
 
 pub mod annotations;
 pub mod audit;
@@ -23,4 +24,5 @@ pub mod paths;
 pub mod render;
 pub mod run;
 pub mod template;
+pub mod text;
 pub mod write;

@@ -355,3 +355,36 @@ async fn an_audit_event_stdout_cannot_take_fails_the_run_with_74_and_writes_noth
     assert!(f.out.join("a").exists());
     f.assert_no_canary_leaked(&r);
 }
+
+#[tokio::test]
+async fn a_boolean_that_is_not_one_exits_64_naming_the_flag_before_any_network_call() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    let m = f.file("m.yaml", &manifest(&f, "a"));
+    let m = m.to_str().unwrap();
+    let out = f.out.to_str().unwrap();
+    let base = ["--manifest", m, "--out", out];
+    let cases: [(&[&str], &[(&str, &str)], &str); 2] = [
+        (
+            &[],
+            &[("KEYTURN_INIT_ALLOW_DISK", "maybe")],
+            "--allow-disk (KEYTURN_INIT_ALLOW_DISK): \"maybe\" is not a boolean; write true, false, 1 or 0",
+        ),
+        (
+            &[],
+            &[("KEYTURN_AUDIT_STDOUT", "yes")],
+            "--audit-stdout (KEYTURN_AUDIT_STDOUT): \"yes\" is not a boolean",
+        ),
+    ];
+    for (extra, env, want) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let r = f.run(&args, env).await;
+        assert_eq!(r.code, 64, "{extra:?} {env:?}: {}", r.stderr);
+        let lines = r.failure_lines();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(lines[0].contains(want), "{}", lines[0]);
+        f.assert_no_canary_leaked(&r);
+    }
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+}
