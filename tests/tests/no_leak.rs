@@ -353,3 +353,86 @@ mod core_dumps {
         assert_eq!(facts(init.pid()), not_dumpable());
     }
 }
+
+/// `--audit-file` pointed at a token file, directly or through a symlink: both binaries refuse
+/// it before any network call, with exit 74 and a message naming the path, and the token file
+/// is left byte for byte as it was, its value in no output. (keyturn once "repaired" such a
+/// file by truncating it to nothing, and exited 0.)
+#[test]
+fn neither_binary_adopts_a_token_file_or_a_symlink_to_one_as_its_audit_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = canary("token-as-audit-file");
+    // A Vault token file has no trailing newline: the case that used to be cut as a torn line.
+    let token_file = dir.path().join("vault-token");
+    std::fs::write(&token_file, &token).unwrap();
+    let link = dir.path().join("audit.jsonl");
+    std::os::unix::fs::symlink(&token_file, &link).unwrap();
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    keyturn_tests::agent_env::write_generated_policy(&policies, "orders-db", "");
+    let out = tempfile::Builder::new()
+        .prefix("keyturn-audit-refusal-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let manifest = dir.path().join("manifest.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v }}\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    // Nothing listens here: the refusal must come before any network call.
+    let vault = format!("http://127.0.0.1:{}", keyturn_tests::process::free_port());
+
+    for audit in [&token_file, &link] {
+        let mut agent = std::process::Command::new(keyturn_tests::bins::keyturn());
+        agent.args(["rotate", "orders-db"]);
+        let mut init = std::process::Command::new(keyturn_tests::bins::keyturn_init());
+        init.arg("--manifest")
+            .arg(&manifest)
+            .arg("--out")
+            .arg(out.path());
+        for (name, mut cmd) in [("keyturn rotate", agent), ("keyturn-init", init)] {
+            let o = cmd
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", dir.path())
+                .env("VAULT_ADDR", &vault)
+                .env("VAULT_TOKEN", "not-used")
+                .env("KEYTURN_POLICIES", &policies)
+                .env("KEYTURN_AUDIT_FILE", audit)
+                .env("KEYTURN_AUDIT_HMAC_KEY_FILE", &key)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let what = format!("{name} with the audit file {}", audit.display());
+            assert_eq!(o.status.code(), Some(74), "{what}: {stderr}");
+            assert!(
+                stderr.contains(&audit.display().to_string()),
+                "{what}: the message names the path: {stderr}"
+            );
+            let why = if audit == &link {
+                "symbolic link"
+            } else {
+                "not a keyturn audit log"
+            };
+            assert!(stderr.contains(why), "{what}: {stderr}");
+            assert_absent(&format!("{what}: stderr"), &o.stderr, &[&token]);
+            assert_absent(&format!("{what}: stdout"), &o.stdout, &[&token]);
+            assert_eq!(
+                std::fs::read(&token_file).unwrap(),
+                token.as_bytes(),
+                "{what}: the token file was changed"
+            );
+            assert_eq!(
+                std::fs::read_dir(out.path()).unwrap().count(),
+                0,
+                "{what}: nothing rendered"
+            );
+        }
+    }
+}

@@ -405,3 +405,148 @@ async fn a_second_writer_on_one_file_is_refused_and_the_first_keeps_the_chain() 
     drop(again);
     assert_eq!(verified_events(&path), 3);
 }
+
+/// Opening a log on `path` fails, the message names `path` and holds none of `secret`, and
+/// the file is byte for byte what it was.
+fn assert_refused_unchanged(path: &Path, secret: &str) -> AuditError {
+    let before = std::fs::read(path).unwrap();
+    let e =
+        AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(path)).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        !msg.contains(secret) && !format!("{e:?}").contains(secret),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(path).unwrap(), before, "the file was changed");
+    assert_eq!(e.exit_code(), 74, "an I/O error on the audit file: {e}");
+    e
+}
+
+#[tokio::test]
+async fn reopening_refuses_to_cut_an_unterminated_line_that_is_not_the_next_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 3).await;
+    let log = std::fs::read_to_string(&path).unwrap();
+
+    // Something appended by someone else, without a newline: not keyturn's torn write.
+    let token = "hvs.CAES-canary-appended-token";
+    std::fs::write(&path, format!("{log}{token}")).unwrap();
+    let e = assert_refused_unchanged(&path, token);
+    assert!(
+        e.to_string()
+            .contains("not the start of the next audit entry (seq 3)"),
+        "{e}"
+    );
+
+    // The start of an entry, but of an earlier one: a torn write would carry seq 3.
+    let replayed = &lines(&path)[0][..60];
+    std::fs::write(&path, format!("{log}{replayed}")).unwrap();
+    assert_refused_unchanged(&path, "hvs.");
+}
+
+#[tokio::test]
+async fn reopening_refuses_to_cut_a_torn_line_when_the_chain_before_it_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 4).await;
+    let mut l = lines(&path);
+    // An edited middle entry (only the last one is checked on a plain reopen) …
+    l[1] = l[1].replacen("secret/data/app/1", "secret/data/app/X", 1);
+    // … and a torn last entry that would otherwise be cut.
+    l[3] = l[3][..40].to_owned();
+    write_lines(&path, &l);
+    let e = assert_refused_unchanged(&path, "hvs.");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the chain before it does not verify: line 2"),
+        "{msg}"
+    );
+
+    // Put right, the same torn line is cut and the chain goes on from seq 3.
+    l[1] = lines(&path)[1].replacen("secret/data/app/X", "secret/data/app/1", 1);
+    write_lines(&path, &l);
+    let recs = write_log(&path, 1).await;
+    assert_eq!(recs[0].seq, 3);
+    assert_eq!(verified_events(&path), 4);
+}
+
+#[tokio::test]
+async fn a_torn_first_line_is_cut_and_the_chain_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 1).await;
+    // A crash during the very first write: part of one line, nothing before it.
+    let torn = lines(&path)[0][..50].to_owned();
+    write_lines(&path, &[torn]);
+    let recs = write_log(&path, 2).await;
+    assert_eq!(recs[0].seq, 0);
+    assert_eq!(verified_events(&path), 2);
+}
+
+#[tokio::test]
+async fn a_log_with_something_else_appended_as_a_line_is_refused_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 2).await;
+    let mut l = lines(&path);
+    l.push("PASSWORD=canary-line-5d1e\n".to_owned());
+    write_lines(&path, &l);
+    let e = assert_refused_unchanged(&path, "canary-line");
+    assert!(
+        matches!(e, AuditError::Sink(SinkError::CorruptTail { .. })),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn continuing_from_a_file_that_is_not_an_audit_log_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let previous = dir.path().join("creds.json");
+    let secret = "canary-previous-9b0a";
+    // Ends like an entry; serde_json's error about it would quote the secret.
+    let content = format!(
+        "{{\"seq\":\"{secret}\",\"prev\":\"{z}\",\"hash\":\"{z}\"}}\n",
+        z = "0".repeat(64)
+    );
+    std::fs::write(&previous, &content).unwrap();
+    let new = dir.path().join("audit.jsonl");
+    let e = AuditLog::open(
+        AuditLogOptions::new(HmacKey::generate().unwrap())
+            .file(&new)
+            .continue_from(&previous),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, AuditError::ContinueFrom { .. }), "{e:?}");
+    assert!(
+        msg.contains(&previous.display().to_string()) && msg.contains("not a keyturn audit log"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains(secret) && !format!("{e:?}").contains(secret),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&previous).unwrap(), content.as_bytes());
+}
+
+#[tokio::test]
+async fn a_symlink_as_the_audit_file_is_refused_and_its_target_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("token");
+    let token = "hvs.CAES-canary-link-target";
+    std::fs::write(&target, token).unwrap();
+    let link = dir.path().join("audit.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e =
+        AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(&link)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&link.display().to_string()) && msg.contains("symbolic link"),
+        "{msg}"
+    );
+    assert!(!msg.contains(token), "{msg}");
+    assert_eq!(e.exit_code(), 74);
+    assert_eq!(std::fs::read(&target).unwrap(), token.as_bytes());
+}
