@@ -46,7 +46,7 @@ pub struct Cli {
     #[arg(long, env = "KEYTURN_INIT_KEEP_TOKEN", value_name = "FILE")]
     pub keep_token: Option<PathBuf>,
 
-    /// Owner of the written files (numeric).
+    /// Owner of the written files (numeric, each 0 to 4294967294).
     #[arg(long, env = "KEYTURN_INIT_OWNER", value_name = "UID:GID", value_parser = Checked(parse_owner))]
     pub owner: Option<Owner>,
 
@@ -148,16 +148,43 @@ pub fn parse_deadline(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `UID:GID`, both numeric.
+/// Parses `UID:GID`, both numeric, each 0 to `u32::MAX - 1`: `u32::MAX` is -1, which
+/// `chown` takes as "leave unchanged", so the files would silently keep keyturn-init's own
+/// owner.
 ///
 /// # Errors
 /// A message for [`Checked`].
 pub fn parse_owner(s: &str) -> Result<Owner, String> {
-    let bad = || format!("{} is not UID:GID (numbers, e.g. 1000:1000)", echo(s));
+    let bad = || {
+        format!(
+            "{} is not UID:GID (numbers from 0 to {}, e.g. 1000:1000)",
+            echo(s),
+            u32::MAX - 1
+        )
+    };
     let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    // `str::parse` takes a leading `+`; an id is digits only.
+    let id = |t: &str, what: &str| -> Result<u32, String> {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        match t.parse::<u32>() {
+            Ok(u32::MAX) => Err(format!(
+                "{what} {} is -1 to chown, which leaves the owner unchanged; the largest {what} is {}",
+                u32::MAX,
+                u32::MAX - 1
+            )),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!(
+                "{what} {} is out of range; the largest {what} is {}",
+                echo(t),
+                u32::MAX - 1
+            )),
+        }
+    };
     Ok(Owner {
-        uid: u.parse().map_err(|_| bad())?,
-        gid: g.parse().map_err(|_| bad())?,
+        uid: id(u, "uid")?,
+        gid: id(g, "gid")?,
     })
 }
 
@@ -255,5 +282,46 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.lines().count(), 1, "{e}");
+        let e = Cli::try_parse_from([
+            "keyturn-init",
+            "--manifest",
+            "m",
+            "--out",
+            "o",
+            "--owner",
+            "4294967295:0",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--owner (KEYTURN_INIT_OWNER): uid 4294967295 is -1 to chown"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_owner_is_two_ids_below_u32_max() {
+        assert_eq!(
+            parse_owner("0:4294967294"),
+            Ok(Owner {
+                uid: 0,
+                gid: u32::MAX - 1
+            })
+        );
+        for s in [
+            "4294967295:0",
+            "0:4294967295",
+            "4294967296:0",
+            "+1:1",
+            "1:",
+            ":1",
+            "-1:0",
+        ] {
+            let e = parse_owner(s).unwrap_err();
+            assert!(e.contains("4294967294"), "{s}: {e}");
+        }
+        // A huge value is not echoed whole.
+        let e = parse_owner(&"9".repeat(1 << 20)).unwrap_err();
+        assert!(e.len() < 300, "{}", e.len());
     }
 }

@@ -357,14 +357,14 @@ async fn an_audit_event_stdout_cannot_take_fails_the_run_with_74_and_writes_noth
 }
 
 #[tokio::test]
-async fn a_boolean_that_is_not_one_exits_64_naming_the_flag_before_any_network_call() {
+async fn a_boolean_or_owner_that_is_not_one_exits_64_naming_the_flag_before_any_network_call() {
     let f = fixture_with_a_secret().await;
     let before = f.snapshot();
     let m = f.file("m.yaml", &manifest(&f, "a"));
     let m = m.to_str().unwrap();
     let out = f.out.to_str().unwrap();
     let base = ["--manifest", m, "--out", out];
-    let cases: [(&[&str], &[(&str, &str)], &str); 2] = [
+    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
         (
             &[],
             &[("KEYTURN_INIT_ALLOW_DISK", "maybe")],
@@ -374,6 +374,16 @@ async fn a_boolean_that_is_not_one_exits_64_naming_the_flag_before_any_network_c
             &[],
             &[("KEYTURN_AUDIT_STDOUT", "yes")],
             "--audit-stdout (KEYTURN_AUDIT_STDOUT): \"yes\" is not a boolean",
+        ),
+        (
+            &["--owner", "4294967295:1000"],
+            &[],
+            "--owner (KEYTURN_INIT_OWNER): uid 4294967295 is -1 to chown",
+        ),
+        (
+            &[],
+            &[("KEYTURN_INIT_OWNER", "1000:99999999999")],
+            "--owner (KEYTURN_INIT_OWNER): gid \"99999999999\" is out of range",
         ),
     ];
     for (extra, env, want) in cases {
