@@ -9,14 +9,20 @@
 //! | `agent-inject-secret-NAME: PATH` | fetch `PATH` into the file `NAME` |
 //! | `agent-inject-template-NAME: TEMPLATE` | render it with `TEMPLATE` (see [`crate::template`]; the common `{{- with secret "PATH" -}}…{{ .Data.data.KEY }}…{{- end }}` shapes) |
 //! | `agent-inject-file-NAME: FILE` | write to `FILE` instead of `NAME` |
-//! | `agent-inject-perms-NAME: "0440"` | file mode (default 0644, as the injector) |
+//! | `agent-inject-perms-NAME: "0440"` | file mode (default 0400; group or other bits need `keyturn.dev/shared-NAME`) |
 //! | `agent-inject-default-template: map\|json` | the rendering without a template: `map` (default) is one `name: value` line per field, `json` a JSON object |
 //! | `role` | the Vault role for kubernetes auth (required) |
 //! | `auth-path` | the auth mount, `auth/kubernetes` by default |
 //! | `namespace` | the Vault namespace |
 //! | `service` | the Vault address |
 //!
-//! Differences, on purpose: without a template, KV v2 secrets render their fields (one
+//! One annotation of keyturn's own: `keyturn.dev/shared-NAME: "true"` is the opt-in a
+//! `perms` with group or other bits needs (the manifest's `shared: true`); group or other
+//! write bits are refused even with it. Any other `keyturn.dev/` annotation is an error.
+//!
+//! Differences, on purpose: files are mode 0400 unless `perms` says otherwise, where the
+//! injector writes 0644 (readable by every user in the pod); give a file to the workload's
+//! user with `--owner UID:GID`, or opt in to sharing as above. Without a template, KV v2 secrets render their fields (one
 //! `name: value` line each) rather than Go's dump of `data: map[…] metadata: map[…]`.
 //! `agent-inject`, `agent-inject-status` and `agent-inject-containers` are about the
 //! webhook and are ignored, as are other `vault.hashicorp.com/*` annotations (the agent
@@ -29,15 +35,18 @@
 
 use crate::manifest::{
     AuthSpec, Format, Loc, Manifest, ManifestError, Problems, SecretSpec, VaultSpec, check_files,
-    parse_mode, vault_path,
+    check_mode, parse_mode, vault_path,
 };
 use crate::paths::RelPath;
 use crate::template::Template;
 use std::collections::BTreeMap;
 
 const PREFIX: &str = "vault.hashicorp.com/";
-/// The injector's file mode for rendered secrets.
-pub const INJECTOR_MODE: u32 = 0o644;
+/// keyturn's own annotations.
+const KEYTURN_PREFIX: &str = "keyturn.dev/";
+/// The mode of a rendered file without `perms`: the manifest's default, not the injector's
+/// 0644, which lets every user in the pod read the secret.
+pub const DEFAULT_MODE: u32 = crate::manifest::DEFAULT_MODE;
 /// The default rendering without a template: one `name: value` line per field.
 pub const MAP_TEMPLATE: &str = "{{ range $k, $v := . }}{{ $k }}: {{ $v }}\n{{ end }}";
 
@@ -47,6 +56,7 @@ struct Named {
     template: Option<(String, Loc)>,
     file: Option<(String, Loc)>,
     perms: Option<(String, Loc)>,
+    shared: Option<(String, Loc)>,
 }
 
 /// Parses a downward-API annotations file into a manifest.
@@ -73,7 +83,8 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
             p.at(at, "not a key=\"value\" line");
             continue;
         };
-        let Some(name) = key.strip_prefix(PREFIX) else {
+        let ours = key.strip_prefix(KEYTURN_PREFIX);
+        let Some(name) = key.strip_prefix(PREFIX).or(ours) else {
             continue;
         };
         let value = match go_unquote(quoted) {
@@ -83,6 +94,18 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                 continue;
             }
         };
+        if ours.is_some() {
+            match name.strip_prefix("shared-").filter(|n| !n.is_empty()) {
+                Some(n) => named.entry(n.to_owned()).or_default().shared = Some((value, at)),
+                None => p.at(
+                    at,
+                    format!(
+                        "{key} is not a keyturn-init annotation (the one there is {KEYTURN_PREFIX}shared-NAME)"
+                    ),
+                ),
+            }
+            continue;
+        }
         let slot = |prefix: &str| {
             name.strip_prefix(prefix)
                 .filter(|n| !n.is_empty())
@@ -126,18 +149,21 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
     for (name, n) in &named {
         let Some((path, at)) = &n.secret else {
             let (what, at) = [
-                ("template", &n.template),
-                ("file", &n.file),
-                ("perms", &n.perms),
+                ("agent-inject-template-", &n.template),
+                ("agent-inject-file-", &n.file),
+                ("agent-inject-perms-", &n.perms),
             ]
             .into_iter()
-            .find_map(|(w, v)| v.as_ref().map(|(_, at)| (w, *at)))
-            .unwrap_or(("file", Loc::default()));
+            .find_map(|(w, v)| v.as_ref().map(|(_, at)| (format!("{PREFIX}{w}"), *at)))
+            .or_else(|| {
+                n.shared
+                    .as_ref()
+                    .map(|(_, at)| (format!("{KEYTURN_PREFIX}shared-"), *at))
+            })
+            .unwrap_or((format!("{PREFIX}agent-inject-file-"), Loc::default()));
             p.at(
                 at,
-                format!(
-                    "{PREFIX}agent-inject-{what}-{name} has no {PREFIX}agent-inject-secret-{name}"
-                ),
+                format!("{what}{name} has no {PREFIX}agent-inject-secret-{name}"),
             );
             continue;
         };
@@ -148,9 +174,25 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         let file = RelPath::parse(file_name)
             .map_err(|e| p.at(file_at, e.to_string()))
             .ok();
+        let shared = match &n.shared {
+            None => false,
+            Some((v, a)) => crate::cli::parse_bool(v)
+                .map_err(|e| p.at(*a, format!("{KEYTURN_PREFIX}shared-{name}: {e}")))
+                .unwrap_or(false),
+        };
         let mode = match &n.perms {
-            Some((m, a)) => parse_mode(m).map_err(|e| p.at(*a, e)).ok(),
-            None => Some(INJECTOR_MODE),
+            Some((m, a)) => parse_mode(m)
+                .and_then(|mode| {
+                    check_mode(
+                        mode,
+                        shared,
+                        &format!("{KEYTURN_PREFIX}shared-{name}=\"true\""),
+                    )
+                    .map(|()| mode)
+                })
+                .map_err(|e| p.at(*a, format!("{PREFIX}agent-inject-perms-{name}: {e}")))
+                .ok(),
+            None => Some(DEFAULT_MODE),
         };
         let format = match &n.template {
             Some((t, a)) => match Template::parse(t) {
@@ -333,6 +375,7 @@ mod tests {
             ("vault.hashicorp.com/agent-inject-template-db", tpl),
             ("vault.hashicorp.com/agent-inject-file-db", "db.url"),
             ("vault.hashicorp.com/agent-inject-perms-db", "0440"),
+            ("keyturn.dev/shared-db", "true"),
             ("vault.hashicorp.com/agent-inject-secret-plain", "kv/orders"),
             ("vault.hashicorp.com/agent-limits-cpu", "250m"),
             ("vault.hashicorp.com/role", "orders-api"),
@@ -351,7 +394,7 @@ mod tests {
         let plain = &m.secrets[1];
         assert_eq!(
             (plain.file.to_string(), plain.mode),
-            ("plain".into(), INJECTOR_MODE)
+            ("plain".into(), 0o400)
         );
         assert_eq!(
             plain.format,
@@ -413,6 +456,62 @@ mod tests {
             e[0].to_string().starts_with(
                 "ann:3:1: vault.hashicorp.com/agent-inject-template-a: template line 1"
             ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn files_are_0400_unless_perms_say_otherwise_and_sharing_is_opted_into() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("vault.hashicorp.com/role", "r"),
+                ("vault.hashicorp.com/agent-inject-secret-a", "kv/a"),
+            ];
+            pairs.extend_from_slice(extra);
+            parse("ann", &file(&pairs))
+        };
+        assert_eq!(with(&[]).unwrap().secrets[0].mode, 0o400);
+        let msgs = |extra: &[(&str, &str)]| -> Vec<String> {
+            with(extra)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let e = msgs(&[("vault.hashicorp.com/agent-inject-perms-a", "0644")]);
+        assert_eq!(
+            e,
+            [
+                "ann:3:1: vault.hashicorp.com/agent-inject-perms-a: mode \"0644\" lets the group or others read the file; add keyturn.dev/shared-a=\"true\" if that is intended (or give the file to the workload's user with --owner)"
+            ]
+        );
+        let ok = with(&[
+            ("vault.hashicorp.com/agent-inject-perms-a", "0644"),
+            ("keyturn.dev/shared-a", "true"),
+        ])
+        .unwrap();
+        assert_eq!(ok.secrets[0].mode, 0o644);
+        let e = msgs(&[
+            ("vault.hashicorp.com/agent-inject-perms-a", "0666"),
+            ("keyturn.dev/shared-a", "true"),
+        ]);
+        assert!(
+            e[0].contains("lets the group or others write the file"),
+            "{e:?}"
+        );
+        let e = msgs(&[("keyturn.dev/shared-a", "maybe")]);
+        assert!(
+            e[0].starts_with("ann:3:1: keyturn.dev/shared-a: \"maybe\" is not a boolean"),
+            "{e:?}"
+        );
+        let e = msgs(&[("keyturn.dev/share-a", "true")]);
+        assert!(
+            e[0].contains("keyturn.dev/share-a is not a keyturn-init annotation"),
+            "{e:?}"
+        );
+        let e = msgs(&[("keyturn.dev/shared-b", "true")]);
+        assert!(
+            e[0].contains("keyturn.dev/shared-b has no vault.hashicorp.com/agent-inject-secret-b"),
             "{e:?}"
         );
     }

@@ -18,12 +18,19 @@
 //!     file: db.env                         # relative to the output directory; no .., not absolute
 //!     format: env                          # raw | env | json | yaml | template
 //!     key: password                        # one field only (raw: required unless the secret has one field)
-//!     mode: "0400"                         # octal; default 0400
+//!     mode: "0400"                         # octal; default 0400; see below for group/other bits
+//!     shared: true                         # the opt-in a mode with group or other bits needs
 //!     version: 3                           # KV v2: pin a version
 //!     engine: kv2                          # kv1 | kv2 | dynamic; default: asked of Vault
 //!     template: |                          # format template (implied when template: is set)
 //!       postgres://{{ .user }}:{{ .password | urlquery }}@db/orders
 //! ```
+//!
+//! A secret file is the owner's alone unless the entry says otherwise: `mode:` may set any
+//! owner bits, but a group or other bit (`0440`, `0404`, `0500`…) needs `shared: true` on
+//! the same entry, and group or other *write* bits (`0660`, `0777`…) are refused even then:
+//! whoever can write a secret file can replace the credential a workload uses. (To give a
+//! file to the workload's own user, `--owner UID:GID` is the narrower tool.)
 //!
 //! `format` defaults to `template` when `template:` is set, else `raw` when `key:` is set,
 //! else `json`. The manifest is YAML (or JSON, which is YAML too). Every problem is
@@ -226,6 +233,7 @@ struct RawSecret {
     key: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
+    shared: Option<Spanned<bool>>,
     template: Option<Spanned<String>>,
     version: Option<Spanned<u64>>,
     engine: Option<Spanned<String>>,
@@ -484,6 +492,33 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
+/// Group and other write bits: never allowed on a secret file.
+const SHARED_WRITE: u32 = 0o022;
+/// Every group and other bit.
+const SHARED_ANY: u32 = 0o077;
+
+/// Checks a file mode against the sharing rule (see the module doc): group or other bits only
+/// when `shared` (the entry's opt-in, which `opt_in` names for the message), and group or
+/// other write bits never.
+///
+/// # Errors
+/// A message naming the mode and what to do.
+pub fn check_mode(mode: u32, shared: bool, opt_in: &str) -> Result<(), String> {
+    if mode & SHARED_WRITE != 0 {
+        return Err(format!(
+            "mode \"{mode:04o}\" lets the group or others write the file; a secret file is \
+             writable by its owner only"
+        ));
+    }
+    if mode & SHARED_ANY != 0 && !shared {
+        return Err(format!(
+            "mode \"{mode:04o}\" lets the group or others read the file; add {opt_in} if that \
+             is intended (or give the file to the workload's user with --owner)"
+        ));
+    }
+    Ok(())
+}
+
 fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpec> {
     let start = p.list.len();
     let path = vault_path(&s.path.value)
@@ -492,8 +527,12 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
     let file = RelPath::parse(&s.file.value)
         .map_err(|e| p.at(Loc::of(&s.file), e.to_string()))
         .ok();
+    let shared = s.shared.as_ref().is_some_and(|v| v.value);
     let mode = match &s.mode {
-        Some(m) => parse_mode(&m.value).map_err(|e| p.at(Loc::of(m), e)).ok(),
+        Some(m) => parse_mode(&m.value)
+            .and_then(|mode| check_mode(mode, shared, "shared: true to this entry").map(|()| mode))
+            .map_err(|e| p.at(Loc::of(m), e))
+            .ok(),
         None => Some(DEFAULT_MODE),
     };
     let engine = s.engine.as_ref().and_then(|e| match e.value.as_str() {
@@ -642,7 +681,7 @@ mod tests {
     #[test]
     fn a_full_manifest_parses_with_defaults() {
         let m = parse(
-            "  - path: /secret/data/orders/db/\n    file: db.env\n    format: env\n  - path: database/creds/ro\n    file: ./ro.json\n    mode: 0440\n  - path: kv/x\n    key: k\n    file: k\n",
+            "  - path: /secret/data/orders/db/\n    file: db.env\n    format: env\n  - path: database/creds/ro\n    file: ./ro.json\n    mode: 0440\n    shared: true\n  - path: kv/x\n    key: k\n    file: k\n",
         )
         .unwrap();
         assert_eq!(m.secrets.len(), 3);
@@ -669,7 +708,7 @@ mod tests {
         assert_eq!(
             errs("  - path: a/b\n    fle: x\n"),
             [
-                "m.yaml:4:5: unknown field `fle`, expected one of path, file, key, format, mode, template, version, engine"
+                "m.yaml:4:5: unknown field `fle`, expected one of path, file, key, format, mode, shared, template, version, engine"
             ]
         );
     }
@@ -730,6 +769,39 @@ mod tests {
         assert!(parse_mode("4755").is_err());
         assert!(parse_mode("rw").is_err());
         assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn group_or_other_bits_need_shared_and_write_bits_are_never_allowed() {
+        for mode in ["0400", "0600", "0700", "0000"] {
+            let m = parse(&format!("  - {{ path: a/b, file: x, mode: \"{mode}\" }}\n")).unwrap();
+            assert_eq!(format!("{:04o}", m.secrets[0].mode), mode);
+        }
+        for mode in ["0440", "0404", "0444", "0410"] {
+            let e = errs(&format!("  - {{ path: a/b, file: x, mode: \"{mode}\" }}\n"));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].starts_with("m.yaml:3:33: mode \"")
+                    && e[0].contains("lets the group or others read the file; add shared: true"),
+                "{mode}: {e:?}"
+            );
+            let ok = parse(&format!(
+                "  - {{ path: a/b, file: x, mode: \"{mode}\", shared: true }}\n"
+            ))
+            .unwrap();
+            assert_eq!(format!("{:04o}", ok.secrets[0].mode), mode);
+        }
+        for mode in ["0777", "0666", "0620", "0602"] {
+            for shared in ["", ", shared: true"] {
+                let e = errs(&format!(
+                    "  - {{ path: a/b, file: x, mode: \"{mode}\"{shared} }}\n"
+                ));
+                assert!(
+                    e[0].contains("lets the group or others write the file"),
+                    "{mode}{shared}: {e:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ secrets:
   - {{ path: secret/data/orders/db, file: password, key: password }}
   - {{ path: secret/data/orders/db, file: db.env, format: env, key: password }}
   - {{ path: secret/data/orders/db, file: db.json, format: json }}
-  - {{ path: secret/data/orders/db, file: conf/db.yaml, format: yaml, mode: "0440" }}
+  - {{ path: secret/data/orders/db, file: conf/db.yaml, format: yaml, mode: "0440", shared: true }}
   - path: secret/data/orders/db
     file: db.url
     template: "postgres://{{{{ .user }}}}:{{{{ .password | urlquery }}}}@db/orders?key={{{{ index . \"api-key\" }}}}\n"
@@ -281,6 +281,8 @@ async fn the_annotations_path_produces_the_same_files_as_the_equivalent_manifest
             "vault.hashicorp.com/agent-inject-perms-db",
             "0440".to_owned(),
         ),
+        // Group read is opted into; `api` has no perms and gets 0400.
+        ("keyturn.dev/shared-db", "true".to_owned()),
         (
             "vault.hashicorp.com/agent-inject-secret-api",
             "kv/orders/api".to_owned(),
@@ -318,7 +320,7 @@ async fn the_annotations_path_produces_the_same_files_as_the_equivalent_manifest
     let out2 = f.out.parent().unwrap().join("out2");
     std::fs::create_dir(&out2).unwrap();
     let manifest = format!(
-        "vault: {{ auth: kubernetes, role: orders-api, jwt-file: {jwt} }}\nsecrets:\n  - path: secret/data/orders/db\n    file: db.url\n    mode: \"0440\"\n    template: {tpl}\n  - path: kv/orders/api\n    file: api\n    mode: \"0644\"\n    template: {map}\n",
+        "vault: {{ auth: kubernetes, role: orders-api, jwt-file: {jwt} }}\nsecrets:\n  - path: secret/data/orders/db\n    file: db.url\n    mode: \"0440\"\n    shared: true\n    template: {tpl}\n  - path: kv/orders/api\n    file: api\n    template: {map}\n",
         jwt = jwt_file.display(),
         tpl = serde_json::to_string(tpl).unwrap(),
         map = serde_json::to_string(keyturn_init_map_template()).unwrap(),
@@ -358,7 +360,7 @@ async fn the_annotations_path_produces_the_same_files_as_the_equivalent_manifest
     assert_eq!(
         via_annotations,
         [
-            ("api".to_owned(), format!("key: {key}\nregion: eu\n"), 0o644),
+            ("api".to_owned(), format!("key: {key}\nregion: eu\n"), 0o400),
             (
                 "db.url".to_owned(),
                 format!("postgres://orders:{pw}@db/orders\n"),

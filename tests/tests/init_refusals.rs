@@ -398,3 +398,95 @@ async fn a_boolean_or_owner_that_is_not_one_exits_64_naming_the_flag_before_any_
     assert_eq!(f.snapshot(), before);
     assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
 }
+
+#[tokio::test]
+async fn a_mode_sharing_a_secret_needs_an_opt_in_and_a_writable_one_is_refused() {
+    let f = fixture_with_a_secret().await;
+    let before = f.snapshot();
+    let tf = f.file("token", f.bao.root_token());
+    let entry = |mode: &str| {
+        format!(
+            "vault: {{ auth: token, token-file: {} }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v, mode: {mode} }}\n",
+            tf.display()
+        )
+    };
+    let cases = [
+        (
+            "\"0777\"",
+            "mode \"0777\" lets the group or others write the file",
+        ),
+        (
+            "\"0666\", shared: true",
+            "mode \"0666\" lets the group or others write the file",
+        ),
+        (
+            "\"0440\"",
+            "mode \"0440\" lets the group or others read the file; add shared: true",
+        ),
+    ];
+    for (mode, want) in cases {
+        let r = f.run_manifest(&entry(mode), &[], &[]).await;
+        assert_eq!(r.code, 64, "{mode}: {}", r.stderr);
+        let lines = r.failure_lines();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(
+            lines[0].contains("manifest.yaml:3:") && lines[0].contains(want),
+            "{}",
+            lines[0]
+        );
+        f.assert_no_canary_leaked(&r);
+    }
+    // An annotation file without perms was 0644 and is 0400 now; 0644 needs keyturn's opt-in.
+    let ann = |extra: &str| {
+        f.file(
+            "annotations",
+            &format!(
+                "vault.hashicorp.com/role=\"r\"\nvault.hashicorp.com/agent-inject-secret-a=\"secret/data/orders/a\"\nvault.hashicorp.com/agent-inject-perms-a=\"0644\"\n{extra}"
+            ),
+        )
+    };
+    let a = ann("");
+    let r = f
+        .run(
+            &[
+                "--annotations",
+                a.to_str().unwrap(),
+                "--out",
+                f.out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.failure_lines()[0].contains(
+            "annotations:3:1: vault.hashicorp.com/agent-inject-perms-a: mode \"0644\" lets the group or others read the file; add keyturn.dev/shared-a=\"true\""
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.bao.requests_for("read", "secret/data/orders/a"), 0);
+    f.assert_no_canary_leaked(&r);
+    // With the opt-in the mode is accepted (the run then gets as far as logging in).
+    let a = ann("keyturn.dev/shared-a=\"true\"\n");
+    let r = f
+        .run(
+            &[
+                "--annotations",
+                a.to_str().unwrap(),
+                "--out",
+                f.out.to_str().unwrap(),
+            ],
+            &[
+                ("KEYTURN_INIT_JWT_FILE", tf.to_str().unwrap()),
+                ("KEYTURN_INIT_DEADLINE", "2s"),
+            ],
+        )
+        .await;
+    assert!(
+        r.failure_lines().iter().all(|l| !l.contains("mode")),
+        "{}",
+        r.stderr
+    );
+}
