@@ -429,3 +429,115 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
 }
+
+/// How many rotation attempts of `policy` the audit file records (each attempt starts with
+/// the intent event of `rotate.create` or `rotate.resume`).
+fn attempts(e: &Env, policy: &str) -> usize {
+    std::fs::read_to_string(e.audit())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["resource"].as_str().is_some_and(|r| r.contains(policy))
+                && v["outcome"] == "started"
+                && matches!(
+                    v["action"].as_str(),
+                    Some("rotate.create" | "rotate.resume")
+                )
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() {
+    // Delivery into a Kubernetes API that answers 403 fails on every attempt. The daemon
+    // used to take the failed slot as due again at once: hundreds of attempts a second,
+    // each with its audit events, log lines, Vault writes and Kubernetes requests.
+    let e = Env::new().await;
+    e.write_policy(
+        "api",
+        "  distribute:\n    - kubernetes: { namespace: shop, secret: api, keys: { TOKEN: value } }\n",
+    );
+    e.write_policy("other", "");
+    let kube = keyturn_tests::kube::KubeStandin::start().await.unwrap();
+    kube.deny("*", "secrets");
+    let kubeconfig = e.dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).unwrap();
+    let port = keyturn_tests::process::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["run", "--grace", "10s", "--listen", &listen];
+    let log_path = e.dir.path().join("daemon.log");
+    let f = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = e.cmd(&args, "agent-1");
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f));
+    let d = Daemon {
+        child: cmd.spawn().unwrap(),
+        log: log_path,
+    };
+    eventually(
+        "the first attempt failed and was put under backoff",
+        || async { d.log().contains("retrying under backoff") },
+    )
+    .await;
+    // The other policy is not held up by the failing one.
+    eventually("other rotated", || async {
+        e.current("other").await.is_some()
+    })
+    .await;
+    let base = format!("http://{listen}");
+    let metrics = get(&format!("{base}/metrics")).await.unwrap().1;
+    assert!(
+        metrics.contains(r#"keyturn_consecutive_failures{policy="api"} 1"#),
+        "{metrics}"
+    );
+    let backoff: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"keyturn_backoff_seconds{policy="api"} "#))
+        .expect("a backoff gauge for api")
+        .parse()
+        .unwrap();
+    assert!(
+        (29..=45).contains(&backoff),
+        "first retry after {backoff} s"
+    );
+    assert!(
+        metrics.contains(r#"keyturn_consecutive_failures{policy="other"} 0"#),
+        "{metrics}"
+    );
+    // Every outcome series exists from the start, at 0 where nothing happened.
+    assert!(
+        metrics.contains(r#"keyturn_rotations_total{policy="other",outcome="failed"} 0"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("keyturn_build_info{version="), "{metrics}");
+    // The first retry is due no sooner than 30 s after the failure: for the next few
+    // seconds the count of attempts stays where it is (it used to grow by hundreds).
+    assert_eq!(attempts(&e, "api"), 1, "one attempt so far");
+    let requests = kube.requests().len();
+    assert!(requests >= 1, "the delivery reached the API server");
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        attempts(&e, "api"),
+        1,
+        "retried without backoff:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        kube.requests().len(),
+        requests,
+        "Kubernetes requests during the backoff"
+    );
+    assert_eq!(
+        get(&format!("{base}/readyz")).await.unwrap().0,
+        200,
+        "a failing policy does not make the daemon unready"
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("rotation stopped").count(), 1, "{log}");
+    e.verify_audit();
+}

@@ -25,7 +25,7 @@ use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::policy::{self, Policy, StoreRef};
 use crate::rotation::store::aws_sm;
-use crate::rotation::store::{LastRotation, StateRecord, Taint};
+use crate::rotation::store::{Failures, LastRotation, StateRecord, Taint};
 use crate::schedule::jittered;
 
 /// `keyturn status`.
@@ -85,6 +85,8 @@ struct Row {
     in_flight: Option<InFlightJson>,
     /// Set by `break-glass reveal`.
     taint: Option<Taint>,
+    /// The daemon's record of a run of failed attempts: how many, and when it retries.
+    failures: Option<Failures>,
     /// Whether the last rotation failed.
     failed: bool,
     /// Why the state could not be read.
@@ -121,6 +123,7 @@ fn row(
                 next_start: None,
                 in_flight: None,
                 taint: None,
+                failures: None,
                 failed: false,
                 error: Some(e.message),
             };
@@ -131,14 +134,15 @@ fn row(
         .as_ref()
         .filter(|l| l.outcome == "ok")
         .map(|l| l.started_at);
-    let due = p.schedule.next_due(last_ok, now);
+    // `None` for a schedule whose slots ran out: shown as "?", never a panic.
+    let due = p.schedule.next_due(last_ok);
     Row {
         policy: p.name.clone(),
         store,
         last_rotation: state.last.clone(),
         current_age_seconds: last_ok.map(|t| (now - t).num_seconds()),
-        next_due: Some(due),
-        next_start: Some(jittered(&p.name, due, p.window)),
+        next_due: due,
+        next_start: due.and_then(|d| jittered(&p.name, d, p.window)),
         in_flight: state.in_flight.as_ref().map(|f| InFlightJson {
             rotation_id: f.rotation_id.clone(),
             step: f.step.as_str(),
@@ -149,6 +153,7 @@ fn row(
             attempts: f.attempts,
         }),
         taint: state.taint.clone(),
+        failures: state.failures.clone(),
         failed: state.last.as_ref().is_some_and(|l| l.outcome == "failed"),
         error: None,
     }
@@ -198,6 +203,14 @@ fn cells(r: &Row, now: DateTime<Utc>) -> [String; 6] {
     }
     if r.failed {
         notes.push("failed".to_owned());
+    }
+    if let Some(f) = &r.failures {
+        let s = if f.count == 1 { "" } else { "s" };
+        notes.push(format!(
+            "backing off: {} failed attempt{s} in a row, next try {}",
+            f.count,
+            time(f.retry_at)
+        ));
     }
     let notes = if notes.is_empty() {
         "-".to_owned()
@@ -436,6 +449,26 @@ mod tests {
         assert_eq!(c[2], "2025-03-01T11:00:00Z failed");
         assert_eq!(c[4], "now");
         assert_eq!(c[5], "failed");
+    }
+
+    #[test]
+    fn a_run_of_failures_shows_the_backoff_and_the_next_try() {
+        let now = t("2025-03-01T12:00:00Z");
+        let s = StateRecord {
+            failures: Some(Failures {
+                count: 3,
+                last_at: t("2025-03-01T11:58:00Z"),
+                retry_at: t("2025-03-01T12:02:00Z"),
+            }),
+            ..StateRecord::default()
+        };
+        let r = row(&policy(), "x".into(), Ok(s), now);
+        assert_eq!(
+            cells(&r, now)[5],
+            "backing off: 3 failed attempts in a row, next try 2025-03-01T12:02:00Z"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["failures"]["count"], 3);
     }
 
     #[test]

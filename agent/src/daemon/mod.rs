@@ -7,6 +7,14 @@
 //! polls. Due rotations run as tasks under a concurrency limit; when one ends, its policy's
 //! next slot is queued.
 //!
+//! A rotation that fails or stops, for whatever reason (a target refusing, a store or the
+//! Kubernetes API denying, the audit log full), leaves its slot due and is tried again under
+//! per-policy capped exponential backoff with jitter ([`crate::schedule::retry_at`]): the first
+//! retry at least 30 s later, the delay doubling up to `retry_max`, never past the policy's
+//! next slot. So one broken policy costs a handful of requests an hour, not a storm, and the
+//! others rotate meanwhile. A policy whose next time cannot be computed is reported and left
+//! out; nothing a policy says can stop the daemon.
+//!
 //! The policy directory is watched: a valid change replaces the policy set (changed policies
 //! are rescheduled, removed ones forgotten); an invalid one is logged and the old set stays.
 //! On shutdown nothing new starts; rotations in flight get a grace period to finish, and
@@ -29,15 +37,11 @@ use tokio::task::JoinSet;
 use crate::backends::Backends;
 use crate::breakglass::Journal;
 use crate::policy::{self, Policy, PolicyErrors};
-use crate::rotation::store::Store as _;
+use crate::rotation::store::{Failures, Store as _};
 use crate::rotation::{Engine, RotationOutcome, Trigger};
-use crate::schedule::jittered;
+use crate::schedule::{jittered, retry_at};
 pub use metrics::Metrics;
 use queue::{Queue, Slot};
-
-/// How long after a failed rotation the policy is tried again (unless its next slot is
-/// sooner).
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(600);
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -55,6 +59,8 @@ pub struct DaemonConfig {
     pub journal: Option<Journal>,
     /// How often the journal is read.
     pub journal_poll: Duration,
+    /// The longest delay between two retries of a failing policy.
+    pub retry_max: Duration,
 }
 
 /// Why the daemon stopped with an error.
@@ -88,9 +94,17 @@ impl DaemonError {
 #[derive(Debug)]
 struct Done {
     policy: String,
+    /// The slot the attempt served (the Unix epoch: due at once).
+    due: DateTime<Utc>,
     /// The start of the rotation that now defines CURRENT, if one completed.
     rotated_at: Option<DateTime<Utc>>,
     failed: bool,
+}
+
+/// A policy whose last attempt failed: how often in a row, for the backoff.
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    failures: u32,
 }
 
 /// The daemon.
@@ -141,18 +155,22 @@ impl Daemon {
         let mut running: BTreeMap<String, ()> = BTreeMap::new();
 
         // Start-up: read each policy's state; resume in-flight rotations first, queue the rest.
+        let mut failing: BTreeMap<String, Failing> = BTreeMap::new();
+        for p in policies.values() {
+            self.metrics.register_policy(&p.name);
+        }
         let scan = self.scan(&policies).await;
         let mut resume = Vec::new();
         for (name, found) in scan {
             match found {
                 Scan::InFlight => resume.push(name),
-                Scan::Last(last, taint) => {
-                    self.queue_next(&mut queue, &policies[&name], last, false);
-                    if let Some(t) = taint {
-                        queue_taint(&mut queue, &name, t);
-                    }
+                Scan::Last(found) => {
+                    self.resume_idle(&mut queue, &mut failing, &policies[&name], found);
                 }
-                Scan::Unreadable => self.queue_retry(&mut queue, &name),
+                Scan::Unreadable => {
+                    let p = &policies[&name];
+                    self.failed(&mut queue, &mut failing, p, DateTime::<Utc>::UNIX_EPOCH);
+                }
             }
         }
         for name in resume {
@@ -161,6 +179,7 @@ impl Daemon {
                 &mut tasks,
                 &done_tx,
                 policies[&name].clone(),
+                DateTime::<Utc>::UNIX_EPOCH,
                 Trigger::Manual {
                     reason: Some("resume after restart".into()),
                 },
@@ -202,16 +221,19 @@ impl Daemon {
                         if running.insert(slot.policy.clone(), ()).is_some() {
                             continue;
                         }
-                        self.spawn(&mut tasks, &done_tx, p.clone(), Trigger::Schedule { due: slot.due });
+                        self.spawn(&mut tasks, &done_tx, p.clone(), slot.due, Trigger::Schedule { due: slot.due });
                     }
                 }
                 Some(done) = done_rx.recv() => {
                     running.remove(&done.policy);
                     if let Some(p) = policies.get(&done.policy) {
-                        if let Some(at) = done.rotated_at {
-                            self.metrics.rotated_at(&done.policy, at);
+                        if done.failed {
+                            self.failed(&mut queue, &mut failing, p, done.due);
+                        } else {
+                            failing.remove(&done.policy);
+                            self.metrics.succeeded(&done.policy, done.rotated_at.unwrap_or_else(Utc::now));
+                            self.queue_next(&mut queue, p, done.rotated_at, None);
                         }
-                        self.queue_next(&mut queue, p, done.rotated_at, done.failed);
                     }
                 }
                 Some(()) = reload_rx.recv() => {
@@ -221,7 +243,7 @@ impl Daemon {
                         Err(e) => tracing::error!(errors = %e, "policy change rejected; the previous policies stay in force"),
                         Ok(new) => {
                             let new: BTreeMap<String, Arc<Policy>> = new.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
-                            self.apply_reload(&mut queue, &policies, &new, &running).await;
+                            self.apply_reload(&mut queue, &mut failing, &policies, &new, &running).await;
                             policies = new;
                         }
                     }
@@ -241,7 +263,7 @@ impl Daemon {
                                         && policies.contains_key(&e.policy)
                                         && !running.contains_key(&e.policy)
                                     {
-                                        queue_taint(&mut queue, &e.policy, t);
+                                        self.queue_taint(&mut queue, &e.policy, t);
                                     }
                                 }
                             }
@@ -280,6 +302,7 @@ impl Daemon {
         tasks: &mut JoinSet<()>,
         done: &mpsc::UnboundedSender<Done>,
         p: Arc<Policy>,
+        due: DateTime<Utc>,
         trigger: Trigger,
     ) {
         let engine = self.engine.clone();
@@ -296,6 +319,7 @@ impl Daemon {
             metrics.outcome(&p.name, outcome);
             let _ = done.send(Done {
                 policy: p.name.clone(),
+                due,
                 rotated_at,
                 failed,
             });
@@ -319,10 +343,16 @@ impl Daemon {
                     }
                     Ok(store) => match store.view().await {
                         Ok(v) if v.state.in_flight.is_some() => Scan::InFlight,
-                        Ok(v) => Scan::Last(
-                            v.state.last.filter(|l| l.outcome == "ok").map(|l| l.started_at),
-                            v.state.taint.map(|t| t.rotate_after),
-                        ),
+                        Ok(v) => Scan::Last(Found {
+                            last_ok: v
+                                .state
+                                .last
+                                .filter(|l| l.outcome == "ok")
+                                .map(|l| l.started_at),
+                            taint: v.state.taint.map(|t| t.rotate_after),
+                            created: v.current.and_then(|c| c.created),
+                            failures: v.state.failures,
+                        }),
                         Err(e) => {
                             tracing::error!(policy = %p.name, error = %e, "cannot read rotation state");
                             Scan::Unreadable
@@ -341,20 +371,26 @@ impl Daemon {
         out
     }
 
-    fn queue_next(&self, queue: &mut Queue, p: &Policy, last: Option<DateTime<Utc>>, failed: bool) {
-        let now = Utc::now();
-        let due = p.schedule.next_due(last, now);
-        let mut fire_at = jittered(&p.name, due, p.window);
-        if failed {
-            let retry = now + chrono::Duration::from_std(RETRY_AFTER_FAILURE).unwrap_or_default();
-            fire_at = fire_at.min(retry);
-        }
-        self.metrics
-            .next_rotation
-            .get_or_create(&metrics::PolicyLabel {
-                policy: p.name.clone(),
-            })
-            .set(fire_at.timestamp());
+    /// Queues `p`'s next slot after its last good rotation (`last`), or its taint's due time
+    /// when that comes first.
+    fn queue_next(
+        &self,
+        queue: &mut Queue,
+        p: &Policy,
+        last: Option<DateTime<Utc>>,
+        taint: Option<DateTime<Utc>>,
+    ) {
+        let next = p
+            .schedule
+            .next_due(last)
+            .and_then(|due| Some((due, jittered(&p.name, due, p.window)?)));
+        let (due, fire_at) = match (next, taint) {
+            (Some((_, at)), Some(t)) if t < at => (t, t),
+            (None, Some(t)) => (t, t),
+            (Some(n), _) => n,
+            (None, None) => return self.unschedulable(queue, p),
+        };
+        self.metrics.next_rotation(&p.name, fire_at);
         queue.schedule(Slot {
             policy: p.name.clone(),
             due,
@@ -362,24 +398,115 @@ impl Daemon {
         });
     }
 
-    fn queue_retry(&self, queue: &mut Queue, name: &str) {
-        let at = Utc::now() + chrono::Duration::from_std(RETRY_AFTER_FAILURE).unwrap_or_default();
+    /// Queues an idle policy found by a scan: its next slot, unless a recorded run of
+    /// failures says to wait for its retry time first.
+    fn resume_idle(
+        &self,
+        queue: &mut Queue,
+        failing: &mut BTreeMap<String, Failing>,
+        p: &Policy,
+        found: Found,
+    ) {
+        self.metrics.current_since(&p.name, found.created);
+        self.queue_next(queue, p, found.last_ok, found.taint);
+        if let Some(f) = found.failures {
+            failing.insert(p.name.clone(), Failing { failures: f.count });
+            let wait = (f.retry_at - Utc::now()).to_std().unwrap_or_default();
+            self.metrics.backoff(&p.name, f.count, wait);
+            queue.not_before(&p.name, f.retry_at);
+            if let Some(at) = queue.fire_time(&p.name) {
+                self.metrics.next_rotation(&p.name, at);
+            }
+        }
+    }
+
+    /// Records a failed or stopped attempt at `p`'s slot `due` and queues the retry: the slot
+    /// stays due, under backoff, until a later slot supersedes it.
+    fn failed(
+        &self,
+        queue: &mut Queue,
+        failing: &mut BTreeMap<String, Failing>,
+        p: &Policy,
+        due: DateTime<Utc>,
+    ) {
+        let f = failing
+            .entry(p.name.clone())
+            .or_insert(Failing { failures: 0 });
+        f.failures = f.failures.saturating_add(1);
+        let now = Utc::now();
+        let Some((due, fire_at)) = retry_at(
+            &p.name,
+            &p.schedule,
+            p.window,
+            due,
+            f.failures,
+            self.cfg.retry_max,
+            now,
+        ) else {
+            return self.unschedulable(queue, p);
+        };
+        let backoff = (fire_at - now).to_std().unwrap_or_default();
+        self.metrics.backoff(&p.name, f.failures, backoff);
+        self.metrics.next_rotation(&p.name, fire_at);
+        tracing::warn!(
+            policy = %p.name,
+            consecutive_failures = f.failures,
+            retry_in_s = backoff.as_secs(),
+            retry_at = %fire_at.to_rfc3339(),
+            "rotation did not complete; retrying under backoff"
+        );
         queue.schedule(Slot {
-            policy: name.to_owned(),
+            policy: p.name.clone(),
+            due,
+            fire_at,
+        });
+        let record = Failures {
+            count: f.failures,
+            last_at: now,
+            retry_at: fire_at,
+        };
+        tokio::spawn(record_failures(
+            self.backends.clone(),
+            self.engine.holder().to_owned(),
+            p.clone(),
+            record,
+        ));
+    }
+
+    /// Schedules the rotation of a revealed value when its taint falls due (replacing the
+    /// policy's next slot; the normal schedule resumes after that rotation).
+    fn queue_taint(&self, queue: &mut Queue, policy: &str, at: DateTime<Utc>) {
+        self.metrics.next_rotation(policy, at);
+        queue.schedule(Slot {
+            policy: policy.to_owned(),
             due: at,
             fire_at: at,
         });
     }
 
+    /// A policy with no computable next time (a cron expression whose slots ran out): it is
+    /// reported and left out of the queue, and every other policy keeps rotating.
+    fn unschedulable(&self, queue: &mut Queue, p: &Policy) {
+        queue.cancel(&p.name);
+        self.metrics.unschedulable(&p.name);
+        tracing::error!(
+            policy = %p.name,
+            file = %p.file.display(),
+            "no next rotation time can be computed for this policy's schedule; it is not scheduled"
+        );
+    }
+
     async fn apply_reload(
         &self,
         queue: &mut Queue,
+        failing: &mut BTreeMap<String, Failing>,
         old: &BTreeMap<String, Arc<Policy>>,
         new: &BTreeMap<String, Arc<Policy>>,
         running: &BTreeMap<String, ()>,
     ) {
         for name in old.keys().filter(|n| !new.contains_key(*n)) {
             queue.cancel(name);
+            failing.remove(name);
             self.metrics.forget(name);
         }
         let changed: BTreeMap<String, Arc<Policy>> = new
@@ -387,14 +514,19 @@ impl Daemon {
             .filter(|(n, p)| old.get(*n).is_none_or(|o| o != *p) && !running.contains_key(*n))
             .map(|(n, p)| (n.clone(), p.clone()))
             .collect();
+        for name in changed.keys() {
+            self.metrics.register_policy(name);
+        }
         for (name, found) in self.scan(&changed).await {
             match found {
-                Scan::InFlight | Scan::Unreadable => self.queue_retry(queue, &name),
-                Scan::Last(last, taint) => {
-                    self.queue_next(queue, &new[&name], last, false);
-                    if let Some(t) = taint {
-                        queue_taint(queue, &name, t);
-                    }
+                // A changed policy keeps its failure count: editing a file is no reason to
+                // retry a failing target at once.
+                Scan::InFlight | Scan::Unreadable => {
+                    self.failed(queue, failing, &new[&name], DateTime::<Utc>::UNIX_EPOCH);
+                }
+                Scan::Last(found) => {
+                    failing.remove(&name);
+                    self.resume_idle(queue, failing, &new[&name], found);
                 }
             }
         }
@@ -408,19 +540,21 @@ impl Daemon {
 
 enum Scan {
     InFlight,
-    /// The last good rotation's start, and when a taint falls due.
-    Last(Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    Last(Found),
     Unreadable,
 }
 
-/// Schedules the rotation of a revealed value when its taint falls due (replacing the
-/// policy's next slot; the normal schedule resumes after that rotation).
-fn queue_taint(queue: &mut Queue, policy: &str, at: DateTime<Utc>) {
-    queue.schedule(Slot {
-        policy: policy.to_owned(),
-        due: at,
-        fire_at: at,
-    });
+/// What the start-up scan (or a reload) learns of an idle policy.
+struct Found {
+    /// The last good rotation's start: the schedule counts from it.
+    last_ok: Option<DateTime<Utc>>,
+    /// When a taint falls due.
+    taint: Option<DateTime<Utc>>,
+    /// When the store created CURRENT: the credential's age survives restarts and failed
+    /// attempts.
+    created: Option<DateTime<Utc>>,
+    /// A run of failures recorded by an earlier daemon: its backoff still holds.
+    failures: Option<Failures>,
 }
 
 /// One rotation of `p`; returns the metric outcome, the start of the rotation that now
@@ -441,8 +575,15 @@ async fn rotate_once(
     };
     match engine.rotate(p, &store, target.as_ref(), trigger).await {
         Ok(RotationOutcome::Rotated { started_at, .. }) => ("rotated", Some(started_at), false),
+        // Another process served the slot: its rotation's start is what the next slot is
+        // judged by (a failed one does not serve a slot, see the engine).
         Ok(RotationOutcome::AlreadyDone) => match store.state().await {
-            Ok(s) => ("already-done", s.last.map(|l| l.started_at), false),
+            Ok(s) => match s.last.filter(|l| l.outcome == "ok") {
+                Some(l) => ("already-done", Some(l.started_at), false),
+                // Served, but the record changed since: judge again after a backoff rather
+                // than treat the slot as never served (due at once, again and again).
+                None => ("already-done", None, true),
+            },
             Err(_) => ("already-done", None, true),
         },
         Ok(RotationOutcome::Busy { holder }) => {
@@ -454,6 +595,38 @@ async fn rotate_once(
             tracing::error!(error = %e, "rotation stopped; it resumes on the next attempt");
             ("error", None, true)
         }
+    }
+}
+
+/// Writes a policy's run of failures into its state record, for `keyturn status` and for a
+/// restarted daemon. Best effort, one read and one compare-and-set write per failure (the
+/// backoff bounds how often): the store may be the very thing that fails, and a concurrent
+/// writer (a rotation by another process) wins. A rotation another live process holds is left
+/// alone: this write would move the fence under it.
+async fn record_failures(backends: Backends, holder: String, p: Policy, failures: Failures) {
+    let Ok(store) = backends.store(&p) else {
+        return;
+    };
+    let result = match store.view().await {
+        Ok(v)
+            if v.state
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.holder != holder && f.lease_until > Utc::now()) =>
+        {
+            Ok(())
+        }
+        Ok(v) => {
+            let state = crate::rotation::store::StateRecord {
+                failures: Some(failures),
+                ..v.state
+            };
+            store.write_state(&v.fence, &state).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::debug!(policy = %p.name, error = %e, "could not record the failure in the store");
     }
 }
 

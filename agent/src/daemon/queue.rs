@@ -55,6 +55,38 @@ impl Queue {
         }));
     }
 
+    /// When `policy`'s queued slot fires, if it has one.
+    #[must_use]
+    pub fn fire_time(&self, policy: &str) -> Option<DateTime<Utc>> {
+        let g = self.generation.get(policy)?;
+        self.heap
+            .iter()
+            .find(|Reverse(e)| e.policy == policy && e.generation == *g)
+            .map(|Reverse(e)| e.fire_at)
+    }
+
+    /// Delays `policy`'s queued slot to `at` if it would fire sooner (a backoff that outlives
+    /// a restart). A linear search: this runs once per policy at start-up, not per tick.
+    pub fn not_before(&mut self, policy: &str, at: DateTime<Utc>) {
+        let Some(g) = self.generation.get(policy) else {
+            return;
+        };
+        let live = self
+            .heap
+            .iter()
+            .find(|Reverse(e)| e.policy == policy && e.generation == *g)
+            .map(|Reverse(e)| (e.fire_at, e.due));
+        if let Some((fire_at, due)) = live
+            && fire_at < at
+        {
+            self.schedule(Slot {
+                policy: policy.to_owned(),
+                due,
+                fire_at: at,
+            });
+        }
+    }
+
     /// Forgets a policy (removed from the policy set, or being rotated right now).
     pub fn cancel(&mut self, policy: &str) {
         if let Some(g) = self.generation.get_mut(policy) {
@@ -151,6 +183,25 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert!(q.pop_due(utc(2026, 1, 1, 0, 10)).is_empty());
         assert_eq!(q.next_fire(), Some(utc(2026, 1, 1, 0, 30)));
+    }
+
+    #[test]
+    fn not_before_only_ever_delays_a_slot() {
+        let mut q = Queue::new();
+        q.schedule(slot("a", 1));
+        q.not_before("a", utc(2026, 1, 1, 0, 20));
+        assert_eq!(q.fire_time("a"), Some(utc(2026, 1, 1, 0, 20)));
+        q.not_before("a", utc(2026, 1, 1, 0, 5));
+        assert_eq!(q.fire_time("a"), Some(utc(2026, 1, 1, 0, 20)));
+        assert_eq!(q.len(), 1);
+        let due = q.pop_due(utc(2026, 1, 1, 0, 30));
+        assert_eq!(
+            due[0].due,
+            utc(2026, 1, 1, 0, 1),
+            "the slot served is unchanged"
+        );
+        q.not_before("nobody", utc(2026, 1, 1, 0, 5));
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use error::{PolicyError, PolicyErrors};
 use schema::{RawPolicy, RawStore, RawTarget, S};
 
-use crate::schedule::{Schedule, parse_duration};
+use crate::schedule::{MAX_WINDOW, Schedule, parse_duration};
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "keyturn.dev/v1";
@@ -230,6 +230,14 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
             policies.push(p);
         }
     }
+    if errors.is_empty() && policies.is_empty() {
+        // A daemon with nothing to do is a misconfiguration (a wrong path or an empty
+        // ConfigMap), not a success; a reload to an empty set keeps the old one.
+        errors.push(file_error(
+            path,
+            "no rotation policies found (a directory is read for *.yaml and *.yml files)".into(),
+        ));
+    }
     if errors.is_empty() {
         Ok(policies)
     } else {
@@ -337,6 +345,10 @@ impl Validator<'_> {
         let window = match &spec.window {
             None => Duration::ZERO,
             Some(w) => match parse_duration(&w.value) {
+                Ok(d) if d > MAX_WINDOW => {
+                    self.err(w, "spec.window", "must be at most 31d");
+                    Duration::ZERO
+                }
                 Ok(d) => d,
                 Err(m) => {
                     self.err(w, "spec.window", m);
@@ -344,14 +356,18 @@ impl Validator<'_> {
                 }
             },
         };
-        if let (Some(Schedule::Every(every)), Some(w)) = (&schedule, &spec.window)
-            && window >= *every
+        // A window as long as the gap to the next slot would let a jittered start pass that
+        // slot (and, for cron, overlap the next rotation).
+        if let (Some(s), Some(w)) = (&schedule, &spec.window)
+            && !window.is_zero()
+            && s.shortest_gap(chrono::Utc::now())
+                .is_some_and(|gap| window >= gap)
         {
-            self.err(
-                w,
-                "spec.window",
-                "must be shorter than the `every` interval",
-            );
+            let what = match s {
+                Schedule::Every(_) => "the `every` interval",
+                Schedule::Cron { .. } => "the shortest gap between two of the schedule's slots",
+            };
+            self.err(w, "spec.window", format!("must be shorter than {what}"));
         }
         let store = self.store(&spec.store, "spec.store");
         let target = self.target(&spec.target);
@@ -474,12 +490,18 @@ impl Validator<'_> {
                 })
             }
             RawStore::AwsSecretsmanager(a) => {
-                if a.secret_id.value.trim().is_empty() || a.secret_id.value.len() > 2048 {
+                if let Err(m) = aws_secret_id(&a.secret_id.value) {
                     self.err(
                         &a.secret_id,
                         &format!("{field}.aws-secretsmanager.secret-id"),
-                        "must be a name or ARN of 1 to 2048 characters",
+                        m,
                     );
+                    return None;
+                }
+                if let Some(r) = &a.region
+                    && let Err(m) = aws_region(&r.value)
+                {
+                    self.err(r, &format!("{field}.aws-secretsmanager.region"), m);
                     return None;
                 }
                 Some(StoreRef::AwsSecretsManager {
@@ -713,6 +735,49 @@ fn vault_segment_path(p: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What AWS Secrets Manager accepts as a `SecretId`: a name (1–512 of `A–Z a–z 0–9 /_+=.@-`)
+/// or a secret ARN (`arn:PARTITION:secretsmanager:…`, at most 2048, the same characters plus
+/// `:`). Anything else would only fail later, at the first rotation, against the live API.
+fn aws_secret_id(id: &str) -> Result<(), String> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c);
+    if let Some(rest) = id.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(6, ':').collect();
+        let ok = id.len() <= 2048
+            && parts.len() == 6
+            && parts[1] == "secretsmanager"
+            && parts[4] == "secret"
+            && !parts[5].is_empty()
+            && id.chars().all(|c| name_char(c) || c == ':');
+        return if ok {
+            Ok(())
+        } else {
+            Err("an ARN must be arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME (at most 2048 characters)".into())
+        };
+    }
+    if id.is_empty() || id.len() > 512 || !id.chars().all(name_char) {
+        return Err(
+            "must be a secret name of 1 to 512 characters (letters, digits and /_+=.@-) or a secret ARN"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// An AWS region name such as `eu-central-1`: lowercase letters, digits and `-`.
+fn aws_region(r: &str) -> Result<(), String> {
+    let ok = (4..=32).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !r.starts_with('-')
+        && !r.ends_with('-')
+        && r.contains('-');
+    if ok {
+        Ok(())
+    } else {
+        Err("not an AWS region name (such as eu-central-1)".into())
+    }
 }
 
 /// A DNS-1123 label: what Kubernetes accepts for namespaces and keyturn for policy names.

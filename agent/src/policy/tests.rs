@@ -267,3 +267,79 @@ fn one_file_may_hold_thousands_of_policies() {
     }
     assert_eq!(check(&text).expect("loads").len(), 3000);
 }
+
+#[test]
+fn an_interval_that_would_overflow_the_clock_is_rejected_where_written() {
+    // Accepted before, and the daemon then panicked computing the next slot.
+    let e = one_error(&good_with("  every: 24h", "  every: 100000000000y"));
+    assert!(e.starts_with("p.yaml:16:10: spec.every:"), "{e}");
+    let e = one_error(&good_with("  every: 24h", "  every: 11y"));
+    assert!(e.contains("at most 3660d"), "{e}");
+}
+
+#[test]
+fn a_window_is_bounded_and_shorter_than_the_gap_between_slots() {
+    // A huge window on a cron schedule overflowed the jitter computation.
+    let e = one_error(&good_with("  window: 1h", "  window: 100000000000y"));
+    assert!(e.starts_with("p.yaml:6:11: spec.window:"), "{e}");
+    let e = one_error(&good_with("  window: 1h", "  window: 40d"));
+    assert!(e.contains("at most 31d"), "{e}");
+    // Daily at 03:00: a 25 h window would let one slot's start pass the next slot.
+    let e = one_error(&good_with("  window: 1h", "  window: 25h"));
+    assert!(
+        e.contains("spec.window: must be shorter than the shortest gap"),
+        "{e}"
+    );
+    // The tightest pair of slots counts, not the average: 01:00 and 02:00 daily.
+    let e = one_error(
+        &good_with(r#""0 3 * * *""#, r#""0 1,2 * * *""#).replace("window: 1h", "window: 90m"),
+    );
+    assert!(e.contains("shortest gap"), "{e}");
+    assert!(check(&good_with("  window: 1h", "  window: 23h")).is_ok());
+}
+
+#[test]
+fn an_aws_secret_id_must_be_a_name_or_a_secret_arn() {
+    for bad in [
+        "prod/orders db",
+        "prod/orders%db",
+        "arn:aws:s3:::bucket",
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
+    ] {
+        let e = one_error(&good_with("prod/orders-db", &format!("{bad:?}")));
+        assert!(
+            e.contains("spec.store.aws-secretsmanager.secret-id"),
+            "{bad}: {e}"
+        );
+        assert!(!e.contains(bad), "the message must not echo the value: {e}");
+    }
+    let long = "a".repeat(513);
+    assert!(one_error(&good_with("prod/orders-db", &long)).contains("secret-id"));
+    for good in [
+        "prod/orders-db",
+        "a+b=c.d@e_f-g",
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/orders-db-AbCdEf",
+    ] {
+        assert!(
+            check(&good_with("prod/orders-db", &format!("{good:?}"))).is_ok(),
+            "{good}"
+        );
+    }
+    let e = one_error(&good_with(
+        "secret-id: prod/orders-db }",
+        "secret-id: prod/orders-db, region: \"EU West\" }",
+    ));
+    assert!(e.contains("spec.store.aws-secretsmanager.region"), "{e}");
+}
+
+#[test]
+fn an_empty_policy_directory_is_an_error_not_an_idle_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("README.md"), "not a policy").unwrap();
+    let e = load(dir.path()).expect_err("nothing to run");
+    assert_eq!(e.0.len(), 1);
+    assert!(e.to_string().contains("no rotation policies found"), "{e}");
+    let f = dir.path().join("empty.yaml");
+    std::fs::write(&f, "").unwrap();
+    assert!(load(&f).is_err());
+}

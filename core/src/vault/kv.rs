@@ -78,6 +78,8 @@ pub struct Versioned {
     pub data: SecretData,
     /// The version number.
     pub version: u64,
+    /// When the version was written (KV v2 `metadata.created_time`), if it parses.
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Serializes a [`SecretData`] for a write request body: the one place its values become
@@ -227,6 +229,9 @@ impl Vault {
                 Ok(Versioned {
                     data,
                     version: res.metadata.version,
+                    created: chrono::DateTime::parse_from_rfc3339(&res.metadata.created_time)
+                        .ok()
+                        .map(|t| t.with_timezone(&chrono::Utc)),
                 })
             })
             .await

@@ -77,7 +77,8 @@ use zeroize::Zeroizing;
 
 use super::same_fields;
 use super::{
-    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView, Taint,
+    Current, Failures, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError,
+    StoreView, Taint,
 };
 
 /// The SDK, for callers that build their own client (tests point it at an emulator).
@@ -313,13 +314,13 @@ impl AwsSmStore {
     // ---- raw calls, each mapping its error to an `AwsSmError` -------------------------
 
     /// `GetSecretValue` by label or version id; `None` when the secret or that version does
-    /// not exist. Returns the version id and the `SecretString`.
+    /// not exist. Returns the version id, the `SecretString` and when the version was created.
     async fn get(
         &self,
         id: &str,
         stage: Option<&str>,
         version: Option<&str>,
-    ) -> Result<Option<(String, Zeroizing<String>)>, AwsSmError> {
+    ) -> Result<Option<(String, Zeroizing<String>, Option<DateTime<Utc>>)>, AwsSmError> {
         let r = self
             .client
             .get_secret_value()
@@ -331,7 +332,14 @@ impl AwsSmStore {
         match r {
             Ok(mut out) => {
                 let text = Zeroizing::new(out.secret_string.take().unwrap_or_default());
-                Ok(Some((out.version_id.take().unwrap_or_default(), text)))
+                let created = out
+                    .created_date
+                    .and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos()));
+                Ok(Some((
+                    out.version_id.take().unwrap_or_default(),
+                    text,
+                    created,
+                )))
             }
             Err(e) => match AwsSmError::from_sdk("GetSecretValue", id, e) {
                 e if e.code() == Some("ResourceNotFoundException") => Ok(None),
@@ -486,7 +494,7 @@ impl AwsSmStore {
                     .await
                     .map_err(|e| self.backend(e))?;
                 match stored {
-                    Some((_, text))
+                    Some((_, text, _))
                         if same_fields(
                             &self.parse_fields(&text, "pending version")?,
                             &rec.pending,
@@ -604,7 +612,7 @@ impl AwsSmStore {
             .map_err(|e| self.backend(e))?
         {
             None => Ok((StateRecord::default(), Fence(ABSENT.into()))),
-            Some((version, text)) => Ok((self.decode_state(&text)?, Fence(version))),
+            Some((version, text, _)) => Ok((self.decode_state(&text)?, Fence(version))),
         }
     }
 
@@ -635,11 +643,11 @@ impl AwsSmStore {
                 })
             })
             .transpose()?;
-        let taint = doc.taint;
         Ok(StateRecord {
             in_flight,
             last,
-            taint,
+            taint: doc.taint,
+            failures: doc.failures,
         })
     }
 
@@ -713,15 +721,19 @@ impl Store for AwsSmStore {
             .map_err(|e| self.backend(e))?
         {
             None => None,
-            Some((version, text)) => {
+            Some((version, text, created)) => {
                 let fields = self.parse_fields(&text, "AWSCURRENT")?;
                 // `{}` is the placeholder of a secret that never had a credential.
-                (!fields.is_empty()).then_some(Current { fields, version })
+                (!fields.is_empty()).then_some(Current {
+                    fields,
+                    version,
+                    created,
+                })
             }
         };
         let (mut state, fence) = self.read_state().await?;
         if let Some(f) = &mut state.in_flight {
-            let Some((_, text)) = self
+            let Some((_, text, _)) = self
                 .get(&self.secret_id, None, Some(&f.rotation_id))
                 .await
                 .map_err(|e| self.backend(e))?
@@ -813,7 +825,7 @@ impl Store for AwsSmStore {
                         .get(&self.secret_id, None, Some(cur))
                         .await
                         .map_err(|e| self.backend(e))?;
-                    if let Some((_, text)) = text
+                    if let Some((_, text, _)) = text
                         && !self.parse_fields(&text, "AWSCURRENT")?.is_empty()
                     {
                         return Err(self.conflict());
@@ -920,6 +932,8 @@ struct StateDoc {
     last: Option<LastRotation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     taint: Option<Taint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failures: Option<Failures>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -946,6 +960,7 @@ fn encode_state(state: &StateRecord) -> String {
         }),
         last: state.last.clone(),
         taint: state.taint.clone(),
+        failures: state.failures.clone(),
     };
     // Only strings, numbers and times: serializing cannot fail.
     serde_json::to_string(&doc).unwrap_or_default()
@@ -1022,6 +1037,7 @@ mod tests {
                 outcome: "ok".into(),
             }),
             taint: None,
+            failures: None,
         };
         let text = encode_state(&rec);
         assert!(!text.contains("canary-not-in-state"));

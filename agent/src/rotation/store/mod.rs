@@ -104,6 +104,8 @@ pub struct Current {
     pub fields: SecretData,
     /// The store's version id for it.
     pub version: String,
+    /// When the store created that version (the age of the credential), if it says.
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// The compare-and-set token for the in-flight record, as read.
@@ -121,6 +123,23 @@ pub struct StateRecord {
     /// Set by `break-glass reveal`: CURRENT was shown to a person and must be rotated once
     /// the TTL has passed. A completed rotation that started after the taint clears it.
     pub taint: Option<Taint>,
+    /// Set by the daemon while a policy's rotations keep failing: how often in a row, and
+    /// when it tries again. A completed rotation clears it. Kept in the store so that
+    /// `keyturn status` shows the backoff and a restarted daemon keeps to it.
+    pub failures: Option<Failures>,
+}
+
+/// A policy's run of failed or stopped rotation attempts. Serialized as is in the AWS state
+/// document and in `keyturn status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failures {
+    /// Attempts in a row that did not complete.
+    pub count: u32,
+    /// When the last of them ended.
+    pub last_at: DateTime<Utc>,
+    /// When the daemon tries again.
+    pub retry_at: DateTime<Utc>,
 }
 
 /// A mark that CURRENT was revealed and must be rotated. Serialized as is in the AWS state

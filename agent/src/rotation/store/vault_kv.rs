@@ -20,8 +20,8 @@ use keyturn_core::SecretValue;
 use keyturn_core::vault::{SecretData, Vault, VaultError};
 
 use super::{
-    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView, Taint,
-    same_fields,
+    Current, Failures, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError,
+    StoreView, Taint, same_fields,
 };
 
 /// The prefix, inside the policy's mount, under which rotation state is kept.
@@ -143,10 +143,25 @@ impl VaultKvStore {
             }),
             _ => None,
         };
+        let failures = match (
+            text("failures_count")?,
+            time("failures_last_at")?,
+            time("failures_retry_at")?,
+        ) {
+            (Some(count), Some(last_at), Some(retry_at)) => Some(Failures {
+                count: count
+                    .parse()
+                    .map_err(|_| self.corrupt("failures_count is not a number"))?,
+                last_at,
+                retry_at,
+            }),
+            _ => None,
+        };
         Ok(StateRecord {
             in_flight,
             last,
             taint,
+            failures,
         })
     }
 }
@@ -166,6 +181,11 @@ fn encode_state(state: &StateRecord) -> SecretData {
         put(&mut d, "taint_at", t.at.to_rfc3339());
         put(&mut d, "taint_rotate_after", t.rotate_after.to_rfc3339());
         put(&mut d, "taint_by", t.by.clone());
+    }
+    if let Some(f) = &state.failures {
+        put(&mut d, "failures_count", f.count.to_string());
+        put(&mut d, "failures_last_at", f.last_at.to_rfc3339());
+        put(&mut d, "failures_retry_at", f.retry_at.to_rfc3339());
     }
     if let Some(f) = &state.in_flight {
         put(&mut d, "rotation_id", f.rotation_id.clone());
@@ -202,6 +222,7 @@ impl Store for VaultKvStore {
             Ok(v) => Some(Current {
                 fields: v.data,
                 version: v.version.to_string(),
+                created: v.created,
             }),
             Err(VaultError::NotFound { .. }) => None,
             Err(e) => return Err(self.backend(e)),
@@ -235,6 +256,7 @@ impl Store for VaultKvStore {
             Ok(v) => Ok(Some(Current {
                 fields: v.data,
                 version: v.version.to_string(),
+                created: v.created,
             })),
             Err(VaultError::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.backend(e)),
