@@ -296,13 +296,17 @@ async fn main() -> anyhow::Result<()> {
 
     step(
         4,
-        "The audit trail: every access, hash-chained, values only as HMACs",
+        "The audit trail: every access, in a keyed hash chain, values only as HMACs",
     );
     let (_, text) = run(Command::new(&keyturn)
         .args(["audit", "tail", "-n", "100"])
         .arg(&audit))?;
     show(&text);
-    let (code, text) = run(Command::new(&keyturn).args(["audit", "verify"]).arg(&audit))?;
+    // Verifying the keyed chain needs the audit key, as rewriting it would.
+    let (code, text) = run(Command::new(&keyturn)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .env("KEYTURN_AUDIT_HMAC_KEY_FILE", &key))?;
     show(&text);
     println!("   exit {code}");
     let tampered = work.path().join("tampered.jsonl");
@@ -314,7 +318,8 @@ async fn main() -> anyhow::Result<()> {
     println!("   an attacker edits one event's outcome in a copy of the log:");
     let (code, text) = run(Command::new(&keyturn)
         .args(["audit", "verify"])
-        .arg(&tampered))?;
+        .arg(&tampered)
+        .env("KEYTURN_AUDIT_HMAC_KEY_FILE", &key))?;
     show(&text);
     println!("   exit {code}");
     tokio::time::sleep(Duration::from_millis(10)).await;
