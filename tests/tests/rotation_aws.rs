@@ -173,8 +173,7 @@ async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> 
         rec.step = st;
         let state = StateRecord {
             in_flight: Some(rec.clone()),
-            last: None,
-            taint: None,
+            ..StateRecord::default()
         };
         fence = s.write_state(&fence, &state).await.unwrap();
     }
@@ -420,13 +419,11 @@ async fn two_state_writers_from_one_fence_exactly_one_wins() {
         let fence = sa.view().await.unwrap().fence;
         let ra = StateRecord {
             in_flight: Some(in_flight("agent-a", 300, &value)),
-            last: None,
-            taint: None,
+            ..StateRecord::default()
         };
         let rb = StateRecord {
             in_flight: Some(in_flight("agent-b", 300, &value)),
-            last: None,
-            taint: None,
+            ..StateRecord::default()
         };
         let (wa, wb) = tokio::join!(sa.write_state(&fence, &ra), sb.write_state(&fence, &rb));
         let (won, lost_holder) = match (wa, wb) {
@@ -452,8 +449,7 @@ async fn two_state_writers_from_one_fence_exactly_one_wins() {
         // The winner repeating its own write (a retry after a lost answer) is not a conflict.
         let again = StateRecord {
             in_flight: Some(winner.clone()),
-            last: None,
-            taint: None,
+            ..StateRecord::default()
         };
         let f2 = sa.write_state(&view.fence, &again).await.unwrap();
         assert_eq!(sa.write_state(&view.fence, &again).await.unwrap(), f2);

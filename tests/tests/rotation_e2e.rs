@@ -335,6 +335,15 @@ async fn crash_and_resume(strategy: &str, step: &str) {
         "expected a SIGKILL after {step}: {}",
         text(&crashed)
     );
+    if step != "distribute" {
+        // Killed between the step's effect and its outcome event: the log holds the intent
+        // and claims nothing more.
+        assert_eq!(
+            e.audit_actions().last(),
+            Some(&(format!("rotate.{step}"), "started".to_owned())),
+            "the last event before the kill"
+        );
+    }
     let state = e.state().await;
     let pending_password = state["pending.password"].as_str().unwrap().to_owned();
     let after_promote = matches!(step, "finish" | "distribute");

@@ -5,12 +5,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyturn_agent::policy::{self, Policy, Target as PolicyTarget};
+use keyturn_agent::rotation::store::Step;
+use keyturn_agent::rotation::store::Store;
 use keyturn_agent::rotation::store::vault_kv::VaultKvStore;
 use keyturn_agent::rotation::target::postgres::{AdminFn, AdminPool, Postgres, TlsMode};
 use keyturn_agent::rotation::target::{Target, TargetError};
-use keyturn_agent::rotation::{Engine, RotationOutcome, Trigger};
+use keyturn_agent::rotation::{Engine, RotationError, RotationOutcome, Trigger};
 use keyturn_core::SecretValue;
-use keyturn_core::audit::{Actor, AuditLog, AuditLogOptions, HmacKey};
+use keyturn_core::audit::{
+    Actor, AuditLog, AuditLogOptions, AuditSink, ChainHead, FileSink, HmacKey, SinkError,
+};
 use keyturn_core::vault::{SecretData, Vault};
 use keyturn_tests::canary::{assert_absent, canary};
 use keyturn_tests::openbao::OpenBao;
@@ -705,4 +709,238 @@ async fn a_burst_of_changes_shares_a_bounded_set_of_admin_connections() {
         "{open} admin connections open after {ROLES} concurrent changes"
     );
     assert_no_password_leaked(&e, &passwords);
+}
+
+/// The audit events of `action` in `file`, in order, as (outcome, detail).
+fn events(file: &std::path::Path, action: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["action"] == action)
+        .map(|v| {
+            (
+                v["outcome"].as_str().unwrap().to_owned(),
+                v["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A `set` the admin may not make fails on every attempt, and the audit log says so: one
+/// intent and one error per attempt, each naming the step, the attempt, the target and the
+/// role, and not a single `ok` for `set`.
+#[tokio::test]
+async fn a_set_that_fails_five_times_is_audited_as_five_intents_and_five_errors_and_no_ok() {
+    let e = env("single", &["app"], &[], 5).await;
+    // PostgreSQL 15: an admin with CREATEROLE may not alter a superuser.
+    e.pg.admin()
+        .await
+        .unwrap()
+        .batch_execute("CREATE ROLE app LOGIN SUPERUSER")
+        .await
+        .unwrap();
+    let out = rotate(&e).await;
+    let RotationOutcome::Failed { error, .. } = &out else {
+        panic!("{out:?}")
+    };
+    assert!(error.contains("\"app\""), "{error}");
+
+    let set = events(&e.audit_file, "rotate.set");
+    let outcomes: Vec<&str> = set.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(outcomes, ["started", "error"].repeat(5), "{set:#?}");
+    for (i, pair) in set.chunks(2).enumerate() {
+        let attempt = format!("attempt {} of 5", i + 1);
+        let (intent, failure) = (&pair[0].1, &pair[1].1);
+        assert!(intent.contains(&attempt), "{intent}");
+        for part in [
+            "set failed (refused)",
+            attempt.as_str(),
+            &format!("127.0.0.1:{}", e.pg.port()),
+            "role \"app\"",
+        ] {
+            assert!(failure.contains(part), "{part:?} not in {failure}");
+        }
+    }
+    // Nothing after `set` ran, and the end is recorded as a failure.
+    for later in [
+        "rotate.test",
+        "rotate.finish",
+        "rotate.distribute",
+        "rotate.done",
+    ] {
+        assert!(events(&e.audit_file, later).is_empty(), "{later} recorded");
+    }
+    let failed = events(&e.audit_file, "rotate.failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "error");
+    assert!(
+        keyturn_core::audit::verify(std::slice::from_ref(&e.audit_file)).is_ok(),
+        "audit chain"
+    );
+    assert_no_password_leaked(&e, &[]);
+}
+
+/// An audit file that fails as a full disk does (`ENOSPC`) on the first batch that holds the
+/// intent of `action`, and writes everything before it.
+#[derive(Debug)]
+struct FullAt {
+    file: FileSink,
+    trigger: String,
+}
+
+impl AuditSink for FullAt {
+    fn name(&self) -> &str {
+        "file that fills up"
+    }
+
+    fn head(&self) -> Option<ChainHead> {
+        self.file.head()
+    }
+
+    fn write_durably(&mut self, lines: &[u8]) -> Result<(), SinkError> {
+        if String::from_utf8_lossy(lines).contains(&self.trigger) {
+            return Err(SinkError::Write {
+                sink: self.name().to_owned(),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        self.file.write_durably(lines)
+    }
+}
+
+/// An engine whose audit log fills up at `action`'s intent, and that log's file.
+fn engine_full_at(e: &Env, action: &str) -> (Engine, std::path::PathBuf) {
+    let file = e
+        .audit_file
+        .with_file_name(format!("full-at-{action}.jsonl"));
+    let sink = FullAt {
+        file: FileSink::open(&file).unwrap(),
+        trigger: format!(
+            r#""action":"{action}","resource":"policy/{}","outcome":"started""#,
+            e.policy.name
+        ),
+    };
+    let audit =
+        AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).sink(Box::new(sink)))
+            .unwrap();
+    let engine = Engine::new(Arc::new(audit), Actor::agent("agent-a"), "agent-a")
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    (engine, file)
+}
+
+/// Fail closed: when the intent of `set` cannot be written, the password is not changed
+/// and the rotation stays in flight at `created`, resumable.
+#[tokio::test]
+async fn an_audit_log_that_cannot_take_the_set_intent_stops_the_rotation_before_the_password_changes()
+ {
+    let e = env("single", &["app"], &["app"], 3).await;
+    let store = VaultKvStore::new(e.vault.clone(), MOUNT, PATH);
+    let (engine, file) = engine_full_at(&e, "rotate.set");
+    let err = engine
+        .rotate(
+            &e.policy,
+            &store,
+            &e.target,
+            &Trigger::Manual { reason: None },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RotationError::Audit {
+                step: "rotate.set",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        !e.pg.log().contains("ALTER ROLE \"app\""),
+        "the password was changed without its audit record"
+    );
+    let in_flight = store
+        .view()
+        .await
+        .unwrap()
+        .state
+        .in_flight
+        .expect("in flight");
+    assert_eq!(in_flight.step, Step::Created);
+    assert!(
+        e.vault.kv2_read(MOUNT, PATH, None).await.is_err(),
+        "no CURRENT"
+    );
+    // What was written ends with the create step's outcome, and it is a sound chain.
+    assert_eq!(
+        events(&file, "rotate.create")
+            .iter()
+            .map(|(o, _)| o.as_str())
+            .collect::<Vec<_>>(),
+        ["started", "ok"]
+    );
+    assert!(events(&file, "rotate.set").is_empty());
+    assert!(keyturn_core::audit::verify(&[file]).is_ok());
+
+    // With a working audit log the same rotation resumes and completes.
+    let resumed = rotate(&e).await;
+    assert!(
+        matches!(resumed, RotationOutcome::Rotated { resumed: true, .. }),
+        "{resumed:?}"
+    );
+    let (_, password, _) = stored(&e.vault, None).await;
+    login(e.pg.port(), "app", &password).await.unwrap();
+    assert_no_password_leaked(&e, &[password]);
+}
+
+/// Fail closed at the promote: `set` and `test` ran, but without the intent of `finish` on
+/// record CURRENT is not replaced.
+#[tokio::test]
+async fn an_audit_log_that_cannot_take_the_finish_intent_stops_the_rotation_before_the_promote() {
+    let e = env("single", &["app"], &["app"], 3).await;
+    assert!(matches!(rotate(&e).await, RotationOutcome::Rotated { .. }));
+    let (_, first, version) = stored(&e.vault, None).await;
+    let store = VaultKvStore::new(e.vault.clone(), MOUNT, PATH);
+    let (engine, file) = engine_full_at(&e, "rotate.finish");
+    let err = engine
+        .rotate(
+            &e.policy,
+            &store,
+            &e.target,
+            &Trigger::Manual { reason: None },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RotationError::Audit {
+                step: "rotate.finish",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(stored(&e.vault, None).await.2, version, "CURRENT replaced");
+    for action in ["rotate.set", "rotate.test"] {
+        assert_eq!(
+            events(&file, action)
+                .iter()
+                .map(|(o, _)| o.as_str())
+                .collect::<Vec<_>>(),
+            ["started", "ok"],
+            "{action}"
+        );
+    }
+    assert!(events(&file, "rotate.finish").is_empty());
+
+    let resumed = rotate(&e).await;
+    assert!(
+        matches!(resumed, RotationOutcome::Rotated { resumed: true, .. }),
+        "{resumed:?}"
+    );
+    let (_, second, _) = stored(&e.vault, None).await;
+    login(e.pg.port(), "app", &second).await.unwrap();
+    assert_no_password_leaked(&e, &[first, second]);
 }

@@ -106,22 +106,30 @@ async fn a_rotation_makes_a_new_current_keeps_the_previous_and_clears_its_state(
     let view = store(&e).view().await.unwrap();
     assert!(view.state.in_flight.is_none());
     assert_eq!(view.state.last.unwrap().rotation_id, rotation_id);
-    // The audit log holds every step, chained, and neither value.
+    // The audit log holds every step, chained, and neither value: each side effect has its
+    // intent before it and its outcome after it.
     let report = keyturn_core::audit::verify(std::slice::from_ref(&e.audit_file));
     assert!(report.is_ok(), "{report:?}");
     let text = std::fs::read(&e.audit_file).unwrap();
-    for action in [
-        "rotate.create",
-        "rotate.set",
-        "rotate.test",
-        "rotate.finish",
-        "rotate.done",
-    ] {
-        assert!(
-            String::from_utf8_lossy(&text).contains(action),
-            "no {action} event"
-        );
+    let second: Vec<(String, String)> = String::from_utf8_lossy(&text)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["rotation_id"] == rotation_id.as_str())
+        .map(|v| {
+            (
+                v["action"].as_str().unwrap().to_owned(),
+                v["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for step in ["create", "set", "test", "finish"] {
+        for outcome in ["started", "ok"] {
+            expected.push((format!("rotate.{step}"), outcome.to_owned()));
+        }
     }
+    expected.push(("rotate.done".to_owned(), "ok".to_owned()));
+    assert_eq!(second, expected);
     assert_absent(
         "audit log",
         &text,
@@ -202,8 +210,7 @@ async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> 
             &Fence("0".into()),
             &StateRecord {
                 in_flight: Some(rec),
-                last: None,
-                taint: None,
+                ..StateRecord::default()
             },
         )
         .await

@@ -1,5 +1,14 @@
 //! The rotation state machine: create → set → test → finish (→ distribute), each step
-//! idempotent and audited before it happens.
+//! idempotent and audited around its side effect.
+//!
+//! Every side effect (the PENDING value written to the store, the target's `set`, the login
+//! of `test`, the promote, each delivery attempt, the revert of a given-up rotation) is
+//! bracketed by two audit events of the same action: an intent (outcome `started`) that must
+//! be durable before the effect runs, so an unwritable audit log stops the rotation before
+//! it (fail closed), and an outcome (`ok`, `error` or `denied`, with the reason: the step,
+//! the target or store, the kind of error, never a value) once the effect has returned. An
+//! intent without an outcome therefore means the process stopped while the effect ran; the
+//! log never calls a step `ok` that it did not see succeed.
 //!
 //! Only what a resume could not work out again is written to the store: the PENDING value
 //! (`created`, before any side effect) and, when delivery fails, that the value is promoted
@@ -91,9 +100,9 @@ pub enum RotationError {
         #[source]
         source: StoreError,
     },
-    /// The audit event for the next step could not be written, so the step did not run
-    /// (fail closed).
-    #[error("policy {policy}: audit log refused the {step} event, step not taken: {source}")]
+    /// An audit event could not be written: an intent, so its step did not run, or an
+    /// outcome, so the rotation stopped before its next step (fail closed either way).
+    #[error("policy {policy}: audit log refused the {step} event, rotation stopped: {source}")]
     Audit {
         /// The policy.
         policy: String,
@@ -276,7 +285,17 @@ impl Engine {
                     in_flight: Some(f.clone()),
                     ..keep.clone()
                 };
-                match store.write_state(&view.fence, &state).await {
+                let written = store.write_state(&view.fence, &state).await;
+                self.record_store_outcome(
+                    name,
+                    &f.rotation_id,
+                    "rotate.resume",
+                    store,
+                    None,
+                    &written,
+                )
+                .await?;
+                match written {
                     Ok(fence) => (f, fence, true),
                     Err(StoreError::Conflict { .. }) => {
                         return Ok(RotationOutcome::Busy {
@@ -331,11 +350,21 @@ impl Engine {
                     in_flight: Some(rec.clone()),
                     ..keep.clone()
                 };
-                match store.write_state(&view.fence, &state).await {
-                    Ok(fence) => {
-                        crash_point("create");
-                        (rec, fence, false)
-                    }
+                let written = store.write_state(&view.fence, &state).await;
+                if written.is_ok() {
+                    crash_point("create");
+                }
+                self.record_store_outcome(
+                    name,
+                    &rec.rotation_id,
+                    "rotate.create",
+                    store,
+                    main_value(&rec.pending),
+                    &written,
+                )
+                .await?;
+                match written {
+                    Ok(fence) => (rec, fence, false),
                     Err(StoreError::Conflict { .. }) => {
                         return Ok(RotationOutcome::Busy {
                             holder: "another process".into(),
@@ -359,18 +388,24 @@ impl Engine {
         loop {
             match rec.step {
                 Step::Created | Step::Set => {
-                    let (action, next) = if rec.step == Step::Created {
-                        ("rotate.set", Step::Set)
+                    let (action, step, next) = if rec.step == Step::Created {
+                        ("rotate.set", "set", Step::Set)
                     } else {
-                        ("rotate.test", Step::Tested)
+                        ("rotate.test", "test", Step::Tested)
                     };
+                    let attempt = format!(
+                        "attempt {} of {}",
+                        rec.attempts.saturating_add(1),
+                        policy.max_attempts
+                    );
+                    // Intent: durable before the target is touched, or the step does not run.
                     self.record(
                         name,
                         &rec.rotation_id,
                         action,
-                        AuditOutcome::Ok,
+                        AuditOutcome::Started,
                         main_value(&rec.pending),
-                        Some(target.describe()),
+                        Some(format!("{step} on {}, {attempt}", target.describe())),
                     )
                     .await?;
                     let r = if next == Step::Set {
@@ -380,12 +415,35 @@ impl Engine {
                     };
                     match r {
                         Ok(()) => {
+                            // Between the effect and its outcome event: a crash here leaves
+                            // an intent without an outcome, which is what it was.
+                            crash_point(next.as_str_for_crash());
+                            self.record(
+                                name,
+                                &rec.rotation_id,
+                                action,
+                                AuditOutcome::Ok,
+                                main_value(&rec.pending),
+                                Some(format!("{step} on {}, {attempt}", target.describe())),
+                            )
+                            .await?;
                             // Not persisted: a resume runs this step again (idempotent).
                             rec.step = next;
                             rec.attempts = 0;
-                            crash_point(next.as_str_for_crash());
                         }
                         Err(e) => {
+                            self.record(
+                                name,
+                                &rec.rotation_id,
+                                action,
+                                AuditOutcome::Error,
+                                main_value(&rec.pending),
+                                Some(format!(
+                                    "{step} failed ({}), {attempt}: {e}",
+                                    target_error_kind(&e)
+                                )),
+                            )
+                            .await?;
                             rec.attempts += 1;
                             tracing::warn!(policy = name, rotation_id = %rec.rotation_id, step = action, attempt = rec.attempts, error = %e, "rotation step failed");
                             if rec.attempts >= policy.max_attempts {
@@ -415,14 +473,26 @@ impl Engine {
                         name,
                         &rec.rotation_id,
                         "rotate.finish",
-                        AuditOutcome::Ok,
+                        AuditOutcome::Started,
                         main_value(&rec.pending),
-                        Some(store.location()),
+                        Some(format!("promote to CURRENT in {}", store.location())),
                     )
                     .await?;
-                    store.promote(&rec, base.as_ref()).await.map_err(st)?;
+                    let promoted = store.promote(&rec, base.as_ref()).await;
+                    if promoted.is_ok() {
+                        crash_point("finish");
+                    }
+                    self.record_store_outcome(
+                        name,
+                        &rec.rotation_id,
+                        "rotate.finish",
+                        store,
+                        main_value(&rec.pending),
+                        &promoted,
+                    )
+                    .await?;
+                    promoted.map_err(st)?;
                     rec.step = Step::Finished;
-                    crash_point("finish");
                 }
                 Step::Finished => {
                     // Distribution runs again in full on every resume: each part is
@@ -525,18 +595,21 @@ impl Engine {
             .map(|d| format!("{}/{}", d.namespace, d.secret))
             .collect::<Vec<_>>()
             .join(", ");
-        self.record(
-            name,
-            &rec.rotation_id,
-            "rotate.distribute",
-            AuditOutcome::Started,
-            main_value(&rec.pending),
-            Some(format!("secrets {to} via {}", sink.describe())),
-        )
-        .await?;
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
-            match deliver_all(sink.as_ref(), &deliveries, || drop(permit.take())).await {
+            let of = format!("attempt {} of {}", attempt + 1, policy.max_attempts);
+            // Each attempt writes Secrets and may restart workloads: each has its intent.
+            self.record(
+                name,
+                &rec.rotation_id,
+                "rotate.distribute",
+                AuditOutcome::Started,
+                main_value(&rec.pending),
+                Some(format!("secrets {to} via {}, {of}", sink.describe())),
+            )
+            .await?;
+            let delivered = deliver_all(sink.as_ref(), &deliveries, || drop(permit.take())).await;
+            let e = match delivered {
                 Ok(reports) => {
                     self.record(
                         name,
@@ -549,33 +622,37 @@ impl Engine {
                     .await?;
                     return Ok(());
                 }
-                Err(e) if e.is_retryable() && attempt + 1 < policy.max_attempts => {
-                    attempt += 1;
-                    tracing::warn!(policy = name, rotation_id = %rec.rotation_id, attempt, error = %e, "distribution failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
-                Err(e) => {
-                    let outcome = if e.code() == Some(403) {
-                        AuditOutcome::Denied
-                    } else {
-                        AuditOutcome::Error
-                    };
-                    self.record(
-                        name,
-                        &rec.rotation_id,
-                        "rotate.distribute",
-                        outcome,
-                        None,
-                        Some(e.to_string()),
-                    )
-                    .await?;
-                    return Err(RotationError::Distribute {
-                        policy: name.to_owned(),
-                        rotation_id: rec.rotation_id.clone(),
-                        source: e,
-                    });
-                }
+                Err(e) => e,
+            };
+            let outcome = if e.code() == Some(403) {
+                AuditOutcome::Denied
+            } else {
+                AuditOutcome::Error
+            };
+            let retry = e.is_retryable() && attempt + 1 < policy.max_attempts;
+            self.record(
+                name,
+                &rec.rotation_id,
+                "rotate.distribute",
+                outcome,
+                main_value(&rec.pending),
+                Some(format!(
+                    "distribute failed, {of}{}: {e}",
+                    if retry { ", retrying" } else { "" }
+                )),
+            )
+            .await?;
+            if retry {
+                attempt += 1;
+                tracing::warn!(policy = name, rotation_id = %rec.rotation_id, attempt, error = %e, "distribution failed; retrying");
+                tokio::time::sleep(self.backoff(attempt)).await;
+                continue;
             }
+            return Err(RotationError::Distribute {
+                policy: name.to_owned(),
+                rotation_id: rec.rotation_id.clone(),
+                source: e,
+            });
         }
     }
 
@@ -628,9 +705,42 @@ impl Engine {
         taint: Option<Taint>,
         error: &TargetError,
     ) -> Result<RotationOutcome, RotationError> {
-        if let Err(e) = target.revert(base.map(|c| &c.fields), &rec.pending).await {
-            tracing::error!(policy = name, rotation_id = %rec.rotation_id, error = %e, "could not revert the target after a failed rotation");
-        }
+        // The revert changes the target's credential too, so it has its intent and outcome;
+        // an unwritable intent leaves the rotation in flight (its attempts as last saved), to
+        // be resumed and given up again.
+        let about = format!(
+            "put {} back to CURRENT after {} failed attempts",
+            target.describe(),
+            rec.attempts
+        );
+        self.record(
+            name,
+            &rec.rotation_id,
+            "rotate.revert",
+            AuditOutcome::Started,
+            base.and_then(|c| main_value(&c.fields)),
+            Some(about.clone()),
+        )
+        .await?;
+        let (outcome, detail) = match target.revert(base.map(|c| &c.fields), &rec.pending).await {
+            Ok(()) => (AuditOutcome::Ok, about),
+            Err(e) => {
+                tracing::error!(policy = name, rotation_id = %rec.rotation_id, error = %e, "could not revert the target after a failed rotation");
+                (
+                    AuditOutcome::Error,
+                    format!("revert failed ({}): {e}", target_error_kind(&e)),
+                )
+            }
+        };
+        self.record(
+            name,
+            &rec.rotation_id,
+            "rotate.revert",
+            outcome,
+            base.and_then(|c| main_value(&c.fields)),
+            Some(detail),
+        )
+        .await?;
         let failed = LastRotation {
             rotation_id: rec.rotation_id.clone(),
             started_at: rec.started_at,
@@ -664,6 +774,34 @@ impl Engine {
             rotation_id: rec.rotation_id,
             error: error.to_string(),
         })
+    }
+
+    /// The outcome event of a store write (`create`, `resume`, `finish`): `ok` naming the
+    /// store, else `denied` (the store refused for lack of permission) or `error`, with the
+    /// kind of failure and the store's own words (which name the location, never a value).
+    async fn record_store_outcome<T>(
+        &self,
+        policy: &str,
+        rotation_id: &str,
+        action: &'static str,
+        store: &dyn Store,
+        value: Option<&SecretValue>,
+        result: &Result<T, StoreError>,
+    ) -> Result<(), RotationError> {
+        let step = action.trim_start_matches("rotate.");
+        let (outcome, detail) = match result {
+            Ok(_) => (AuditOutcome::Ok, format!("{step} in {}", store.location())),
+            Err(e) => (
+                if e.is_permission_denied() {
+                    AuditOutcome::Denied
+                } else {
+                    AuditOutcome::Error
+                },
+                format!("{step} failed ({}): {e}", store_error_kind(e)),
+            ),
+        };
+        self.record(policy, rotation_id, action, outcome, value, Some(detail))
+            .await
     }
 
     async fn record(
@@ -736,4 +874,26 @@ fn summarize(reports: &[DeliveryReport]) -> String {
 /// The secret part of a credential, whose HMAC goes into the audit record.
 fn main_value(d: &SecretData) -> Option<&SecretValue> {
     d.get("password").or_else(|| d.get("value"))
+}
+
+/// The kind of a target failure, for audit reasons (the message follows it).
+fn target_error_kind(e: &TargetError) -> &'static str {
+    match e {
+        TargetError::Unreachable { .. } => "unreachable",
+        TargetError::Refused { .. } => "refused",
+        TargetError::Admin { .. } => "admin credential",
+    }
+}
+
+/// The kind of a store failure, for audit reasons (the message follows it).
+fn store_error_kind(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Conflict { .. } => "conflict",
+        StoreError::Corrupt { .. } => "corrupt state",
+        StoreError::Backend { .. } if e.is_permission_denied() => "permission denied",
+        StoreError::Backend {
+            retryable: true, ..
+        } => "unavailable",
+        StoreError::Backend { .. } => "backend",
+    }
 }
