@@ -39,7 +39,7 @@ use crate::manifest::{
 };
 use crate::paths::RelPath;
 use crate::template::Template;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const PREFIX: &str = "vault.hashicorp.com/";
 /// keyturn's own annotations.
@@ -71,6 +71,8 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
     let mut namespace = None;
     let mut address = None;
     let mut default_json = false;
+    // Each key's first line: a key given twice is refused, not decided by which comes last.
+    let mut seen: HashMap<&str, u64> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let at = Loc {
             line: i as u64 + 1,
@@ -94,6 +96,17 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                 continue;
             }
         };
+        if let Some(first) = seen.insert(key, at.line) {
+            seen.insert(key, first);
+            p.at(
+                at,
+                format!(
+                    "{key} is given twice (lines {first} and {}); keep one",
+                    at.line
+                ),
+            );
+            continue;
+        }
         if ours.is_some() {
             match name.strip_prefix("shared-").filter(|n| !n.is_empty()) {
                 Some(n) => named.entry(n.to_owned()).or_default().shared = Some((value, at)),
@@ -227,7 +240,16 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
             format!("no {PREFIX}agent-inject-secret-* annotations"),
         );
     }
-    check_files(&secrets, &mut p);
+    // Entries are named by their secret annotation, whose line is the entry's.
+    let names: HashMap<u64, &str> = named
+        .iter()
+        .filter_map(|(n, v)| v.secret.as_ref().map(|(_, at)| (at.line, n.as_str())))
+        .collect();
+    check_files(&secrets, &mut p, &|s| {
+        names
+            .get(&s.at.line)
+            .map(|n| format!("{PREFIX}agent-inject-secret-{n}"))
+    });
     let role = match role {
         Some((r, _)) if !r.is_empty() => r,
         _ => {
@@ -512,6 +534,63 @@ mod tests {
         let e = msgs(&[("keyturn.dev/shared-b", "true")]);
         assert!(
             e[0].contains("keyturn.dev/shared-b has no vault.hashicorp.com/agent-inject-secret-b"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_naming_both_lines() {
+        let text = file(&[
+            ("vault.hashicorp.com/role", "r"),
+            ("vault.hashicorp.com/agent-inject-secret-a", "kv/a"),
+            ("vault.hashicorp.com/agent-inject-secret-a", "kv/other"),
+            ("vault.hashicorp.com/role", "admin"),
+        ]);
+        let e: Vec<String> = parse("ann", &text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "ann:3:1: vault.hashicorp.com/agent-inject-secret-a is given twice (lines 2 and 3); keep one",
+                "ann:4:1: vault.hashicorp.com/role is given twice (lines 1 and 4); keep one",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_annotations_writing_one_file_are_refused_naming_both() {
+        let text = file(&[
+            ("vault.hashicorp.com/role", "r"),
+            ("vault.hashicorp.com/agent-inject-secret-db", "kv/a"),
+            ("vault.hashicorp.com/agent-inject-secret-other", "kv/b"),
+            ("vault.hashicorp.com/agent-inject-file-other", "./db"),
+        ]);
+        let e: Vec<String> = parse("ann", &text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "ann:3:1: vault.hashicorp.com/agent-inject-secret-other: file db is also written by vault.hashicorp.com/agent-inject-secret-db (line 2)"
+            ]
+        );
+        // A file where another needs a directory, the same way.
+        let text = file(&[
+            ("vault.hashicorp.com/role", "r"),
+            ("vault.hashicorp.com/agent-inject-secret-d", "kv/a"),
+            ("vault.hashicorp.com/agent-inject-secret-x", "kv/b"),
+            ("vault.hashicorp.com/agent-inject-file-x", "d/x"),
+        ]);
+        let e = parse("ann", &text).unwrap_err();
+        assert!(
+            e[0].to_string().contains(
+                "vault.hashicorp.com/agent-inject-secret-x: file d/x needs d to be a directory, but vault.hashicorp.com/agent-inject-secret-d (line 2) writes it as a file"
+            ),
             "{e:?}"
         );
     }

@@ -305,7 +305,7 @@ impl Manifest {
                 secrets.push(spec);
             }
         }
-        check_files(&secrets, &mut p);
+        check_files(&secrets, &mut p, &|_| None);
         let vault = p.finish(vault)?;
         Ok(Self {
             origin: origin.to_owned(),
@@ -626,20 +626,33 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
     })
 }
 
-/// Two entries writing one file, or a file where another needs a directory.
-pub(crate) fn check_files(secrets: &[SecretSpec], p: &mut Problems<'_>) {
-    let mut seen: HashMap<&RelPath, Loc> = HashMap::with_capacity(secrets.len());
+/// Two entries writing one file, or a file where another needs a directory. `name` gives an
+/// entry's name for the message when it has one (an annotation: both are named, since
+/// either may be the one to fix); manifest entries are named by their line.
+pub(crate) fn check_files(
+    secrets: &[SecretSpec],
+    p: &mut Problems<'_>,
+    name: &dyn Fn(&SecretSpec) -> Option<String>,
+) {
+    let subject = |s: &SecretSpec| name(s).map_or_else(String::new, |n| format!("{n}: "));
+    let other = |s: &SecretSpec| match name(s) {
+        Some(n) => format!("{n} (line {})", s.at.line),
+        None => format!("the entry at line {}", s.at.line),
+    };
+    let mut seen: HashMap<&RelPath, &SecretSpec> = HashMap::with_capacity(secrets.len());
     for s in secrets {
         if let Some(first) = seen.get(&s.file) {
             p.at(
                 s.at,
                 format!(
-                    "file {} is also written by the entry at line {}",
-                    s.file, first.line
+                    "{}file {} is also written by {}",
+                    subject(s),
+                    s.file,
+                    other(first)
                 ),
             );
         } else {
-            seen.insert(&s.file, s.at);
+            seen.insert(&s.file, s);
         }
     }
     // A file that is another's directory: only possible with nested files, which are rare.
@@ -650,8 +663,11 @@ pub(crate) fn check_files(secrets: &[SecretSpec], p: &mut Problems<'_>) {
                     p.at(
                         b.at,
                         format!(
-                            "file {} needs {} to be a directory, but line {} writes it as a file",
-                            b.file, a.file, a.at.line
+                            "{}file {} needs {} to be a directory, but {} writes it as a file",
+                            subject(b),
+                            b.file,
+                            a.file,
+                            other(a)
                         ),
                     );
                 }
