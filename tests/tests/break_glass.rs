@@ -310,8 +310,59 @@ async fn a_token_without_the_break_glass_policy_is_denied_with_the_path_and_noth
     let bg = e.break_glass_events();
     assert_eq!(
         bg.last().unwrap()["outcome"],
-        "error",
-        "the attempt is audited"
+        "denied",
+        "the attempt is audited, as refused"
+    );
+    e.assert_clean(&[&first, &out], &[&value]);
+}
+
+#[tokio::test]
+async fn a_reveal_the_store_refuses_is_audited_as_denied_and_reveals_nothing() {
+    let e = Env::new("single").await;
+    let first = e.agent(&["rotate", "orders-db"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let (_, value, _) = e.current().await;
+    // Looks itself up (so the audit records name it) but may not read the policy's store.
+    let weak = e.bao.create_token(&["default"]).await.unwrap();
+    let file = e.dir.path().join("revealed.txt");
+    let out = e
+        .cmd(
+            &[
+                "break-glass",
+                "reveal",
+                "orders-db",
+                "--reason",
+                REASON,
+                "--yes",
+                "--to-file",
+                file.to_str().unwrap(),
+            ],
+            &weak,
+        )
+        .env("KEYTURN_AUDIT_FILE", e.operator_audit())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(!file.exists(), "something was written");
+    assert!(e.state().await.get("taint_at").is_none(), "tainted");
+
+    // The attempt is the record: its intent, then the refusal, naming where.
+    let bg = e.break_glass_events();
+    let outcomes: Vec<&str> = bg
+        .iter()
+        .map(|ev| ev["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["started", "denied"], "{bg:#?}");
+    for ev in &bg {
+        assert_eq!(ev["action"], "break-glass.reveal");
+        assert_eq!(ev["reason"], REASON);
+        assert_eq!(ev["actor"]["kind"], "operator", "{ev}");
+        assert!(ev.get("value_hmac").is_none(), "nothing was read: {ev}");
+    }
+    let detail = bg[1]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("keyturn/orders-db"),
+        "names the path: {detail}"
     );
     e.assert_clean(&[&first, &out], &[&value]);
 }

@@ -4,9 +4,12 @@
 //! Rules for all three: a reason is mandatory; confirm interactively or pass `--yes`; the
 //! identity is the operator's own Vault token (`VAULT_TOKEN` or `~/.vault-token`), whose
 //! display name and entity go into every audit record; a `break-glass.<action>` event is
-//! written before acting (fail closed) and another with the outcome. They run through the
-//! same engine and compare-and-set fence as the daemon, so they never rotate a policy at the
-//! same time as it: a live holder's rotation is waited for, an expired one taken over.
+//! written before acting (fail closed) and another with the outcome (`denied` when Vault or
+//! AWS refused the operator's token, `error` for any other failure; `reveal` writes its
+//! intent before it reads CURRENT, so a refused read is on record too, and a second intent
+//! carrying the value's HMAC before it shows the value). They run through the same engine
+//! and compare-and-set fence as the daemon, so they never rotate a policy at the same time
+//! as it: a live holder's rotation is waited for, an expired one taken over.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use clap::{Args, Subcommand};
+use keyturn_core::SecretValue;
 use keyturn_core::audit::{Actor, AuditLog, Outcome};
 use keyturn_core::vault::{SecretData, Vault};
 
@@ -243,6 +247,16 @@ impl Ctx<'_> {
     }
 
     async fn event(&self, outcome: Outcome, detail: Option<String>) -> bool {
+        self.event_about(outcome, detail, None).await
+    }
+
+    /// An event that also carries `value`'s HMAC, so `audit search --value-hmac` finds it.
+    async fn event_about(
+        &self,
+        outcome: Outcome,
+        detail: Option<String>,
+        value: Option<&SecretValue>,
+    ) -> bool {
         let mut b = self
             .audit()
             .event(
@@ -254,6 +268,9 @@ impl Ctx<'_> {
             .reason(self.c.reason.clone());
         if let Some(d) = detail {
             b = b.detail(d);
+        }
+        if let Some(v) = value {
+            b = b.value(v);
         }
         match self.audit().record(b.build()).await {
             Ok(_) => true,
@@ -335,8 +352,9 @@ impl Ctx<'_> {
                 }
                 Err(e) => {
                     eprintln!("keyturn: {e}");
-                    self.event(Outcome::Error, Some(e.to_string())).await;
-                    return exit_for(&e);
+                    let code = exit_for(&e);
+                    self.event(outcome_for(code), Some(e.to_string())).await;
+                    return code;
                 }
             }
         };
@@ -375,7 +393,7 @@ impl Ctx<'_> {
             "keyturn: break-glass {} of {}: {error}",
             self.action, self.c.policy
         );
-        self.event(Outcome::Error, Some(error.to_owned())).await;
+        self.event(outcome_for(code), Some(error.to_owned())).await;
         code
     }
 
@@ -389,6 +407,25 @@ impl Ctx<'_> {
             }
         };
         let rotate_after = Utc::now() + chrono::Duration::from_std(a.ttl).unwrap_or_default();
+        let to = a
+            .to_file
+            .as_ref()
+            .map_or_else(|| "terminal".to_owned(), |p| p.display().to_string());
+        // Intent, before CURRENT is read: the read is itself an access, and an attempt that
+        // the store refuses is exactly the record an investigator looks for.
+        if !self
+            .event(
+                Outcome::Started,
+                Some(format!(
+                    "read and taint CURRENT in {} to show it on {to}; rotate after {}",
+                    store.location(),
+                    rotate_after.to_rfc3339()
+                )),
+            )
+            .await
+        {
+            return exit::IO;
+        }
         let deadline = tokio::time::Instant::now() + self.c.wait;
         // Taint first (so a crash after printing still gets the value rotated), under the
         // same fence as rotations: a rotation in flight is waited for, since it is about to
@@ -405,17 +442,28 @@ impl Ctx<'_> {
                         policy.name,
                         humantime::format_duration(self.c.wait)
                     );
+                    self.event(
+                        Outcome::Error,
+                        Some("busy: a rotation is in flight; nothing revealed".into()),
+                    )
+                    .await;
                     return BUSY;
                 }
                 Err(e) => {
                     eprintln!("keyturn: {e}");
-                    return if e.is_permission_denied() {
+                    let code = if e.is_permission_denied() {
                         exit::NO_PERMISSION
                     } else if e.is_retryable() {
                         exit::UNAVAILABLE
                     } else {
                         exit::FAILED
                     };
+                    self.event(
+                        outcome_for(code),
+                        Some(format!("cannot read CURRENT: {e}; nothing revealed")),
+                    )
+                    .await;
+                    return code;
                 }
             }
         };
@@ -424,29 +472,26 @@ impl Ctx<'_> {
                 "keyturn: policy {} has no current value to reveal",
                 policy.name
             );
+            self.event(
+                Outcome::Error,
+                Some("no current value; nothing revealed".into()),
+            )
+            .await;
             return exit::FAILED;
         };
-        // The event carries the value's HMAC: `keyturn audit search --value-hmac` finds it.
-        let event = self
-            .audit()
-            .event(
-                self.actor.clone(),
-                "break-glass.reveal",
-                format!("policy/{}", self.c.policy),
+        // Intent to show, with the value's HMAC (`keyturn audit search --value-hmac` finds
+        // it), durable before a person sees the value.
+        if !self
+            .event_about(
+                Outcome::Started,
+                Some(format!(
+                    "showing it on {to}; tainted, rotate after {}",
+                    rotate_after.to_rfc3339()
+                )),
+                Some(main),
             )
-            .outcome(Outcome::Started)
-            .reason(self.c.reason.clone())
-            .value(main)
-            .detail(format!(
-                "to {}; rotate after {}",
-                a.to_file
-                    .as_ref()
-                    .map_or_else(|| "terminal".to_owned(), |p| p.display().to_string()),
-                rotate_after.to_rfc3339()
-            ))
-            .build();
-        if let Err(e) = self.audit().record(event).await {
-            eprintln!("keyturn: audit log refused the event, so nothing was revealed: {e}");
+            .await
+        {
             return exit::IO;
         }
         self.note_in_journal(Some(rotate_after)).await;
@@ -459,19 +504,21 @@ impl Ctx<'_> {
         };
         if let Err((path, e)) = shown {
             eprintln!("keyturn: cannot write {}: {e}", path.display());
-            self.event(
+            self.event_about(
                 Outcome::Error,
                 Some(format!("cannot write {}", path.display())),
+                Some(main),
             )
             .await;
             return exit::IO;
         }
-        self.event(
+        self.event_about(
             Outcome::Ok,
             Some(format!(
                 "revealed; tainted until rotated after {}",
                 rotate_after.to_rfc3339()
             )),
+            Some(main),
         )
         .await;
         eprintln!(
@@ -516,6 +563,16 @@ impl Ctx<'_> {
             Err(StoreError::Conflict { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The audit outcome of a failure that exits with `code`: `denied` for a permission the
+/// operator's token lacks, `error` for everything else.
+fn outcome_for(code: u8) -> Outcome {
+    if code == exit::NO_PERMISSION {
+        Outcome::Denied
+    } else {
+        Outcome::Error
     }
 }
 
