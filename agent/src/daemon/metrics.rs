@@ -66,6 +66,9 @@ pub struct Metrics {
     pub store_requests: Family<StoreOp, Counter>,
     /// `keyturn_breakglass_total{action}`.
     pub breakglass: Family<ActionLabel, Counter>,
+    /// `keyturn_http_connections_shed_total`: connections to this listener closed at its
+    /// connection cap (see `server`).
+    pub http_shed: Counter,
     /// Last successful rotation per policy, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     registry: Arc<Registry>,
@@ -112,6 +115,12 @@ impl Metrics {
             "Break-glass actions seen in the audit log",
             breakglass.clone(),
         );
+        let http_shed = Counter::default();
+        registry.register(
+            "keyturn_http_connections_shed",
+            "Connections to /metrics, /healthz and /readyz closed at the connection cap",
+            http_shed.clone(),
+        );
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(Scraped {
             last_rotated: last_rotated.clone(),
@@ -124,6 +133,7 @@ impl Metrics {
             next_rotation,
             store_requests,
             breakglass,
+            http_shed,
             last_rotated,
             registry: Arc::new(registry),
         }
