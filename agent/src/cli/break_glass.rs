@@ -557,6 +557,7 @@ impl Ctx<'_> {
                 rotate_after,
                 by: self.by.clone(),
             }),
+            failures: view.state.failures.clone(),
         };
         match store.write_state(&view.fence, &state).await {
             Ok(_) => Ok(Some((current.fields, rotate_after))),

@@ -262,6 +262,7 @@ impl Engine {
             in_flight: None,
             last: last.clone(),
             taint: view.state.taint.clone(),
+            failures: view.state.failures.clone(),
         };
         let now = Utc::now();
         let (mut rec, mut fence, resumed) = match view.state.in_flight {
@@ -311,7 +312,9 @@ impl Engine {
                     .taint
                     .as_ref()
                     .is_some_and(|t| t.rotate_after <= now);
+                // Only a rotation that succeeded serves a slot: a failed one leaves it due.
                 if let (Trigger::Schedule { due }, Some(l)) = (trigger, &last)
+                    && l.outcome == "ok"
                     && l.started_at >= *due
                     && !taint_due
                 {
@@ -525,10 +528,12 @@ impl Engine {
                     store
                         .write_state(
                             &fence,
+                            // A completed rotation ends any run of failures.
                             &StateRecord {
                                 in_flight: None,
                                 last: Some(done),
                                 taint,
+                                failures: None,
                             },
                         )
                         .await
@@ -749,10 +754,12 @@ impl Engine {
         store
             .write_state(
                 fence,
+                // The daemon records the run of failures (and its backoff) after this.
                 &StateRecord {
                     in_flight: None,
                     last: Some(failed),
                     taint,
+                    failures: None,
                 },
             )
             .await
