@@ -541,3 +541,45 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
     assert_eq!(log.matches("rotation stopped").count(), 1, "{log}");
     e.verify_audit();
 }
+
+#[tokio::test]
+async fn the_daemon_anchors_its_audit_head_so_a_cut_audit_file_is_caught() {
+    let e = Env::new().await;
+    e.write_policy("api", "");
+    let anchor = "vault-kv:secret/keyturn-state/audit-anchor/agent-1";
+    let d = Daemon::start_with(
+        &e,
+        "agent-1",
+        &["--audit-anchor", anchor, "--audit-anchor-every", "1s"],
+    );
+    eventually("api rotated", || async { e.current("api").await.is_some() }).await;
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    // At shutdown the last durable entry is anchored: the whole file verifies against it.
+    let audit = e.audit();
+    let verify = |path: &std::path::Path| {
+        e.cmd(
+            &[
+                "audit",
+                "verify",
+                "--anchor",
+                anchor,
+                path.to_str().unwrap(),
+            ],
+            "agent-1",
+        )
+        .output()
+        .unwrap()
+    };
+    let ok = verify(&audit);
+    assert!(ok.status.success(), "{}", text(&ok));
+    // The attacker without the key can only cut entries off the end; the anchor notices.
+    let full = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    assert!(lines.len() >= 3, "{full}");
+    let cut = e.dir.path().join("cut.jsonl");
+    std::fs::write(&cut, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let caught = verify(&cut);
+    assert_eq!(caught.status.code(), Some(1), "{}", text(&caught));
+    assert!(text(&caught).contains("anchor"), "{}", text(&caught));
+}

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 
 use super::exit;
 use super::rotation_args::RotationArgs;
-use crate::daemon::{Daemon, DaemonConfig, Metrics, server};
+use crate::daemon::{Daemon, DaemonConfig, Metrics, anchoring, server};
+use keyturn_core::audit::Anchor;
 
 /// `keyturn run`.
 #[derive(Debug, Args)]
@@ -29,9 +30,39 @@ pub struct RunArgs {
     /// How often the break-glass journal is read (one request).
     #[arg(long, env = "KEYTURN_BREAK_GLASS_POLL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub break_glass_poll: Duration,
+    /// The longest wait between two retries of a failing policy (the first retry comes at
+    /// least 30 s after a failure, the wait doubling from there; never past the next slot).
+    #[arg(long, env = "KEYTURN_RETRY_MAX", default_value = "1h", value_parser = retry_max)]
+    pub retry_max: Duration,
+    /// Where the audit log's head is anchored (`vault-kv:MOUNT/PATH`, one per daemon), so
+    /// `keyturn audit verify --anchor` detects a cut or replaced audit file.
+    #[arg(long, env = "KEYTURN_AUDIT_ANCHOR", value_name = "vault-kv:MOUNT/PATH")]
+    pub audit_anchor: Option<keyturn_core::audit::AnchorLocation>,
+    /// How often the audit head is anchored (and once more at shutdown).
+    #[arg(long, env = "KEYTURN_AUDIT_ANCHOR_EVERY", default_value = "30s", value_parser = anchor_every)]
+    pub audit_anchor_every: Duration,
     /// Shared options.
     #[command(flatten)]
     pub common: RotationArgs,
+}
+
+/// `--audit-anchor-every`: from 1s to 1h (one KV write per interval at most).
+fn anchor_every(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(d)
+}
+
+/// `--retry-max`: a duration from 30s to 24h (a longer cap would leave a failing credential
+/// alone for days; a shorter one than the first retry means nothing).
+fn retry_max(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(crate::schedule::RETRY_MIN..=Duration::from_secs(86_400)).contains(&d) {
+        return Err("must be between 30s and 24h".into());
+    }
+    Ok(d)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
@@ -82,6 +113,27 @@ pub fn run(args: RunArgs) -> u8 {
                     .await;
             });
         }
+        let anchoring = match (&args.audit_anchor, &p.backends.vault) {
+            (Some(location), Some(vault)) => {
+                let anchor = Anchor::new(
+                    vault.clone(),
+                    location.clone(),
+                    p.audit.hmac_key().chain_key(),
+                );
+                Some(tokio::spawn(anchoring::run(
+                    p.audit.clone(),
+                    anchor,
+                    args.audit_anchor_every,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )))
+            }
+            (Some(_), None) => {
+                eprintln!("keyturn: --audit-anchor: the anchor is kept in Vault, and no Vault is configured");
+                return exit::USAGE;
+            }
+            (None, _) => None,
+        };
         let cfg = DaemonConfig {
             policies: args.common.policies.clone(),
             concurrency: args.concurrency,
@@ -89,10 +141,16 @@ pub fn run(args: RunArgs) -> u8 {
             reload_debounce: Duration::from_millis(300),
             journal: Some(journal),
             journal_poll: args.break_glass_poll,
+            retry_max: args.retry_max,
         };
         let daemon = Daemon::new(cfg, p.engine, p.backends, metrics, ready_tx);
         let result = daemon.run(shutdown_signal()).await;
         let _ = stop_tx.send(true);
+        if let Some(task) = anchoring {
+            // The last head is anchored on the way out; a Vault that does not answer in time
+            // leaves the previous anchor, which still detects anything cut before it.
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
         match result {
             Ok(()) => exit::OK,
             Err(e) => {

@@ -44,6 +44,24 @@ pub struct StoreOp {
     pub outcome: String,
 }
 
+/// `{version}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    /// The crate version.
+    pub version: String,
+}
+
+/// Every outcome `keyturn_rotations_total` counts; each starts at 0 for every loaded policy,
+/// so the first failure is a rate change on an existing series, not a new series.
+pub const OUTCOMES: [&str; 5] = ["rotated", "failed", "busy", "already-done", "error"];
+
+/// `{outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok`, `mismatch` (the file does not continue the anchor), `error`.
+    pub outcome: String,
+}
+
 /// `{action}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
@@ -69,7 +87,20 @@ pub struct Metrics {
     /// `keyturn_http_connections_shed_total`: connections to this listener closed at its
     /// connection cap (see `server`).
     pub http_shed: Counter,
-    /// Last successful rotation per policy, for `keyturn_secret_age_seconds`.
+    /// `keyturn_last_success_timestamp_seconds{policy}`: when the last rotation (or the
+    /// discovery that another process had rotated) completed.
+    pub last_success: Family<PolicyLabel, Gauge>,
+    /// `keyturn_consecutive_failures{policy}`: failed or stopped attempts since the last
+    /// success.
+    pub consecutive_failures: Family<PolicyLabel, Gauge>,
+    /// `keyturn_backoff_seconds{policy}`: how long the daemon waits before retrying a failing
+    /// policy (0 when it is not failing).
+    pub backoff_seconds: Family<PolicyLabel, Gauge>,
+    /// `keyturn_policy_unschedulable{policy}`: 1 for a policy with no computable next time.
+    pub unschedulable: Family<PolicyLabel, Gauge>,
+    /// `keyturn_audit_anchor_writes_total{outcome}`: attempts to record the audit head.
+    pub audit_anchor: Family<OutcomeLabel, Counter>,
+    /// When each policy's CURRENT value was created, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     registry: Arc<Registry>,
 }
@@ -121,6 +152,52 @@ impl Metrics {
             "Connections to /metrics, /healthz and /readyz closed at the connection cap",
             http_shed.clone(),
         );
+        let last_success = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_last_success_timestamp_seconds",
+            "When each policy's last rotation completed (Unix time)",
+            last_success.clone(),
+        );
+        let consecutive_failures = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_consecutive_failures",
+            "Failed or stopped rotation attempts of each policy since its last success",
+            consecutive_failures.clone(),
+        );
+        let backoff_seconds = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_backoff_seconds",
+            "How long the daemon waits before retrying each failing policy",
+            backoff_seconds.clone(),
+        );
+        let unschedulable = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_policy_unschedulable",
+            "1 for a policy whose next rotation time cannot be computed",
+            unschedulable.clone(),
+        );
+        let audit_anchor = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "keyturn_audit_anchor_writes",
+            "Attempts to record the audit log's head in its anchor, by outcome",
+            audit_anchor.clone(),
+        );
+        for outcome in ["ok", "mismatch", "error"] {
+            let _ = audit_anchor.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            });
+        }
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        registry.register(
+            "keyturn_build_info",
+            "The running keyturn's version (always 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(Scraped {
             last_rotated: last_rotated.clone(),
@@ -134,28 +211,107 @@ impl Metrics {
             store_requests,
             breakglass,
             http_shed,
+            last_success,
+            consecutive_failures,
+            backoff_seconds,
+            unschedulable,
+            audit_anchor,
             last_rotated,
             registry: Arc::new(registry),
         }
     }
 
-    /// Notes that `policy`'s CURRENT value dates from `at`.
-    pub fn rotated_at(&self, policy: &str, at: DateTime<Utc>) {
-        self.last_rotated
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(policy.to_owned(), at);
+    /// Creates every per-policy series at its resting value, so dashboards and alerts see
+    /// a policy from the moment it is loaded.
+    pub fn register_policy(&self, policy: &str) {
+        for outcome in OUTCOMES {
+            let _ = self.rotations.get_or_create(&PolicyOutcome {
+                policy: policy.to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+        let l = label(policy);
+        self.consecutive_failures.get_or_create(&l).set(0);
+        self.backoff_seconds.get_or_create(&l).set(0);
+        self.unschedulable.get_or_create(&l).set(0);
+    }
+
+    /// Notes when the store created `policy`'s CURRENT value (`None`: it does not say).
+    pub fn current_since(&self, policy: &str, created: Option<DateTime<Utc>>) {
+        if let Some(at) = created {
+            self.ages().insert(policy.to_owned(), at);
+        }
+    }
+
+    /// Notes a completed rotation of `policy`, whose CURRENT value dates from `at`: the
+    /// failure series go back to rest.
+    pub fn succeeded(&self, policy: &str, at: DateTime<Utc>) {
+        self.ages().insert(policy.to_owned(), at);
+        let l = label(policy);
+        self.last_success.get_or_create(&l).set(at.timestamp());
+        self.consecutive_failures.get_or_create(&l).set(0);
+        self.backoff_seconds.get_or_create(&l).set(0);
+    }
+
+    /// Notes a failing policy's count of failures in a row and the wait before its retry.
+    pub fn backoff(&self, policy: &str, failures: u32, wait: std::time::Duration) {
+        let l = label(policy);
+        self.consecutive_failures
+            .get_or_create(&l)
+            .set(i64::from(failures));
+        self.backoff_seconds
+            .get_or_create(&l)
+            .set(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// Notes when `policy`'s next attempt starts.
+    pub fn next_rotation(&self, policy: &str, at: DateTime<Utc>) {
+        self.next_rotation
+            .get_or_create(&label(policy))
+            .set(at.timestamp());
+        self.unschedulable.get_or_create(&label(policy)).set(0);
+    }
+
+    /// Counts one attempt to record the audit head in its anchor.
+    pub fn audit_anchor(&self, outcome: &str) {
+        self.audit_anchor
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Notes that `policy` has no computable next time: it is out of the queue.
+    pub fn unschedulable(&self, policy: &str) {
+        self.next_rotation.remove(&label(policy));
+        self.unschedulable.get_or_create(&label(policy)).set(1);
     }
 
     /// Forgets a policy that left the policy set.
     pub fn forget(&self, policy: &str) {
+        self.ages().remove(policy);
+        let l = label(policy);
+        for f in [
+            &self.next_rotation,
+            &self.last_success,
+            &self.consecutive_failures,
+            &self.backoff_seconds,
+            &self.unschedulable,
+        ] {
+            f.remove(&l);
+        }
+        for outcome in OUTCOMES {
+            self.rotations.remove(&PolicyOutcome {
+                policy: policy.to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+    }
+
+    fn ages(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
         self.last_rotated
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(policy);
-        self.next_rotation.remove(&PolicyLabel {
-            policy: policy.to_owned(),
-        });
     }
 
     /// Counts one rotation outcome.
@@ -174,6 +330,12 @@ impl Metrics {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+}
+
+fn label(policy: &str) -> PolicyLabel {
+    PolicyLabel {
+        policy: policy.to_owned(),
     }
 }
 

@@ -20,6 +20,7 @@
 //! On shutdown nothing new starts; rotations in flight get a grace period to finish, and
 //! whatever is cut off is resumed by the next start.
 
+pub mod anchoring;
 pub mod metered;
 pub mod metrics;
 pub mod queue;

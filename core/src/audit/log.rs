@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{mpsc, oneshot};
 
+use super::anchor::AnchorHead;
 use super::chain::{ChainHash, ChainHead, ChainKey, seal_into};
 use super::error::AuditError;
 use super::event::{Actor, Event, EventBuilder};
@@ -188,6 +189,8 @@ struct Shared {
     events: AtomicU64,
     batches: AtomicU64,
     write_failures: AtomicU64,
+    /// The last entry durable on every sink: what an anchor records.
+    last: std::sync::Mutex<Option<AnchorHead>>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +340,17 @@ impl AuditLog {
         self.writer
             .tx()
             .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// The last entry this log made durable since it was opened (`None` before the first):
+    /// the head an [`super::Anchor`] records.
+    #[must_use]
+    pub fn head(&self) -> Option<AnchorHead> {
+        *self
+            .shared
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counters since open.
@@ -490,6 +504,16 @@ impl Writer {
         }
         let written = next.next_seq - self.head.next_seq;
         self.head = next;
+        if written > 0 {
+            *self
+                .shared
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(AnchorHead {
+                seq: next.next_seq - 1,
+                hash: next.prev,
+            });
+        }
         self.shared.events.fetch_add(written, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
     }
