@@ -235,3 +235,115 @@ async fn approle_manifest(f: &Fixture, role_id: &str) -> String {
         sf.display()
     )
 }
+
+/// A server that answers every request with `response` (raw HTTP bytes): the one thing a real
+/// OpenBao will not do on demand is answer like a broken proxy, a login page or a hostile
+/// endpoint, so this stands in for those, not for Vault.
+async fn broken_server(response: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(&response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}
+
+fn http(status: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    r.into_bytes()
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_like_vault_is_described_without_its_body_or_escapes() {
+    let mut f = Fixture::start().await;
+    let planted = f.canary("body");
+    let tf = f.file("token", "hvs.not-a-real-token");
+    let html = format!("<html><body>{planted}</body></html>");
+    let wrong_shape = format!("{{\"data\": \"{planted}\"}}");
+    let escapes = "{\"errors\": [\"\\u001b]0;owned\\u0007\\u001b[2Jboom\"]}";
+    let cases: Vec<(Vec<u8>, i32, &str)> = vec![
+        (
+            http("200 OK", &[("Content-Type", "text/html")], &html),
+            70,
+            "starts with `<`, like an HTML page",
+        ),
+        (
+            http(
+                "200 OK",
+                &[("Content-Type", "application/json")],
+                &wrong_shape,
+            ),
+            70,
+            "JSON that is not shaped like Vault's answer",
+        ),
+        (
+            http("200 OK", &[("Content-Type", "text/plain")], "garbage"),
+            70,
+            "a body that is not JSON",
+        ),
+        (
+            http("302 Found", &[("Content-Type", "text/html")], &html),
+            70,
+            "rejected with 302: a redirect",
+        ),
+        (
+            http(
+                "400 Bad Request",
+                &[("Content-Type", "application/json")],
+                escapes,
+            ),
+            // Refused at login: 77.
+            77,
+            "rejected with 400: \\u{1b}]0;owned\\u{7}\\u{1b}[2J",
+        ),
+    ];
+    for (response, code, want) in cases {
+        let (port, server) = broken_server(response).await;
+        let m = format!(
+            "vault: {{ auth: token, token-file: {}, address: \"http://127.0.0.1:{port}\" }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v }}\n",
+            tf.display()
+        );
+        let r = f.run_manifest(&m, &["--deadline", "5s"], &[]).await;
+        server.abort();
+        assert_eq!(r.code, code, "{want}: {}", r.stderr);
+        let lines = r.failure_lines();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(lines[0].contains(want), "{}", lines[0]);
+        assert!(
+            !lines[0].contains("Error parsing HTTP response"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            !r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{7}'),
+            "{:?}",
+            r.stderr
+        );
+        assert!(std::fs::read_dir(&f.out).unwrap().next().is_none());
+        // The body is not repeated: a read's body would be the secret.
+        f.assert_no_canary_leaked(&r);
+    }
+}

@@ -197,7 +197,20 @@ impl VaultError {
                             cause: innermost_cause(source.as_ref()),
                         }
                     }
-                    // Parse errors keep the body in a field; report only that parsing failed.
+                    // A 2xx whose body did not parse: say what it was, never what it said.
+                    R::ResponseParseError { source, content } => Self::BadResponse {
+                        op,
+                        path,
+                        what: describe_unparsable(source.as_ref(), content.as_deref()),
+                    },
+                    R::ResponseConversionError { .. } => Self::BadResponse {
+                        op,
+                        path,
+                        what: "the server answered a success status with a body that is not \
+                               UTF-8 text, so not JSON; is the address a Vault server?"
+                            .to_owned(),
+                    },
+                    // Other parse errors keep the body in a field; report only that parsing failed.
                     other => Self::BadResponse {
                         op,
                         path,
@@ -222,6 +235,11 @@ impl VaultError {
         messages: Vec<String>,
         cas: Option<u64>,
     ) -> Self {
+        // Vault's words reach a terminal: no escape sequence of the server's may run there.
+        let mut messages: Vec<String> = messages.iter().map(|m| server_text(m)).collect();
+        if messages.is_empty() {
+            messages.push(status_words(code).to_owned());
+        }
         match code {
             403 => Self::PermissionDenied { op, path },
             404 => Self::NotFound { op, path },
@@ -244,6 +262,81 @@ impl VaultError {
                 messages,
             },
         }
+    }
+}
+
+/// The most characters of one server message kept in an error.
+const SERVER_TEXT_MAX: usize = 200;
+
+/// Server-provided text made safe to print: control characters (ESC, BEL, CR, …) escaped as
+/// `\u{1b}`, and at most [`SERVER_TEXT_MAX`] characters, then `…`.
+fn server_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(SERVER_TEXT_MAX) + 8);
+    for (i, c) in s.chars().enumerate() {
+        if i == SERVER_TEXT_MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What a status without Vault's `errors` list means, for the message.
+fn status_words(code: u16) -> &'static str {
+    match code {
+        300..=399 => {
+            "a redirect, not a Vault answer (is the address a proxy or a login page rather \
+             than the Vault server?)"
+        }
+        _ => "no Vault error message (the body is not Vault's JSON)",
+    }
+}
+
+/// Describes a success answer whose body did not parse as the expected JSON, without
+/// repeating any of it: the body of a read is a secret, and serde's own message may quote a
+/// value (`invalid type: string "…"`).
+fn describe_unparsable(
+    source: &(dyn std::error::Error + Send + Sync + 'static),
+    body: Option<&str>,
+) -> String {
+    let Some(body) = body else {
+        return "the server answered a success status with a body that is not UTF-8 text, so \
+                not JSON; is the address a Vault server?"
+            .to_owned();
+    };
+    let trimmed = body.trim_start();
+    if trimmed.is_empty() {
+        return "the server answered a success status with an empty body, not JSON".to_owned();
+    }
+    let json = source.downcast_ref::<serde_json::Error>();
+    match json.map(serde_json::Error::classify) {
+        Some(serde_json::error::Category::Data) => {
+            // Only serde's "missing field `name`" is repeated: it names a field, no value.
+            let missing = json
+                .map(ToString::to_string)
+                .and_then(|m| {
+                    m.strip_prefix("missing field `")
+                        .and_then(|r| r.split_once('`'))
+                        .map(|(f, _)| server_text(f))
+                })
+                .map_or_else(String::new, |f| format!(" (missing field `{f}`)"));
+            format!(
+                "the server answered a success status with JSON that is not shaped like Vault's \
+                 answer{missing}"
+            )
+        }
+        _ if trimmed.starts_with('<') => "the server answered a success status with a body \
+            that is not JSON but starts with `<`, like an HTML page; is the address a Vault \
+            server, not a proxy or a login page?"
+            .to_owned(),
+        _ => "the server answered a success status with a body that is not JSON; is the \
+              address a Vault server?"
+            .to_owned(),
     }
 }
 
@@ -279,6 +372,68 @@ mod tests {
         let e = VaultError::from_status("read", "secret/x".into(), 403, vec![], None)
             .with_path("secret/data/x");
         assert_eq!(e.to_string(), "vault read secret/data/x: permission denied");
+    }
+
+    #[test]
+    fn server_text_cannot_drive_the_terminal_and_is_capped() {
+        let msgs = vec![
+            "\u{1b}]0;owned\u{7}\u{1b}[2Jboom\r".to_owned(),
+            "x".repeat(1 << 20),
+        ];
+        let e = VaultError::from_status("read", "secret/x".into(), 500, msgs, None);
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("\\u{1b}[2Jboom\\r"), "{text}");
+        assert!(text.len() < 600, "{}", text.len());
+        assert!(text.ends_with('…'), "{text}");
+    }
+
+    #[test]
+    fn a_redirect_or_a_status_without_vault_errors_says_so() {
+        let e = VaultError::from_status("read", "secret/x".into(), 302, vec![], None);
+        assert_eq!(e.exit_code(), 70);
+        assert!(
+            e.to_string().contains("rejected with 302: a redirect"),
+            "{e}"
+        );
+        let e = VaultError::from_status("read", "secret/x".into(), 502, vec![], None);
+        assert!(
+            e.to_string()
+                .ends_with("502: no Vault error message (the body is not Vault's JSON)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unparsable_success_answer_is_described_without_its_content() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Shape {
+            data: std::collections::BTreeMap<String, String>,
+        }
+        let describe = |body: &str| {
+            let err = serde_json::from_str::<Shape>(body).unwrap_err();
+            describe_unparsable(&err, Some(body))
+        };
+        let secret = "KTCANARY-in-body";
+        let html = describe(&format!("<html>{secret}</html>"));
+        assert!(
+            html.contains("starts with `<`, like an HTML page"),
+            "{html}"
+        );
+        let garbage = describe(&format!("{secret} garbage"));
+        assert!(garbage.contains("a body that is not JSON"), "{garbage}");
+        let wrong = describe(&format!("{{\"data\": \"{secret}\"}}"));
+        assert!(
+            wrong.contains("JSON that is not shaped like Vault's answer"),
+            "{wrong}"
+        );
+        let missing = describe(&format!("{{\"other\": \"{secret}\"}}"));
+        assert!(missing.ends_with("(missing field `data`)"), "{missing}");
+        assert!(describe("  ").contains("an empty body"));
+        for d in [html, garbage, wrong, missing] {
+            assert!(!d.contains(secret), "{d}");
+        }
     }
 
     #[test]
