@@ -364,7 +364,9 @@ async fn a_boolean_or_owner_that_is_not_one_exits_64_naming_the_flag_before_any_
     let m = m.to_str().unwrap();
     let out = f.out.to_str().unwrap();
     let base = ["--manifest", m, "--out", out];
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    // (extra flags, environment, what the one failure line says)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 4] = [
         (
             &[],
             &[("KEYTURN_INIT_ALLOW_DISK", "maybe")],
