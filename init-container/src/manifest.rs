@@ -46,6 +46,7 @@ use crate::exit::{ExitCode, HasExitCode};
 use crate::fetch::Engine;
 use crate::paths::RelPath;
 use crate::template::Template;
+use crate::text::echo;
 
 /// Default mode of secret files.
 pub const DEFAULT_MODE: u32 = 0o400;
@@ -435,7 +436,10 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
         other => {
             p.at(
                 auth_at,
-                format!("unknown auth {other:?}; expected one of kubernetes, jwt, approle, token"),
+                format!(
+                    "unknown auth {}; expected one of kubernetes, jwt, approle, token",
+                    echo(other)
+                ),
             );
             return None;
         }
@@ -463,10 +467,10 @@ pub fn vault_path(p: &str) -> Result<String, String> {
         return Err("path: is empty".into());
     }
     if t.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        return Err(format!("path {p:?} has an empty, . or .. segment"));
+        return Err(format!("path {} has an empty, . or .. segment", echo(p)));
     }
     if t.chars().any(char::is_whitespace) {
-        return Err(format!("path {p:?} contains whitespace"));
+        return Err(format!("path {} contains whitespace", echo(p)));
     }
     Ok(t.to_owned())
 }
@@ -478,7 +482,7 @@ pub fn vault_path(p: &str) -> Result<String, String> {
 /// A message naming the problem.
 pub fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let bad = || format!("mode {s:?} is not an octal permission like \"0400\"");
+    let bad = || format!("mode {} is not an octal permission like \"0400\"", echo(s));
     if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
     {
         return Err(bad());
@@ -542,7 +546,10 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
         other => {
             p.at(
                 Loc::of(e),
-                format!("unknown engine {other:?}; expected one of kv1, kv2, dynamic"),
+                format!(
+                    "unknown engine {}; expected one of kv1, kv2, dynamic",
+                    echo(other)
+                ),
             );
             None
         }
@@ -590,7 +597,10 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
         other => {
             p.at(
                 format_at,
-                format!("unknown format {other:?}; expected one of raw, env, json, yaml, template"),
+                format!(
+                    "unknown format {}; expected one of raw, env, json, yaml, template",
+                    echo(other)
+                ),
             );
             None
         }
@@ -846,6 +856,23 @@ mod tests {
         assert!(e[0].contains("version: starts at 1"), "{e:?}");
         let e = errs("  - path: a/b\n    file: x\n    engine: kv1\n    version: 2\n");
         assert!(e[0].contains("applies to engine kv2 only"), "{e:?}");
+    }
+
+    #[test]
+    fn a_huge_value_is_not_echoed_whole() {
+        let big = "a".repeat(1 << 20);
+        for entry in [
+            format!("  - {{ path: {big}/../x, file: x }}\n"),
+            format!("  - {{ path: a/b, file: x, format: {big} }}\n"),
+            format!("  - {{ path: a/b, file: x, mode: \"{big}\" }}\n"),
+        ] {
+            let e = errs(&entry);
+            assert!(
+                e[0].len() < 400 && e[0].contains("… (1048"),
+                "{}",
+                &e[0][..200]
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ impl Failure {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
+        // A backstop for text echoed without a cap or escaping at its source (a parser's
+        // message, a server's): a message drives no terminal and buries nothing.
+        let message = crate::text::clean(&message, crate::text::MESSAGE_MAX);
         Self { code, message }
     }
 
@@ -494,5 +497,29 @@ secrets:
     #[test]
     fn one_line_messages_never_carry_newlines() {
         assert_eq!(Failure::new(ExitCode::Internal, "a\nb  c").message, "a b c");
+    }
+
+    #[test]
+    fn a_message_is_escaped_and_capped_whatever_its_source() {
+        let m = Failure::new(
+            ExitCode::Usage,
+            format!(
+                "m.yaml:1:1: unknown field `\u{1b}[2J{}`",
+                "x".repeat(1 << 20)
+            ),
+        )
+        .message;
+        assert!(!m.chars().any(char::is_control), "{}", &m[..60]);
+        assert!(
+            m.starts_with("m.yaml:1:1: unknown field `\\u{1b}[2Jxx"),
+            "{}",
+            &m[..60]
+        );
+        // One escaped character adds 7; the rest is the cap.
+        assert!(
+            m.len() < crate::text::MESSAGE_MAX + 16 && m.ends_with('…'),
+            "{}",
+            m.len()
+        );
     }
 }
