@@ -104,14 +104,16 @@ pub fn run(args: RunArgs) -> u8 {
                     return exit::UNAVAILABLE;
                 }
             };
-            tokio::spawn(async move {
-                let app = server::router(metrics, ready_rx);
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            });
+            // Header timeouts and a connection cap: idle sockets cannot starve the probes.
+            tokio::spawn(server::serve_on(
+                listener,
+                metrics,
+                ready_rx,
+                server::Limits::default(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
         }
         let anchoring = match (&args.audit_anchor, &p.backends.vault) {
             (Some(location), Some(vault)) => {
