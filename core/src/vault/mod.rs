@@ -81,7 +81,7 @@ impl Vault {
             source_name: e.to_string(),
             addr: cfg.addr.clone(),
         })?;
-        let client = VaultClient::new(settings).map_err(|e| match e {
+        let mut client = VaultClient::new(settings).map_err(|e| match e {
             vaultrs::error::ClientError::FileReadError { path, source } => ConfigError::CaCert {
                 path: path.into(),
                 cause: source.to_string(),
@@ -97,6 +97,14 @@ impl Vault {
                 addr: cfg.addr.clone(),
             },
         })?;
+        // vaultrs's HTTP client follows redirects, and reqwest strips only the standard
+        // credential headers on a redirect to another host: `X-Vault-Token` would go wherever
+        // a 3xx points. The same client with redirects off reports a 3xx instead.
+        let http = no_redirects(&client.settings).map_err(|e| ConfigError::BadAddress {
+            source_name: e.to_string(),
+            addr: cfg.addr.clone(),
+        })?;
+        client.http = rustify::clients::reqwest::Client::new(cfg.addr.as_str(), http);
         Ok(Self {
             client,
             addr: cfg.addr.clone(),
@@ -189,8 +197,97 @@ impl Vault {
     }
 }
 
+/// The HTTP client vaultrs builds from `s` (TLS roots, client identity, timeout, proxy), with
+/// redirects never followed. The CA files were read and checked by `VaultClient::new` just
+/// before, so a failure here is unexpected.
+fn no_redirects(s: &vaultrs::client::VaultClientSettings) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::ClientBuilder::new()
+        .tls_backend_rustls()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_danger_accept_invalid_certs(!s.verify);
+    if let Some(t) = s.timeout {
+        b = b.timeout(t);
+    }
+    if s.address.scheme() == "http" {
+        // As vaultrs does: no roots are needed, and loading the platform's may fail.
+        b = b.tls_certs_only(Vec::new());
+    } else {
+        for path in &s.ca_certs {
+            let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|_| format!("{path}: not a PEM certificate bundle"))?;
+            b = b.tls_certs_merge(certs);
+        }
+    }
+    if let Some(id) = &s.identity {
+        b = b.identity(id.clone());
+    }
+    if let Some(p) = &s.proxy {
+        b = b.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| e.to_string())?);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
 /// vaultrs keeps the token as a `String`; this is the one place a token leaves its
 /// zeroizing storage, and only into the client's request header.
 fn token_text(t: &crate::SecretValue) -> String {
     String::from_utf8_lossy(t.expose()).into_owned()
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one request's head from a connection and returns it.
+    async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_reported_and_the_token_never_follows_it() {
+        // The place a hostile or misconfigured server points to: it must see no request.
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_addr = elsewhere.local_addr().unwrap();
+        let vault = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = vault.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = vault.accept().await.unwrap();
+            let head = read_head(&mut s).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{elsewhere_addr}/v1/secret/data/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            head
+        });
+        let cfg = VaultConfig {
+            token: Some(crate::SecretValue::from_str_copy("canary-token-1234")),
+            ..VaultConfig::for_addr(&format!("http://{addr}")).unwrap()
+        };
+        let v = Vault::connect(&cfg)
+            .unwrap()
+            .with_retry(RetryPolicy::none());
+        let err = v.kv2_read("secret", "x", None).await.unwrap_err();
+        let head = server.await.unwrap();
+        assert!(
+            head.contains("canary-token-1234"),
+            "the token went to Vault itself"
+        );
+        assert!(err.to_string().contains("redirect"), "{err}");
+        assert!(!err.to_string().contains("canary-token-1234"), "{err}");
+        // A followed redirect connects before the read returns: its connection would be
+        // waiting in the backlog now.
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(50), elsewhere.accept()).await;
+        assert!(pending.is_err(), "the redirect was followed");
+    }
 }
