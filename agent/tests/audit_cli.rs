@@ -589,3 +589,16 @@ fn a_bad_log_filter_is_a_usage_error() {
     ]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
+
+#[test]
+fn an_argument_clap_refuses_is_echoed_escaped_and_capped() {
+    // A 100 kB flag (near the kernel's limit for one argument) with a terminal escape: the usage error quotes it, but never whole and
+    // never raw.
+    let huge = format!("--{}\u{1b}[2J", "x".repeat(100_000));
+    let out = keyturn(&[&"audit", &"verify", &huge]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    assert!(err.len() < 4096, "{} bytes of stderr", err.len());
+    assert!(!err.contains('\u{1b}'), "a raw escape reached the terminal");
+    assert!(err.contains("unexpected argument"), "{err}");
+}

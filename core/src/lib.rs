@@ -5,11 +5,13 @@
 //!   methods, KV v1/v2, retries.
 //! - [`audit`]: the hash-chained audit trail, its sinks and its verifier.
 //! - [`sys`]: the few process and filesystem facts keyturn checks (core dumps, tmpfs).
+//! - [`text`]: outside text (names, paths, flag values, a server's words) made safe to print.
 
 pub mod audit;
 pub mod logfilter;
 pub mod secret;
 pub mod sys;
+pub mod text;
 pub mod vault;
 
 pub use secret::SecretValue;

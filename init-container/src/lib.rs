@@ -24,5 +24,5 @@ pub mod paths;
 pub mod render;
 pub mod run;
 pub mod template;
-pub mod text;
+pub use keyturn_core::text;
 pub mod write;

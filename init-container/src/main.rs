@@ -24,10 +24,18 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's message spans several lines; the first says what is wrong.
+            // clap's message spans several lines; the first says what is wrong. It quotes the
+            // argument it refuses: escaped and capped, so a 1 MB or terminal-driving argument
+            // cannot bury or rewrite the message.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("keyturn-init: {}", first.trim_start_matches("error: "));
+            eprintln!(
+                "keyturn-init: {}",
+                keyturn_core::text::clean(
+                    first.trim_start_matches("error: "),
+                    keyturn_core::text::MESSAGE_MAX
+                )
+            );
             return exit::ExitCode::Usage.into();
         }
     };

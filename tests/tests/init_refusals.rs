@@ -209,6 +209,15 @@ async fn usage_errors_exit_64_before_any_network_call() {
         assert_eq!(r.code, 64, "{args:?}: {}", r.stderr);
         assert_eq!(r.failure_lines().len(), 1, "{args:?}: {}", r.stderr);
     }
+    // An argument clap refuses is quoted in its message: escaped and capped, never whole.
+    let huge = format!("--{}\u{1b}[2J", "x".repeat(100_000));
+    let r = f.run(&["--manifest", m, "--out", out, &huge], &[]).await;
+    assert_eq!(r.code, 64, "{}", &r.stderr[..200.min(r.stderr.len())]);
+    assert!(r.stderr.len() < 4096, "{} bytes of stderr", r.stderr.len());
+    assert!(
+        !r.stderr.contains('\u{1b}'),
+        "a raw escape reached the terminal"
+    );
     let bad_manifest = f.file(
         "bad.yaml",
         "vault: { auth: token }\nsecrets:\n  - { path: a/b, file: x, fromat: env }\n",

@@ -121,10 +121,23 @@ where
 /// code: 0 for help and version, [`exit::USAGE`] for anything else.
 pub fn exit_for_clap_error(e: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
-    let _ = e.print();
     match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::OK,
-        _ => exit::USAGE,
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            exit::OK
+        }
+        _ => {
+            // clap quotes the argument it refuses: each line is escaped and capped, so a 1 MB
+            // or terminal-driving argument cannot bury or rewrite the message.
+            let text = e.to_string();
+            for line in text.lines() {
+                eprintln!(
+                    "{}",
+                    keyturn_core::text::clean(line, keyturn_core::text::ECHO_MAX * 3)
+                );
+            }
+            exit::USAGE
+        }
     }
 }
 

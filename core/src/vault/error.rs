@@ -271,19 +271,7 @@ const SERVER_TEXT_MAX: usize = 200;
 /// Server-provided text made safe to print: control characters (ESC, BEL, CR, …) escaped as
 /// `\u{1b}`, and at most [`SERVER_TEXT_MAX`] characters, then `…`.
 fn server_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(SERVER_TEXT_MAX) + 8);
-    for (i, c) in s.chars().enumerate() {
-        if i == SERVER_TEXT_MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::text::clean(s, SERVER_TEXT_MAX)
 }
 
 /// What a status without Vault's `errors` list means, for the message.
