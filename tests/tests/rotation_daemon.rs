@@ -426,6 +426,43 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
     }
     let (value, _) = e.current("api").await.unwrap();
     assert_absent("/metrics", metrics.as_bytes(), &[&value]);
+    // Prometheus's own checker: the exposition parses, every family has HELP, names follow
+    // the conventions.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (dev/setup.sh installs Debian's prometheus)");
+    {
+        use std::io::Write as _;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+    }
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}\n{metrics}",
+        text(&checked)
+    );
+    let content_type = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")
+                || t.starts_with("text/plain; version=0.0.4")),
+        "{content_type:?}"
+    );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
 }

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub audit_anchor: Family<OutcomeLabel, Counter>,
     /// When each policy's CURRENT value was created, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// The audit log, for its counters and for whether it has failed.
+    audit: Option<Arc<AuditLog>>,
     registry: Arc<Registry>,
 }
 
@@ -201,7 +203,7 @@ impl Metrics {
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(Scraped {
             last_rotated: last_rotated.clone(),
-            audit,
+            audit: audit.clone(),
         }));
         Self {
             rotations,
@@ -217,8 +219,18 @@ impl Metrics {
             unschedulable,
             audit_anchor,
             last_rotated,
+            audit,
             registry: Arc::new(registry),
         }
+    }
+
+    /// Whether the audit log has failed a write. It then refuses every event until the
+    /// process restarts (see [`AuditLog`]: a failed write or sync leaves the file's end
+    /// unknown, and only reopening it reads what is really there), so no rotation can run:
+    /// `/healthz` and `/readyz` answer 503 and the kubelet restarts the container.
+    #[must_use]
+    pub fn audit_failed(&self) -> bool {
+        self.audit.as_ref().is_some_and(|a| a.is_poisoned())
     }
 
     /// Creates every per-policy series at its resting value, so dashboards and alerts see
@@ -324,13 +336,57 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition format.
+    /// The Prometheus text exposition format 0.0.4, which `/metrics` declares and every
+    /// scraper and `promtool check metrics` read.
     #[must_use]
     pub fn encode(&self) -> String {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
-        s
+        openmetrics_to_text(&s)
     }
+}
+
+/// Rewrites `prometheus-client`'s OpenMetrics output as the classic text format: a counter
+/// family is named by its sample (`x_total`) in `# HELP` and `# TYPE`, where OpenMetrics uses
+/// the bare family name (so a classic parser found no HELP for `x_total`); `# UNIT` and
+/// `# EOF` do not exist there, and `unknown` is spelled `untyped`.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                out.push_str(prefix);
+                out.push_str(&name);
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn label(policy: &str) -> PolicyLabel {
@@ -384,5 +440,57 @@ impl Collector for Scraped {
             )?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_is_the_classic_text_format_with_help_on_every_sample_family() {
+        let m = Metrics::new(None);
+        m.register_policy("api");
+        m.outcome("api", "rotated");
+        m.rotation_duration.observe(0.1);
+        let text = m.encode();
+        assert!(
+            text.contains("# HELP keyturn_rotations_total Rotations by policy and outcome"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE keyturn_rotations_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyturn_rotations_total{policy="api",outcome="rotated"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyturn_rotations_total{policy="api",outcome="failed"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE keyturn_rotation_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("keyturn_build_info{version="), "{text}");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample's family has HELP and TYPE under the name a classic parser looks for.
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+        }
     }
 }
