@@ -573,9 +573,40 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
         200,
         "a failing policy does not make the daemon unready"
     );
+    // The backoff is recorded in the store, where `keyturn status` (another process) and a
+    // restarted daemon find it.
+    eventually("status shows the backoff", || async {
+        let out = e.cmd(&["status"], "agent-1").output().unwrap();
+        text(&out).contains("backing off: 1 failed attempt in a row, next try")
+    })
+    .await;
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     assert_eq!(log.matches("rotation stopped").count(), 1, "{log}");
+    // A restart keeps to the recorded retry time instead of trying again at once (a crash
+    // loop must not become a request loop).
+    let requests = kube.requests().len();
+    let log_path = e.dir.path().join("daemon-2.log");
+    let f = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = e.cmd(&["run", "--grace", "10s"], "agent-1");
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f));
+    let d = Daemon {
+        child: cmd.spawn().unwrap(),
+        log: log_path,
+    };
+    eventually("the restarted daemon scanned its policies", || async {
+        d.log().contains("policies loaded")
+    })
+    .await;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(attempts(&e, "api"), 1, "retried at once after a restart:\n{log}");
+    assert_eq!(kube.requests().len(), requests, "{log}");
     e.verify_audit();
 }
 

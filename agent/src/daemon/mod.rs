@@ -164,7 +164,25 @@ impl Daemon {
         let mut resume = Vec::new();
         for (name, found) in scan {
             match found {
-                Scan::InFlight => resume.push(name),
+                // A rotation a failing run left in flight waits for its recorded retry time,
+                // so a crash loop does not become a request loop.
+                Scan::InFlight(Some(f)) if f.retry_at > Utc::now() => {
+                    failing.insert(name.clone(), Failing { failures: f.count });
+                    let wait = (f.retry_at - Utc::now()).to_std().unwrap_or_default();
+                    self.metrics.backoff(&name, f.count, wait);
+                    self.metrics.next_rotation(&name, f.retry_at);
+                    queue.schedule(Slot {
+                        policy: name,
+                        due: DateTime::<Utc>::UNIX_EPOCH,
+                        fire_at: f.retry_at,
+                    });
+                }
+                Scan::InFlight(f) => {
+                    if let Some(f) = f {
+                        failing.insert(name.clone(), Failing { failures: f.count });
+                    }
+                    resume.push(name);
+                }
                 Scan::Last(found) => {
                     self.resume_idle(&mut queue, &mut failing, &policies[&name], found);
                 }
@@ -343,7 +361,7 @@ impl Daemon {
                         Scan::Unreadable
                     }
                     Ok(store) => match store.view().await {
-                        Ok(v) if v.state.in_flight.is_some() => Scan::InFlight,
+                        Ok(v) if v.state.in_flight.is_some() => Scan::InFlight(v.state.failures),
                         Ok(v) => Scan::Last(Found {
                             last_ok: v
                                 .state
@@ -522,7 +540,7 @@ impl Daemon {
             match found {
                 // A changed policy keeps its failure count: editing a file is no reason to
                 // retry a failing target at once.
-                Scan::InFlight | Scan::Unreadable => {
+                Scan::InFlight(_) | Scan::Unreadable => {
                     self.failed(queue, failing, &new[&name], DateTime::<Utc>::UNIX_EPOCH);
                 }
                 Scan::Last(found) => {
@@ -540,7 +558,8 @@ impl Daemon {
 }
 
 enum Scan {
-    InFlight,
+    /// A rotation in flight, and the run of failures recorded with it.
+    InFlight(Option<Failures>),
     Last(Found),
     Unreadable,
 }
