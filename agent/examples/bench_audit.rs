@@ -4,7 +4,8 @@
 //!   group commit) by many concurrent callers, each waiting for its own event's sync.
 //! - **anchor**: the same kind of JSON line appended and `fdatasync`ed once per event, with no
 //!   chain — what Vault's file audit device amounts to.
-//! - **verify**: events/s checked by [`verify`] on a file of the size given.
+//! - **verify**: events/s checked by [`verify_with`] (hashes, links and every MAC) on a file of
+//!   the size given.
 //!
 //! Each figure is the median of `--runs` runs. A benchmark reports speed; tests assert
 //! correctness, so nothing here fails on a slow machine.
@@ -17,7 +18,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use keyturn_core::SecretValue;
-use keyturn_core::audit::{Actor, AuditLog, AuditLogOptions, HmacKey, verify};
+use keyturn_core::audit::{
+    Actor, AuditLog, AuditLogOptions, ChainKey, HmacKey, VerifyOptions, verify_with,
+};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -66,11 +69,13 @@ fn runs_list(v: &[f64]) -> String {
     v.iter().map(|r| fmt_rate(*r)).collect::<Vec<_>>().join(" ")
 }
 
-/// Records `events` events from `callers` concurrent tasks into a fresh file; returns events/s.
-async fn append_run(path: &Path, events: u64, callers: u64) -> f64 {
+/// Records `events` events from `callers` concurrent tasks into a fresh file; returns events/s
+/// and the chain key the file's MACs were made with.
+async fn append_run(path: &Path, events: u64, callers: u64) -> (f64, ChainKey) {
     let _ = fs::remove_file(path);
-    let log = AuditLog::open(AuditLogOptions::new(HmacKey::generate().unwrap()).file(path))
-        .expect("open the audit log");
+    let key = HmacKey::generate().unwrap();
+    let chain_key = key.chain_key();
+    let log = AuditLog::open(AuditLogOptions::new(key).file(path)).expect("open the audit log");
     let value = SecretValue::from_str_copy("bench-value-not-secret");
     let start = Instant::now();
     let tasks: Vec<_> = (0..callers)
@@ -97,7 +102,7 @@ async fn append_run(path: &Path, events: u64, callers: u64) -> f64 {
     }
     let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(log.stats().events, events);
-    events as f64 / elapsed
+    (events as f64 / elapsed, chain_key)
 }
 
 /// Appends `events` unchained lines of the same shape, one write and one fdatasync each.
@@ -126,11 +131,20 @@ fn anchor_run(path: &Path, events: u64) -> f64 {
     events as f64 / start.elapsed().as_secs_f64()
 }
 
-fn verify_run(path: &Path) -> (f64, u64) {
+/// Verifies the keyed chain, every entry's MAC included, as `keyturn audit verify` does.
+fn verify_run(path: &Path, key: &ChainKey) -> (f64, u64) {
+    let options = VerifyOptions {
+        key: Some(key.clone()),
+        ..VerifyOptions::default()
+    };
     let start = Instant::now();
-    let report = verify(&[path.to_owned()]);
+    let report = verify_with(&[path.to_owned()], &options);
     let elapsed = start.elapsed().as_secs_f64();
-    assert!(report.is_ok(), "{:?}", report.failure);
+    assert!(
+        report.is_ok() && report.macs_checked,
+        "{:?}",
+        report.failure
+    );
     (report.events as f64 / elapsed, report.events)
 }
 
@@ -145,7 +159,11 @@ fn main() {
     let append_path = args.dir.join("append.jsonl");
     let mut append = Vec::new();
     for _ in 0..args.runs {
-        append.push(runtime.block_on(append_run(&append_path, args.events, args.callers)));
+        append.push(
+            runtime
+                .block_on(append_run(&append_path, args.events, args.callers))
+                .0,
+        );
     }
     let anchor_path = args.dir.join("anchor.jsonl");
     let anchor: Vec<f64> = (0..args.runs)
@@ -153,10 +171,12 @@ fn main() {
         .collect();
 
     let verify_path = args.dir.join("verify.jsonl");
-    runtime.block_on(append_run(&verify_path, args.verify_events, args.callers));
+    let (_, key) = runtime.block_on(append_run(&verify_path, args.verify_events, args.callers));
     let size_mb = fs::metadata(&verify_path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
-    let _ = verify_run(&verify_path); // warm the page cache
-    let verify_rates: Vec<f64> = (0..args.runs).map(|_| verify_run(&verify_path).0).collect();
+    let _ = verify_run(&verify_path, &key); // warm the page cache
+    let verify_rates: Vec<f64> = (0..args.runs)
+        .map(|_| verify_run(&verify_path, &key).0)
+        .collect();
 
     let (a, k) = (median(anchor.clone()), median(append.clone()));
     let v = median(verify_rates.clone());
