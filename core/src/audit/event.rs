@@ -108,13 +108,14 @@ impl Actor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
-    /// Allowed and done (or, recorded before the side effect, about to be done).
+    /// Allowed and done: the outcome event written after the side effect.
     Ok,
     /// Refused: by Vault, by Kubernetes RBAC, or by keyturn's own policy.
     Denied,
     /// Failed.
     Error,
-    /// A multi-step operation began (a rotation, a break-glass reveal with a TTL).
+    /// The intent: written before a side effect (fail closed: if it cannot be written, the
+    /// side effect does not happen), and followed by `ok`, `denied` or `error` once it ran.
     Started,
 }
 
