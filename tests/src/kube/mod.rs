@@ -27,6 +27,9 @@
 //! `auth` (401, the deny switch and the authorizer chain), `rbac` (Roles, bindings, the RBAC
 //! authorizer), `tokens` and `reviews` (JWTs, TokenReview, SelfSubjectAccessReview).
 //!
+//! [`KubeStandin::fail`] makes matching requests answer an error status (409, 429, 500, 503)
+//! for fault-injection tests; see `faults`.
+//!
 //! Authorization is permissive by default (everything not denied by a deny rule is allowed);
 //! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
 //!
@@ -37,6 +40,7 @@
 mod apps;
 mod auth;
 mod cluster;
+mod faults;
 mod kinds;
 mod managed;
 mod objects;
@@ -64,6 +68,7 @@ pub use cluster::{REAL_CLUSTER_ENV, TestCluster};
 pub use server::RecordedRequest;
 
 use auth::DenyRule;
+use faults::FailRule;
 use server::Shared;
 use store::Store;
 use tokens::TokenAuthority;
@@ -119,6 +124,7 @@ impl KubeStandin {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             deny: Mutex::new(Vec::new()),
+            fail: Mutex::new(Vec::new()),
             rbac_enforced: AtomicBool::new(false),
             tokens: TokenAuthority::new(&url)?,
             admin_token: {
@@ -285,6 +291,26 @@ impl KubeStandin {
             resource: resource.to_owned(),
             user: Some(user.to_owned()),
         });
+    }
+
+    /// Makes every authorized request for `verb` on `resource` (as for [`Self::deny`]) answer
+    /// the HTTP `status`, worded as the real server words it: 409 is `AlreadyExists` on
+    /// `create` and `Conflict` on other verbs (a write that keeps losing the
+    /// `resourceVersion` race), 429 `TooManyRequests`, 500 `InternalError`, 503
+    /// `ServiceUnavailable`. Nothing is read or written for such a request; it is recorded in
+    /// [`Self::requests`] with that status. The first matching rule wins; deny rules come
+    /// first, as authorization does.
+    pub fn fail(&self, verb: &str, resource: &str, status: u16) {
+        self.shared.fail_rules().push(FailRule {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+            status,
+        });
+    }
+
+    /// Removes every rule added by [`Self::fail`]; deny rules stay.
+    pub fn clear_failures(&self) {
+        self.shared.fail_rules().clear();
     }
 
     /// Every authenticated request on a resource so far, in order: what a real server's audit

@@ -28,6 +28,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::{self, Attributes, Decision, DenyRule, UserInfo};
+use super::faults::FailRule;
 use super::objects::{self, ObjectRequest, Query, Reply};
 use super::rbac;
 use super::resources::{self, ResourceKind};
@@ -51,6 +52,8 @@ const AGGREGATED_DISCOVERY_CONTENT_TYPE: &str =
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub deny: Mutex<Vec<DenyRule>>,
+    /// Injected failures (see `faults`), checked after authorization.
+    pub fail: Mutex<Vec<FailRule>>,
     /// Whether RBAC decides what non-admin users may do (else everything not denied is
     /// allowed).
     pub rbac_enforced: AtomicBool,
@@ -85,6 +88,10 @@ impl Shared {
 
     pub fn deny_rules(&self) -> MutexGuard<'_, Vec<DenyRule>> {
         self.deny.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn fail_rules(&self) -> MutexGuard<'_, Vec<FailRule>> {
+        self.fail.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn rbac_enforced(&self) -> bool {
@@ -422,6 +429,16 @@ fn serve_resource(
     let decision = shared.decide(ctx.user, &rbac::Request::Resource(&attributes));
     if !decision.allowed {
         return Err(auth::forbidden(ctx.user, &attributes, &decision.reason));
+    }
+    // An injected failure, after authorization as a real server's would come, and before
+    // anything is read or written, so it changes nothing.
+    let failure = shared
+        .fail_rules()
+        .iter()
+        .find(|r| r.matches(&attributes))
+        .map(|r| r.error(kind, &attributes));
+    if let Some(e) = failure {
+        return Err(e);
     }
     if !kind.verbs.contains(&verb) && verb != "watch" {
         return Err(ApiError::method_not_allowed(format!(

@@ -368,6 +368,29 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// 429, as the real server's max-in-flight filter answers an overloaded server.
+    pub fn too_many_requests() -> Self {
+        Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        )
+    }
+
+    /// 503, as the real server answers when it cannot serve (e.g. its storage is away).
+    pub fn service_unavailable() -> Self {
+        Self::new(
+            503,
+            "ServiceUnavailable",
+            "The server is currently unable to handle the request",
+        )
+    }
+
+    /// Any other status, with the reason the real server gives statuses it has no name for.
+    pub fn other(code: u16, message: impl Into<String>) -> Self {
+        Self::new(code, "Unknown", message)
+    }
+
     /// The `Status` body.
     pub fn to_status_json(&self) -> serde_json::Value {
         let mut status = serde_json::json!({
