@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScheduleError {
     /// Not a 5-field cron expression or a known `@` macro.
-    #[error("invalid cron expression {expr:?}: {why}")]
+    #[error("invalid cron expression {}: {}", shown(expr), shown_text(why))]
     BadCron {
         /// The expression as written.
         expr: String,
@@ -39,7 +39,7 @@ pub enum ScheduleError {
         why: String,
     },
     /// A valid expression with no future slot (e.g. `0 0 30 2 *`, February 30).
-    #[error("cron expression {expr:?} never fires")]
+    #[error("cron expression {} never fires", shown(expr))]
     NeverFires {
         /// The expression as written.
         expr: String,
@@ -47,24 +47,65 @@ pub enum ScheduleError {
     /// Both day-of-month and day-of-week are restricted. crontab(5) ORs them, which is
     /// rarely what is meant; keyturn asks for one of them to be `*`.
     #[error(
-        "cron expression {expr:?} restricts both day-of-month and day-of-week; set one of them to *"
+        "cron expression {} restricts both day-of-month and day-of-week; set one of them to *",
+        shown(expr)
     )]
     DomAndDow {
         /// The expression as written.
         expr: String,
     },
     /// Not an IANA time zone name.
-    #[error("unknown time zone {0:?} (use an IANA name such as Europe/Berlin)")]
+    #[error(
+        "unknown time zone {} (use an IANA name such as Europe/Berlin)",
+        shown(.0)
+    )]
     BadTimezone(String),
     /// An `every` interval that is not a duration, shorter than a minute or longer than
     /// [`MAX_INTERVAL`].
-    #[error("invalid interval {given:?}: {why}")]
+    #[error("invalid interval {}: {}", shown(given), shown_text(why))]
     BadInterval {
         /// The interval as written.
         given: String,
         /// What is wrong.
         why: String,
     },
+}
+
+/// The most characters of one echoed value a message shows.
+const ECHO_MAX: usize = 100;
+
+/// `s` as a message quotes it: `{:?}`-escaped (a control character cannot drive the reader's
+/// terminal) and cut after [`ECHO_MAX`] characters with its full length, so that a 1 MB value
+/// cannot bury the message it is part of.
+pub(crate) fn shown(s: &str) -> String {
+    let mut out = String::from("\"");
+    for (i, c) in s.chars().enumerate() {
+        if i == ECHO_MAX {
+            out.push_str(&format!("\"… ({} bytes)", s.len()));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    out
+}
+
+/// A sentence from a library (the `cron` and `humantime` parsers quote the input back):
+/// control characters escaped and at most a few hundred characters kept.
+fn shown_text(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 3 * ECHO_MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// When a policy's rotations fall due.
@@ -95,6 +136,9 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(10 * 366 * 86_400);
 /// schedule's shortest gap between two slots ([`Schedule::shortest_gap`]).
 pub const MAX_WINDOW: Duration = Duration::from_secs(31 * 86_400);
 
+/// The longest cron expression accepted.
+pub const MAX_CRON_LEN: usize = 1000;
+
 /// The first retry after a failed rotation comes at least this long after the failure.
 pub const RETRY_MIN: Duration = Duration::from_secs(30);
 
@@ -111,6 +155,15 @@ impl Schedule {
     /// A malformed expression, one that never fires, both day fields restricted, or an
     /// unknown time zone.
     pub fn cron(expr: &str, timezone: Option<&str>) -> Result<Self, ScheduleError> {
+        // The longest useful expression (a list of every minute) is under 200 characters;
+        // anything far longer is a generator gone wrong, and every message and `status` line
+        // would repeat it.
+        if expr.len() > MAX_CRON_LEN {
+            return Err(ScheduleError::BadCron {
+                expr: expr.into(),
+                why: format!("longer than {MAX_CRON_LEN} characters"),
+            });
+        }
         let tz = match timezone {
             None => Tz::UTC,
             Some(name) => {

@@ -240,6 +240,9 @@ struct RawSecret {
     engine: Option<Spanned<String>>,
 }
 
+/// The most problems one manifest reports; the rest are counted.
+const MAX_PROBLEMS: usize = 100;
+
 /// Collects located problems.
 pub(crate) struct Problems<'a> {
     origin: &'a str,
@@ -266,12 +269,21 @@ impl<'a> Problems<'a> {
         self.list.len()
     }
 
-    pub(crate) fn finish<T>(self, value: T) -> Result<T, Vec<ManifestError>> {
+    pub(crate) fn finish<T>(mut self, value: T) -> Result<T, Vec<ManifestError>> {
         if self.list.is_empty() {
-            Ok(value)
-        } else {
-            Err(self.list)
+            return Ok(value);
         }
+        // Every problem is reported at once, but 20,000 copies of one mistake (a generated
+        // manifest gone wrong) would bury the first in megabytes of pod log.
+        if self.list.len() > MAX_PROBLEMS {
+            let more = self.list.len() - MAX_PROBLEMS;
+            self.list.truncate(MAX_PROBLEMS);
+            self.list.push(ManifestError::Unreadable {
+                origin: self.origin.to_owned(),
+                message: format!("{more} more problems not shown"),
+            });
+        }
+        Err(self.list)
     }
 }
 
@@ -444,16 +456,36 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             return None;
         }
     };
-    if let Some(a) = &v.address
-        && let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value)
-    {
-        p.at(Loc::of(a), e.to_string());
+    if let Some(a) = &v.address {
+        if let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value) {
+            p.at(Loc::of(a), e.to_string());
+        } else if let Err(m) = no_userinfo("address", &a.value) {
+            p.at(Loc::of(a), m);
+        }
     }
     (p.list.len() == start).then(|| VaultSpec {
         address: s(&v.address),
         namespace: v.namespace.clone(),
         auth,
     })
+}
+
+/// Refuses a Vault address with credentials in it (`https://user:password@vault`): every
+/// message and log line about a request names the address, so the password would follow it
+/// into the pod's log. `name` names the field; the address itself is not echoed.
+///
+/// # Errors
+/// A message naming `name`.
+pub fn no_userinfo(name: &str, addr: &str) -> Result<(), String> {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(format!(
+            "{name}: a Vault address must not carry credentials (user:password@); \
+             keyturn-init logs in with the auth method"
+        ));
+    }
+    Ok(())
 }
 
 /// Normalizes and checks a Vault path: no leading/trailing `/`, no empty, `.` or `..`
@@ -471,6 +503,14 @@ pub fn vault_path(p: &str) -> Result<String, String> {
     }
     if t.chars().any(char::is_whitespace) {
         return Err(format!("path {} contains whitespace", echo(p)));
+    }
+    // The path goes into a request URL: a control character has no place in it, and `?` or
+    // `#` would turn the rest into a query (`?list=true`) or a fragment Vault never sees.
+    if t.chars().any(|c| c.is_control() || c == '?' || c == '#') {
+        return Err(format!(
+            "path {} contains a control character, '?' or '#'",
+            echo(p)
+        ));
     }
     Ok(t.to_owned())
 }
@@ -876,9 +916,50 @@ mod tests {
     }
 
     #[test]
+    fn thousands_of_problems_are_reported_as_the_first_hundred_and_a_count() {
+        let entries: String = (0..500)
+            .map(|i| format!("  - path: a/../{i}\n    file: f{i}\n"))
+            .collect();
+        let e = errs(&entries);
+        assert_eq!(e.len(), MAX_PROBLEMS + 1, "{}", e.len());
+        assert!(
+            e[MAX_PROBLEMS].ends_with(": 400 more problems not shown"),
+            "{}",
+            e[MAX_PROBLEMS]
+        );
+    }
+
+    #[test]
+    fn an_address_with_credentials_is_refused_without_echoing_them() {
+        let e = Manifest::parse(
+            "m.yaml",
+            "vault: { auth: kubernetes, role: r, address: \"https://u:hunter2@vault:8200/x\" }\n\
+             secrets:\n  - { path: a/b, file: x }\n",
+        )
+        .unwrap_err();
+        let e = e[0].to_string();
+        assert!(e.contains("must not carry credentials"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(no_userinfo("a", "https://vault:8200/v1?x=a@b").is_ok());
+    }
+
+    #[test]
     fn bad_vault_paths_are_refused() {
         let e = errs("  - path: a/../b\n    file: x\n  - path: /\n    file: y\n");
         assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn a_vault_path_with_a_control_character_a_query_or_a_fragment_is_refused() {
+        for p in [
+            "secret/data/a\u{1b}[2J",
+            "secret/data/x?list=true",
+            "secret/data/x#y",
+        ] {
+            let e = vault_path(p).unwrap_err();
+            assert!(e.contains("a control character, '?' or '#'"), "{e}");
+            assert!(!e.contains('\u{1b}'), "{e:?}");
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub enum RelPathError {
     /// Has a NUL byte.
     #[error("file {0:?} contains a NUL byte")]
     Nul(String),
+    /// Has another control character (a newline, an escape): such a name breaks every tool
+    /// that lists the directory, and can drive a terminal that shows it.
+    #[error("file {0:?} contains a control character")]
+    Control(String),
     /// A component is longer than the kernel allows.
     #[error("file {0:?} has a component longer than {NAME_MAX} bytes")]
     TooLong(String),
@@ -61,6 +65,9 @@ impl RelPath {
         }
         if s.contains('\0') {
             return Err(RelPathError::Nul(s.to_owned()));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(RelPathError::Control(s.to_owned()));
         }
         let mut parts = Vec::new();
         for c in s.split('/') {
@@ -377,6 +384,12 @@ mod tests {
         assert!(matches!(RelPath::parse(""), Err(RelPathError::Empty(_))));
         assert!(matches!(RelPath::parse("./"), Err(RelPathError::Empty(_))));
         assert!(matches!(RelPath::parse("a\0b"), Err(RelPathError::Nul(_))));
+        for name in ["db\n.env", "db\u{1b}[2J", "a/\u{7f}"] {
+            assert!(
+                matches!(RelPath::parse(name), Err(RelPathError::Control(_))),
+                "{name:?}"
+            );
+        }
         assert!(matches!(
             RelPath::parse(&"x".repeat(256)),
             Err(RelPathError::TooLong(_))

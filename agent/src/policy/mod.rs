@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use error::{PolicyError, PolicyErrors};
 use schema::{RawPolicy, RawStore, RawTarget, S};
 
-use crate::schedule::{MAX_WINDOW, Schedule, parse_duration};
+use crate::schedule::{MAX_WINDOW, Schedule, parse_duration, shown};
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "keyturn.dev/v1";
@@ -418,8 +418,8 @@ impl Validator<'_> {
                             t,
                             "spec.timezone",
                             format!(
-                                "unknown time zone {:?} (use an IANA name such as Europe/Berlin)",
-                                t.value
+                                "unknown time zone {} (use an IANA name such as Europe/Berlin)",
+                                shown(&t.value)
                             ),
                         );
                         None
@@ -525,7 +525,7 @@ impl Validator<'_> {
                         self.err(
                             s,
                             "spec.target.postgres.strategy",
-                            format!("unknown strategy {other:?} (single or alternating)"),
+                            format!("unknown strategy {} (single or alternating)", shown(other)),
                         );
                         Strategy::Single
                     }
@@ -601,7 +601,11 @@ impl Validator<'_> {
                 self.err(
                     c,
                     "spec.generator.charset",
-                    format!("unknown charset {name:?} (one of {})", names.join(", ")),
+                    format!(
+                        "unknown charset {} (one of {})",
+                        shown(name),
+                        names.join(", ")
+                    ),
                 );
             }
             return None;
@@ -661,15 +665,16 @@ impl Validator<'_> {
         }
         for (key, field) in &k.keys.value {
             if !valid_secret_key(key) {
-                self.err(field, &format!("{base}.keys"), format!("{key:?} is not a valid Secret key (letters, digits, '-', '_', '.'; at most 253)"));
+                self.err(field, &format!("{base}.keys"), format!("{} is not a valid Secret key (letters, digits, '-', '_', '.'; at most 253)", shown(key)));
             }
             if target.is_some() && !fields.contains(&field.value.as_str()) {
                 self.err(
                     field,
                     &format!("{base}.keys.{key}"),
+                    // Not echoed: the one thing written here by mistake is the credential itself
+                    // (`password: hunter2` for `password: password`).
                     format!(
-                        "unknown field {:?} (this target provides {})",
-                        field.value,
+                        "not a field this target provides (it provides {})",
                         fields.join(", ")
                     ),
                 );
@@ -728,10 +733,13 @@ fn vault_segment_path(p: &str) -> Result<(), String> {
     }
     for seg in t.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(format!("{p:?} has an empty, '.' or '..' segment"));
+            return Err(format!("{} has an empty, '.' or '..' segment", shown(p)));
         }
         if seg.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(format!("{p:?} contains whitespace or control characters"));
+            return Err(format!(
+                "{} contains whitespace or control characters",
+                shown(p)
+            ));
         }
     }
     Ok(())
@@ -792,7 +800,8 @@ fn dns_label(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a DNS-1123 label (lowercase letters, digits, '-'; at most 63)"
+            "{} is not a DNS-1123 label (lowercase letters, digits, '-'; at most 63)",
+            shown(s)
         ))
     }
 }
@@ -806,7 +815,8 @@ fn dns_subdomain(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a valid object name (DNS-1123 subdomain)"
+            "{} is not a valid object name (DNS-1123 subdomain)",
+            shown(s)
         ))
     }
 }

@@ -178,8 +178,37 @@ fn alternating_needs_two_distinct_users() {
 
 #[test]
 fn a_distribute_key_must_name_a_field_the_target_provides() {
-    let e = one_error(&good_with("password: password }", "password: secret }"));
-    assert!(e.contains("spec.distribute[0].kubernetes.keys.password: unknown field \"secret\" (this target provides username, password)"), "{e}");
+    let e = one_error(&good_with("password: password }", "password: hunter2 }"));
+    assert!(e.contains("spec.distribute[0].kubernetes.keys.password: not a field this target provides (it provides username, password)"), "{e}");
+    // What is written there by mistake is the credential itself: it is never echoed.
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn a_huge_value_is_echoed_escaped_and_cut_with_its_length() {
+    let big = "a".repeat(1 << 20);
+    let e = one_error(&good_with("name: api-token", &format!("name: {big}")));
+    assert!(e.len() < 400, "{} bytes", e.len());
+    assert!(
+        e.contains("\"… (1048576 bytes) is not a DNS-1123 label"),
+        "{e}"
+    );
+    let e = one_error(&good_with("name: api-token", "name: \"a\\e[2Jb\""));
+    assert!(
+        e.contains(r#""a\u{1b}[2Jb" is not a DNS-1123 label"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cron_error_never_carries_a_control_character_or_a_huge_expression() {
+    let e = one_error(&good_with("\"0 3 * * *\"", "\"0 3 * * *\\e[2J\""));
+    assert!(e.contains("spec.schedule: invalid cron expression"), "{e}");
+    assert!(!e.chars().any(char::is_control), "{e:?}");
+    let long = format!("\"{} * * * *\"", "1,".repeat(5000) + "1");
+    let e = one_error(&good_with("\"0 3 * * *\"", &long));
+    assert!(e.contains("longer than 1000 characters"), "{e}");
+    assert!(e.len() < 1000, "{} bytes", e.len());
 }
 
 #[test]

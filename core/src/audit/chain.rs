@@ -312,6 +312,10 @@ pub enum LineError {
     /// ends with.
     #[error("the line does not end with a \"hash\" member of 64 lowercase hex digits")]
     NoHashMember,
+    /// The line is longer than any line the writer makes
+    /// ([`MAX_LINE_LEN`](super::tail::MAX_LINE_LEN)).
+    #[error("the line is longer than {} bytes", super::tail::MAX_LINE_LEN)]
+    TooLong,
     /// The line is not JSON, or lacks `seq`/`prev`/`hash`, or has them twice or mistyped.
     /// The reason is serde_json's message (audit lines hold no secret values).
     #[error("not an audit entry: {reason}")]

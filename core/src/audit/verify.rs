@@ -559,7 +559,13 @@ impl Verifier<'_> {
         path: &Path,
         line_no: u64,
     ) -> Result<(), VerifyFailure> {
-        let c = checked.map_err(|e| self.broken(path, line_no, None, BreakKind::Malformed(e)))?;
+        let c = checked.map_err(|e| {
+            let kind = match e {
+                LineError::TooLong => BreakKind::LineTooLong,
+                e => BreakKind::Malformed(e),
+            };
+            self.broken(path, line_no, None, kind)
+        })?;
         if c.computed != c.stored {
             let kind = BreakKind::HashMismatch {
                 stored: c.stored,
@@ -667,7 +673,13 @@ fn check_lines(
     let each = |part: &[u8], out: &mut Vec<Result<CheckedLine, LineError>>| {
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', part) {
-            out.push(check_line_with(&part[start..nl], key));
+            // Refused whole, wherever it falls in the read buffer: otherwise a line a little
+            // over the limit would pass or fail depending on its offset in the file.
+            out.push(if nl - start > MAX_LINE_LEN {
+                Err(LineError::TooLong)
+            } else {
+                check_line_with(&part[start..nl], key)
+            });
             start = nl + 1;
         }
     };

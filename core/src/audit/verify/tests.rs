@@ -359,6 +359,20 @@ fn a_chain_start_with_a_nonzero_seq_is_broken_at_seq_0() {
 }
 
 #[test]
+fn a_line_over_the_limit_is_too_long_even_when_it_fits_the_read_buffer() {
+    // Found by the hostile corpus: a line of MAX_LINE_LEN + 10 bytes at the start of a file
+    // fits one read round and was checked as a line, while the same line further on was
+    // refused as too long. The verdict must not depend on where a line falls.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let mut text = "x".repeat(MAX_LINE_LEN + 10);
+    text.push('\n');
+    std::fs::write(&path, text).unwrap();
+    let b = broken(&one(&path)).clone();
+    assert_eq!((b.line, b.kind), (1, BreakKind::LineTooLong));
+}
+
+#[test]
 fn a_missing_file_is_unreadable_not_broken() {
     let r = verify(&["/nonexistent/audit.jsonl".into()]);
     assert!(matches!(
