@@ -611,6 +611,12 @@ async fn rotate_once(
             ("busy", None, true)
         }
         Ok(RotationOutcome::Failed { .. }) => ("failed", None, true),
+        // The audit log refuses every event once a write failed: nothing runs until a
+        // restart reopens it, and the probes say so (see `Metrics::audit_failed`).
+        Err(e) if metrics.audit_failed() => {
+            tracing::error!(error = %e, "rotation stopped: the audit log has failed and accepts no event until keyturn restarts (/healthz and /readyz answer 503)");
+            ("error", None, true)
+        }
         Err(e) => {
             tracing::error!(error = %e, "rotation stopped; it resumes on the next attempt");
             ("error", None, true)

@@ -1,5 +1,6 @@
 //! The daemon's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process
-//! is alive), `/readyz` (policies loaded and stores reachable; not while shutting down).
+//! is alive and its audit log writable), `/readyz` (policies loaded and stores reachable, the
+//! audit log writable; not while shutting down).
 //!
 //! The listener must survive whatever connects to it: a probe that fails because a scanner
 //! left thousands of sockets open gets a healthy daemon restarted, and every descriptor those
@@ -148,8 +149,18 @@ pub async fn serve_on(
     stop_tx.closed().await;
 }
 
+/// What `/healthz` and `/readyz` answer while the audit log refuses events.
+const AUDIT_FAILED: &str =
+    "audit log failed: every rotation stops before its next step until keyturn restarts\n";
+
 /// The routes, for serving on a listener of the caller's.
+///
+/// A failed audit log makes both probes answer 503: the process can rotate nothing until it
+/// restarts (see [`Metrics::audit_failed`]), so the liveness probe gets it restarted, and
+/// restarting is what reopens the log once its disk has room again.
 pub fn router(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
+    let health = metrics.clone();
+    let readiness = metrics.clone();
     Router::new()
         .route(
             "/metrics",
@@ -163,13 +174,28 @@ pub fn router(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let failed = health.audit_failed();
+                async move {
+                    if failed {
+                        (StatusCode::SERVICE_UNAVAILABLE, AUDIT_FAILED)
+                    } else {
+                        (StatusCode::OK, "ok\n")
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
                 let ready = *ready.borrow();
+                let failed = readiness.audit_failed();
                 async move {
-                    if ready {
+                    if failed {
+                        (StatusCode::SERVICE_UNAVAILABLE, AUDIT_FAILED)
+                    } else if ready {
                         (StatusCode::OK, "ready\n")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
