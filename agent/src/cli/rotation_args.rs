@@ -113,7 +113,7 @@ impl RotationArgs {
         // The Kubernetes client is built only when a policy distributes, from KUBECONFIG or the
         // in-cluster service account; building it makes no request.
         let kube_sink = if policies.iter().any(|p| !p.distribute.is_empty()) {
-            let client = kube::Client::try_default().await.map_err(|e| {
+            let client = crate::distribute::kubernetes::client_from_env().await.map_err(|e| {
                 eprintln!(
                     "keyturn: policies distribute to Kubernetes, but no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
                 );

@@ -67,6 +67,23 @@ use super::{
     RestartReport, SecretOutcome, SecretReport, Sink,
 };
 
+/// A Kubernetes client from KUBECONFIG or the in-cluster service account, without kube-rs's
+/// own retry layer. That layer retries 429, 503 and 504 up to 15 times inside one request,
+/// with delays growing toward 1000 s, under keyturn's own delivery retries and the daemon's
+/// backoff: one throttled API server would get retries nested in retries and hold a rotation
+/// for minutes. keyturn retries a retryable answer itself ([`super::DistributeError::is_retryable`]),
+/// counted and backed off. Makes no request.
+///
+/// # Errors
+/// No usable kubeconfig or in-cluster configuration.
+pub async fn client_from_env() -> Result<kube::Client, kube::Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
 /// Delivers credentials into Kubernetes Secrets and rolls the workloads that use them.
 ///
 /// Cheap to clone; clones share the [`Restarter`], so restarts requested through any of them
