@@ -4,10 +4,12 @@
 //! - [`vault`]: Vault/OpenBao client construction from the `VAULT_*` environment, auth
 //!   methods, KV v1/v2, retries.
 //! - [`audit`]: the hash-chained audit trail, its sinks and its verifier.
+//! - [`exit`]: the exit codes of every binary and the one precedence among them.
 //! - [`sys`]: the few process and filesystem facts keyturn checks (core dumps, tmpfs).
 //! - [`text`]: outside text (names, paths, flag values, a server's words) made safe to print.
 
 pub mod audit;
+pub mod exit;
 pub mod logfilter;
 pub mod secret;
 pub mod sys;

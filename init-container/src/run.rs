@@ -2,7 +2,8 @@
 //!
 //! 1. parse and validate the manifest (or annotations), open and check the output directory
 //!    and every target, read credential files, open the audit log — no network call yet, and
-//!    any problem exits 64 (or 74 for the output directory);
+//!    any problem exits 64 (or 74 for the output directory); a problem found after this
+//!    point is never 64 (see [`after_network`]);
 //! 2. disable core dumps;
 //! 3. log in and fetch every secret concurrently, all under one deadline;
 //! 4. record one audit event per read (fail closed);
@@ -389,9 +390,20 @@ fn origin_of(m: &Manifest, path: Option<&str>) -> Option<(String, Loc)> {
 }
 
 fn located(m: &Manifest, e: &FetchError) -> Failure {
+    let code = after_network(e.exit_code());
     match origin_of(m, e.path()) {
-        Some((o, at)) => Failure::new(e.exit_code(), format!("{o}:{}:{}: {e}", at.line, at.col)),
-        None => Failure::of(e),
+        Some((o, at)) => Failure::new(code, format!("{o}:{}:{}: {e}", at.line, at.col)),
+        None => Failure::new(code, e),
+    }
+}
+
+/// The code of a failure found after Vault answered. 64 promises that nothing was contacted
+/// (README), so a manifest that turns out not to fit what Vault holds (a field the secret
+/// lacks, a value over the size limit, a KV v2 path without `data/`) is 65 instead.
+fn after_network(code: ExitCode) -> ExitCode {
+    match code {
+        ExitCode::Usage => ExitCode::Data,
+        c => c,
     }
 }
 
@@ -429,7 +441,7 @@ async fn finish(
         match render::render(&s.format, s.key.as_deref(), &s.path, f, set) {
             Ok(r) => rendered.push(r),
             Err(e) => failures.push(Failure::new(
-                e.exit_code(),
+                after_network(e.exit_code()),
                 format!("{}:{}:{}: {}: {e}", m.origin, s.at.line, s.at.col, s.file),
             )),
         }
@@ -492,6 +504,33 @@ secrets:
                 ("db/creds/x".into(), None)
             ]
         );
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_fit_the_data_read_is_65_not_64() {
+        let m = Manifest::parse(
+            "m.yaml",
+            "vault: { auth: token }\nsecrets:\n  - { path: secret/orders, file: a, key: v }\n",
+        )
+        .unwrap();
+        // Found only once Vault said `secret/` is a KV v2 mount.
+        let e = FetchError::NotKv2ApiPath {
+            path: "secret/orders".into(),
+            mount: "secret".into(),
+            rest: "orders".into(),
+        };
+        let f = located(&m, &e);
+        assert_eq!(f.code, ExitCode::Data);
+        assert!(f.message.starts_with("m.yaml:3:5: "), "{}", f.message);
+        let unknown = crate::render::RenderError::UnknownField {
+            path: "secret/data/orders".into(),
+            field: "nope".into(),
+            hint: String::new(),
+        };
+        assert_eq!(after_network(unknown.exit_code()), ExitCode::Data);
+        // The others keep theirs.
+        assert_eq!(after_network(ExitCode::NotFound), ExitCode::NotFound);
+        assert_eq!(after_network(ExitCode::Internal), ExitCode::Internal);
     }
 
     #[test]

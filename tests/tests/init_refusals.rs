@@ -153,16 +153,16 @@ async fn a_failure_after_fetching_writes_nothing_and_keeps_existing_files() {
     let ok = "  - { path: secret/data/orders/a, file: existing, key: v }\n  - { path: secret/data/orders/c, file: new/c, key: v }\n";
     let before = f.snapshot();
     let cases = [
-        // Over the 1 MiB limit.
+        // Over the 1 MiB limit: found after reading, so 65 (64 promises no network call).
         (
             "  - { path: secret/data/orders/big, file: big, key: v }\n",
-            64,
+            65,
             "over the 1024 KiB limit",
         ),
         // A template naming a field the secret lacks.
         (
             "  - { path: secret/data/orders/c, file: t, template: '{{ .nope }}' }\n",
-            64,
+            65,
             "secret/data/orders/c: no field \"nope\"",
         ),
         // A path that does not exist.

@@ -465,6 +465,29 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
     );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
+    // The secret's age comes from the store's record of CURRENT: a restarted daemon shows it
+    // at once, without rotating, and it did not restart from zero.
+    let d = Daemon::start_with(&e, "agent-1", &["--listen", &listen]);
+    eventually("ready again", || async {
+        get(&format!("{base}/readyz"))
+            .await
+            .is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    let metrics = get(&format!("{base}/metrics")).await.unwrap().1;
+    assert!(
+        metrics.contains(r#"keyturn_rotations_total{policy="api",outcome="rotated"} 0"#),
+        "{metrics}"
+    );
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"keyturn_secret_age_seconds{policy="api"} "#))
+        .expect("the secret's age after a restart")
+        .parse()
+        .unwrap();
+    assert!(age >= 0.0, "{age}");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
 }
 
 /// How many rotation attempts of `policy` the audit file records (each attempt starts with
@@ -605,7 +628,11 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
     }
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
-    assert_eq!(attempts(&e, "api"), 1, "retried at once after a restart:\n{log}");
+    assert_eq!(
+        attempts(&e, "api"),
+        1,
+        "retried at once after a restart:\n{log}"
+    );
     assert_eq!(kube.requests().len(), requests, "{log}");
     e.verify_audit();
 }
@@ -650,4 +677,77 @@ async fn the_daemon_anchors_its_audit_head_so_a_cut_audit_file_is_caught() {
     let caught = verify(&cut);
     assert_eq!(caught.status.code(), Some(1), "{}", text(&caught));
     assert!(text(&caught).contains("anchor"), "{}", text(&caught));
+}
+
+/// The audit file is opened before any network call, and the error's kind decides the code:
+/// a file the system refuses is 77 (it was 74, like any other audit I/O error), a missing
+/// directory stays 74. `/proc/sys/kernel/ostype` is read-only even for root, which the
+/// suite may run as, so opening it for writing is refused with `EACCES` either way.
+#[test]
+fn an_audit_file_the_system_refuses_exits_77_and_a_missing_directory_74() {
+    let dir = agent_env::home(9);
+    agent_env::write_generated_policy(&dir.path().join("policies"), "api", "");
+    // No server: the audit log is opened before Vault is called.
+    let vault = "http://127.0.0.1:9";
+    for (audit_file, code) in [
+        (PathBuf::from("/proc/sys/kernel/ostype"), 77),
+        (dir.path().join("no-such-dir/audit.jsonl"), 74),
+    ] {
+        let out = agent_env::keyturn(&["rotate", "api"], dir.path(), vault, "t")
+            .env("KEYTURN_AUDIT_FILE", &audit_file)
+            .env("KEYTURN_AUDIT_HMAC_KEY_FILE", dir.path().join("hmac.key"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        assert!(
+            text(&out).contains(&audit_file.display().to_string()),
+            "names the file: {}",
+            text(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_kubernetes_api_gets_one_request_per_delivery_not_a_retry_storm_inside_it() {
+    // kube-rs's default client retries 429/503/504 up to 15 times inside one request, with
+    // delays growing toward 1000 s, under keyturn's own delivery retries: one attempt held
+    // for minutes and tens of requests per delivery. keyturn's client leaves retrying to
+    // keyturn: with `max-attempts: 3`, one attempt is at most 3 deliveries of 1 GET each.
+    let e = Env::new().await;
+    e.write_policy(
+        "api",
+        "  max-attempts: 3\n  distribute:\n    - kubernetes: { namespace: shop, secret: api, keys: { TOKEN: value } }\n",
+    );
+    let kube = keyturn_tests::kube::KubeStandin::start().await.unwrap();
+    kube.fail("*", "secrets", 503);
+    let kubeconfig = e.dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).unwrap();
+    let log_path = e.dir.path().join("daemon.log");
+    let f = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = e.cmd(&["run", "--grace", "10s"], "agent-1");
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f));
+    let d = Daemon {
+        child: cmd.spawn().unwrap(),
+        log: log_path,
+    };
+    eventually(
+        "the first attempt failed and was put under backoff",
+        || async { d.log().contains("retrying under backoff") },
+    )
+    .await;
+    let requests = kube.requests();
+    eprintln!(
+        "fault-counts: kubernetes 503 on secrets, one attempt: {} requests",
+        requests.len()
+    );
+    assert!(
+        (1..=3).contains(&requests.len()),
+        "{} requests in one attempt: {requests:?}",
+        requests.len()
+    );
+    assert!(requests.iter().all(|r| r.code == 503), "{requests:?}");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
 }

@@ -155,8 +155,9 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
             Ok(p) => p,
             Err(code) => return code,
         };
+        // `prepare_with` has logged in to Vault: no Vault now is a bug, not usage.
         let Some(vault) = p.backends.vault.clone() else {
-            return exit::USAGE;
+            return exit::SOFTWARE;
         };
         let who = match vault.lookup_self().await {
             Ok(t) => t,
@@ -246,17 +247,19 @@ impl Ctx<'_> {
         &self.p.audit
     }
 
-    async fn event(&self, outcome: Outcome, detail: Option<String>) -> bool {
+    async fn event(&self, outcome: Outcome, detail: Option<String>) -> Result<(), u8> {
         self.event_about(outcome, detail, None).await
     }
 
     /// An event that also carries `value`'s HMAC, so `audit search --value-hmac` finds it.
+    /// When the log refuses it, the exit code to leave with (the audit error's own: 77 for a
+    /// file the system denies, 74 for other I/O).
     async fn event_about(
         &self,
         outcome: Outcome,
         detail: Option<String>,
         value: Option<&SecretValue>,
-    ) -> bool {
+    ) -> Result<(), u8> {
         let mut b = self
             .audit()
             .event(
@@ -273,10 +276,10 @@ impl Ctx<'_> {
             b = b.value(v);
         }
         match self.audit().record(b.build()).await {
-            Ok(_) => true,
+            Ok(_) => Ok(()),
             Err(e) => {
                 eprintln!("keyturn: audit log refused the event, so nothing was done: {e}");
-                false
+                Err(e.exit_code())
             }
         }
     }
@@ -300,13 +303,14 @@ impl Ctx<'_> {
             self.p.backends.target(policy).await,
         ) {
             (Ok(s), Ok(t)) => (s, t),
+            // `prepare_with` built every backend a policy names (after calling Vault).
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("keyturn: {e}");
-                return exit::USAGE;
+                return exit::SOFTWARE;
             }
         };
-        if !self.event(Outcome::Started, None).await {
-            return exit::IO;
+        if let Err(code) = self.event(Outcome::Started, None).await {
+            return code;
         }
         let deadline = tokio::time::Instant::now() + self.c.wait;
         let trigger = Trigger::Manual {
@@ -335,7 +339,8 @@ impl Ctx<'_> {
                             policy.name,
                             humantime::format_duration(self.c.wait)
                         );
-                        self.event(Outcome::Error, Some(format!("busy: held by {holder}")))
+                        let _ = self
+                            .event(Outcome::Error, Some(format!("busy: held by {holder}")))
                             .await;
                         return BUSY;
                     }
@@ -347,13 +352,13 @@ impl Ctx<'_> {
                         "keyturn: rotation {rotation_id} of {} failed and was rolled back: {error}",
                         policy.name
                     );
-                    self.event(Outcome::Error, Some(error)).await;
+                    let _ = self.event(Outcome::Error, Some(error)).await;
                     return exit::FAILED;
                 }
                 Err(e) => {
                     eprintln!("keyturn: {e}");
-                    let code = exit_for(&e);
-                    self.event(outcome_for(code), Some(e.to_string())).await;
+                    let code = exit::for_rotation(&e);
+                    let _ = self.event(outcome_for(code), Some(e.to_string())).await;
                     return code;
                 }
             }
@@ -362,7 +367,7 @@ impl Ctx<'_> {
         if let Some(lease_prefix) = revoke {
             let current = match store.view().await {
                 Ok(v) => v.current.map(|c| c.fields).unwrap_or_else(SecretData::new),
-                Err(e) => return self.fail(&format!("{e}"), exit::UNAVAILABLE).await,
+                Err(e) => return self.fail(&format!("{e}"), exit::for_store(&e)).await,
             };
             match target.invalidate_others(&current).await {
                 Ok(Some(what)) => done.push(what),
@@ -380,8 +385,8 @@ impl Ctx<'_> {
             }
         }
         let summary = done.join("; ");
-        if !self.event(Outcome::Ok, Some(summary.clone())).await {
-            return exit::IO;
+        if let Err(code) = self.event(Outcome::Ok, Some(summary.clone())).await {
+            return code;
         }
         self.note_in_journal(None).await;
         println!("break-glass {} of {}: {summary}", self.action, policy.name);
@@ -393,7 +398,7 @@ impl Ctx<'_> {
             "keyturn: break-glass {} of {}: {error}",
             self.action, self.c.policy
         );
-        self.event(outcome_for(code), Some(error.to_owned())).await;
+        let _ = self.event(outcome_for(code), Some(error.to_owned())).await;
         code
     }
 
@@ -401,9 +406,10 @@ impl Ctx<'_> {
         let policy = self.policy();
         let store = match self.p.backends.store(policy) {
             Ok(s) => s,
+            // Built by `prepare_with`, after calling Vault: failing now is a bug.
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                return exit::USAGE;
+                return exit::SOFTWARE;
             }
         };
         let rotate_after = Utc::now() + chrono::Duration::from_std(a.ttl).unwrap_or_default();
@@ -413,7 +419,7 @@ impl Ctx<'_> {
             .map_or_else(|| "terminal".to_owned(), |p| p.display().to_string());
         // Intent, before CURRENT is read: the read is itself an access, and an attempt that
         // the store refuses is exactly the record an investigator looks for.
-        if !self
+        if let Err(code) = self
             .event(
                 Outcome::Started,
                 Some(format!(
@@ -424,7 +430,7 @@ impl Ctx<'_> {
             )
             .await
         {
-            return exit::IO;
+            return code;
         }
         let deadline = tokio::time::Instant::now() + self.c.wait;
         // Taint first (so a crash after printing still gets the value rotated), under the
@@ -442,27 +448,23 @@ impl Ctx<'_> {
                         policy.name,
                         humantime::format_duration(self.c.wait)
                     );
-                    self.event(
-                        Outcome::Error,
-                        Some("busy: a rotation is in flight; nothing revealed".into()),
-                    )
-                    .await;
+                    let _ = self
+                        .event(
+                            Outcome::Error,
+                            Some("busy: a rotation is in flight; nothing revealed".into()),
+                        )
+                        .await;
                     return BUSY;
                 }
                 Err(e) => {
                     eprintln!("keyturn: {e}");
-                    let code = if e.is_permission_denied() {
-                        exit::NO_PERMISSION
-                    } else if e.is_retryable() {
-                        exit::UNAVAILABLE
-                    } else {
-                        exit::FAILED
-                    };
-                    self.event(
-                        outcome_for(code),
-                        Some(format!("cannot read CURRENT: {e}; nothing revealed")),
-                    )
-                    .await;
+                    let code = exit::for_store(&e);
+                    let _ = self
+                        .event(
+                            outcome_for(code),
+                            Some(format!("cannot read CURRENT: {e}; nothing revealed")),
+                        )
+                        .await;
                     return code;
                 }
             }
@@ -472,16 +474,17 @@ impl Ctx<'_> {
                 "keyturn: policy {} has no current value to reveal",
                 policy.name
             );
-            self.event(
-                Outcome::Error,
-                Some("no current value; nothing revealed".into()),
-            )
-            .await;
+            let _ = self
+                .event(
+                    Outcome::Error,
+                    Some("no current value; nothing revealed".into()),
+                )
+                .await;
             return exit::FAILED;
         };
         // Intent to show, with the value's HMAC (`keyturn audit search --value-hmac` finds
         // it), durable before a person sees the value.
-        if !self
+        if let Err(code) = self
             .event_about(
                 Outcome::Started,
                 Some(format!(
@@ -492,7 +495,7 @@ impl Ctx<'_> {
             )
             .await
         {
-            return exit::IO;
+            return code;
         }
         self.note_in_journal(Some(rotate_after)).await;
         let shown = match &a.to_file {
@@ -504,23 +507,33 @@ impl Ctx<'_> {
         };
         if let Err((path, e)) = shown {
             eprintln!("keyturn: cannot write {}: {e}", path.display());
-            self.event_about(
-                Outcome::Error,
-                Some(format!("cannot write {}", path.display())),
+            let _ = self
+                .event_about(
+                    Outcome::Error,
+                    Some(format!("cannot write {}", path.display())),
+                    Some(main),
+                )
+                .await;
+            // The output file is the operator's path: a directory they may not write is a
+            // permission to fix (77), anything else an I/O error (74).
+            return if e.kind() == std::io::ErrorKind::PermissionDenied {
+                exit::NO_PERMISSION
+            } else {
+                exit::IO
+            };
+        }
+        // The value has been shown: a failed outcome record cannot take that back, and the
+        // intent before it is already durable.
+        let _ = self
+            .event_about(
+                Outcome::Ok,
+                Some(format!(
+                    "revealed; tainted until rotated after {}",
+                    rotate_after.to_rfc3339()
+                )),
                 Some(main),
             )
             .await;
-            return exit::IO;
-        }
-        self.event_about(
-            Outcome::Ok,
-            Some(format!(
-                "revealed; tainted until rotated after {}",
-                rotate_after.to_rfc3339()
-            )),
-            Some(main),
-        )
-        .await;
         eprintln!(
             "keyturn: revealed once; {} will be rotated after {}",
             policy.name,
@@ -574,17 +587,6 @@ fn outcome_for(code: u8) -> Outcome {
         Outcome::Denied
     } else {
         Outcome::Error
-    }
-}
-
-/// 77 for a permission the operator's token lacks, 69 for an unreachable server, 1 else.
-fn exit_for(e: &crate::rotation::RotationError) -> u8 {
-    use crate::rotation::RotationError;
-    match e {
-        RotationError::Store { source, .. } if source.is_permission_denied() => exit::NO_PERMISSION,
-        RotationError::Store { source, .. } if source.is_retryable() => exit::UNAVAILABLE,
-        RotationError::Audit { .. } => exit::IO,
-        _ => exit::FAILED,
     }
 }
 

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::exit;
 use super::rotation_args::RotationArgs;
-use crate::rotation::{RotationError, RotationOutcome, Trigger};
+use crate::rotation::{RotationOutcome, Trigger};
 
 /// `keyturn rotate`.
 #[derive(Debug, Args)]
@@ -21,7 +21,7 @@ pub struct RotateArgs {
 }
 
 /// Exit code when another process holds the policy's rotation (EX_TEMPFAIL: try later).
-pub const BUSY: u8 = 75;
+pub const BUSY: u8 = exit::BUSY;
 
 /// Runs the subcommand; returns the exit code.
 #[must_use]
@@ -40,14 +40,17 @@ pub fn run(args: RotateArgs) -> u8 {
             Ok(p) => p,
             Err(code) => return code,
         };
+        // From here on Vault has been called, so nothing is 64: `load_named` found the
+        // policy, and `prepare_with` built every backend a policy names, so either failing now
+        // is a bug.
         let Some(policy) = p.policies.iter().find(|x| x.name == args.policy) else {
-            return exit::USAGE;
+            return exit::SOFTWARE;
         };
         let (store, target) = match (p.backends.store(policy), p.backends.target(policy).await) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("keyturn: {e}");
-                return exit::USAGE;
+                return exit::SOFTWARE;
             }
         };
         match p
@@ -91,21 +94,7 @@ pub fn run(args: RotateArgs) -> u8 {
             }
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                match &e {
-                    RotationError::Audit { .. } => exit::IO,
-                    RotationError::Store { source, .. } if source.is_retryable() => {
-                        exit::UNAVAILABLE
-                    }
-                    RotationError::Store { .. } => exit::SOFTWARE,
-                    RotationError::Distribute { source, .. } if source.code() == Some(403) => {
-                        exit::NO_PERMISSION
-                    }
-                    RotationError::Distribute { source, .. } if source.is_retryable() => {
-                        exit::UNAVAILABLE
-                    }
-                    RotationError::Distribute { .. } => exit::FAILED,
-                    RotationError::NoSink { .. } => exit::USAGE,
-                }
+                exit::for_rotation(&e)
             }
         }
     })

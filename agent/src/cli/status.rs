@@ -9,8 +9,10 @@
 //! in with the agent's Vault identity, as `keyturn rotate` does.
 //!
 //! Exit codes: 0; 64 for an invalid policy set or Vault configuration (before any network
-//! call); 69 when a store could not be reached (the other rows are still printed), 77 when
-//! one refused the read, 70 when a state entry is unreadable.
+//! call); otherwise every row is printed and the code is the most telling of the rows'
+//! failures ([`exit::most_telling`]): 77 when a store refused the read, 66 for a Vault path
+//! that does not exist, 69 when a store could not be reached, 70 when a state entry is
+//! unreadable.
 
 use std::sync::Arc;
 
@@ -53,15 +55,12 @@ struct ReadError {
 }
 
 impl ReadError {
+    /// Vault's own classification: a login refused (77) or at a missing auth path (66) is
+    /// not an internal error.
     fn vault(e: &VaultError) -> Self {
-        let code = match e.exit_code() {
-            69 => exit::UNAVAILABLE,
-            77 => exit::NO_PERMISSION,
-            _ => exit::SOFTWARE,
-        };
         Self {
             message: e.to_string(),
-            code,
+            code: u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE),
         }
     }
 }
@@ -255,12 +254,9 @@ fn table(rows: &[Row], now: DateTime<Utc>) -> String {
     out
 }
 
-/// The exit code for the rows: the most telling failure, unreachable first.
+/// The exit code for the rows: the most telling failure, in the order every command uses.
 fn exit_code(codes: &[u8]) -> u8 {
-    [exit::UNAVAILABLE, exit::NO_PERMISSION, exit::SOFTWARE]
-        .into_iter()
-        .find(|c| codes.contains(c))
-        .unwrap_or(exit::OK)
+    exit::most_telling(codes.iter().copied())
 }
 
 /// Runs the subcommand; returns the exit code.
@@ -384,13 +380,7 @@ async fn read_state(
         code: exit::SOFTWARE,
     })?;
     store.state().await.map_err(|e| ReadError {
-        code: if e.is_permission_denied() {
-            exit::NO_PERMISSION
-        } else if e.is_retryable() {
-            exit::UNAVAILABLE
-        } else {
-            exit::SOFTWARE
-        },
+        code: exit::for_store(&e),
         message: e.to_string(),
     })
 }
@@ -472,10 +462,27 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_store_maps_to_69_before_a_denial() {
+    fn a_denial_outranks_an_unreachable_store_as_in_keyturn_init() {
         assert_eq!(exit_code(&[]), 0);
-        assert_eq!(exit_code(&[exit::NO_PERMISSION, exit::UNAVAILABLE]), 69);
+        // This was 69: status ranked an outage first, keyturn-init a denial.
+        assert_eq!(exit_code(&[exit::NO_PERMISSION, exit::UNAVAILABLE]), 77);
+        assert_eq!(exit_code(&[exit::UNAVAILABLE, exit::SOFTWARE]), 69);
         assert_eq!(exit_code(&[exit::SOFTWARE, exit::NO_PERMISSION]), 77);
+    }
+
+    #[test]
+    fn a_login_vault_refused_keeps_vaults_code() {
+        let e = VaultError::PermissionDenied {
+            op: "login",
+            path: "auth/kubernetes/login".into(),
+        };
+        assert_eq!(ReadError::vault(&e).code, 77);
+        let e = VaultError::NotFound {
+            op: "login",
+            path: "auth/nope/login".into(),
+        };
+        // This was 70: every code but 69 and 77 became "internal".
+        assert_eq!(ReadError::vault(&e).code, 66);
     }
 
     #[test]

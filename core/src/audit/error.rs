@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::sink::SinkError;
+use crate::exit;
 
 /// Errors opening the [`AuditLog`](super::AuditLog) or recording an event. When
 /// [`record`](super::AuditLog::record) returns one, the event is not vouched for and the access
@@ -102,14 +103,92 @@ pub enum AuditError {
 }
 
 impl AuditError {
-    /// The process exit code this maps to: 74 (I/O) for sink and chain problems, 64 for a
-    /// configuration without sinks, 70 otherwise.
+    /// The process exit code this maps to (README's table): 77 when the operating system
+    /// refused access to an audit file (or the previous one), 74 for every other sink and
+    /// chain problem (a missing parent directory included), 64 for a configuration without
+    /// sinks, 70 otherwise. Classified by the `io::ErrorKind` the sink error carries.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NoSinks => 64,
-            Self::Encode { .. } | Self::Spawn { .. } | Self::Closed => 70,
-            _ => 74,
+            Self::NoSinks => exit::USAGE,
+            Self::Encode { .. } | Self::Spawn { .. } | Self::Closed => exit::SOFTWARE,
+            Self::Sink(e) | Self::ContinueFrom { source: e, .. } => sink_exit_code(e),
+            Self::Write { source, .. } => sink_exit_code(source),
+            Self::ContinueFromTorn { .. }
+            | Self::ContinueFromEmpty { .. }
+            | Self::SinksDisagree { .. }
+            | Self::Poisoned { .. }
+            | Self::SeqExhausted => exit::IO,
         }
+    }
+}
+
+/// 77 for an I/O error the operating system refused for lack of permission (`EACCES`,
+/// `EPERM`), 74 for any other sink problem.
+fn sink_exit_code(e: &SinkError) -> u8 {
+    let source = match e {
+        SinkError::Open { source, .. }
+        | SinkError::Resume { source, .. }
+        | SinkError::Write { source, .. }
+        | SinkError::Sync { source, .. } => source,
+        // The rest carry no I/O error: the file is in use, or is not a chain to continue.
+        _ => return exit::IO,
+    };
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => exit::NO_PERMISSION,
+        _ => exit::IO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn open_error(kind: io::ErrorKind) -> SinkError {
+        SinkError::Open {
+            path: "/var/log/keyturn/audit.jsonl".into(),
+            source: io::Error::from(kind),
+        }
+    }
+
+    #[test]
+    fn a_denied_audit_file_is_77_and_a_missing_directory_74() {
+        let denied = AuditError::Sink(open_error(io::ErrorKind::PermissionDenied));
+        assert_eq!(denied.exit_code(), 77);
+        let missing = AuditError::Sink(open_error(io::ErrorKind::NotFound));
+        assert_eq!(missing.exit_code(), 74);
+        let full = AuditError::Sink(SinkError::Write {
+            sink: "file".into(),
+            source: io::Error::from(io::ErrorKind::StorageFull),
+        });
+        assert_eq!(full.exit_code(), 74);
+    }
+
+    #[test]
+    fn a_denied_previous_file_or_write_is_77_too() {
+        let previous = AuditError::ContinueFrom {
+            path: "/var/log/keyturn/audit.1.jsonl".into(),
+            source: open_error(io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(previous.exit_code(), 77);
+        let write = AuditError::Write {
+            seq: 3,
+            sink: "file".into(),
+            source: Arc::new(SinkError::Sync {
+                sink: "file".into(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            }),
+        };
+        assert_eq!(write.exit_code(), 77);
+    }
+
+    #[test]
+    fn the_rest_keep_their_codes() {
+        assert_eq!(AuditError::NoSinks.exit_code(), 64);
+        assert_eq!(AuditError::Closed.exit_code(), 70);
+        let in_use = AuditError::Sink(SinkError::InUse { path: "/a".into() });
+        assert_eq!(in_use.exit_code(), 74);
     }
 }

@@ -78,7 +78,7 @@ pub enum AuditCliError {
 }
 
 /// An input file does not exist (`EX_NOINPUT`).
-pub(crate) const NO_INPUT: u8 = 66;
+pub(crate) const NO_INPUT: u8 = super::exit::NOT_FOUND;
 
 impl AuditCliError {
     /// The exit code: 66 for a file that does not exist, 77 for one that may not be read, 74

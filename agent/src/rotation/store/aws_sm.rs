@@ -159,6 +159,19 @@ impl AwsSmError {
         }
     }
 
+    /// Whether Secrets Manager refused for lack of permission or of valid credentials: a
+    /// person must grant or fix them. Decided by the service's error code (or an HTTP 403),
+    /// never by its message, which quotes the secret's name.
+    #[must_use]
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            Self::Service { code, status, .. } => {
+                *status == 403 || DENIED_CODES.contains(&code.as_str())
+            }
+            Self::Transport { .. } | Self::NativeRotationEnabled { .. } => false,
+        }
+    }
+
     fn from_sdk<E>(op: &'static str, secret_id: &str, e: SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -186,6 +199,20 @@ impl AwsSmError {
         }
     }
 }
+
+/// The error codes of a request refused for its identity: not allowed (IAM, a resource or
+/// KMS key policy), or credentials the service does not accept.
+const DENIED_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "MissingAuthenticationToken",
+];
 
 const RETRYABLE_CODES: &[&str] = &[
     "ThrottlingException",
@@ -971,6 +998,50 @@ mod tests {
     use keyturn_core::SecretValue;
 
     use super::*;
+
+    fn service(code: &str, status: u16, secret_id: &str, message: &str) -> StoreError {
+        let e = AwsSmError::Service {
+            op: "GetSecretValue",
+            secret_id: secret_id.into(),
+            code: code.into(),
+            message: message.into(),
+            status,
+        };
+        StoreError::Backend {
+            store: format!("aws-sm:{secret_id}"),
+            retryable: e.is_retryable(),
+            source: Box::new(e),
+        }
+    }
+
+    #[test]
+    fn a_denial_is_known_by_its_code_not_by_words_in_the_message() {
+        let denied = service(
+            "AccessDeniedException",
+            400,
+            "apps/db",
+            "User: arn:aws:iam::1:user/x is not authorized to perform: secretsmanager:GetSecretValue",
+        );
+        assert!(denied.is_permission_denied());
+        // Credentials the service does not accept: the message names no denial at all.
+        let bad_key = service(
+            "UnrecognizedClientException",
+            400,
+            "apps/db",
+            "The security token included in the request is invalid.",
+        );
+        assert!(bad_key.is_permission_denied());
+        // A missing secret whose name (quoted in the message) happens to read like a denial.
+        let missing = service(
+            "ResourceNotFoundException",
+            400,
+            "AccessDenied-audit",
+            "Secrets Manager can't find the specified secret AccessDenied-audit: not authorized",
+        );
+        assert!(!missing.is_permission_denied());
+        let throttled = service("ThrottlingException", 400, "apps/db", "Rate exceeded");
+        assert!(!throttled.is_permission_denied() && throttled.is_retryable());
+    }
 
     #[test]
     fn the_state_name_of_an_arn_is_the_state_name_of_its_secret_name() {

@@ -213,11 +213,15 @@ impl StoreError {
         let Self::Backend { source, .. } = self else {
             return false;
         };
+        // Each backend classifies its own typed error where it arises; the message is never
+        // read, since a secret name or a server's words could say anything.
         if let Some(v) = source.downcast_ref::<keyturn_core::vault::VaultError>() {
-            return v.exit_code() == 77;
+            return matches!(v, keyturn_core::vault::VaultError::PermissionDenied { .. });
         }
-        let text = source.to_string();
-        text.contains("AccessDenied") || text.contains("not authorized")
+        if let Some(a) = source.downcast_ref::<aws_sm::AwsSmError>() {
+            return a.is_permission_denied();
+        }
+        false
     }
 }
 
