@@ -751,3 +751,28 @@ async fn a_throttled_kubernetes_api_gets_one_request_per_delivery_not_a_retry_st
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test]
+async fn a_listen_address_in_use_exits_64_before_vault_is_asked() {
+    let e = Env::new().await;
+    e.write_policy("api", "");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    // Vault here is a port that counts connections and never answers.
+    let fake_vault = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fake_vault.set_nonblocking(true).unwrap();
+    let out = e
+        .cmd(&["run", "--listen", &listen], "agent-1")
+        .env(
+            "VAULT_ADDR",
+            format!("http://{}", fake_vault.local_addr().unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("--listen"), "{}", text(&out));
+    assert!(
+        fake_vault.accept().is_err(),
+        "Vault was contacted before the listen address was checked"
+    );
+}

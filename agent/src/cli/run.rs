@@ -87,6 +87,22 @@ pub fn run(args: RunArgs) -> u8 {
         }
     };
     rt.block_on(async move {
+        // Bound before any network call: a port in use or not allowed is a configuration
+        // error of this process (64, or 77 for a privileged port), not a server being down.
+        let listener = match args.listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("keyturn: --listen {addr}: cannot listen: {e}");
+                    return if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        exit::NO_PERMISSION
+                    } else {
+                        exit::USAGE
+                    };
+                }
+            },
+        };
         let p = match args.common.prepare().await {
             Ok(p) => p,
             Err(code) => return code,
@@ -94,16 +110,9 @@ pub fn run(args: RunArgs) -> u8 {
         let metrics = Metrics::new(Some(p.audit.clone()));
         let (ready_tx, ready_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
-        if let Some(addr) = args.listen {
+        if let Some(listener) = listener {
             let metrics = metrics.clone();
             let mut stop = stop_rx.clone();
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("keyturn: cannot listen on {addr}: {e}");
-                    return exit::UNAVAILABLE;
-                }
-            };
             // Header timeouts and a connection cap: idle sockets cannot starve the probes.
             tokio::spawn(server::serve_on(
                 listener,
