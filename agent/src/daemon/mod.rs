@@ -151,6 +151,7 @@ impl Daemon {
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = watch_dir(&self.cfg.policies, reload_tx)?;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Vec<(Arc<Policy>, Scan)>>();
         let mut tasks = JoinSet::new();
         let mut queue = Queue::new();
         let mut running: BTreeMap<String, ()> = BTreeMap::new();
@@ -160,9 +161,10 @@ impl Daemon {
         for p in policies.values() {
             self.metrics.register_policy(&p.name);
         }
-        let scan = self.scan(&policies).await;
+        let scanned = scan(self.backends.clone(), policies.values().cloned().collect()).await;
         let mut resume = Vec::new();
-        for (name, found) in scan {
+        for (p, found) in scanned {
+            let name = p.name.clone();
             match found {
                 // A rotation a failing run left in flight waits for its recorded retry time,
                 // so a crash loop does not become a request loop.
@@ -214,6 +216,11 @@ impl Daemon {
         let mut journal_tick =
             tokio::time::interval(self.cfg.journal_poll.max(Duration::from_millis(100)));
         journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The read runs in a task of its own, one at a time, its answer coming back here: a
+        // failing Vault makes the client retry for about 40 s, and awaited in this loop that
+        // stalled every timer (and every other store's rotations) for as long as Vault failed.
+        let (journal_tx, mut journal_rx) = mpsc::channel(1);
+        let mut journal_reading = false;
 
         tokio::pin!(shutdown);
         loop {
@@ -262,14 +269,40 @@ impl Daemon {
                         Err(e) => tracing::error!(errors = %e, "policy change rejected; the previous policies stay in force"),
                         Ok(new) => {
                             let new: BTreeMap<String, Arc<Policy>> = new.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
-                            self.apply_reload(&mut queue, &mut failing, &policies, &new, &running).await;
+                            let changed = self.apply_reload(&mut queue, &mut failing, &policies, &new, &running);
                             policies = new;
+                            // The changed policies' state is read in a task of its own: with
+                            // Vault failing, reads retry for tens of seconds, and awaited here
+                            // they would stall every timer.
+                            let (tx, backends) = (scanned_tx.clone(), self.backends.clone());
+                            tokio::spawn(async move {
+                                let _ = tx.send(scan(backends, changed).await);
+                            });
                         }
                     }
                 }
-                _ = journal_tick.tick(), if journal.is_some() => {
-                    let Some((j, vault)) = &journal else { continue };
-                    match j.read(vault).await {
+                Some(results) = scanned_rx.recv() => {
+                    for (p, found) in results {
+                        // A result for a version of the policy that a later reload replaced,
+                        // removed, or that is rotating now, is stale: that reload, or the
+                        // rotation's end, queues the policy.
+                        let current = policies.get(&p.name).is_some_and(|cur| **cur == *p);
+                        if current && !running.contains_key(&p.name) {
+                            self.queue_scanned(&mut queue, &mut failing, &p, found);
+                        }
+                    }
+                }
+                _ = journal_tick.tick(), if journal.is_some() && !journal_reading => {
+                    let Some((j, vault)) = journal.clone() else { continue };
+                    journal_reading = true;
+                    let tx = journal_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(j.read(&vault).await).await;
+                    });
+                }
+                Some(read) = journal_rx.recv() => {
+                    journal_reading = false;
+                    match read {
                         Ok((entries, _)) => {
                             let newest = entries.last().map_or(0, |e| e.seq);
                             // The first read is the baseline: earlier actions are in the audit
@@ -343,51 +376,6 @@ impl Daemon {
                 failed,
             });
         });
-    }
-
-    /// Reads every policy's state with bounded concurrency.
-    async fn scan(&self, policies: &BTreeMap<String, Arc<Policy>>) -> Vec<(String, Scan)> {
-        let limit = Arc::new(Semaphore::new(32));
-        let mut set = JoinSet::new();
-        for p in policies.values() {
-            let p = p.clone();
-            let backends = self.backends.clone();
-            let limit = limit.clone();
-            set.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let found = match backends.store(&p) {
-                    Err(e) => {
-                        tracing::error!(error = %e, "policy cannot run");
-                        Scan::Unreadable
-                    }
-                    Ok(store) => match store.view().await {
-                        Ok(v) if v.state.in_flight.is_some() => Scan::InFlight(v.state.failures),
-                        Ok(v) => Scan::Last(Found {
-                            last_ok: v
-                                .state
-                                .last
-                                .filter(|l| l.outcome == "ok")
-                                .map(|l| l.started_at),
-                            taint: v.state.taint.map(|t| t.rotate_after),
-                            created: v.current.and_then(|c| c.created),
-                            failures: v.state.failures,
-                        }),
-                        Err(e) => {
-                            tracing::error!(policy = %p.name, error = %e, "cannot read rotation state");
-                            Scan::Unreadable
-                        }
-                    },
-                };
-                (p.name.clone(), found)
-            });
-        }
-        let mut out = Vec::with_capacity(policies.len());
-        while let Some(r) = set.join_next().await {
-            if let Ok(x) = r {
-                out.push(x);
-            }
-        }
-        out
     }
 
     /// Queues `p`'s next slot after its last good rotation (`last`), or its taint's due time
@@ -515,46 +503,104 @@ impl Daemon {
         );
     }
 
-    async fn apply_reload(
+    /// Applies a new policy set to the queue: removed policies are forgotten, changed ones
+    /// (not rotating now) leave the queue until their state is read again; returns those.
+    fn apply_reload(
         &self,
         queue: &mut Queue,
         failing: &mut BTreeMap<String, Failing>,
         old: &BTreeMap<String, Arc<Policy>>,
         new: &BTreeMap<String, Arc<Policy>>,
         running: &BTreeMap<String, ()>,
-    ) {
+    ) -> Vec<Arc<Policy>> {
         for name in old.keys().filter(|n| !new.contains_key(*n)) {
             queue.cancel(name);
             failing.remove(name);
             self.metrics.forget(name);
         }
-        let changed: BTreeMap<String, Arc<Policy>> = new
+        let changed: Vec<Arc<Policy>> = new
             .iter()
             .filter(|(n, p)| old.get(*n).is_none_or(|o| o != *p) && !running.contains_key(*n))
-            .map(|(n, p)| (n.clone(), p.clone()))
+            .map(|(_, p)| p.clone())
             .collect();
-        for name in changed.keys() {
-            self.metrics.register_policy(name);
-        }
-        for (name, found) in self.scan(&changed).await {
-            match found {
-                // A changed policy keeps its failure count: editing a file is no reason to
-                // retry a failing target at once.
-                Scan::InFlight(_) | Scan::Unreadable => {
-                    self.failed(queue, failing, &new[&name], DateTime::<Utc>::UNIX_EPOCH);
-                }
-                Scan::Last(found) => {
-                    failing.remove(&name);
-                    self.resume_idle(queue, failing, &new[&name], found);
-                }
-            }
+        for p in &changed {
+            queue.cancel(&p.name);
+            self.metrics.register_policy(&p.name);
         }
         tracing::info!(
             policies = new.len(),
             changed = changed.len(),
             "policies reloaded"
         );
+        changed
     }
+
+    /// Queues a changed policy once its state has been read.
+    fn queue_scanned(
+        &self,
+        queue: &mut Queue,
+        failing: &mut BTreeMap<String, Failing>,
+        p: &Policy,
+        found: Scan,
+    ) {
+        match found {
+            // A changed policy keeps its failure count: editing a file is no reason to
+            // retry a failing target at once.
+            Scan::InFlight(_) | Scan::Unreadable => {
+                self.failed(queue, failing, p, DateTime::<Utc>::UNIX_EPOCH);
+            }
+            Scan::Last(found) => {
+                failing.remove(&p.name);
+                self.resume_idle(queue, failing, p, found);
+            }
+        }
+    }
+}
+
+/// Reads the state of each of `policies` with bounded concurrency. A free function, so a
+/// reload can run it in a task of its own while the timers go on.
+async fn scan(backends: Backends, policies: Vec<Arc<Policy>>) -> Vec<(Arc<Policy>, Scan)> {
+    let limit = Arc::new(Semaphore::new(32));
+    let mut set = JoinSet::new();
+    let n = policies.len();
+    for p in policies {
+        let backends = backends.clone();
+        let limit = limit.clone();
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let found = match backends.store(&p) {
+                Err(e) => {
+                    tracing::error!(error = %e, "policy cannot run");
+                    Scan::Unreadable
+                }
+                Ok(store) => match store.view().await {
+                    Ok(v) if v.state.in_flight.is_some() => Scan::InFlight(v.state.failures),
+                    Ok(v) => Scan::Last(Found {
+                        last_ok: v
+                            .state
+                            .last
+                            .filter(|l| l.outcome == "ok")
+                            .map(|l| l.started_at),
+                        taint: v.state.taint.map(|t| t.rotate_after),
+                        created: v.current.and_then(|c| c.created),
+                        failures: v.state.failures,
+                    }),
+                    Err(e) => {
+                        tracing::error!(policy = %p.name, error = %e, "cannot read rotation state");
+                        Scan::Unreadable
+                    }
+                },
+            };
+            (p, found)
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        if let Ok(x) = r {
+            out.push(x);
+        }
+    }
+    out
 }
 
 enum Scan {
