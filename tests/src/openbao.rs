@@ -1,4 +1,6 @@
-//! A real OpenBao dev server on a loopback port of its own.
+//! A real OpenBao server on a loopback port of its own: `bao server -dev` (in-memory) by
+//! default, or with persistent (Raft) storage in a temp dir ([`OpenBao::start_persistent`]) for tests that
+//! restart it and need its state to survive.
 
 use std::time::Duration;
 
@@ -9,8 +11,9 @@ use serde_json::Value;
 
 use crate::process::{ServerProcess, Spawn, free_port};
 
-/// A running `bao server -dev`: in-memory storage, unsealed, KV v2 at `secret/`, and a root
-/// token of its own. Dropping it stops the server.
+/// A running OpenBao: unsealed, KV v2 at `secret/`, and a root token of its own. By default
+/// `bao server -dev` with in-memory storage; [`OpenBao::start_persistent`] gives one with file
+/// storage that [`OpenBao::restart`] can stop and start again. Dropping it stops the server.
 #[derive(Debug)]
 pub struct OpenBao {
     proc: ServerProcess,
@@ -18,7 +21,19 @@ pub struct OpenBao {
     root_token: String,
     http: reqwest::Client,
     audit_log: std::path::PathBuf,
+    /// How to start it again, for a server with persistent storage.
+    persistent: Option<Persistent>,
     _dir: tempfile::TempDir,
+}
+
+/// What a restart of a file-storage server needs: its command line and its unseal key.
+#[derive(Debug)]
+struct Persistent {
+    args: Vec<String>,
+    /// The single unseal key share (a test credential).
+    unseal_key: String,
+    /// How many times the server has been started, to name each run's log.
+    starts: u32,
 }
 
 impl OpenBao {
@@ -103,8 +118,172 @@ impl OpenBao {
             root_token,
             http,
             audit_log,
+            persistent: None,
             _dir: dir,
         })
+    }
+
+    /// Starts a server with persistent storage in a temp dir (not `-dev`; OpenBao's integrated
+    /// Raft storage with one node, as it has no `file` backend): initialised with one
+    /// unseal key share, unsealed through the API, KV v2 enabled at `secret/`. Its data
+    /// survives [`OpenBao::restart`], on the same port.
+    ///
+    /// # Errors
+    /// When `bao` is missing or the server does not come up, initialise or unseal.
+    pub async fn start_persistent() -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_persistent_on(free_port()).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("openbao did not start")))
+    }
+
+    async fn start_persistent_on(port: u16) -> anyhow::Result<Self> {
+        let bao = crate::tools::bao()?;
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data)?;
+        let audit_log = dir.path().join("bao-audit.log");
+        let config = dir.path().join("server.hcl");
+        // OpenBao has no `file` storage backend; integrated storage (Raft) with one node is
+        // its persistent one. The cluster port is fixed in the config so a restart finds it.
+        let cluster_port = free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "storage \"raft\" {{\n  path = {data:?}\n  node_id = \"node1\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster_port}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"http://127.0.0.1:{port}\"\n\
+                 cluster_addr = \"http://127.0.0.1:{cluster_port}\"\n\
+                 audit \"file\" \"test\" {{\n  options {{\n    file_path = {audit:?}\n  }}\n}}\n",
+                data = data.display().to_string(),
+                audit = audit_log.display().to_string(),
+            ),
+        )?;
+        let args = vec![
+            "server".to_owned(),
+            format!("-config={}", config.display()),
+            "-log-level=warn".into(),
+        ];
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let proc = spawn_persistent(&bao, &args, dir.path(), 0, port, &http).await?;
+        let init: Value = http
+            .put(format!("http://127.0.0.1:{port}/v1/sys/init"))
+            .json(&serde_json::json!({ "secret_shares": 1, "secret_threshold": 1 }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let unseal_key = init["keys_base64"][0]
+            .as_str()
+            .context("no unseal key in the init answer")?
+            .to_owned();
+        let root_token = init["root_token"]
+            .as_str()
+            .context("no root token in the init answer")?
+            .to_owned();
+        let mut s = Self {
+            proc,
+            port,
+            root_token,
+            http,
+            audit_log,
+            persistent: Some(Persistent {
+                args,
+                unseal_key,
+                starts: 1,
+            }),
+            _dir: dir,
+        };
+        s.unseal().await?;
+        s.mount("secret", "kv", Some(serde_json::json!({ "version": "2" })))
+            .await?;
+        // A new KV v2 mount upgrades itself in the background and answers errors until done.
+        let probe = "secret/data/openbao-harness-probe";
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while s
+            .api(
+                "POST",
+                probe,
+                Some(serde_json::json!({ "data": { "ok": "1" } })),
+            )
+            .await
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("KV v2 at secret/ did not become writable");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(s)
+    }
+
+    /// Stops a server started by [`OpenBao::start_persistent`] (its graceful signal, then
+    /// SIGKILL after 10 s). Its port refuses connections until [`OpenBao::restart`].
+    ///
+    /// # Panics
+    /// For a `-dev` server, whose state would be lost.
+    pub fn stop(&mut self) {
+        assert!(
+            self.persistent.is_some(),
+            "only a server with persistent storage can be stopped and started again"
+        );
+        self.proc.stop();
+    }
+
+    /// Stops the server if it runs, starts it again on the same port with the same data,
+    /// and unseals it; returns once it answers as active and unsealed.
+    ///
+    /// # Errors
+    /// When it does not come back or does not unseal.
+    ///
+    /// # Panics
+    /// For a `-dev` server.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let bao = crate::tools::bao()?;
+        let p = self
+            .persistent
+            .as_mut()
+            .expect("only a server with persistent storage can be restarted");
+        self.proc.stop();
+        let run = p.starts;
+        p.starts += 1;
+        let args = p.args.clone();
+        self.proc =
+            spawn_persistent(&bao, &args, self._dir.path(), run, self.port, &self.http).await?;
+        self.unseal().await
+    }
+
+    async fn unseal(&mut self) -> anyhow::Result<()> {
+        let key = self
+            .persistent
+            .as_ref()
+            .map(|p| p.unseal_key.clone())
+            .context("not a server with persistent storage")?;
+        self.http
+            .put(format!("{}/v1/sys/unseal", self.addr()))
+            .json(&serde_json::json!({ "key": key }))
+            .send()
+            .await?
+            .error_for_status()?;
+        // 200 from sys/health means initialised, unsealed and active: mounts are loaded.
+        let health = format!("{}/v1/sys/health", self.addr());
+        let http = self.http.clone();
+        self.proc
+            .wait_ready(Duration::from_secs(30), || {
+                let http = http.clone();
+                let health = health.clone();
+                async move {
+                    matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+                }
+            })
+            .await
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -141,10 +320,16 @@ impl OpenBao {
             .count()
     }
 
-    /// The server's log so far.
+    /// The server's log so far (since its last start).
     #[must_use]
     pub fn log(&self) -> String {
         self.proc.log()
+    }
+
+    /// The process id of the running server.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// A keyturn Vault configuration pointing here, carrying `token` if given.
@@ -301,4 +486,34 @@ impl OpenBao {
             .await
             .map(drop)
     }
+}
+
+/// Starts `bao ARGS` (a file-storage server) and waits until its API answers at all: sealed
+/// or not initialised is an answer (sys/seal-status is open to everyone).
+async fn spawn_persistent(
+    bao: &std::path::Path,
+    args: &[String],
+    dir: &std::path::Path,
+    run: u32,
+    port: u16,
+    http: &reqwest::Client,
+) -> anyhow::Result<ServerProcess> {
+    let mut proc = Spawn {
+        name: "openbao",
+        program: bao,
+        args: args.to_vec(),
+        env: vec![("HOME".into(), dir.display().to_string())],
+        user: None,
+        log: dir.join(format!("openbao-{run}.log")),
+        stop_signal: "TERM",
+    }
+    .start()?;
+    let status = format!("http://127.0.0.1:{port}/v1/sys/seal-status");
+    proc.wait_ready(Duration::from_secs(30), || {
+        let http = http.clone();
+        let status = status.clone();
+        async move { matches!(http.get(&status).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await?;
+    Ok(proc)
 }

@@ -13,12 +13,19 @@ use crate::process::{ServerProcess, Spawn, free_port};
 pub const SUPERUSER: &str = "postgres";
 
 /// A running cluster with password (SCRAM) authentication over TCP. Dropping it stops the
-/// server (fast shutdown) and removes its data.
+/// server (fast shutdown) and removes its data. [`Postgres::restart`] stops it and starts it
+/// again on the same port with the same data.
 #[derive(Debug)]
 pub struct Postgres {
     proc: ServerProcess,
     port: u16,
     password: String,
+    /// The `postgres` command line, for a restart.
+    args: Vec<String>,
+    /// The user the server runs as (when the tests run as root).
+    user: Option<&'static str>,
+    /// How many times the server has been started, to name each run's log.
+    starts: u32,
     _dir: tempfile::TempDir,
 }
 
@@ -94,38 +101,21 @@ impl Postgres {
                 args.push("-c".into());
                 args.push(format!("{k}={v}"));
             }
-            let mut proc = Spawn {
-                name: "postgres",
-                program: &postgres,
-                args,
-                env: vec![],
+            let mut proc = spawn(
+                &postgres,
+                &args,
                 user,
-                log: dir.path().join(format!("postgres-{port}.log")),
-                // SIGINT is PostgreSQL's fast shutdown: it does not wait for clients.
-                stop_signal: "INT",
-            }
-            .start()?;
-            // An open port is not enough: the server accepts TCP before it accepts logins
-            // ("the database system is starting up"), so wait for a real login.
-            let conn = format!(
-                "host=127.0.0.1 port={port} user={SUPERUSER} password={password} dbname=postgres connect_timeout=5"
-            );
-            let ready = proc
-                .wait_ready(Duration::from_secs(30), || {
-                    let conn = conn.clone();
-                    async move {
-                        tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-                            .await
-                            .is_ok()
-                    }
-                })
-                .await;
-            match ready {
+                &dir.path().join(format!("postgres-{port}.log")),
+            )?;
+            match wait_login(&mut proc, port, &password).await {
                 Ok(()) => {
                     return Ok(Self {
                         proc,
                         port,
                         password,
+                        args,
+                        user,
+                        starts: 1,
                         _dir: dir,
                     });
                 }
@@ -182,11 +172,71 @@ impl Postgres {
         Ok(self.connect_as(SUPERUSER, &self.password).await?)
     }
 
-    /// The server's log so far (with `log_statement=all`, every statement).
+    /// The server's log so far (with `log_statement=all`, every statement), since its last
+    /// start.
     #[must_use]
     pub fn log(&self) -> String {
         self.proc.log()
     }
+
+    /// Stops the server (fast shutdown: clients are disconnected). Its port refuses
+    /// connections until [`Postgres::restart`].
+    pub fn stop(&mut self) {
+        self.proc.stop();
+    }
+
+    /// Stops the server if it runs and starts it again on the same port with the same data;
+    /// returns once it accepts logins.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let postgres = crate::tools::postgres("postgres")?;
+        self.proc.stop();
+        let log = self
+            ._dir
+            .path()
+            .join(format!("postgres-{}-run{}.log", self.port, self.starts));
+        self.starts += 1;
+        self.proc = spawn(&postgres, &self.args, self.user, &log)?;
+        wait_login(&mut self.proc, self.port, &self.password).await
+    }
+}
+
+fn spawn(
+    postgres: &Path,
+    args: &[String],
+    user: Option<&str>,
+    log: &Path,
+) -> anyhow::Result<ServerProcess> {
+    Spawn {
+        name: "postgres",
+        program: postgres,
+        args: args.to_vec(),
+        env: vec![],
+        user,
+        log: log.to_owned(),
+        // SIGINT is PostgreSQL's fast shutdown: it does not wait for clients.
+        stop_signal: "INT",
+    }
+    .start()
+}
+
+/// An open port is not enough: the server accepts TCP before it accepts logins ("the
+/// database system is starting up"), so wait for a real login.
+async fn wait_login(proc: &mut ServerProcess, port: u16, password: &str) -> anyhow::Result<()> {
+    let conn = format!(
+        "host=127.0.0.1 port={port} user={SUPERUSER} password={password} dbname=postgres connect_timeout=5"
+    );
+    proc.wait_ready(Duration::from_secs(30), || {
+        let conn = conn.clone();
+        async move {
+            tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        }
+    })
+    .await
 }
 
 fn is_root() -> bool {
