@@ -71,41 +71,16 @@ pub enum ScheduleError {
     },
 }
 
-/// The most characters of one echoed value a message shows.
-const ECHO_MAX: usize = 100;
-
-/// `s` as a message quotes it: `{:?}`-escaped (a control character cannot drive the reader's
-/// terminal) and cut after [`ECHO_MAX`] characters with its full length, so that a 1 MB value
-/// cannot bury the message it is part of.
+/// `s` as a message quotes it: escaped (a control character cannot drive the reader's
+/// terminal) and capped, so that a 1 MB value cannot bury the message it is part of.
 pub(crate) fn shown(s: &str) -> String {
-    let mut out = String::from("\"");
-    for (i, c) in s.chars().enumerate() {
-        if i == ECHO_MAX {
-            out.push_str(&format!("\"… ({} bytes)", s.len()));
-            return out;
-        }
-        out.extend(c.escape_debug());
-    }
-    out.push('"');
-    out
+    keyturn_core::text::echo(s)
 }
 
 /// A sentence from a library (the `cron` and `humantime` parsers quote the input back):
 /// control characters escaped and at most a few hundred characters kept.
 fn shown_text(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == 3 * ECHO_MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    keyturn_core::text::clean(s, 3 * keyturn_core::text::ECHO_MAX)
 }
 
 /// When a policy's rotations fall due.
