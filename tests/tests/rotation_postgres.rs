@@ -779,6 +779,25 @@ async fn a_set_that_fails_five_times_is_audited_as_five_intents_and_five_errors_
         "audit chain"
     );
     assert_no_password_leaked(&e, &[]);
+
+    // The failed rotation did not serve its slot: once the cause is gone, the same slot's
+    // retry rotates (it used to count as served, leaving the policy a whole period late).
+    e.pg.admin()
+        .await
+        .unwrap()
+        .batch_execute("ALTER ROLE app NOSUPERUSER")
+        .await
+        .unwrap();
+    let due = chrono::Utc::now() - chrono::Duration::hours(1);
+    let store = VaultKvStore::new(e.vault.clone(), MOUNT, PATH);
+    let retried = engine(&e)
+        .rotate(&e.policy, &store, &e.target, &Trigger::Schedule { due })
+        .await
+        .unwrap();
+    assert!(
+        matches!(retried, RotationOutcome::Rotated { .. }),
+        "{retried:?}"
+    );
 }
 
 /// An audit file that fails as a full disk does (`ENOSPC`) on the first batch that holds the
