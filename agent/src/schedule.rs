@@ -199,7 +199,7 @@ impl Schedule {
             Self::Every(d) => Some(*d),
             Self::Cron { schedule, tz, .. } => {
                 let slots: Vec<_> = schedule
-                    .after(&from.with_timezone(tz))
+                    .after(&within_cron_range(from)?.with_timezone(tz))
                     .take(GAP_SAMPLE)
                     .collect();
                 slots
@@ -225,7 +225,7 @@ impl Schedule {
         match self {
             Self::Every(d) => last.checked_add_signed(chrono::Duration::from_std(*d).ok()?),
             Self::Cron { schedule, tz, .. } => schedule
-                .after(&last.with_timezone(tz))
+                .after(&within_cron_range(last)?.with_timezone(tz))
                 .next()
                 .map(|t| t.with_timezone(&Utc)),
         }
@@ -246,6 +246,15 @@ impl Schedule {
             Self::Cron { .. } => self.next_due(Some(now.max(due))),
         }
     }
+}
+
+/// `from`, if the `cron` crate can search for slots after it: it steps forward with unchecked
+/// additions, which panic (`DateTime + TimeDelta overflowed`) within a few years of chrono's
+/// last instant. Found by fuzzing (`* * * * *` after `DateTime::MAX_UTC`); such an instant only
+/// comes from a clock or a stored rotation time gone wrong, and has no slot after it.
+fn within_cron_range(from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let horizon = DateTime::<Utc>::MAX_UTC.checked_sub_signed(chrono::Duration::days(3700))?;
+    (from <= horizon).then_some(from)
 }
 
 /// How long after its `failures`-th consecutive failure (1 for the first) a policy is tried
@@ -426,6 +435,19 @@ pub fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use chrono::{Datelike, Timelike, Weekday};
+
+    #[test]
+    fn a_cron_slot_after_the_end_of_chronos_range_is_none_not_a_panic() {
+        let s = Schedule::cron("* * * * *", None).unwrap();
+        assert_eq!(s.next_due(Some(DateTime::<Utc>::MAX_UTC)), None);
+        assert_eq!(s.shortest_gap(DateTime::<Utc>::MAX_UTC), None);
+        assert_eq!(
+            s.slot_after(DateTime::<Utc>::UNIX_EPOCH, DateTime::<Utc>::MAX_UTC),
+            None
+        );
+        let later = utc(2090, 12, 31, 23, 59);
+        assert!(s.next_due(Some(later)).is_some_and(|t| t > later));
+    }
 
     #[test]
     fn daily_at_three_is_next_day_after_the_last_rotation() {
