@@ -10,3 +10,4 @@ echo "[test] cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "[test] cargo nextest run" >&2
 cargo nextest run --workspace --locked --profile "${KEYTURN_NEXTEST_PROFILE:-default}" "$@"
+./dev/fuzz.sh 15
