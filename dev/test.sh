@@ -10,4 +10,5 @@ echo "[test] cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "[test] cargo nextest run" >&2
 cargo nextest run --workspace --locked --profile "${KEYTURN_NEXTEST_PROFILE:-default}" "$@"
-./dev/fuzz.sh 15
+echo "[test] fuzz smoke run (dev/fuzz.sh)" >&2
+KEYTURN_FUZZ_DEV=1 ./dev/fuzz.sh 15
