@@ -477,9 +477,7 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
 /// # Errors
 /// A message naming `name`.
 pub fn no_userinfo(name: &str, addr: &str) -> Result<(), String> {
-    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') {
+    if keyturn_core::vault::config::has_userinfo(addr) {
         return Err(format!(
             "{name}: a Vault address must not carry credentials (user:password@); \
              keyturn-init logs in with the auth method"

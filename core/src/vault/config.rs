@@ -19,6 +19,16 @@ pub enum ConfigError {
         /// The address as given (an address is not a secret).
         addr: String,
     },
+    /// The address carries credentials (`https://user:password@vault`): every message and
+    /// log line about a request names the address, so the password would follow it. The
+    /// address is not echoed.
+    #[error(
+        "{source_name}: a Vault address must not carry credentials (user:password@); keyturn logs in with an auth method or a token"
+    )]
+    AddressWithCredentials {
+        /// Where the address came from.
+        source_name: String,
+    },
     /// The CA bundle cannot be read.
     #[error("VAULT_CACERT {path}: {cause}")]
     CaCert {
@@ -160,10 +170,24 @@ pub fn check_addr(source_name: &str, addr: &str) -> Result<(), ConfigError> {
         .strip_prefix("http://")
         .or_else(|| addr.strip_prefix("https://"))
         .ok_or_else(bad)?;
+    if has_userinfo(addr) {
+        return Err(ConfigError::AddressWithCredentials {
+            source_name: source_name.into(),
+        });
+    }
     if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
         return Err(bad());
     }
     Ok(())
+}
+
+/// Whether a URL's authority carries credentials (`user:password@host`).
+#[must_use]
+pub fn has_userinfo(addr: &str) -> bool {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
@@ -246,6 +270,16 @@ mod tests {
         let c = cfg(&[], Some(home.path().to_owned())).unwrap();
         assert_eq!(c.addr, DEFAULT_ADDR);
         assert_eq!(c.token.unwrap().expose(), b"s.fromfile");
+    }
+
+    #[test]
+    fn an_address_with_credentials_is_refused_without_echoing_them() {
+        let e = check_addr("VAULT_ADDR", "https://admin:canary-pw@vault:8200").unwrap_err();
+        assert!(matches!(e, ConfigError::AddressWithCredentials { .. }));
+        assert!(e.to_string().starts_with("VAULT_ADDR:"), "{e}");
+        assert!(!e.to_string().contains("canary-pw"), "{e}");
+        // An @ in the path or query is not userinfo.
+        assert!(check_addr("VAULT_ADDR", "https://vault:8200/x@y").is_ok());
     }
 
     #[test]
