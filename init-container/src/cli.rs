@@ -59,6 +59,12 @@ pub struct Cli {
     #[arg(long, env = "KEYTURN_AUDIT_STDOUT", value_parser = Checked(parse_bool), default_value = "false", num_args = 0, default_missing_value = "true")]
     pub audit_stdout: bool,
 
+    /// Record the audit log's last entry (seq, hash, MAC) in Vault at this KV v2 path
+    /// (`vault-kv:MOUNT/PATH`, one per pod, written with the pod's token before it is
+    /// revoked), so `keyturn audit verify --anchor` catches a log cut short or replaced.
+    #[arg(long, env = "KEYTURN_AUDIT_ANCHOR", value_name = "vault-kv:MOUNT/PATH")]
+    pub audit_anchor: Option<keyturn_core::audit::AnchorLocation>,
+
     /// The service-account token (or JWT) for kubernetes/jwt auth when the manifest names
     /// none; default: /var/run/secrets/kubernetes.io/serviceaccount/token.
     #[arg(long, env = "KEYTURN_INIT_JWT_FILE", value_name = "FILE")]

@@ -278,6 +278,7 @@ pub async fn run(cli: &Cli) -> Outcome {
     })
     .await;
     let login = login.into_inner();
+    let vault = std::sync::Arc::new(vault);
     let actor = crate::audit::actor(
         &prepared.identity,
         login.as_ref().map_or("", |l| l.entity_id.as_str()),
@@ -316,7 +317,9 @@ pub async fn run(cli: &Cli) -> Outcome {
             );
             // Every value is in memory, so a token that will be revoked whatever the writes
             // do is revoked while they run rather than after them.
+            // (Not when the audit head is anchored: that write needs the token.)
             let r = if login.is_some()
+                && cli.audit_anchor.is_none()
                 && keep_reason(cli, prepared.owns_token, Some(set.has_leases())).is_none()
             {
                 revoked = true;
@@ -329,6 +332,10 @@ pub async fn run(cli: &Cli) -> Outcome {
         }
     };
 
+    // The audit head goes to its anchor while the token still works.
+    if let (Some(location), true) = (&cli.audit_anchor, login.is_some()) {
+        anchor_head(&vault, location, &audit_log).await;
+    }
     // 6. Revoke, unless the token is wanted or not ours (or was revoked above).
     if let Some(info) = login.as_ref().filter(|_| !revoked) {
         let leases = result.as_ref().ok().map(|(_, leases)| *leases);
@@ -352,6 +359,30 @@ pub async fn run(cli: &Cli) -> Outcome {
             }
         }
         Err(f) => Outcome::failed(f),
+    }
+}
+
+/// Records the audit log's last entry in its anchor. A failure is a warning, not a failed
+/// run: every read is already in the log (fail closed applies there); the anchor only adds
+/// evidence against the log being cut later, and the previous anchor still holds.
+async fn anchor_head(
+    vault: &std::sync::Arc<Vault>,
+    location: &keyturn_core::audit::AnchorLocation,
+    audit_log: &keyturn_core::audit::AuditLog,
+) {
+    let Some(head) = audit_log.head() else { return };
+    let anchor = keyturn_core::audit::Anchor::new(
+        vault.clone(),
+        location.clone(),
+        audit_log.hmac_key().chain_key(),
+    );
+    // Bounded like the revoke: the files are in place whatever happens here.
+    match tokio::time::timeout(Duration::from_secs(5), anchor.record(head)).await {
+        Ok(Ok(_)) => tracing::debug!(anchor = %location, seq = head.seq, "audit head anchored"),
+        Ok(Err(e)) => {
+            tracing::warn!(anchor = %location, error = %e, "could not anchor the audit head")
+        }
+        Err(_) => tracing::warn!(anchor = %location, "anchoring the audit head timed out"),
     }
 }
 

@@ -347,3 +347,79 @@ async fn a_server_that_does_not_answer_like_vault_is_described_without_its_body_
         f.assert_no_canary_leaked(&r);
     }
 }
+
+#[tokio::test]
+async fn with_an_audit_anchor_the_runs_head_is_in_vault_and_a_cut_log_is_caught() {
+    let mut f = Fixture::start().await;
+    let v = f.canary("v");
+    f.kv1("orders/app", json!({"v": v})).await;
+    f.bao
+        .put_policy("keyturn-init", &init_support::init_policy())
+        .await
+        .unwrap();
+    // The pod's own anchor path: create, read and update, nothing else.
+    f.bao
+        .put_policy(
+            "orders-anchor",
+            "path \"secret/data/audit-anchor/orders-pod\" { capabilities = [\"create\", \"read\", \"update\"] }",
+        )
+        .await
+        .unwrap();
+    f.bao.enable_auth("approle", "approle").await.unwrap();
+    f.bao
+        .api(
+            "POST",
+            "auth/approle/role/orders",
+            Some(json!({"token_policies": ["keyturn-init", "orders-anchor"]})),
+        )
+        .await
+        .unwrap();
+    let id = f
+        .bao
+        .api("GET", "auth/approle/role/orders/role-id", None)
+        .await
+        .unwrap();
+    let role_id = id["data"]["role_id"].as_str().unwrap().to_owned();
+    let anchor = "vault-kv:secret/audit-anchor/orders-pod";
+    let before = accessors(&f).await;
+    let m = approle_manifest(&f, &role_id).await;
+    let r = f.run_manifest(&m, &["--audit-anchor", anchor], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("could not anchor"), "{}", r.stderr);
+    // The anchor was written with the token, and the token is still revoked at exit.
+    assert_eq!(
+        accessors(&f).await,
+        before,
+        "the login token is still alive"
+    );
+    f.assert_no_canary_leaked(&r);
+
+    let verify = |file: &std::path::Path| {
+        std::process::Command::new(keyturn_tests::bins::keyturn())
+            .args(["audit", "verify", "--anchor", anchor])
+            .arg(file)
+            .env_clear()
+            .env("VAULT_ADDR", f.bao.addr())
+            .env("VAULT_TOKEN", f.bao.root_token())
+            .env("KEYTURN_AUDIT_HMAC_KEY_FILE", f.audit_key())
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&f.audit_file());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Without the read's own event, the log no longer reaches its anchor.
+    let full = std::fs::read_to_string(f.audit_file()).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    let cut = f.file("cut.jsonl", &(lines[..lines.len() - 1].join("\n") + "\n"));
+    let caught = verify(&cut);
+    assert_eq!(
+        caught.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&caught.stderr)
+    );
+}

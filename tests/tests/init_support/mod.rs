@@ -129,6 +129,11 @@ impl Fixture {
         p
     }
 
+    /// The audit HMAC key file the runs use.
+    pub fn audit_key(&self) -> PathBuf {
+        self.scratch.path().join("audit.key")
+    }
+
     /// The audit file the runs append to.
     pub fn audit_file(&self) -> PathBuf {
         self.scratch.path().join("audit.jsonl")
