@@ -622,7 +622,24 @@ impl AwsSmStore {
                 .filter(|w| versions.contains_key(w));
             self.move_stage(&self.secret_id, PENDING, Some(mine), winner.as_deref())
                 .await
-                .map_err(|e| self.backend(e))
+                .map_err(|e| self.backend(e))?;
+            // The winner may have finished between the state read and the move: its end of
+            // rotation cleared AWSPENDING before the label came back, which would then stay
+            // on a promoted version. Read the state again: if the winner is no longer in
+            // flight, take the label off. (If it still is, its own end of rotation comes
+            // after this read and clears the label.)
+            let Some(w) = winner else { return Ok(()) };
+            let (now, _) = self.read_state().await?;
+            if now.in_flight.is_some_and(|f| f.rotation_id == w) {
+                return Ok(());
+            }
+            match self
+                .move_stage(&self.secret_id, PENDING, Some(&w), None)
+                .await
+            {
+                Err(e) if e.code() == Some("InvalidParameterException") => Ok(()),
+                r => r.map_err(|e| self.backend(e)),
+            }
         }
         .await;
         if let Err(e) = r {
