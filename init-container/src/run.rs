@@ -4,7 +4,8 @@
 //!    and every target, read credential files, open the audit log — no network call yet, and
 //!    any problem exits 64 (or 74 for the output directory); a problem found after this
 //!    point is never 64 (see [`after_network`]);
-//! 2. disable core dumps;
+//! 2. (core dumps are already off: `main` turns them off before the command line is read,
+//!    since step 1 reads credential files);
 //! 3. log in and fetch every secret concurrently, all under one deadline;
 //! 4. record one audit event per read (fail closed);
 //! 5. render every file, then write them all atomically, or none;
@@ -248,13 +249,6 @@ pub async fn run(cli: &Cli) -> Outcome {
         Ok(l) => l,
         Err(e) => return Outcome::failed(vec![Failure::of(&e)]),
     };
-    // 2. Before any secret exists in this process.
-    if let Err(e) = keyturn_core::sys::disable_core_dumps() {
-        return Outcome::failed(vec![Failure::new(
-            ExitCode::Internal,
-            format!("cannot disable core dumps: {e}"),
-        )]);
-    }
     tracing::debug!(
         elapsed_us = started.elapsed().as_micros() as u64,
         "checks done; contacting vault"
