@@ -35,7 +35,7 @@
 
 use crate::manifest::{
     AuthSpec, Format, Loc, Manifest, ManifestError, Problems, SecretSpec, VaultSpec, check_files,
-    check_mode, no_userinfo, parse_mode, vault_path,
+    check_mode, parse_mode, vault_path,
 };
 use crate::paths::RelPath;
 use crate::template::Template;
@@ -261,8 +261,6 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         let name = format!("{PREFIX}service");
         if let Err(e) = keyturn_core::vault::config::check_addr(&name, a) {
             p.at(*at, e.to_string());
-        } else if let Err(m) = no_userinfo(&name, a) {
-            p.at(*at, m);
         }
     }
     let mount = auth_path

@@ -459,8 +459,6 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
     if let Some(a) = &v.address {
         if let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value) {
             p.at(Loc::of(a), e.to_string());
-        } else if let Err(m) = no_userinfo("address", &a.value) {
-            p.at(Loc::of(a), m);
         }
     }
     (p.list.len() == start).then(|| VaultSpec {
@@ -468,22 +466,6 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
         namespace: v.namespace.clone(),
         auth,
     })
-}
-
-/// Refuses a Vault address with credentials in it (`https://user:password@vault`): every
-/// message and log line about a request names the address, so the password would follow it
-/// into the pod's log. `name` names the field; the address itself is not echoed.
-///
-/// # Errors
-/// A message naming `name`.
-pub fn no_userinfo(name: &str, addr: &str) -> Result<(), String> {
-    if keyturn_core::vault::config::has_userinfo(addr) {
-        return Err(format!(
-            "{name}: a Vault address must not carry credentials (user:password@); \
-             keyturn-init logs in with the auth method"
-        ));
-    }
-    Ok(())
 }
 
 /// Normalizes and checks a Vault path: no leading/trailing `/`, no empty, `.` or `..`
@@ -938,7 +920,6 @@ mod tests {
         let e = e[0].to_string();
         assert!(e.contains("must not carry credentials"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(no_userinfo("a", "https://vault:8200/v1?x=a@b").is_ok());
     }
 
     #[test]

@@ -12,7 +12,10 @@ pub const DEFAULT_ADDR: &str = "https://127.0.0.1:8200";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The address is not an http(s) URL.
-    #[error("{source_name}: {addr:?} is not an http:// or https:// URL")]
+    #[error(
+        "{source_name}: {} is not an http:// or https:// URL",
+        crate::text::echo(addr)
+    )]
     BadAddress {
         /// Where the address came from (`VAULT_ADDR`, a manifest field, …).
         source_name: String,
@@ -166,15 +169,16 @@ pub fn check_addr(source_name: &str, addr: &str) -> Result<(), ConfigError> {
         source_name: source_name.into(),
         addr: addr.into(),
     };
-    let rest = addr
-        .strip_prefix("http://")
-        .or_else(|| addr.strip_prefix("https://"))
-        .ok_or_else(bad)?;
+    // First: every other error echoes the address, and a password in it must not follow.
     if has_userinfo(addr) {
         return Err(ConfigError::AddressWithCredentials {
             source_name: source_name.into(),
         });
     }
+    let rest = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .ok_or_else(bad)?;
     if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
         return Err(bad());
     }
@@ -277,6 +281,9 @@ mod tests {
         let e = check_addr("VAULT_ADDR", "https://admin:canary-pw@vault:8200").unwrap_err();
         assert!(matches!(e, ConfigError::AddressWithCredentials { .. }));
         assert!(e.to_string().starts_with("VAULT_ADDR:"), "{e}");
+        assert!(!e.to_string().contains("canary-pw"), "{e}");
+        // Whatever else is wrong with the address: the scheme is checked after.
+        let e = check_addr("VAULT_ADDR", "htps://admin:canary-pw@vault").unwrap_err();
         assert!(!e.to_string().contains("canary-pw"), "{e}");
         // An @ in the path or query is not userinfo.
         assert!(check_addr("VAULT_ADDR", "https://vault:8200/x@y").is_ok());
