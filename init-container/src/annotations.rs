@@ -257,11 +257,10 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
             String::new()
         }
     };
-    if let Some((a, at)) = &address {
-        let name = format!("{PREFIX}service");
-        if let Err(e) = keyturn_core::vault::config::check_addr(&name, a) {
-            p.at(*at, e.to_string());
-        }
+    if let Some((a, at)) = &address
+        && let Err(e) = keyturn_core::vault::config::check_addr(&format!("{PREFIX}service"), a)
+    {
+        p.at(*at, e.to_string());
     }
     let mount = auth_path
         .as_deref()

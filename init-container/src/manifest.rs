@@ -456,10 +456,10 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             return None;
         }
     };
-    if let Some(a) = &v.address {
-        if let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value) {
-            p.at(Loc::of(a), e.to_string());
-        }
+    if let Some(a) = &v.address
+        && let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value)
+    {
+        p.at(Loc::of(a), e.to_string());
     }
     (p.list.len() == start).then(|| VaultSpec {
         address: s(&v.address),
