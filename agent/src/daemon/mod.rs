@@ -102,11 +102,8 @@ struct Done {
     failed: bool,
 }
 
-/// A policy whose last attempt failed: how often in a row, for the backoff.
-#[derive(Debug, Clone, Copy)]
-struct Failing {
-    failures: u32,
-}
+/// Failing policies: how many attempts in a row did not complete, for the backoff.
+type Failing = BTreeMap<String, u32>;
 
 /// The daemon.
 #[derive(Debug)]
@@ -157,7 +154,7 @@ impl Daemon {
         let mut running: BTreeMap<String, ()> = BTreeMap::new();
 
         // Start-up: read each policy's state; resume in-flight rotations first, queue the rest.
-        let mut failing: BTreeMap<String, Failing> = BTreeMap::new();
+        let mut failing = Failing::new();
         for p in policies.values() {
             self.metrics.register_policy(&p.name);
         }
@@ -169,19 +166,16 @@ impl Daemon {
                 // A rotation a failing run left in flight waits for its recorded retry time,
                 // so a crash loop does not become a request loop.
                 Scan::InFlight(Some(f)) if f.retry_at > Utc::now() => {
-                    failing.insert(name.clone(), Failing { failures: f.count });
-                    let wait = (f.retry_at - Utc::now()).to_std().unwrap_or_default();
-                    self.metrics.backoff(&name, f.count, wait);
-                    self.metrics.next_rotation(&name, f.retry_at);
                     queue.schedule(Slot {
-                        policy: name,
+                        policy: name.clone(),
                         due: DateTime::<Utc>::UNIX_EPOCH,
                         fire_at: f.retry_at,
                     });
+                    self.keep_backoff(&mut queue, &mut failing, &name, &f);
                 }
                 Scan::InFlight(f) => {
                     if let Some(f) = f {
-                        failing.insert(name.clone(), Failing { failures: f.count });
+                        failing.insert(name.clone(), f.count);
                     }
                     resume.push(name);
                 }
@@ -407,57 +401,50 @@ impl Daemon {
 
     /// Queues an idle policy found by a scan: its next slot, unless a recorded run of
     /// failures says to wait for its retry time first.
-    fn resume_idle(
-        &self,
-        queue: &mut Queue,
-        failing: &mut BTreeMap<String, Failing>,
-        p: &Policy,
-        found: Found,
-    ) {
+    fn resume_idle(&self, queue: &mut Queue, failing: &mut Failing, p: &Policy, found: Found) {
         self.metrics.current_since(&p.name, found.created);
         self.queue_next(queue, p, found.last_ok, found.taint);
         if let Some(f) = found.failures {
-            failing.insert(p.name.clone(), Failing { failures: f.count });
-            let wait = (f.retry_at - Utc::now()).to_std().unwrap_or_default();
-            self.metrics.backoff(&p.name, f.count, wait);
-            queue.not_before(&p.name, f.retry_at);
-            if let Some(at) = queue.fire_time(&p.name) {
-                self.metrics.next_rotation(&p.name, at);
-            }
+            self.keep_backoff(queue, failing, &p.name, &f);
+        }
+    }
+
+    /// Keeps to a run of failures an earlier daemon recorded: the count goes on from it, and
+    /// the policy's queued slot waits for the recorded retry time.
+    fn keep_backoff(&self, queue: &mut Queue, failing: &mut Failing, name: &str, f: &Failures) {
+        failing.insert(name.to_owned(), f.count);
+        let wait = (f.retry_at - Utc::now()).to_std().unwrap_or_default();
+        self.metrics.backoff(name, f.count, wait);
+        queue.not_before(name, f.retry_at);
+        if let Some(at) = queue.fire_time(name) {
+            self.metrics.next_rotation(name, at);
         }
     }
 
     /// Records a failed or stopped attempt at `p`'s slot `due` and queues the retry: the slot
     /// stays due, under backoff, until a later slot supersedes it.
-    fn failed(
-        &self,
-        queue: &mut Queue,
-        failing: &mut BTreeMap<String, Failing>,
-        p: &Policy,
-        due: DateTime<Utc>,
-    ) {
-        let f = failing
-            .entry(p.name.clone())
-            .or_insert(Failing { failures: 0 });
-        f.failures = f.failures.saturating_add(1);
+    fn failed(&self, queue: &mut Queue, failing: &mut Failing, p: &Policy, due: DateTime<Utc>) {
+        let failures = failing.entry(p.name.clone()).or_insert(0);
+        *failures = failures.saturating_add(1);
+        let failures = *failures;
         let now = Utc::now();
         let Some((due, fire_at)) = retry_at(
             &p.name,
             &p.schedule,
             p.window,
             due,
-            f.failures,
+            failures,
             self.cfg.retry_max,
             now,
         ) else {
             return self.unschedulable(queue, p);
         };
         let backoff = (fire_at - now).to_std().unwrap_or_default();
-        self.metrics.backoff(&p.name, f.failures, backoff);
+        self.metrics.backoff(&p.name, failures, backoff);
         self.metrics.next_rotation(&p.name, fire_at);
         tracing::warn!(
             policy = %p.name,
-            consecutive_failures = f.failures,
+            consecutive_failures = failures,
             retry_in_s = backoff.as_secs(),
             retry_at = %fire_at.to_rfc3339(),
             "rotation did not complete; retrying under backoff"
@@ -468,12 +455,13 @@ impl Daemon {
             fire_at,
         });
         let record = Failures {
-            count: f.failures,
+            count: failures,
             last_at: now,
             retry_at: fire_at,
         };
         tokio::spawn(record_failures(
             self.backends.clone(),
+            self.metrics.clone(),
             self.engine.holder().to_owned(),
             p.clone(),
             record,
@@ -508,7 +496,7 @@ impl Daemon {
     fn apply_reload(
         &self,
         queue: &mut Queue,
-        failing: &mut BTreeMap<String, Failing>,
+        failing: &mut Failing,
         old: &BTreeMap<String, Arc<Policy>>,
         new: &BTreeMap<String, Arc<Policy>>,
         running: &BTreeMap<String, ()>,
@@ -536,13 +524,7 @@ impl Daemon {
     }
 
     /// Queues a changed policy once its state has been read.
-    fn queue_scanned(
-        &self,
-        queue: &mut Queue,
-        failing: &mut BTreeMap<String, Failing>,
-        p: &Policy,
-        found: Scan,
-    ) {
+    fn queue_scanned(&self, queue: &mut Queue, failing: &mut Failing, p: &Policy, found: Scan) {
         match found {
             // A changed policy keeps its failure count: editing a file is no reason to
             // retry a failing target at once.
@@ -675,16 +657,34 @@ async fn rotate_once(
 /// backoff bounds how often): the store may be the very thing that fails, and a concurrent
 /// writer (a rotation by another process) wins. A rotation another live process holds is left
 /// alone: this write would move the fence under it.
-async fn record_failures(backends: Backends, holder: String, p: Policy, failures: Failures) {
+async fn record_failures(
+    backends: Backends,
+    metrics: Metrics,
+    holder: String,
+    p: Policy,
+    failures: Failures,
+) {
     let Ok(store) = backends.store(&p) else {
         return;
     };
+    // Counted in `keyturn_store_requests_total` like every other store request.
+    let store = metered::Metered::new(store, metrics);
     let result = match store.view().await {
         Ok(v)
             if v.state
                 .in_flight
                 .as_ref()
                 .is_some_and(|f| f.holder != holder && f.lease_until > Utc::now()) =>
+        {
+            Ok(())
+        }
+        // A retry that succeeded since (this write can trail a slow store by longer than the
+        // backoff) has cleared the record; writing it back would show a stale backoff.
+        Ok(v)
+            if v.state
+                .last
+                .as_ref()
+                .is_some_and(|l| l.outcome == "ok" && l.started_at > failures.last_at) =>
         {
             Ok(())
         }
@@ -698,7 +698,7 @@ async fn record_failures(backends: Backends, holder: String, p: Policy, failures
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        tracing::debug!(policy = %p.name, error = %e, "could not record the failure in the store");
+        tracing::warn!(policy = %p.name, error = %e, "could not record the failure in the store; `keyturn status` shows the previous record");
     }
 }
 
