@@ -143,20 +143,15 @@ impl VaultKvStore {
             }),
             _ => None,
         };
-        let failures = match (
-            text("failures_count")?,
-            time("failures_last_at")?,
-            time("failures_retry_at")?,
-        ) {
-            (Some(count), Some(last_at), Some(retry_at)) => Some(Failures {
-                count: count
-                    .parse()
-                    .map_err(|_| self.corrupt("failures_count is not a number"))?,
-                last_at,
-                retry_at,
-            }),
-            _ => None,
-        };
+        // Bookkeeping for `status` and the backoff, never a reason to stop rotating: an
+        // unreadable record reads as none, and the next failure writes a good one.
+        let failures = (|| {
+            Some(Failures {
+                count: text("failures_count").ok()??.parse().ok()?,
+                last_at: time("failures_last_at").ok()??,
+                retry_at: time("failures_retry_at").ok()??,
+            })
+        })();
         Ok(StateRecord {
             in_flight,
             last,
