@@ -25,13 +25,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use keyturn_core::text::echo;
 use sha2::{Digest, Sha256};
 
 /// A schedule that cannot be used. Each variant names the expression; none fires never.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScheduleError {
     /// Not a 5-field cron expression or a known `@` macro.
-    #[error("invalid cron expression {}: {}", shown(expr), shown_text(why))]
+    #[error("invalid cron expression {}: {}", echo(expr), shown_text(why))]
     BadCron {
         /// The expression as written.
         expr: String,
@@ -39,7 +40,7 @@ pub enum ScheduleError {
         why: String,
     },
     /// A valid expression with no future slot (e.g. `0 0 30 2 *`, February 30).
-    #[error("cron expression {} never fires", shown(expr))]
+    #[error("cron expression {} never fires", echo(expr))]
     NeverFires {
         /// The expression as written.
         expr: String,
@@ -48,7 +49,7 @@ pub enum ScheduleError {
     /// rarely what is meant; keyturn asks for one of them to be `*`.
     #[error(
         "cron expression {} restricts both day-of-month and day-of-week; set one of them to *",
-        shown(expr)
+        echo(expr)
     )]
     DomAndDow {
         /// The expression as written.
@@ -57,24 +58,18 @@ pub enum ScheduleError {
     /// Not an IANA time zone name.
     #[error(
         "unknown time zone {} (use an IANA name such as Europe/Berlin)",
-        shown(.0)
+        echo(.0)
     )]
     BadTimezone(String),
     /// An `every` interval that is not a duration, shorter than a minute or longer than
     /// [`MAX_INTERVAL`].
-    #[error("invalid interval {}: {}", shown(given), shown_text(why))]
+    #[error("invalid interval {}: {}", echo(given), shown_text(why))]
     BadInterval {
         /// The interval as written.
         given: String,
         /// What is wrong.
         why: String,
     },
-}
-
-/// `s` as a message quotes it: escaped (a control character cannot drive the reader's
-/// terminal) and capped, so that a 1 MB value cannot bury the message it is part of.
-pub(crate) fn shown(s: &str) -> String {
-    keyturn_core::text::echo(s)
 }
 
 /// A sentence from a library (the `cron` and `humantime` parsers quote the input back):

@@ -87,8 +87,8 @@ pub struct Metrics {
     /// `keyturn_http_connections_shed_total`: connections to this listener closed at its
     /// connection cap (see `server`).
     pub http_shed: Counter,
-    /// `keyturn_last_success_timestamp_seconds{policy}`: when the last rotation (or the
-    /// discovery that another process had rotated) completed.
+    /// `keyturn_last_success_timestamp_seconds{policy}`: when the last successful rotation
+    /// (this process's or, found in the store, another's) started.
     pub last_success: Family<PolicyLabel, Gauge>,
     /// `keyturn_consecutive_failures{policy}`: failed or stopped attempts since the last
     /// success.
@@ -157,7 +157,7 @@ impl Metrics {
         let last_success = Family::<PolicyLabel, Gauge>::default();
         registry.register(
             "keyturn_last_success_timestamp_seconds",
-            "When each policy's last rotation completed (Unix time)",
+            "When each policy's last successful rotation started (Unix time)",
             last_success.clone(),
         );
         let consecutive_failures = Family::<PolicyLabel, Gauge>::default();

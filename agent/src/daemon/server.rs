@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -59,22 +58,6 @@ impl Default for Limits {
             warn_interval: Duration::from_secs(60),
         }
     }
-}
-
-/// Serves the endpoints on `addr` with [`Limits::default`] until `shutdown` resolves.
-///
-/// # Errors
-/// When `addr` cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    ready: watch::Receiver<bool>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    serve_on(listener, metrics, ready, Limits::default(), shutdown).await;
-    Ok(())
 }
 
 /// Serves the endpoints on a bound `listener` under `limits` until `shutdown` resolves; then
@@ -382,6 +365,7 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
+    use std::net::SocketAddr;
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

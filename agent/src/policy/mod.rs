@@ -15,7 +15,8 @@ use std::time::Duration;
 pub use error::{PolicyError, PolicyErrors};
 use schema::{RawPolicy, RawStore, RawTarget, S};
 
-use crate::schedule::{MAX_WINDOW, Schedule, parse_duration, shown};
+use crate::schedule::{MAX_WINDOW, Schedule, parse_duration};
+use keyturn_core::text::echo;
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "keyturn.dev/v1";
@@ -419,7 +420,7 @@ impl Validator<'_> {
                             "spec.timezone",
                             format!(
                                 "unknown time zone {} (use an IANA name such as Europe/Berlin)",
-                                shown(&t.value)
+                                echo(&t.value)
                             ),
                         );
                         None
@@ -525,7 +526,7 @@ impl Validator<'_> {
                         self.err(
                             s,
                             "spec.target.postgres.strategy",
-                            format!("unknown strategy {} (single or alternating)", shown(other)),
+                            format!("unknown strategy {} (single or alternating)", echo(other)),
                         );
                         Strategy::Single
                     }
@@ -603,7 +604,7 @@ impl Validator<'_> {
                     "spec.generator.charset",
                     format!(
                         "unknown charset {} (one of {})",
-                        shown(name),
+                        echo(name),
                         names.join(", ")
                     ),
                 );
@@ -665,7 +666,7 @@ impl Validator<'_> {
         }
         for (key, field) in &k.keys.value {
             if !valid_secret_key(key) {
-                self.err(field, &format!("{base}.keys"), format!("{} is not a valid Secret key (letters, digits, '-', '_', '.'; at most 253)", shown(key)));
+                self.err(field, &format!("{base}.keys"), format!("{} is not a valid Secret key (letters, digits, '-', '_', '.'; at most 253)", echo(key)));
             }
             if target.is_some() && !fields.contains(&field.value.as_str()) {
                 self.err(
@@ -733,12 +734,12 @@ fn vault_segment_path(p: &str) -> Result<(), String> {
     }
     for seg in t.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(format!("{} has an empty, '.' or '..' segment", shown(p)));
+            return Err(format!("{} has an empty, '.' or '..' segment", echo(p)));
         }
         if seg.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(format!(
                 "{} contains whitespace or control characters",
-                shown(p)
+                echo(p)
             ));
         }
     }
@@ -801,7 +802,7 @@ fn dns_label(s: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{} is not a DNS-1123 label (lowercase letters, digits, '-'; at most 63)",
-            shown(s)
+            echo(s)
         ))
     }
 }
@@ -816,7 +817,7 @@ fn dns_subdomain(s: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{} is not a valid object name (DNS-1123 subdomain)",
-            shown(s)
+            echo(s)
         ))
     }
 }
