@@ -280,6 +280,8 @@ pub async fn run(cli: &Cli) -> Outcome {
     );
 
     let mut revoked = false;
+    // A Vault that did not answer in time is not asked again for the anchor.
+    let vault_answered = fetched.is_ok();
     let result = match fetched {
         Err(_elapsed) => Err(progress
             .unfinished(deadline)
@@ -327,8 +329,12 @@ pub async fn run(cli: &Cli) -> Outcome {
     };
 
     // The audit head goes to its anchor while the token still works.
-    if let (Some(location), true) = (&cli.audit_anchor, login.is_some()) {
-        anchor_head(&vault, location, &audit_log).await;
+    if let Some(location) = &cli.audit_anchor
+        && login.is_some()
+        && vault_answered
+    {
+        let left = deadline.saturating_sub(started.elapsed());
+        anchor_head(&vault, location, &audit_log, left).await;
     }
     // 6. Revoke, unless the token is wanted or not ours (or was revoked above).
     if let Some(info) = login.as_ref().filter(|_| !revoked) {
@@ -356,13 +362,15 @@ pub async fn run(cli: &Cli) -> Outcome {
     }
 }
 
-/// Records the audit log's last entry in its anchor. A failure is a warning, not a failed
+/// Records the audit log's last entry in its anchor, within what is left of the deadline
+/// (1 to 5 s, as the revoke). A failure is a warning, not a failed
 /// run: every read is already in the log (fail closed applies there); the anchor only adds
 /// evidence against the log being cut later, and the previous anchor still holds.
 async fn anchor_head(
     vault: &std::sync::Arc<Vault>,
     location: &keyturn_core::audit::AnchorLocation,
     audit_log: &keyturn_core::audit::AuditLog,
+    left: Duration,
 ) {
     let Some(head) = audit_log.head() else { return };
     let anchor = keyturn_core::audit::Anchor::new(
@@ -371,7 +379,12 @@ async fn anchor_head(
         audit_log.hmac_key().chain_key(),
     );
     // Bounded like the revoke: the files are in place whatever happens here.
-    match tokio::time::timeout(Duration::from_secs(5), anchor.record(head)).await {
+    match tokio::time::timeout(
+        left.clamp(Duration::from_secs(1), Duration::from_secs(5)),
+        anchor.record(head),
+    )
+    .await
+    {
         Ok(Ok(_)) => tracing::debug!(anchor = %location, seq = head.seq, "audit head anchored"),
         Ok(Err(e)) => {
             tracing::warn!(anchor = %location, error = %e, "could not anchor the audit head")

@@ -422,4 +422,25 @@ async fn with_an_audit_anchor_the_runs_head_is_in_vault_and_a_cut_log_is_caught(
         "{}",
         String::from_utf8_lossy(&caught.stderr)
     );
+
+    // An anchor path the role may not write (403): the run still succeeds, its token is
+    // still revoked, and the warning names the path, once.
+    let before = accessors(&f).await;
+    let m = approle_manifest(&f, &role_id).await;
+    let denied = "vault-kv:secret/audit-anchor/someone-else";
+    let r = f.run_manifest(&m, &["--audit-anchor", denied], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("could not anchor the audit head").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("someone-else"), "{}", r.stderr);
+    assert_eq!(
+        accessors(&f).await,
+        before,
+        "the login token is still alive"
+    );
+    f.assert_no_canary_leaked(&r);
 }
