@@ -14,11 +14,10 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 targets=(policy manifest annotations template audit)
 
-if ! command -v cargo-fuzz >/dev/null; then
-  echo "[fuzz] installing cargo-fuzz" >&2
-  cargo install --locked cargo-fuzz
+if ! command -v cargo-fuzz >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then
+  echo "[fuzz] cargo-fuzz or the nightly toolchain is missing: run dev/setup.sh" >&2
+  exit 64
 fi
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 
 # No sanitizer: keyturn forbids unsafe code, so AddressSanitizer would watch only the
 # dependencies' unsafe code, at the price of building the whole agent (AWS SDK, kube, tokio)

