@@ -15,9 +15,10 @@
 //! Each event is `secret.read` on the Vault path, by the pod's service account (from its
 //! token) or `keyturn-init`, with the Vault entity and the pod name when known. `value_hmac`
 //! is the HMAC of the secret's only field, or, for a secret with several fields, of its
-//! canonical JSON object (`{"a":"…","b":"…"}`, names sorted); `detail` names the engine, the
-//! KV v2 version or the lease (id, TTL), and for several fields the HMAC of each, so an
-//! investigator holding one leaked value can still find the read.
+//! canonical JSON object (`{"a":"…","b":"…"}`, names sorted), and for several fields
+//! `field_hmacs` holds the HMAC of each, so an investigator holding one leaked value can
+//! still find the read; `detail` names the engine and the KV v2 version or the lease (id,
+//! TTL).
 
 use keyturn_core::audit::{
     Actor, AuditError, AuditLog, AuditLogOptions, Event, HmacKey, KeyError, Outcome,
@@ -148,7 +149,7 @@ fn resource(key: &ReadKey) -> String {
 /// The event for one successful read.
 #[tracing::instrument(skip_all, fields(path = %key.path))]
 fn read_event(log: &AuditLog, actor: &Actor, key: &ReadKey, f: &Fetched) -> Event {
-    let mut detail = match (f.engine, &f.lease) {
+    let detail = match (f.engine, &f.lease) {
         (Engine::Kv2, _) => format!("kv2 version {}", f.version.unwrap_or(0)),
         (Engine::Kv1, _) => "kv1".to_owned(),
         (Engine::Dynamic, Some(l)) => {
@@ -170,10 +171,6 @@ fn read_event(log: &AuditLog, actor: &Actor, key: &ReadKey, f: &Fetched) -> Even
         // Values that are not UTF-8 have no JSON form; their per-field HMACs still count.
         let _ = crate::render::json_object(&f.data, None, None, &mut buf, &key.path);
         let canonical = buf.finish();
-        detail.push_str(" fields");
-        for (k, v) in f.data.iter() {
-            detail.push_str(&format!(" {k}={}", log.hmac_key().hmac_hex(v)));
-        }
         b.field_values(f.data.iter()).value(&canonical)
     };
     b.detail(detail).build()
