@@ -317,12 +317,34 @@ pub enum LineError {
     #[error("the line is longer than {} bytes", super::tail::MAX_LINE_LEN)]
     TooLong,
     /// The line is not JSON, or lacks `seq`/`prev`/`hash`, or has them twice or mistyped.
-    /// The reason is serde_json's message (audit lines hold no secret values).
     #[error("not an audit entry: {reason}")]
     NotAnEntry {
-        /// serde_json's description, with its column.
+        /// What kind of problem, and where ([`json_error_reason`]): never the line's content.
         reason: String,
     },
+}
+
+/// What is wrong with a line serde_json refused, without serde_json's own words: those quote
+/// the input (`invalid type: string "…"`), and a file given as an audit log may hold anything,
+/// a token pasted by mistake included. Only a missing member is named, since its name is
+/// keyturn's own.
+#[must_use]
+pub fn json_error_reason(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    let what = match e.classify() {
+        Category::Data => match text
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split_once('`'))
+        {
+            Some((field, _)) => format!("missing member `{field}`"),
+            None => "a member is of the wrong type, unknown or repeated".to_owned(),
+        },
+        Category::Syntax => "not valid JSON".to_owned(),
+        Category::Eof => "ends in the middle of a JSON value".to_owned(),
+        Category::Io => "cannot be read".to_owned(),
+    };
+    format!("{what} at column {}", e.column())
 }
 
 /// What the verifier and the file sink need from one line, with its hash recomputed.
@@ -465,7 +487,7 @@ pub(crate) fn check_line_with(
         None => {
             let view: LineView<'_> =
                 serde_json::from_slice(line).map_err(|e| LineError::NotAnEntry {
-                    reason: e.to_string(),
+                    reason: json_error_reason(&e),
                 })?;
             // serde rejects a duplicated member, so the ones parsed are the trailing ones cut.
             let same_mac = match (view.mac, mac) {
@@ -767,5 +789,17 @@ mod tests {
     fn the_head_after_the_last_possible_seq_does_not_exist() {
         assert_eq!(ChainHead::after(u64::MAX, ChainHash::GENESIS), None);
         assert_eq!(ChainHead::after(4, ChainHash::GENESIS).unwrap().next_seq, 5);
+    }
+
+    #[test]
+    fn a_refused_line_is_described_without_its_content() {
+        // serde_json's own message would be `invalid type: string "hvs.…", expected u64`.
+        let line = format!(
+            r#"{{"seq":"hvs.KTCANARYchainline","prev":"{z}","hash":"{z}"}}"#,
+            z = "0".repeat(64)
+        );
+        let e = check_line(line.as_bytes()).unwrap_err().to_string();
+        assert!(!e.contains("KTCANARY"), "{e}");
+        assert!(e.contains("column"), "{e}");
     }
 }

@@ -359,7 +359,7 @@ impl Entry {
     pub fn parse(line: &[u8]) -> Result<Entry, LineError> {
         serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).map_err(|e| {
             LineError::NotAnEntry {
-                reason: e.to_string(),
+                reason: super::chain::json_error_reason(&e),
             }
         })
     }
