@@ -79,14 +79,14 @@ impl fmt::Display for AnchorLocation {
 
 /// The text is not an anchor location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an anchor is `vault-kv:MOUNT/PATH` (a KV v2 mount, then the secret's path); got `{0}`")]
+#[error("an anchor is `vault-kv:MOUNT/PATH` (a KV v2 mount, then the secret's path); got {0}")]
 pub struct InvalidAnchorLocation(String);
 
 impl FromStr for AnchorLocation {
     type Err = InvalidAnchorLocation;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || InvalidAnchorLocation(s.escape_debug().to_string());
+        let bad = || InvalidAnchorLocation(crate::text::echo(s));
         let rest = s.strip_prefix("vault-kv:").ok_or_else(bad)?;
         let (mount, path) = rest.trim_matches('/').split_once('/').ok_or_else(bad)?;
         let path = path.trim_matches('/');

@@ -504,16 +504,15 @@ impl Writer {
         }
         let written = next.next_seq - self.head.next_seq;
         self.head = next;
-        if written > 0 {
-            *self
-                .shared
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(AnchorHead {
-                seq: next.next_seq - 1,
-                hash: next.prev,
-            });
-        }
+        // A non-empty buffer holds at least one sealed entry: `next` is past it.
+        *self
+            .shared
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(AnchorHead {
+            seq: next.next_seq - 1,
+            hash: next.prev,
+        });
         self.shared.events.fetch_add(written, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
     }

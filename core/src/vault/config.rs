@@ -186,8 +186,7 @@ pub fn check_addr(source_name: &str, addr: &str) -> Result<(), ConfigError> {
 }
 
 /// Whether a URL's authority carries credentials (`user:password@host`).
-#[must_use]
-pub fn has_userinfo(addr: &str) -> bool {
+fn has_userinfo(addr: &str) -> bool {
     let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
     rest.split(['/', '?', '#'])
         .next()

@@ -100,10 +100,7 @@ impl Vault {
         // vaultrs's HTTP client follows redirects, and reqwest strips only the standard
         // credential headers on a redirect to another host: `X-Vault-Token` would go wherever
         // a 3xx points. The same client with redirects off reports a 3xx instead.
-        let http = no_redirects(&client.settings).map_err(|e| ConfigError::BadAddress {
-            source_name: e.to_string(),
-            addr: cfg.addr.clone(),
-        })?;
+        let http = no_redirects(&client.settings, &cfg.addr)?;
         client.http = rustify::clients::reqwest::Client::new(cfg.addr.as_str(), http);
         Ok(Self {
             client,
@@ -199,8 +196,15 @@ impl Vault {
 
 /// The HTTP client vaultrs builds from `s` (TLS roots, client identity, timeout, proxy), with
 /// redirects never followed. The CA files were read and checked by `VaultClient::new` just
-/// before, so a failure here is unexpected.
-fn no_redirects(s: &vaultrs::client::VaultClientSettings) -> Result<reqwest::Client, String> {
+/// before, so a failure here is unexpected; a CA file is still reported as one.
+fn no_redirects(
+    s: &vaultrs::client::VaultClientSettings,
+    addr: &str,
+) -> Result<reqwest::Client, ConfigError> {
+    let bad = |e: &dyn std::fmt::Display| ConfigError::BadAddress {
+        source_name: e.to_string(),
+        addr: addr.to_owned(),
+    };
     let mut b = reqwest::ClientBuilder::new()
         .tls_backend_rustls()
         .redirect(reqwest::redirect::Policy::none())
@@ -213,9 +217,13 @@ fn no_redirects(s: &vaultrs::client::VaultClientSettings) -> Result<reqwest::Cli
         b = b.tls_certs_only(Vec::new());
     } else {
         for path in &s.ca_certs {
-            let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+            let ca = |cause: String| ConfigError::CaCert {
+                path: path.into(),
+                cause,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| format!("{path}: not a PEM certificate bundle"))?;
+                .map_err(|_| ca("not a PEM certificate bundle".into()))?;
             b = b.tls_certs_merge(certs);
         }
     }
@@ -223,9 +231,9 @@ fn no_redirects(s: &vaultrs::client::VaultClientSettings) -> Result<reqwest::Cli
         b = b.identity(id.clone());
     }
     if let Some(p) = &s.proxy {
-        b = b.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| e.to_string())?);
+        b = b.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| bad(&e))?);
     }
-    b.build().map_err(|e| e.to_string())
+    b.build().map_err(|e| bad(&e))
 }
 
 /// vaultrs keeps the token as a `String`; this is the one place a token leaves its
