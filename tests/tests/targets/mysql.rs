@@ -1,0 +1,1 @@
+//! MySQL/MariaDB users (see main.rs).
