@@ -13,6 +13,5 @@ pub mod cli;
 pub mod daemon;
 pub mod distribute;
 pub mod policy;
-pub mod rbac;
 pub mod rotation;
 pub mod schedule;

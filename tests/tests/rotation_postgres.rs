@@ -4,12 +4,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyturn_agent::policy::{self, Policy, Target as PolicyTarget};
+use keyturn_agent::backends::{StoreSpec, TargetSpec};
+use keyturn_agent::policy::{self, Policy};
+use keyturn_agent::rotation::store::vault_kv;
 use keyturn_agent::rotation::store::Step;
 use keyturn_agent::rotation::store::Store;
 use keyturn_agent::rotation::store::vault_kv::VaultKvStore;
-use keyturn_agent::rotation::target::postgres::{AdminFn, AdminPool, Postgres, TlsMode};
-use keyturn_agent::rotation::target::{Target, TargetError};
+use keyturn_agent::rotation::target::postgres::{self, AdminPool, Postgres, TlsMode};
+use keyturn_agent::rotation::target::users::{Strategy, Users};
+use keyturn_agent::rotation::target::{AdminFn, Target, TargetError};
 use keyturn_agent::rotation::{Engine, RotationError, RotationOutcome, Trigger};
 use keyturn_core::SecretValue;
 use keyturn_core::audit::{
@@ -96,7 +99,7 @@ async fn env(strategy: &str, users: &[&str], roles: &[&str], max_attempts: u32) 
     )
     .unwrap();
     let policy = policy::load(&pfile).unwrap().remove(0);
-    let PolicyTarget::Postgres(spec) = &policy.target else {
+    let TargetSpec::Postgres(spec) = &policy.target else {
         panic!("a postgres policy")
     };
     let v = vault.clone();
@@ -133,20 +136,22 @@ struct PostgresSpec<'a> {
 
 impl PostgresSpec<'_> {
     fn target(&self, admin: SecretData) -> Postgres {
-        let spec = policy::PostgresTarget {
+        let spec = postgres::Spec {
             host: self.host.into(),
             port: self.port,
             database: "postgres".into(),
-            admin: policy::StoreRef::VaultKv {
+            admin: StoreSpec::VaultKv(vault_kv::Spec {
                 mount: MOUNT.into(),
                 path: ADMIN_PATH.into(),
-            },
-            users: self.users.iter().map(|u| (*u).to_owned()).collect(),
-            strategy: if self.strategy == "alternating" {
-                policy::Strategy::Alternating
-            } else {
-                policy::Strategy::Single
-            },
+            }),
+            users: Users::new(
+                self.users.iter().map(|u| (*u).to_owned()).collect(),
+                if self.strategy == "alternating" {
+                    Strategy::Alternating
+                } else {
+                    Strategy::Single
+                },
+            ),
         };
         Postgres::new(&spec, admin)
     }

@@ -34,10 +34,9 @@ use super::audit_log::AuditLogArgs;
 use super::exit;
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
-use crate::distribute::restart::resource_of;
-use crate::policy::{self, Policy, StoreRef, Target};
+use crate::policy::needs::Need as PolicyNeed;
+use crate::policy::{self, Policy};
 use crate::rotation::store::aws_sm;
-use crate::rotation::store::vault_kv::STATE_PREFIX;
 
 /// The largest clock difference to a server that leases, token TTLs and rotation leases
 /// tolerate.
@@ -45,12 +44,6 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
 /// How long one probe may take: doctor reports a hung server, it does not wait it out.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The Vault capabilities the agent needs on a credential's KV v2 data path and on its
-/// state path (`policies/vault/keyturn-agent.hcl` grants exactly these).
-const STORE_CAPS: &[&str] = &["create", "read", "update"];
-/// …and on a PostgreSQL target's admin credential.
-const ADMIN_CAPS: &[&str] = &["read"];
 
 /// `keyturn doctor`.
 #[derive(Debug, Args)]
@@ -383,37 +376,19 @@ struct Need {
     caps: &'static [&'static str],
 }
 
-fn kv2_data_path(mount: &str, path: &str) -> String {
-    format!(
-        "{}/data/{}",
-        mount.trim_matches('/'),
-        path.trim_matches('/')
-    )
-}
-
-/// The Vault paths `p` uses: its credential and state (create/read/update), and a
-/// PostgreSQL target's admin credential (read).
+/// The Vault paths `p` uses and the capabilities it needs on them (see
+/// [`Policy::needs`]).
 fn vault_needs(p: &Policy) -> Vec<Need> {
-    let mut needs = Vec::new();
-    if let StoreRef::VaultKv { mount, path } = &p.store {
-        needs.push(Need {
-            path: kv2_data_path(mount, path),
-            caps: STORE_CAPS,
-        });
-        needs.push(Need {
-            path: kv2_data_path(mount, &format!("{STATE_PREFIX}/{}", path.trim_matches('/'))),
-            caps: STORE_CAPS,
-        });
-    }
-    if let Target::Postgres(pg) = &p.target
-        && let StoreRef::VaultKv { mount, path } = &pg.admin
-    {
-        needs.push(Need {
-            path: kv2_data_path(mount, path),
-            caps: ADMIN_CAPS,
-        });
-    }
-    needs
+    p.needs()
+        .into_iter()
+        .filter_map(|n| match n {
+            PolicyNeed::Vault { path, capabilities } => Some(Need {
+                path,
+                caps: capabilities,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Compares what `sys/capabilities-self` granted (its answer `body`) with `needs`.
@@ -553,18 +528,23 @@ async fn aws_checks(report: &mut Report, policies: Option<&[Policy]>) {
     // Each secret once: the credential (may not exist yet) and admin credentials (must).
     let mut secrets: BTreeMap<(String, Option<String>), (Vec<String>, bool)> = BTreeMap::new();
     for p in policies {
-        let mut add = |r: &StoreRef, admin: bool| {
-            if let StoreRef::AwsSecretsManager { secret_id, region } = r {
-                let e = secrets
-                    .entry((secret_id.clone(), region.clone()))
-                    .or_default();
-                e.0.push(p.name.clone());
-                e.1 |= admin;
+        for n in p.needs() {
+            // The state secret is created with the first rotation; only the credential's
+            // own secret is described.
+            if let PolicyNeed::Aws {
+                secret_id,
+                region,
+                must_exist,
+                ..
+            } = n
+                && !secret_id.starts_with(aws_sm::STATE_PREFIX)
+            {
+                let e = secrets.entry((secret_id, region)).or_default();
+                if !e.0.contains(&p.name) {
+                    e.0.push(p.name.clone());
+                }
+                e.1 |= must_exist;
             }
-        };
-        add(&p.store, false);
-        if let Target::Postgres(pg) = &p.target {
-            add(&pg.admin, true);
         }
     }
     let client = aws_sm::client_from_env(None).await;
@@ -642,26 +622,25 @@ impl std::fmt::Display for Access {
     }
 }
 
-/// `get` and `patch` on each Secret `p` distributes to and each workload it restarts.
+/// Each Kubernetes access `p` needs, one per verb (see [`Policy::needs`]).
 fn kube_needs(p: &Policy) -> Vec<Access> {
     let mut out = Vec::new();
-    for d in &p.distribute {
-        let mut push = |group, resource, name: &str| {
-            for verb in ["get", "patch"] {
-                out.push(Access {
-                    verb,
-                    group,
-                    resource,
-                    namespace: d.namespace.clone(),
-                    name: name.to_owned(),
-                });
-            }
-        };
-        push("", "secrets", &d.secret);
-        for w in &d.restart {
-            if let Some((plural, group)) = resource_of(&w.kind) {
-                push(group, plural, &w.name);
-            }
+    for n in p.needs() {
+        if let PolicyNeed::Kubernetes {
+            namespace,
+            group,
+            resource,
+            name,
+            verbs,
+        } = n
+        {
+            out.extend(verbs.iter().map(|verb| Access {
+                verb,
+                group,
+                resource,
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }));
         }
     }
     out.sort();
@@ -983,6 +962,7 @@ mod tests {
 
     #[test]
     fn a_vault_policy_needs_its_data_and_state_paths_and_its_admin_path() {
+        use crate::rotation::store::vault_kv::{ADMIN_CAPS, OWN_CAPS};
         let p = policy(
             "  store: { vault-kv: { mount: kv, path: keyturn/orders } }\n  target:\n    postgres: { host: db, port: 5432, database: app, admin: { vault-kv: { mount: kv, path: keyturn/admin } }, users: [a], strategy: single }\n",
         );
@@ -991,9 +971,9 @@ mod tests {
         assert_eq!(
             paths,
             vec![
-                ("kv/data/keyturn/orders", STORE_CAPS),
-                ("kv/data/keyturn-state/keyturn/orders", STORE_CAPS),
+                ("kv/data/keyturn-state/keyturn/orders", OWN_CAPS),
                 ("kv/data/keyturn/admin", ADMIN_CAPS),
+                ("kv/data/keyturn/orders", OWN_CAPS),
             ]
         );
     }
@@ -1003,11 +983,11 @@ mod tests {
         let needs = vec![
             Need {
                 path: "secret/data/keyturn/x".into(),
-                caps: STORE_CAPS,
+                caps: crate::rotation::store::vault_kv::OWN_CAPS,
             },
             Need {
                 path: "secret/data/keyturn-state/keyturn/x".into(),
-                caps: STORE_CAPS,
+                caps: crate::rotation::store::vault_kv::OWN_CAPS,
             },
         ];
         let body = json!({"data": {

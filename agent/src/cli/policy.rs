@@ -1,5 +1,7 @@
 //! `keyturn policy check PATH`: validate policies without touching any server.
 //! `keyturn policy rbac PATH`: print the Kubernetes Role the agent needs for them.
+//! `keyturn policy needs PATH`: print every access they need (Vault, AWS, Kubernetes, the
+//! targets' admins).
 
 use std::path::PathBuf;
 
@@ -16,6 +18,9 @@ pub enum PolicyCommand {
     /// Print the Kubernetes Roles and RoleBindings the agent needs for these policies:
     /// get/patch on exactly the Secrets and workloads they name.
     Rbac(RbacArgs),
+    /// Print every access the agent needs for these policies, per policy: Vault capabilities,
+    /// AWS actions, Kubernetes verbs, and what each target's admin must be allowed.
+    Needs(CheckArgs),
 }
 
 /// `keyturn policy rbac`.
@@ -49,13 +54,25 @@ pub fn run(cmd: PolicyCommand) -> u8 {
     match cmd {
         PolicyCommand::Rbac(a) => match policy::load(&a.path) {
             Ok(ps) => {
-                let options = crate::rbac::RbacOptions {
+                let options = policy::rbac::RbacOptions {
                     allow_create_secrets: a.allow_create_secrets,
                 };
                 print!(
                     "{}",
-                    crate::rbac::rbac_yaml_with(&ps, &a.service_account, &a.namespace, &options)
+                    policy::rbac::rbac_yaml_with(&ps, &a.service_account, &a.namespace, &options)
                 );
+                exit::OK
+            }
+            Err(errors) => report(&errors),
+        },
+        PolicyCommand::Needs(a) => match policy::load(&a.path) {
+            Ok(ps) => {
+                for p in &ps {
+                    println!("{}:", p.name);
+                    for n in p.needs() {
+                        println!("  {n}");
+                    }
+                }
                 exit::OK
             }
             Err(errors) => report(&errors),

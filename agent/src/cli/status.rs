@@ -25,7 +25,8 @@ use super::doctor::human;
 use super::exit;
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
-use crate::policy::{self, Policy, StoreRef};
+use crate::backends::StoreSpec;
+use crate::policy::{self, Policy};
 use crate::rotation::store::aws_sm;
 use crate::rotation::store::{Failures, LastRotation, StateRecord, Taint};
 use crate::schedule::jittered;
@@ -271,7 +272,7 @@ pub fn run(args: StatusArgs) -> u8 {
     };
     let uses_vault = policies
         .iter()
-        .any(|p| matches!(p.store, StoreRef::VaultKv { .. }));
+        .any(|p| matches!(p.store, StoreSpec::VaultKv(_)));
     let vault_setup = if uses_vault {
         match args.vault.prepare() {
             Ok(x) => Some(x),
@@ -362,7 +363,7 @@ pub fn run(args: StatusArgs) -> u8 {
 /// Reads the rotation state (no credential) of the store at `r`, through the store itself.
 async fn read_state(
     name: &str,
-    r: &StoreRef,
+    r: &StoreSpec,
     vault: Option<Result<Arc<Vault>, ReadError>>,
     aws: Option<aws_sm::sdk::Client>,
 ) -> Result<StateRecord, ReadError> {

@@ -37,7 +37,7 @@
 //! - **The idempotency check is explicit**, so a no-op costs one `GET` and needs no `patch`.
 //!
 //! What it costs: one `GET` per delivery, and a retry loop. Both are cheap next to a rotation.
-//! The RBAC that goes with it is `get`/`patch` on the named Secrets (see [`crate::rbac`]).
+//! The RBAC that goes with it is `get`/`patch` on the named Secrets (see [`crate::policy::rbac`]).
 //!
 //! # Refusals
 //!

@@ -2,12 +2,15 @@
 //! later check may reject, so the error can point at it.
 //!
 //! Unknown fields are errors everywhere (`deny_unknown_fields`): a typo such as `windw:`
-//! must not silently fall back to a default.
+//! must not silently fall back to a default. The `store:` and `target:` parts are each
+//! kind's own `Raw` (see `backends.rs`).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+
+use crate::backends::{RawStore, RawTarget};
 
 /// A value with the place it was written.
 pub type S<T> = Spanned<T>;
@@ -48,50 +51,6 @@ pub struct RawSpec {
     #[serde(default)]
     pub distribute: Vec<RawDistribute>,
     pub max_attempts: Option<S<u32>>,
-}
-
-/// Where a value lives: the policy's store, or a reference to an admin credential.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub enum RawStore {
-    VaultKv(RawVaultKv),
-    AwsSecretsmanager(RawAws),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawVaultKv {
-    pub mount: Option<S<String>>,
-    pub path: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawAws {
-    pub secret_id: S<String>,
-    pub region: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub enum RawTarget {
-    Generated(RawGenerated),
-    Postgres(Box<RawPostgres>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGenerated {}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawPostgres {
-    pub host: S<String>,
-    pub port: Option<S<u16>>,
-    pub database: Option<S<String>>,
-    pub admin: S<RawStore>,
-    pub users: S<Vec<S<String>>>,
-    pub strategy: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

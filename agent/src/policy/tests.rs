@@ -1,4 +1,6 @@
 use super::*;
+use crate::rotation::store::vault_kv;
+use crate::rotation::target::users::Strategy;
 
 const GOOD: &str = r#"apiVersion: keyturn.dev/v1
 kind: RotationPolicy
@@ -61,22 +63,22 @@ fn a_good_file_with_two_documents_loads_both_policies() {
     assert_eq!(ps[0].generator.length, 40);
     assert_eq!(
         ps[0].store,
-        StoreRef::VaultKv {
+        StoreSpec::VaultKv(vault_kv::Spec {
             mount: "secret".into(),
             path: "keyturn/api-token".into()
-        }
+        })
     );
-    let Target::Postgres(pg) = &ps[1].target else {
+    let TargetSpec::Postgres(pg) = &ps[1].target else {
         panic!("postgres target")
     };
-    assert_eq!(pg.strategy, Strategy::Alternating);
+    assert_eq!(pg.users.strategy, Strategy::Alternating);
     assert_eq!(pg.port, 5432);
     assert_eq!(
         pg.admin,
-        StoreRef::VaultKv {
+        StoreSpec::VaultKv(vault_kv::Spec {
             mount: "secret".into(),
             path: "keyturn/pg-admin".into()
-        }
+        })
     );
     assert_eq!(ps[1].distribute[0].restart[0].name, "orders-api");
 }

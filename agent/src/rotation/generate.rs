@@ -23,6 +23,16 @@ pub fn generate(g: &Generator) -> SecretValue {
     SecretValue::new(buf.as_bytes().to_vec())
 }
 
+/// A value nobody keeps: 48 alphanumeric characters, for making a credential useless
+/// (break-glass sets an alternating pair's standby user to one).
+#[must_use]
+pub fn throwaway() -> SecretValue {
+    generate(&Generator {
+        length: 48,
+        alphabet: crate::policy::CHARSETS[0].1.chars().collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

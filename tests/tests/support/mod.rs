@@ -5,8 +5,10 @@
 
 use std::process::Output;
 
-use keyturn_agent::policy::{PostgresTarget, StoreRef, Strategy};
-use keyturn_agent::rotation::target::postgres::Postgres;
+use keyturn_agent::backends::StoreSpec;
+use keyturn_agent::rotation::store::vault_kv;
+use keyturn_agent::rotation::target::postgres::{self, Postgres};
+use keyturn_agent::rotation::target::users::{Strategy, Users};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 use keyturn_tests::canary::canary;
@@ -38,16 +40,15 @@ pub async fn plant_admin(bao: &OpenBao, pg: &PgServer) -> String {
         .await
         .unwrap();
     let admin_password = canary("pg-admin");
-    let spec = PostgresTarget {
+    let spec = postgres::Spec {
         host: "127.0.0.1".into(),
         port: pg.port(),
         database: "postgres".into(),
-        admin: StoreRef::VaultKv {
+        admin: StoreSpec::VaultKv(vault_kv::Spec {
             mount: "secret".into(),
             path: "keyturn/pg-admin".into(),
-        },
-        users: vec![ADMIN_ROLE.into()],
-        strategy: Strategy::Single,
+        }),
+        users: Users::new(vec![ADMIN_ROLE.into()], Strategy::Single),
     };
     Postgres::new(&spec, login("postgres", pg.password()))
         .reset_password(ADMIN_ROLE, &SecretValue::from_str_copy(&admin_password))

@@ -17,7 +17,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyturn_core::SecretValue;
+use keyturn_core::text::echo;
 use keyturn_core::vault::{SecretData, Vault, VaultError};
+
+use crate::backends::{BackendError, Backends, StoreKind};
+use crate::policy::needs::{Holding, Need};
+use crate::policy::{S, Validator};
 
 use super::{
     Current, Failures, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError,
@@ -27,6 +32,118 @@ use super::{
 /// The prefix, inside the policy's mount, under which rotation state is kept.
 pub const STATE_PREFIX: &str = "keyturn-state";
 const PENDING: &str = "pending.";
+
+// ---- the policy's `vault-kv:` -------------------------------------------------------------
+
+/// The Vault capabilities a policy needs on its credential's KV v2 data path and on its state
+/// path (`policies/vault/keyturn-agent.hcl` grants these for `keyturn/` and `keyturn-state/`).
+pub const OWN_CAPS: &[&str] = &["create", "read", "update"];
+/// The capabilities needed on a target's admin credential.
+pub const ADMIN_CAPS: &[&str] = &["read"];
+
+/// `vault-kv:` as a policy writes it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Raw {
+    mount: Option<S<String>>,
+    path: S<String>,
+}
+
+/// A Vault KV v2 location, validated: no empty, `.` or `..` segment, no leading `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Spec {
+    /// The KV v2 mount (`secret`).
+    pub mount: String,
+    /// The path inside the mount.
+    pub path: String,
+}
+
+impl Spec {
+    /// Validates `raw`, found at `field` (`spec.store.vault-kv`).
+    pub(crate) fn validate(raw: &Raw, v: &mut Validator<'_>, field: &str) -> Option<Self> {
+        if let Some(m) = &raw.mount
+            && let Err(msg) = segment_path(&m.value)
+        {
+            v.err(m, &format!("{field}.mount"), msg);
+            return None;
+        }
+        if let Err(msg) = segment_path(&raw.path.value) {
+            v.err(&raw.path, &format!("{field}.path"), msg);
+            return None;
+        }
+        Some(Self {
+            mount: raw
+                .mount
+                .as_ref()
+                .map_or("secret", |m| m.value.as_str())
+                .trim_matches('/')
+                .to_owned(),
+            path: raw.path.value.trim_matches('/').to_owned(),
+        })
+    }
+
+    /// The KV v2 API path of `path` in this spec's mount.
+    fn data_path(&self, path: &str) -> String {
+        format!("{}/data/{path}", self.mount)
+    }
+}
+
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vault-kv:{}/{}", self.mount, self.path)
+    }
+}
+
+impl StoreKind for Spec {
+    fn needs(&self, holding: Holding) -> Vec<Need> {
+        match holding {
+            Holding::Own => vec![
+                Need::Vault {
+                    path: self.data_path(&self.path),
+                    capabilities: OWN_CAPS,
+                },
+                Need::Vault {
+                    path: self.data_path(&format!("{STATE_PREFIX}/{}", self.path)),
+                    capabilities: OWN_CAPS,
+                },
+            ],
+            Holding::Admin => vec![Need::Vault {
+                path: self.data_path(&self.path),
+                capabilities: ADMIN_CAPS,
+            }],
+        }
+    }
+
+    fn build(&self, backends: &Backends, policy: &str) -> Result<Arc<dyn Store>, BackendError> {
+        let vault = backends.vault_for(policy)?;
+        Ok(Arc::new(VaultKvStore::new(vault, &self.mount, &self.path)))
+    }
+}
+
+/// A Vault path: non-empty segments, no `.` or `..`, no empty segment, printable.
+fn segment_path(p: &str) -> Result<(), String> {
+    let t = p.trim_matches('/');
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if p.starts_with('/') {
+        return Err("must be relative (no leading '/')".into());
+    }
+    for seg in t.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("{} has an empty, '.' or '..' segment", echo(p)));
+        }
+        if seg.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!(
+                "{} contains whitespace or control characters",
+                echo(p)
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---- the store ----------------------------------------------------------------------------
 
 /// A policy's credential in Vault KV v2.
 #[derive(Debug, Clone)]

@@ -5,10 +5,46 @@ use async_trait::async_trait;
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 
-use super::{Target, TargetError};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{AdminSource, Target, TargetError};
+use crate::backends::{Backends, TargetKind};
+use crate::policy::Validator;
 
 /// The field a generated credential is stored under.
 pub const FIELD: &str = "value";
+
+/// `generated: {}` as a policy writes it: nothing to configure.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {}
+
+/// A generated target, validated (there is nothing to validate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Spec;
+
+impl Spec {
+    /// Accepts `generated: {}`.
+    #[allow(
+        clippy::unnecessary_wraps,
+        reason = "every kind's validate has this shape, so backends.rs dispatches uniformly"
+    )]
+    pub(crate) fn validate(_raw: &Raw, _v: &mut Validator<'_>, _field: &str) -> Option<Self> {
+        Some(Self)
+    }
+}
+
+impl TargetKind for Spec {
+    fn fields(&self) -> &'static [&'static str] {
+        &[FIELD]
+    }
+
+    fn build(&self, _admin: Option<Arc<dyn AdminSource>>, _b: &Backends) -> Arc<dyn Target> {
+        Arc::new(Generated)
+    }
+}
 
 /// A generated value.
 #[derive(Debug, Clone, Copy, Default)]

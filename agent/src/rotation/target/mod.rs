@@ -5,10 +5,57 @@
 
 pub mod generated;
 pub mod postgres;
+pub mod users;
+
+use std::fmt;
 
 use async_trait::async_trait;
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
+
+/// Where a target's admin credential comes from.
+///
+/// It is asked again at every use, so an admin password rotated elsewhere (or by keyturn
+/// itself) is picked up without a restart. A [`SecretData`] is a fixed source.
+#[async_trait]
+pub trait AdminSource: Send + Sync + fmt::Debug {
+    /// The admin credential.
+    ///
+    /// # Errors
+    /// Why it could not be read. The message names the store or path, never a value.
+    async fn admin(&self) -> Result<SecretData, BoxError>;
+}
+
+#[async_trait]
+impl AdminSource for SecretData {
+    async fn admin(&self) -> Result<SecretData, BoxError> {
+        Ok(self.clone())
+    }
+}
+
+/// Why an [`AdminSource`] could not produce the credential.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An [`AdminSource`] from an async closure, e.g. one that reads the admin's store:
+/// `AdminFn(move || { let v = vault.clone(); async move { Ok(v.kv2_read(m, p, None).await?.data) } })`.
+pub struct AdminFn<F>(pub F);
+
+impl<F> fmt::Debug for AdminFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminFn")
+    }
+}
+
+#[async_trait]
+impl<F, Fut> AdminSource for AdminFn<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<SecretData, BoxError>> + Send,
+{
+    async fn admin(&self) -> Result<SecretData, BoxError> {
+        (self.0)().await
+    }
+}
 
 /// Target failures. Names the target and the user, never a value.
 #[derive(Debug, thiserror::Error)]

@@ -37,61 +37,104 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
-use super::{Target, TargetError};
-use crate::policy::{PostgresTarget, Strategy};
+use serde::Deserialize;
 
-/// The credential field holding the role name.
-pub const USERNAME: &str = "username";
-/// The credential field holding the password.
-pub const PASSWORD: &str = "password";
+pub use super::users::{PASSWORD, USERNAME};
+use super::users::{Users, field_str, user_and_password};
+use super::{AdminSource, Target, TargetError};
+use crate::backends::{Backends, RawStore, StoreSpec, TargetKind};
+use crate::policy::needs::Need;
+use crate::policy::{S, Validator};
+
+/// `postgres:` as a policy writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Raw {
+    host: S<String>,
+    port: Option<S<u16>>,
+    database: Option<S<String>>,
+    admin: S<RawStore>,
+    users: S<Vec<S<String>>>,
+    strategy: Option<S<String>>,
+}
+
+/// A PostgreSQL target, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Server host.
+    pub host: String,
+    /// Server port (5432).
+    pub port: u16,
+    /// Database to connect to (`postgres`).
+    pub database: String,
+    /// Where the admin credential (`username`, `password`) is stored.
+    pub admin: StoreSpec,
+    /// The role(s) to rotate and how they take turns.
+    pub users: Users,
+}
+
+impl Spec {
+    /// Validates `raw`, found at `field`.
+    pub(crate) fn validate(raw: &Raw, v: &mut Validator<'_>, field: &str) -> Option<Self> {
+        let before = v.error_count();
+        let users = Users::validate(v, &raw.users, raw.strategy.as_ref(), field, |u| {
+            if u.is_empty() || u.len() > 63 || u.contains('\0') {
+                Err("a role name must be 1 to 63 characters without NUL")
+            } else {
+                Ok(())
+            }
+        });
+        if raw.host.value.trim().is_empty() {
+            v.err(&raw.host, &format!("{field}.host"), "must not be empty");
+        }
+        let admin = StoreSpec::validate(&raw.admin, v, &format!("{field}.admin"));
+        if v.error_count() > before {
+            return None;
+        }
+        Some(Self {
+            host: raw.host.value.clone(),
+            port: raw.port.as_ref().map_or(5432, |p| p.value),
+            database: raw
+                .database
+                .as_ref()
+                .map_or_else(|| "postgres".to_owned(), |d| d.value.clone()),
+            admin: admin?,
+            users: users?,
+        })
+    }
+}
+
+impl TargetKind for Spec {
+    fn fields(&self) -> &'static [&'static str] {
+        super::users::FIELDS
+    }
+
+    fn admin_store(&self) -> Option<&StoreSpec> {
+        Some(&self.admin)
+    }
+
+    fn needs(&self) -> Vec<Need> {
+        let target = Postgres::describe_at(&self.host, self.port, &self.database);
+        self.users
+            .names
+            .iter()
+            .map(|u| Need::Admin {
+                target: target.clone(),
+                privilege: format!(
+                    "ALTER ROLE \"{u}\" PASSWORD (CREATEROLE with ADMIN OPTION on the role, or superuser); the role exists with LOGIN"
+                ),
+            })
+            .collect()
+    }
+
+    fn build(&self, admin: Option<Arc<dyn AdminSource>>, backends: &Backends) -> Arc<dyn Target> {
+        let admin = admin.unwrap_or_else(|| Arc::new(SecretData::new()));
+        Arc::new(Postgres::with_admin_source(self, admin).with_pool(backends.pg_admin.clone()))
+    }
+}
 
 /// The default bound on one operation (connect, then the statement).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where the admin credential (fields `username` and `password`) comes from.
-///
-/// It is asked again for every `set`, `revert` and [`Postgres::reset_password`], so an admin
-/// password rotated elsewhere (or by keyturn itself) is picked up without a restart. A
-/// [`SecretData`] is a fixed source.
-#[async_trait]
-pub trait AdminSource: Send + Sync + fmt::Debug {
-    /// The admin credential.
-    ///
-    /// # Errors
-    /// Why it could not be read. The message names the store or path, never a value.
-    async fn admin(&self) -> Result<SecretData, BoxError>;
-}
-
-#[async_trait]
-impl AdminSource for SecretData {
-    async fn admin(&self) -> Result<SecretData, BoxError> {
-        Ok(self.clone())
-    }
-}
-
-/// Why an [`AdminSource`] could not produce the credential.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// An [`AdminSource`] from an async closure, e.g. one that reads the admin's store:
-/// `AdminFn(move || { let v = vault.clone(); async move { Ok(v.kv2_read(m, p, None).await?.data) } })`.
-pub struct AdminFn<F>(pub F);
-
-impl<F> fmt::Debug for AdminFn<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminFn")
-    }
-}
-
-#[async_trait]
-impl<F, Fut> AdminSource for AdminFn<F>
-where
-    F: Fn() -> Fut + Send + Sync,
-    Fut: Future<Output = Result<SecretData, BoxError>> + Send,
-{
-    async fn admin(&self) -> Result<SecretData, BoxError> {
-        (self.0)().await
-    }
-}
 
 /// How the connection to the server is protected; the names and meanings are libpq's
 /// `sslmode`.
@@ -145,8 +188,7 @@ pub struct Postgres {
     host: String,
     port: u16,
     database: String,
-    users: Vec<String>,
-    strategy: Strategy,
+    users: Users,
     admin: Arc<dyn AdminSource>,
     tls: TlsMode,
     ca: Option<Arc<Vec<CertificateDer<'static>>>>,
@@ -252,7 +294,6 @@ impl fmt::Debug for Postgres {
             .field("port", &self.port)
             .field("database", &self.database)
             .field("users", &self.users)
-            .field("strategy", &self.strategy)
             .field("admin", &self.admin)
             .field("tls", &self.tls)
             .field("timeout", &self.timeout)
@@ -287,19 +328,18 @@ impl Postgres {
     /// A target for `spec` whose admin credential is fixed. Prefer
     /// [`Postgres::with_admin_source`] where the admin password can rotate.
     #[must_use]
-    pub fn new(spec: &PostgresTarget, admin: SecretData) -> Self {
+    pub fn new(spec: &Spec, admin: SecretData) -> Self {
         Self::with_admin_source(spec, Arc::new(admin))
     }
 
     /// A target for `spec` that asks `admin` for the admin credential each time it needs it.
     #[must_use]
-    pub fn with_admin_source(spec: &PostgresTarget, admin: Arc<dyn AdminSource>) -> Self {
+    pub fn with_admin_source(spec: &Spec, admin: Arc<dyn AdminSource>) -> Self {
         Self {
             host: spec.host.clone(),
             port: spec.port,
             database: spec.database.clone(),
             users: spec.users.clone(),
-            strategy: spec.strategy,
             admin,
             tls: TlsMode::default(),
             ca: None,
@@ -353,7 +393,16 @@ impl Postgres {
     /// The roles this target may change.
     #[must_use]
     pub fn users(&self) -> &[String] {
-        &self.users
+        &self.users.names
+    }
+
+    /// `postgres:HOST:PORT/DATABASE`, with an IPv6 host in brackets.
+    fn describe_at(host: &str, port: u16, database: &str) -> String {
+        if host.contains(':') {
+            format!("postgres:[{host}]:{port}/{database}")
+        } else {
+            format!("postgres:{host}:{port}/{database}")
+        }
     }
 
     /// Sets `user`'s password to `value` now, outside any rotation (break-glass: make a
@@ -365,10 +414,10 @@ impl Postgres {
     /// or the admin may not change it; [`TargetError::Unreachable`] when the server cannot be
     /// reached in time; [`TargetError::Admin`] when the admin credential cannot be read.
     pub async fn reset_password(&self, user: &str, value: &SecretValue) -> Result<(), TargetError> {
-        if !self.users.iter().any(|u| u == user) {
+        if !self.users.contains(user) {
             return Err(self.refused(format!(
                 "role \"{user}\" is not one of this target's roles ({}); refusing to change it",
-                self.users.join(", ")
+                self.users.names.join(", ")
             )));
         }
         if value.is_empty() {
@@ -584,13 +633,6 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// A field as text, if present and UTF-8.
-fn field_str<'a>(d: &'a SecretData, key: &str) -> Option<&'a str> {
-    d.get(key)
-        .and_then(|v| v.expose_str().ok())
-        .filter(|s| !s.is_empty())
-}
-
 /// `name` as an SQL identifier: double-quoted, inner double quotes doubled. Case and every
 /// character are kept (the policy's role names are exact, not folded to lower case).
 fn quote_ident(name: &str) -> String {
@@ -673,71 +715,32 @@ impl ServerCertVerifier for EncryptOnly {
 #[async_trait]
 impl Target for Postgres {
     fn describe(&self) -> String {
-        if self.host.contains(':') {
-            format!("postgres:[{}]:{}/{}", self.host, self.port, self.database)
-        } else {
-            format!("postgres:{}:{}/{}", self.host, self.port, self.database)
-        }
+        Self::describe_at(&self.host, self.port, &self.database)
     }
 
     fn compose(&self, value: SecretValue, current: Option<&SecretData>) -> SecretData {
-        let first = self.users.first().map_or("", String::as_str);
-        let user = match self.strategy {
-            Strategy::Single => first,
-            // The user not in use, so the app keeps working with CURRENT until promotion.
-            Strategy::Alternating => match (
-                current.and_then(|c| field_str(c, USERNAME)),
-                self.users.get(1),
-            ) {
-                (Some(cur), Some(second)) if cur == first => second.as_str(),
-                _ => first,
-            },
-        };
-        let mut d = SecretData::new();
-        d.insert(USERNAME, SecretValue::from_str_copy(user));
-        d.insert(PASSWORD, value);
-        d
+        self.users.compose(value, current)
     }
 
     async fn invalidate_others(&self, current: &SecretData) -> Result<Option<String>, TargetError> {
-        if self.strategy != Strategy::Alternating {
-            return Ok(None);
-        }
-        let in_use = field_str(current, USERNAME);
-        let Some(standby) = self.users.iter().find(|u| Some(u.as_str()) != in_use) else {
+        let Some(standby) = self.users.standby(current) else {
             return Ok(None);
         };
         // Random, never stored: the standby user is unusable until the next rotation sets it.
-        let throwaway = crate::rotation::generate::generate(&crate::policy::Generator {
-            length: 48,
-            alphabet: crate::policy::CHARSETS[0].1.chars().collect(),
-        });
+        let throwaway = crate::rotation::generate::throwaway();
         self.reset_password(standby, &throwaway).await?;
         Ok(Some(format!("standby role \"{standby}\" password reset")))
     }
 
     async fn set(&self, pending: &SecretData) -> Result<(), TargetError> {
-        let user = field_str(pending, USERNAME)
-            .ok_or_else(|| self.refused("pending credential has no username".into()))?;
-        let password = pending.get(PASSWORD).ok_or_else(|| {
-            self.refused(format!(
-                "pending credential for role \"{user}\" has no password"
-            ))
-        })?;
+        let (user, password) = user_and_password(pending)
+            .map_err(|what| self.refused(format!("pending {what}")))?;
         self.reset_password(user, password).await
     }
 
     async fn test(&self, pending: &SecretData) -> Result<(), TargetError> {
-        let user = field_str(pending, USERNAME)
-            .ok_or_else(|| self.refused("pending credential has no username".into()))?;
-        let password = pending
-            .get(PASSWORD)
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| {
-                self.refused(format!(
-                    "pending credential for role \"{user}\" has no password"
-                ))
-            })?;
+        let (user, password) = user_and_password(pending)
+            .map_err(|what| self.refused(format!("pending {what}")))?;
         self.bounded(async {
             let client = self
                 .connect(user, password.expose(), Doing::Login(user))
@@ -784,19 +787,19 @@ impl Target for Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::StoreRef;
+    use crate::rotation::store::vault_kv;
+    use crate::rotation::target::users::Strategy;
 
     fn target(strategy: Strategy, users: &[&str]) -> Postgres {
-        let spec = PostgresTarget {
+        let spec = Spec {
             host: "127.0.0.1".into(),
             port: 5432,
             database: "postgres".into(),
-            admin: StoreRef::VaultKv {
+            admin: StoreSpec::VaultKv(vault_kv::Spec {
                 mount: "secret".into(),
                 path: "pg-admin".into(),
-            },
-            users: users.iter().map(|u| (*u).to_owned()).collect(),
-            strategy,
+            }),
+            users: Users::new(users.iter().map(|u| (*u).to_owned()).collect(), strategy),
         };
         Postgres::new(&spec, SecretData::new())
     }

@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::distribute::restart::resource_of;
-use crate::policy::Policy;
+use super::Policy;
+use super::needs::Need;
 
 /// The name of every generated Role and RoleBinding.
 pub const ROLE_NAME: &str = "keyturn-agent";
@@ -46,6 +46,35 @@ struct Needs {
     workloads: BTreeMap<(&'static str, &'static str), BTreeSet<String>>,
 }
 
+/// Every `get`/`patch` the policies need, by namespace (from [`Policy::needs`], the same
+/// model `keyturn doctor` checks against the cluster).
+fn by_namespace(policies: &[Policy]) -> BTreeMap<String, Needs> {
+    let mut out: BTreeMap<String, Needs> = BTreeMap::new();
+    for need in super::needs::all(policies) {
+        let Need::Kubernetes {
+            namespace,
+            group,
+            resource,
+            name,
+            ..
+        } = need
+        else {
+            continue;
+        };
+        let needs = out.entry(namespace).or_default();
+        if group.is_empty() && resource == "secrets" {
+            needs.secrets.insert(name);
+        } else {
+            needs
+                .workloads
+                .entry((resource, group))
+                .or_default()
+                .insert(name);
+        }
+    }
+    out
+}
+
 /// A Role and its RoleBinding per namespace the policies distribute to, in namespace order.
 ///
 /// Workloads of a kind keyturn cannot restart are left out (policy validation already
@@ -57,20 +86,6 @@ pub fn roles(
     sa_namespace: &str,
     options: &RbacOptions,
 ) -> Vec<(Role, RoleBinding)> {
-    let mut by_namespace: BTreeMap<&str, Needs> = BTreeMap::new();
-    for d in policies.iter().flat_map(|p| &p.distribute) {
-        let needs = by_namespace.entry(&d.namespace).or_default();
-        needs.secrets.insert(d.secret.clone());
-        for w in &d.restart {
-            if let Some(resource) = resource_of(&w.kind) {
-                needs
-                    .workloads
-                    .entry(resource)
-                    .or_default()
-                    .insert(w.name.clone());
-            }
-        }
-    }
 
     let rule = |group: &str, resource: &str, verbs: &[&str], names: Option<&BTreeSet<String>>| {
         PolicyRule {
@@ -95,7 +110,7 @@ pub fn roles(
         ..ObjectMeta::default()
     };
 
-    by_namespace
+    by_namespace(policies)
         .into_iter()
         .map(|(namespace, needs)| {
             let mut rules = vec![rule("", "secrets", &["get", "patch"], Some(&needs.secrets))];
@@ -106,11 +121,11 @@ pub fn roles(
                 rules.push(rule(group, plural, &["get", "patch"], Some(names)));
             }
             let role = Role {
-                metadata: meta(namespace),
+                metadata: meta(&namespace),
                 rules: Some(rules),
             };
             let binding = RoleBinding {
-                metadata: meta(namespace),
+                metadata: meta(&namespace),
                 role_ref: RoleRef {
                     api_group: "rbac.authorization.k8s.io".to_owned(),
                     kind: "Role".to_owned(),
