@@ -13,6 +13,7 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /usr/bin/time ] || need_apt+=(time)   # peak RSS in the benchmarks
 command -v promtool >/dev/null || need_apt+=(prometheus)   # promtool checks the /metrics exposition
+command -v redis-server >/dev/null || need_apt+=(redis-server)   # the Redis target's test server
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
