@@ -48,12 +48,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use super::event::{EntryBody, Event};
+use super::event::{Actor, Event, Outcome};
 
 /// Length of a hash in hex digits.
 pub const HASH_HEX_LEN: usize = 64;
@@ -555,11 +557,142 @@ pub(crate) fn seal_into(
     Ok(hash)
 }
 
+/// One line of the audit log: an [`Event`] stamped, numbered and chained.
+///
+/// The field order here *is* the canonical order (see the module docs); a test checks
+/// that serializing a parsed entry gives back the exact line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When the log sealed it: RFC 3339, UTC, milliseconds.
+    #[serde(with = "rfc3339_millis")]
+    pub time: DateTime<Utc>,
+    /// Position in the chain, from 0, continuing across files.
+    pub seq: u64,
+    /// Who.
+    pub actor: Actor,
+    /// What.
+    pub action: String,
+    /// Which secret path or policy.
+    pub resource: String,
+    /// How it turned out.
+    pub outcome: Outcome,
+    /// More about the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Rotation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_id: Option<String>,
+    /// Hex HMAC-SHA256 of the value under the audit key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_hmac: Option<String>,
+    /// For a secret with several fields: the hex HMAC-SHA256 of each under the audit key, by
+    /// field name (in name order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_hmacs: Option<BTreeMap<String, String>>,
+    /// The previous entry's `hash`, or 64 zeros for the first entry of a chain.
+    pub prev: ChainHash,
+    /// SHA-256 of this entry's canonical form (every member above).
+    pub hash: ChainHash,
+    /// HMAC-SHA-256 of `hash` under the chain key; absent on entries written before keyed
+    /// chaining. See [`chain`](super::chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<ChainHash>,
+}
+
+impl Entry {
+    /// Parses one line (with or without its trailing newline). Does not check the hash.
+    ///
+    /// # Errors
+    /// [`LineError::NotAnEntry`] when the line is not an entry.
+    pub fn parse(line: &[u8]) -> Result<Entry, LineError> {
+        serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).map_err(|e| {
+            LineError::NotAnEntry {
+                reason: json_error_reason(&e),
+            }
+        })
+    }
+
+    /// `time` as written in the log.
+    #[must_use]
+    pub fn time_rfc3339(&self) -> String {
+        self.time.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+/// [`Entry`] without `hash`, borrowing from the [`Event`]: what gets serialized and hashed.
+/// Field names and order must match [`Entry`].
+#[derive(Serialize)]
+pub(crate) struct EntryBody<'a> {
+    #[serde(with = "rfc3339_millis")]
+    time: DateTime<Utc>,
+    seq: u64,
+    actor: &'a Actor,
+    action: &'a str,
+    resource: &'a str,
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_hmac: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field_hmacs: Option<&'a BTreeMap<String, String>>,
+    prev: ChainHash,
+}
+
+impl<'a> EntryBody<'a> {
+    pub(crate) fn new(event: &'a Event, time: DateTime<Utc>, head: ChainHead) -> Self {
+        Self {
+            time,
+            seq: head.next_seq,
+            actor: &event.actor,
+            action: &event.action,
+            resource: &event.resource,
+            outcome: event.outcome,
+            detail: event.detail.as_deref(),
+            reason: event.reason.as_deref(),
+            request_id: event.request_id.as_deref(),
+            rotation_id: event.rotation_id.as_deref(),
+            value_hmac: event.value_hmac.as_deref(),
+            field_hmacs: event.field_hmacs.as_ref(),
+            prev: head.prev,
+        }
+    }
+}
+
+/// `time` as RFC 3339, UTC, milliseconds, `Z`: fixed width, so lines sort and align.
+mod rfc3339_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::SecretValue;
-    use crate::audit::{Actor, Entry, HmacKey, Outcome};
+    use crate::audit::{EventBuilder, HmacKey};
 
     fn test_key() -> HmacKey {
         HmacKey::from_bytes_for_test(&[0x5a; 32])
@@ -801,5 +934,39 @@ mod tests {
         let e = check_line(line.as_bytes()).unwrap_err().to_string();
         assert!(!e.contains("KTCANARY"), "{e}");
         assert!(e.contains("column"), "{e}");
+    }
+
+    #[test]
+    fn each_field_is_kept_only_as_its_hmac_by_name() {
+        let key = HmacKey::generate().unwrap();
+        let user = SecretValue::from_str_copy("canary-field-user-3c1a");
+        let pass = SecretValue::from_str_copy("canary-field-pass-8e2b");
+        let event = EventBuilder::new(&key, Actor::agent("keyturn-init"), "secret.read", "kv/x")
+            .field_values([("username", &user), ("password", &pass)])
+            .build();
+        let fields = event.field_hmacs().unwrap();
+        assert_eq!(
+            fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect::<Vec<_>>(),
+            [
+                ("password", key.hmac_hex(&pass)),
+                ("username", key.hmac_hex(&user))
+            ]
+        );
+        let shown = format!("{event:?}");
+        assert!(!shown.contains("canary-field"), "{shown}");
+        let body =
+            serde_json::to_string(&EntryBody::new(&event, Utc::now(), ChainHead::GENESIS)).unwrap();
+        assert!(!body.contains("canary-field"), "{body}");
+        assert!(
+            body.contains(&format!(
+                "\"field_hmacs\":{{\"password\":\"{}\",\"username\":\"{}\"}},\"prev\"",
+                key.hmac_hex(&pass),
+                key.hmac_hex(&user)
+            )),
+            "{body}"
+        );
     }
 }

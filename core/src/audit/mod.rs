@@ -40,9 +40,9 @@ mod verify;
 mod test_support;
 
 pub use anchor::{Anchor, AnchorError, AnchorHead, AnchorLocation};
-pub use chain::{ChainHash, ChainHead, ChainKey, InvalidChainHash, LineError};
+pub use chain::{ChainHash, ChainHead, ChainKey, Entry, InvalidChainHash, LineError};
 pub use error::AuditError;
-pub use event::{Actor, ActorKind, Entry, Event, EventBuilder, Outcome};
+pub use event::{Actor, ActorKind, Event, EventBuilder, Outcome};
 pub use hmac_key::{CHAIN_KEY_LABEL, HmacKey, KEY_FILE_ENV, KeyError, KeySource, STATE_DIR_ENV};
 pub use log::{AuditLog, AuditLogOptions, AuditStats, DEFAULT_MAX_BATCH, RecordedEvent};
 pub use sink::{AuditSink, FileSink, SinkError, StdoutSink};
