@@ -10,7 +10,7 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretBox};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A secret's bytes: zeroized on drop, `[REDACTED]` in `Debug` and `Display`, and not
 /// `Serialize`, so it cannot slip into a log line, an error or an audit record by accident.
@@ -20,10 +20,17 @@ use zeroize::Zeroizing;
 pub struct SecretValue(SecretBox<[u8]>);
 
 impl SecretValue {
-    /// Takes ownership of `bytes`; the vector's buffer is the one that gets zeroized.
+    /// Takes ownership of `bytes`. A vector with spare capacity is copied into an
+    /// exact-size buffer and its own buffer zeroized (whole capacity), because
+    /// `into_boxed_slice` would reallocate and free the old buffer with the secret still in it.
     #[must_use]
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(SecretBox::new(bytes.into_boxed_slice()))
+    pub fn new(mut bytes: Vec<u8>) -> Self {
+        if bytes.len() == bytes.capacity() {
+            return Self(SecretBox::new(bytes.into_boxed_slice()));
+        }
+        let exact: Box<[u8]> = bytes.as_slice().into();
+        bytes.zeroize();
+        Self(SecretBox::new(exact))
     }
 
     /// Copies `s` into zeroizing storage. The caller remains responsible for `s` itself.
@@ -183,6 +190,16 @@ mod tests {
     use super::*;
 
     const CANARY: &str = "canary-5ecret-do-not-print";
+
+    #[test]
+    fn a_vector_with_spare_capacity_keeps_exactly_its_bytes() {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"abc");
+        assert_eq!(SecretValue::new(v).expose(), b"abc");
+        let exact = b"xyz".to_vec();
+        assert_eq!(exact.len(), exact.capacity());
+        assert_eq!(SecretValue::new(exact).expose(), b"xyz");
+    }
 
     #[test]
     fn debug_and_display_never_show_the_value() {
