@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -65,13 +66,14 @@ def free_port():
     return p
 
 
-def request(url, method="GET", body=None, headers=None, timeout=30):
-    """(status, parsed JSON or None). Never raises on an HTTP error status."""
+def request(url, method="GET", body=None, headers=None, timeout=30, context=None):
+    """(status, parsed JSON or None). Never raises on an HTTP error status. `context`: an
+    ssl.SSLContext for an HTTPS server with a CA of its own (the Kubernetes stand-in)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, method=method, data=data,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             text = r.read()
             status = r.status
     except urllib.error.HTTPError as e:
@@ -100,11 +102,14 @@ class Vault:
 
 
 class Kube:
-    def __init__(self, url, token):
+    def __init__(self, url, token, ca_file):
         self.url, self.token = url, token
+        # The stand-in serves HTTPS with a CA of its own (--ca-cert writes it).
+        self.tls = ssl.create_default_context(cafile=ca_file)
 
     def __call__(self, method, path, body=None):
-        return request(f"{self.url}{path}", method, body, {"Authorization": f"Bearer {self.token}"})
+        return request(f"{self.url}{path}", method, body, {"Authorization": f"Bearer {self.token}"},
+                       context=self.tls)
 
 
 def parallel(fn, items, threads=THREADS):
@@ -442,14 +447,16 @@ def main():
         pg, pg_port, su_password = start_postgres(work)
         procs.append((pg, signal.SIGINT))  # SIGINT: PostgreSQL's fast shutdown
         kubeconfig = f"{work}/kubeconfig"
-        standin = subprocess.Popen([STANDIN, "--listen", "127.0.0.1:0", "--kubeconfig", kubeconfig],
+        kube_ca = f"{work}/kube-ca.pem"
+        standin = subprocess.Popen([STANDIN, "--listen", "127.0.0.1:0", "--kubeconfig", kubeconfig,
+                                    "--ca-cert", kube_ca],
                                    stdout=subprocess.PIPE, stderr=open(f"{work}/standin.log", "w"), text=True)
         procs.append((standin, signal.SIGTERM))
         kube_url = standin.stdout.readline().strip()
         if not kube_url.startswith("http"):
             sys.exit(f"keyturn-kube-standin did not start: {open(f'{work}/standin.log').read()[-2000:]}")
         kube_token = re.search(r"^\s*token: (\S+)", open(kubeconfig).read(), re.M).group(1)
-        kube = Kube(kube_url, kube_token)
+        kube = Kube(kube_url, kube_token, kube_ca)
 
         wait_for(lambda: request(f"{vault.addr}/v1/sys/health", timeout=2)[0] == 200, "OpenBao")
         wait_for(lambda: psql(pg_port, "postgres", su_password, "SELECT 1", check=False).returncode == 0,

@@ -66,3 +66,21 @@ pub fn keyturn() -> PathBuf {
     BIN.get_or_init(|| build("keyturn", "keyturn", &["crash-points"], "KEYTURN_BIN"))
         .clone()
 }
+
+/// `keyturn-kube-standin`, the Kubernetes API stand-in as a process (its own package, so
+/// built like keyturn's). `KEYTURN_KUBE_STANDIN_BIN` overrides the path.
+///
+/// # Panics
+/// When it cannot be built.
+pub fn kube_standin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        build(
+            "keyturn-kube-standin",
+            "keyturn-kube-standin",
+            &[],
+            "KEYTURN_KUBE_STANDIN_BIN",
+        )
+    })
+    .clone()
+}

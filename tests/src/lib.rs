@@ -6,8 +6,9 @@
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
 //! - [`fault::FaultProxy`]: a TCP/HTTP fault proxy in front of any of them.
 //! - [`moto::Moto`]: `moto_server` from the pinned PyPI `moto[server]`.
-//! - [`kube`]: the Kubernetes API stand-in, and `TestCluster`, which is the stand-in or a
-//!   real cluster when `KEYTURN_TEST_KUBECONFIG` is set.
+//! - [`kube`]: the Kubernetes API stand-in (HTTPS with its own CA; crate
+//!   `keyturn-kube-standin`, re-exported), and `TestCluster`, which is the stand-in or a real
+//!   cluster when `KEYTURN_TEST_KUBECONFIG` is set.
 //!
 //! Each server gets a free loopback port of its own and is stopped when its handle drops (or
 //! killed by the kernel if the test process dies), so tests run in parallel without sharing

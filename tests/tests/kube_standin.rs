@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use keyturn_tests::kube::{KubeStandin, TestCluster};
 use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::process::eventually;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use serde_json::{Value, json};
@@ -59,6 +60,28 @@ fn data_of(s: &Secret) -> BTreeMap<String, Vec<u8>> {
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect()
+}
+
+/// An HTTPS client that trusts only `standin`'s CA, for requests kube-rs does not make
+/// (control endpoints, OpenID discovery, unauthenticated requests).
+fn https(standin: &KubeStandin) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap()
+}
+
+/// The DER of the one certificate in `pem`.
+fn pem_der(pem: &[u8]) -> Vec<u8> {
+    let b64: String = std::str::from_utf8(pem)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 fn rv(meta: &kube::api::ObjectMeta) -> String {
@@ -911,7 +934,7 @@ async fn an_issued_token_authenticates_api_requests_as_its_service_account() {
 #[tokio::test]
 async fn openid_discovery_serves_the_key_that_verifies_issued_tokens() {
     let standin = KubeStandin::start().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = https(&standin);
     let config: Value = http
         .get(format!(
             "{}/.well-known/openid-configuration",
@@ -1028,7 +1051,7 @@ async fn the_deny_switch_forbids_matching_requests_until_allow_all() {
 #[tokio::test]
 async fn the_control_endpoints_switch_denials_and_mint_tokens_for_the_admin_only() {
     let standin = KubeStandin::start().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = https(&standin);
     let control = |path: &str, token: &str, body: Value| {
         http.post(format!("{}/_standin/{path}", standin.url()))
             .bearer_auth(token)
@@ -1070,7 +1093,7 @@ async fn the_control_endpoints_switch_denials_and_mint_tokens_for_the_admin_only
 async fn a_request_without_valid_credentials_is_unauthorized() {
     let standin = KubeStandin::start().await.unwrap();
     let url = format!("{}/api/v1/namespaces/default/secrets", standin.url());
-    let response = reqwest::get(&url).await.unwrap();
+    let response = https(&standin).get(&url).send().await.unwrap();
     assert_eq!(response.status(), 401);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["kind"], "Status");
@@ -1264,18 +1287,15 @@ subjects:
         .create(&PostParams::default(), &role)
         .await
         .unwrap();
-    // A real cluster's authorizer reads RBAC from an informer cache: give it a moment.
-    let mut allowed = false;
-    for _ in 0..50 {
-        allowed = can_i(&client, &ns, "get", "", "secrets", "orders-db")
+    // A real cluster's authorizer reads RBAC from an informer cache: wait until it has the
+    // Role (the stand-in has it at once). No deadline: the runner's slow-timeout ends a
+    // cluster that never grants it.
+    eventually("the new Role to grant get on orders-db", || async {
+        can_i(&client, &ns, "get", "", "secrets", "orders-db")
             .await
-            .allowed;
-        if allowed {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(allowed);
+            .allowed
+    })
+    .await;
     Api::<Secret>::namespaced(client, &ns)
         .get("orders-db")
         .await
@@ -1644,7 +1664,7 @@ async fn the_rbac_switch_holds_service_accounts_to_their_roles_while_it_is_on() 
         .await
         .unwrap();
 
-    let http = reqwest::Client::new();
+    let http = https(&standin);
     let switch = |token: &str, enforce: bool| {
         http.post(format!("{}/_standin/rbac", standin.url()))
             .bearer_auth(token)
@@ -1814,9 +1834,88 @@ async fn the_written_kubeconfig_loads_in_kube_rs() {
 }
 
 #[tokio::test]
+async fn it_serves_https_only_and_clients_verify_its_own_ca() {
+    let standin = KubeStandin::start().await.unwrap();
+    let other = KubeStandin::start().await.unwrap();
+    let port = standin.addr().port();
+    assert_eq!(standin.url(), format!("https://127.0.0.1:{port}"));
+    assert_ne!(
+        standin.ca_pem(),
+        other.ca_pem(),
+        "each stand-in has its own CA"
+    );
+
+    // The kubeconfig carries the CA, and kube-rs (as keyturn builds its client, from a
+    // kubeconfig) trusts exactly it.
+    let yaml = standin.kubeconfig_yaml();
+    assert!(yaml.contains("certificate-authority-data: "), "{yaml}");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&yaml).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(config.root_cert, Some(vec![standin.ca_der()]));
+    Api::<Secret>::namespaced(kube::Client::try_from(config).unwrap(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+
+    // Another CA: the handshake fails, before any request (so no token) is sent.
+    let answered = standin.requests().len();
+    let mut wrong_ca = standin.config();
+    wrong_ca.root_cert = Some(vec![other.ca_der()]);
+    wrong_ca.auth_info.token = Some(standin.admin_token().into());
+    let refused = Api::<Secret>::namespaced(kube::Client::try_from(wrong_ca).unwrap(), "default")
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        !matches!(refused, Ok(_) | Err(kube::Error::Api(_))),
+        "a client trusting another CA must not get an answer: {refused:?}"
+    );
+    let via_other = https(&other)
+        .get(format!("{}/version", standin.url()))
+        .send()
+        .await;
+    assert!(
+        via_other.as_ref().is_err_and(reqwest::Error::is_connect),
+        "{via_other:?}"
+    );
+    assert_eq!(
+        standin.requests().len(),
+        answered,
+        "nothing reached the API: {:?}",
+        standin.requests()
+    );
+
+    // The certificate names localhost too; /version is public, as on a real cluster.
+    let version: Value = https(&standin)
+        .get(format!("https://localhost:{port}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["major"], "1");
+
+    // Plain HTTP on the TLS port is answered as kube-apiserver (Go) answers it.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/version"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    assert_eq!(
+        plain.text().await.unwrap(),
+        "Client sent an HTTP request to an HTTPS server.\n"
+    );
+}
+
+#[tokio::test]
 async fn the_binary_refuses_a_non_loopback_listen_address() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyturn-kube-standin"))
+    let out = tokio::process::Command::new(keyturn_tests::bins::kube_standin())
         .args(["--listen", "0.0.0.0:0", "--kubeconfig"])
         .arg(dir.path().join("kubeconfig"))
         .output()
@@ -1832,7 +1931,8 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
     use tokio::io::AsyncBufReadExt as _;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyturn-kube-standin"))
+    let ca_cert = dir.path().join("ca.pem");
+    let mut child = tokio::process::Command::new(keyturn_tests::bins::kube_standin())
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -1841,6 +1941,8 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
             "--kubeconfig",
         ])
         .arg(&kubeconfig)
+        .arg("--ca-cert")
+        .arg(&ca_cert)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -1851,7 +1953,7 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
@@ -1859,6 +1961,12 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
     )
     .await
     .unwrap();
+    let ca_pem = std::fs::read(&ca_cert).unwrap();
+    assert_eq!(
+        config.root_cert,
+        Some(vec![pem_der(&ca_pem)]),
+        "--ca-cert holds the CA of the kubeconfig"
+    );
     let secrets: Api<Secret> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
     assert_eq!(status_of(secrets.get("x").await).code, 403);
     secrets.list(&ListParams::default()).await.unwrap();

@@ -166,7 +166,10 @@ async fn jwt_auth_validates_a_service_account_token_against_the_clusters_jwks() 
     bao.api(
         "POST",
         "auth/jwt/config",
-        Some(json!({ "jwks_url": format!("{}/openid/v1/jwks", standin.url()) })),
+        Some(json!({
+            "jwks_url": format!("{}/openid/v1/jwks", standin.url()),
+            "jwks_ca_pem": standin.ca_pem(),
+        })),
     )
     .await
     .unwrap();

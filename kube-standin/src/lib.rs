@@ -1,11 +1,14 @@
-//! A Kubernetes API stand-in for keyturn's tests, and [`TestCluster`], which gives a test
-//! either a fresh stand-in or a real cluster.
+//! keyturn-kube-standin: a Kubernetes API stand-in for keyturn's tests, its demo and trying
+//! keyturn by hand with kubectl.
 //!
 //! No kube-apiserver can be installed where keyturn's tests run, so [`KubeStandin`] serves the
-//! real Kubernetes JSON HTTP API for exactly the subset keyturn uses, over plain HTTP on
-//! loopback, and **rejects what the real server rejects**, with the same codes, reasons and
-//! messages. A test that passes here should pass against a real cluster, which is why
-//! end-to-end tests go through [`TestCluster`] and also run against one when
+//! real Kubernetes JSON API for exactly the subset keyturn uses, over HTTPS on loopback with
+//! a CA of its own (see `tls`), and **rejects what the real server rejects**, with the same
+//! codes, reasons and messages. Real clients accept it: kube-rs verifying the CA from the
+//! kubeconfig [`KubeStandin::write_kubeconfig`] writes (`certificate-authority-data` and a
+//! bearer token), kubectl, and OpenBao's kubernetes auth given [`KubeStandin::ca_pem`]. A test
+//! that passes here should pass against a real cluster, which is why keyturn's end-to-end
+//! tests reach it through `keyturn_tests::kube::TestCluster` and also run against one when
 //! `KEYTURN_TEST_KUBECONFIG` is set.
 //!
 //! Served (namespaced unless marked cluster-scoped):
@@ -39,7 +42,6 @@
 
 mod apps;
 mod auth;
-mod cluster;
 mod faults;
 mod kinds;
 mod managed;
@@ -53,6 +55,7 @@ mod selectors;
 mod server;
 pub(crate) mod status;
 mod store;
+mod tls;
 mod tokens;
 mod validation;
 
@@ -64,7 +67,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use cluster::{REAL_CLUSTER_ENV, TestCluster};
 pub use server::RecordedRequest;
 
 use auth::DenyRule;
@@ -83,7 +85,9 @@ pub struct KubeStandin {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    ca_der: Vec<u8>,
+    /// Dropped (or sent) to stop the server.
+    shutdown: Option<tokio::sync::watch::Sender<()>>,
 }
 
 impl std::fmt::Debug for KubeStandin {
@@ -107,8 +111,8 @@ impl KubeStandin {
     /// Starts a stand-in on `addr`, which must be a loopback address (port 0: any free one).
     ///
     /// # Errors
-    /// When `addr` is not loopback (the stand-in has no TLS and trusts its admin token) or
-    /// cannot be bound.
+    /// When `addr` is not loopback (its certificate names only loopback addresses, and its
+    /// admin token may do anything) or cannot be bound.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
         anyhow::ensure!(
             addr.ip().is_loopback(),
@@ -118,7 +122,8 @@ impl KubeStandin {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
-        let url = format!("http://{addr}");
+        let url = format!("https://{addr}");
+        let tls = tls::Tls::new(addr.ip())?;
         let mut store = Store::default();
         rbac::seed_defaults(&mut store, (TOKEN_REVIEWER_NAMESPACE, TOKEN_REVIEWER_NAME));
         let shared = Arc::new(Shared {
@@ -134,35 +139,34 @@ impl KubeStandin {
             url,
             log: Mutex::new(Vec::new()),
         });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::watch::channel(());
         let app = server::router(Arc::clone(&shared));
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(e) = served.await {
-                tracing::warn!(error = %e, "Kubernetes stand-in stopped");
-            }
-        });
+        tokio::spawn(tls::serve(listener, tls.acceptor, app, rx));
         Ok(Self {
             shared,
             addr,
-            ca_pem: placeholder_ca_pem()?,
+            ca_pem: tls.ca_pem,
+            ca_der: tls.ca_der,
             shutdown: Some(tx),
         })
     }
 
-    /// `http://127.0.0.1:PORT`: the API server URL, also OpenBao's `kubernetes_host` and the
+    /// `https://127.0.0.1:PORT`: the API server URL, also OpenBao's `kubernetes_host` and the
     /// tokens' issuer.
     pub fn url(&self) -> String {
         self.shared.url.clone()
     }
 
-    /// A CA certificate (PEM) to configure clients that insist on one, such as OpenBao's
-    /// kubernetes auth (`kubernetes_ca_cert`; outside a pod it refuses a config without one).
-    /// The stand-in speaks plain HTTP, so nothing is ever verified against it.
+    /// The stand-in's own CA certificate (PEM), which signed its serving certificate: what a
+    /// client must trust, e.g. OpenBao's kubernetes auth (`kubernetes_ca_cert`), its JWT auth
+    /// (`jwks_ca_pem`), or reqwest (`Certificate::from_pem`). Each stand-in has its own.
     pub fn ca_pem(&self) -> String {
         self.ca_pem.clone()
+    }
+
+    /// [`Self::ca_pem`] in DER, as `kube::Config::root_cert` takes it.
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.ca_der.clone()
     }
 
     /// The bound address.
@@ -175,15 +179,18 @@ impl KubeStandin {
         self.shared.admin_token.clone()
     }
 
-    /// A kubeconfig with one cluster, one token user and one current context (`default`
+    /// A kubeconfig with one cluster (this URL, `certificate-authority-data` the CA), one
+    /// token user (`kubernetes-admin`, the admin token) and one current context (`default`
     /// namespace), loadable by kubectl, kube-rs and client-go.
     pub fn kubeconfig_yaml(&self) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: keyturn-standin\n  cluster:\n    server: {url}\ncontexts:\n- name: keyturn-standin\n  context:\n    cluster: keyturn-standin\n    user: {user}\n    namespace: default\ncurrent-context: keyturn-standin\nusers:\n- name: {user}\n  user:\n    token: {token}\npreferences: {{}}\n",
-            url = self.shared.url,
-            user = auth::ADMIN_USER,
-            token = self.shared.admin_token,
-        )
+        self.kubeconfig_yaml_for(auth::ADMIN_USER, &self.shared.admin_token)
+    }
+
+    /// Like [`Self::kubeconfig_yaml`], for the user `user` authenticating with `token`, e.g.
+    /// a service account's from [`Self::issue_service_account_token`], to run a binary with
+    /// exactly that account's permissions.
+    pub fn kubeconfig_yaml_for(&self, user: &str, token: &str) -> String {
+        kubeconfig_yaml(&self.shared.url, Some(&self.ca_pem), user, token)
     }
 
     /// Writes [`Self::kubeconfig_yaml`] to `path`, readable by the owner only (it holds the
@@ -206,6 +213,18 @@ impl KubeStandin {
         Ok(())
     }
 
+    /// A kube-rs config for this stand-in: its URL, trusting only its CA, and no user.
+    pub fn config(&self) -> kube::Config {
+        let mut config = kube::Config::new(
+            self.shared
+                .url
+                .parse()
+                .expect("the stand-in's own URL parses"),
+        );
+        config.root_cert = Some(vec![self.ca_der.clone()]);
+        config
+    }
+
     /// A kube-rs client for the admin user, built from [`Self::kubeconfig_yaml`] so that the
     /// kubeconfig itself is exercised.
     ///
@@ -226,7 +245,7 @@ impl KubeStandin {
     /// # Errors
     /// When the client cannot be built.
     pub fn client_with_token(&self, token: &str) -> anyhow::Result<kube::Client> {
-        let mut config = kube::Config::new(self.shared.url.parse()?);
+        let mut config = self.config();
         config.auth_info.token = Some(secrecy::SecretString::from(token.to_owned()));
         Ok(kube::Client::try_from(config)?)
     }
@@ -346,15 +365,33 @@ impl KubeStandin {
     }
 }
 
-/// A fresh self-signed CA certificate; see [`KubeStandin::ca_pem`].
-fn placeholder_ca_pem() -> anyhow::Result<String> {
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "keyturn-kube-standin-ca");
-    Ok(params.self_signed(&key)?.pem())
+/// A kubeconfig for the API at `server` (its CA `ca_pem`; `None`: the system's roots) as
+/// `user` with a bearer `token`: one cluster, one user, one current context in namespace
+/// `default`. A value with anything
+/// but letters, digits and `._-:/` is written as a double-quoted string, so any token or user
+/// name stays one scalar; the usual ones (JWTs, URLs) stay plain for scripts that grep them.
+pub fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>, user: &str, token: &str) -> String {
+    use base64::Engine as _;
+    let q = |s: &str| {
+        let plain = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c));
+        if plain {
+            s.to_owned()
+        } else {
+            serde_json::Value::String(s.to_owned()).to_string()
+        }
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keyturn-standin\n  cluster:\n    server: {server}\n{ca}contexts:\n- name: keyturn-standin\n  context:\n    cluster: keyturn-standin\n    user: {user}\n    namespace: default\ncurrent-context: keyturn-standin\nusers:\n- name: {user}\n  user:\n    token: {token}\npreferences: {{}}\n",
+        server = q(server),
+        ca = ca_pem.map_or_else(String::new, |pem| format!(
+            "    certificate-authority-data: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )),
+        user = q(user),
+        token = q(token),
+    )
 }
 
 impl Drop for KubeStandin {

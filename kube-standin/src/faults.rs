@@ -67,7 +67,7 @@ pub(crate) fn injected(status: u16, kind: &ResourceKind, verb: &str, name: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::resources;
+    use crate::resources;
 
     fn attrs<'a>(verb: &'a str, group: &'a str, resource: &'a str) -> Attributes<'a> {
         Attributes {

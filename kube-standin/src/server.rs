@@ -59,7 +59,7 @@ pub(crate) struct Shared {
     pub rbac_enforced: AtomicBool,
     pub tokens: TokenAuthority,
     pub admin_token: String,
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT`
     pub url: String,
     /// Every authenticated resource request, in order.
     pub log: Mutex<Vec<RecordedRequest>>,
@@ -218,6 +218,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
         .route("/readyz", get(ok))
+        .route("/version", get(version_info))
         .route(
             "/.well-known/openid-configuration",
             get(openid_configuration),
@@ -229,6 +230,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+async fn version_info() -> Response {
+    json_response(StatusCode::OK, &version())
 }
 
 async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Response {
@@ -326,7 +331,6 @@ fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply,
     };
     match segs.as_slice() {
         ["_standin", rest @ ..] => control(shared, rest, ctx),
-        ["version"] => discovery(Some(version())),
         ["api"] if ctx.aggregated => discovery(Some(aggregated_discovery(true))),
         ["apis"] if ctx.aggregated => discovery(Some(aggregated_discovery(false))),
         ["api"] => discovery(Some(api_versions(shared))),
@@ -587,7 +591,7 @@ fn version() -> Value {
 }
 
 fn api_versions(shared: &Shared) -> Value {
-    let address = shared.url.trim_start_matches("http://");
+    let address = shared.url.trim_start_matches("https://");
     json!({
         "kind": "APIVersions",
         "versions": ["v1"],

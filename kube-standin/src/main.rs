@@ -2,20 +2,25 @@
 //! scripts and for trying keyturn by hand with kubectl.
 //!
 //! ```text
-//! keyturn-kube-standin --listen 127.0.0.1:6443 --kubeconfig /tmp/kubeconfig [--deny patch:secrets]
+//! keyturn-kube-standin --listen 127.0.0.1:6443 --kubeconfig /tmp/kubeconfig \
+//!     [--ca-cert /tmp/ca.pem] [--deny patch:secrets]
+//! kubectl --kubeconfig /tmp/kubeconfig get secrets
 //! ```
 //!
-//! Writes an admin kubeconfig to `--kubeconfig` (mode 0600), prints the API URL as the first
-//! line on stdout, and serves until SIGTERM or ctrl-c. It refuses a non-loopback `--listen`
-//! (exit 64): there is no TLS and the admin token is a plain bearer token.
+//! Serves HTTPS with a CA made at start. Writes an admin kubeconfig to `--kubeconfig` (mode
+//! 0600; the CA as `certificate-authority-data`, the admin bearer token), the CA certificate
+//! to `--ca-cert` if given (for curl's `--cacert`), prints the API URL (`https://…`) as the
+//! first line on stdout, and serves until SIGTERM or ctrl-c. It refuses a non-loopback
+//! `--listen` (exit 64): its certificate names only loopback addresses, and its admin token
+//! may do anything.
 //!
 //! RBAC denials can be set at start with `--deny VERB:RESOURCE` (repeatable; `*` allowed) and
 //! changed while running through the control endpoints, with the kubeconfig's admin token:
 //!
 //! ```text
-//! curl -H "Authorization: Bearer $TOKEN" -d '{"verb":"patch","resource":"secrets"}' $URL/_standin/deny
-//! curl -H "Authorization: Bearer $TOKEN" -X POST $URL/_standin/allow-all
-//! curl -H "Authorization: Bearer $TOKEN" -d '{"namespace":"app","name":"web","audiences":["vault"]}' $URL/_standin/token
+//! curl --cacert /tmp/ca.pem -H "Authorization: Bearer $TOKEN" -d '{"verb":"patch","resource":"secrets"}' $URL/_standin/deny
+//! curl --cacert /tmp/ca.pem -H "Authorization: Bearer $TOKEN" -X POST $URL/_standin/allow-all
+//! curl --cacert /tmp/ca.pem -H "Authorization: Bearer $TOKEN" -d '{"namespace":"app","name":"web","audiences":["vault"]}' $URL/_standin/token
 //! ```
 
 use std::io::Write as _;
@@ -23,7 +28,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use keyturn_tests::kube::KubeStandin;
+use keyturn_kube_standin::KubeStandin;
 
 /// Exit code for a bad command line (`EX_USAGE`).
 const EXIT_USAGE: i32 = 64;
@@ -42,6 +47,10 @@ struct Args {
     /// Where to write the admin kubeconfig.
     #[arg(long, env = "KEYTURN_KUBE_STANDIN_KUBECONFIG")]
     kubeconfig: PathBuf,
+
+    /// Where to write the CA certificate (PEM) the server's certificate is signed by.
+    #[arg(long, env = "KEYTURN_KUBE_STANDIN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 
     /// Answer 403 to VERB on RESOURCE (e.g. `patch:secrets`, `*:leases`); repeatable.
     #[arg(long = "deny", value_name = "VERB:RESOURCE")]
@@ -85,6 +94,10 @@ fn main() -> anyhow::Result<()> {
             standin.deny(verb, resource);
         }
         standin.write_kubeconfig(&args.kubeconfig)?;
+        if let Some(path) = &args.ca_cert {
+            std::fs::write(path, standin.ca_pem())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        }
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{}", standin.url())?;
         stdout.flush()?;

@@ -1,4 +1,5 @@
-//! [`TestCluster`]: one Kubernetes for one test, stand-in or real.
+//! Kubernetes for keyturn's tests: the API stand-in (the `keyturn-kube-standin` crate,
+//! re-exported here) and [`TestCluster`], one Kubernetes for one test, stand-in or real.
 //!
 //! End-to-end tests must run unchanged against a real cluster, so they never touch the
 //! stand-in directly: they ask a `TestCluster` for a client, a namespace, tokens, the API
@@ -24,7 +25,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use super::KubeStandin;
+pub use keyturn_kube_standin::*;
 
 /// Path of the kubeconfig of a real cluster to run the end-to-end tests against.
 pub const REAL_CLUSTER_ENV: &str = "KEYTURN_TEST_KUBECONFIG";
@@ -196,6 +197,17 @@ impl TestCluster {
         }
     }
 
+    /// [`Self::standin`] for a test that cannot run without it: on a real cluster, prints on
+    /// stderr that `test` is skipped and `why` (captured output shows it on failure, and
+    /// `--no-capture` always), so a real-cluster run never passes a test silently.
+    pub fn standin_or_skip(&self, test: &str, why: &str) -> Option<&KubeStandin> {
+        let standin = self.standin();
+        if standin.is_none() {
+            eprintln!("SKIPPED on a real cluster ({REAL_CLUSTER_ENV}): {test}: {why}");
+        }
+        standin
+    }
+
     /// An admin client.
     pub fn client(&self) -> kube::Client {
         self.client.clone()
@@ -221,13 +233,25 @@ impl TestCluster {
     }
 
     /// The API server's CA in PEM, for OpenBao's `kubernetes_ca_cert` (with
-    /// `disable_local_ca_jwt`, which OpenBao needs outside a pod). For the stand-in it is a
-    /// placeholder CA (see [`KubeStandin::ca_pem`]); `None` only for a real cluster whose
-    /// kubeconfig names no CA.
+    /// `disable_local_ca_jwt`, which OpenBao needs outside a pod) and any other client that
+    /// must verify the API. For the stand-in it is its own CA (see [`KubeStandin::ca_pem`]);
+    /// `None` only for a real cluster whose kubeconfig names no CA.
     pub fn kubernetes_ca_pem(&self) -> Option<String> {
         match &self.backend {
             Backend::Standin(s) => Some(s.ca_pem()),
             Backend::Real(r) => r.ca_pem.clone(),
+        }
+    }
+
+    /// A kubeconfig (YAML) for this cluster's API and CA whose user, `user`, authenticates
+    /// with `token` (e.g. from [`Self::service_account_token`]), for running a binary with
+    /// exactly that identity's permissions (`KUBECONFIG`).
+    pub fn kubeconfig_for_token(&self, user: &str, token: &str) -> String {
+        match &self.backend {
+            Backend::Standin(s) => s.kubeconfig_yaml_for(user, token),
+            Backend::Real(r) => {
+                keyturn_kube_standin::kubeconfig_yaml(&r.server, r.ca_pem.as_deref(), user, token)
+            }
         }
     }
 
