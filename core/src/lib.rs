@@ -9,6 +9,7 @@
 //! - [`text`]: outside text (names, paths, flag values, a server's words) made safe to print.
 
 pub mod audit;
+pub mod config;
 pub mod exit;
 pub mod logfilter;
 pub mod secret;

@@ -1,39 +1,8 @@
 //! Policy errors: each names the file, line and column, and the field.
 
-use std::fmt;
-use std::path::PathBuf;
-
-/// One problem in one policy file. Displays as `FILE:LINE:COL: FIELD: MESSAGE`, the shape
-/// editors and CI annotations understand.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    /// The file.
-    pub file: PathBuf,
-    /// 1-based line, 0 when unknown.
-    pub line: u64,
-    /// 1-based column, 0 when unknown.
-    pub column: u64,
-    /// The field path, e.g. `spec.schedule` (empty for file-level problems).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        if self.field.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for PolicyError {}
+/// One problem in one policy file: `FILE:LINE:COL: FIELD: MESSAGE` (keyturn-core's located
+/// configuration error, as every keyturn configuration file reports problems).
+pub use keyturn_core::config::ConfigError as PolicyError;
 
 /// Every problem found in a policy set: validation reports them all at once, so one
 /// `keyturn policy check` run shows everything to fix.

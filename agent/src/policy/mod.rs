@@ -22,6 +22,7 @@ pub(crate) use validate::Validator;
 
 use crate::backends::{StoreSpec, TargetSpec};
 use crate::schedule::Schedule;
+use keyturn_core::config::{self, Location};
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "keyturn.dev/v1";
@@ -123,27 +124,23 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
             }
         };
         let raws: Vec<RawPolicy> =
-            match serde_saphyr::from_multiple_with_options(&text, yaml_options()) {
+            match config::from_yaml_documents(&file.display().to_string(), &text) {
                 Ok(r) => r,
                 Err(e) => {
-                    errors.push(yaml_error(&file, &e));
+                    errors.push(e);
                     continue;
                 }
             };
         for raw in raws {
             let mut v = Validator::new(&file);
-            let (line, column) = (
-                raw.metadata.name.referenced.line(),
-                raw.metadata.name.referenced.column(),
-            );
+            let at = Location::of(&raw.metadata.name);
             let p = v.policy(raw);
             errors.append(&mut v.into_errors());
             let Some(p) = p else { continue };
             if let Some((f, l)) = seen_names.get(&p.name) {
                 errors.push(PolicyError {
-                    file: file.clone(),
-                    line,
-                    column,
+                    origin: file.display().to_string(),
+                    at: Some(at),
                     field: "metadata.name".into(),
                     message: format!(
                         "duplicate policy name {:?} (first defined at {}:{l})",
@@ -155,15 +152,14 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
             }
             if let Some(other) = seen_stores.get(&p.store) {
                 errors.push(PolicyError {
-                    file: file.clone(),
-                    line,
-                    column,
+                    origin: file.display().to_string(),
+                    at: Some(at),
                     field: "spec.store".into(),
                     message: format!("store {} is already used by policy {other:?}", p.store),
                 });
                 continue;
             }
-            seen_names.insert(p.name.clone(), (file.clone(), line));
+            seen_names.insert(p.name.clone(), (file.clone(), at.line));
             seen_stores.insert(p.store.clone(), p.name.clone());
             policies.push(p);
         }
@@ -203,46 +199,7 @@ fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
 }
 
 fn file_error(file: &Path, message: String) -> PolicyError {
-    PolicyError {
-        file: file.to_owned(),
-        line: 0,
-        column: 0,
-        field: String::new(),
-        message,
-    }
-}
-
-/// The parser's defaults guard against YAML bombs in untrusted input; a policy file is an
-/// operator's own configuration and may hold thousands of policies, so the document and node
-/// caps are raised (still bounded, so a runaway generator cannot exhaust memory).
-fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_documents: 100_000,
-            max_nodes: 10_000_000,
-            max_events: 40_000_000,
-        },
-    }
-}
-
-fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
-    let plain = e.without_snippet();
-    let (line, column) = plain.location().map_or((0, 0), |l| (l.line(), l.column()));
-    // The library appends " at line N column M"; the location is already in front.
-    let text = plain.to_string();
-    let message = text
-        .split(" at line ")
-        .next()
-        .unwrap_or(&text)
-        .trim()
-        .to_owned();
-    PolicyError {
-        file: file.to_owned(),
-        line,
-        column,
-        field: String::new(),
-        message,
-    }
+    PolicyError::file(file.display().to_string(), message)
 }
 
 #[cfg(test)]

@@ -96,7 +96,11 @@ impl fmt::Display for Need {
                 } else {
                     format!("{resource}.{group}")
                 };
-                write!(f, "kubernetes {resource} {namespace}/{name}: {}", verbs.join(", "))
+                write!(
+                    f,
+                    "kubernetes {resource} {namespace}/{name}: {}",
+                    verbs.join(", ")
+                )
             }
             Self::Admin { target, privilege } => write!(f, "{target} admin: {privilege}"),
         }
@@ -149,4 +153,153 @@ pub fn all(policies: &[Policy]) -> Vec<Need> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One `path "…" { capabilities = […] }` block of a Vault policy.
+    struct Grant {
+        pattern: String,
+        capabilities: Vec<String>,
+    }
+
+    /// The path blocks of an HCL Vault policy, in the one-block-per-path form keyturn's
+    /// policies use (a block spans lines; comments start with `#`).
+    fn grants(hcl: &str) -> Vec<Grant> {
+        let mut out = Vec::new();
+        let mut pattern: Option<String> = None;
+        for line in hcl.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("path \"") {
+                pattern = rest.split('"').next().map(str::to_owned);
+            } else if let Some(rest) = line.strip_prefix("capabilities = [")
+                && let Some(p) = pattern.take()
+            {
+                let caps = rest.trim_end_matches(']').split(',');
+                out.push(Grant {
+                    pattern: p,
+                    capabilities: caps
+                        .map(|c| c.trim().trim_matches('"').to_owned())
+                        .filter(|c| !c.is_empty())
+                        .collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Vault's path matching: a trailing `*` is a prefix match, `+` one whole segment.
+    fn matches(pattern: &str, path: &str) -> bool {
+        let (pattern, prefix) = match pattern.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (pattern, false),
+        };
+        let mut pat = pattern.split('/').peekable();
+        let mut segs = path.split('/').peekable();
+        loop {
+            match (pat.next(), segs.peek()) {
+                (None, None) => return true,
+                (None, Some(_)) => return false,
+                (Some(last), Some(seg)) if pat.peek().is_none() && prefix => {
+                    return seg.starts_with(last);
+                }
+                (Some(p), Some(seg)) if p == "+" || p == *seg => {
+                    segs.next();
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn granted(grants: &[Grant], path: &str, capability: &str) -> bool {
+        grants
+            .iter()
+            .filter(|g| matches(&g.pattern, path))
+            // Vault picks the most specific match; keyturn's policies have one per path.
+            .max_by_key(|g| g.pattern.len())
+            .is_some_and(|g| g.capabilities.iter().any(|c| c == capability))
+    }
+
+    fn repo(path: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    }
+
+    #[test]
+    fn the_matcher_follows_vaults_globs() {
+        assert!(matches("secret/data/keyturn/*", "secret/data/keyturn/a/b"));
+        assert!(matches(
+            "secret/data/keyturn*",
+            "secret/data/keyturn-state/a"
+        ));
+        assert!(!matches(
+            "secret/data/keyturn/*",
+            "secret/data/keyturn-state/a"
+        ));
+        assert!(matches("secret/data/+/x", "secret/data/app/x"));
+        assert!(!matches("secret/data/+/x", "secret/data/app/y/x"));
+        assert!(matches("sys/health", "sys/health"));
+        assert!(!matches("sys/health", "sys/healthz"));
+    }
+
+    #[test]
+    fn keyturn_agent_hcl_grants_what_the_example_policies_need() {
+        let hcl = std::fs::read_to_string(repo("policies/vault/keyturn-agent.hcl")).unwrap();
+        let grants = grants(&hcl);
+        assert!(grants.len() >= 2, "no path blocks parsed");
+        let policies = super::super::load(&repo("policies/rotation")).unwrap();
+        let needs = all(&policies);
+        let vault: Vec<(&str, &[&str])> = needs
+            .iter()
+            .filter_map(|n| match n {
+                Need::Vault { path, capabilities } => Some((path.as_str(), *capabilities)),
+                _ => None,
+            })
+            .collect();
+        // The examples cover a policy's own credential and state and a target's admin.
+        assert!(vault.len() >= 4, "{vault:?}");
+        for (path, caps) in &vault {
+            for c in *caps {
+                assert!(
+                    granted(&grants, path, c),
+                    "policies/vault/keyturn-agent.hcl does not grant {c} on {path}"
+                );
+            }
+        }
+        // …and the check can fail: nothing outside keyturn's prefixes, no delete.
+        assert!(!granted(&grants, "secret/data/other/app", "read"));
+        assert!(!granted(&grants, "secret/data/keyturn/x", "delete"));
+        assert!(!granted(&grants, "secret/metadata/keyturn/x", "delete"));
+    }
+
+    #[test]
+    fn a_policy_needs_its_store_its_admin_and_its_deliveries() {
+        let policies =
+            super::super::load(&repo("policies/rotation/example-postgres.yaml")).unwrap();
+        let lines: Vec<String> = policies[0]
+            .needs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "vault secret/data/keyturn/orders-db: create, read, update",
+            "vault secret/data/keyturn-state/keyturn/orders-db: create, read, update",
+            "vault secret/data/keyturn/orders-db-admin: read",
+            "kubernetes secrets shop/orders-db: get, patch",
+            "kubernetes deployments.apps shop/orders: get, patch",
+        ] {
+            assert!(
+                lines.iter().any(|l| l == want),
+                "{want} missing from {lines:#?}"
+            );
+        }
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "postgres:orders-db.shop.svc:5432/orders admin: ALTER ROLE \"orders_b\""
+            )),
+            "{lines:#?}"
+        );
+    }
 }

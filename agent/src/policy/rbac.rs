@@ -86,7 +86,6 @@ pub fn roles(
     sa_namespace: &str,
     options: &RbacOptions,
 ) -> Vec<(Role, RoleBinding)> {
-
     let rule = |group: &str, resource: &str, verbs: &[&str], names: Option<&BTreeSet<String>>| {
         PolicyRule {
             api_groups: Some(vec![group.to_owned()]),

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use keyturn_core::config::Problems;
 use keyturn_core::text::echo;
 
 use super::schema::{self, RawPolicy, S};
@@ -19,7 +20,7 @@ use crate::schedule::{MAX_WINDOW, Schedule, parse_duration};
 #[derive(Debug)]
 pub struct Validator<'a> {
     file: &'a Path,
-    errors: Vec<PolicyError>,
+    errors: Problems,
 }
 
 impl<'a> Validator<'a> {
@@ -27,13 +28,13 @@ impl<'a> Validator<'a> {
     pub(crate) fn new(file: &'a Path) -> Self {
         Self {
             file,
-            errors: Vec::new(),
+            errors: Problems::new(file.display().to_string()),
         }
     }
 
     /// The errors found.
     pub(crate) fn into_errors(self) -> Vec<PolicyError> {
-        self.errors
+        self.errors.into_vec()
     }
 
     /// How many errors were found so far: a part is valid when the count did not grow.
@@ -43,13 +44,7 @@ impl<'a> Validator<'a> {
 
     /// Reports `message` about `field`, at the place `at` was written.
     pub(crate) fn err<T>(&mut self, at: &S<T>, field: &str, message: impl Into<String>) {
-        self.errors.push(PolicyError {
-            file: self.file.to_owned(),
-            line: at.referenced.line(),
-            column: at.referenced.column(),
-            field: field.to_owned(),
-            message: message.into(),
-        });
+        self.errors.spanned(at, field, message);
     }
 
     pub(crate) fn policy(&mut self, raw: RawPolicy) -> Option<Policy> {
@@ -183,13 +178,12 @@ impl<'a> Validator<'a> {
                 None
             }
             (None, None) => {
-                self.errors.push(PolicyError {
-                    file: self.file.to_owned(),
-                    line: 0,
-                    column: 0,
+                self.errors.extend([PolicyError {
+                    origin: self.errors.origin().to_owned(),
+                    at: None,
                     field: "spec.schedule".into(),
                     message: "missing: give a cron `schedule` or an `every` interval".into(),
-                });
+                }]);
                 None
             }
         }
@@ -371,4 +365,3 @@ fn valid_secret_key(k: &str) -> bool {
         && k != "."
         && k != ".."
 }
-
