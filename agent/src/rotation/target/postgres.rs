@@ -733,14 +733,14 @@ impl Target for Postgres {
     }
 
     async fn set(&self, pending: &SecretData) -> Result<(), TargetError> {
-        let (user, password) = user_and_password(pending)
-            .map_err(|what| self.refused(format!("pending {what}")))?;
+        let (user, password) =
+            user_and_password(pending).map_err(|what| self.refused(format!("pending {what}")))?;
         self.reset_password(user, password).await
     }
 
     async fn test(&self, pending: &SecretData) -> Result<(), TargetError> {
-        let (user, password) = user_and_password(pending)
-            .map_err(|what| self.refused(format!("pending {what}")))?;
+        let (user, password) =
+            user_and_password(pending).map_err(|what| self.refused(format!("pending {what}")))?;
         self.bounded(async {
             let client = self
                 .connect(user, password.expose(), Doing::Login(user))

@@ -215,7 +215,11 @@ mod tests {
         );
         let mut d = SecretData::new();
         d.insert(USERNAME, SecretValue::from_str_copy("u"));
-        assert!(user_and_password(&d).unwrap_err().contains("\"u\" has no password"));
+        assert!(
+            user_and_password(&d)
+                .unwrap_err()
+                .contains("\"u\" has no password")
+        );
         assert_eq!(user_and_password(&cred("u")).unwrap().0, "u");
     }
 }
