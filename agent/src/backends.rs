@@ -22,6 +22,7 @@ use crate::policy::needs::{Holding, Need};
 use crate::policy::{Policy, S, Validator};
 use crate::rotation::store::aws_sm;
 use crate::rotation::store::{Store, vault_kv};
+use crate::rotation::target::mysql;
 use crate::rotation::target::postgres::{self, AdminPool};
 use crate::rotation::target::{AdminFn, AdminSource, BoxError, Target, generated};
 
@@ -126,6 +127,8 @@ pub enum RawTarget {
     Generated(generated::Raw),
     /// `postgres: { host, port, database, admin, users, strategy }`.
     Postgres(Box<postgres::Raw>),
+    /// `mysql: { host, port, admin, users, user-host, strategy, tls, ca-file }`.
+    Mysql(Box<mysql::Raw>),
 }
 
 /// What a credential is for, validated.
@@ -135,6 +138,8 @@ pub enum TargetSpec {
     Generated(generated::Spec),
     /// PostgreSQL roles whose passwords keyturn sets.
     Postgres(postgres::Spec),
+    /// MySQL/MariaDB accounts whose passwords keyturn sets.
+    Mysql(mysql::Spec),
 }
 
 /// What every target kind's validated spec provides.
@@ -170,6 +175,9 @@ impl TargetSpec {
             RawTarget::Postgres(r) => {
                 postgres::Spec::validate(r, v, &format!("{AT}.postgres")).map(Self::Postgres)
             }
+            RawTarget::Mysql(r) => {
+                mysql::Spec::validate(r, v, &format!("{AT}.mysql")).map(Self::Mysql)
+            }
         }
     }
 
@@ -177,6 +185,7 @@ impl TargetSpec {
         match self {
             Self::Generated(s) => s,
             Self::Postgres(s) => s,
+            Self::Mysql(s) => s,
         }
     }
 

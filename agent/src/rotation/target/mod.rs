@@ -4,6 +4,7 @@
 //! after a crash the engine runs them again with the same PENDING value.
 
 pub mod generated;
+pub mod mysql;
 pub mod postgres;
 pub mod users;
 
