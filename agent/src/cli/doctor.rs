@@ -26,9 +26,8 @@ use clap::Args;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use keyturn_core::vault::{RetryPolicy, Vault, VaultConfig, VaultError};
+use keyturn_core::vault::{Health, RetryPolicy, Vault, VaultConfig, VaultError};
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
 
 use super::audit_log::AuditLogArgs;
 use super::exit;
@@ -194,32 +193,29 @@ async fn vault_checks(
         }
     };
 
-    // Reachable: sys/health, unauthenticated. standbyok/perfstandbyok make a healthy standby
-    // answer 200 too; a sealed or uninitialised server answers 503/501.
-    let health = raw(
-        &vault,
-        "sys/health?standbyok=true&perfstandbyok=true",
-        None,
-        false,
-    )
-    .await;
-    let reachable = match &health {
-        Err(cause) => {
+    // Reachable: sys/health, unauthenticated. A healthy standby answers too; a sealed or
+    // uninitialised server answers 503/501.
+    let health = tokio::time::timeout(PROBE_TIMEOUT, vault.health()).await;
+    let reachable = match health {
+        Ok(Ok(h)) => {
+            facts.date = h.date.map(|d| (d, h.received));
+            let outcome = health_outcome(vault.addr(), &h);
+            report.add("vault reachable", &outcome);
+            h.is_up()
+        }
+        failed => {
+            let cause = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
+            };
             report.add(
                 "vault reachable",
                 &fail(
-                    format!("cannot reach {}: {cause}", vault.addr()),
+                    cause,
                     "check VAULT_ADDR, that Vault is running, and that this host can reach it (firewall, NetworkPolicy, VAULT_CACERT for TLS)",
                 ),
             );
             false
-        }
-        Ok(a) => {
-            facts.date = a.date.map(|d| (d, a.received));
-            let outcome = health_outcome(vault.addr(), a.status, &a.body);
-            let up = matches!(outcome, Outcome::Ok(_));
-            report.add("vault reachable", &outcome);
-            up
         }
     };
     if !reachable {
@@ -296,29 +292,18 @@ async fn vault_checks(
         .collect();
     paths.sort_unstable();
     paths.dedup();
-    let granted = match raw(
-        &vault,
-        "sys/capabilities-self",
-        Some(&json!({ "paths": paths })),
-        true,
-    )
-    .await
-    {
-        Ok(a) if a.status == 200 => Ok(a.body),
-        Ok(a) if a.status == 403 => Err(fail(
+    let granted = match tokio::time::timeout(PROBE_TIMEOUT, vault.capabilities_self(&paths)).await {
+        Ok(Ok(caps)) => Ok(caps),
+        Ok(Err(VaultError::PermissionDenied { .. })) => Err(fail(
             "permission denied on sys/capabilities-self",
             "attach Vault's `default` policy to the token (it grants sys/capabilities-self), or add path \"sys/capabilities-self\" { capabilities = [\"update\"] }",
         )),
-        Ok(a) => Err(fail(
-            format!(
-                "sys/capabilities-self answered {}{}",
-                a.status,
-                vault_errors(&a.body)
-            ),
-            "check the Vault server's logs",
+        Ok(Err(e)) => Err(fail(
+            e.to_string(),
+            "check that Vault stays reachable and its logs",
         )),
-        Err(cause) => Err(fail(
-            format!("cannot reach {}: {cause}", vault.addr()),
+        Err(_) => Err(fail(
+            format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
             "check that Vault stays reachable",
         )),
     };
@@ -337,9 +322,9 @@ async fn vault_checks(
 }
 
 /// What `sys/health` said.
-fn health_outcome(addr: &str, status: u16, body: &Value) -> Outcome {
-    let version = body["version"].as_str().unwrap_or("unknown version");
-    match status {
+fn health_outcome(addr: &str, h: &Health) -> Outcome {
+    let version = h.version.as_deref().unwrap_or("unknown version");
+    match h.status {
         200 => ok(format!("{addr} ({version})")),
         429 | 472 | 473 => ok(format!("{addr} ({version}, standby)")),
         501 => fail(
@@ -350,20 +335,17 @@ fn health_outcome(addr: &str, status: u16, body: &Value) -> Outcome {
             format!("{addr} is sealed"),
             "unseal it (bao/vault operator unseal)",
         ),
-        s => fail(
-            format!("{addr} answered {s} to sys/health{}", vault_errors(body)),
-            "check VAULT_ADDR points at Vault itself, not a proxy or another service",
-        ),
-    }
-}
-
-fn vault_errors(body: &Value) -> String {
-    match body["errors"].as_array() {
-        Some(e) if !e.is_empty() => {
-            let texts: Vec<&str> = e.iter().filter_map(Value::as_str).collect();
-            format!(": {}", texts.join("; "))
+        s => {
+            let errors = if h.errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.errors.join("; "))
+            };
+            fail(
+                format!("{addr} answered {s} to sys/health{errors}"),
+                "check VAULT_ADDR points at Vault itself, not a proxy or another service",
+            )
         }
-        _ => String::new(),
     }
 }
 
@@ -392,15 +374,13 @@ fn vault_needs(p: &Policy) -> Vec<Need> {
 }
 
 /// Compares what `sys/capabilities-self` granted (its answer `body`) with `needs`.
-fn capabilities_outcome(needs: &[Need], body: &Value) -> Outcome {
+fn capabilities_outcome(needs: &[Need], granted: &BTreeMap<String, Vec<String>>) -> Outcome {
     let mut missing = Vec::new();
     let mut fixes = Vec::new();
     for n in needs {
-        // The answer maps each path to its capabilities, at the top level and under `data`.
-        let granted: Vec<&str> = body["data"][&n.path]
-            .as_array()
-            .or_else(|| body[&n.path].as_array())
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
+        let granted: Vec<&str> = granted
+            .get(&n.path)
+            .map(|caps| caps.iter().map(String::as_str).collect())
             .unwrap_or_default();
         let has = |c: &str| granted.contains(&"root") || granted.contains(&c);
         let lacking: Vec<&str> = n.caps.iter().copied().filter(|c| !has(c)).collect();
@@ -436,73 +416,6 @@ fn capabilities_outcome(needs: &[Need], body: &Value) -> Outcome {
             ),
         )
     }
-}
-
-/// One answer from Vault to a request `keyturn_core::vault::Vault` has no wrapper for.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// The `Date` header.
-    date: Option<DateTime<Utc>>,
-    /// When the answer arrived here.
-    received: DateTime<Utc>,
-    /// The JSON body (`Null` when there is none).
-    body: Value,
-}
-
-/// `GET` (no body) or `POST` (JSON body) `/v1/PATH` through the Vault client's own HTTP
-/// client (its TLS settings and timeout), with its token when `token` and its namespace.
-/// The error is the transport's innermost cause.
-async fn raw(
-    vault: &Vault,
-    path: &str,
-    body: Option<&Value>,
-    token: bool,
-) -> Result<Answer, String> {
-    let client = vault.client();
-    let http = &client.http.http;
-    let url = format!("{}/v1/{path}", vault.addr().trim_end_matches('/'));
-    let mut req = match body {
-        None => http.get(&url),
-        Some(b) => http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(b).unwrap_or_default()),
-    };
-    if token {
-        req = req.header("X-Vault-Token", client.settings.token.as_str());
-    }
-    if let Some(ns) = &client.settings.namespace {
-        req = req.header("X-Vault-Namespace", ns.as_str());
-    }
-    let resp = tokio::time::timeout(PROBE_TIMEOUT, req.send())
-        .await
-        .map_err(|_| format!("no answer within {}s", PROBE_TIMEOUT.as_secs()))?
-        .map_err(|e| innermost(&e))?;
-    let received = Utc::now();
-    let status = resp.status().as_u16();
-    let date = resp
-        .headers()
-        .get("date")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_http_date);
-    let bytes = resp.bytes().await.map_err(|e| innermost(&e))?;
-    Ok(Answer {
-        status,
-        date,
-        received,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    })
-}
-
-/// The deepest error of a chain: "Connection refused (os error 111)", not "error sending
-/// request".
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 /// An HTTP `Date` (`Tue, 15 Nov 1994 08:12:31 GMT`).
@@ -990,10 +903,16 @@ mod tests {
                 caps: crate::rotation::store::vault_kv::OWN_CAPS,
             },
         ];
-        let body = json!({"data": {
-            "secret/data/keyturn/x": ["create", "read", "update"],
-            "secret/data/keyturn-state/keyturn/x": ["read"],
-        }});
+        let caps = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
+            pairs
+                .iter()
+                .map(|(p, c)| ((*p).to_owned(), c.iter().map(|c| (*c).to_owned()).collect()))
+                .collect()
+        };
+        let body = caps(&[
+            ("secret/data/keyturn/x", &["create", "read", "update"]),
+            ("secret/data/keyturn-state/keyturn/x", &["read"]),
+        ]);
         let Outcome::Fail { what, fix } = capabilities_outcome(&needs, &body) else {
             panic!("expected a failure");
         };
@@ -1002,12 +921,15 @@ mod tests {
             "secret/data/keyturn-state/keyturn/x needs create, update (token has read)"
         );
         assert!(fix.contains(r#"path "secret/data/keyturn-state/keyturn/x" { capabilities = ["create", "read", "update"] }"#), "{fix}");
-        let root = json!({"secret/data/keyturn/x": ["root"], "secret/data/keyturn-state/keyturn/x": ["root"]});
+        let root = caps(&[
+            ("secret/data/keyturn/x", &["root"]),
+            ("secret/data/keyturn-state/keyturn/x", &["root"]),
+        ]);
         assert!(matches!(
             capabilities_outcome(&needs, &root),
             Outcome::Ok(_)
         ));
-        let deny = json!({"data": {"secret/data/keyturn/x": ["deny"]}});
+        let deny = caps(&[("secret/data/keyturn/x", &["deny"])]);
         let Outcome::Fail { what, .. } = capabilities_outcome(&needs[..1], &deny) else {
             panic!("expected a failure");
         };

@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod leases;
 pub mod retry;
+pub mod sys;
 
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 
@@ -19,6 +20,7 @@ pub use config::{ConfigError, VaultConfig};
 pub use error::VaultError;
 pub use kv::{KvVersion, SecretData, Versioned};
 pub use retry::RetryPolicy;
+pub use sys::Health;
 
 /// A connected (not necessarily logged-in) Vault client.
 pub struct Vault {
