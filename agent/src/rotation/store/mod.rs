@@ -12,6 +12,9 @@
 //! policy's rotation at the same time.
 
 pub mod aws_sm;
+#[doc(hidden)]
+pub mod contract;
+pub mod memory;
 pub mod vault_kv;
 
 use async_trait::async_trait;

@@ -24,6 +24,7 @@
 //! rotation starts: a process that finds the last rotation started at or after the slot's
 //! due time does nothing.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::generate::generate;
 use super::store::{
-    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, Taint,
+    Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView,
     same_fields,
 };
 use super::target::{Target, TargetError};
@@ -236,6 +237,10 @@ impl Engine {
 
     /// Runs (or resumes) `policy`'s rotation to its end.
     ///
+    /// The steps, each a method: `claim` (a new rotation's `create`, or the take-over of one
+    /// in flight), then from the rotation's step on: `attempt` at set and test (`give_up`
+    /// after too many failures), `promote`, `deliver` and `finish`.
+    ///
     /// # Errors
     /// A store or audit failure stops the rotation at its last durable step; running
     /// `rotate` again later resumes it.
@@ -246,79 +251,70 @@ impl Engine {
         target: &dyn Target,
         trigger: &Trigger,
     ) -> Result<RotationOutcome, RotationError> {
-        let name = policy.name.as_str();
-        let st = |source| RotationError::Store {
-            policy: name.to_owned(),
-            source,
-        };
         let mut permit = match &self.limit {
             Some(l) => l.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let view = store.view().await.map_err(st)?;
-        let last = view.state.last.clone();
+        let view = store.view().await.map_err(|source| RotationError::Store {
+            policy: policy.name.clone(),
+            source,
+        })?;
+        let mut run = match self.claim(policy, store, target, trigger, view).await? {
+            ControlFlow::Continue(run) => run,
+            ControlFlow::Break(outcome) => return Ok(outcome),
+        };
+        run.skip_if_promoted();
+        loop {
+            match run.rec.step {
+                Step::Created | Step::Set => {
+                    if let ControlFlow::Break(outcome) = self.attempt(&mut run).await? {
+                        return Ok(outcome);
+                    }
+                }
+                Step::Tested => self.promote(&mut run).await?,
+                Step::Finished => {
+                    self.deliver(&mut run, &mut permit).await?;
+                    return self.finish(run).await;
+                }
+            }
+        }
+    }
+
+    /// Claims the policy's rotation as found in `view`: the one in flight when this process
+    /// holds it or its holder's lease has run out (a resume), else a new one unless the slot
+    /// is served. Breaks with the outcome when there is nothing to drive: another live
+    /// process holds it, or won the claim, or the slot is served.
+    async fn claim<'a>(
+        &self,
+        policy: &'a Policy,
+        store: &'a dyn Store,
+        target: &'a dyn Target,
+        trigger: &Trigger,
+        view: StoreView,
+    ) -> Result<ControlFlow<RotationOutcome, Run<'a>>, RotationError> {
         // What every state write keeps besides the in-flight record.
         let keep = StateRecord {
             in_flight: None,
-            last: last.clone(),
+            last: view.state.last.clone(),
             taint: view.state.taint.clone(),
             failures: view.state.failures.clone(),
         };
         let now = Utc::now();
-        let (mut rec, mut fence, resumed) = match view.state.in_flight {
+        let (rec, resumed, detail) = match view.state.in_flight {
             Some(f) if f.holder != self.holder && f.lease_until > now => {
-                return Ok(RotationOutcome::Busy { holder: f.holder });
+                return Ok(ControlFlow::Break(RotationOutcome::Busy {
+                    holder: f.holder,
+                }));
             }
             Some(mut f) => {
-                let from = f.holder.clone();
+                let detail = format!("at step {} (was held by {})", f.step.as_str(), f.holder);
                 f.holder.clone_from(&self.holder);
                 f.lease_until = self.lease_until();
-                self.record(
-                    name,
-                    &f.rotation_id,
-                    "rotate.resume",
-                    AuditOutcome::Started,
-                    None,
-                    Some(format!("at step {} (was held by {from})", f.step.as_str())),
-                )
-                .await?;
-                let state = StateRecord {
-                    in_flight: Some(f.clone()),
-                    ..keep.clone()
-                };
-                let written = store.write_state(&view.fence, &state).await;
-                self.record_store_outcome(
-                    name,
-                    &f.rotation_id,
-                    "rotate.resume",
-                    store,
-                    None,
-                    &written,
-                )
-                .await?;
-                match written {
-                    Ok(fence) => (f, fence, true),
-                    Err(StoreError::Conflict { .. }) => {
-                        return Ok(RotationOutcome::Busy {
-                            holder: "another process".into(),
-                        });
-                    }
-                    Err(e) => return Err(st(e)),
-                }
+                (f, true, Some(detail))
             }
             None => {
-                let taint_due = view
-                    .state
-                    .taint
-                    .as_ref()
-                    .is_some_and(|t| t.rotate_after <= now);
-                // Only a rotation that succeeded serves a slot: a failed one leaves it due.
-                if let (Trigger::Schedule { due }, Some(l)) = (trigger, &last)
-                    && l.outcome == "ok"
-                    && l.started_at >= *due
-                    && !taint_due
-                {
-                    return Ok(RotationOutcome::AlreadyDone);
+                if slot_served(trigger, &view.state, now) {
+                    return Ok(ControlFlow::Break(RotationOutcome::AlreadyDone));
                 }
                 let value = generate(&policy.generator);
                 let pending = target.compose(value, view.current.as_ref().map(|c| &c.fields));
@@ -331,231 +327,255 @@ impl Engine {
                     lease_until: self.lease_until(),
                     attempts: 0,
                 };
-                let reason = match trigger {
-                    Trigger::Manual { reason } => reason.clone(),
-                    Trigger::Schedule { due } if *due == DateTime::<Utc>::UNIX_EPOCH => {
-                        Some("first rotation".into())
-                    }
-                    Trigger::Schedule { due } => {
-                        Some(format!("scheduled for {}", due.to_rfc3339()))
-                    }
-                };
-                self.record(
-                    name,
-                    &rec.rotation_id,
-                    "rotate.create",
-                    AuditOutcome::Started,
-                    main_value(&rec.pending),
-                    reason,
-                )
-                .await?;
-                let state = StateRecord {
-                    in_flight: Some(rec.clone()),
-                    ..keep.clone()
-                };
-                let written = store.write_state(&view.fence, &state).await;
-                if written.is_ok() {
-                    crash_point("create");
-                }
-                self.record_store_outcome(
-                    name,
-                    &rec.rotation_id,
-                    "rotate.create",
-                    store,
-                    main_value(&rec.pending),
-                    &written,
-                )
-                .await?;
-                match written {
-                    Ok(fence) => (rec, fence, false),
-                    Err(StoreError::Conflict { .. }) => {
-                        return Ok(RotationOutcome::Busy {
-                            holder: "another process".into(),
-                        });
-                    }
-                    Err(e) => return Err(st(e)),
-                }
+                (rec, false, start_reason(trigger))
             }
         };
-        let base = view.current;
-        // A crash after the promote and before the state was cleared: CURRENT already is
-        // PENDING, so what is left is delivery.
-        if rec.step < Step::Finished
-            && base
-                .as_ref()
-                .is_some_and(|c| same_fields(&c.fields, &rec.pending))
-        {
-            rec.step = Step::Finished;
-        }
+        let mut run = Run {
+            policy,
+            store,
+            target,
+            keep,
+            base: view.current,
+            fence: view.fence,
+            rec,
+            resumed,
+        };
+        Ok(if self.write_claim(&mut run, detail).await? {
+            ControlFlow::Continue(run)
+        } else {
+            ControlFlow::Break(RotationOutcome::Busy {
+                holder: "another process".into(),
+            })
+        })
+    }
 
-        loop {
-            match rec.step {
-                Step::Created | Step::Set => {
-                    let (action, step, next) = if rec.step == Step::Created {
-                        ("rotate.set", "set", Step::Set)
-                    } else {
-                        ("rotate.test", "test", Step::Tested)
-                    };
-                    let attempt = format!(
-                        "attempt {} of {}",
-                        rec.attempts.saturating_add(1),
-                        policy.max_attempts
-                    );
-                    // Intent: durable before the target is touched, or the step does not run.
-                    self.record(
-                        name,
-                        &rec.rotation_id,
-                        action,
-                        AuditOutcome::Started,
-                        main_value(&rec.pending),
-                        Some(format!("{step} on {}, {attempt}", target.describe())),
-                    )
-                    .await?;
-                    let r = if next == Step::Set {
-                        target.set(&rec.pending).await
-                    } else {
-                        target.test(&rec.pending).await
-                    };
-                    match r {
-                        Ok(()) => {
-                            // Between the effect and its outcome event: a crash here leaves
-                            // an intent without an outcome, which is what it was.
-                            crash_point(next.as_str_for_crash());
-                            self.record(
-                                name,
-                                &rec.rotation_id,
-                                action,
-                                AuditOutcome::Ok,
-                                main_value(&rec.pending),
-                                Some(format!("{step} on {}, {attempt}", target.describe())),
-                            )
-                            .await?;
-                            // Not persisted: a resume runs this step again (idempotent).
-                            rec.step = next;
-                            rec.attempts = 0;
-                        }
-                        Err(e) => {
-                            self.record(
-                                name,
-                                &rec.rotation_id,
-                                action,
-                                AuditOutcome::Error,
-                                main_value(&rec.pending),
-                                Some(format!(
-                                    "{step} failed ({}), {attempt}: {e}",
-                                    target_error_kind(&e)
-                                )),
-                            )
-                            .await?;
-                            rec.attempts += 1;
-                            tracing::warn!(policy = name, rotation_id = %rec.rotation_id, step = action, attempt = rec.attempts, error = %e, "rotation step failed");
-                            if rec.attempts >= policy.max_attempts {
-                                return self
-                                    .give_up(
-                                        name,
-                                        store,
-                                        target,
-                                        &fence,
-                                        rec,
-                                        base.as_ref(),
-                                        keep.taint.clone(),
-                                        &e,
-                                    )
-                                    .await;
-                            }
-                            fence = self
-                                .save(store, &fence, &mut rec, &keep)
-                                .await
-                                .map_err(st)?;
-                            tokio::time::sleep(self.backoff(rec.attempts)).await;
-                        }
-                    }
-                }
-                Step::Tested => {
-                    self.record(
-                        name,
-                        &rec.rotation_id,
-                        "rotate.finish",
-                        AuditOutcome::Started,
-                        main_value(&rec.pending),
-                        Some(format!("promote to CURRENT in {}", store.location())),
-                    )
-                    .await?;
-                    let promoted = store.promote(&rec, base.as_ref()).await;
-                    if promoted.is_ok() {
-                        crash_point("finish");
-                    }
-                    self.record_store_outcome(
-                        name,
-                        &rec.rotation_id,
-                        "rotate.finish",
-                        store,
-                        main_value(&rec.pending),
-                        &promoted,
-                    )
-                    .await?;
-                    promoted.map_err(st)?;
-                    rec.step = Step::Finished;
-                }
-                Step::Finished => {
-                    // Distribution runs again in full on every resume: each part is
-                    // idempotent, so a crash after it and before the state below is cleared
-                    // costs nothing but a no-op pass.
-                    if !policy.distribute.is_empty() {
-                        if rec.lease_until - Utc::now() < self.half_lease() {
-                            fence = self
-                                .save(store, &fence, &mut rec, &keep)
-                                .await
-                                .map_err(st)?;
-                        }
-                        if let Err(e) = self.distribute(policy, &rec, &mut permit).await {
-                            // Left in flight at `finished`, so `status` shows a promoted,
-                            // undelivered value and any later run delivers it.
-                            if let Err(se) = self.save(store, &fence, &mut rec, &keep).await {
-                                tracing::warn!(policy = name, rotation_id = %rec.rotation_id, error = %se, "could not record the undelivered rotation; it is still resumed from its store");
-                            }
-                            return Err(e);
-                        }
-                        crash_point("distribute");
-                    }
-                    let done = LastRotation {
-                        rotation_id: rec.rotation_id.clone(),
-                        started_at: rec.started_at,
-                        outcome: "ok".into(),
-                    };
-                    // A taint set before this rotation began refers to a value it replaced.
-                    let taint = keep.taint.clone().filter(|t| t.at > rec.started_at);
-                    store
-                        .write_state(
-                            &fence,
-                            // A completed rotation ends any run of failures.
-                            &StateRecord {
-                                in_flight: None,
-                                last: Some(done),
-                                taint,
-                                failures: None,
-                            },
-                        )
-                        .await
-                        .map_err(st)?;
-                    self.record(
-                        name,
-                        &rec.rotation_id,
-                        "rotate.done",
-                        AuditOutcome::Ok,
-                        main_value(&rec.pending),
-                        None,
-                    )
-                    .await?;
-                    tracing::info!(policy = name, rotation_id = %rec.rotation_id, resumed, "rotated");
-                    return Ok(RotationOutcome::Rotated {
-                        rotation_id: rec.rotation_id,
-                        started_at: rec.started_at,
-                        resumed,
-                    });
-                }
-            }
+    /// Writes the claim, with its intent and outcome events: `create` makes a new
+    /// rotation's PENDING value durable (its value's HMAC is in both events), `resume`
+    /// renews the lease under this holder. False when another process wrote first.
+    async fn write_claim(
+        &self,
+        run: &mut Run<'_>,
+        detail: Option<String>,
+    ) -> Result<bool, RotationError> {
+        let action = if run.resumed {
+            "rotate.resume"
+        } else {
+            "rotate.create"
+        };
+        let value = if run.resumed {
+            None
+        } else {
+            main_value(&run.rec.pending)
+        };
+        self.record(
+            run.name(),
+            &run.rec.rotation_id,
+            action,
+            AuditOutcome::Started,
+            value,
+            detail,
+        )
+        .await?;
+        let state = StateRecord {
+            in_flight: Some(run.rec.clone()),
+            ..run.keep.clone()
+        };
+        let written = run.store.write_state(&run.fence, &state).await;
+        if written.is_ok() && !run.resumed {
+            crash_point("create");
         }
+        self.record_store_outcome(
+            run.name(),
+            &run.rec.rotation_id,
+            action,
+            run.store,
+            value,
+            &written,
+        )
+        .await?;
+        match written {
+            Ok(fence) => {
+                run.fence = fence;
+                Ok(true)
+            }
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(run.store_error(e)),
+        }
+    }
+
+    /// One attempt at the rotation's next step, `set` (from `created`) or `test` (from
+    /// `set`), bracketed by its intent and outcome. A failure is recorded in the state (so
+    /// the attempt bound holds across restarts) and waited out; the last one allowed gives
+    /// the rotation up, which breaks with its outcome.
+    async fn attempt(
+        &self,
+        run: &mut Run<'_>,
+    ) -> Result<ControlFlow<RotationOutcome>, RotationError> {
+        let (action, step, next) = if run.rec.step == Step::Created {
+            ("rotate.set", "set", Step::Set)
+        } else {
+            ("rotate.test", "test", Step::Tested)
+        };
+        let attempt = format!(
+            "attempt {} of {}",
+            run.rec.attempts.saturating_add(1),
+            run.policy.max_attempts
+        );
+        let on = format!("{step} on {}, {attempt}", run.target.describe());
+        // Intent: durable before the target is touched, or the step does not run.
+        self.record(
+            run.name(),
+            &run.rec.rotation_id,
+            action,
+            AuditOutcome::Started,
+            run.value(),
+            Some(on.clone()),
+        )
+        .await?;
+        let r = if next == Step::Set {
+            run.target.set(&run.rec.pending).await
+        } else {
+            run.target.test(&run.rec.pending).await
+        };
+        let e = match r {
+            Ok(()) => {
+                // Between the effect and its outcome event: a crash here leaves an intent
+                // without an outcome, which is what it was.
+                crash_point(next.as_str_for_crash());
+                self.record(
+                    run.name(),
+                    &run.rec.rotation_id,
+                    action,
+                    AuditOutcome::Ok,
+                    run.value(),
+                    Some(on),
+                )
+                .await?;
+                // Not persisted: a resume runs this step again (idempotent).
+                run.rec.step = next;
+                run.rec.attempts = 0;
+                return Ok(ControlFlow::Continue(()));
+            }
+            Err(e) => e,
+        };
+        self.record(
+            run.name(),
+            &run.rec.rotation_id,
+            action,
+            AuditOutcome::Error,
+            run.value(),
+            Some(format!(
+                "{step} failed ({}), {attempt}: {e}",
+                target_error_kind(&e)
+            )),
+        )
+        .await?;
+        run.rec.attempts += 1;
+        tracing::warn!(policy = run.name(), rotation_id = %run.rec.rotation_id, step = action, attempt = run.rec.attempts, error = %e, "rotation step failed");
+        if run.rec.attempts >= run.policy.max_attempts {
+            return Ok(ControlFlow::Break(self.give_up(run, &e).await?));
+        }
+        self.save(run).await.map_err(|e| run.store_error(e))?;
+        tokio::time::sleep(self.backoff(run.rec.attempts)).await;
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The `finish` step: PENDING becomes CURRENT in the store (a compare-and-set on the
+    /// CURRENT read at the claim), bracketed by its intent and outcome. Not recorded in the
+    /// state: a resume recognises it from the store (see `Run::skip_if_promoted`).
+    async fn promote(&self, run: &mut Run<'_>) -> Result<(), RotationError> {
+        self.record(
+            run.name(),
+            &run.rec.rotation_id,
+            "rotate.finish",
+            AuditOutcome::Started,
+            run.value(),
+            Some(format!("promote to CURRENT in {}", run.store.location())),
+        )
+        .await?;
+        let promoted = run.store.promote(&run.rec, run.base.as_ref()).await;
+        if promoted.is_ok() {
+            crash_point("finish");
+        }
+        self.record_store_outcome(
+            run.name(),
+            &run.rec.rotation_id,
+            "rotate.finish",
+            run.store,
+            run.value(),
+            &promoted,
+        )
+        .await?;
+        promoted.map_err(|e| run.store_error(e))?;
+        run.rec.step = Step::Finished;
+        Ok(())
+    }
+
+    /// Delivers the promoted value to the policy's `distribute` entries, if it has any.
+    /// Distribution runs again in full on every resume: each part is idempotent, so a crash
+    /// after it and before the state is cleared costs nothing but a no-op pass. On failure
+    /// the rotation is left in flight at `finished`, so `status` shows a promoted,
+    /// undelivered value and any later run delivers it.
+    async fn deliver(
+        &self,
+        run: &mut Run<'_>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<(), RotationError> {
+        if run.policy.distribute.is_empty() {
+            return Ok(());
+        }
+        if run.rec.lease_until - Utc::now() < self.half_lease() {
+            self.save(run).await.map_err(|e| run.store_error(e))?;
+        }
+        if let Err(e) = self.distribute(run.policy, &run.rec, permit).await {
+            if let Err(se) = self.save(run).await {
+                tracing::warn!(policy = run.name(), rotation_id = %run.rec.rotation_id, error = %se, "could not record the undelivered rotation; it is still resumed from its store");
+            }
+            return Err(e);
+        }
+        crash_point("distribute");
+        Ok(())
+    }
+
+    /// Ends a completed rotation: the in-flight record is cleared and the rotation recorded
+    /// as the last one (which ends any run of failures, and any taint set before it began).
+    async fn finish(&self, run: Run<'_>) -> Result<RotationOutcome, RotationError> {
+        let rec = &run.rec;
+        let done = LastRotation {
+            rotation_id: rec.rotation_id.clone(),
+            started_at: rec.started_at,
+            outcome: "ok".into(),
+        };
+        // A taint set before this rotation began refers to a value it replaced.
+        let taint = run.keep.taint.clone().filter(|t| t.at > rec.started_at);
+        run.store
+            .write_state(
+                &run.fence,
+                // A completed rotation ends any run of failures.
+                &StateRecord {
+                    in_flight: None,
+                    last: Some(done),
+                    taint,
+                    failures: None,
+                },
+            )
+            .await
+            .map_err(|e| run.store_error(e))?;
+        self.record(
+            run.name(),
+            &rec.rotation_id,
+            "rotate.done",
+            AuditOutcome::Ok,
+            run.value(),
+            None,
+        )
+        .await?;
+        tracing::info!(policy = run.name(), rotation_id = %rec.rotation_id, resumed = run.resumed, "rotated");
+        Ok(RotationOutcome::Rotated {
+            rotation_id: rec.rotation_id.clone(),
+            started_at: rec.started_at,
+            resumed: run.resumed,
+        })
     }
 
     /// The `distribute` step: every Secret of the policy is written, and only when all
@@ -671,24 +691,20 @@ impl Engine {
         hex
     }
 
-    /// Persists `rec` with a renewed lease.
-    async fn save(
-        &self,
-        store: &dyn Store,
-        fence: &Fence,
-        rec: &mut InFlight,
-        keep: &StateRecord,
-    ) -> Result<Fence, StoreError> {
-        rec.lease_until = self.lease_until();
-        store
+    /// Persists the rotation with a renewed lease.
+    async fn save(&self, run: &mut Run<'_>) -> Result<(), StoreError> {
+        run.rec.lease_until = self.lease_until();
+        run.fence = run
+            .store
             .write_state(
-                fence,
+                &run.fence,
                 &StateRecord {
-                    in_flight: Some(rec.clone()),
-                    ..keep.clone()
+                    in_flight: Some(run.rec.clone()),
+                    ..run.keep.clone()
                 },
             )
-            .await
+            .await?;
+        Ok(())
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -698,24 +714,20 @@ impl Engine {
 
     /// Abandons a rotation whose `set` or `test` kept failing: the target is put back so the
     /// CURRENT credential works, the in-flight record is cleared, and the failure is audited.
-    #[allow(clippy::too_many_arguments)]
     async fn give_up(
         &self,
-        name: &str,
-        store: &dyn Store,
-        target: &dyn Target,
-        fence: &Fence,
-        rec: InFlight,
-        base: Option<&Current>,
-        taint: Option<Taint>,
+        run: &Run<'_>,
         error: &TargetError,
     ) -> Result<RotationOutcome, RotationError> {
+        let name = run.name();
+        let rec = &run.rec;
+        let base = run.base.as_ref();
         // The revert changes the target's credential too, so it has its intent and outcome;
         // an unwritable intent leaves the rotation in flight (its attempts as last saved), to
         // be resumed and given up again.
         let about = format!(
             "put {} back to CURRENT after {} failed attempts",
-            target.describe(),
+            run.target.describe(),
             rec.attempts
         );
         self.record(
@@ -727,7 +739,11 @@ impl Engine {
             Some(about.clone()),
         )
         .await?;
-        let (outcome, detail) = match target.revert(base.map(|c| &c.fields), &rec.pending).await {
+        let (outcome, detail) = match run
+            .target
+            .revert(base.map(|c| &c.fields), &rec.pending)
+            .await
+        {
             Ok(()) => (AuditOutcome::Ok, about),
             Err(e) => {
                 tracing::error!(policy = name, rotation_id = %rec.rotation_id, error = %e, "could not revert the target after a failed rotation");
@@ -751,22 +767,20 @@ impl Engine {
             started_at: rec.started_at,
             outcome: "failed".into(),
         };
-        store
+        run.store
             .write_state(
-                fence,
-                // The daemon records the run of failures (and its backoff) after this.
+                &run.fence,
+                // The run of failures is the daemon's to count: it records this one (and its
+                // backoff) after this write, so the record it had is kept meanwhile, and
+                // stays if that write fails or no daemon runs this rotation.
                 &StateRecord {
                     in_flight: None,
                     last: Some(failed),
-                    taint,
-                    failures: None,
+                    ..run.keep.clone()
                 },
             )
             .await
-            .map_err(|source| RotationError::Store {
-                policy: name.to_owned(),
-                source,
-            })?;
+            .map_err(|e| run.store_error(e))?;
         self.record(
             name,
             &rec.rotation_id,
@@ -778,7 +792,7 @@ impl Engine {
         .await?;
         tracing::error!(policy = name, rotation_id = %rec.rotation_id, attempts = rec.attempts, error = %error, "rotation given up; the current credential is unchanged");
         Ok(RotationOutcome::Failed {
-            rotation_id: rec.rotation_id,
+            rotation_id: rec.rotation_id.clone(),
             error: error.to_string(),
         })
     }
@@ -843,6 +857,75 @@ impl Engine {
     }
 }
 
+/// One rotation being driven: what [`Engine::rotate`] carries from step to step.
+struct Run<'a> {
+    policy: &'a Policy,
+    store: &'a dyn Store,
+    target: &'a dyn Target,
+    /// What every state write keeps besides the in-flight record, as read at the claim.
+    keep: StateRecord,
+    /// CURRENT as read at the claim: the promote's base, and what a revert puts back.
+    base: Option<Current>,
+    /// The token for the next state write.
+    fence: Fence,
+    /// The rotation, at its step in this run (`set` and `tested` are not persisted).
+    rec: InFlight,
+    /// Whether it was resumed from an earlier run.
+    resumed: bool,
+}
+
+impl Run<'_> {
+    fn name(&self) -> &str {
+        &self.policy.name
+    }
+
+    /// PENDING's secret part, for the audit records.
+    fn value(&self) -> Option<&SecretValue> {
+        main_value(&self.rec.pending)
+    }
+
+    fn store_error(&self, source: StoreError) -> RotationError {
+        RotationError::Store {
+            policy: self.policy.name.clone(),
+            source,
+        }
+    }
+
+    /// A crash after the promote and before the state was cleared: CURRENT already is
+    /// PENDING, so what is left is delivery (nothing is set, tested or promoted again).
+    fn skip_if_promoted(&mut self) {
+        if self.rec.step < Step::Finished
+            && self
+                .base
+                .as_ref()
+                .is_some_and(|c| same_fields(&c.fields, &self.rec.pending))
+        {
+            self.rec.step = Step::Finished;
+        }
+    }
+}
+
+/// Whether a scheduled slot is served already: the last rotation succeeded and started at
+/// or after the slot's due time (a failed one leaves it due), and no taint has fallen due.
+fn slot_served(trigger: &Trigger, state: &StateRecord, now: DateTime<Utc>) -> bool {
+    let taint_due = state.taint.as_ref().is_some_and(|t| t.rotate_after <= now);
+    matches!(
+        (trigger, &state.last),
+        (Trigger::Schedule { due }, Some(l)) if l.outcome == "ok" && l.started_at >= *due && !taint_due
+    )
+}
+
+/// Why a new rotation starts, for its `create` intent.
+fn start_reason(trigger: &Trigger) -> Option<String> {
+    match trigger {
+        Trigger::Manual { reason } => reason.clone(),
+        Trigger::Schedule { due } if *due == DateTime::<Utc>::UNIX_EPOCH => {
+            Some("first rotation".into())
+        }
+        Trigger::Schedule { due } => Some(format!("scheduled for {}", due.to_rfc3339())),
+    }
+}
+
 impl Step {
     fn as_str_for_crash(self) -> &'static str {
         match self {
@@ -904,3 +987,6 @@ fn store_error_kind(e: &StoreError) -> &'static str {
         StoreError::Backend { .. } => "backend",
     }
 }
+
+#[cfg(test)]
+mod tests;
