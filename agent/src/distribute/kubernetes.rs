@@ -51,7 +51,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use k8s_openapi::api::core::v1::Secret;
 use keyturn_core::SecretValue;
 use kube::Resource as _;
 use kube::api::{GetParams, Patch, PatchParams, PostParams};
@@ -145,7 +144,7 @@ impl KubernetesSink {
         let dist = delivery.distribution;
         let object = ObjectRef::secret(&dist.namespace, &dist.secret);
         let wanted = owned_values(delivery)?;
-        let request = kube::core::Request::new(Secret::url_path(&(), Some(&dist.namespace)));
+        let request = kube::core::Request::new(secrets_path(&dist.namespace));
         let report = |outcome, resource_version| SecretReport {
             object: object.clone(),
             outcome,
@@ -343,6 +342,16 @@ fn owned_values<'a>(d: &Delivery<'a>) -> Result<Vec<(&'a str, &'a SecretValue)>,
 
 fn key_names(entries: &[(&str, &SecretValue)]) -> Vec<String> {
     entries.iter().map(|(k, _)| (*k).to_owned()).collect()
+}
+
+/// `/api/v1/namespaces/NS/secrets`, from the typed Secret's own metadata. Only its path is
+/// used: the typed Secret is banned elsewhere (clippy.toml) because its `Debug` prints values.
+#[allow(
+    clippy::disallowed_types,
+    reason = "only the resource path is taken from the type; no Secret value is held"
+)]
+fn secrets_path(namespace: &str) -> String {
+    k8s_openapi::api::core::v1::Secret::url_path(&(), Some(namespace))
 }
 
 /// The parts of a live Secret keyturn reads. Values stay base64 text in zeroizing storage.
