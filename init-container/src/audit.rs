@@ -65,8 +65,8 @@ pub enum AuditFailure {
 impl HasExitCode for AuditFailure {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Key(e) => ExitCode::from_sysexit(e.exit_code()),
-            Self::Log(e) | Self::NotRecorded(e) => ExitCode::from_sysexit(e.exit_code()),
+            Self::Key(e) => e.exit_code(),
+            Self::Log(e) | Self::NotRecorded(e) => e.exit_code(),
             Self::StdoutDiscards { .. } | Self::StdoutUnusable(_) => ExitCode::Io,
         }
     }

@@ -208,18 +208,6 @@ pub async fn login(
     Ok(info)
 }
 
-/// A login refused for bad credentials comes back as 400 from most auth methods; it is a
-/// permission problem (77), not an internal one.
-#[must_use]
-pub fn login_exit_code(e: &VaultError) -> ExitCode {
-    match e {
-        VaultError::Rejected {
-            code: 400 | 401, ..
-        } => ExitCode::PermissionDenied,
-        e => ExitCode::from_vault(e.exit_code()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,17 +257,19 @@ mod tests {
 
     #[test]
     fn refused_logins_are_permission_denied() {
+        // Most auth methods answer bad credentials with 400: keyturn-core's mapping makes
+        // that 77 for a login, as keyturn's own login does.
         let e = VaultError::Rejected {
             op: "login",
             path: "auth/approle/login".into(),
             code: 400,
             messages: vec![],
         };
-        assert_eq!(login_exit_code(&e), ExitCode::PermissionDenied);
+        assert_eq!(e.exit_code(), ExitCode::NoPermission);
         let e = VaultError::PermissionDenied {
             op: "login",
             path: "auth/kubernetes/login".into(),
         };
-        assert_eq!(login_exit_code(&e), ExitCode::PermissionDenied);
+        assert_eq!(e.exit_code(), ExitCode::NoPermission);
     }
 }

@@ -170,7 +170,7 @@ impl FetchError {
 impl HasExitCode for FetchError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Vault(e) => ExitCode::from_vault(e.exit_code()),
+            Self::Vault(e) => e.exit_code(),
             Self::NotKv2ApiPath { .. } | Self::VersionNotKv2 { .. } => ExitCode::Usage,
         }
     }

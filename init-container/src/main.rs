@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     // secret it renders.
     if let Err(e) = keyturn_core::sys::disable_core_dumps() {
         eprintln!("keyturn-init: {e}; refusing to run with core dumps possible");
-        return exit::ExitCode::Internal.into();
+        return ExitCode::from(exit::ExitCode::Software);
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                     keyturn_core::text::MESSAGE_MAX
                 )
             );
-            return exit::ExitCode::Usage.into();
+            return ExitCode::from(exit::ExitCode::Usage);
         }
     };
     let directives = keyturn_core::logfilter::with_quiet_libraries(&cli.log);
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => {
             eprintln!("keyturn-init: --log {:?}: {e}", cli.log);
-            return exit::ExitCode::Usage.into();
+            return ExitCode::from(exit::ExitCode::Usage);
         }
     };
     tracing_subscriber::fmt()
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyturn-init: cannot start the async runtime: {e}");
-            return exit::ExitCode::Internal.into();
+            return ExitCode::from(exit::ExitCode::Software);
         }
     };
     let outcome = rt.block_on(keyturn_init::run::run(&cli));
@@ -70,5 +70,5 @@ fn main() -> ExitCode {
     for f in &outcome.failures {
         let _ = writeln!(err, "keyturn-init: {}", f.message);
     }
-    outcome.code().into()
+    ExitCode::from(outcome.code())
 }

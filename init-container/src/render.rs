@@ -100,7 +100,7 @@ pub enum RenderError {
 impl HasExitCode for RenderError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Internal(_) => ExitCode::Internal,
+            Self::Internal(_) => ExitCode::Software,
             _ => ExitCode::Usage,
         }
     }

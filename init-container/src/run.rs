@@ -76,7 +76,7 @@ impl Outcome {
     /// The exit code.
     #[must_use]
     pub fn code(&self) -> ExitCode {
-        ExitCode::worst(self.failures.iter().map(|f| f.code))
+        crate::exit::most_telling(self.failures.iter().map(|f| f.code))
     }
 }
 
@@ -264,7 +264,7 @@ pub async fn run(cli: &Cli) -> Outcome {
     let fetched = tokio::time::timeout(deadline, async {
         let info = auth::login(&mut vault, prepared.method.as_ref(), &retry, &progress)
             .await
-            .map_err(|e| Err(Failure::new(auth::login_exit_code(&e), e)))?;
+            .map_err(|e| Err(Failure::new(e.exit_code(), e)))?;
         *login.borrow_mut() = Some(info);
         fetch::fetch_all(&vault, &reads, &retry, &progress)
             .await
@@ -471,7 +471,7 @@ async fn finish(
         };
         let Some(f) = set.get(&key) else {
             failures.push(Failure::new(
-                ExitCode::Internal,
+                ExitCode::Software,
                 format!("{}: not fetched", s.path),
             ));
             continue;
@@ -568,12 +568,12 @@ secrets:
         assert_eq!(after_network(unknown.exit_code()), ExitCode::Data);
         // The others keep theirs.
         assert_eq!(after_network(ExitCode::NotFound), ExitCode::NotFound);
-        assert_eq!(after_network(ExitCode::Internal), ExitCode::Internal);
+        assert_eq!(after_network(ExitCode::Software), ExitCode::Software);
     }
 
     #[test]
     fn one_line_messages_never_carry_newlines() {
-        assert_eq!(Failure::new(ExitCode::Internal, "a\nb  c").message, "a b c");
+        assert_eq!(Failure::new(ExitCode::Software, "a\nb  c").message, "a b c");
     }
 
     #[test]

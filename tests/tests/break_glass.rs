@@ -313,7 +313,13 @@ async fn a_token_without_the_break_glass_policy_is_denied_with_the_path_and_noth
         "denied",
         "the attempt is audited, as refused"
     );
-    e.assert_clean(&[&first, &out], &[&value]);
+    // The same store denial exits 77 from `rotate` and `status` too: one mapping.
+    let rotate = e.cmd(&["rotate", "orders-db"], &weak).output().unwrap();
+    assert_eq!(rotate.status.code(), Some(77), "rotate: {}", text(&rotate));
+    let status = e.cmd(&["status"], &weak).output().unwrap();
+    assert_eq!(status.status.code(), Some(77), "status: {}", text(&status));
+    assert_eq!(e.current().await.2, before);
+    e.assert_clean(&[&first, &out, &rotate, &status], &[&value]);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use keyturn_core::SecretValue;
+use keyturn_core::exit::HasExitCode as _;
 use keyturn_core::vault::auth::{AppRole, TokenAuth};
 use keyturn_core::vault::{RetryPolicy, SecretData, Vault, VaultError};
 use keyturn_tests::canary::{assert_absent, canary};

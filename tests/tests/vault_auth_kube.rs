@@ -3,6 +3,7 @@
 //! `KEYTURN_TEST_KUBECONFIG` is set) or against the cluster's JWKS.
 
 use keyturn_core::SecretValue;
+use keyturn_core::exit::HasExitCode as _;
 use keyturn_core::vault::auth::{Jwt, Kubernetes};
 use keyturn_core::vault::{SecretData, Vault, VaultError};
 use keyturn_tests::kube::TestCluster;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::Args;
 use keyturn_core::audit::{AuditError, AuditLog, AuditLogOptions, HmacKey, KeyError, KeySource};
 
+use super::exit::{ExitCode, HasExitCode};
+
 /// Where audit events go, and the key for their `value_hmac`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct AuditLogArgs {
@@ -47,10 +49,10 @@ pub enum OpenAuditLogError {
     Log(#[from] AuditError),
 }
 
-impl OpenAuditLogError {
-    /// The process exit code (64 for configuration, 74 for I/O, 70 otherwise).
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+impl HasExitCode for OpenAuditLogError {
+    /// The key's or the log's own code: 64 for configuration, 77 for a file the system
+    /// denies, 74 for other I/O, 70 otherwise.
+    fn exit_code(&self) -> ExitCode {
         match self {
             Self::Key(e) => e.exit_code(),
             Self::Log(e) => e.exit_code(),

@@ -22,8 +22,7 @@ use keyturn_core::SecretValue;
 use keyturn_core::audit::{Actor, AuditLog, Outcome};
 use keyturn_core::vault::{SecretData, Vault};
 
-use super::exit;
-use super::rotate::BUSY;
+use super::exit::{ExitCode, HasExitCode};
 use super::rotation_args::{Prepared, RotationArgs};
 use crate::breakglass::{DEFAULT_JOURNAL, Journal};
 use crate::policy::Policy;
@@ -92,7 +91,7 @@ pub struct RevealArgs {
 
 /// Runs the subcommand; returns the exit code.
 #[must_use]
-pub fn run(cmd: BreakGlassCommand) -> u8 {
+pub fn run(cmd: BreakGlassCommand) -> ExitCode {
     let (action, c) = match &cmd {
         BreakGlassCommand::Rotate(c) => ("rotate", c),
         BreakGlassCommand::Revoke(a) => ("revoke", &a.c),
@@ -101,13 +100,13 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
     // Everything checkable without a network call, first.
     if c.reason.trim().is_empty() {
         eprintln!("keyturn: --reason must say why (it goes into the audit log); nothing was done");
-        return exit::USAGE;
+        return ExitCode::Usage;
     }
     let journal = match Journal::parse(&c.journal) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("keyturn: {e}");
-            return exit::USAGE;
+            return ExitCode::Usage;
         }
     };
     if let BreakGlassCommand::Reveal(RevealArgs {
@@ -120,7 +119,7 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
             "keyturn: {} exists; --to-file only creates a new file; nothing was done",
             path.display()
         );
-        return exit::USAGE;
+        return ExitCode::Usage;
     }
     if let BreakGlassCommand::Reveal(a) = &cmd
         && a.to_file.is_none()
@@ -129,7 +128,7 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
         eprintln!(
             "keyturn: refusing to reveal a secret into a pipe or file; run it on a terminal, or pass --to-file PATH (created with mode 0400); nothing was done"
         );
-        return exit::USAGE;
+        return ExitCode::Usage;
     }
     let policies = match c.common.load_named(&c.policy) {
         Ok(ps) => ps,
@@ -138,12 +137,12 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
     if !c.yes && !confirm(action, c, &cmd) {
         return if std::io::stdin().is_terminal() {
             eprintln!("keyturn: not confirmed; nothing was done");
-            exit::FAILED
+            ExitCode::Failed
         } else {
             eprintln!(
                 "keyturn: confirmation needed: stdin is not a terminal, pass --yes; nothing was done"
             );
-            exit::USAGE
+            ExitCode::Usage
         };
     }
     let rt = match super::runtime() {
@@ -157,13 +156,13 @@ pub fn run(cmd: BreakGlassCommand) -> u8 {
         };
         // `prepare_with` has logged in to Vault: no Vault now is a bug, not usage.
         let Some(vault) = p.backends.vault.clone() else {
-            return exit::SOFTWARE;
+            return ExitCode::Software;
         };
         let who = match vault.lookup_self().await {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                return u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE);
+                return e.exit_code();
             }
         };
         let name = if who.display_name.is_empty() {
@@ -247,7 +246,7 @@ impl Ctx<'_> {
         &self.p.audit
     }
 
-    async fn event(&self, outcome: Outcome, detail: Option<String>) -> Result<(), u8> {
+    async fn event(&self, outcome: Outcome, detail: Option<String>) -> Result<(), ExitCode> {
         self.event_about(outcome, detail, None).await
     }
 
@@ -259,7 +258,7 @@ impl Ctx<'_> {
         outcome: Outcome,
         detail: Option<String>,
         value: Option<&SecretValue>,
-    ) -> Result<(), u8> {
+    ) -> Result<(), ExitCode> {
         let mut b = self
             .audit()
             .event(
@@ -296,7 +295,7 @@ impl Ctx<'_> {
     }
 
     /// `rotate` (`revoke = None`) and `revoke` (`Some(lease prefix)`).
-    async fn rotate(&self, revoke: Option<Option<&str>>) -> u8 {
+    async fn rotate(&self, revoke: Option<Option<&str>>) -> ExitCode {
         let policy = self.policy();
         let (store, target) = match (
             self.p.backends.store(policy),
@@ -306,7 +305,7 @@ impl Ctx<'_> {
             // `prepare_with` built every backend a policy names (after calling Vault).
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("keyturn: {e}");
-                return exit::SOFTWARE;
+                return ExitCode::Software;
             }
         };
         if let Err(code) = self.event(Outcome::Started, None).await {
@@ -342,7 +341,7 @@ impl Ctx<'_> {
                         let _ = self
                             .event(Outcome::Error, Some(format!("busy: held by {holder}")))
                             .await;
-                        return BUSY;
+                        return ExitCode::Busy;
                     }
                     tracing::info!(%holder, "waiting for the rotation in flight to finish");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -353,11 +352,11 @@ impl Ctx<'_> {
                         policy.name
                     );
                     let _ = self.event(Outcome::Error, Some(error)).await;
-                    return exit::FAILED;
+                    return ExitCode::Failed;
                 }
                 Err(e) => {
                     eprintln!("keyturn: {e}");
-                    let code = exit::for_rotation(&e);
+                    let code = e.exit_code();
                     let _ = self.event(outcome_for(code), Some(e.to_string())).await;
                     return code;
                 }
@@ -367,18 +366,18 @@ impl Ctx<'_> {
         if let Some(lease_prefix) = revoke {
             let current = match store.view().await {
                 Ok(v) => v.current.map(|c| c.fields).unwrap_or_else(SecretData::new),
-                Err(e) => return self.fail(&format!("{e}"), exit::for_store(&e)).await,
+                Err(e) => return self.fail(&format!("{e}"), e.exit_code()).await,
             };
             match target.invalidate_others(&current).await {
                 Ok(Some(what)) => done.push(what),
                 Ok(None) => {}
-                Err(e) => return self.fail(&format!("{e}"), exit::FAILED).await,
+                Err(e) => return self.fail(&format!("{e}"), ExitCode::Failed).await,
             }
             if let Some(prefix) = lease_prefix {
                 match self.vault.revoke_lease_prefix(prefix).await {
                     Ok(()) => done.push(format!("leases under {prefix} revoked")),
                     Err(e) => {
-                        let code = u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE);
+                        let code = e.exit_code();
                         return self.fail(&e.to_string(), code).await;
                     }
                 }
@@ -390,10 +389,10 @@ impl Ctx<'_> {
         }
         self.note_in_journal(None).await;
         println!("break-glass {} of {}: {summary}", self.action, policy.name);
-        exit::OK
+        ExitCode::Ok
     }
 
-    async fn fail(&self, error: &str, code: u8) -> u8 {
+    async fn fail(&self, error: &str, code: ExitCode) -> ExitCode {
         eprintln!(
             "keyturn: break-glass {} of {}: {error}",
             self.action, self.c.policy
@@ -402,14 +401,14 @@ impl Ctx<'_> {
         code
     }
 
-    async fn reveal(&self, a: &RevealArgs) -> u8 {
+    async fn reveal(&self, a: &RevealArgs) -> ExitCode {
         let policy = self.policy();
         let store = match self.p.backends.store(policy) {
             Ok(s) => s,
             // Built by `prepare_with`, after calling Vault: failing now is a bug.
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                return exit::SOFTWARE;
+                return ExitCode::Software;
             }
         };
         let rotate_after = Utc::now() + chrono::Duration::from_std(a.ttl).unwrap_or_default();
@@ -454,11 +453,11 @@ impl Ctx<'_> {
                             Some("busy: a rotation is in flight; nothing revealed".into()),
                         )
                         .await;
-                    return BUSY;
+                    return ExitCode::Busy;
                 }
                 Err(e) => {
                     eprintln!("keyturn: {e}");
-                    let code = exit::for_store(&e);
+                    let code = e.exit_code();
                     let _ = self
                         .event(
                             outcome_for(code),
@@ -480,7 +479,7 @@ impl Ctx<'_> {
                     Some("no current value; nothing revealed".into()),
                 )
                 .await;
-            return exit::FAILED;
+            return ExitCode::Failed;
         };
         // Intent to show, with the value's HMAC (`keyturn audit search --value-hmac` finds
         // it), durable before a person sees the value.
@@ -516,11 +515,7 @@ impl Ctx<'_> {
                 .await;
             // The output file is the operator's path: a directory they may not write is a
             // permission to fix (77), anything else an I/O error (74).
-            return if e.kind() == std::io::ErrorKind::PermissionDenied {
-                exit::NO_PERMISSION
-            } else {
-                exit::IO
-            };
+            return ExitCode::for_io(&e);
         }
         // The value has been shown: a failed outcome record cannot take that back, and the
         // intent before it is already durable.
@@ -539,7 +534,7 @@ impl Ctx<'_> {
             policy.name,
             rotate_after.to_rfc3339()
         );
-        exit::OK
+        ExitCode::Ok
     }
 
     /// Marks CURRENT tainted with compare-and-set; returns it and when it will be rotated (an
@@ -582,8 +577,8 @@ impl Ctx<'_> {
 
 /// The audit outcome of a failure that exits with `code`: `denied` for a permission the
 /// operator's token lacks, `error` for everything else.
-fn outcome_for(code: u8) -> Outcome {
-    if code == exit::NO_PERMISSION {
+fn outcome_for(code: ExitCode) -> Outcome {
+    if code == ExitCode::NoPermission {
         Outcome::Denied
     } else {
         Outcome::Error

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
 
-use super::{Cli, exit};
+use super::Cli;
+use super::exit::{ExitCode, HasExitCode};
 
 /// Arguments of `keyturn completions`.
 #[derive(Debug, Args)]
@@ -48,23 +49,22 @@ pub enum GenerateError {
     },
 }
 
-impl GenerateError {
-    /// The exit code: 74, an I/O error, for each of them.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
-        exit::IO
+impl HasExitCode for GenerateError {
+    /// 74, an I/O error, for each of them.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Io
     }
 }
 
 /// Prints the completion script for `args.shell` to stdout; returns the exit code.
 #[must_use]
-pub fn run_completions(args: &CompletionsArgs) -> u8 {
+pub fn run_completions(args: &CompletionsArgs) -> ExitCode {
     finish(emit(&completion_script(args.shell)))
 }
 
 /// Prints the man page to stdout, or writes every page into `--out`; returns the exit code.
 #[must_use]
-pub fn run_man(args: &ManArgs) -> u8 {
+pub fn run_man(args: &ManArgs) -> ExitCode {
     let result = match &args.out {
         None => man_page(command()).and_then(|page| emit(&page)),
         Some(dir) => write_man_pages(dir).and_then(|written| {
@@ -78,11 +78,11 @@ pub fn run_man(args: &ManArgs) -> u8 {
     finish(result)
 }
 
-fn finish(result: Result<(), GenerateError>) -> u8 {
+fn finish(result: Result<(), GenerateError>) -> ExitCode {
     match result {
-        Ok(()) => exit::OK,
+        Ok(()) => ExitCode::Ok,
         Err(GenerateError::Output { source }) if source.kind() == io::ErrorKind::BrokenPipe => {
-            exit::OK
+            ExitCode::Ok
         }
         Err(e) => {
             eprintln!("keyturn: {e}");

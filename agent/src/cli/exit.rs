@@ -1,58 +1,51 @@
-//! Exit codes, shared by every subcommand: keyturn-core's table (README's), and the mapping
-//! of the errors more than one subcommand meets, so `rotate`, `break-glass` and `status` give
-//! one situation one code.
+//! Exit codes, shared by every subcommand: keyturn-core's [`ExitCode`] (README's table) and
+//! its one precedence, [`most_telling`]. Every error a subcommand meets implements
+//! [`HasExitCode`], so `rotate`, `break-glass` and `status` give one situation one code; the
+//! impls for errors of modules that do not yet carry their own are here.
 
-pub use keyturn_core::exit::{
-    BUSY, DATA, FAILED, IO, NO_PERMISSION, NOT_FOUND, OK, SOFTWARE, UNAVAILABLE, USAGE,
-    most_telling,
-};
+pub use keyturn_core::exit::{ExitCode, HasExitCode, most_telling};
 
-use crate::distribute::DistributeError;
-use crate::rotation::RotationError;
-use crate::rotation::store::StoreError;
+use crate::backends::BackendError;
+use crate::policy::PolicyErrors;
+use crate::rotation::target::TargetError;
 
-/// A store failure: 77 when the store refused for lack of permission, 69 when it could not be
-/// reached in time, a Vault error's own code (66 for a path that does not exist), 70 for the
-/// rest (corrupt state, an answer keyturn cannot use).
-#[must_use]
-pub fn for_store(e: &StoreError) -> u8 {
-    if e.is_permission_denied() {
-        NO_PERMISSION
-    } else if e.is_retryable() {
-        UNAVAILABLE
-    } else if let StoreError::Backend { source, .. } = e
-        && let Some(v) = source.downcast_ref::<keyturn_core::vault::VaultError>()
-    {
-        u8::try_from(v.exit_code()).unwrap_or(SOFTWARE)
-    } else {
-        SOFTWARE
+/// The numbers `doctor` and `policy` still return (as `u8`) until they return [`ExitCode`];
+/// [`super::run`] reads them back through `ExitCode::try_from`. Nothing else uses these.
+pub const OK: u8 = ExitCode::Ok.as_u8();
+/// See [`OK`].
+pub const FAILED: u8 = ExitCode::Failed.as_u8();
+/// See [`OK`].
+pub const USAGE: u8 = ExitCode::Usage.as_u8();
+
+// Candidates to move beside their types (policy/error.rs, backends.rs, rotation/target/mod.rs).
+
+impl HasExitCode for PolicyErrors {
+    /// A rejected policy set: 64, a configuration error found before any network call.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Usage
     }
 }
 
-/// A delivery failure: 77 for an RBAC denial, 69 for an API that stayed unavailable, 1 for
-/// the rest (the rotation is promoted but not delivered; the next attempt delivers it).
-#[must_use]
-pub fn for_distribute(e: &DistributeError) -> u8 {
-    if matches!(e, DistributeError::Forbidden { .. }) {
-        NO_PERMISSION
-    } else if e.is_retryable() {
-        UNAVAILABLE
-    } else {
-        FAILED
+impl HasExitCode for BackendError {
+    /// A store or target this process has no client for is a configuration error (64); a
+    /// backend that could not be built, an internal one (70). Callers that meet either after
+    /// `prepare` (which builds every backend a policy names) exit 70: there it is a bug.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::NotConfigured { .. } => ExitCode::Usage,
+            Self::Build { .. } => ExitCode::Software,
+        }
     }
 }
 
-/// A rotation that stopped with an error (one rolled back is [`FAILED`], decided by the
-/// caller). Every variant here happens after the login, so none is [`USAGE`]: a policy that
-/// distributes without a Kubernetes client is refused before any network call, so meeting it
-/// here is a bug.
-#[must_use]
-pub fn for_rotation(e: &RotationError) -> u8 {
-    match e {
-        RotationError::Store { source, .. } => for_store(source),
-        RotationError::Audit { source, .. } => source.exit_code(),
-        RotationError::Distribute { source, .. } => for_distribute(source),
-        RotationError::NoSink { .. } => SOFTWARE,
+impl HasExitCode for TargetError {
+    /// 69 for a target that cannot be reached; 1 for a refusal or an admin credential that
+    /// could not be had (the command ran and the target said no).
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Unreachable { .. } => ExitCode::Unavailable,
+            Self::Refused { .. } | Self::Admin { .. } => ExitCode::Failed,
+        }
     }
 }
 
@@ -64,32 +57,66 @@ mod tests {
     use keyturn_core::vault::VaultError;
 
     use super::*;
+    use crate::distribute::{DistributeError, ObjectRef};
+    use crate::rotation::RotationError;
+    use crate::rotation::store::{StoreError, StoreErrorKind};
 
-    fn store_error(source: VaultError) -> StoreError {
-        let retryable = source.is_retryable();
+    fn store_error(kind: StoreErrorKind, source: VaultError) -> StoreError {
         StoreError::Backend {
             store: "vault-kv:secret/keyturn/api".into(),
+            kind,
+            retryable: source.is_retryable(),
             source: Box::new(source),
-            retryable,
         }
     }
 
-    fn denied() -> VaultError {
-        VaultError::PermissionDenied {
-            op: "read",
-            path: "secret/data/keyturn/api".into(),
-        }
+    fn denied() -> StoreError {
+        store_error(
+            StoreErrorKind::PermissionDenied,
+            VaultError::PermissionDenied {
+                op: "read",
+                path: "secret/data/keyturn/api".into(),
+            },
+        )
     }
 
     #[test]
     fn a_denied_store_is_77_in_every_command() {
-        let e = RotationError::Store {
+        // `rotate` and `break-glass rotate` meet it inside the rotation; `break-glass reveal`,
+        // `break-glass revoke` and `status` from the store directly. `rotate` gave 70 for
+        // this and `break-glass` 77.
+        let in_rotation = RotationError::Store {
             policy: "api".into(),
-            source: store_error(denied()),
+            source: denied(),
         };
-        // `rotate` gave 70 for this and `break-glass` 77.
-        assert_eq!(for_rotation(&e), 77);
-        assert_eq!(for_store(&store_error(denied())), 77);
+        assert_eq!(in_rotation.exit_code(), ExitCode::NoPermission);
+        assert_eq!(denied().exit_code(), ExitCode::NoPermission);
+        assert!(denied().is_permission_denied());
+    }
+
+    #[test]
+    fn a_store_failure_exits_by_its_kind_never_by_its_words() {
+        // A message that reads like a denial does not make one.
+        let words = VaultError::BadResponse {
+            op: "read",
+            path: "secret/data/permission-denied".into(),
+            what: "permission denied (403)".into(),
+        };
+        let e = store_error(StoreErrorKind::Other, words);
+        assert!(!e.is_permission_denied());
+        assert_eq!(e.exit_code(), ExitCode::Software);
+        let missing = VaultError::NotFound {
+            op: "read",
+            path: "secret/data/keyturn/api".into(),
+        };
+        assert_eq!(
+            store_error(StoreErrorKind::NotFound, missing).exit_code(),
+            ExitCode::NotFound
+        );
+        let conflict = StoreError::Conflict {
+            store: "vault-kv:secret/keyturn/api".into(),
+        };
+        assert_eq!(conflict.exit_code(), ExitCode::Busy);
     }
 
     #[test]
@@ -99,7 +126,7 @@ mod tests {
             what: "unknown step".into(),
         };
         // `break-glass` gave 1 for this and `rotate` 70.
-        assert_eq!(for_store(&e), 70);
+        assert_eq!(e.exit_code(), ExitCode::Software);
     }
 
     #[test]
@@ -116,7 +143,22 @@ mod tests {
                 }),
             },
         };
-        assert_eq!(for_rotation(&e), 77);
+        assert_eq!(e.exit_code(), ExitCode::NoPermission);
+    }
+
+    #[test]
+    fn an_rbac_denial_in_delivery_is_77_like_a_store_denial() {
+        let e = RotationError::Distribute {
+            policy: "api".into(),
+            rotation_id: "r1".into(),
+            source: DistributeError::Forbidden {
+                object: Box::new(ObjectRef::secret("shop", "db")),
+                verb: "patch".into(),
+                code: 403,
+                message: "forbidden".into(),
+            },
+        };
+        assert_eq!(e.exit_code(), ExitCode::NoPermission);
     }
 
     #[test]
@@ -124,6 +166,13 @@ mod tests {
         let e = RotationError::NoSink {
             policy: "api".into(),
         };
-        assert_eq!(for_rotation(&e), 70);
+        assert_eq!(e.exit_code(), ExitCode::Software);
+    }
+
+    #[test]
+    fn the_numbers_doctor_and_policy_return_read_back() {
+        for n in [OK, FAILED, USAGE] {
+            assert!(ExitCode::try_from(n).is_ok(), "{n}");
+        }
     }
 }

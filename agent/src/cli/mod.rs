@@ -5,13 +5,13 @@
 //! `audit` here as they are written; a subcommand that needs async builds its own Tokio runtime
 //! inside its `run`, so the commands that need none (`audit verify`) start instantly.
 //!
-//! Exit codes follow sysexits(3) for the whole CLI (see [`exit`]): clap's usage errors exit 64,
-//! not clap's default 2. Subcommands that touch secrets take their audit options from
+//! Exit codes follow sysexits(3) for the whole CLI, through the one type [`exit::ExitCode`]:
+//! clap's usage errors exit 64, not clap's default 2. Subcommands that touch secrets take their audit options from
 //! [`audit_log::AuditLogArgs`].
 
-use std::process::ExitCode;
-
 use clap::{Args, Parser, Subcommand};
+
+use exit::ExitCode;
 
 pub mod audit;
 pub mod audit_log;
@@ -85,14 +85,14 @@ pub enum Command {
 }
 
 /// A single-threaded Tokio runtime for a command that needs async, or the exit code after
-/// saying why there is none.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+/// saying why there is none ([`ExitCode`], or its number for `doctor` until it returns one).
+pub(crate) fn runtime<C: From<ExitCode>>() -> Result<tokio::runtime::Runtime, C> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {
             eprintln!("keyturn: cannot start runtime: {e}");
-            exit::SOFTWARE
+            C::from(ExitCode::Software)
         })
 }
 
@@ -102,7 +102,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
 /// # Errors
 /// The exit code to leave with, when there is nothing to run.
 pub fn parse() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| ExitCode::from(exit_for_clap_error(&e)))
+    Cli::try_parse().map_err(|e| exit_for_clap_error(&e))
 }
 
 /// Parses `args` (the first is the program name), as [`parse`] does.
@@ -114,17 +114,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Cli::try_parse_from(args).map_err(|e| ExitCode::from(exit_for_clap_error(&e)))
+    Cli::try_parse_from(args).map_err(|e| exit_for_clap_error(&e))
 }
 
 /// Prints a clap error (help and version go to stdout, errors to stderr) and picks the exit
-/// code: 0 for help and version, [`exit::USAGE`] for anything else.
-pub fn exit_for_clap_error(e: &clap::Error) -> u8 {
+/// code: 0 for help and version, [`ExitCode::Usage`] for anything else.
+pub fn exit_for_clap_error(e: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
-            exit::OK
+            ExitCode::Ok
         }
         _ => {
             // clap quotes the argument it refuses: each line is escaped and capped, so a 1 MB
@@ -136,30 +136,32 @@ pub fn exit_for_clap_error(e: &clap::Error) -> u8 {
                     keyturn_core::text::clean(line, keyturn_core::text::ECHO_MAX * 3)
                 );
             }
-            exit::USAGE
+            ExitCode::Usage
         }
     }
 }
 
-/// Sets up logging and runs the subcommand.
+/// Sets up logging and runs the subcommand; returns the code to exit with
+/// (`std::process::ExitCode::from` it).
 #[must_use]
 pub fn run(cli: Cli) -> ExitCode {
     if let Err(e) = logging::init(&cli.global.log) {
         eprintln!("keyturn: {e}");
-        return ExitCode::from(exit::USAGE);
+        return ExitCode::Usage;
     }
-    let code = match cli.command {
+    // `doctor` and `policy` still return the number; one outside the table is a bug.
+    let number = |n: u8| ExitCode::try_from(n).unwrap_or(ExitCode::Software);
+    match cli.command {
         Command::Audit(cmd) => audit::run(cmd),
         Command::BreakGlass(cmd) => break_glass::run(cmd),
-        Command::Policy(cmd) => policy::run(cmd),
+        Command::Policy(cmd) => number(policy::run(cmd)),
         Command::Rotate(args) => rotate::run(args),
         Command::Run(args) => run::run(args),
-        Command::Doctor(args) => doctor::run(args),
+        Command::Doctor(args) => number(doctor::run(args)),
         Command::Status(args) => status::run(args),
         Command::Completions(args) => completions::run_completions(&args),
         Command::Man(args) => completions::run_man(&args),
-    };
-    ExitCode::from(code)
+    }
 }
 
 #[cfg(test)]

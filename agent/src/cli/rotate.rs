@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use super::exit;
+use super::exit::{ExitCode, HasExitCode};
 use super::rotation_args::RotationArgs;
 use crate::rotation::{RotationOutcome, Trigger};
 
@@ -20,12 +20,9 @@ pub struct RotateArgs {
     pub common: RotationArgs,
 }
 
-/// Exit code when another process holds the policy's rotation (EX_TEMPFAIL: try later).
-pub const BUSY: u8 = exit::BUSY;
-
 /// Runs the subcommand; returns the exit code.
 #[must_use]
-pub fn run(args: RotateArgs) -> u8 {
+pub fn run(args: RotateArgs) -> ExitCode {
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -44,13 +41,13 @@ pub fn run(args: RotateArgs) -> u8 {
         // policy, and `prepare_with` built every backend a policy names, so either failing now
         // is a bug.
         let Some(policy) = p.policies.iter().find(|x| x.name == args.policy) else {
-            return exit::SOFTWARE;
+            return ExitCode::Software;
         };
         let (store, target) = match (p.backends.store(policy), p.backends.target(policy).await) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("keyturn: {e}");
-                return exit::SOFTWARE;
+                return ExitCode::Software;
             }
         };
         match p
@@ -75,26 +72,26 @@ pub fn run(args: RotateArgs) -> u8 {
                     policy.name,
                     if resumed { ", resumed" } else { "" }
                 );
-                exit::OK
+                ExitCode::Ok
             }
-            Ok(RotationOutcome::AlreadyDone) => exit::OK,
+            Ok(RotationOutcome::AlreadyDone) => ExitCode::Ok,
             Ok(RotationOutcome::Busy { holder }) => {
                 eprintln!(
                     "keyturn: policy {} is being rotated by {holder}; try again later",
                     policy.name
                 );
-                BUSY
+                ExitCode::Busy
             }
             Ok(RotationOutcome::Failed { rotation_id, error }) => {
                 eprintln!(
                     "keyturn: rotation {rotation_id} of {} failed and was rolled back: {error}",
                     policy.name
                 );
-                exit::FAILED
+                ExitCode::Failed
             }
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                exit::for_rotation(&e)
+                e.exit_code()
             }
         }
     })

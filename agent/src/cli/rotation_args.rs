@@ -8,7 +8,7 @@ use clap::Args;
 use keyturn_core::audit::{Actor, AuditLog};
 
 use super::audit_log::AuditLogArgs;
-use super::exit;
+use super::exit::{ExitCode, HasExitCode};
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::distribute::KubernetesSink;
@@ -71,7 +71,7 @@ impl RotationArgs {
     ///
     /// # Errors
     /// The exit code, after printing one line per problem.
-    pub async fn prepare(&self) -> Result<Prepared, u8> {
+    pub async fn prepare(&self) -> Result<Prepared, ExitCode> {
         let policies = self.load_policies()?;
         self.prepare_with(policies).await
     }
@@ -80,8 +80,8 @@ impl RotationArgs {
     /// network): what `rotate` and `break-glass` check before anything else.
     ///
     /// # Errors
-    /// [`exit::USAGE`], after printing the problem.
-    pub fn load_named(&self, name: &str) -> Result<Vec<Policy>, u8> {
+    /// [`ExitCode::Usage`], after printing the problem.
+    pub fn load_named(&self, name: &str) -> Result<Vec<Policy>, ExitCode> {
         let policies = self.load_policies()?;
         if policies.iter().any(|p| p.name == name) {
             Ok(policies)
@@ -90,14 +90,14 @@ impl RotationArgs {
                 "keyturn: no policy named {name:?} in {}",
                 self.policies.display()
             );
-            Err(exit::USAGE)
+            Err(ExitCode::Usage)
         }
     }
 
-    fn load_policies(&self) -> Result<Vec<Policy>, u8> {
+    fn load_policies(&self) -> Result<Vec<Policy>, ExitCode> {
         policy::load(&self.policies).map_err(|e| {
             eprintln!("{e}");
-            exit::USAGE
+            ExitCode::Usage
         })
     }
 
@@ -105,10 +105,10 @@ impl RotationArgs {
     ///
     /// # Errors
     /// The exit code, after printing one line per problem.
-    pub async fn prepare_with(&self, policies: Vec<Policy>) -> Result<Prepared, u8> {
+    pub async fn prepare_with(&self, policies: Vec<Policy>) -> Result<Prepared, ExitCode> {
         let (cfg, method) = self.vault.prepare().map_err(|e| {
             eprintln!("keyturn: {e}");
-            exit::USAGE
+            ExitCode::Usage
         })?;
         // The Kubernetes client is built only when a policy distributes, from KUBECONFIG or the
         // in-cluster service account; building it makes no request.
@@ -117,7 +117,7 @@ impl RotationArgs {
                 eprintln!(
                     "keyturn: policies distribute to Kubernetes, but no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
                 );
-                exit::USAGE
+                ExitCode::Usage
             })?;
             Some(KubernetesSink::with_restart_window(
                 client,
@@ -133,7 +133,7 @@ impl RotationArgs {
         let audit = Arc::new(audit);
         let vault = VaultArgs::login(&cfg, method.as_ref()).await.map_err(|e| {
             eprintln!("keyturn: {e}");
-            u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE)
+            e.exit_code()
         })?;
         let aws = if Backends::needs_aws(&policies) {
             Some(crate::rotation::store::aws_sm::client_from_env(None).await)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::exit;
+use super::exit::{ExitCode, HasExitCode};
 use super::rotation_args::RotationArgs;
 use crate::daemon::{Daemon, DaemonConfig, Metrics, anchoring, server};
 use keyturn_core::audit::Anchor;
@@ -67,7 +67,7 @@ fn retry_max(s: &str) -> Result<Duration, String> {
 
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
 #[must_use]
-pub fn run(args: RunArgs) -> u8 {
+pub fn run(args: RunArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,14 +76,14 @@ pub fn run(args: RunArgs) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyturn: cannot start runtime: {e}");
-            return exit::SOFTWARE;
+            return ExitCode::Software;
         }
     };
     let journal = match crate::breakglass::Journal::parse(&args.break_glass_journal) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("keyturn: {e}");
-            return exit::USAGE;
+            return ExitCode::Usage;
         }
     };
     rt.block_on(async move {
@@ -95,10 +95,9 @@ pub fn run(args: RunArgs) -> u8 {
                 Ok(l) => Some(l),
                 Err(e) => {
                     eprintln!("keyturn: --listen {addr}: cannot listen: {e}");
-                    return if e.kind() == std::io::ErrorKind::PermissionDenied {
-                        exit::NO_PERMISSION
-                    } else {
-                        exit::USAGE
+                    return match ExitCode::for_io(&e) {
+                        ExitCode::NoPermission => ExitCode::NoPermission,
+                        _ => ExitCode::Usage,
                     };
                 }
             },
@@ -141,7 +140,7 @@ pub fn run(args: RunArgs) -> u8 {
             }
             (Some(_), None) => {
                 eprintln!("keyturn: --audit-anchor: the anchor is kept in Vault, and no Vault is configured");
-                return exit::USAGE;
+                return ExitCode::Usage;
             }
             (None, _) => None,
         };
@@ -163,10 +162,10 @@ pub fn run(args: RunArgs) -> u8 {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         match result {
-            Ok(()) => exit::OK,
+            Ok(()) => ExitCode::Ok,
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE)
+                e.exit_code()
             }
         }
     })

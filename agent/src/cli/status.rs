@@ -10,9 +10,9 @@
 //!
 //! Exit codes: 0; 64 for an invalid policy set or Vault configuration (before any network
 //! call); otherwise every row is printed and the code is the most telling of the rows'
-//! failures ([`exit::most_telling`]): 77 when a store refused the read, 66 for a Vault path
+//! failures ([`most_telling`]): 77 when a store refused the read, 66 for a store path
 //! that does not exist, 69 when a store could not be reached, 70 when a state entry is
-//! unreadable.
+//! unreadable; the same store error gives the same code as in `rotate` and `break-glass`.
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use keyturn_core::vault::{RetryPolicy, Vault, VaultError};
 use serde::Serialize;
 
 use super::doctor::human;
-use super::exit;
+use super::exit::{ExitCode, HasExitCode, most_telling};
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::backends::StoreSpec;
@@ -52,7 +52,7 @@ struct ReadError {
     /// What went wrong (names the store, never a value).
     message: String,
     /// The exit code it maps to.
-    code: u8,
+    code: ExitCode,
 }
 
 impl ReadError {
@@ -61,7 +61,7 @@ impl ReadError {
     fn vault(e: &VaultError) -> Self {
         Self {
             message: e.to_string(),
-            code: u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE),
+            code: e.exit_code(),
         }
     }
 }
@@ -256,18 +256,18 @@ fn table(rows: &[Row], now: DateTime<Utc>) -> String {
 }
 
 /// The exit code for the rows: the most telling failure, in the order every command uses.
-fn exit_code(codes: &[u8]) -> u8 {
-    exit::most_telling(codes.iter().copied())
+fn exit_code(codes: &[ExitCode]) -> ExitCode {
+    most_telling(codes.iter().copied())
 }
 
 /// Runs the subcommand; returns the exit code.
 #[must_use]
-pub fn run(args: StatusArgs) -> u8 {
+pub fn run(args: StatusArgs) -> ExitCode {
     let policies = match policy::load(&args.policies) {
         Ok(ps) => ps,
         Err(e) => {
             eprintln!("{e}");
-            return exit::USAGE;
+            return ExitCode::Usage;
         }
     };
     let uses_vault = policies
@@ -278,7 +278,7 @@ pub fn run(args: StatusArgs) -> u8 {
             Ok(x) => Some(x),
             Err(e) => {
                 eprintln!("keyturn: {e}");
-                return exit::USAGE;
+                return ExitCode::Usage;
             }
         }
     } else {
@@ -341,7 +341,7 @@ pub fn run(args: StatusArgs) -> u8 {
                 let s = s.unwrap_or_else(|| {
                     Err(ReadError {
                         message: "internal error reading the state".to_owned(),
-                        code: exit::SOFTWARE,
+                        code: ExitCode::Software,
                     })
                 });
                 if let Err(e) = &s {
@@ -378,10 +378,10 @@ async fn read_state(
     };
     let store = backends.store_at(name, r).map_err(|e| ReadError {
         message: e.to_string(),
-        code: exit::SOFTWARE,
+        code: ExitCode::Software,
     })?;
     store.state().await.map_err(|e| ReadError {
-        code: exit::for_store(&e),
+        code: e.exit_code(),
         message: e.to_string(),
     })
 }
@@ -466,9 +466,12 @@ mod tests {
     fn a_denial_outranks_an_unreachable_store_as_in_keyturn_init() {
         assert_eq!(exit_code(&[]), 0);
         // This was 69: status ranked an outage first, keyturn-init a denial.
-        assert_eq!(exit_code(&[exit::NO_PERMISSION, exit::UNAVAILABLE]), 77);
-        assert_eq!(exit_code(&[exit::UNAVAILABLE, exit::SOFTWARE]), 69);
-        assert_eq!(exit_code(&[exit::SOFTWARE, exit::NO_PERMISSION]), 77);
+        assert_eq!(
+            exit_code(&[ExitCode::NoPermission, ExitCode::Unavailable]),
+            77
+        );
+        assert_eq!(exit_code(&[ExitCode::Unavailable, ExitCode::Software]), 69);
+        assert_eq!(exit_code(&[ExitCode::Software, ExitCode::NoPermission]), 77);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use keyturn_core::exit::{ExitCode, HasExitCode};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -80,13 +81,13 @@ pub enum DaemonError {
     },
 }
 
-impl DaemonError {
-    /// The process exit code.
-    #[must_use]
-    pub fn exit_code(&self) -> i32 {
+impl HasExitCode for DaemonError {
+    /// 64 for an invalid initial policy set, 74 for a policy path that cannot be watched.
+    fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Policies(_) => 64,
-            Self::Watch { .. } => 74,
+            // `PolicyErrors` still has an inherent `exit_code` (i32): name the trait's.
+            Self::Policies(e) => HasExitCode::exit_code(e),
+            Self::Watch { .. } => ExitCode::Io,
         }
     }
 }

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use keyturn_core::exit::{ExitCode, HasExitCode};
+
 /// An object of the Kubernetes API, for messages: `secrets "db" in namespace "shop"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
@@ -336,6 +338,21 @@ impl DistributeError {
             object: Box::new(object.clone()),
             verb: verb.to_owned(),
             cause: format!("the answer could not be decoded ({:?} error)", e.classify()),
+        }
+    }
+}
+
+impl HasExitCode for DistributeError {
+    /// 77 for an RBAC denial, 69 for an API that stayed unavailable (transport, 429, 5xx,
+    /// conflicts that did not settle), 1 for the rest: the rotation is promoted but not
+    /// delivered, and the next attempt delivers it once a person has fixed the cause.
+    fn exit_code(&self) -> ExitCode {
+        if matches!(self, Self::Forbidden { .. }) {
+            ExitCode::NoPermission
+        } else if self.is_retryable() {
+            ExitCode::Unavailable
+        } else {
+            ExitCode::Failed
         }
     }
 }

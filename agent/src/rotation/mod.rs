@@ -14,3 +14,19 @@ pub mod store;
 pub mod target;
 
 pub use engine::{Engine, RotationError, RotationOutcome, Trigger};
+
+impl keyturn_core::exit::HasExitCode for RotationError {
+    /// A rotation that stopped with an error (one given up and rolled back is
+    /// [`RotationOutcome::Failed`], exit 1, decided by the caller): the store's, the audit
+    /// log's or the delivery's own code. Every variant happens after the login, so none is
+    /// 64: a policy that distributes without a Kubernetes client is refused before any
+    /// network call, so meeting it here is a bug (70).
+    fn exit_code(&self) -> keyturn_core::exit::ExitCode {
+        match self {
+            Self::Store { source, .. } => source.exit_code(),
+            Self::Audit { source, .. } => source.exit_code(),
+            Self::Distribute { source, .. } => source.exit_code(),
+            Self::NoSink { .. } => keyturn_core::exit::ExitCode::Software,
+        }
+    }
+}

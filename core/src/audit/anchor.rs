@@ -30,6 +30,7 @@ use std::sync::Arc;
 use super::chain::{ChainHash, ChainKey};
 use super::log::RecordedEvent;
 use crate::SecretValue;
+use crate::exit::{ExitCode, HasExitCode};
 use crate::vault::{SecretData, Vault, VaultError};
 
 /// What the anchor's MAC covers, before `seq` and `hash`; the `v1` names the layout.
@@ -188,20 +189,19 @@ pub enum AnchorError {
     },
 }
 
-impl AnchorError {
-    /// The process exit code (README's table): Vault's own classification; 66 when nothing is
-    /// recorded; 1 for an anchor that does not verify or does not match the chain (evidence of
-    /// tampering, like a broken chain); 75 when the store stayed busy.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+impl HasExitCode for AnchorError {
+    /// README's table: Vault's own classification; 66 when nothing is recorded; 1 for an
+    /// anchor that does not verify or does not match the chain (evidence of tampering, like a
+    /// broken chain); 75 when the store stayed busy.
+    fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Vault { source, .. } => u8::try_from(source.exit_code()).unwrap_or(70),
-            Self::Missing { .. } => 66,
+            Self::Vault { source, .. } => source.exit_code(),
+            Self::Missing { .. } => ExitCode::NotFound,
             Self::Malformed { .. }
             | Self::BadMac { .. }
             | Self::Behind { .. }
-            | Self::Diverged { .. } => 1,
-            Self::Contended { .. } => 75,
+            | Self::Diverged { .. } => ExitCode::Failed,
+            Self::Contended { .. } => ExitCode::Busy,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::sink::SinkError;
-use crate::exit;
+use crate::exit::{ExitCode, HasExitCode};
 
 /// Errors opening the [`AuditLog`](super::AuditLog) or recording an event. When
 /// [`record`](super::AuditLog::record) returns one, the event is not vouched for and the access
@@ -102,41 +102,38 @@ pub enum AuditError {
     Closed,
 }
 
-impl AuditError {
-    /// The process exit code this maps to (README's table): 77 when the operating system
-    /// refused access to an audit file (or the previous one), 74 for every other sink and
-    /// chain problem (a missing parent directory included), 64 for a configuration without
-    /// sinks, 70 otherwise. Classified by the `io::ErrorKind` the sink error carries.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+impl HasExitCode for AuditError {
+    /// README's table: 77 when the operating system refused access to an audit file (or the
+    /// previous one), 74 for every other sink and chain problem (a missing parent directory
+    /// included), 64 for a configuration without sinks, 70 otherwise. Classified by the
+    /// `io::ErrorKind` the sink error carries ([`ExitCode::for_io`]).
+    fn exit_code(&self) -> ExitCode {
         match self {
-            Self::NoSinks => exit::USAGE,
-            Self::Encode { .. } | Self::Spawn { .. } | Self::Closed => exit::SOFTWARE,
-            Self::Sink(e) | Self::ContinueFrom { source: e, .. } => sink_exit_code(e),
-            Self::Write { source, .. } => sink_exit_code(source),
+            Self::NoSinks => ExitCode::Usage,
+            Self::Encode { .. } | Self::Spawn { .. } | Self::Closed => ExitCode::Software,
+            Self::Sink(e) | Self::ContinueFrom { source: e, .. } => e.exit_code(),
+            Self::Write { source, .. } => source.exit_code(),
             Self::ContinueFromTorn { .. }
             | Self::ContinueFromEmpty { .. }
             | Self::SinksDisagree { .. }
             | Self::Poisoned { .. }
-            | Self::SeqExhausted => exit::IO,
+            | Self::SeqExhausted => ExitCode::Io,
         }
     }
 }
 
-/// 77 for an I/O error the operating system refused for lack of permission (`EACCES`,
-/// `EPERM`), 74 for any other sink problem.
-fn sink_exit_code(e: &SinkError) -> u8 {
-    let source = match e {
-        SinkError::Open { source, .. }
-        | SinkError::Resume { source, .. }
-        | SinkError::Write { source, .. }
-        | SinkError::Sync { source, .. } => source,
-        // The rest carry no I/O error: the file is in use, or is not a chain to continue.
-        _ => return exit::IO,
-    };
-    match source.kind() {
-        std::io::ErrorKind::PermissionDenied => exit::NO_PERMISSION,
-        _ => exit::IO,
+impl HasExitCode for SinkError {
+    /// 77 for an I/O error the operating system refused for lack of permission (`EACCES`,
+    /// `EPERM`), 74 for any other sink problem.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Open { source, .. }
+            | Self::Resume { source, .. }
+            | Self::Write { source, .. }
+            | Self::Sync { source, .. } => ExitCode::for_io(source),
+            // The rest carry no I/O error: the file is in use, or is not a chain to continue.
+            _ => ExitCode::Io,
+        }
     }
 }
 

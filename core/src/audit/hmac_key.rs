@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use super::chain::ChainKey;
 use crate::SecretValue;
+use crate::exit::{ExitCode, HasExitCode};
 
 /// Names the key file.
 pub const KEY_FILE_ENV: &str = "KEYTURN_AUDIT_HMAC_KEY_FILE";
@@ -88,14 +89,14 @@ pub enum KeyError {
     },
 }
 
-impl KeyError {
-    /// The process exit code this error maps to: 64 for configuration, 74 for I/O.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+impl HasExitCode for KeyError {
+    /// 64 for configuration (no key, or one of the wrong size), 77 for a key file the
+    /// operating system refuses, 74 for other I/O, 70 for a failed random source.
+    fn exit_code(&self) -> ExitCode {
         match self {
-            Self::TooShort { .. } | Self::TooLarge { .. } | Self::NoLocation => 64,
-            Self::Read { .. } | Self::Create { .. } => 74,
-            Self::Random { .. } => 70,
+            Self::TooShort { .. } | Self::TooLarge { .. } | Self::NoLocation => ExitCode::Usage,
+            Self::Read { source, .. } | Self::Create { source, .. } => ExitCode::for_io(source),
+            Self::Random { .. } => ExitCode::Software,
         }
     }
 }

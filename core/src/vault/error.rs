@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use vaultrs::error::ClientError;
 
+use crate::exit::{ExitCode, HasExitCode};
+
 /// What went wrong talking to Vault. Every variant names the operation and the Vault path;
 /// none carries a secret value or a raw response body (vaultrs keeps the body in its error's
 /// `Debug`, which is why a `ClientError` is never printed or kept as a source here).
@@ -107,30 +109,38 @@ pub enum VaultError {
     Config(#[from] super::config::ConfigError),
 }
 
+impl HasExitCode for VaultError {
+    /// README's table: 69 unavailable (past retries or the deadline), 77 permission denied
+    /// (a 403, a 401, or a login refused with 400: most auth methods answer bad credentials
+    /// so), 66 not found, 64 configuration, 70 otherwise.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Unreachable { .. } | Self::Unavailable { .. } | Self::DeadlineExceeded { .. } => {
+                ExitCode::Unavailable
+            }
+            Self::PermissionDenied { .. }
+            | Self::Rejected { code: 401, .. }
+            | Self::Rejected {
+                op: "login",
+                code: 400,
+                ..
+            } => ExitCode::NoPermission,
+            Self::NotFound { .. } => ExitCode::NotFound,
+            Self::Config(_) => ExitCode::Usage,
+            Self::CasConflict { .. }
+            | Self::Rejected { .. }
+            | Self::BadResponse { .. }
+            | Self::NotText { .. } => ExitCode::Software,
+        }
+    }
+}
+
 impl VaultError {
     /// Whether trying again later may succeed: transport failures and 5xx/429/412 answers.
     /// A 403 or 404 is final and fails at once.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unreachable { .. } | Self::Unavailable { .. })
-    }
-
-    /// The process exit code this error maps to (sysexits, as DESIGN.md's table):
-    /// 69 unavailable, 77 permission denied, 66 not found, 64 configuration, 70 otherwise.
-    #[must_use]
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Self::Unreachable { .. } | Self::Unavailable { .. } | Self::DeadlineExceeded { .. } => {
-                69
-            }
-            Self::PermissionDenied { .. } => 77,
-            Self::NotFound { .. } => 66,
-            Self::Config(_) => 64,
-            Self::CasConflict { .. }
-            | Self::Rejected { .. }
-            | Self::BadResponse { .. }
-            | Self::NotText { .. } => 70,
-        }
     }
 
     /// The Vault path the error is about.
@@ -353,6 +363,17 @@ mod tests {
         assert!(e(412).is_retryable());
         assert!(!e(400).is_retryable());
         assert_eq!(e(503).exit_code(), 69);
+    }
+
+    #[test]
+    fn a_refused_login_is_a_denial_and_a_bad_request_elsewhere_is_internal() {
+        let e =
+            |op, code| VaultError::from_status(op, "auth/approle/login".into(), code, vec![], None);
+        assert_eq!(e("login", 400).exit_code(), ExitCode::NoPermission);
+        assert_eq!(e("login", 401).exit_code(), ExitCode::NoPermission);
+        assert_eq!(e("read", 401).exit_code(), ExitCode::NoPermission);
+        assert_eq!(e("read", 400).exit_code(), ExitCode::Software);
+        assert_eq!(e("read", 404).exit_code(), ExitCode::NotFound);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use keyturn_core::audit::{HmacKey, KeyError, KeySource};
 
+use super::exit::{ExitCode, HasExitCode};
+
 pub mod search;
 pub mod tail;
 pub mod verify;
@@ -27,13 +29,14 @@ pub enum AuditCommand {
     /// rotation, or a value read from stdin (--value-hmac: who saw this secret?).
     ///
     /// Exits 0 when an entry matched, 1 when none did, 64 on a usage error, 66 when a file
-    /// does not exist. Lines that are not entries are reported on stderr and skipped.
+    /// does not exist, 77 when it may not be read. Lines that are not entries are reported
+    /// on stderr and skipped.
     Search(search::SearchArgs),
 }
 
 /// Runs an `audit` subcommand; returns the exit code.
 #[must_use]
-pub fn run(cmd: AuditCommand) -> u8 {
+pub fn run(cmd: AuditCommand) -> ExitCode {
     let stdout = io::stdout();
     match cmd {
         AuditCommand::Verify(args) => verify::run(&args, &mut stdout.lock()),
@@ -77,21 +80,13 @@ pub enum AuditCliError {
     },
 }
 
-/// An input file does not exist (`EX_NOINPUT`).
-pub(crate) const NO_INPUT: u8 = super::exit::NOT_FOUND;
-
-impl AuditCliError {
-    /// The exit code: 66 for a file that does not exist, 77 for one that may not be read, 74
-    /// for other I/O errors.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+impl HasExitCode for AuditCliError {
+    /// 66 for a file that does not exist, 77 for one that may not be read, 74 for other I/O
+    /// errors (an input file: [`ExitCode::for_input_io`]).
+    fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Open { source, .. } => match source.kind() {
-                io::ErrorKind::NotFound => NO_INPUT,
-                io::ErrorKind::PermissionDenied => super::exit::NO_PERMISSION,
-                _ => super::exit::IO,
-            },
-            _ => super::exit::IO,
+            Self::Open { source, .. } => ExitCode::for_input_io(source),
+            _ => ExitCode::Io,
         }
     }
 }
@@ -119,12 +114,11 @@ pub enum KeyLoadError {
     Key(#[from] KeyError),
 }
 
-impl KeyLoadError {
+impl HasExitCode for KeyLoadError {
     /// 64 for a key that is not there (configuration), else the key error's own.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Missing { .. } | Self::NoKey => super::exit::USAGE,
+            Self::Missing { .. } | Self::NoKey => ExitCode::Usage,
             Self::Key(e) => e.exit_code(),
         }
     }

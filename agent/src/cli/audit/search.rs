@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::tail::render_entry;
 use super::{AuditCliError, KeyLoadError};
-use crate::cli::exit;
+use crate::cli::exit::{ExitCode, HasExitCode};
 
 /// The largest value `--value-hmac` reads: a Kubernetes Secret's limit. Anything larger is not
 /// a credential, and more likely the wrong file.
@@ -137,34 +137,33 @@ pub enum SearchError {
     },
 }
 
-impl SearchError {
-    /// The exit code: 64 for usage and configuration, 66 for a missing file, 77 for one that
+impl HasExitCode for SearchError {
+    /// 64 for usage and configuration, 66 for a missing file, 77 for one that
     /// may not be read, 74 for other I/O errors.
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> ExitCode {
         match self {
             Self::SinceAfterUntil { .. }
             | Self::ValueFromTerminal
             | Self::EmptyValue
             | Self::ValueTooLarge
             | Self::KeyMissing { .. }
-            | Self::NoKey => exit::USAGE,
+            | Self::NoKey => ExitCode::Usage,
             Self::Key(e) => e.exit_code(),
             Self::File(e) => e.exit_code(),
-            Self::ReadValue { .. } | Self::Output { .. } => exit::IO,
+            Self::ReadValue { .. } | Self::Output { .. } => ExitCode::Io,
         }
     }
 }
 
 /// Searches, prints the matches to `out` (problems go to stderr), returns the exit code: 0 when
 /// something matched, 1 when nothing did, else [`SearchError::exit_code`].
-pub fn run(args: &SearchArgs, out: &mut impl Write) -> u8 {
+pub fn run(args: &SearchArgs, out: &mut impl Write) -> ExitCode {
     match search(args, out) {
-        Ok(0) => exit::FAILED,
-        Ok(_) => exit::OK,
+        Ok(0) => ExitCode::Failed,
+        Ok(_) => ExitCode::Ok,
         // `keyturn audit search … | head`: the reader has what it wanted.
         Err(SearchError::Output { source }) if source.kind() == io::ErrorKind::BrokenPipe => {
-            exit::OK
+            ExitCode::Ok
         }
         Err(e) => {
             eprintln!("keyturn: {e}");

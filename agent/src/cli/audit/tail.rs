@@ -19,7 +19,7 @@ use keyturn_core::audit::{Actor, ActorKind, Entry};
 use rustix::fs::inotify;
 
 use super::AuditCliError;
-use crate::cli::exit;
+use crate::cli::exit::{ExitCode, HasExitCode};
 
 /// How often `--follow` looks for new entries when inotify is unavailable.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -41,11 +41,11 @@ pub struct TailArgs {
 
 /// Prints the entries to `out`; returns the exit code (0, or 74 for I/O errors). A closed
 /// stdout (`keyturn audit tail -f | head`) ends it quietly with 0.
-pub fn run(args: &TailArgs, out: &mut impl Write) -> u8 {
+pub fn run(args: &TailArgs, out: &mut impl Write) -> ExitCode {
     match tail(args, out) {
-        Ok(()) => exit::OK,
+        Ok(()) => ExitCode::Ok,
         Err(AuditCliError::Output { source }) if source.kind() == io::ErrorKind::BrokenPipe => {
-            exit::OK
+            ExitCode::Ok
         }
         Err(e) => {
             eprintln!("keyturn: {e}");

@@ -15,8 +15,8 @@ use keyturn_core::audit::{
 };
 use keyturn_core::vault::{ConfigError, Vault, VaultConfig, VaultError};
 
-use super::{KeyLoadError, NO_INPUT, load_key};
-use crate::cli::exit;
+use super::{KeyLoadError, load_key};
+use crate::cli::exit::{ExitCode, HasExitCode};
 
 /// Arguments of `keyturn audit verify`.
 #[derive(Debug, Args)]
@@ -78,24 +78,19 @@ pub enum VerifyCliError {
     Runtime(io::Error),
 }
 
-impl VerifyCliError {
-    /// The exit code (README's table): 64 for configuration, 66 for a missing file, 77 for one
+impl HasExitCode for VerifyCliError {
+    /// README's table: 64 for configuration, 66 for a missing file, 77 for one
     /// that may not be read, 74 for other I/O errors; the anchor's own (1 when it does not
     /// verify, Vault's classification otherwise).
-    #[must_use]
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> ExitCode {
         match self {
             Self::Key(e) => e.exit_code(),
-            Self::VaultConfig(_) => exit::USAGE,
-            Self::Vault(e) => u8::try_from(e.exit_code()).unwrap_or(exit::SOFTWARE),
+            Self::VaultConfig(_) => ExitCode::Usage,
+            Self::Vault(e) => e.exit_code(),
             Self::Anchor(e) => e.exit_code(),
-            Self::File(VerifyError::Open { source, .. }) => match source.kind() {
-                io::ErrorKind::NotFound => NO_INPUT,
-                io::ErrorKind::PermissionDenied => exit::NO_PERMISSION,
-                _ => exit::IO,
-            },
-            Self::File(VerifyError::Read { .. }) => exit::IO,
-            Self::Runtime(_) => exit::SOFTWARE,
+            Self::File(VerifyError::Open { source, .. }) => ExitCode::for_input_io(source),
+            Self::File(VerifyError::Read { .. }) => ExitCode::Io,
+            Self::Runtime(_) => ExitCode::Software,
         }
     }
 }
@@ -103,11 +98,11 @@ impl VerifyCliError {
 /// Verifies, prints the verdict to `out` (errors go to stderr), returns the exit code: 0
 /// intact, 1 broken (or unkeyed without `--allow-unkeyed`), else
 /// [`VerifyCliError::exit_code`].
-pub fn run(args: &VerifyArgs, out: &mut impl Write) -> u8 {
+pub fn run(args: &VerifyArgs, out: &mut impl Write) -> ExitCode {
     match verify(args) {
         Ok((code, line)) => {
             if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return exit::IO;
+                return ExitCode::Io;
             }
             code
         }
@@ -119,7 +114,7 @@ pub fn run(args: &VerifyArgs, out: &mut impl Write) -> u8 {
 }
 
 /// The exit code and the verdict line.
-fn verify(args: &VerifyArgs) -> Result<(u8, String), VerifyCliError> {
+fn verify(args: &VerifyArgs) -> Result<(ExitCode, String), VerifyCliError> {
     // The key first: without it there is nothing to check, and no reason to reach Vault.
     let key = load_key(args.hmac_key_file.as_deref())?;
     let anchor = match &args.anchor {
@@ -138,7 +133,7 @@ fn verify(args: &VerifyArgs) -> Result<(u8, String), VerifyCliError> {
         Some(VerifyFailure::Broken(ref b)) => {
             tracing::warn!(seq = b.seq, path = %b.path.display(), line = b.line, "audit chain broken");
             Ok((
-                exit::FAILED,
+                ExitCode::Failed,
                 format!(
                     "broken: {b} ({} entries before it are intact)",
                     report.events
@@ -167,18 +162,18 @@ fn verdict(
     key: &HmacKey,
     args: &VerifyArgs,
     anchor: Option<AnchorHead>,
-) -> (u8, String) {
+) -> (ExitCode, String) {
     let mut s = summary(r);
     if r.events > 0 && r.first_keyed_seq.is_none() {
         let what = "an unkeyed chain (written before keyed chaining: no entry has a MAC), with \
                     no protection against rewriting: anyone who could write the files could \
                     have rewritten them and recomputed every hash";
         if args.allow_unkeyed {
-            return (exit::OK, format!("{s}; {what}"));
+            return (ExitCode::Ok, format!("{s}; {what}"));
         }
         let s = s.replacen("ok: ", "unkeyed: ", 1);
         return (
-            exit::FAILED,
+            ExitCode::Failed,
             format!("{s}; {what} (--allow-unkeyed accepts it)"),
         );
     }
@@ -200,7 +195,7 @@ fn verdict(
             head.seq
         ));
     }
-    (exit::OK, s)
+    (ExitCode::Ok, s)
 }
 
 /// `ok: N events, seq A..B, last hash H, in K files`, plus a note when the chain does not start

@@ -78,7 +78,7 @@ use zeroize::Zeroizing;
 use super::same_fields;
 use super::{
     Current, Failures, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError,
-    StoreView, Taint,
+    StoreErrorKind, StoreView, Taint,
 };
 
 /// The SDK, for callers that build their own client (tests point it at an emulator).
@@ -316,6 +316,23 @@ impl AwsSmError {
         }
     }
 
+    /// What kind of failure this is, from the service's error code and HTTP status (never
+    /// its message): a denial, a missing secret, throttling or an outage, or an answer
+    /// keyturn cannot use.
+    #[must_use]
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            _ if self.is_permission_denied() => StoreErrorKind::PermissionDenied,
+            Self::Service { code, .. } if code == "ResourceNotFoundException" => {
+                StoreErrorKind::NotFound
+            }
+            _ if self.is_retryable() => StoreErrorKind::Unavailable,
+            Self::Service { .. } | Self::Transport { .. } | Self::NativeRotationEnabled { .. } => {
+                StoreErrorKind::Other
+            }
+        }
+    }
+
     fn from_sdk<E>(op: &'static str, secret_id: &str, e: SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -461,10 +478,11 @@ impl AwsSmStore {
     }
 
     fn backend(&self, e: AwsSmError) -> StoreError {
-        let retryable = e.is_retryable();
+        let (kind, retryable) = (e.kind(), e.is_retryable());
         StoreError::Backend {
             store: self.location(),
             source: Box::new(e),
+            kind,
             retryable,
         }
     }
@@ -1170,6 +1188,7 @@ mod tests {
         };
         StoreError::Backend {
             store: format!("aws-sm:{secret_id}"),
+            kind: e.kind(),
             retryable: e.is_retryable(),
             source: Box::new(e),
         }
@@ -1202,6 +1221,41 @@ mod tests {
         assert!(!missing.is_permission_denied());
         let throttled = service("ThrottlingException", 400, "apps/db", "Rate exceeded");
         assert!(!throttled.is_permission_denied() && throttled.is_retryable());
+    }
+
+    /// The kind is set from the code where the error arises, so every command exits alike:
+    /// 77 for a denial (as for Vault's 403), 66 for a missing secret, 69 for throttling or an
+    /// outage, 70 for a request the service found invalid.
+    #[test]
+    fn an_aws_failure_exits_by_its_code() {
+        use keyturn_core::exit::{ExitCode, HasExitCode};
+        let cases = [
+            ("AccessDeniedException", 400, ExitCode::NoPermission),
+            ("ExpiredTokenException", 400, ExitCode::NoPermission),
+            ("Whatever", 403, ExitCode::NoPermission),
+            ("ResourceNotFoundException", 400, ExitCode::NotFound),
+            ("ThrottlingException", 400, ExitCode::Unavailable),
+            ("InternalServiceError", 500, ExitCode::Unavailable),
+            ("InvalidRequestException", 400, ExitCode::Software),
+        ];
+        for (code, status, want) in cases {
+            // The message quotes the secret's name, which reads like another kind.
+            let e = service(
+                code,
+                status,
+                "AccessDenied-NotFound",
+                "not authorized: not found",
+            );
+            assert_eq!(e.exit_code(), want, "{code} {status}");
+        }
+        let transport = |retryable| AwsSmError::Transport {
+            op: "GetSecretValue",
+            secret_id: "apps/db".into(),
+            detail: "connection refused".into(),
+            retryable,
+        };
+        assert_eq!(transport(true).kind(), StoreErrorKind::Unavailable);
+        assert_eq!(transport(false).kind(), StoreErrorKind::Other);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod vault_kv;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use keyturn_core::exit::{ExitCode, HasExitCode};
 use keyturn_core::vault::SecretData;
 
 /// Whether two credentials hold the same fields and values (constant-time per value).
@@ -169,6 +170,46 @@ pub struct StoreView {
     pub fence: Fence,
 }
 
+/// What kind of failure a [`StoreError`] is. Set by the store where the failure arises,
+/// from its backend's typed answer (a Vault status, an AWS error code), never read back from
+/// a message: a secret's name or a server's words could say anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreErrorKind {
+    /// The backend refused for lack of permission or of valid credentials (Vault 403, AWS
+    /// `AccessDeniedException`, …): a person must grant it.
+    PermissionDenied,
+    /// What was asked for does not exist (Vault 404, AWS `ResourceNotFoundException`).
+    NotFound,
+    /// The backend could not be reached, answered that it is unavailable (5xx, throttling),
+    /// or did not answer in time.
+    Unavailable,
+    /// Someone else wrote the state since it was read ([`StoreError::Conflict`]).
+    Conflict,
+    /// The state record is unreadable ([`StoreError::Corrupt`]).
+    Corrupt,
+    /// The store's client is not usable as configured (found at its first use).
+    Config,
+    /// Any other answer keyturn cannot use (a request the backend rejected, a response of
+    /// the wrong shape).
+    Other,
+}
+
+impl StoreErrorKind {
+    /// A few words for messages and audit details (`permission denied`, `unavailable`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PermissionDenied => "permission denied",
+            Self::NotFound => "not found",
+            Self::Unavailable => "unavailable",
+            Self::Conflict => "conflict",
+            Self::Corrupt => "corrupt state",
+            Self::Config => "configuration",
+            Self::Other => "backend",
+        }
+    }
+}
+
 /// Store failures. Names the store location, never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -194,6 +235,8 @@ pub enum StoreError {
         /// The failure.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+        /// What kind of failure, decided by the store from the typed error.
+        kind: StoreErrorKind,
         /// Whether trying again may help.
         retryable: bool,
     },
@@ -209,22 +252,37 @@ impl StoreError {
         }
     }
 
+    /// What kind of failure this is.
+    #[must_use]
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            Self::Conflict { .. } => StoreErrorKind::Conflict,
+            Self::Corrupt { .. } => StoreErrorKind::Corrupt,
+            Self::Backend { kind, .. } => *kind,
+        }
+    }
+
     /// Whether the backing service refused for lack of permission (Vault 403, AWS
-    /// AccessDenied): a person must grant it, and the CLI exits 77.
+    /// AccessDenied): a person must grant it, and every command exits 77.
     #[must_use]
     pub fn is_permission_denied(&self) -> bool {
-        let Self::Backend { source, .. } = self else {
-            return false;
-        };
-        // Each backend classifies its own typed error where it arises; the message is never
-        // read, since a secret name or a server's words could say anything.
-        if let Some(v) = source.downcast_ref::<keyturn_core::vault::VaultError>() {
-            return matches!(v, keyturn_core::vault::VaultError::PermissionDenied { .. });
+        self.kind() == StoreErrorKind::PermissionDenied
+    }
+}
+
+impl HasExitCode for StoreError {
+    /// One mapping for `rotate`, `break-glass` and `status`: 77 refused, 66 not there, 69
+    /// unavailable, 75 for a concurrent writer (another process is rotating: try later), 64
+    /// for a client configured wrong, 70 for corrupt state and answers keyturn cannot use.
+    fn exit_code(&self) -> ExitCode {
+        match self.kind() {
+            StoreErrorKind::PermissionDenied => ExitCode::NoPermission,
+            StoreErrorKind::NotFound => ExitCode::NotFound,
+            StoreErrorKind::Unavailable => ExitCode::Unavailable,
+            StoreErrorKind::Conflict => ExitCode::Busy,
+            StoreErrorKind::Config => ExitCode::Usage,
+            StoreErrorKind::Corrupt | StoreErrorKind::Other => ExitCode::Software,
         }
-        if let Some(a) = source.downcast_ref::<aws_sm::AwsSmError>() {
-            return a.is_permission_denied();
-        }
-        false
     }
 }
 
@@ -237,7 +295,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reads CURRENT, the in-flight record and the last rotation.
     async fn view(&self) -> Result<StoreView, StoreError>;
 
-    /// Reads the rotation state alone (`keyturn status`: no credential needed).
+    /// Reads the rotation state alone (`keyturn status`: no credential needed). An in-flight
+    /// record's PENDING value may be left empty ([`Store::view`] has it).
     async fn state(&self) -> Result<StateRecord, StoreError> {
         Ok(self.view().await?.state)
     }

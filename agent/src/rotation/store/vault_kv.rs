@@ -26,7 +26,7 @@ use crate::policy::{S, Validator};
 
 use super::{
     Current, Failures, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError,
-    StoreView, Taint, same_fields,
+    StoreErrorKind, StoreView, Taint, same_fields,
 };
 
 /// The prefix, inside the policy's mount, under which rotation state is kept.
@@ -171,18 +171,17 @@ impl VaultKvStore {
     }
 
     fn backend(&self, e: VaultError) -> StoreError {
-        match e {
-            VaultError::CasConflict { .. } => StoreError::Conflict {
+        if let VaultError::CasConflict { .. } = e {
+            return StoreError::Conflict {
                 store: self.location(),
-            },
-            e => {
-                let retryable = e.is_retryable();
-                StoreError::Backend {
-                    store: self.location(),
-                    source: Box::new(e),
-                    retryable,
-                }
-            }
+            };
+        }
+        let (kind, retryable) = (store_kind(&e), e.is_retryable());
+        StoreError::Backend {
+            store: self.location(),
+            source: Box::new(e),
+            kind,
+            retryable,
         }
     }
 
@@ -429,6 +428,96 @@ impl Store for VaultKvStore {
                 }
             }
             Err(e) => Err(self.backend(e)),
+        }
+    }
+}
+
+/// The kind of a Vault failure, from its variant (the status Vault answered): the
+/// classification `VaultError`'s own exit code makes, so a denial is 77 whichever path
+/// reports it.
+fn store_kind(e: &VaultError) -> StoreErrorKind {
+    match e {
+        VaultError::PermissionDenied { .. } | VaultError::Rejected { code: 401, .. } => {
+            StoreErrorKind::PermissionDenied
+        }
+        VaultError::NotFound { .. } => StoreErrorKind::NotFound,
+        VaultError::Unreachable { .. }
+        | VaultError::Unavailable { .. }
+        | VaultError::DeadlineExceeded { .. } => StoreErrorKind::Unavailable,
+        VaultError::CasConflict { .. } => StoreErrorKind::Conflict,
+        VaultError::Config(_) => StoreErrorKind::Config,
+        VaultError::Rejected { .. }
+        | VaultError::BadResponse { .. }
+        | VaultError::NotText { .. } => StoreErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use keyturn_core::exit::HasExitCode;
+
+    use super::*;
+
+    /// Every Vault failure a store meets exits as Vault's own classification says, through
+    /// the store's kind: `rotate`, `break-glass` and `status` agree with `keyturn-init`.
+    #[test]
+    fn a_store_failure_exits_as_the_vault_error_it_came_from() {
+        let path = || "secret/data/keyturn/api".to_owned();
+        let status = |code| VaultError::Unavailable {
+            op: "read",
+            path: path(),
+            code,
+            messages: vec![],
+        };
+        let cases = [
+            VaultError::PermissionDenied {
+                op: "read",
+                path: path(),
+            },
+            VaultError::NotFound {
+                op: "read",
+                path: path(),
+            },
+            status(503),
+            VaultError::Unreachable {
+                op: "read",
+                path: path(),
+                addr: "https://vault:8200".into(),
+                cause: "connection refused".into(),
+            },
+            VaultError::DeadlineExceeded {
+                op: "read",
+                path: path(),
+                deadline: std::time::Duration::from_secs(5),
+                last: "no answer".into(),
+            },
+            VaultError::Rejected {
+                op: "read",
+                path: path(),
+                code: 400,
+                messages: vec![],
+            },
+            VaultError::Rejected {
+                op: "read",
+                path: path(),
+                code: 401,
+                messages: vec![],
+            },
+            VaultError::BadResponse {
+                op: "read",
+                path: path(),
+                what: "no data".into(),
+            },
+        ];
+        for v in cases {
+            let want = v.exit_code();
+            let e = StoreError::Backend {
+                store: "vault-kv:secret/keyturn/api".into(),
+                kind: store_kind(&v),
+                retryable: v.is_retryable(),
+                source: Box::new(v),
+            };
+            assert_eq!(e.exit_code(), want, "{e}");
         }
     }
 }

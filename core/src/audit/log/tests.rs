@@ -10,6 +10,7 @@ use super::*;
 use crate::SecretValue;
 use crate::audit::test_support::{Tmpfs, lines, open_file_log, record_n, write_lines, write_log};
 use crate::audit::{Entry, Outcome, VerifyFailure, verify};
+use crate::exit::HasExitCode as _;
 
 fn verified_events(path: &Path) -> u64 {
     let r = verify(&[path.to_owned()]);
