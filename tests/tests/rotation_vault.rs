@@ -2,15 +2,14 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use keyturn_agent::policy::{self, Policy};
 use keyturn_agent::rotation::store::vault_kv::VaultKvStore;
-use keyturn_agent::rotation::store::{Fence, InFlight, StateRecord, Step, Store};
+use keyturn_agent::rotation::store::{Store, contract};
 use keyturn_agent::rotation::target::generated::Generated;
 use keyturn_agent::rotation::{Engine, RotationOutcome, Trigger};
 use keyturn_core::SecretValue;
 use keyturn_core::audit::{Actor, AuditLog, AuditLogOptions, HmacKey};
-use keyturn_core::vault::{SecretData, Vault};
+use keyturn_core::vault::Vault;
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
 
@@ -142,129 +141,24 @@ async fn a_rotation_makes_a_new_current_keeps_the_previous_and_clears_its_state(
     );
 }
 
+/// The checks every store shares (`keyturn_agent::rotation::store::contract`), each on a
+/// path of its own in this OpenBao: reads of an empty store, the state record's round trip,
+/// compare-and-set between writers, claim and take-over, promote; and the engine over the
+/// store: a slot served once, two racing engines, a live holder left alone, an expired one
+/// taken over.
 #[tokio::test]
-async fn a_slot_already_served_by_a_later_rotation_is_not_rotated_again() {
+async fn vault_kv_keeps_the_store_contract() {
     let e = env().await;
-    let due = Utc::now() - chrono::Duration::minutes(5);
-    let eng = engine(&e, "agent-a");
-    assert!(matches!(
-        eng.rotate(
-            &e.policy,
-            &store(&e),
-            &Generated,
-            &Trigger::Schedule { due }
-        )
-        .await
-        .unwrap(),
-        RotationOutcome::Rotated { .. }
-    ));
-    let (_, ver) = value_at(&e, None).await;
-    let again = engine(&e, "agent-b")
-        .rotate(
-            &e.policy,
-            &store(&e),
-            &Generated,
-            &Trigger::Schedule { due },
-        )
-        .await
-        .unwrap();
-    assert_eq!(again, RotationOutcome::AlreadyDone);
-    assert_eq!(value_at(&e, None).await.1, ver);
-}
-
-#[tokio::test]
-async fn two_engines_racing_for_one_slot_rotate_it_exactly_once() {
-    let e = env().await;
-    let due = Utc::now() - chrono::Duration::seconds(1);
-    let (a, b) = (engine(&e, "agent-a"), engine(&e, "agent-b"));
-    let (sa, sb) = (store(&e), store(&e));
-    let trigger = Trigger::Schedule { due };
-    let (ra, rb) = tokio::join!(
-        a.rotate(&e.policy, &sa, &Generated, &trigger),
-        b.rotate(&e.policy, &sb, &Generated, &trigger)
-    );
-    let outcomes = [ra.unwrap(), rb.unwrap()];
-    let rotated = outcomes
-        .iter()
-        .filter(|o| matches!(o, RotationOutcome::Rotated { .. }))
-        .count();
-    assert_eq!(rotated, 1, "{outcomes:?}");
-    assert_eq!(value_at(&e, None).await.1, 1, "exactly one version written");
-}
-
-async fn plant_in_flight(e: &Env, holder: &str, lease_secs: i64, step: Step) -> SecretValue {
-    let mut pending = SecretData::new();
-    let v = SecretValue::from_str_copy("planted-pending-value-0123");
-    pending.insert("value", v.clone());
-    let rec = InFlight {
-        rotation_id: uuid::Uuid::new_v4().to_string(),
-        step,
-        pending,
-        started_at: Utc::now(),
-        holder: holder.into(),
-        lease_until: Utc::now() + chrono::Duration::seconds(lease_secs),
-        attempts: 0,
-    };
-    store(e)
-        .write_state(
-            &Fence("0".into()),
-            &StateRecord {
-                in_flight: Some(rec),
-                ..StateRecord::default()
-            },
-        )
-        .await
-        .unwrap();
-    v
-}
-
-#[tokio::test]
-async fn a_rotation_held_by_a_live_process_is_left_alone() {
-    let e = env().await;
-    plant_in_flight(&e, "agent-other", 300, Step::Set).await;
-    let out = engine(&e, "agent-a")
-        .rotate(
-            &e.policy,
-            &store(&e),
-            &Generated,
-            &Trigger::Manual { reason: None },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out,
-        RotationOutcome::Busy {
-            holder: "agent-other".into()
-        }
-    );
-    assert!(
-        e.vault
-            .kv2_read("secret", "apps/api-token", None)
-            .await
-            .is_err(),
-        "nothing promoted"
-    );
-}
-
-#[tokio::test]
-async fn a_rotation_whose_holder_lease_expired_is_taken_over_and_finishes_with_its_pending_value() {
-    let e = env().await;
-    let pending = plant_in_flight(&e, "agent-dead", -1, Step::Set).await;
-    let out = engine(&e, "agent-a")
-        .rotate(
-            &e.policy,
-            &store(&e),
-            &Generated,
-            &Trigger::Manual { reason: None },
-        )
-        .await
-        .unwrap();
-    assert!(
-        matches!(out, RotationOutcome::Rotated { resumed: true, .. }),
-        "{out:?}"
-    );
-    assert!(
-        value_at(&e, None).await.0.ct_eq(&pending),
-        "the pending value, not a fresh one, became current"
-    );
+    let vault = e.vault.clone();
+    contract::check_all(
+        move |name: &str| {
+            Arc::new(VaultKvStore::new(
+                vault.clone(),
+                "secret",
+                &format!("contract/{name}"),
+            )) as Arc<dyn Store>
+        },
+        &e.policy,
+    )
+    .await;
 }
