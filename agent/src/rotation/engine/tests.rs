@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use keyturn_core::audit::{AuditLogOptions, AuditSink, Entry, HmacKey, SinkError};
 
 use super::*;
+use crate::distribute::ObjectRef;
 use crate::rotation::store::memory::{Fault, FaultKind, MemoryStore, Op};
 use crate::rotation::store::{Failures, Taint};
 
@@ -128,6 +129,56 @@ impl Target for Scripted {
     }
 }
 
+// ---- the scripted sink ------------------------------------------------------------------
+
+/// A delivery sink that records the `value` it was given and fails writes as scripted.
+#[derive(Debug, Default)]
+struct Delivered {
+    writes: Mutex<Vec<String>>,
+    fail: Mutex<VecDeque<DistributeError>>,
+}
+
+#[async_trait]
+impl Sink for Delivered {
+    fn describe(&self) -> String {
+        "scripted-sink".into()
+    }
+
+    async fn write(
+        &self,
+        delivery: &Delivery<'_>,
+    ) -> Result<crate::distribute::SecretReport, DistributeError> {
+        self.writes
+            .lock()
+            .unwrap()
+            .push(value_of(delivery.credential));
+        if let Some(e) = self.fail.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        Ok(crate::distribute::SecretReport {
+            object: ObjectRef::secret(
+                &delivery.distribution.namespace,
+                &delivery.distribution.secret,
+            ),
+            outcome: SecretOutcome::Updated {
+                keys: vec!["TOKEN".into()],
+            },
+            resource_version: None,
+        })
+    }
+
+    async fn restart(
+        &self,
+        _delivery: &Delivery<'_>,
+    ) -> Result<Vec<crate::distribute::RestartReport>, DistributeError> {
+        Ok(Vec::new())
+    }
+}
+
+fn writes(sink: &Delivered) -> Vec<String> {
+    sink.writes.lock().unwrap().clone()
+}
+
 // ---- the audit log, in memory -----------------------------------------------------------
 
 /// Keeps the lines; refuses every write after the first `accept` events.
@@ -173,12 +224,25 @@ fn world(max_attempts: u32) -> World {
 }
 
 fn world_accepting(max_attempts: u32, accept: usize) -> World {
+    world_with(max_attempts, accept, "")
+}
+
+/// A world whose policy distributes to one Secret.
+fn world_distributing() -> World {
+    world_with(
+        3,
+        usize::MAX,
+        "  distribute:\n    - kubernetes: { namespace: apps, secret: api-token, keys: { TOKEN: value } }\n",
+    )
+}
+
+fn world_with(max_attempts: u32, accept: usize, extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");
     std::fs::write(
         &file,
         format!(
-            "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: api-token }}\nspec:\n  schedule: \"@daily\"\n  store: {{ vault-kv: {{ mount: secret, path: apps/api-token }} }}\n  target: {{ generated: {{}} }}\n  generator: {{ length: 24 }}\n  max-attempts: {max_attempts}\n"
+            "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: api-token }}\nspec:\n  schedule: \"@daily\"\n  store: {{ vault-kv: {{ mount: secret, path: apps/api-token }} }}\n  target: {{ generated: {{}} }}\n  generator: {{ length: 24 }}\n  max-attempts: {max_attempts}\n{extra}"
         ),
     )
     .unwrap();
@@ -222,6 +286,22 @@ impl World {
     ) -> Result<RotationOutcome, RotationError> {
         self.engine(holder)
             .rotate(&self.policy, &self.store, target, trigger)
+            .await
+    }
+
+    async fn rotate_delivering(
+        &self,
+        target: &Scripted,
+        sink: &Arc<Delivered>,
+    ) -> Result<RotationOutcome, RotationError> {
+        self.engine(HOLDER)
+            .with_sink(sink.clone())
+            .rotate(
+                &self.policy,
+                &self.store,
+                target,
+                &Trigger::Manual { reason: None },
+            )
             .await
     }
 
@@ -813,6 +893,66 @@ async fn a_crash_after_the_promote_resumes_straight_to_the_end_without_setting_o
             "{step:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_crash_after_the_promote_resumes_straight_to_delivery() {
+    let w = world_distributing();
+    let rec = w.plant(HOLDER, 300, Step::Tested, 0);
+    w.store.put_current(rec.pending.clone());
+    let (t, sink) = (Scripted::default(), Arc::new(Delivered::default()));
+    let out = w.rotate_delivering(&t, &sink).await.unwrap();
+    assert!(
+        matches!(out, RotationOutcome::Rotated { resumed: true, .. }),
+        "{out:?}"
+    );
+    assert!(t.calls().is_empty());
+    assert_eq!(w.store.calls(Op::Promote), 0);
+    assert_eq!(writes(&sink), ["planted-pending"]);
+    assert_eq!(
+        w.events(),
+        [
+            ev("resume", "started"),
+            ev("resume", "ok"),
+            ev("distribute", "started"),
+            ev("distribute", "ok"),
+            ev("done", "ok")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delivery_stays_in_flight_at_finished_and_the_next_run_only_delivers() {
+    let w = world_distributing();
+    let (t, sink) = (Scripted::default(), Arc::new(Delivered::default()));
+    sink.fail
+        .lock()
+        .unwrap()
+        .push_back(DistributeError::MissingField {
+            policy: "api-token".into(),
+            secret: Box::new(ObjectRef::secret("apps", "api-token")),
+            key: "TOKEN".into(),
+            field: "value".into(),
+        });
+    let err = w.rotate_delivering(&t, &sink).await.unwrap_err();
+    assert!(matches!(err, RotationError::Distribute { .. }), "{err}");
+    let rec = w.store.peek_state().in_flight.unwrap();
+    assert_eq!(
+        rec.step,
+        Step::Finished,
+        "recorded as promoted, not delivered"
+    );
+    assert_eq!(w.current_value(), value_of(&rec.pending));
+    let out = w.rotate_delivering(&t, &sink).await.unwrap();
+    assert!(
+        matches!(&out, RotationOutcome::Rotated { rotation_id, resumed: true, .. } if *rotation_id == rec.rotation_id),
+        "{out:?}"
+    );
+    let pending = value_of(&rec.pending);
+    assert_eq!(writes(&sink), [pending.clone(), pending]);
+    assert_eq!((t.sets(), t.tests()), (1, 1), "nothing set or tested again");
+    assert_eq!(w.store.calls(Op::Promote), 1);
+    assert!(w.store.peek_state().in_flight.is_none());
 }
 
 #[tokio::test]
