@@ -6,6 +6,8 @@
 pub mod generated;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
+pub mod tls;
 pub mod users;
 
 use std::fmt;

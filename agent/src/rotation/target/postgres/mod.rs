@@ -21,18 +21,13 @@
 //! TLS is rustls only, with libpq's modes (see [`TlsMode`]); the default is `prefer`.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
@@ -40,11 +35,16 @@ use zeroize::Zeroizing;
 use serde::Deserialize;
 
 pub use super::users::{PASSWORD, USERNAME};
+mod pool;
+
+use super::tls::{EncryptOnly, ca_certificates, native_roots};
+pub use super::tls::{TlsConfigError, TlsMode};
 use super::users::{Users, field_str, user_and_password};
 use super::{AdminSource, Target, TargetError};
 use crate::backends::{Backends, RawStore, StoreSpec, TargetKind};
 use crate::policy::needs::Need;
 use crate::policy::{S, Validator};
+pub use pool::AdminPool;
 
 /// `postgres:` as a policy writes it.
 #[derive(Debug, Deserialize)]
@@ -136,52 +136,6 @@ impl TargetKind for Spec {
 /// The default bound on one operation (connect, then the statement).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How the connection to the server is protected; the names and meanings are libpq's
-/// `sslmode`.
-///
-/// In `prefer` and `require` the server's certificate is not checked (as with libpq): the
-/// link is encrypted, and SCRAM's channel binding (used whenever the server offers
-/// `SCRAM-SHA-256-PLUS`, which PostgreSQL 11+ does over TLS) is what makes a login through a
-/// man in the middle fail. `verify-full` checks the chain and the host name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// Plaintext only.
-    Disable,
-    /// TLS when the server offers it, else plaintext.
-    #[default]
-    Prefer,
-    /// TLS or no connection.
-    Require,
-    /// TLS with the certificate chain checked against the configured CA (else the OS's
-    /// roots) and the host name matched.
-    VerifyFull,
-}
-
-impl FromStr for TlsMode {
-    type Err = TlsConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "disable" => Ok(Self::Disable),
-            "prefer" => Ok(Self::Prefer),
-            "require" => Ok(Self::Require),
-            "verify-full" => Ok(Self::VerifyFull),
-            other => Err(TlsConfigError::UnknownMode(other.to_owned())),
-        }
-    }
-}
-
-/// TLS settings that cannot be used. Found at configuration time, before any connection.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsConfigError {
-    /// A mode name that is not one of libpq's that keyturn supports.
-    #[error("unknown TLS mode {0:?} (disable, prefer, require or verify-full)")]
-    UnknownMode(String),
-    /// The CA bundle holds no usable certificate.
-    #[error("CA bundle: {0}")]
-    BadCa(String),
-}
-
 /// A PostgreSQL target: the role(s) of one policy on one server.
 #[derive(Clone)]
 pub struct Postgres {
@@ -195,96 +149,6 @@ pub struct Postgres {
     tls_connector: Arc<OnceLock<MakeRustlsConnect>>,
     timeout: Duration,
     pool: Arc<AdminPool>,
-}
-
-/// Admin connections, shared by every target of a process (see [`Postgres::with_pool`]).
-///
-/// A rotation's `set` runs one `ALTER ROLE` as the admin; opening a fresh connection for it
-/// (backend start + SCRAM login) costs the server several times the statement itself. So at
-/// most [`AdminPool::MAX_OPEN`] connections are open per admin at once, and they are kept
-/// idle between uses: a burst of rotations queues for them (each statement takes well under
-/// a millisecond) instead of starting a backend per rotation. A connection is reused only
-/// for the same server, database and admin role **and** the same admin password (compared
-/// in constant time), so an admin password rotated elsewhere is picked up on the next use;
-/// a closed connection is dropped.
-#[derive(Default)]
-pub struct AdminPool {
-    admins: std::sync::Mutex<std::collections::HashMap<String, Admin>>,
-}
-
-/// One admin's connections: the bound on how many are open, and the idle ones.
-struct Admin {
-    open: Arc<tokio::sync::Semaphore>,
-    idle: Vec<(SecretValue, tokio_postgres::Client)>,
-}
-
-/// The right to use one of an admin's connections: an idle one, or a new one to open. Give
-/// the connection back with [`AdminPool::put`]; dropping the slot instead closes nothing
-/// (the caller drops its client) and frees the place.
-struct AdminSlot {
-    _open: tokio::sync::OwnedSemaphorePermit,
-    client: Option<tokio_postgres::Client>,
-}
-
-impl fmt::Debug for AdminPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminPool").finish_non_exhaustive()
-    }
-}
-
-impl AdminPool {
-    /// Connections open at once per admin.
-    pub const MAX_OPEN: usize = 4;
-
-    fn admins(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Admin>> {
-        self.admins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Waits for one of `key`'s places, with an idle connection for `password` if there is
-    /// one.
-    async fn take(&self, key: &str, password: &SecretValue) -> AdminSlot {
-        let open = self
-            .admins()
-            .entry(key.to_owned())
-            .or_insert_with(|| Admin {
-                open: Arc::new(tokio::sync::Semaphore::new(Self::MAX_OPEN)),
-                idle: Vec::new(),
-            })
-            .open
-            .clone();
-        // The semaphore is never closed, so acquiring only waits.
-        let permit = open
-            .acquire_owned()
-            .await
-            .expect("admin pool semaphore closed");
-        let mut admins = self.admins();
-        let client = admins.get_mut(key).and_then(|a| {
-            // Entries for an old password can never match again: drop them.
-            a.idle
-                .retain(|(pw, c)| pw.ct_eq(password) && !c.is_closed());
-            a.idle.pop().map(|(_, c)| c)
-        });
-        AdminSlot {
-            _open: permit,
-            client,
-        }
-    }
-
-    /// Keeps `client` idle for `key` and frees the slot's place.
-    fn put(
-        &self,
-        key: &str,
-        slot: AdminSlot,
-        password: SecretValue,
-        client: tokio_postgres::Client,
-    ) {
-        if let Some(a) = self.admins().get_mut(key) {
-            a.idle.push((password, client));
-        }
-        drop(slot);
-    }
 }
 
 impl fmt::Debug for Postgres {
@@ -371,13 +235,7 @@ impl Postgres {
     /// # Errors
     /// When `pem` holds no parsable certificate.
     pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, TlsConfigError> {
-        let certs = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsConfigError::BadCa(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(TlsConfigError::BadCa("no certificate found".into()));
-        }
-        self.ca = Some(Arc::new(certs));
+        self.ca = Some(Arc::new(ca_certificates(pem)?));
         self.tls_connector = Arc::new(OnceLock::new());
         Ok(self)
     }
@@ -649,69 +507,6 @@ fn alter_role_sql(role: &str, verifier: &str) -> String {
     )
 }
 
-/// The OS's trusted roots, read once per process.
-fn native_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let r = rustls_native_certs::load_native_certs();
-        for e in &r.errors {
-            tracing::warn!(error = %e, "could not load some of the OS's CA certificates");
-        }
-        r.certs
-    })
-}
-
-/// libpq's `prefer`/`require`: encrypt, do not authenticate the server's certificate. The
-/// handshake signatures are still checked, so the peer holds the key of the certificate it
-/// shows, which is what SCRAM channel binding relies on to defeat a man in the middle.
-#[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[async_trait]
 impl Target for Postgres {
     fn describe(&self) -> String {
@@ -900,22 +695,6 @@ mod tests {
         for c in ["28P01", "28000", "42501", "42704", "3D000"] {
             assert!(!transient_sqlstate(c), "{c}");
         }
-    }
-
-    #[test]
-    fn tls_modes_parse_by_their_libpq_names() {
-        assert_eq!(
-            "verify-full".parse::<TlsMode>().unwrap(),
-            TlsMode::VerifyFull
-        );
-        assert_eq!("prefer".parse::<TlsMode>().unwrap(), TlsMode::Prefer);
-        assert!("verify-ca".parse::<TlsMode>().is_err());
-    }
-
-    #[test]
-    fn a_ca_bundle_without_certificates_is_rejected() {
-        let t = target(Strategy::Single, &["app"]);
-        assert!(t.with_ca_pem(b"not a pem").is_err());
     }
 
     #[test]
