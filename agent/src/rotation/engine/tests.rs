@@ -627,10 +627,10 @@ async fn a_claim_another_writer_got_first_is_busy_and_touches_nothing() {
     };
     w.store.inject(
         Op::WriteState,
-        Fault::StateRaced(StateRecord {
+        Fault::StateRaced(Box::new(StateRecord {
             in_flight: Some(other),
             ..StateRecord::default()
-        }),
+        })),
     );
     let t = Scripted::default();
     let out = w.rotate(&t).await.unwrap();
@@ -833,10 +833,10 @@ async fn a_take_over_that_loses_to_another_taker_is_busy_and_touches_nothing() {
     other.holder = "agent-c".into();
     w.store.inject(
         Op::WriteState,
-        Fault::StateRaced(StateRecord {
+        Fault::StateRaced(Box::new(StateRecord {
             in_flight: Some(other),
             ..StateRecord::default()
-        }),
+        })),
     );
     let t = Scripted::default();
     let out = w.rotate(&t).await.unwrap();

@@ -72,7 +72,7 @@ pub enum Fault {
     FailAfter(FaultKind),
     /// Another writer replaces the state record just before the call runs; the call then
     /// runs as usual (a write meets the moved fence by itself).
-    StateRaced(StateRecord),
+    StateRaced(Box<StateRecord>),
     /// Another writer stores a new CURRENT just before the call runs.
     CurrentRaced(SecretData),
 }
@@ -217,7 +217,7 @@ impl MemoryStore {
             Fault::Fail(k) => Some((k, false)),
             Fault::FailAfter(k) => Some((k, true)),
             Fault::StateRaced(s) => {
-                i.put_state(s);
+                i.put_state(*s);
                 None
             }
             Fault::CurrentRaced(f) => {
@@ -419,7 +419,7 @@ mod tests {
     async fn a_raced_state_moves_the_fence_under_the_next_write() {
         let s = MemoryStore::new("t");
         let fence = s.view().await.unwrap().fence;
-        s.inject(Op::WriteState, Fault::StateRaced(StateRecord::default()));
+        s.inject(Op::WriteState, Fault::StateRaced(Box::default()));
         let e = s
             .write_state(&fence, &StateRecord::default())
             .await
