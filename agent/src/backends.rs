@@ -24,6 +24,7 @@ use crate::rotation::store::aws_sm;
 use crate::rotation::store::{Store, vault_kv};
 use crate::rotation::target::mysql;
 use crate::rotation::target::postgres::{self, AdminPool};
+use crate::rotation::target::redis;
 use crate::rotation::target::{AdminFn, AdminSource, BoxError, Target, generated};
 
 /// A policy needs a backend this process was not given.
@@ -129,6 +130,8 @@ pub enum RawTarget {
     Postgres(Box<postgres::Raw>),
     /// `mysql: { host, port, admin, users, user-host, strategy, tls, ca-file }`.
     Mysql(Box<mysql::Raw>),
+    /// `redis: { host, port, admin, users, strategy }`.
+    Redis(Box<redis::Raw>),
 }
 
 /// What a credential is for, validated.
@@ -140,6 +143,8 @@ pub enum TargetSpec {
     Postgres(postgres::Spec),
     /// MySQL/MariaDB accounts whose passwords keyturn sets.
     Mysql(mysql::Spec),
+    /// Redis ACL users whose passwords keyturn sets.
+    Redis(redis::Spec),
 }
 
 /// What every target kind's validated spec provides.
@@ -178,6 +183,9 @@ impl TargetSpec {
             RawTarget::Mysql(r) => {
                 mysql::Spec::validate(r, v, &format!("{AT}.mysql")).map(Self::Mysql)
             }
+            RawTarget::Redis(r) => {
+                redis::Spec::validate(r, v, &format!("{AT}.redis")).map(Self::Redis)
+            }
         }
     }
 
@@ -186,6 +194,7 @@ impl TargetSpec {
             Self::Generated(s) => s,
             Self::Postgres(s) => s,
             Self::Mysql(s) => s,
+            Self::Redis(s) => s,
         }
     }
 
