@@ -6,6 +6,7 @@
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
 //! - [`mariadb::MariaDb`]: a MariaDB 10.11 in a temp dir, with its general, slow, binary and
 //!   error logs in files.
+//! - [`redis::Redis`]: a `redis-server` with an ACL file, its slow log, ACL LOG and MONITOR.
 //! - [`fault::FaultProxy`]: a TCP/HTTP fault proxy in front of any of them.
 //! - [`moto::Moto`]: `moto_server` from the pinned PyPI `moto[server]`.
 //! - [`kube`]: the Kubernetes API stand-in (HTTPS with its own CA; crate
@@ -26,4 +27,5 @@ pub mod moto;
 pub mod openbao;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod tools;
