@@ -11,6 +11,8 @@
 use std::fmt;
 
 use serde::de::DeserializeOwned;
+
+use crate::exit::{ExitCode, HasExitCode};
 use serde_saphyr::Spanned;
 
 /// The largest configuration text accepted, before any parsing.
@@ -91,6 +93,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl HasExitCode for ConfigError {
+    /// Configuration is checked before any network call: 64.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Usage
+    }
+}
+
 /// The problems found in one file.
 #[derive(Debug)]
 pub struct Problems {
@@ -122,6 +131,11 @@ impl Problems {
             field: field.to_owned(),
             message: message.into(),
         });
+    }
+
+    /// Reports `message` at `at`, when the message itself names what is wrong.
+    pub fn located(&mut self, at: Location, message: impl Into<String>) {
+        self.at(at, "", message);
     }
 
     /// Reports `message` about `field`, where `value` was written.

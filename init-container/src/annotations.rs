@@ -33,9 +33,11 @@
 //! The file format is the downward API's: one `key="value"` line per annotation, the value
 //! quoted as Go's `%q` does (`\n`, `\"`, `\\`, `\t`, `\xNN`, `\uNNNN`, …).
 
+use keyturn_core::config::{ConfigError, Location, Problems};
+
 use crate::manifest::{
-    AuthSpec, Format, Loc, Manifest, ManifestError, Problems, SecretSpec, VaultSpec, check_files,
-    check_mode, parse_mode, vault_path,
+    AuthSpec, Format, Manifest, SecretSpec, VaultSpec, check_files, check_mode, parse_mode,
+    vault_path,
 };
 use crate::paths::RelPath;
 use crate::template::Template;
@@ -52,18 +54,18 @@ pub const MAP_TEMPLATE: &str = "{{ range $k, $v := . }}{{ $k }}: {{ $v }}\n{{ en
 
 #[derive(Default)]
 struct Named {
-    secret: Option<(String, Loc)>,
-    template: Option<(String, Loc)>,
-    file: Option<(String, Loc)>,
-    perms: Option<(String, Loc)>,
-    shared: Option<(String, Loc)>,
+    secret: Option<(String, Location)>,
+    template: Option<(String, Location)>,
+    file: Option<(String, Location)>,
+    perms: Option<(String, Location)>,
+    shared: Option<(String, Location)>,
 }
 
 /// Parses a downward-API annotations file into a manifest.
 ///
 /// # Errors
 /// Every problem, located by line in the file.
-pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
+pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
     let mut p = Problems::new(origin);
     let mut named: BTreeMap<String, Named> = BTreeMap::new();
     let mut role = None;
@@ -74,15 +76,15 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
     // Each key's first line: a key given twice is refused, not decided by which comes last.
     let mut seen: HashMap<&str, u64> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
-        let at = Loc {
+        let at = Location {
             line: i as u64 + 1,
-            col: 1,
+            column: 1,
         };
         if line.trim().is_empty() {
             continue;
         }
         let Some((key, quoted)) = line.split_once('=') else {
-            p.at(at, "not a key=\"value\" line");
+            p.located(at, "not a key=\"value\" line");
             continue;
         };
         let ours = key.strip_prefix(KEYTURN_PREFIX);
@@ -92,13 +94,13 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         let value = match go_unquote(quoted) {
             Some(v) => v,
             None => {
-                p.at(at, format!("{key}: value is not a Go-quoted string"));
+                p.located(at, format!("{key}: value is not a Go-quoted string"));
                 continue;
             }
         };
         if let Some(first) = seen.insert(key, at.line) {
             seen.insert(key, first);
-            p.at(
+            p.located(
                 at,
                 format!(
                     "{key} is given twice (lines {first} and {}); keep one",
@@ -110,7 +112,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         if ours.is_some() {
             match name.strip_prefix("shared-").filter(|n| !n.is_empty()) {
                 Some(n) => named.entry(n.to_owned()).or_default().shared = Some((value, at)),
-                None => p.at(
+                None => p.located(
                     at,
                     format!(
                         "{key} is not a keyturn-init annotation (the one there is {KEYTURN_PREFIX}shared-NAME)"
@@ -141,11 +143,11 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                 "agent-inject-default-template" => match value.as_str() {
                     "map" => default_json = false,
                     "json" => default_json = true,
-                    other => p.at(at, format!("{key}: {other:?} is not map or json")),
+                    other => p.located(at, format!("{key}: {other:?} is not map or json")),
                 },
                 "agent-inject" | "agent-inject-status" | "agent-inject-containers" => {}
                 n if n.starts_with("agent-inject") => {
-                    p.at(
+                    p.located(
                         at,
                         format!(
                             "{key} is not supported by keyturn-init; remove it or use a manifest"
@@ -173,24 +175,24 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                     .as_ref()
                     .map(|(_, at)| (format!("{KEYTURN_PREFIX}shared-"), *at))
             })
-            .unwrap_or((format!("{PREFIX}agent-inject-file-"), Loc::default()));
-            p.at(
+            .unwrap_or((format!("{PREFIX}agent-inject-file-"), Location::default()));
+            p.located(
                 at,
                 format!("{what}{name} has no {PREFIX}agent-inject-secret-{name}"),
             );
             continue;
         };
-        let start_errors = p_len(&p);
-        let path = vault_path(path).map_err(|m| p.at(*at, m)).ok();
+        let start_errors = p.len();
+        let path = vault_path(path).map_err(|m| p.located(*at, m)).ok();
         let file_name = n.file.as_ref().map_or(name.as_str(), |(f, _)| f.as_str());
         let file_at = n.file.as_ref().map_or(*at, |(_, a)| *a);
         let file = RelPath::parse(file_name)
-            .map_err(|e| p.at(file_at, e.to_string()))
+            .map_err(|e| p.located(file_at, e.to_string()))
             .ok();
         let shared = match &n.shared {
             None => false,
             Some((v, a)) => crate::cli::parse_bool(v)
-                .map_err(|e| p.at(*a, format!("{KEYTURN_PREFIX}shared-{name}: {e}")))
+                .map_err(|e| p.located(*a, format!("{KEYTURN_PREFIX}shared-{name}: {e}")))
                 .unwrap_or(false),
         };
         let mode = match &n.perms {
@@ -203,7 +205,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
                     )
                     .map(|()| mode)
                 })
-                .map_err(|e| p.at(*a, format!("{PREFIX}agent-inject-perms-{name}: {e}")))
+                .map_err(|e| p.located(*a, format!("{PREFIX}agent-inject-perms-{name}: {e}")))
                 .ok(),
             None => Some(DEFAULT_MODE),
         };
@@ -211,14 +213,14 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
             Some((t, a)) => match Template::parse(t) {
                 Ok(t) => Some(Format::Template(t)),
                 Err(e) => {
-                    p.at(*a, format!("{PREFIX}agent-inject-template-{name}: {e}"));
+                    p.located(*a, format!("{PREFIX}agent-inject-template-{name}: {e}"));
                     None
                 }
             },
             None if default_json => Some(Format::Json),
             None => Template::parse(MAP_TEMPLATE).ok().map(Format::Template),
         };
-        if p_len(&p) != start_errors {
+        if p.len() != start_errors {
             continue;
         }
         if let (Some(path), Some(file), Some(mode), Some(format)) = (path, file, mode, format) {
@@ -235,8 +237,8 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         }
     }
     if secrets.is_empty() && named.is_empty() {
-        p.at(
-            Loc { line: 1, col: 1 },
+        p.located(
+            Location { line: 1, column: 1 },
             format!("no {PREFIX}agent-inject-secret-* annotations"),
         );
     }
@@ -253,14 +255,17 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
     let role = match role {
         Some((r, _)) if !r.is_empty() => r,
         _ => {
-            p.at(Loc { line: 1, col: 1 }, format!("{PREFIX}role is required"));
+            p.located(
+                Location { line: 1, column: 1 },
+                format!("{PREFIX}role is required"),
+            );
             String::new()
         }
     };
     if let Some((a, at)) = &address
         && let Err(e) = keyturn_core::vault::config::check_addr(&format!("{PREFIX}service"), a)
     {
-        p.at(*at, e.to_string());
+        p.located(*at, e.to_string());
     }
     let mount = auth_path
         .as_deref()
@@ -281,10 +286,6 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ManifestError>> {
         vault,
         secrets,
     })
-}
-
-fn p_len(p: &Problems<'_>) -> usize {
-    p.len()
 }
 
 /// Undoes Go's `strconv.Quote` (what `%q` writes). `None` if `s` is not such a string.

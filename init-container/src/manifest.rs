@@ -39,10 +39,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use keyturn_core::config::{self, ConfigError, Location, Problems};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::exit::{ExitCode, HasExitCode};
 use crate::fetch::Engine;
 use crate::paths::RelPath;
 use crate::template::Template;
@@ -61,24 +61,6 @@ pub struct Manifest {
     pub vault: VaultSpec,
     /// The files to write.
     pub secrets: Vec<SecretSpec>,
-}
-
-/// A position in the manifest (1-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Loc {
-    /// Line.
-    pub line: u64,
-    /// Column.
-    pub col: u64,
-}
-
-impl Loc {
-    fn of<T>(s: &Spanned<T>) -> Self {
-        Self {
-            line: s.referenced.line(),
-            col: s.referenced.column(),
-        }
-    }
 }
 
 /// The `vault:` block.
@@ -157,7 +139,7 @@ pub enum Format {
 #[derive(Debug, Clone)]
 pub struct SecretSpec {
     /// Where the entry starts in the manifest.
-    pub at: Loc,
+    pub at: Location,
     /// The Vault path, normalized.
     pub path: String,
     /// A pinned KV v2 version.
@@ -172,35 +154,6 @@ pub struct SecretSpec {
     pub format: Format,
     /// Permission bits.
     pub mode: u32,
-}
-
-/// One problem with a manifest, located.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ManifestError {
-    /// The manifest could not be read at all.
-    #[error("{origin}: {message}")]
-    Unreadable {
-        /// The file.
-        origin: String,
-        /// Why.
-        message: String,
-    },
-    /// A problem at a position.
-    #[error("{origin}:{}:{}: {message}", at.line, at.col)]
-    At {
-        /// The file.
-        origin: String,
-        /// Where.
-        at: Loc,
-        /// What.
-        message: String,
-    },
-}
-
-impl HasExitCode for ManifestError {
-    fn exit_code(&self) -> ExitCode {
-        ExitCode::Usage
-    }
 }
 
 #[derive(Deserialize)]
@@ -240,81 +193,33 @@ struct RawSecret {
     engine: Option<Spanned<String>>,
 }
 
-/// The most problems one manifest reports; the rest are counted.
-const MAX_PROBLEMS: usize = 100;
-
-/// Collects located problems.
-pub(crate) struct Problems<'a> {
-    origin: &'a str,
-    list: Vec<ManifestError>,
-}
-
-impl<'a> Problems<'a> {
-    pub(crate) fn new(origin: &'a str) -> Self {
-        Self {
-            origin,
-            list: Vec::new(),
-        }
-    }
-
-    pub(crate) fn at(&mut self, at: Loc, message: impl Into<String>) {
-        self.list.push(ManifestError::At {
-            origin: self.origin.to_owned(),
-            at,
-            message: message.into(),
-        });
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    pub(crate) fn finish<T>(mut self, value: T) -> Result<T, Vec<ManifestError>> {
-        if self.list.is_empty() {
-            return Ok(value);
-        }
-        // Every problem is reported at once, but 20,000 copies of one mistake (a generated
-        // manifest gone wrong) would bury the first in megabytes of pod log.
-        if self.list.len() > MAX_PROBLEMS {
-            let more = self.list.len() - MAX_PROBLEMS;
-            self.list.truncate(MAX_PROBLEMS);
-            self.list.push(ManifestError::Unreadable {
-                origin: self.origin.to_owned(),
-                message: format!("{more} more problems not shown"),
-            });
-        }
-        Err(self.list)
-    }
-}
-
 impl Manifest {
     /// Parses and validates a manifest. `origin` names it in messages.
     ///
     /// # Errors
     /// Every problem found, each located.
-    pub fn parse(origin: &str, text: &str) -> Result<Self, Vec<ManifestError>> {
-        let raw: RawManifest =
-            serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(origin, &e)])?;
+    pub fn parse(origin: &str, text: &str) -> Result<Self, Vec<ConfigError>> {
+        let raw: RawManifest = config::from_yaml(origin, text).map_err(|e| vec![e])?;
         let mut p = Problems::new(origin);
         let vault = match raw.vault {
-            Some(v) => vault_spec(&v.value, Loc::of(&v), &mut p),
+            Some(v) => vault_spec(&v.value, Location::of(&v), &mut p),
             None => {
-                p.at(
-                    Loc { line: 1, col: 1 },
+                p.located(
+                    Location { line: 1, column: 1 },
                     "no vault: block; say how to log in (auth: kubernetes, role: …)",
                 );
                 None
             }
         };
         if raw.secrets.value.is_empty() {
-            p.at(
-                Loc::of(&raw.secrets),
+            p.located(
+                Location::of(&raw.secrets),
                 "secrets: is empty; list at least one secret",
             );
         }
         let mut secrets = Vec::with_capacity(raw.secrets.value.len());
         for s in &raw.secrets.value {
-            if let Some(spec) = secret_spec(&s.value, Loc::of(s), &mut p) {
+            if let Some(spec) = secret_spec(&s.value, Location::of(s), &mut p) {
                 secrets.push(spec);
             }
         }
@@ -332,48 +237,21 @@ impl Manifest {
     }
 }
 
-/// A serde-saphyr error as `origin:line:col: message`, one line.
-fn yaml_error(origin: &str, e: &serde_saphyr::Error) -> ManifestError {
-    let plain = e.without_snippet().to_string();
-    match e.location() {
-        Some(l) => {
-            let suffix = format!(" at line {}, column {}", l.line(), l.column());
-            let msg = plain.strip_suffix(&suffix).unwrap_or(&plain);
-            ManifestError::At {
-                origin: origin.to_owned(),
-                at: Loc {
-                    line: l.line(),
-                    col: l.column(),
-                },
-                message: one_line(msg),
-            }
-        }
-        None => ManifestError::Unreadable {
-            origin: origin.to_owned(),
-            message: one_line(&plain),
-        },
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> {
-    let start = p.list.len();
+fn vault_spec(v: &RawVault, at: Location, p: &mut Problems) -> Option<VaultSpec> {
+    let start = p.len();
     let auth_name = v.auth.as_ref().map_or("kubernetes", |a| a.value.as_str());
-    let auth_at = v.auth.as_ref().map_or(at, Loc::of);
+    let auth_at = v.auth.as_ref().map_or(at, Location::of);
     let s = |x: &Option<Spanned<String>>| x.as_ref().map(|x| x.value.clone());
     let mount = s(&v.mount).map(|m| m.trim_matches('/').trim_start_matches("auth/").to_owned());
     if let Some(m) = &v.mount
         && mount.as_deref().is_some_and(str::is_empty)
     {
-        p.at(Loc::of(m), "mount: is empty");
+        p.located(Location::of(m), "mount: is empty");
     }
-    let not_for = |p: &mut Problems<'_>, field: &Option<Spanned<String>>, name: &str| {
+    let not_for = |p: &mut Problems, field: &Option<Spanned<String>>, name: &str| {
         if let Some(f) = field {
-            p.at(
-                Loc::of(f),
+            p.located(
+                Location::of(f),
                 format!("{name}: does not apply to auth {auth_name}"),
             );
         }
@@ -388,8 +266,8 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             if auth_name == "kubernetes" {
                 let role = s(&v.role).unwrap_or_default();
                 if role.is_empty() {
-                    p.at(
-                        v.role.as_ref().map_or(auth_at, Loc::of),
+                    p.located(
+                        v.role.as_ref().map_or(auth_at, Location::of),
                         "role: is required for auth kubernetes",
                     );
                 }
@@ -414,7 +292,7 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
                 (Some(r), None) => RoleId::Inline(r),
                 (None, Some(f)) => RoleId::File(f.into()),
                 _ => {
-                    p.at(
+                    p.located(
                         auth_at,
                         "auth approle needs exactly one of role-id: and role-id-file:",
                     );
@@ -424,7 +302,7 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             let secret_id_file = match s(&v.secret_id_file) {
                 Some(f) => PathBuf::from(f),
                 None => {
-                    p.at(auth_at, "secret-id-file: is required for auth approle");
+                    p.located(auth_at, "secret-id-file: is required for auth approle");
                     PathBuf::new()
                 }
             };
@@ -446,7 +324,7 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
             }
         }
         other => {
-            p.at(
+            p.located(
                 auth_at,
                 format!(
                     "unknown auth {}; expected one of kubernetes, jwt, approle, token",
@@ -459,9 +337,9 @@ fn vault_spec(v: &RawVault, at: Loc, p: &mut Problems<'_>) -> Option<VaultSpec> 
     if let Some(a) = &v.address
         && let Err(e) = keyturn_core::vault::config::check_addr("address", &a.value)
     {
-        p.at(Loc::of(a), e.to_string());
+        p.located(Location::of(a), e.to_string());
     }
-    (p.list.len() == start).then(|| VaultSpec {
+    (p.len() == start).then(|| VaultSpec {
         address: s(&v.address),
         namespace: v.namespace.clone(),
         auth,
@@ -543,19 +421,19 @@ pub fn check_mode(mode: u32, shared: bool, opt_in: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpec> {
-    let start = p.list.len();
+fn secret_spec(s: &RawSecret, at: Location, p: &mut Problems) -> Option<SecretSpec> {
+    let start = p.len();
     let path = vault_path(&s.path.value)
-        .map_err(|m| p.at(Loc::of(&s.path), m))
+        .map_err(|m| p.located(Location::of(&s.path), m))
         .ok();
     let file = RelPath::parse(&s.file.value)
-        .map_err(|e| p.at(Loc::of(&s.file), e.to_string()))
+        .map_err(|e| p.located(Location::of(&s.file), e.to_string()))
         .ok();
     let shared = s.shared.as_ref().is_some_and(|v| v.value);
     let mode = match &s.mode {
         Some(m) => parse_mode(&m.value)
             .and_then(|mode| check_mode(mode, shared, "shared: true to this entry").map(|()| mode))
-            .map_err(|e| p.at(Loc::of(m), e))
+            .map_err(|e| p.located(Location::of(m), e))
             .ok(),
         None => Some(DEFAULT_MODE),
     };
@@ -564,8 +442,8 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
         "kv2" => Some(Engine::Kv2),
         "dynamic" => Some(Engine::Dynamic),
         other => {
-            p.at(
-                Loc::of(e),
+            p.located(
+                Location::of(e),
                 format!(
                     "unknown engine {}; expected one of kv1, kv2, dynamic",
                     echo(other)
@@ -576,10 +454,10 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
     });
     let version = s.version.as_ref().map(|v| {
         if v.value == 0 {
-            p.at(Loc::of(v), "version: starts at 1");
+            p.located(Location::of(v), "version: starts at 1");
         }
         if matches!(engine, Some(Engine::Kv1 | Engine::Dynamic)) {
-            p.at(Loc::of(v), "version: applies to engine kv2 only");
+            p.located(Location::of(v), "version: applies to engine kv2 only");
         }
         v.value
     });
@@ -587,7 +465,7 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
     if let Some(k) = &s.key
         && k.value.is_empty()
     {
-        p.at(Loc::of(k), "key: is empty");
+        p.located(Location::of(k), "key: is empty");
     }
     let format_name = match (&s.format, &s.template, &s.key) {
         (Some(f), _, _) => f.value.as_str(),
@@ -595,7 +473,7 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
         (None, None, Some(_)) => "raw",
         (None, None, None) => "json",
     };
-    let format_at = s.format.as_ref().map_or(at, Loc::of);
+    let format_at = s.format.as_ref().map_or(at, Location::of);
     let format = match format_name {
         "raw" => Some(Format::Raw),
         "env" => Some(Format::Env),
@@ -603,19 +481,19 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
         "yaml" => Some(Format::Yaml),
         "template" => match &s.template {
             None => {
-                p.at(format_at, "format template needs a template: field");
+                p.located(format_at, "format template needs a template: field");
                 None
             }
             Some(t) => match Template::parse(&t.value) {
                 Ok(t) => Some(Format::Template(t)),
                 Err(e) => {
-                    p.at(Loc::of(t), format!("template: {e}"));
+                    p.located(Location::of(t), format!("template: {e}"));
                     None
                 }
             },
         },
         other => {
-            p.at(
+            p.located(
                 format_at,
                 format!(
                     "unknown format {}; expected one of raw, env, json, yaml, template",
@@ -628,20 +506,20 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
     if let Some(t) = &s.template
         && format_name != "template"
     {
-        p.at(
-            Loc::of(t),
+        p.located(
+            Location::of(t),
             format!("template: is only used with format template, not {format_name}"),
         );
     }
     if format_name == "template"
         && let Some(k) = &s.key
     {
-        p.at(
-            Loc::of(k),
+        p.located(
+            Location::of(k),
             "key: does not apply to format template; name fields in the template",
         );
     }
-    if p.list.len() != start {
+    if p.len() != start {
         return None;
     }
     Some(SecretSpec {
@@ -661,7 +539,7 @@ fn secret_spec(s: &RawSecret, at: Loc, p: &mut Problems<'_>) -> Option<SecretSpe
 /// either may be the one to fix); manifest entries are named by their line.
 pub(crate) fn check_files(
     secrets: &[SecretSpec],
-    p: &mut Problems<'_>,
+    p: &mut Problems,
     name: &dyn Fn(&SecretSpec) -> Option<String>,
 ) {
     let subject = |s: &SecretSpec| name(s).map_or_else(String::new, |n| format!("{n}: "));
@@ -672,7 +550,7 @@ pub(crate) fn check_files(
     let mut seen: HashMap<&RelPath, &SecretSpec> = HashMap::with_capacity(secrets.len());
     for s in secrets {
         if let Some(first) = seen.get(&s.file) {
-            p.at(
+            p.located(
                 s.at,
                 format!(
                     "{}file {} is also written by {}",
@@ -690,7 +568,7 @@ pub(crate) fn check_files(
         for a in secrets {
             for b in secrets {
                 if a.file.is_ancestor_of(&b.file) {
-                    p.at(
+                    p.located(
                         b.at,
                         format!(
                             "{}file {} needs {} to be a directory, but {} writes it as a file",
@@ -712,7 +590,7 @@ mod tests {
 
     const VAULT: &str = "vault: { auth: kubernetes, role: app }\n";
 
-    fn parse(secrets: &str) -> Result<Manifest, Vec<ManifestError>> {
+    fn parse(secrets: &str) -> Result<Manifest, Vec<ConfigError>> {
         Manifest::parse("m.yaml", &format!("{VAULT}secrets:\n{secrets}"))
     }
 
@@ -738,7 +616,7 @@ mod tests {
         assert_eq!(m.secrets[1].mode, 0o440);
         assert_eq!(m.secrets[1].file.to_string(), "ro.json");
         assert_eq!(m.secrets[2].format, Format::Raw);
-        assert_eq!(m.secrets[0].at, Loc { line: 3, col: 5 });
+        assert_eq!(m.secrets[0].at, Location { line: 3, column: 5 });
         assert_eq!(
             m.vault.auth,
             AuthSpec::Kubernetes {
@@ -901,11 +779,11 @@ mod tests {
             .map(|i| format!("  - path: a/../{i}\n    file: f{i}\n"))
             .collect();
         let e = errs(&entries);
-        assert_eq!(e.len(), MAX_PROBLEMS + 1, "{}", e.len());
+        assert_eq!(e.len(), config::MAX_PROBLEMS + 1, "{}", e.len());
         assert!(
-            e[MAX_PROBLEMS].ends_with(": 400 more problems not shown"),
+            e[config::MAX_PROBLEMS].ends_with(": 400 more problems not shown"),
             "{}",
-            e[MAX_PROBLEMS]
+            e[config::MAX_PROBLEMS]
         );
     }
 

@@ -24,7 +24,9 @@ use crate::auth;
 use crate::cli::Cli;
 use crate::exit::{ExitCode, HasExitCode};
 use crate::fetch::{self, FetchError, FetchedSet, Progress, Read, ReadKey};
-use crate::manifest::{Format, Loc, Manifest, ManifestError};
+use keyturn_core::config::{ConfigError, Location};
+
+use crate::manifest::{Format, Manifest};
 use crate::paths::{OutDir, RelPath, RelPathError};
 use crate::render::{self, Rendered};
 use crate::write::{self, Item, Report};
@@ -94,14 +96,10 @@ fn retry_policy() -> RetryPolicy {
 ///
 /// # Errors
 /// Every problem found.
-pub fn load_manifest(cli: &Cli) -> Result<Manifest, Vec<ManifestError>> {
+pub fn load_manifest(cli: &Cli) -> Result<Manifest, Vec<ConfigError>> {
     let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| {
-            vec![ManifestError::Unreadable {
-                origin: p.display().to_string(),
-                message: e.to_string(),
-            }]
-        })
+        std::fs::read_to_string(p)
+            .map_err(|e| vec![ConfigError::file(p.display().to_string(), e.to_string())])
     };
     if let Some(p) = &cli.annotations {
         return crate::annotations::parse(&p.display().to_string(), &read(p)?);
@@ -111,10 +109,10 @@ pub fn load_manifest(cli: &Cli) -> Result<Manifest, Vec<ManifestError>> {
     }
     match &cli.manifest {
         Some(p) => Manifest::parse(&p.display().to_string(), &read(p)?),
-        None => Err(vec![ManifestError::Unreadable {
-            origin: "keyturn-init".into(),
-            message: "no manifest: give --manifest, --manifest-inline or --annotations".into(),
-        }]),
+        None => Err(vec![ConfigError::file(
+            "keyturn-init",
+            "no manifest: give --manifest, --manifest-inline or --annotations",
+        )]),
     }
 }
 
@@ -419,7 +417,7 @@ async fn revoke(vault: &Vault, left: Duration) {
 }
 
 /// The manifest position of the first entry reading `path`, as a message prefix.
-fn origin_of(m: &Manifest, path: Option<&str>) -> Option<(String, Loc)> {
+fn origin_of(m: &Manifest, path: Option<&str>) -> Option<(String, Location)> {
     let path = path?;
     m.secrets
         .iter()
@@ -430,7 +428,7 @@ fn origin_of(m: &Manifest, path: Option<&str>) -> Option<(String, Loc)> {
 fn located(m: &Manifest, e: &FetchError) -> Failure {
     let code = after_network(e.exit_code());
     match origin_of(m, e.path()) {
-        Some((o, at)) => Failure::new(code, format!("{o}:{}:{}: {e}", at.line, at.col)),
+        Some((o, at)) => Failure::new(code, format!("{o}:{}:{}: {e}", at.line, at.column)),
         None => Failure::new(code, e),
     }
 }
@@ -480,7 +478,10 @@ async fn finish(
             Ok(r) => rendered.push(r),
             Err(e) => failures.push(Failure::new(
                 after_network(e.exit_code()),
-                format!("{}:{}:{}: {}: {e}", m.origin, s.at.line, s.at.col, s.file),
+                format!(
+                    "{}:{}:{}: {}: {e}",
+                    m.origin, s.at.line, s.at.column, s.file
+                ),
             )),
         }
     }
