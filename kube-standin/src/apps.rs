@@ -48,7 +48,17 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
         match kind {
             Workload::Deployment => {
                 set_default(spec, "progressDeadlineSeconds", json!(600));
-                set_default(spec, "strategy", json!({"type": "RollingUpdate"}));
+                set_default(spec, "strategy", json!({}));
+                if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
+                    // `strategy: {}` (what `kubectl create deployment` sends) is defaulted too.
+                    if strategy
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
+                        strategy.insert("type".into(), json!("RollingUpdate"));
+                    }
+                }
                 if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut)
                     && strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
                 {
@@ -106,6 +116,11 @@ pub(crate) fn apply_defaults(kind: Workload, obj: &mut Value) {
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
                 set_default(c, "resources", json!({}));
+                if let Some(Value::Array(ports)) = c.get_mut("ports") {
+                    for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                        set_default(port, "protocol", json!("TCP"));
+                    }
+                }
             }
         }
     }

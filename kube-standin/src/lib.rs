@@ -15,6 +15,7 @@
 //!
 //! | resource | verbs |
 //! |---|---|
+//! | core/v1 `namespaces` (cluster-scoped; virtual: every name is an Active namespace) | get, list |
 //! | core/v1 `secrets` | get, list, create, update, patch (merge, JSON, strategic, apply), delete, deletecollection |
 //! | core/v1 `serviceaccounts` (+ `token` subresource) | same; `token`: create (TokenRequest) |
 //! | apps/v1 `deployments`, `statefulsets` | same |
@@ -23,12 +24,15 @@
 //! | authentication.k8s.io/v1 `tokenreviews` (cluster-scoped) | create |
 //! | authorization.k8s.io/v1 `selfsubjectaccessreviews` (cluster-scoped) | create |
 //!
-//! plus `/version`, `/api`, `/apis` discovery, `/.well-known/openid-configuration` and
-//! `/openid/v1/jwks`. What each rule is and where it deliberately differs from the real
-//! server is documented in the module that enforces it: `status` (error bodies),
-//! `secrets`, `apps`, `kinds` (the write pipeline), `managed` (server-side apply), `patch`,
-//! `auth` (401, the deny switch and the authorizer chain), `rbac` (Roles, bindings, the RBAC
-//! authorizer), `tokens` and `reviews` (JWTs, TokenReview, SelfSubjectAccessReview).
+//! plus `/version`, `/api`, `/apis` discovery, `/openapi/v3` (what kubectl reads before a
+//! write), `/.well-known/openid-configuration` and `/openid/v1/jwks`. What each rule is and
+//! where it deliberately differs from the real server is documented in the module that
+//! enforces it: `status` (error bodies), `secrets`, `apps`, `kinds` (the write pipeline),
+//! `managed` (server-side apply), `patch` (strategic merge with merge keys and kubectl's
+//! directives), `strict` (`fieldValidation=Strict`), `protobuf` (kubectl's typed bodies),
+//! `table` (`kubectl get` columns), `openapi`, `auth` (401, the deny switch and the
+//! authorizer chain), `rbac` (Roles, bindings, the RBAC authorizer), `tokens` and `reviews`
+//! (JWTs, TokenReview, SelfSubjectAccessReview).
 //!
 //! [`KubeStandin::fail`] makes matching requests answer an error status (409, 429, 500, 503)
 //! for fault-injection tests; see `faults`.
@@ -36,9 +40,12 @@
 //! Authorization is permissive by default (everything not denied by a deny rule is allowed);
 //! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
 //!
-//! Not served: watch (answers 405), namespaces as objects (any namespace name just works),
-//! pagination (`limit` is ignored), protobuf, admission webhooks, finalizers and graceful
-//! deletion, and list-merge semantics of strategic merge patch and apply on lists.
+//! Not served: watch (answers 405), writes to namespaces, pagination (`limit` is ignored),
+//! protobuf responses and protobuf bodies other than Secrets and Deployments (415, naming
+//! what is missing), `/openapi/v2`, admission webhooks, finalizers and graceful deletion,
+//! list-merge semantics of server-side apply, and JSON patches of `metadata.managedFields`
+//! (so kubectl's move of a client-side-applied object to server-side apply warns, and the
+//! server-side apply then conflicts with `kubectl-client-side-apply` unless forced).
 
 mod apps;
 mod auth;
@@ -46,7 +53,9 @@ mod faults;
 mod kinds;
 mod managed;
 mod objects;
+mod openapi;
 mod patch;
+mod protobuf;
 mod rbac;
 mod resources;
 mod reviews;
@@ -55,6 +64,8 @@ mod selectors;
 mod server;
 pub(crate) mod status;
 mod store;
+mod strict;
+mod table;
 mod tls;
 mod tokens;
 mod validation;

@@ -101,6 +101,11 @@ impl ObjectRequest<'_> {
         self.query.get("dryRun") == Some("All")
     }
 
+    /// `fieldValidation=Strict`: unknown fields are an error (see `strict`).
+    fn strict(&self) -> bool {
+        self.query.get("fieldValidation") == Some("Strict")
+    }
+
     /// The field manager of an Update: `fieldManager`, else the User-Agent up to its first `/`.
     fn update_manager(&self) -> String {
         if let Some(m) = self.query.get("fieldManager") {
@@ -147,6 +152,7 @@ fn decode_body(req: &ObjectRequest<'_>) -> Result<Value, ApiError> {
         .unwrap_or("")
         .trim();
     let value: Value = match media {
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(req.kind, req.body)?,
         "application/yaml" => serde_yaml::from_slice(req.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
         "application/json" | "" | "*/*" => serde_json::from_slice(req.body).map_err(|e| {
@@ -157,7 +163,7 @@ fn decode_body(req: &ObjectRequest<'_>) -> Result<Value, ApiError> {
         })?,
         other => {
             return Err(ApiError::unsupported_media_type(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {other:?}"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {other:?}"
             )));
         }
     };
@@ -375,6 +381,9 @@ pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
         }
     }
     kinds::check_shape(req.kind, &obj)?;
+    if req.strict() {
+        super::strict::check_body(req.kind, &obj)?;
+    }
     if !meta_str(&obj, "resourceVersion").is_empty() {
         return Err(ApiError::internal(
             "resourceVersion should not be set on objects to be created",
@@ -391,6 +400,9 @@ pub(crate) fn update(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
     check_name_and_namespace(req, &obj)?;
     scope_namespace(req, &mut obj);
     kinds::check_shape(req.kind, &obj)?;
+    if req.strict() {
+        super::strict::check_body(req.kind, &obj)?;
+    }
     let rv = meta_str(&obj, "resourceVersion").to_owned();
 
     let mut store = shared.store();
@@ -448,6 +460,9 @@ pub(crate) fn patch(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, A
         scope_namespace(req, &mut patched);
     }
     kinds::check_shape(req.kind, &patched)?;
+    if req.strict() {
+        super::strict::check_patched(req.kind, &patched)?;
+    }
     // A patch that carries metadata.resourceVersion is a precondition on it.
     let rv = meta_str(&patched, "resourceVersion");
     if !rv.is_empty() && rv != existing.resource_version() {
@@ -516,10 +531,20 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     }
 }
 
-/// `DeleteOptions.preconditions` from a DELETE body, if any.
-fn delete_preconditions(body: &[u8]) -> Result<(Option<String>, Option<String>), ApiError> {
+/// What a DELETE body (`DeleteOptions`) asks for.
+#[derive(Debug, Default)]
+struct DeleteOptions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    /// `dryRun: ["All"]`: kubectl sends `--dry-run=server` for a delete in the body, not the
+    /// query, and the real server honours either.
+    dry_run: bool,
+}
+
+/// `DeleteOptions` from a DELETE body, if any.
+fn delete_options(body: &[u8]) -> Result<DeleteOptions, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None));
+        return Ok(DeleteOptions::default());
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("DeleteOptions cannot be decoded: {e}")))?;
@@ -528,12 +553,21 @@ fn delete_preconditions(body: &[u8]) -> Result<(Option<String>, Option<String>),
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    Ok((get("uid"), get("resourceVersion")))
+    let dry_run = v
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("All")));
+    Ok(DeleteOptions {
+        uid: get("uid"),
+        resource_version: get("resourceVersion"),
+        dry_run,
+    })
 }
 
 /// DELETE on one object. Answers `Status` Success, as the real server does for these kinds.
 pub(crate) fn delete(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
-    let (uid, rv) = delete_preconditions(req.body)?;
+    let options = delete_options(req.body)?;
+    let (uid, rv) = (options.uid, options.resource_version);
     let mut store = shared.store();
     let existing = store
         .get(req.kind, req.ns(), req.name())
@@ -562,7 +596,7 @@ pub(crate) fn delete(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
         );
         return Err(err);
     }
-    if !req.dry_run() {
+    if !req.dry_run() && !options.dry_run {
         store.remove(req.kind, req.ns(), req.name());
     }
     let mut details = json!({"name": req.name(), "kind": req.kind.plural, "uid": actual_uid});
@@ -580,9 +614,10 @@ pub(crate) fn delete_collection(
     shared: &Shared,
     req: &ObjectRequest<'_>,
 ) -> Result<Reply, ApiError> {
+    let dry_run = delete_options(req.body)?.dry_run;
     let mut store = shared.store();
     let doomed: Vec<StoredObject> = selected(&store, req)?.into_iter().cloned().collect();
-    if !req.dry_run() {
+    if !req.dry_run() && !dry_run {
         for o in &doomed {
             let ns = meta_str(&o.object, "namespace").to_owned();
             let name = meta_str(&o.object, "name").to_owned();

@@ -1,10 +1,11 @@
 //! PATCH bodies: merge (RFC 7386), JSON (RFC 6902), strategic merge, and apply configurations.
 //!
-//! Strategic merge patch is served as a JSON merge patch that also understands the
-//! `$patch: replace|delete` directives and drops the other `$…` directives. That is exact for
-//! maps (everything keyturn patches: Secret `data`, labels, annotations, pod-template
-//! annotations) and differs from the real server only for lists, which it replaces instead of
-//! merging by `patchMergeKey` (e.g. `containers` by `name`).
+//! Strategic merge patch is a JSON merge patch that merges the lists of the served kinds by
+//! their `patchMergeKey` (`containers` and `env` by `name`, container `ports` by
+//! `containerPort`, `volumeMounts` by `mountPath`, …), unions `finalizers`, and understands
+//! the directives `kubectl apply` and `kubectl patch` send: `$patch: replace|delete|merge`,
+//! `$setElementOrder/<list>`, `$deleteFromPrimitiveList/<list>` and `$retainKeys`. Any other
+//! list is replaced, as it is for lists without a merge key on the real server.
 
 use serde_json::{Map, Value};
 
@@ -109,7 +110,35 @@ pub(crate) fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
 }
 
-/// Strategic merge with map semantics; see the module docs for what differs on lists.
+/// The `patchMergeKey` of a list field of the served kinds (by the field's name, which is
+/// unambiguous within them); `None`: the list is replaced.
+fn merge_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => "name",
+        "ports" => "containerPort",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "ownerReferences" => "uid",
+        "conditions" => "type",
+        "hostAliases" => "ip",
+        "topologySpreadConstraints" => "topologyKey",
+        _ => return None,
+    })
+}
+
+/// Lists of scalars whose patch strategy is `merge` (a union), not replace.
+fn merges_scalars(field: &str) -> bool {
+    field == "finalizers"
+}
+
+/// Strategic merge; see the module docs.
 fn strategic_merge(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
         *target = patch.clone();
@@ -130,9 +159,100 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
         let deletes = v.is_null() || v.get("$patch").and_then(Value::as_str) == Some("delete");
         if deletes {
             t.remove(k);
-        } else {
-            strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            continue;
         }
+        match (v, t.get_mut(k)) {
+            (Value::Array(items), Some(Value::Array(current))) => {
+                if let Some(key) = merge_key(k) {
+                    merge_list(current, items, key);
+                } else if merges_scalars(k) {
+                    for item in items {
+                        if !current.contains(item) {
+                            current.push(item.clone());
+                        }
+                    }
+                } else {
+                    *current = items.iter().map(without_item_directives).collect();
+                }
+            }
+            (Value::Array(items), _) => {
+                let kept = items
+                    .iter()
+                    .filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete"))
+                    .map(without_item_directives)
+                    .collect();
+                t.insert(k.clone(), Value::Array(kept));
+            }
+            _ => strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v),
+        }
+    }
+    for (directive, v) in p {
+        if let Some(field) = directive.strip_prefix("$deleteFromPrimitiveList/")
+            && let (Some(Value::Array(current)), Value::Array(gone)) = (t.get_mut(field), v)
+        {
+            current.retain(|x| !gone.contains(x));
+        }
+        if let Some(field) = directive.strip_prefix("$setElementOrder/")
+            && let (Some(Value::Array(current)), Value::Array(order)) = (t.get_mut(field), v)
+        {
+            let key = merge_key(field);
+            let position = |item: &Value| {
+                order
+                    .iter()
+                    .position(|o| match key {
+                        Some(key) => o.get(key).is_some() && o.get(key) == item.get(key),
+                        None => o == item,
+                    })
+                    .unwrap_or(usize::MAX)
+            };
+            current.sort_by_key(|item| position(item));
+        }
+    }
+    if let Some(Value::Array(retain)) = p.get("$retainKeys") {
+        t.retain(|k, _| retain.iter().any(|r| r.as_str() == Some(k)));
+    }
+}
+
+/// Merges `items` into `current` by `key`: an item with `$patch: delete` removes its match,
+/// one with `$patch: replace` makes the list the patch's other items, any other item is
+/// merged into its match or appended.
+fn merge_list(current: &mut Vec<Value>, items: &[Value], key: &str) {
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        *current = items
+            .iter()
+            .filter(|i| i.get("$patch").is_none())
+            .map(without_item_directives)
+            .collect();
+        return;
+    }
+    for item in items {
+        let id = item.get(key);
+        let found = id.and_then(|id| current.iter().position(|c| c.get(key) == Some(id)));
+        if item.get("$patch").and_then(Value::as_str) == Some("delete") {
+            if let Some(i) = found {
+                current.remove(i);
+            }
+            continue;
+        }
+        match found {
+            Some(i) => strategic_merge(&mut current[i], item),
+            None => current.push(without_item_directives(item)),
+        }
+    }
+}
+
+/// A list item as stored: its own `$…` directives removed (nested ones are applied by
+/// merging it into an empty object).
+fn without_item_directives(item: &Value) -> Value {
+    if item.is_object() {
+        let mut out = Value::Object(Map::new());
+        strategic_merge(&mut out, item);
+        out
+    } else {
+        item.clone()
     }
 }
 
@@ -159,6 +279,39 @@ mod tests {
         });
         let out = apply_patch(PatchType::Strategic, &target, patch.to_string().as_bytes()).unwrap();
         assert_eq!(out, json!({"a": {"x": 1, "z": 3}, "b": {"n": 2}, "c": [3]}));
+    }
+
+    #[test]
+    fn strategic_merge_merges_keyed_lists_and_applies_kubectl_directives() {
+        let target = json!({"spec": {"containers": [
+            {"name": "app", "image": "a:1", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
+            {"name": "side", "image": "s:1"},
+        ], "finalizers": ["x"], "args": ["old"]}});
+        let patch = json!({"spec": {
+            "$setElementOrder/containers": [{"name": "side"}, {"name": "app"}],
+            "containers": [
+                {"name": "app", "$setElementOrder/env": [{"name": "A"}], "env": [{"name": "A", "value": "9"}, {"name": "B", "$patch": "delete"}]},
+                {"name": "new", "image": "n:1"},
+            ],
+            "finalizers": ["y", "x"],
+            "args": ["new"],
+        }});
+        let out = apply_patch(PatchType::Strategic, &target, patch.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            out,
+            json!({"spec": {"containers": [
+                {"name": "side", "image": "s:1"},
+                {"name": "app", "image": "a:1", "env": [{"name": "A", "value": "9"}]},
+                {"name": "new", "image": "n:1"},
+            ], "finalizers": ["x", "y"], "args": ["new"]}})
+        );
+        let retained = apply_patch(
+            PatchType::Strategic,
+            &json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}),
+            br#"{"strategy":{"$retainKeys":["type"],"type":"Recreate","rollingUpdate":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(retained, json!({"strategy": {"type": "Recreate"}}));
     }
 
     #[test]

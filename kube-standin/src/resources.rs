@@ -114,6 +114,23 @@ pub(crate) static LEASES: ResourceKind = ResourceKind {
     has_generation: false,
 };
 
+/// Namespaces exist implicitly (any name works), so they are served read-only and virtual:
+/// every name is an Active namespace. kubectl reads one to word a NotFound.
+pub(crate) static NAMESPACES: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    plural: "namespaces",
+    singular: "namespace",
+    kind: "Namespace",
+    namespaced: false,
+    short_names: &["ns"],
+    verbs: &["get", "list"],
+    stored: false,
+    create_on_update: false,
+    unconditional_update: false,
+    has_generation: false,
+};
+
 pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
     group: "authentication.k8s.io",
     version: "v1",
@@ -182,6 +199,7 @@ pub(crate) static CLUSTER_ROLE_BINDINGS: ResourceKind = rbac_kind(
 
 /// Every served resource, in discovery order.
 pub(crate) static ALL: &[&ResourceKind] = &[
+    &NAMESPACES,
     &SECRETS,
     &SERVICE_ACCOUNTS,
     &DEPLOYMENTS,

@@ -287,7 +287,16 @@ async fn dispatch(
         body: &body,
         user: &user,
     };
-    match route(&shared, uri.path(), &ctx) {
+    let mut result = route(&shared, uri.path(), &ctx);
+    // `kubectl get` asks for a Table (see `table`).
+    if method == Method::GET
+        && super::table::wanted(header_str(header::ACCEPT))
+        && let Ok((_, value)) = &mut result
+        && let Some(table) = super::table::convert(value)
+    {
+        *value = table;
+    }
+    match result {
         Ok((code, value))
             if value.get("kind").and_then(Value::as_str) == Some("APIGroupDiscoveryList") =>
         {
@@ -331,6 +340,8 @@ fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply,
     };
     match segs.as_slice() {
         ["_standin", rest @ ..] => control(shared, rest, ctx),
+        ["openapi", "v3"] => discovery(Some(super::openapi::index())),
+        ["openapi", "v3", rest @ ..] => discovery(super::openapi::for_path(rest)),
         ["api"] if ctx.aggregated => discovery(Some(aggregated_discovery(true))),
         ["apis"] if ctx.aggregated => discovery(Some(aggregated_discovery(false))),
         ["api"] => discovery(Some(api_versions(shared))),
@@ -451,6 +462,9 @@ fn serve_resource(
         )));
     }
 
+    if kind == &resources::NAMESPACES {
+        return Ok((StatusCode::OK, namespaces(shared, name)));
+    }
     if kind == &resources::TOKEN_REVIEWS {
         return reviews::token_review(shared, ctx.body);
     }
@@ -478,6 +492,44 @@ fn serve_resource(
         "delete" => objects::delete(shared, &req),
         _ => objects::delete_collection(shared, &req),
     }
+}
+
+/// The virtual namespaces (see `resources::NAMESPACES`): `name`'s, or the list of the
+/// built-in ones and every one an object is in.
+fn namespaces(shared: &Shared, name: Option<&str>) -> Value {
+    let namespace = |n: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": n, "labels": {"kubernetes.io/metadata.name": n}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        })
+    };
+    if let Some(n) = name {
+        return namespace(n);
+    }
+    let store = shared.store();
+    let mut names: std::collections::BTreeSet<&str> =
+        ["default", "kube-node-lease", "kube-public", "kube-system"].into();
+    names.extend(store.namespaces());
+    let items: Vec<Value> = names
+        .into_iter()
+        .map(|n| {
+            let mut item = namespace(n);
+            if let Some(m) = item.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            item
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "NamespaceList",
+        "metadata": {"resourceVersion": store.resource_version().to_string()},
+        "items": items,
+    })
 }
 
 /// `metadata.name=X` (or `==`) in a list's field selector: `RequiresExactMatch`, kept only

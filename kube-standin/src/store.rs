@@ -82,6 +82,15 @@ impl Store {
             .map(|(_, o)| o)
     }
 
+    /// Every namespace an object is in, sorted.
+    pub fn namespaces(&self) -> std::collections::BTreeSet<&str> {
+        self.objects
+            .keys()
+            .map(|(_, ns, _)| ns.as_str())
+            .filter(|ns| !ns.is_empty())
+            .collect()
+    }
+
     /// Writes `object`, stamping it with the next resourceVersion, and returns it stored.
     pub fn put(
         &mut self,

@@ -1985,6 +1985,555 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
     assert!(exit.success(), "{exit:?}");
 }
 
+// ---- Real kubectl ----
+
+/// kubectl: `$KEYTURN_KUBECTL`, else the pinned one `dev/setup.sh` installs in
+/// `.keyturn/bin`, else PATH. Absent, the test is skipped with a printed reason, except in CI
+/// (`CI` set), where the kubectl tests must run and an absent kubectl fails them.
+fn kubectl_path(test: &str) -> Option<std::path::PathBuf> {
+    match keyturn_tests::tools::find("kubectl", "KEYTURN_KUBECTL") {
+        Ok(path) => Some(path),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the kubectl tests: {e}"
+            );
+            eprintln!("SKIPPED {test}: {e}");
+            None
+        }
+    }
+}
+
+/// The real kubectl against one test's cluster, with the cluster's kubeconfig, in the
+/// test's namespace, with a home and cache of its own (no user config, no shared cache).
+struct Kubectl {
+    bin: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    namespace: String,
+    home: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(c: &TestCluster, test: &str) -> Option<Self> {
+        Some(Self {
+            bin: kubectl_path(test)?,
+            kubeconfig: c.kubeconfig_path().to_owned(),
+            namespace: c.namespace().to_owned(),
+            home: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// Runs `kubectl ARGS` (with `stdin` piped in, if any) and returns its output.
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use tokio::io::AsyncWriteExt as _;
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.env_clear()
+            .env("HOME", self.home.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.home.path().join("cache"))
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("run kubectl");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).await.unwrap();
+        }
+        drop(input);
+        child.wait_with_output().await.unwrap()
+    }
+
+    /// Runs `kubectl ARGS`, which must succeed; returns stdout.
+    async fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `kubectl ARGS`, which must fail; returns stderr.
+    async fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin).await;
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+fn secret_data(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8(v.0.clone()).unwrap())
+}
+
+fn deployment_manifest(name: &str, env_value: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n      - name: app\n        image: registry.k8s.io/pause:3.10\n        env: [{{name: MODE, value: \"{env_value}\"}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn kubectl_gets_creates_patches_and_deletes_secrets() {
+    let c = cluster().await;
+    let Some(kubectl) = Kubectl::new(&c, "kubectl_gets_creates_patches_and_deletes_secrets") else {
+        return;
+    };
+    let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
+
+    // `create secret` sends protobuf.
+    let created = kubectl
+        .ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "db",
+                "--from-literal=password=hunter2",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(created.trim(), "secret/db created");
+    let db = secrets.get("db").await.unwrap();
+    assert_eq!(secret_data(&db, "password").as_deref(), Some("hunter2"));
+    assert_eq!(db.type_.as_deref(), Some("Opaque"));
+
+    let listed = kubectl.ok(&["get", "secrets"], None).await;
+    let header: Vec<&str> = listed.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "TYPE", "DATA", "AGE"], "{listed}");
+    let row: Vec<&str> = listed
+        .lines()
+        .find(|l| l.starts_with("db "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..3], ["db", "Opaque", "1"], "{listed}");
+    let got: Value = serde_json::from_str(
+        &kubectl
+            .ok(&["get", "secret", "db", "-o", "json"], None)
+            .await,
+    )
+    .unwrap();
+    assert_eq!(got["data"]["password"], "aHVudGVyMg==");
+
+    // A manifest through `create -f` (JSON, server-side field validation) and `apply`.
+    let manifest =
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\nstringData:\n  user: app\n";
+    kubectl.ok(&["create", "-f", "-"], Some(manifest)).await;
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&manifest.replace("user: app", "user: app2")),
+        )
+        .await;
+    let app = secrets.get("app").await.unwrap();
+    assert_eq!(secret_data(&app, "user").as_deref(), Some("app2"));
+    assert!(
+        app.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("kubectl.kubernetes.io/last-applied-configuration")
+    );
+    let typo = kubectl
+        .fails(
+            &["create", "-f", "-"],
+            Some("apiVersion: v1\nkind: Secret\nmetadata:\n  name: typo\ndta:\n  k: dg==\n"),
+        )
+        .await;
+    assert!(typo.contains(r#"unknown field "dta""#), "{typo}");
+    assert_eq!(status_of(secrets.get("typo").await).code, 404);
+
+    // The three patch types.
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "secret",
+                "db",
+                "-p",
+                r#"{"stringData":{"user":"app"}}"#,
+            ],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "secret",
+                "db",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"labels":{"tier":"db"}}}"#,
+            ],
+            None,
+        )
+        .await;
+    let db = secrets.get("db").await.unwrap();
+    assert_eq!(secret_data(&db, "user").as_deref(), Some("app"));
+    assert_eq!(secret_data(&db, "password").as_deref(), Some("hunter2"));
+    assert_eq!(db.metadata.labels.unwrap()["tier"], "db");
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "secret",
+                "db",
+                "--type=json",
+                "-p",
+                r#"[{"op":"remove","path":"/data/user"}]"#,
+            ],
+            None,
+        )
+        .await;
+    let db = secrets.get("db").await.unwrap();
+    assert_eq!(secret_data(&db, "user"), None);
+    assert_eq!(secret_data(&db, "password").as_deref(), Some("hunter2"));
+
+    kubectl.ok(&["delete", "secret", "db", "app"], None).await;
+    assert_eq!(status_of(secrets.get("db").await).code, 404);
+    assert_eq!(status_of(secrets.get("app").await).code, 404);
+    let missing = kubectl.fails(&["get", "secret", "db"], None).await;
+    assert!(missing.contains(r#"secrets "db" not found"#), "{missing}");
+}
+
+#[tokio::test]
+async fn kubectl_creates_applies_patches_restarts_and_deletes_deployments() {
+    let c = cluster().await;
+    let Some(kubectl) = Kubectl::new(
+        &c,
+        "kubectl_creates_applies_patches_restarts_and_deletes_deployments",
+    ) else {
+        return;
+    };
+    let deployments: Api<Deployment> = Api::namespaced(c.client(), c.namespace());
+    let container = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .clone()
+    };
+
+    // `create deployment` sends protobuf.
+    kubectl
+        .ok(
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=registry.k8s.io/pause:3.10",
+                "--replicas=0",
+                "--port=8080",
+            ],
+            None,
+        )
+        .await;
+    let web = deployments.get("web").await.unwrap();
+    assert_eq!(web.spec.as_ref().unwrap().replicas, Some(0));
+    let ports = container(&web).ports.unwrap();
+    assert_eq!(
+        (ports[0].container_port, ports[0].protocol.as_deref()),
+        (8080, Some("TCP"))
+    );
+    assert_eq!(
+        web.spec
+            .as_ref()
+            .unwrap()
+            .strategy
+            .as_ref()
+            .unwrap()
+            .type_
+            .as_deref(),
+        Some("RollingUpdate")
+    );
+
+    // Client-side apply, twice: the second is a strategic merge patch with list directives.
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&deployment_manifest("api", "one")),
+        )
+        .await;
+    let applied = kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&deployment_manifest("api", "two")),
+        )
+        .await;
+    assert_eq!(applied.trim(), "deployment.apps/api configured");
+    let api = deployments.get("api").await.unwrap();
+    let app = container(&api);
+    assert_eq!(app.env.unwrap()[0].value.as_deref(), Some("two"));
+    assert_eq!(app.image.as_deref(), Some("registry.k8s.io/pause:3.10"));
+
+    // A strategic merge patch merges the container list by name: env stays.
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "deployment",
+                "api",
+                "-p",
+                r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"registry.k8s.io/pause:3.9"}]}}}}"#,
+            ],
+            None,
+        )
+        .await;
+    let app = container(&deployments.get("api").await.unwrap());
+    assert_eq!(app.image.as_deref(), Some("registry.k8s.io/pause:3.9"));
+    assert_eq!(app.env.unwrap()[0].value.as_deref(), Some("two"));
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "deployment",
+                "api",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":3}]"#,
+            ],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "deployment",
+                "api",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"minReadySeconds":5}}"#,
+            ],
+            None,
+        )
+        .await;
+    let spec = deployments.get("api").await.unwrap().spec.unwrap();
+    assert_eq!(
+        (spec.revision_history_limit, spec.min_ready_seconds),
+        (Some(3), Some(5))
+    );
+
+    // What keyturn does to roll a workload, done by kubectl.
+    kubectl
+        .ok(&["rollout", "restart", "deployment/api"], None)
+        .await;
+    let annotations = deployments
+        .get("api")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        annotations.contains_key("kubectl.kubernetes.io/restartedAt"),
+        "{annotations:?}"
+    );
+
+    // Server-side apply of a new object, then of a change.
+    kubectl
+        .ok(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&deployment_manifest("ssa", "one")),
+        )
+        .await;
+    kubectl
+        .ok(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&deployment_manifest("ssa", "two")),
+        )
+        .await;
+    let ssa = deployments.get("ssa").await.unwrap();
+    assert_eq!(
+        container(&ssa).env.unwrap()[0].value.as_deref(),
+        Some("two")
+    );
+    let managers: Vec<String> = ssa
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["kubectl"]);
+
+    let typo = kubectl
+        .fails(
+            &["apply", "-f", "-"],
+            Some(&deployment_manifest("api", "two").replace("replicas: 0", "replicaz: 0")),
+        )
+        .await;
+    assert!(typo.contains(r#"unknown field "spec.replicaz""#), "{typo}");
+
+    kubectl
+        .ok(&["delete", "deployment", "web", "api", "ssa"], None)
+        .await;
+    for name in ["web", "api", "ssa"] {
+        assert_eq!(status_of(deployments.get(name).await).code, 404, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn kubectl_dry_run_server_changes_nothing() {
+    let c = cluster().await;
+    let Some(kubectl) = Kubectl::new(&c, "kubectl_dry_run_server_changes_nothing") else {
+        return;
+    };
+    let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
+    let deployments: Api<Deployment> = Api::namespaced(c.client(), c.namespace());
+    let dry = "--dry-run=server";
+
+    // Creates: reported, not made.
+    let out = kubectl
+        .ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "ghost",
+                "--from-literal=k=v",
+                dry,
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.trim(), "secret/ghost created (server dry run)");
+    kubectl
+        .ok(
+            &[
+                "create",
+                "deployment",
+                "ghost",
+                "--image=registry.k8s.io/pause:3.10",
+                dry,
+            ],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(
+            &["apply", "-f", "-", dry],
+            Some(&deployment_manifest("ghost2", "x")),
+        )
+        .await;
+    kubectl
+        .ok(
+            &["apply", "--server-side", "-f", "-", dry],
+            Some(&deployment_manifest("ghost3", "x")),
+        )
+        .await;
+    assert_eq!(status_of(secrets.get("ghost").await).code, 404);
+    for name in ["ghost", "ghost2", "ghost3"] {
+        assert_eq!(status_of(deployments.get(name).await).code, 404, "{name}");
+    }
+
+    // Changes to existing objects: reported, not made.
+    kubectl
+        .ok(
+            &["create", "secret", "generic", "db", "--from-literal=k=v"],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&deployment_manifest("api", "one")),
+        )
+        .await;
+    let secret_before = secrets.get("db").await.unwrap();
+    let deployment_before = deployments.get("api").await.unwrap();
+    for args in [
+        &[
+            "patch",
+            "secret",
+            "db",
+            "-p",
+            r#"{"stringData":{"k":"changed"}}"#,
+        ][..],
+        &[
+            "patch",
+            "secret",
+            "db",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"a":"b"}}}"#,
+        ],
+        &[
+            "patch",
+            "secret",
+            "db",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/k"}]"#,
+        ],
+        &["delete", "secret", "db"],
+        &[
+            "patch",
+            "deployment",
+            "api",
+            "-p",
+            r#"{"spec":{"replicas":1}}"#,
+        ],
+        &["delete", "deployment", "api"],
+    ] {
+        let out = kubectl.ok(&[args, &[dry]].concat(), None).await;
+        // kubectl marks only what it prints for deletes; the API read-back below is the proof.
+        if args[0] == "delete" {
+            assert!(out.contains("(server dry run)"), "{args:?}: {out}");
+        }
+    }
+    let out = kubectl
+        .ok(
+            &["apply", "-f", "-", dry],
+            Some(&deployment_manifest("api", "two")),
+        )
+        .await;
+    assert!(out.contains("(server dry run)"), "{out}");
+    let out = kubectl
+        .ok(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                "-",
+                dry,
+            ],
+            Some(&deployment_manifest("api", "three")),
+        )
+        .await;
+    assert!(out.contains("(server dry run)"), "{out}");
+
+    let secret_after = secrets.get("db").await.unwrap();
+    assert_eq!(secret_after.data, secret_before.data);
+    assert_eq!(secret_after.metadata, secret_before.metadata);
+    let deployment_after = deployments.get("api").await.unwrap();
+    assert_eq!(deployment_after.metadata, deployment_before.metadata);
+    assert_eq!(deployment_after.spec, deployment_before.spec);
+}
+
 // ---- OpenBao's kubernetes auth, for real ----
 
 /// OpenBao configured against this cluster, with a role for `web` in the test namespace.

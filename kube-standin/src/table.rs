@@ -1,0 +1,326 @@
+//! `Table` responses (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`), which
+//! `kubectl get` asks for and prints as they come: the server picks the columns.
+//!
+//! Columns are the real server's printers' for the kinds kubectl users look at (Secrets:
+//! NAME, TYPE, DATA, AGE; Deployments: NAME, READY, UP-TO-DATE, AVAILABLE, AGE, and
+//! CONTAINERS, IMAGES, SELECTOR with `-o wide`) and the default NAME, CREATED AT for the
+//! rest. Each row carries the object's metadata (`PartialObjectMetadata`), which kubectl
+//! reads for namespaces and labels, as the default `includeObject=Metadata` makes it.
+
+use serde_json::{Value, json};
+
+use super::resources::{self, ResourceKind};
+
+/// Whether `accept` asks for a Table.
+pub(crate) fn wanted(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .next()
+            .is_some_and(|first| first.contains("as=Table"))
+    })
+}
+
+/// The served kind whose object or list `body` is.
+fn kind_of(body: &Value) -> Option<(&'static ResourceKind, bool)> {
+    let kind = body.get("kind")?.as_str()?;
+    resources::ALL.iter().find_map(|k| {
+        if k.kind == kind {
+            Some((*k, false))
+        } else if kind.strip_suffix("List") == Some(k.kind) {
+            Some((*k, true))
+        } else {
+            None
+        }
+    })
+}
+
+fn column(name: &str, ty: &str, format: &str, priority: u8, description: &str) -> Value {
+    json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+}
+
+/// `duration.HumanDuration`, as the AGE column prints it.
+fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    let s = seconds.max(0);
+    let (m, h) = (s / 60, s / 3600);
+    match () {
+        () if s < 120 => format!("{s}s"),
+        () if m < 10 && s % 60 != 0 => format!("{m}m{}s", s % 60),
+        () if m < 180 => format!("{m}m"),
+        () if h < 8 && m % 60 != 0 => format!("{h}h{}m", m % 60),
+        () if h < 48 => format!("{h}h"),
+        () if h < 24 * 8 && h % 24 != 0 => format!("{}d{}h", h / 24, h % 24),
+        () if h < 24 * 365 * 2 => format!("{}d", h / 24),
+        () if h < 24 * 365 * 8 && (h / 24) % 365 != 0 => {
+            format!("{}y{}d", h / 24 / 365, (h / 24) % 365)
+        }
+        () => format!("{}y", h / 24 / 365),
+    }
+}
+
+fn age(obj: &Value) -> String {
+    obj.pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(
+            || "<unknown>".to_owned(),
+            |t| human_duration((chrono::Utc::now() - t.to_utc()).num_seconds()),
+        )
+}
+
+fn int_at(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn columns(kind: &ResourceKind) -> Vec<Value> {
+    let name = column(
+        "Name",
+        "string",
+        "name",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    if *kind == resources::SECRETS {
+        vec![
+            name,
+            column(
+                "Type",
+                "string",
+                "",
+                0,
+                "Used to facilitate programmatic handling of secret data.",
+            ),
+            column(
+                "Data",
+                "integer",
+                "",
+                0,
+                "The number of keys in the secret.",
+            ),
+            column(
+                "Age",
+                "string",
+                "",
+                0,
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            ),
+        ]
+    } else if *kind == resources::DEPLOYMENTS {
+        vec![
+            name,
+            column(
+                "Ready",
+                "string",
+                "",
+                0,
+                "Number of the pod with ready state",
+            ),
+            column(
+                "Up-to-date",
+                "integer",
+                "",
+                0,
+                "Total number of non-terminating pods targeted by this deployment that have the desired template spec.",
+            ),
+            column(
+                "Available",
+                "integer",
+                "",
+                0,
+                "Total number of available non-terminating pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            column(
+                "Age",
+                "string",
+                "",
+                0,
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            ),
+            column(
+                "Containers",
+                "string",
+                "",
+                1,
+                "Names of each container in the template.",
+            ),
+            column(
+                "Images",
+                "string",
+                "",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            column(
+                "Selector",
+                "string",
+                "",
+                1,
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+            ),
+        ]
+    } else {
+        vec![
+            name,
+            column(
+                "Created At",
+                "date",
+                "",
+                0,
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            ),
+        ]
+    }
+}
+
+fn cells(kind: &ResourceKind, obj: &Value) -> Vec<Value> {
+    let name = json!(
+        obj.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    if *kind == resources::SECRETS {
+        let data = obj
+            .get("data")
+            .and_then(Value::as_object)
+            .map_or(0, serde_json::Map::len);
+        vec![
+            name,
+            json!(obj.get("type").and_then(Value::as_str).unwrap_or("")),
+            json!(data),
+            json!(age(obj)),
+        ]
+    } else if *kind == resources::DEPLOYMENTS {
+        let containers = obj
+            .pointer("/spec/template/spec/containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let joined = |field: &str| {
+            containers
+                .iter()
+                .filter_map(|c| c.get(field).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let selector = obj
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                int_at(obj, "/status/readyReplicas"),
+                int_at(obj, "/spec/replicas")
+            )),
+            json!(int_at(obj, "/status/updatedReplicas")),
+            json!(int_at(obj, "/status/availableReplicas")),
+            json!(age(obj)),
+            json!(joined("name")),
+            json!(joined("image")),
+            json!(selector),
+        ]
+    } else {
+        vec![
+            name,
+            obj.pointer("/metadata/creationTimestamp")
+                .cloned()
+                .unwrap_or(Value::Null),
+        ]
+    }
+}
+
+fn row(kind: &ResourceKind, obj: &Value) -> Value {
+    let mut metadata = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    if let Some(m) = metadata.as_object_mut() {
+        m.remove("managedFields");
+    }
+    json!({
+        "cells": cells(kind, obj),
+        "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata},
+    })
+}
+
+/// `body` (one object or a list of a served kind) as a Table; `None` for anything else.
+pub(crate) fn convert(body: &Value) -> Option<Value> {
+    let (kind, is_list) = kind_of(body)?;
+    if !kind.stored {
+        return None;
+    }
+    let (rows, resource_version) = if is_list {
+        let items = body.get("items")?.as_array()?;
+        (
+            items.iter().map(|o| row(kind, o)).collect::<Vec<_>>(),
+            body.pointer("/metadata/resourceVersion").cloned(),
+        )
+    } else {
+        (
+            vec![row(kind, body)],
+            body.pointer("/metadata/resourceVersion").cloned(),
+        )
+    };
+    let mut metadata = json!({});
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = rv;
+    }
+    Some(json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": columns(kind),
+        "rows": rows,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_print_as_kubectl_prints_them() {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (50 * 3600, "2d2h"),
+            (400 * 86400, "400d"),
+        ] {
+            assert_eq!(human_duration(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn a_secret_list_becomes_rows_of_name_type_data_and_age() {
+        let list = json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": [
+            {"metadata": {"name": "db", "namespace": "app", "creationTimestamp": "2020-01-01T00:00:00Z", "managedFields": []}, "type": "Opaque", "data": {"a": "", "b": ""}},
+        ]});
+        let table = convert(&list).unwrap();
+        assert_eq!(table["metadata"]["resourceVersion"], "7");
+        let cells = &table["rows"][0]["cells"];
+        assert_eq!(
+            (&cells[0], &cells[1], &cells[2]),
+            (&json!("db"), &json!("Opaque"), &json!(2))
+        );
+        assert_eq!(table["rows"][0]["object"]["metadata"]["namespace"], "app");
+        assert!(
+            table["rows"][0]["object"]["metadata"]
+                .get("managedFields")
+                .is_none()
+        );
+        assert!(wanted(Some(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        )));
+        assert!(!wanted(Some("application/json")));
+    }
+}
