@@ -32,8 +32,9 @@
 //! unsalted SHA-1: useless for guessing a random 32-character password, but together with
 //! one captured plaintext login handshake of that account it lets the holder log in (the
 //! native protocol's known weakness). Treat these logs as sensitive, and use TLS (`tls:`)
-//! where the network is not trusted. The error log names no password; a failed login is
-//! logged (with `log_warnings` ≥ 2) by account and client address only.
+//! where the network is not trusted. The error log names no password: with `log_warnings`
+//! ≥ 4 a failed login is logged as `Access denied for user 'USER'@'CLIENT' (using password:
+//! YES)`, by account and client address only.
 //!
 //! **The account's authentication plugin becomes `mysql_native_password`.** On MariaDB,
 //! `ALTER USER … IDENTIFIED` replaces every authentication method the account had (an
@@ -527,6 +528,15 @@ impl Mysql {
                 };
                 self.refused(what)
             }
+            // A failed TLS handshake comes back from the TLS stream as an I/O error around
+            // rustls's: a certificate the mode refuses is a refusal, not an outage.
+            Error::Io(IoError::Io(io))
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+            {
+                self.refused(format!("{doing} refused: TLS: {io}"))
+            }
             Error::Io(IoError::Io(io)) => unreachable(io.to_string()),
             Error::Io(IoError::Tls(t)) => {
                 self.refused(format!("{doing} refused: TLS: {}", chain(t)))
@@ -558,12 +568,12 @@ fn transient_server_error(code: u16) -> bool {
         1040 // too many connections
             | 1041 // out of memory
             | 1053 // server shutdown in progress
-            | 1152 | 1153 | 1154 | 1155 | 1156 | 1157 | 1158 | 1159 | 1160 | 1161 // aborted, net read/write
+            | 1152
+            ..=1161 // aborted connection, network read/write errors and timeouts
             | 1203 // max_user_connections
             | 1205 // lock wait timeout
             | 1213 // deadlock
             | 1927 // connection killed
-            | 2002 | 2003 | 2006 | 2013 // client-side: cannot connect, server gone, lost
     )
 }
 
