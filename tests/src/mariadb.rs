@@ -57,6 +57,19 @@ impl MariaDb {
     /// # Errors
     /// When MariaDB is missing or does not come up.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// As [`MariaDb::start`], with TLS on: the server presents `cert_pem` (its key
+    /// `key_pem`). Plaintext logins stay allowed unless an account says `REQUIRE SSL`.
+    ///
+    /// # Errors
+    /// As [`MariaDb::start`].
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        Self::start_inner(Some((cert_pem, key_pem))).await
+    }
+
+    async fn start_inner(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let mariadbd = program("mariadbd")?;
         let install = program("mariadb-install-db")?;
         // mariadbd will not run as root unless told to; when the tests do, the server runs
@@ -78,6 +91,10 @@ impl MariaDb {
                  GRANT ALL PRIVILEGES ON *.* TO '{SUPERUSER}'@'127.0.0.1' WITH GRANT OPTION;\n"
             ),
         )?;
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("server.crt"), cert)?;
+            std::fs::write(dir.path().join("server.key"), key)?;
+        }
         if let Some(u) = user {
             chown_r(dir.path(), u)?;
         }
@@ -135,6 +152,10 @@ impl MariaDb {
                 "--sync-binlog=0".into(),
             ];
             args.extend(small.iter().map(|s| (*s).to_owned()));
+            if tls.is_some() {
+                args.push(format!("--ssl-cert={}", p("server.crt")));
+                args.push(format!("--ssl-key={}", p("server.key")));
+            }
             let mut proc = Spawn {
                 name: "mariadbd",
                 program: &mariadbd,
