@@ -7,7 +7,7 @@ use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 use keyturn_init::fetch::{Engine, Fetched, FetchedSet, ReadKey};
 use keyturn_init::render::SecretBuf;
-use keyturn_init::template::Template;
+use keyturn_init::render::template::Template;
 use libfuzzer_sys::fuzz_target;
 
 fn data(pairs: &[(&str, &str)]) -> SecretData {

@@ -7,7 +7,7 @@
 //! | annotation | meaning |
 //! |---|---|
 //! | `agent-inject-secret-NAME: PATH` | fetch `PATH` into the file `NAME` |
-//! | `agent-inject-template-NAME: TEMPLATE` | render it with `TEMPLATE` (see [`crate::template`]; the common `{{- with secret "PATH" -}}…{{ .Data.data.KEY }}…{{- end }}` shapes) |
+//! | `agent-inject-template-NAME: TEMPLATE` | render it with `TEMPLATE` (see [`crate::render::template`]; the common `{{- with secret "PATH" -}}…{{ .Data.data.KEY }}…{{- end }}` shapes) |
 //! | `agent-inject-file-NAME: FILE` | write to `FILE` instead of `NAME` |
 //! | `agent-inject-perms-NAME: "0440"` | file mode (default 0400; group or other bits need `keyturn.dev/shared-NAME`) |
 //! | `agent-inject-default-template: map\|json` | the rendering without a template: `map` (default) is one `name: value` line per field, `json` a JSON object |
@@ -36,11 +36,11 @@
 use keyturn_core::config::{ConfigError, Location, Problems};
 
 use crate::manifest::{
-    AuthSpec, Format, Manifest, SecretSpec, VaultSpec, check_files, check_mode, parse_mode,
-    vault_path,
+    AuthSpec, Manifest, SecretSpec, VaultSpec, check_files, check_mode, parse_mode, vault_path,
 };
 use crate::paths::RelPath;
-use crate::template::Template;
+use crate::render::Format;
+use crate::render::template::Template;
 use std::collections::{BTreeMap, HashMap};
 
 const PREFIX: &str = "vault.hashicorp.com/";

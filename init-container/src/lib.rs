@@ -8,7 +8,7 @@
 //! - [`paths`]: the output directory's checks (tmpfs, no symlinks, relative paths).
 //! - [`auth`]: the `vault:` block into a login; [`fetch`]: concurrent reads under one
 //!   deadline; [`audit`]: one event per read, before anything is written.
-//! - [`render`] and [`template`]: the file formats.
+//! - [`render`] (with [`render::template`]): the file formats.
 //! - [`write`]: atomic, all-or-nothing writes that leave unchanged files alone.
 //! - [`exit`]: exit codes; [`run`]: the order of it all.
 //! - [`text`]: outside text (names, paths, flag values, Vault's words) made safe to print.
@@ -23,6 +23,5 @@ pub mod manifest;
 pub mod paths;
 pub mod render;
 pub mod run;
-pub mod template;
 pub use keyturn_core::text;
 pub mod write;

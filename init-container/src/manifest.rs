@@ -45,7 +45,8 @@ use serde_saphyr::Spanned;
 
 use crate::fetch::Engine;
 use crate::paths::RelPath;
-use crate::template::Template;
+use crate::render::Format;
+use crate::render::template::Template;
 use crate::text::echo;
 
 /// Default mode of secret files.
@@ -118,21 +119,6 @@ pub enum RoleId {
     Inline(String),
     /// Read from a file.
     File(PathBuf),
-}
-
-/// How a file's content is made from the secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Format {
-    /// One field's bytes.
-    Raw,
-    /// `NAME='value'` lines.
-    Env,
-    /// A JSON object.
-    Json,
-    /// YAML `"name": "value"` lines.
-    Yaml,
-    /// A template (see [`crate::template`]).
-    Template(Template),
 }
 
 /// One file to write.

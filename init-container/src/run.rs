@@ -26,8 +26,9 @@ use crate::exit::{ExitCode, HasExitCode};
 use crate::fetch::{self, FetchError, FetchedSet, Progress, Read, ReadKey};
 use keyturn_core::config::{ConfigError, Location};
 
-use crate::manifest::{Format, Manifest};
+use crate::manifest::Manifest;
 use crate::paths::{OutDir, RelPath, RelPathError};
+use crate::render::Format;
 use crate::render::{self, Rendered};
 use crate::write::{self, Item, Report};
 

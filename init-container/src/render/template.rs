@@ -38,8 +38,8 @@ use base64::Engine as _;
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 
+use super::{RenderError, SecretBuf};
 use crate::fetch::{Engine, Fetched, FetchedSet, ReadKey};
-use crate::render::{RenderError, SecretBuf};
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -832,7 +832,7 @@ fn apply_one<'a>(v: Val<'a>, f: Func) -> Result<Val<'a>, RenderError> {
         Val::Text(t) => t.as_bytes(),
         Val::Fields { data, .. } if f == Func::ToJson => {
             let mut b = SecretBuf::with_capacity(64);
-            crate::render::json_object(data, None, None, &mut b, path)?;
+            super::json_object(data, None, None, &mut b, path)?;
             return Ok(Val::Owned {
                 path,
                 v: std::rc::Rc::new(b.finish()),
@@ -882,7 +882,7 @@ fn apply_one<'a>(v: Val<'a>, f: Func) -> Result<Val<'a>, RenderError> {
                 path: path.to_owned(),
                 field: String::new(),
             })?;
-            crate::render::json_string(s, &mut out)?;
+            super::json_string(s, &mut out)?;
         }
         Func::TrimSpace => out.push(bytes.trim_ascii())?,
     }

@@ -6,7 +6,7 @@
 //! | `env` | `NAME='value'` lines in field-name order, single-quoted for POSIX `sh` (`'` becomes `'\''`), so `. file` and `set -a; . file` work; field names must be `[A-Za-z_][A-Za-z0-9_]*` and values must not contain NUL |
 //! | `json` | one JSON object of string fields, then a newline; a dynamic secret also gets `lease_id`, `lease_duration` (seconds) and `renewable` |
 //! | `yaml` | one `"name": "value"` line per field (YAML double-quoted scalars), plus the lease lines for a dynamic secret |
-//! | `template` | see [`crate::template`] |
+//! | `template` | see [`template`] |
 //!
 //! With `key:`, `env`, `json` and `yaml` write that one field only. Output is built in
 //! zeroizing buffers that never reallocate without wiping the old copy, and is capped at
@@ -15,13 +15,29 @@
 
 use std::fmt;
 
+pub mod template;
+
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 use zeroize::Zeroizing;
 
 use crate::exit::{ExitCode, HasExitCode};
 use crate::fetch::{Fetched, FetchedSet, Lease};
-use crate::manifest::Format;
+
+/// How a file's content is made from the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// One field's bytes.
+    Raw,
+    /// `NAME='value'` lines.
+    Env,
+    /// A JSON object.
+    Json,
+    /// YAML `"name": "value"` lines.
+    Yaml,
+    /// A template (see [`template`]).
+    Template(template::Template),
+}
 
 /// The largest file keyturn-init writes: 1 MiB.
 pub const MAX_RENDERED: usize = 1 << 20;
