@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use keyturn_agent::backends::{StoreSpec, TargetSpec};
 use keyturn_agent::policy::{self, Policy};
-use keyturn_agent::rotation::store::vault_kv;
 use keyturn_agent::rotation::store::Step;
 use keyturn_agent::rotation::store::Store;
+use keyturn_agent::rotation::store::vault_kv;
 use keyturn_agent::rotation::store::vault_kv::VaultKvStore;
-use keyturn_agent::rotation::target::postgres::{self, AdminPool, Postgres, TlsMode};
+use keyturn_agent::rotation::target::postgres::{self, AdminPool, Postgres, TlsMode, TlsSpec};
 use keyturn_agent::rotation::target::users::{Strategy, Users};
 use keyturn_agent::rotation::target::{AdminFn, Target, TargetError};
 use keyturn_agent::rotation::{Engine, RotationError, RotationOutcome, Trigger};
@@ -152,6 +152,7 @@ impl PostgresSpec<'_> {
                     Strategy::Single
                 },
             ),
+            tls: TlsSpec::default(),
         };
         Postgres::new(&spec, admin)
     }

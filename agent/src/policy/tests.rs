@@ -375,3 +375,34 @@ fn an_empty_policy_directory_is_an_error_not_an_idle_daemon() {
     std::fs::write(&f, "").unwrap();
     assert!(load(&f).is_err());
 }
+
+#[test]
+fn a_postgres_target_takes_a_tls_mode_and_a_ca_file_for_verify_full_only() {
+    let ps = check(&good_with(
+        "      strategy: alternating\n",
+        "      strategy: alternating\n      tls: verify-full\n      ca-file: /etc/ssl/db-ca.pem\n",
+    ))
+    .unwrap();
+    let TargetSpec::Postgres(pg) = &ps[1].target else {
+        panic!("postgres target")
+    };
+    assert_eq!(pg.tls.mode, crate::rotation::target::tls::TlsMode::VerifyFull);
+    assert_eq!(
+        pg.tls.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ssl/db-ca.pem"))
+    );
+    assert_eq!(
+        one_error(&good_with(
+            "      strategy: alternating\n",
+            "      strategy: alternating\n      tls: require\n      ca-file: /ca.pem\n",
+        )),
+        "p.yaml:26:16: spec.target.postgres.ca-file: is only used with tls: verify-full (other modes do not check certificates)"
+    );
+    assert_eq!(
+        one_error(&good_with(
+            "      strategy: alternating\n",
+            "      strategy: alternating\n      tls: verify-ca\n",
+        )),
+        "p.yaml:25:12: spec.target.postgres.tls: unknown TLS mode \"verify-ca\" (disable, prefer, require or verify-full)"
+    );
+}

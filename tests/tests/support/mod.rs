@@ -7,7 +7,7 @@ use std::process::Output;
 
 use keyturn_agent::backends::StoreSpec;
 use keyturn_agent::rotation::store::vault_kv;
-use keyturn_agent::rotation::target::postgres::{self, Postgres};
+use keyturn_agent::rotation::target::postgres::{self, Postgres, TlsSpec};
 use keyturn_agent::rotation::target::users::{Strategy, Users};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
@@ -49,6 +49,7 @@ pub async fn plant_admin(bao: &OpenBao, pg: &PgServer) -> String {
             path: "keyturn/pg-admin".into(),
         }),
         users: Users::new(vec![ADMIN_ROLE.into()], Strategy::Single),
+        tls: TlsSpec::default(),
     };
     Postgres::new(&spec, login("postgres", pg.password()))
         .reset_password(ADMIN_ROLE, &SecretValue::from_str_copy(&admin_password))

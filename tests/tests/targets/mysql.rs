@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use keyturn_agent::backends::StoreSpec;
 use keyturn_agent::rotation::store::vault_kv;
-use keyturn_agent::rotation::target::mysql::{self, Mysql, TlsMode, native_password_hash};
+use keyturn_agent::rotation::target::mysql::{self, Mysql, TlsMode, TlsSpec, native_password_hash};
 use keyturn_agent::rotation::target::users::{Strategy, Users};
 use keyturn_agent::rotation::target::{Target, TargetError};
 use keyturn_core::SecretValue;
@@ -74,8 +74,10 @@ fn target(port: u16, users: &[&str], user_host: &str, admin: SecretData) -> Mysq
             },
         ),
         user_host: user_host.into(),
-        tls: TlsMode::Disable,
-        ca_file: None,
+        tls: TlsSpec {
+            mode: TlsMode::Disable,
+            ca_file: None,
+        },
     };
     Mysql::new(&spec, admin)
 }
@@ -892,8 +894,7 @@ fn tls_target(
         }),
         users: Users::new(vec!["app".into()], Strategy::Single),
         user_host: "%".into(),
-        tls: mode,
-        ca_file,
+        tls: TlsSpec { mode, ca_file },
     };
     Mysql::new(&spec, admin)
 }

@@ -58,13 +58,11 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use keyturn_core::SecretValue;
-use keyturn_core::text::echo;
 use keyturn_core::vault::SecretData;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, SslOpts};
@@ -72,6 +70,8 @@ use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::tls::native_roots;
+pub use super::tls::{TlsMode, TlsSpec};
 pub use super::users::{PASSWORD, USERNAME};
 use super::users::{Users, field_str, user_and_password};
 use super::{AdminSource, Target, TargetError};
@@ -106,10 +106,8 @@ pub struct Spec {
     pub users: Users,
     /// The host part of every rotated account (`%`).
     pub user_host: String,
-    /// How the connections are protected (`prefer`).
-    pub tls: TlsMode,
-    /// The CA bundle `verify-full` trusts instead of the OS's roots.
-    pub ca_file: Option<PathBuf>,
+    /// How the connections are protected (`prefer`), and the CA `verify-full` trusts.
+    pub tls: TlsSpec,
 }
 
 /// The longest account name accepted: MariaDB 10.6+ allows 128 characters (checked on
@@ -148,31 +146,7 @@ impl Spec {
                 "an account host must be 1 to 255 characters without NUL (% for any host)",
             );
         }
-        let tls = match &raw.tls {
-            None => TlsMode::default(),
-            Some(t) => t.value.parse().unwrap_or_else(|_| {
-                v.err(
-                    t,
-                    &format!("{field}.tls"),
-                    format!(
-                        "unknown TLS mode {} (disable, prefer, require or verify-full)",
-                        echo(&t.value)
-                    ),
-                );
-                TlsMode::default()
-            }),
-        };
-        if let Some(ca) = &raw.ca_file {
-            if ca.value.trim().is_empty() || ca.value.contains('\0') {
-                v.err(ca, &format!("{field}.ca-file"), "must be a file path");
-            } else if tls != TlsMode::VerifyFull {
-                v.err(
-                    ca,
-                    &format!("{field}.ca-file"),
-                    "is only used with tls: verify-full (other modes do not check certificates)",
-                );
-            }
-        }
+        let tls = TlsSpec::validate(v, raw.tls.as_ref(), raw.ca_file.as_ref(), field);
         let admin = StoreSpec::validate(&raw.admin, v, &format!("{field}.admin"));
         if v.error_count() > before {
             return None;
@@ -187,7 +161,6 @@ impl Spec {
                 .as_ref()
                 .map_or_else(|| "%".to_owned(), |h| h.value.clone()),
             tls,
-            ca_file: raw.ca_file.as_ref().map(|c| PathBuf::from(&c.value)),
         })
     }
 }
@@ -224,40 +197,6 @@ impl TargetKind for Spec {
 
 /// The default bound on one operation (connect, then the statement).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How the connections are protected; the names and meanings are libpq's `sslmode`, as the
-/// PostgreSQL target's.
-///
-/// In `prefer` and `require` the server's certificate is not checked (the handshake
-/// signatures are): the link is encrypted against a passive listener, not authenticated.
-/// `verify-full` checks the chain and the host name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// Plaintext only.
-    Disable,
-    /// TLS when the server offers it, else plaintext.
-    #[default]
-    Prefer,
-    /// TLS or no connection.
-    Require,
-    /// TLS with the certificate chain checked against `ca-file` (else the OS's roots) and
-    /// the host name matched.
-    VerifyFull,
-}
-
-impl FromStr for TlsMode {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "disable" => Ok(Self::Disable),
-            "prefer" => Ok(Self::Prefer),
-            "require" => Ok(Self::Require),
-            "verify-full" => Ok(Self::VerifyFull),
-            _ => Err(()),
-        }
-    }
-}
 
 /// A MySQL/MariaDB target: the account(s) of one policy on one server.
 #[derive(Clone)]
@@ -326,8 +265,8 @@ impl Mysql {
             users: spec.users.clone(),
             user_host: spec.user_host.clone(),
             admin,
-            tls: spec.tls,
-            ca_file: spec.ca_file.clone(),
+            tls: spec.tls.mode,
+            ca_file: spec.tls.ca_file.clone(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -488,7 +427,10 @@ impl Mysql {
             TlsMode::VerifyFull => {
                 let roots = match &self.ca_file {
                     Some(ca) => vec![ca.clone().into()],
-                    None => native_roots().iter().map(|c| c.as_slice().into()).collect(),
+                    None => native_roots()
+                        .iter()
+                        .map(|c| c.as_ref().to_vec().into())
+                        .collect(),
                 };
                 // Only these roots: not the driver's compiled-in Mozilla list.
                 Some(
@@ -623,18 +565,6 @@ fn alter_user_sql(user: &str, host: &str, hash: &str) -> Zeroizing<String> {
     ))
 }
 
-/// The OS's trusted roots (DER), read once per process.
-fn native_roots() -> &'static [Vec<u8>] {
-    static ROOTS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let r = rustls_native_certs::load_native_certs();
-        for e in &r.errors {
-            tracing::warn!(error = %e, "could not load some of the OS's CA certificates");
-        }
-        r.certs.into_iter().map(|c| c.as_ref().to_vec()).collect()
-    })
-}
-
 #[async_trait]
 impl Target for Mysql {
     fn describe(&self) -> String {
@@ -724,8 +654,10 @@ mod tests {
             }),
             users: Users::new(users.iter().map(|u| (*u).to_owned()).collect(), strategy),
             user_host: "%".into(),
-            tls: TlsMode::Disable,
-            ca_file: None,
+            tls: TlsSpec {
+                mode: TlsMode::Disable,
+                ca_file: None,
+            },
         };
         Mysql::new(&spec, SecretData::new())
     }
@@ -764,7 +696,7 @@ mod tests {
         };
         assert_eq!(s.port, 3306);
         assert_eq!(s.user_host, "%");
-        assert_eq!(s.tls, TlsMode::Prefer);
+        assert_eq!(s.tls.mode, TlsMode::Prefer);
         assert_eq!(s.users.strategy, Strategy::Single);
         assert_eq!(ps[0].target.fields(), ["username", "password"]);
         let needs: Vec<String> = ps[0]
@@ -792,9 +724,9 @@ mod tests {
         };
         assert_eq!((s.port, s.user_host.as_str()), (3307, "10.0.%"));
         assert_eq!(s.users.names, ["shop_a", "shop_b"]);
-        assert_eq!(s.tls, TlsMode::VerifyFull);
+        assert_eq!(s.tls.mode, TlsMode::VerifyFull);
         assert_eq!(
-            s.ca_file.as_deref(),
+            s.tls.ca_file.as_deref(),
             Some(std::path::Path::new("/etc/ssl/db-ca.pem"))
         );
     }

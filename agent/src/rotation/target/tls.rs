@@ -7,14 +7,19 @@
 //! channel binding relies on to defeat a man in the middle. `verify-full` checks the chain
 //! (against a configured CA, else the OS's roots) and the host name.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+
+use keyturn_core::text::echo;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::policy::{S, Validator};
 
 /// How the connection to the server is protected; the names and meanings are libpq's
 /// `sslmode` (see the module docs).
@@ -55,6 +60,57 @@ pub enum TlsConfigError {
     /// The CA bundle holds no usable certificate.
     #[error("CA bundle: {0}")]
     BadCa(String),
+}
+
+/// A target's `tls:` and `ca-file:`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSpec {
+    /// How the connections are protected (`prefer`).
+    pub mode: TlsMode,
+    /// The CA bundle `verify-full` trusts instead of the OS's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsSpec {
+    /// Validates a target's `tls` and `ca-file`, found under `field`. A CA file without
+    /// `verify-full` is an error: no other mode checks certificates, so it would be a
+    /// promise keyturn does not keep.
+    pub(crate) fn validate(
+        v: &mut Validator<'_>,
+        tls: Option<&S<String>>,
+        ca_file: Option<&S<String>>,
+        field: &str,
+    ) -> Self {
+        let mode = match tls {
+            None => TlsMode::default(),
+            Some(t) => t.value.parse().unwrap_or_else(|_| {
+                v.err(
+                    t,
+                    &format!("{field}.tls"),
+                    format!(
+                        "unknown TLS mode {} (disable, prefer, require or verify-full)",
+                        echo(&t.value)
+                    ),
+                );
+                TlsMode::default()
+            }),
+        };
+        if let Some(ca) = ca_file {
+            if ca.value.trim().is_empty() || ca.value.contains('\0') {
+                v.err(ca, &format!("{field}.ca-file"), "must be a file path");
+            } else if mode != TlsMode::VerifyFull {
+                v.err(
+                    ca,
+                    &format!("{field}.ca-file"),
+                    "is only used with tls: verify-full (other modes do not check certificates)",
+                );
+            }
+        }
+        Self {
+            mode,
+            ca_file: ca_file.map(|c| PathBuf::from(&c.value)),
+        }
+    }
 }
 
 /// The certificates of a PEM bundle (a CA file).

@@ -21,6 +21,7 @@
 //! TLS is rustls only, with libpq's modes (see [`TlsMode`]); the default is `prefer`.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ pub use super::users::{PASSWORD, USERNAME};
 mod pool;
 
 use super::tls::{EncryptOnly, ca_certificates, native_roots};
-pub use super::tls::{TlsConfigError, TlsMode};
+pub use super::tls::{TlsConfigError, TlsMode, TlsSpec};
 use super::users::{Users, field_str, user_and_password};
 use super::{AdminSource, Target, TargetError};
 use crate::backends::{Backends, RawStore, StoreSpec, TargetKind};
@@ -56,6 +57,8 @@ pub struct Raw {
     admin: S<RawStore>,
     users: S<Vec<S<String>>>,
     strategy: Option<S<String>>,
+    tls: Option<S<String>>,
+    ca_file: Option<S<String>>,
 }
 
 /// A PostgreSQL target, validated.
@@ -71,6 +74,8 @@ pub struct Spec {
     pub admin: StoreSpec,
     /// The role(s) to rotate and how they take turns.
     pub users: Users,
+    /// How the connections are protected (`prefer`), and the CA `verify-full` trusts.
+    pub tls: TlsSpec,
 }
 
 impl Spec {
@@ -87,6 +92,7 @@ impl Spec {
         if raw.host.value.trim().is_empty() {
             v.err(&raw.host, &format!("{field}.host"), "must not be empty");
         }
+        let tls = TlsSpec::validate(v, raw.tls.as_ref(), raw.ca_file.as_ref(), field);
         let admin = StoreSpec::validate(&raw.admin, v, &format!("{field}.admin"));
         if v.error_count() > before {
             return None;
@@ -100,6 +106,7 @@ impl Spec {
                 .map_or_else(|| "postgres".to_owned(), |d| d.value.clone()),
             admin: admin?,
             users: users?,
+            tls,
         })
     }
 }
@@ -146,6 +153,8 @@ pub struct Postgres {
     admin: Arc<dyn AdminSource>,
     tls: TlsMode,
     ca: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Read at the first `verify-full` connection when `ca` is not given in memory.
+    ca_file: Option<PathBuf>,
     tls_connector: Arc<OnceLock<MakeRustlsConnect>>,
     timeout: Duration,
     pool: Arc<AdminPool>,
@@ -205,8 +214,9 @@ impl Postgres {
             database: spec.database.clone(),
             users: spec.users.clone(),
             admin,
-            tls: TlsMode::default(),
+            tls: spec.tls.mode,
             ca: None,
+            ca_file: spec.tls.ca_file.clone(),
             tls_connector: Arc::new(OnceLock::new()),
             timeout: DEFAULT_TIMEOUT,
             pool: Arc::default(),
@@ -402,11 +412,18 @@ impl Postgres {
             .map_err(|e| self.refused(format!("TLS setup: {e}")))?;
         let config = if self.tls == TlsMode::VerifyFull {
             let mut roots = rustls::RootCertStore::empty();
-            match &self.ca {
-                Some(ca) => {
+            match (&self.ca, &self.ca_file) {
+                (Some(ca), _) => {
                     roots.add_parsable_certificates(ca.iter().cloned());
                 }
-                None => {
+                (None, Some(file)) => {
+                    let pem = std::fs::read(file)
+                        .map_err(|e| self.refused(format!("CA file {}: {e}", file.display())))?;
+                    let certs = ca_certificates(&pem)
+                        .map_err(|e| self.refused(format!("CA file {}: {e}", file.display())))?;
+                    roots.add_parsable_certificates(certs);
+                }
+                (None, None) => {
                     roots.add_parsable_certificates(native_roots().iter().cloned());
                 }
             }
@@ -595,6 +612,7 @@ mod tests {
                 path: "pg-admin".into(),
             }),
             users: Users::new(users.iter().map(|u| (*u).to_owned()).collect(), strategy),
+            tls: TlsSpec::default(),
         };
         Postgres::new(&spec, SecretData::new())
     }
