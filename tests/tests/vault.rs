@@ -261,10 +261,18 @@ async fn a_read_retries_while_the_server_is_down_and_succeeds_once_it_comes_up()
         max_delay: Duration::from_millis(500),
         max_retries: 100,
     });
+    // Before the server exists, something on its port that accepts and hangs up at once:
+    // each attempt is one connection, so the attempts can be counted.
+    let refuser = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let reader = tokio::spawn(async move { v.lookup_self().await });
-    // Let the first attempts fail against a closed port before the server exists.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..3 {
+        let (conn, _) = refuser.accept().await.unwrap();
+        drop(conn);
+    }
     assert!(!reader.is_finished(), "the call must still be retrying");
+    drop(refuser);
     let _bao = OpenBao::start_with_token(port, &token).await.unwrap();
     let info = reader.await.unwrap().unwrap();
     assert!(info.policies.iter().any(|p| p == "root"));
