@@ -15,6 +15,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use keyturn_core::exit::{ExitCode, HasExitCode};
 use keyturn_core::vault::Vault;
 use serde::Deserialize;
 
@@ -48,6 +49,18 @@ pub enum BackendError {
         /// What went wrong (never a value).
         cause: String,
     },
+}
+
+impl HasExitCode for BackendError {
+    /// A store or target this process has no client for is a configuration error (64); a
+    /// backend that could not be built, an internal one (70). Callers that meet either after
+    /// `prepare` (which builds every backend a policy names) exit 70: there it is a bug.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::NotConfigured { .. } => ExitCode::Usage,
+            Self::Build { .. } => ExitCode::Software,
+        }
+    }
 }
 
 // ---- stores ---------------------------------------------------------------------------
@@ -245,11 +258,13 @@ impl Backends {
     /// # Errors
     /// This process has no Vault client.
     pub fn vault_for(&self, policy: &str) -> Result<Arc<Vault>, BackendError> {
-        self.vault.clone().ok_or_else(|| BackendError::NotConfigured {
-            policy: policy.to_owned(),
-            what: "Vault",
-            hint: "set VAULT_ADDR and a token or auth method",
-        })
+        self.vault
+            .clone()
+            .ok_or_else(|| BackendError::NotConfigured {
+                policy: policy.to_owned(),
+                what: "Vault",
+                hint: "set VAULT_ADDR and a token or auth method",
+            })
     }
 
     /// AWS Secrets Manager, for policy `policy`.
@@ -257,11 +272,13 @@ impl Backends {
     /// # Errors
     /// This process has no AWS client.
     pub fn aws_for(&self, policy: &str) -> Result<&aws_sm::sdk::Client, BackendError> {
-        self.aws.as_ref().ok_or_else(|| BackendError::NotConfigured {
-            policy: policy.to_owned(),
-            what: "AWS Secrets Manager",
-            hint: "set AWS_REGION and credentials (the standard AWS chain)",
-        })
+        self.aws
+            .as_ref()
+            .ok_or_else(|| BackendError::NotConfigured {
+                policy: policy.to_owned(),
+                what: "AWS Secrets Manager",
+                hint: "set AWS_REGION and credentials (the standard AWS chain)",
+            })
     }
 
     /// The store for `policy`.

@@ -1,53 +1,9 @@
 //! Exit codes, shared by every subcommand: keyturn-core's [`ExitCode`] (README's table) and
 //! its one precedence, [`most_telling`]. Every error a subcommand meets implements
-//! [`HasExitCode`], so `rotate`, `break-glass` and `status` give one situation one code; the
-//! impls for errors of modules that do not yet carry their own are here.
+//! [`HasExitCode`], beside its type, so `rotate`, `break-glass` and `status` give one
+//! situation one code.
 
 pub use keyturn_core::exit::{ExitCode, HasExitCode, most_telling};
-
-use crate::backends::BackendError;
-use crate::policy::PolicyErrors;
-use crate::rotation::target::TargetError;
-
-/// The numbers `doctor` and `policy` still return (as `u8`) until they return [`ExitCode`];
-/// [`super::run`] reads them back through `ExitCode::try_from`. Nothing else uses these.
-pub const OK: u8 = ExitCode::Ok.as_u8();
-/// See [`OK`].
-pub const FAILED: u8 = ExitCode::Failed.as_u8();
-/// See [`OK`].
-pub const USAGE: u8 = ExitCode::Usage.as_u8();
-
-// Candidates to move beside their types (policy/error.rs, backends.rs, rotation/target/mod.rs).
-
-impl HasExitCode for PolicyErrors {
-    /// A rejected policy set: 64, a configuration error found before any network call.
-    fn exit_code(&self) -> ExitCode {
-        ExitCode::Usage
-    }
-}
-
-impl HasExitCode for BackendError {
-    /// A store or target this process has no client for is a configuration error (64); a
-    /// backend that could not be built, an internal one (70). Callers that meet either after
-    /// `prepare` (which builds every backend a policy names) exit 70: there it is a bug.
-    fn exit_code(&self) -> ExitCode {
-        match self {
-            Self::NotConfigured { .. } => ExitCode::Usage,
-            Self::Build { .. } => ExitCode::Software,
-        }
-    }
-}
-
-impl HasExitCode for TargetError {
-    /// 69 for a target that cannot be reached; 1 for a refusal or an admin credential that
-    /// could not be had (the command ran and the target said no).
-    fn exit_code(&self) -> ExitCode {
-        match self {
-            Self::Unreachable { .. } => ExitCode::Unavailable,
-            Self::Refused { .. } | Self::Admin { .. } => ExitCode::Failed,
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -167,12 +123,5 @@ mod tests {
             policy: "api".into(),
         };
         assert_eq!(e.exit_code(), ExitCode::Software);
-    }
-
-    #[test]
-    fn the_numbers_doctor_and_policy_return_read_back() {
-        for n in [OK, FAILED, USAGE] {
-            assert!(ExitCode::try_from(n).is_ok(), "{n}");
-        }
     }
 }

@@ -86,13 +86,13 @@ pub enum Command {
 
 /// A single-threaded Tokio runtime for a command that needs async, or the exit code after
 /// saying why there is none ([`ExitCode`], or its number for `doctor` until it returns one).
-pub(crate) fn runtime<C: From<ExitCode>>() -> Result<tokio::runtime::Runtime, C> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {
             eprintln!("keyturn: cannot start runtime: {e}");
-            C::from(ExitCode::Software)
+            ExitCode::Software
         })
 }
 
@@ -150,14 +150,13 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::Usage;
     }
     // `doctor` and `policy` still return the number; one outside the table is a bug.
-    let number = |n: u8| ExitCode::try_from(n).unwrap_or(ExitCode::Software);
     match cli.command {
         Command::Audit(cmd) => audit::run(cmd),
         Command::BreakGlass(cmd) => break_glass::run(cmd),
-        Command::Policy(cmd) => number(policy::run(cmd)),
+        Command::Policy(cmd) => policy::run(cmd),
         Command::Rotate(args) => rotate::run(args),
         Command::Run(args) => run::run(args),
-        Command::Doctor(args) => number(doctor::run(args)),
+        Command::Doctor(args) => doctor::run(args),
         Command::Status(args) => status::run(args),
         Command::Completions(args) => completions::run_completions(&args),
         Command::Man(args) => completions::run_man(&args),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::exit;
+use super::exit::{ExitCode, HasExitCode};
 use crate::policy;
 
 /// Work with rotation policies.
@@ -50,7 +50,7 @@ pub struct CheckArgs {
 
 /// Runs the subcommand; returns the exit code.
 #[must_use]
-pub fn run(cmd: PolicyCommand) -> u8 {
+pub fn run(cmd: PolicyCommand) -> ExitCode {
     match cmd {
         PolicyCommand::Rbac(a) => match policy::load(&a.path) {
             Ok(ps) => {
@@ -61,7 +61,7 @@ pub fn run(cmd: PolicyCommand) -> u8 {
                     "{}",
                     policy::rbac::rbac_yaml_with(&ps, &a.service_account, &a.namespace, &options)
                 );
-                exit::OK
+                ExitCode::Ok
             }
             Err(errors) => report(&errors),
         },
@@ -73,7 +73,7 @@ pub fn run(cmd: PolicyCommand) -> u8 {
                         println!("  {n}");
                     }
                 }
-                exit::OK
+                ExitCode::Ok
             }
             Err(errors) => report(&errors),
         },
@@ -85,14 +85,14 @@ pub fn run(cmd: PolicyCommand) -> u8 {
                     if ps.len() == 1 { "y" } else { "ies" },
                     a.path.display()
                 );
-                exit::OK
+                ExitCode::Ok
             }
             Err(errors) => report(&errors),
         },
     }
 }
 
-fn report(errors: &policy::PolicyErrors) -> u8 {
+fn report(errors: &policy::PolicyErrors) -> ExitCode {
     for e in &errors.0 {
         eprintln!("{e}");
     }
@@ -101,5 +101,5 @@ fn report(errors: &policy::PolicyErrors) -> u8 {
         errors.0.len(),
         if errors.0.len() == 1 { "" } else { "s" }
     );
-    exit::USAGE
+    errors.exit_code()
 }

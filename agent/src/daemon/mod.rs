@@ -86,7 +86,7 @@ impl HasExitCode for DaemonError {
     fn exit_code(&self) -> ExitCode {
         match self {
             // `PolicyErrors` still has an inherent `exit_code` (i32): name the trait's.
-            Self::Policies(e) => HasExitCode::exit_code(e),
+            Self::Policies(e) => e.exit_code(),
             Self::Watch { .. } => ExitCode::Io,
         }
     }

@@ -386,7 +386,10 @@ fn a_postgres_target_takes_a_tls_mode_and_a_ca_file_for_verify_full_only() {
     let TargetSpec::Postgres(pg) = &ps[1].target else {
         panic!("postgres target")
     };
-    assert_eq!(pg.tls.mode, crate::rotation::target::tls::TlsMode::VerifyFull);
+    assert_eq!(
+        pg.tls.mode,
+        crate::rotation::target::tls::TlsMode::VerifyFull
+    );
     assert_eq!(
         pg.tls.ca_file.as_deref(),
         Some(std::path::Path::new("/etc/ssl/db-ca.pem"))

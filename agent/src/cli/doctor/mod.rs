@@ -27,7 +27,7 @@ use self::kube::kube_checks;
 use self::local::{audit_check, clock_check, init_out_check};
 use self::vault::vault_checks;
 use super::audit_log::AuditLogArgs;
-use super::exit;
+use super::exit::ExitCode;
 use super::vault_args::VaultArgs;
 use crate::policy;
 
@@ -110,7 +110,7 @@ impl Report {
 
 /// Runs the subcommand; returns the exit code.
 #[must_use]
-pub fn run(args: DoctorArgs) -> u8 {
+pub fn run(args: DoctorArgs) -> ExitCode {
     // Validate the policy set before any network call.
     let policies = match &args.policies {
         None => None,
@@ -118,7 +118,7 @@ pub fn run(args: DoctorArgs) -> u8 {
             Ok(ps) => Some(ps),
             Err(e) => {
                 eprintln!("{e}");
-                return exit::USAGE;
+                return ExitCode::Usage;
             }
         },
     };
@@ -138,9 +138,9 @@ pub fn run(args: DoctorArgs) -> u8 {
         report.add("clock", &clock);
     });
     if report.failed == 0 {
-        exit::OK
+        ExitCode::Ok
     } else {
-        exit::FAILED
+        ExitCode::Failed
     }
 }
 

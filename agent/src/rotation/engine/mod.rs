@@ -818,7 +818,7 @@ impl Engine {
                 } else {
                     AuditOutcome::Error
                 },
-                format!("{step} failed ({}): {e}", store_error_kind(e)),
+                format!("{step} failed ({}): {e}", e.kind().as_str()),
             ),
         };
         self.record(policy, rotation_id, action, outcome, value, Some(detail))
@@ -972,19 +972,6 @@ fn target_error_kind(e: &TargetError) -> &'static str {
         TargetError::Unreachable { .. } => "unreachable",
         TargetError::Refused { .. } => "refused",
         TargetError::Admin { .. } => "admin credential",
-    }
-}
-
-/// The kind of a store failure, for audit reasons (the message follows it).
-fn store_error_kind(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Conflict { .. } => "conflict",
-        StoreError::Corrupt { .. } => "corrupt state",
-        StoreError::Backend { .. } if e.is_permission_denied() => "permission denied",
-        StoreError::Backend {
-            retryable: true, ..
-        } => "unavailable",
-        StoreError::Backend { .. } => "backend",
     }
 }
 

@@ -14,6 +14,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use keyturn_core::SecretValue;
+use keyturn_core::exit::{ExitCode, HasExitCode};
 use keyturn_core::vault::SecretData;
 
 /// Where a target's admin credential comes from.
@@ -94,6 +95,17 @@ impl TargetError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
+    }
+}
+
+impl HasExitCode for TargetError {
+    /// 69 for a target that cannot be reached; 1 for a refusal or an admin credential that
+    /// could not be had (the command ran and the target said no).
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Unreachable { .. } => ExitCode::Unavailable,
+            Self::Refused { .. } | Self::Admin { .. } => ExitCode::Failed,
+        }
     }
 }
 
