@@ -18,7 +18,7 @@ use super::patch::{self, PatchType};
 use super::resources::ResourceKind;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::server::Shared;
-use super::status::{ApiError, FieldError};
+use super::status::{ApiError, FieldError, FieldErrorKind, go_quote};
 use super::store::{Store, StoredObject};
 
 /// A reply: HTTP status and JSON body.
@@ -363,8 +363,47 @@ pub(crate) fn list(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, Ap
     ))
 }
 
+/// `dryRun: Unsupported value: []string{"true"}: supported values: "All"`: any dry-run value
+/// but `All`, as the real server's `ValidateDryRun` words it.
+fn dry_run_error(values: &[&str]) -> Option<FieldError> {
+    if values.iter().all(|v| *v == "All") {
+        return None;
+    }
+    let listed: Vec<String> = values.iter().map(|v| go_quote(v)).collect();
+    Some(FieldError {
+        kind: FieldErrorKind::NotSupported(format!("[]string{{{}}}", listed.join(", "))),
+        field: "dryRun".into(),
+        detail: "supported values: \"All\"".into(),
+    })
+}
+
+/// The options of a write, checked before its body is read, as the real handlers check
+/// them (422 on `CreateOptions`, `UpdateOptions`, `PatchOptions`): a `dryRun` other than
+/// `All` must not be mistaken for a real write, nor an unknown `fieldValidation` for one.
+fn check_write_options(req: &ObjectRequest<'_>, options: &str) -> Result<(), ApiError> {
+    let mut errs = Vec::new();
+    if let Some(v) = req.query.get("dryRun") {
+        errs.extend(dry_run_error(&[v]));
+    }
+    if let Some(v) = req.query.get("fieldValidation")
+        && !["Ignore", "Strict", "Warn"].contains(&v)
+    {
+        errs.push(FieldError::not_supported(
+            "fieldValidation",
+            v,
+            &["", "Ignore", "Strict", "Warn"],
+        ));
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_kind("meta.k8s.io", options, "", &errs))
+    }
+}
+
 /// POST on a collection.
 pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
+    check_write_options(req, "CreateOptions")?;
     let mut obj = decode_body(req)?;
     kinds::check_type_meta(req.kind, &obj, false)?;
     let ns = meta_str(&obj, "namespace");
@@ -395,6 +434,7 @@ pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
 
 /// PUT on one object.
 pub(crate) fn update(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
+    check_write_options(req, "UpdateOptions")?;
     let mut obj = decode_body(req)?;
     kinds::check_type_meta(req.kind, &obj, false)?;
     check_name_and_namespace(req, &obj)?;
@@ -436,6 +476,7 @@ fn patch_options_invalid(err: FieldError) -> ApiError {
 /// PATCH on one object, in any of the four patch types.
 pub(crate) fn patch(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     let patch_type = PatchType::from_content_type(req.content_type)?;
+    check_write_options(req, "PatchOptions")?;
     if patch_type == PatchType::Apply {
         return apply(shared, req);
     }
@@ -553,10 +594,20 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions, ApiError> {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    let dry_run = v
+    let dry_run_values: Vec<&str> = v
         .get("dryRun")
         .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("All")));
+        .map(|a| a.iter().map(|x| x.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    if let Some(err) = dry_run_error(&dry_run_values) {
+        return Err(ApiError::invalid_kind(
+            "meta.k8s.io",
+            "DeleteOptions",
+            "",
+            &[err],
+        ));
+    }
+    let dry_run = !dry_run_values.is_empty();
     Ok(DeleteOptions {
         uid: get("uid"),
         resource_version: get("resourceVersion"),
@@ -564,8 +615,22 @@ fn delete_options(body: &[u8]) -> Result<DeleteOptions, ApiError> {
     })
 }
 
+/// A `dryRun` query parameter of a delete other than `All`: 422 on `DeleteOptions`.
+fn check_delete_query(req: &ObjectRequest<'_>) -> Result<(), ApiError> {
+    match req.query.get("dryRun").and_then(|v| dry_run_error(&[v])) {
+        Some(err) => Err(ApiError::invalid_kind(
+            "meta.k8s.io",
+            "DeleteOptions",
+            "",
+            &[err],
+        )),
+        None => Ok(()),
+    }
+}
+
 /// DELETE on one object. Answers `Status` Success, as the real server does for these kinds.
 pub(crate) fn delete(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
+    check_delete_query(req)?;
     let options = delete_options(req.body)?;
     let (uid, rv) = (options.uid, options.resource_version);
     let mut store = shared.store();
@@ -614,6 +679,7 @@ pub(crate) fn delete_collection(
     shared: &Shared,
     req: &ObjectRequest<'_>,
 ) -> Result<Reply, ApiError> {
+    check_delete_query(req)?;
     let dry_run = delete_options(req.body)?.dry_run;
     let mut store = shared.store();
     let doomed: Vec<StoredObject> = selected(&store, req)?.into_iter().cloned().collect();
@@ -643,6 +709,25 @@ mod tests {
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("force"));
         assert_eq!(q.get("dryRun"), Some("All"));
+    }
+
+    #[test]
+    fn a_dry_run_other_than_all_is_worded_as_validate_dry_run_words_it() {
+        assert!(dry_run_error(&["All"]).is_none());
+        let err = dry_run_error(&["true"]).unwrap();
+        assert_eq!(
+            err.to_string(),
+            r#"dryRun: Unsupported value: []string{"true"}: supported values: "All""#
+        );
+        let refused =
+            delete_options(br#"{"kind":"DeleteOptions","dryRun":["All","x"]}"#).unwrap_err();
+        assert_eq!(refused.code, 422);
+        assert_eq!(
+            refused.message,
+            r#"DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"All", "x"}: supported values: "All""#
+        );
+        assert!(delete_options(br#"{"dryRun":["All"]}"#).unwrap().dry_run);
+        assert!(!delete_options(b"").unwrap().dry_run);
     }
 
     #[test]

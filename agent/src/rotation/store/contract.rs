@@ -1,6 +1,6 @@
 //! The store contract: what every [`Store`] must do, as one suite of checks run alike against
 //! the in-memory store (unit tests), Vault KV v2 (OpenBao) and AWS Secrets Manager (moto)
-//! (the `rotation_vault` and `rotation_aws` integration tests).
+//! (the `rotation` integration tests, modules `vault` and `aws`).
 //!
 //! Not for production use: the checks panic on the first broken rule, naming the check and
 //! the store location (never a value). Each check runs on a store of its own, made by the

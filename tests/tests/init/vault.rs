@@ -1,11 +1,10 @@
 //! keyturn-init and Vault: kubernetes auth through the Kubernetes stand-in, least-privilege
 //! roles, the deadline, and the token's life.
 
-mod init_support;
 
 use std::time::Duration;
 
-use init_support::{Fixture, mode};
+use crate::support::{Fixture, mode};
 use keyturn_tests::kube::TestCluster;
 use serde_json::{Value, json};
 
@@ -25,7 +24,7 @@ async fn a_pods_kubernetes_role_reads_its_own_paths_and_is_denied_others_at_once
     let (own, other) = (f.canary("own"), f.canary("other"));
     f.kv2("orders/db", json!({"password": own})).await;
     f.kv2("payments/db", json!({"password": other})).await;
-    init_support::kubernetes_auth(&f, &c, "orders-api").await;
+    crate::support::kubernetes_auth(&f, &c, "orders-api").await;
     let jwt = c
         .service_account_token_for(
             c.namespace(),
@@ -124,7 +123,7 @@ async fn with_keep_token_the_approle_token_is_written_0400_and_still_valid() {
     let v = f.canary("v");
     f.kv1("orders/app", json!({"v": v})).await;
     f.bao
-        .put_policy("keyturn-init", &init_support::init_policy())
+        .put_policy("keyturn-init", &crate::support::init_policy())
         .await
         .unwrap();
     f.bao.enable_auth("approle", "approle").await.unwrap();
@@ -354,7 +353,7 @@ async fn with_an_audit_anchor_the_runs_head_is_in_vault_and_a_cut_log_is_caught(
     let v = f.canary("v");
     f.kv1("orders/app", json!({"v": v})).await;
     f.bao
-        .put_policy("keyturn-init", &init_support::init_policy())
+        .put_policy("keyturn-init", &crate::support::init_policy())
         .await
         .unwrap();
     // The pod's own anchor path: create, read and update, nothing else.

@@ -25,8 +25,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-mod support;
-use support::text;
+use crate::support::text;
 
 const SECRET: &str = "orders-db";
 const DEPLOYMENT: &str = "orders-api";
@@ -51,7 +50,7 @@ impl Env {
             TestCluster::start()
         );
         let (bao, pg, cluster) = (bao.unwrap(), pg.unwrap(), cluster.unwrap());
-        let admin_password = support::plant_admin(&bao, &pg).await;
+        let admin_password = crate::support::plant_admin(&bao, &pg).await;
         let token = agent_env::agent_token(&bao).await;
 
         let d: Deployment = serde_json::from_value(json!({
@@ -135,15 +134,15 @@ impl Env {
     }
 
     async fn current(&self) -> (String, String, u64) {
-        support::current(&self.bao, "orders-db").await
+        crate::support::current(&self.bao, "orders-db").await
     }
 
     async fn state(&self) -> serde_json::Value {
-        support::state(&self.bao, "orders-db").await
+        crate::support::state(&self.bao, "orders-db").await
     }
 
     async fn logs_in(&self, user: &str, password: &str) -> bool {
-        support::logs_in(&self.pg, user, password).await
+        crate::support::logs_in(&self.pg, user, password).await
     }
 
     async fn version_annotation(&self) -> Option<String> {

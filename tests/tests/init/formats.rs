@@ -1,11 +1,10 @@
 //! keyturn-init end to end against a real OpenBao: every format and engine, re-runs, and
 //! the Vault injector annotations.
 
-mod init_support;
 
 use std::os::unix::fs::MetadataExt;
 
-use init_support::{Fixture, mode};
+use crate::support::{Fixture, mode};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -126,7 +125,7 @@ async fn a_dynamic_database_credential_is_written_with_its_lease_and_works_after
         .unwrap();
     // The pod logs in with AppRole and the keyturn-init policy, as it would in a cluster.
     f.bao
-        .put_policy("keyturn-init", &init_support::init_policy())
+        .put_policy("keyturn-init", &crate::support::init_policy())
         .await
         .unwrap();
     let (role_id, secret_id) = approle(&f, "orders").await;
@@ -246,7 +245,7 @@ async fn the_annotations_path_produces_the_same_files_as_the_equivalent_manifest
         .await;
     f.kv1("orders/api", json!({"key": key, "region": "eu"}))
         .await;
-    init_support::kubernetes_auth(&f, &c, "orders-api").await;
+    crate::support::kubernetes_auth(&f, &c, "orders-api").await;
     let jwt = c
         .service_account_token_for(
             c.namespace(),
@@ -408,5 +407,5 @@ fn inode_helper_sees_the_same_file() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("x"), "1").unwrap();
     let m = std::fs::metadata(d.path().join("x")).unwrap();
-    assert_eq!(init_support::snapshot(d.path())[0].1, m.ino());
+    assert_eq!(crate::support::snapshot(d.path())[0].1, m.ino());
 }

@@ -1343,7 +1343,7 @@ async fn a_self_subject_access_review_answers_for_the_calling_service_account() 
 async fn client_with_role_runs_under_the_rbac_keyturn_policy_rbac_generates() {
     let c = cluster().await;
     let ns = c.namespace().to_owned();
-    let generated = include_str!("../../policies/kubernetes/keyturn-agent-rbac.yaml");
+    let generated = include_str!("../../../policies/kubernetes/keyturn-agent-rbac.yaml");
     assert!(generated.contains("namespace: shop"));
     let yaml = generated.replace("namespace: shop", &format!("namespace: {ns}"));
     let admin_secrets: Api<Secret> = Api::namespaced(c.client(), &ns);

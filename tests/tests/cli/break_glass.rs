@@ -15,8 +15,7 @@ use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
 use keyturn_tests::process::eventually;
 
-mod support;
-use support::text;
+use crate::support::text;
 
 struct Env {
     bao: OpenBao,
@@ -34,7 +33,7 @@ impl Env {
             PgServer::start_with(&[("log_statement", "all")])
         );
         let (bao, pg) = (bao.unwrap(), pg.unwrap());
-        let admin_password = support::plant_admin(&bao, &pg).await;
+        let admin_password = crate::support::plant_admin(&bao, &pg).await;
         let agent_token = agent_env::agent_token(&bao).await;
         agent_env::put_repo_policy(
             &bao,
@@ -102,15 +101,15 @@ impl Env {
     }
 
     async fn current(&self) -> (String, String, u64) {
-        support::current(&self.bao, "orders-db").await
+        crate::support::current(&self.bao, "orders-db").await
     }
 
     async fn state(&self) -> serde_json::Value {
-        support::state(&self.bao, "orders-db").await
+        crate::support::state(&self.bao, "orders-db").await
     }
 
     async fn logs_in(&self, user: &str, password: &str) -> bool {
-        support::logs_in(&self.pg, user, password).await
+        crate::support::logs_in(&self.pg, user, password).await
     }
 
     fn events(&self) -> Vec<serde_json::Value> {

@@ -1,8 +1,7 @@
 //! keyturn-init's refusals: each leaves the output directory exactly as it was.
 
-mod init_support;
 
-use init_support::{Fixture, StdoutIs, snapshot};
+use crate::support::{Fixture, StdoutIs, snapshot};
 use serde_json::json;
 
 /// A manifest reading `secret/data/orders/a` into `file`, logging in with the root token.

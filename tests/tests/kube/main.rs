@@ -1,0 +1,6 @@
+//! Kubernetes: the API stand-in behaving as the real API server does (and real `kubectl`
+//! against it), and keyturn's delivery into Secrets and rollout restarts through it. Every
+//! test here also runs against a real cluster when `KEYTURN_TEST_KUBECONFIG` is set.
+
+mod distribute;
+mod standin;
