@@ -1985,6 +1985,85 @@ async fn the_binary_serves_its_kubeconfig_applies_deny_flags_and_stops_on_sigter
     assert!(exit.success(), "{exit:?}");
 }
 
+#[tokio::test]
+async fn a_dry_run_other_than_all_and_an_unknown_field_validation_are_refused_before_any_write() {
+    let c = cluster().await;
+    let ns = c.namespace();
+    let client = c.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let collection = format!("/api/v1/namespaces/{ns}/secrets");
+    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}});
+
+    // `dryRun=true` is not a dry run: refused, so a client that means one never writes.
+    let err = status_of(
+        raw(
+            &client,
+            "POST",
+            &format!("{collection}?dryRun=true"),
+            "application/json",
+            &body,
+        )
+        .await,
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(
+        err.message
+            .contains(r#"dryRun: Unsupported value: []string{"true"}: supported values: "All""#),
+        "{}",
+        err.message
+    );
+    assert_eq!(status_of(secrets.get("s").await).code, 404);
+
+    raw(&client, "POST", &collection, "application/json", &body)
+        .await
+        .unwrap();
+    let before = secrets.get("s").await.unwrap();
+    let err = status_of(
+        raw(
+            &client,
+            "PATCH",
+            &format!("{collection}/s?fieldValidation=Loose"),
+            "application/merge-patch+json",
+            &json!({"stringData": {"k": "changed"}}),
+        )
+        .await,
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message
+            .contains(r#"fieldValidation: Unsupported value: "Loose""#),
+        "{}",
+        err.message
+    );
+    let err = status_of(
+        raw(
+            &client,
+            "DELETE",
+            &format!("{collection}/s"),
+            "application/json",
+            &json!({"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["true"]}),
+        )
+        .await,
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("dryRun"), "{}", err.message);
+
+    // A real dry-run delete, as kube-rs sends it (in DeleteOptions): answered, not done.
+    secrets
+        .delete(
+            "s",
+            &DeleteParams {
+                dry_run: true,
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    let after = secrets.get("s").await.unwrap();
+    assert_eq!(after.metadata, before.metadata);
+    assert_eq!(after.data, before.data);
+}
+
 // ---- Real kubectl ----
 
 /// kubectl: `$KEYTURN_KUBECTL`, else the pinned one `dev/setup.sh` installs in
