@@ -14,7 +14,7 @@ runs="${1:-5}"
 dir="${KEYTURN_BENCH_DIR:-target/bench-audit}"
 mkdir -p "$dir"
 
-cargo build --release --locked -p keyturn --example bench_audit >&2
+cargo build --release --locked -p keyturn-agent --example bench_audit >&2
 
 fs_type="$(stat -f -c %T "$dir" 2>/dev/null || echo unknown)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)"

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./dev/setup.sh >/dev/null
-cargo build --release --locked -p keyturn >&2
+cargo build --release --locked -p keyturn-agent >&2
 exec .venv/bin/python dev/bench/daemon_bench.py "$@"

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./dev/setup.sh >/dev/null
-cargo build --release --locked -p keyturn -p keyturn-kube-standin --bin keyturn --bin keyturn-kube-standin >&2
+cargo build --release --locked -p keyturn-agent -p keyturn-kube-standin --bin keyturn --bin keyturn-kube-standin >&2
 exec .venv/bin/python dev/bench/rotation_bench.py "$@"

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./dev/setup.sh
-cargo build --locked -q -p keyturn -p keyturn-init -p keyturn-tests --bin keyturn --bin keyturn-init --bin keyturn-demo
+cargo build --locked -q -p keyturn-agent -p keyturn-init -p keyturn-tests --bin keyturn --bin keyturn-init --bin keyturn-demo
 KEYTURN_BIN="$PWD/target/debug/keyturn" KEYTURN_INIT_BIN="$PWD/target/debug/keyturn-init" \
   exec ./target/debug/keyturn-demo

@@ -63,7 +63,7 @@ pub fn keyturn_init() -> PathBuf {
 /// When it cannot be built.
 pub fn keyturn() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("keyturn", "keyturn", &["crash-points"], "KEYTURN_BIN"))
+    BIN.get_or_init(|| build("keyturn-agent", "keyturn", &["crash-points"], "KEYTURN_BIN"))
         .clone()
 }
 

@@ -378,7 +378,7 @@ spec:
 
     /// `policies/kubernetes/keyturn-agent-rbac.yaml` is generated from
     /// `policies/rotation/`; this keeps the two in step. After changing the example policies,
-    /// regenerate with `KEYTURN_BLESS=1 cargo test -p keyturn --lib rbac` (or
+    /// regenerate with `KEYTURN_BLESS=1 cargo test -p keyturn-agent --lib rbac` (or
     /// `keyturn policy rbac policies/rotation`).
     #[test]
     fn the_checked_in_rbac_example_matches_the_example_policies() {
@@ -398,7 +398,7 @@ spec:
         let checked_in = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(
             checked_in == generated,
-            "{} is out of date with policies/rotation/; regenerate it with KEYTURN_BLESS=1 cargo test -p keyturn --lib rbac",
+            "{} is out of date with policies/rotation/; regenerate it with KEYTURN_BLESS=1 cargo test -p keyturn-agent --lib rbac",
             file.display()
         );
     }
