@@ -1,7 +1,6 @@
 //! keyturn-init end to end against a real OpenBao: every format and engine, re-runs, and
 //! the Vault injector annotations.
 
-
 use std::os::unix::fs::MetadataExt;
 
 use crate::support::{Fixture, mode};

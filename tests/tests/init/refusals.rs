@@ -1,6 +1,5 @@
 //! keyturn-init's refusals: each leaves the output directory exactly as it was.
 
-
 use crate::support::{Fixture, StdoutIs, snapshot};
 use serde_json::json;
 

@@ -1,7 +1,6 @@
 //! keyturn-init and Vault: kubernetes auth through the Kubernetes stand-in, least-privilege
 //! roles, the deadline, and the token's life.
 
-
 use std::time::Duration;
 
 use crate::support::{Fixture, mode};
