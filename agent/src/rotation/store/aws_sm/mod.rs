@@ -67,8 +67,6 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::http::HttpResponse;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use chrono::{DateTime, Utc};
 use keyturn_core::vault::SecretData;
 use serde::{Deserialize, Serialize};
@@ -78,11 +76,19 @@ use zeroize::Zeroizing;
 use super::same_fields;
 use super::{
     Current, Failures, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError,
-    StoreErrorKind, StoreView, Taint,
+    StoreView, Taint,
 };
 
 /// The SDK, for callers that build their own client (tests point it at an emulator).
 pub use aws_sdk_secretsmanager as sdk;
+
+mod client;
+mod error;
+mod spec;
+
+pub use client::{client_from_env, with_region};
+pub use error::AwsSmError;
+pub use spec::{ADMIN_ACTIONS, OWN_ACTIONS, Raw, Spec};
 
 /// The prefix of the state secret's name.
 pub const STATE_PREFIX: &str = "keyturn-state/";
@@ -94,328 +100,6 @@ pub const PROPOSED: &str = "KEYTURN_PROPOSED";
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
 const STATE_FORMAT: u32 = 1;
-
-// ---- the policy's `aws-secretsmanager:` ---------------------------------------------------
-
-/// The actions a policy needs on its credential's secret and on its state secret.
-pub const OWN_ACTIONS: &[&str] = &[
-    "secretsmanager:DescribeSecret",
-    "secretsmanager:GetSecretValue",
-    "secretsmanager:PutSecretValue",
-    "secretsmanager:UpdateSecretVersionStage",
-    "secretsmanager:CreateSecret",
-];
-/// The actions needed on a target's admin credential.
-pub const ADMIN_ACTIONS: &[&str] = &[
-    "secretsmanager:DescribeSecret",
-    "secretsmanager:GetSecretValue",
-];
-
-/// `aws-secretsmanager:` as a policy writes it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Raw {
-    secret_id: crate::policy::S<String>,
-    region: Option<crate::policy::S<String>>,
-}
-
-/// An AWS Secrets Manager secret, validated: a name or ARN Secrets Manager accepts, and a
-/// region name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Spec {
-    /// Name or ARN.
-    pub secret_id: String,
-    /// Region, else the SDK's default chain.
-    pub region: Option<String>,
-}
-
-impl Spec {
-    /// Validates `raw`, found at `field` (`spec.store.aws-secretsmanager`).
-    pub(crate) fn validate(
-        raw: &Raw,
-        v: &mut crate::policy::Validator<'_>,
-        field: &str,
-    ) -> Option<Self> {
-        if let Err(m) = secret_id_rule(&raw.secret_id.value) {
-            v.err(&raw.secret_id, &format!("{field}.secret-id"), m);
-            return None;
-        }
-        if let Some(r) = &raw.region
-            && let Err(m) = region_rule(&r.value)
-        {
-            v.err(r, &format!("{field}.region"), m);
-            return None;
-        }
-        Some(Self {
-            secret_id: raw.secret_id.value.clone(),
-            region: raw.region.as_ref().map(|r| r.value.clone()),
-        })
-    }
-}
-
-impl std::fmt::Display for Spec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "aws-secretsmanager:{}", self.secret_id)
-    }
-}
-
-impl crate::backends::StoreKind for Spec {
-    fn needs(&self, holding: crate::policy::needs::Holding) -> Vec<crate::policy::needs::Need> {
-        use crate::policy::needs::{Holding, Need};
-        let need = |secret_id: String, actions, must_exist| Need::Aws {
-            secret_id,
-            region: self.region.clone(),
-            actions,
-            must_exist,
-        };
-        match holding {
-            Holding::Own => vec![
-                need(self.secret_id.clone(), OWN_ACTIONS, false),
-                need(default_state_id(&self.secret_id), OWN_ACTIONS, false),
-            ],
-            Holding::Admin => vec![need(self.secret_id.clone(), ADMIN_ACTIONS, true)],
-        }
-    }
-
-    fn build(
-        &self,
-        backends: &crate::backends::Backends,
-        policy: &str,
-    ) -> Result<std::sync::Arc<dyn super::Store>, crate::backends::BackendError> {
-        let client = backends.aws_for(policy)?;
-        let client = match &self.region {
-            Some(r) => with_region(client, r),
-            None => client.clone(),
-        };
-        Ok(std::sync::Arc::new(AwsSmStore::for_secret(
-            client,
-            &self.secret_id,
-        )))
-    }
-}
-
-/// What AWS Secrets Manager accepts as a `SecretId`: a name (1–512 of `A–Z a–z 0–9 /_+=.@-`)
-/// or a secret ARN (`arn:PARTITION:secretsmanager:…`, at most 2048, the same characters plus
-/// `:`). Anything else would only fail later, at the first rotation, against the live API.
-fn secret_id_rule(id: &str) -> Result<(), String> {
-    let name_char = |c: char| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c);
-    if let Some(rest) = id.strip_prefix("arn:") {
-        let parts: Vec<&str> = rest.splitn(6, ':').collect();
-        let ok = id.len() <= 2048
-            && parts.len() == 6
-            && parts[1] == "secretsmanager"
-            && parts[4] == "secret"
-            && !parts[5].is_empty()
-            && id.chars().all(|c| name_char(c) || c == ':');
-        return if ok {
-            Ok(())
-        } else {
-            Err("an ARN must be arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME (at most 2048 characters)".into())
-        };
-    }
-    if id.is_empty() || id.len() > 512 || !id.chars().all(name_char) {
-        return Err(
-            "must be a secret name of 1 to 512 characters (letters, digits and /_+=.@-) or a secret ARN"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-/// An AWS region name such as `eu-central-1`: lowercase letters, digits and `-`.
-fn region_rule(r: &str) -> Result<(), String> {
-    let ok = (4..=32).contains(&r.len())
-        && r.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !r.starts_with('-')
-        && !r.ends_with('-')
-        && r.contains('-');
-    if ok {
-        Ok(())
-    } else {
-        Err("not an AWS region name (such as eu-central-1)".into())
-    }
-}
-
-// ---- the store ----------------------------------------------------------------------------
-
-/// A failed Secrets Manager call. Names the operation and the secret, never a value.
-#[derive(Debug, thiserror::Error)]
-pub enum AwsSmError {
-    /// Secrets Manager answered with an error.
-    #[error("{op} {secret_id}: {code}: {message}")]
-    Service {
-        /// The API operation.
-        op: &'static str,
-        /// The secret it was called on.
-        secret_id: String,
-        /// The error code (`ResourceNotFoundException`, `AccessDeniedException`, …).
-        code: String,
-        /// Secrets Manager's message.
-        message: String,
-        /// The HTTP status.
-        status: u16,
-    },
-    /// No usable answer: connect failure, timeout, unreadable response, or a request the SDK
-    /// could not build.
-    #[error("{op} {secret_id}: {detail}")]
-    Transport {
-        /// The API operation.
-        op: &'static str,
-        /// The secret it was called on.
-        secret_id: String,
-        /// What went wrong, with its causes.
-        detail: String,
-        /// Whether sending again may help (not for a request that could not be built).
-        retryable: bool,
-    },
-    /// Secrets Manager's own rotation is switched on for the secret: two rotators would take
-    /// `AWSPENDING` from each other.
-    #[error(
-        "{secret_id}: Secrets Manager's own rotation is enabled on this secret; turn it off (CancelRotateSecret) before keyturn rotates it"
-    )]
-    NativeRotationEnabled {
-        /// The secret.
-        secret_id: String,
-    },
-}
-
-impl AwsSmError {
-    /// The service's error code, if it answered.
-    #[must_use]
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Self::Service { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
-    /// Whether a later attempt may succeed: throttling, server errors and transport
-    /// failures; not denials, missing secrets or invalid requests.
-    #[must_use]
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Service { code, status, .. } => {
-                *status >= 500 || *status == 429 || RETRYABLE_CODES.contains(&code.as_str())
-            }
-            Self::Transport { retryable, .. } => *retryable,
-            Self::NativeRotationEnabled { .. } => false,
-        }
-    }
-
-    /// Whether Secrets Manager refused for lack of permission or of valid credentials: a
-    /// person must grant or fix them. Decided by the service's error code (or an HTTP 403),
-    /// never by its message, which quotes the secret's name.
-    #[must_use]
-    pub fn is_permission_denied(&self) -> bool {
-        match self {
-            Self::Service { code, status, .. } => {
-                *status == 403 || DENIED_CODES.contains(&code.as_str())
-            }
-            Self::Transport { .. } | Self::NativeRotationEnabled { .. } => false,
-        }
-    }
-
-    /// What kind of failure this is, from the service's error code and HTTP status (never
-    /// its message): a denial, a missing secret, throttling or an outage, or an answer
-    /// keyturn cannot use.
-    #[must_use]
-    pub fn kind(&self) -> StoreErrorKind {
-        match self {
-            _ if self.is_permission_denied() => StoreErrorKind::PermissionDenied,
-            Self::Service { code, .. } if code == "ResourceNotFoundException" => {
-                StoreErrorKind::NotFound
-            }
-            _ if self.is_retryable() => StoreErrorKind::Unavailable,
-            Self::Service { .. } | Self::Transport { .. } | Self::NativeRotationEnabled { .. } => {
-                StoreErrorKind::Other
-            }
-        }
-    }
-
-    fn from_sdk<E>(op: &'static str, secret_id: &str, e: SdkError<E, HttpResponse>) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        match &e {
-            SdkError::ServiceError(se) => Self::Service {
-                op,
-                secret_id: secret_id.to_owned(),
-                code: se.err().code().unwrap_or("UnknownError").to_owned(),
-                message: se.err().message().unwrap_or_default().to_owned(),
-                status: se.raw().status().as_u16(),
-            },
-            SdkError::ConstructionFailure(_) => Self::Transport {
-                op,
-                secret_id: secret_id.to_owned(),
-                detail: DisplayErrorContext(&e).to_string(),
-                retryable: false,
-            },
-            _ => Self::Transport {
-                op,
-                secret_id: secret_id.to_owned(),
-                detail: DisplayErrorContext(&e).to_string(),
-                retryable: true,
-            },
-        }
-    }
-}
-
-/// The error codes of a request refused for its identity: not allowed (IAM, a resource or
-/// KMS key policy), or credentials the service does not accept.
-const DENIED_CODES: &[&str] = &[
-    "AccessDeniedException",
-    "AccessDenied",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "ExpiredTokenException",
-    "ExpiredToken",
-    "InvalidSignatureException",
-    "SignatureDoesNotMatch",
-    "MissingAuthenticationToken",
-];
-
-const RETRYABLE_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "InternalServiceError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-];
-
-/// A Secrets Manager client from the standard AWS configuration chain: credentials (env,
-/// web identity / IRSA, profile, container and instance metadata), `AWS_REGION` unless
-/// `region` is given, and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_SECRETS_MANAGER`) when
-/// set. Calls time out after 30 s in all, 10 s per attempt; the SDK retries throttling and
-/// transient failures, which every call this store makes tolerates.
-pub async fn client_from_env(region: Option<&str>) -> Client {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .operation_attempt_timeout(std::time::Duration::from_secs(10))
-        .operation_timeout(std::time::Duration::from_secs(30))
-        .build();
-    let mut loader =
-        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
-    if let Some(r) = region {
-        loader = loader.region(aws_config::Region::new(r.to_owned()));
-    }
-    Client::new(&loader.load().await)
-}
-
-/// `client` for another region (a policy's `region:`), sharing its credentials, endpoint
-/// and HTTP connections.
-#[must_use]
-pub fn with_region(client: &Client, region: &str) -> Client {
-    let conf = client
-        .config()
-        .to_builder()
-        .region(aws_config::Region::new(region.to_owned()));
-    Client::from_conf(conf.build())
-}
 
 /// The state secret's name for `secret_id`: `keyturn-state/<name>`. For an ARN, the name is
 /// the part after `:secret:` without the six-character suffix Secrets Manager appends, so the
@@ -1177,6 +861,7 @@ mod tests {
     use keyturn_core::SecretValue;
 
     use super::*;
+    use crate::rotation::store::StoreErrorKind;
 
     fn service(code: &str, status: u16, secret_id: &str, message: &str) -> StoreError {
         let e = AwsSmError::Service {
