@@ -2,16 +2,18 @@
 //!
 //! - [`cli`]: the command line — parsing, logging, exit codes, and one module per subcommand.
 //! - [`daemon`]: `keyturn run` — the timer queue, hot reload, metrics and health endpoints.
-//! - [`backends`]: the store and target each policy uses.
+//! - [`backends`]: the one dispatch from a policy's store and target kinds to their code.
+//! - [`journal`]: the break-glass journal (the command is [`cli::break_glass`]), through
+//!   which a running daemon learns of a break-glass action.
 //! - [`policy`]: rotation policies — YAML schema, validation with file:line:column errors.
 //! - [`rotation`]: the crash-safe rotation protocol, its stores and targets.
 //! - [`schedule`]: cron / `every` schedules, time zones, deterministic jitter.
 
 pub mod backends;
-pub mod breakglass;
 pub mod cli;
 pub mod daemon;
 pub mod distribute;
+pub mod journal;
 pub mod policy;
 pub mod rotation;
 pub mod schedule;

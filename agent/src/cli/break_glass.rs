@@ -24,7 +24,7 @@ use keyturn_core::vault::{SecretData, Vault};
 
 use super::exit::{ExitCode, HasExitCode};
 use super::rotation_args::{Prepared, RotationArgs};
-use crate::breakglass::{DEFAULT_JOURNAL, Journal};
+use crate::journal::{DEFAULT_JOURNAL, Journal};
 use crate::policy::Policy;
 use crate::rotation::store::{StateRecord, Store, StoreError, Taint};
 use crate::rotation::{Engine, RotationOutcome, Trigger};

@@ -25,7 +25,7 @@ pub struct RunArgs {
     pub grace: Duration,
     /// The break-glass journal (KV v2 `MOUNT/PATH`) read for operators' actions: counted in
     /// `keyturn_breakglass_total`, revealed values rotated when their TTL passes.
-    #[arg(long, env = "KEYTURN_BREAK_GLASS_JOURNAL", default_value = crate::breakglass::DEFAULT_JOURNAL)]
+    #[arg(long, env = "KEYTURN_BREAK_GLASS_JOURNAL", default_value = crate::journal::DEFAULT_JOURNAL)]
     pub break_glass_journal: String,
     /// How often the break-glass journal is read (one request).
     #[arg(long, env = "KEYTURN_BREAK_GLASS_POLL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -79,7 +79,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::Software;
         }
     };
-    let journal = match crate::breakglass::Journal::parse(&args.break_glass_journal) {
+    let journal = match crate::journal::Journal::parse(&args.break_glass_journal) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("keyturn: {e}");

@@ -37,7 +37,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::backends::Backends;
-use crate::breakglass::Journal;
+use crate::journal::Journal;
 use crate::policy::{self, Policy, PolicyErrors};
 use crate::rotation::store::{Failures, Store as _};
 use crate::rotation::{Engine, RotationOutcome, Trigger};
@@ -57,7 +57,7 @@ pub struct DaemonConfig {
     /// Quiet time after a file change before the policy set is reloaded (editors write
     /// several events per save).
     pub reload_debounce: Duration,
-    /// The break-glass journal to watch (see [`crate::breakglass`]); `None`: not watched.
+    /// The break-glass journal to watch (see [`crate::journal`]); `None`: not watched.
     pub journal: Option<Journal>,
     /// How often the journal is read.
     pub journal_poll: Duration,

@@ -1,4 +1,5 @@
-//! Break-glass support shared by the `keyturn break-glass` commands and the daemon.
+//! The break-glass journal, shared by the `keyturn break-glass` commands (which append to it)
+//! and the daemon (which watches it). The commands themselves are in `cli/break_glass.rs`.
 //!
 //! The audit log is the record of every break-glass action. The **journal** is how a running
 //! daemon, possibly on another machine, learns of one: a small KV v2 entry (default
