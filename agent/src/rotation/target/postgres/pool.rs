@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use keyturn_core::SecretValue;
 
-/// Admin connections, shared by every target of a process (see [`Postgres::with_pool`]).
+/// Admin connections, shared by every target of a process (see [`super::Postgres::with_pool`]).
 ///
 /// A rotation's `set` runs one `ALTER ROLE` as the admin; opening a fresh connection for it
 /// (backend start + SCRAM login) costs the server several times the statement itself. So at
