@@ -109,6 +109,79 @@ impl HasExitCode for TargetError {
     }
 }
 
+/// `SCHEME:HOST:PORT`, an IPv6 host in brackets: how a networked target names itself in
+/// messages and audit records.
+#[must_use]
+pub fn host_port(scheme: &str, host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("{scheme}:[{host}]:{port}")
+    } else {
+        format!("{scheme}:{host}:{port}")
+    }
+}
+
+/// `e` and its causes, `: `-separated (a driver's top line says which kind of failure, its
+/// causes say why).
+#[must_use]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs `op` within `timeout`; past it the target `describe` names is
+/// [`TargetError::Unreachable`].
+///
+/// # Errors
+/// `op`'s error, or the timeout.
+pub async fn bounded<T>(
+    timeout: std::time::Duration,
+    describe: impl FnOnce() -> String,
+    op: impl Future<Output = Result<T, TargetError>>,
+) -> Result<T, TargetError> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(r) => r,
+        Err(_) => Err(TargetError::Unreachable {
+            target: describe(),
+            cause: format!("no answer within {}", humantime::format_duration(timeout)),
+        }),
+    }
+}
+
+/// The admin credential from `source`, checked to have a UTF-8 `username` and a non-empty
+/// `password`, for the target `target` names.
+///
+/// # Errors
+/// [`TargetError::Admin`] when it cannot be read or lacks either field.
+pub async fn admin_credential(
+    source: &dyn AdminSource,
+    target: &str,
+) -> Result<SecretData, TargetError> {
+    let admin = source.admin().await.map_err(|e| TargetError::Admin {
+        target: target.to_owned(),
+        cause: error_chain(&*e),
+    })?;
+    let problem = if users::field_str(&admin, users::USERNAME).is_none() {
+        Some("has no (UTF-8) username field")
+    } else if admin.get(users::PASSWORD).is_none_or(|p| p.is_empty()) {
+        Some("has no password field")
+    } else {
+        None
+    };
+    match problem {
+        Some(cause) => Err(TargetError::Admin {
+            target: target.to_owned(),
+            cause: cause.into(),
+        }),
+        None => Ok(admin),
+    }
+}
+
 /// A system whose credential keyturn rotates.
 #[async_trait]
 pub trait Target: Send + Sync + std::fmt::Debug {

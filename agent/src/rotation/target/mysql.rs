@@ -73,8 +73,8 @@ use zeroize::{Zeroize, Zeroizing};
 use super::tls::native_roots;
 pub use super::tls::{TlsMode, TlsSpec};
 pub use super::users::{PASSWORD, USERNAME};
-use super::users::{Users, field_str, user_and_password};
-use super::{AdminSource, Target, TargetError};
+use super::users::{Users, field_str, to_restore, user_and_password};
+use super::{AdminSource, Target, TargetError, admin_credential, error_chain, host_port};
 use crate::backends::{Backends, RawStore, StoreSpec, TargetKind};
 use crate::policy::needs::Need;
 use crate::policy::{S, Validator};
@@ -287,11 +287,7 @@ impl Mysql {
 
     /// `mysql:HOST:PORT`, with an IPv6 host in brackets.
     fn describe_at(host: &str, port: u16) -> String {
-        if host.contains(':') {
-            format!("mysql:[{host}]:{port}")
-        } else {
-            format!("mysql:{host}:{port}")
-        }
+        host_port("mysql", host, port)
     }
 
     /// Sets `user`'s password to `value` now, outside any rotation (break-glass: make a
@@ -318,14 +314,8 @@ impl Mysql {
                 "refusing to set an empty or non-UTF-8 password on account {acct}"
             )));
         }
-        let admin = self.admin.admin().await.map_err(|e| TargetError::Admin {
-            target: self.describe(),
-            cause: chain(&*e),
-        })?;
-        let admin_user = field_str(&admin, USERNAME).ok_or_else(|| TargetError::Admin {
-            target: self.describe(),
-            cause: "has no (UTF-8) username field".into(),
-        })?;
+        let admin = admin_credential(&*self.admin, &self.describe()).await?;
+        let admin_user = field_str(&admin, USERNAME).unwrap_or_default();
         let admin_pw = admin
             .get(PASSWORD)
             .and_then(|p| p.expose_str().ok())
@@ -366,16 +356,7 @@ impl Mysql {
         &self,
         op: impl Future<Output = Result<T, TargetError>>,
     ) -> Result<T, TargetError> {
-        match tokio::time::timeout(self.timeout, op).await {
-            Ok(r) => r,
-            Err(_) => Err(TargetError::Unreachable {
-                target: self.describe(),
-                cause: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-            }),
-        }
+        super::bounded(self.timeout, || self.describe(), op).await
     }
 
     /// Logs in as `user` over TCP, with TLS as the mode says. `prefer` tries TLS first and
@@ -481,7 +462,7 @@ impl Mysql {
             }
             Error::Io(IoError::Io(io)) => unreachable(io.to_string()),
             Error::Io(IoError::Tls(t)) => {
-                self.refused(format!("{doing} refused: TLS: {}", chain(t)))
+                self.refused(format!("{doing} refused: TLS: {}", error_chain(t)))
             }
             Error::Driver(DriverError::ConnectionClosed | DriverError::PacketOutOfOrder) => {
                 unreachable(e.to_string())
@@ -495,7 +476,7 @@ impl Mysql {
             )),
             Error::Driver(d) => self.refused(format!("{doing} refused: {d}")),
             Error::Other(_) | Error::Url(_) => {
-                self.refused(format!("{doing} refused: {}", chain(e)))
+                self.refused(format!("{doing} refused: {}", error_chain(e)))
             }
         }
     }
@@ -517,18 +498,6 @@ fn transient_server_error(code: u16) -> bool {
             | 1213 // deadlock
             | 1927 // connection killed
     )
-}
-
-/// `e` and its causes, `: `-separated.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The `mysql_native_password` hash of `password`: `*` and the upper-case hex of
@@ -617,23 +586,10 @@ impl Target for Mysql {
         current: Option<&SecretData>,
         pending: &SecretData,
     ) -> Result<(), TargetError> {
-        let Some(current) = current else {
-            return Ok(());
-        };
-        let (Some(cur_user), Some(pending_user)) =
-            (field_str(current, USERNAME), field_str(pending, USERNAME))
-        else {
-            return Ok(());
-        };
-        if cur_user != pending_user {
-            return Ok(());
+        match to_restore(current, pending).map_err(|what| self.refused(what))? {
+            Some((user, password)) => self.reset_password(user, password).await,
+            None => Ok(()),
         }
-        let password = current.get(PASSWORD).ok_or_else(|| {
-            self.refused(format!(
-                "CURRENT credential for user '{cur_user}' has no password to restore"
-            ))
-        })?;
-        self.reset_password(cur_user, password).await
     }
 }
 

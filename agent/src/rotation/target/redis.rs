@@ -42,8 +42,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 pub use super::users::{PASSWORD, USERNAME};
-use super::users::{Users, field_str, user_and_password};
-use super::{AdminSource, Target, TargetError};
+use super::users::{Users, check_change, field_str, to_restore, user_and_password};
+use super::{AdminSource, Target, TargetError, admin_credential, host_port};
 use crate::backends::{Backends, RawStore, StoreSpec, TargetKind};
 use crate::policy::needs::Need;
 use crate::policy::{S, Validator};
@@ -231,11 +231,7 @@ impl Redis {
 
     /// `redis:HOST:PORT`, with an IPv6 host in brackets.
     fn describe_at(host: &str, port: u16) -> String {
-        if host.contains(':') {
-            format!("redis:[{host}]:{port}")
-        } else {
-            format!("redis:{host}:{port}")
-        }
+        host_port("redis", host, port)
     }
 
     /// Sets `user`'s password to `value` now, outside any rotation (break-glass, and the
@@ -248,25 +244,9 @@ impl Redis {
     /// reached in time or is busy (loading, a script running); [`TargetError::Admin`] when
     /// the admin credential cannot be read.
     pub async fn reset_password(&self, user: &str, value: &SecretValue) -> Result<(), TargetError> {
-        if !self.users.contains(user) {
-            return Err(self.refused(format!(
-                "user \"{user}\" is not one of this target's users ({}); refusing to change it",
-                self.users.names.join(", ")
-            )));
-        }
-        if value.is_empty() {
-            return Err(self.refused(format!(
-                "refusing to set an empty password on user \"{user}\""
-            )));
-        }
-        let admin = self.admin.admin().await.map_err(|e| TargetError::Admin {
-            target: self.describe(),
-            cause: chain(&*e),
-        })?;
-        let admin_user = field_str(&admin, USERNAME).ok_or_else(|| TargetError::Admin {
-            target: self.describe(),
-            cause: "has no (UTF-8) username field".into(),
-        })?;
+        check_change(&self.users, user, value, "user").map_err(|what| self.refused(what))?;
+        let admin = admin_credential(&*self.admin, &self.describe()).await?;
+        let admin_user = field_str(&admin, USERNAME).unwrap_or_default();
         let admin_pw = admin
             .get(PASSWORD)
             .filter(|p| !p.is_empty())
@@ -362,16 +342,7 @@ impl Redis {
         &self,
         op: impl Future<Output = Result<T, TargetError>>,
     ) -> Result<T, TargetError> {
-        match tokio::time::timeout(self.timeout, op).await {
-            Ok(r) => r,
-            Err(_) => Err(TargetError::Unreachable {
-                target: self.describe(),
-                cause: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-            }),
-        }
+        super::bounded(self.timeout, || self.describe(), op).await
     }
 
     /// A fresh connection, logged in as `user` with `AUTH user password`.
@@ -466,18 +437,6 @@ fn password_rule(password: &SecretValue) -> String {
     format!("#{}", hex::encode(digest))
 }
 
-/// `e` and its causes, `: `-separated.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[async_trait]
 impl Target for Redis {
     fn describe(&self) -> String {
@@ -528,23 +487,10 @@ impl Target for Redis {
         current: Option<&SecretData>,
         pending: &SecretData,
     ) -> Result<(), TargetError> {
-        let Some(current) = current else {
-            return Ok(());
-        };
-        let (Some(cur_user), Some(pending_user)) =
-            (field_str(current, USERNAME), field_str(pending, USERNAME))
-        else {
-            return Ok(());
-        };
-        if cur_user != pending_user {
-            return Ok(());
+        match to_restore(current, pending).map_err(|what| self.refused(what))? {
+            Some((user, password)) => self.reset_password(user, password).await,
+            None => Ok(()),
         }
-        let password = current.get(PASSWORD).ok_or_else(|| {
-            self.refused(format!(
-                "CURRENT credential for user \"{cur_user}\" has no password to restore"
-            ))
-        })?;
-        self.reset_password(cur_user, password).await
     }
 }
 

@@ -168,6 +168,56 @@ pub fn user_and_password(d: &SecretData) -> Result<(&str, &SecretValue), String>
     Ok((user, password))
 }
 
+/// Why `user` may not be given `password` by a target of `users` (`noun`: `role`, `user`,
+/// `account`, as the target system says): not one of its users, or an empty password. Checked
+/// before any connection, so a stray name never reaches the server.
+///
+/// # Errors
+/// The refusal, in words naming the user (never the value).
+pub fn check_change(
+    users: &Users,
+    user: &str,
+    password: &SecretValue,
+    noun: &str,
+) -> Result<(), String> {
+    if !users.contains(user) {
+        return Err(format!(
+            "{noun} \"{user}\" is not one of this target's {noun}s ({}); refusing to change it",
+            users.names.join(", ")
+        ));
+    }
+    if password.is_empty() {
+        return Err(format!(
+            "refusing to set an empty password on {noun} \"{user}\""
+        ));
+    }
+    Ok(())
+}
+
+/// What a revert must put back: CURRENT's user and password when `set` changed the user
+/// CURRENT names (always with `single`), `None` when there is nothing to undo (`alternating`
+/// changed the idle user only; the very first rotation has no CURRENT).
+///
+/// # Errors
+/// CURRENT names the changed user but has no password to restore.
+pub fn to_restore<'a>(
+    current: Option<&'a SecretData>,
+    pending: &SecretData,
+) -> Result<Option<(&'a str, &'a SecretValue)>, String> {
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    match (field_str(current, USERNAME), field_str(pending, USERNAME)) {
+        (Some(cur), Some(pend)) if cur == pend => match current.get(PASSWORD) {
+            Some(p) => Ok(Some((cur, p))),
+            None => Err(format!(
+                "CURRENT credential for user \"{cur}\" has no password to restore"
+            )),
+        },
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +255,39 @@ mod tests {
         let d = u.compose(SecretValue::from_str_copy("new"), Some(&cred("a")));
         assert_eq!(field_str(&d, USERNAME), Some("b"));
         assert_eq!(d.get(PASSWORD).unwrap().expose(), b"new");
+    }
+
+    #[test]
+    fn a_revert_restores_current_only_when_set_changed_its_user() {
+        let a = cred("a");
+        assert!(to_restore(None, &a).unwrap().is_none());
+        assert!(to_restore(Some(&a), &cred("b")).unwrap().is_none());
+        let (user, password) = to_restore(Some(&a), &a).unwrap().unwrap();
+        assert_eq!((user, password.expose()), ("a", &b"p"[..]));
+        let mut no_password = SecretData::new();
+        no_password.insert(USERNAME, SecretValue::from_str_copy("a"));
+        assert_eq!(
+            to_restore(Some(&no_password), &a).unwrap_err(),
+            "CURRENT credential for user \"a\" has no password to restore"
+        );
+    }
+
+    #[test]
+    fn only_the_targets_users_and_a_non_empty_password_may_be_set() {
+        let u = Users::new(vec!["a".into(), "b".into()], Strategy::Alternating);
+        let p = SecretValue::from_str_copy("x");
+        assert_eq!(check_change(&u, "a", &p, "role"), Ok(()));
+        assert_eq!(
+            check_change(&u, "postgres", &p, "role"),
+            Err(
+                "role \"postgres\" is not one of this target's roles (a, b); refusing to change it"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            check_change(&u, "b", &SecretValue::from_str_copy(""), "user"),
+            Err("refusing to set an empty password on user \"b\"".to_owned())
+        );
     }
 
     #[test]

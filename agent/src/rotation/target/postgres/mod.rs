@@ -40,8 +40,8 @@ mod pool;
 
 use super::tls::{EncryptOnly, ca_certificates, native_roots};
 pub use super::tls::{TlsConfigError, TlsMode, TlsSpec};
-use super::users::{Users, field_str, user_and_password};
-use super::{AdminSource, Target, TargetError};
+use super::users::{Users, check_change, field_str, to_restore, user_and_password};
+use super::{AdminSource, Target, TargetError, admin_credential, error_chain, host_port};
 use crate::backends::{Backends, RawStore, StoreSpec, TargetKind};
 use crate::policy::needs::Need;
 use crate::policy::{S, Validator};
@@ -266,11 +266,7 @@ impl Postgres {
 
     /// `postgres:HOST:PORT/DATABASE`, with an IPv6 host in brackets.
     fn describe_at(host: &str, port: u16, database: &str) -> String {
-        if host.contains(':') {
-            format!("postgres:[{host}]:{port}/{database}")
-        } else {
-            format!("postgres:{host}:{port}/{database}")
-        }
+        format!("{}/{database}", host_port("postgres", host, port))
     }
 
     /// Sets `user`'s password to `value` now, outside any rotation (break-glass: make a
@@ -282,25 +278,9 @@ impl Postgres {
     /// or the admin may not change it; [`TargetError::Unreachable`] when the server cannot be
     /// reached in time; [`TargetError::Admin`] when the admin credential cannot be read.
     pub async fn reset_password(&self, user: &str, value: &SecretValue) -> Result<(), TargetError> {
-        if !self.users.contains(user) {
-            return Err(self.refused(format!(
-                "role \"{user}\" is not one of this target's roles ({}); refusing to change it",
-                self.users.names.join(", ")
-            )));
-        }
-        if value.is_empty() {
-            return Err(self.refused(format!(
-                "refusing to set an empty password on role \"{user}\""
-            )));
-        }
-        let admin = self.admin.admin().await.map_err(|e| TargetError::Admin {
-            target: self.describe(),
-            cause: chain(&*e),
-        })?;
-        let admin_user = field_str(&admin, USERNAME).ok_or_else(|| TargetError::Admin {
-            target: self.describe(),
-            cause: "has no (UTF-8) username field".into(),
-        })?;
+        check_change(&self.users, user, value, "role").map_err(|what| self.refused(what))?;
+        let admin = admin_credential(&*self.admin, &self.describe()).await?;
+        let admin_user = field_str(&admin, USERNAME).unwrap_or_default();
         let admin_pw = admin
             .get(PASSWORD)
             .filter(|p| !p.is_empty())
@@ -350,16 +330,7 @@ impl Postgres {
         &self,
         op: impl Future<Output = Result<T, TargetError>>,
     ) -> Result<T, TargetError> {
-        match tokio::time::timeout(self.timeout, op).await {
-            Ok(r) => r,
-            Err(_) => Err(TargetError::Unreachable {
-                target: self.describe(),
-                cause: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-            }),
-        }
+        super::bounded(self.timeout, || self.describe(), op).await
     }
 
     /// Logs in as `user` to the target's database.
@@ -475,11 +446,11 @@ impl Postgres {
             "invalid connection string",
         ];
         if refused.contains(&kind.as_str()) {
-            self.refused(format!("{doing} refused: {}", chain(e)))
+            self.refused(format!("{doing} refused: {}", error_chain(e)))
         } else {
             TargetError::Unreachable {
                 target: self.describe(),
-                cause: format!("{doing}: {}", chain(e)),
+                cause: format!("{doing}: {}", error_chain(e)),
             }
         }
     }
@@ -494,18 +465,6 @@ fn transient_sqlstate(code: &str) -> bool {
             code,
             "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03"
         )
-}
-
-/// `e` and its causes, `: `-separated.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `name` as an SQL identifier: double-quoted, inner double quotes doubled. Case and every
@@ -576,23 +535,10 @@ impl Target for Postgres {
         current: Option<&SecretData>,
         pending: &SecretData,
     ) -> Result<(), TargetError> {
-        let Some(current) = current else {
-            return Ok(());
-        };
-        let (Some(cur_user), Some(pending_user)) =
-            (field_str(current, USERNAME), field_str(pending, USERNAME))
-        else {
-            return Ok(());
-        };
-        if cur_user != pending_user {
-            return Ok(());
+        match to_restore(current, pending).map_err(|what| self.refused(what))? {
+            Some((user, password)) => self.reset_password(user, password).await,
+            None => Ok(()),
         }
-        let password = current.get(PASSWORD).ok_or_else(|| {
-            self.refused(format!(
-                "CURRENT credential for role \"{cur_user}\" has no password to restore"
-            ))
-        })?;
-        self.reset_password(cur_user, password).await
     }
 }
 
