@@ -7,8 +7,6 @@
 //! (stand-in-only assertions say so).
 
 use std::collections::BTreeSet;
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,8 +14,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use keyturn_tests::agent_env;
+use keyturn_tests::agent_env::AgentEnv;
 use keyturn_tests::canary::assert_absent;
+use keyturn_tests::crash_matrix::{self, LoginEnv};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
@@ -27,16 +26,16 @@ use tokio::sync::Mutex;
 
 use crate::support::text;
 
+const POLICY: &str = "orders-db";
 const SECRET: &str = "orders-db";
 const DEPLOYMENT: &str = "orders-api";
 
+/// PostgreSQL beside the shared keyturn set-up ([`AgentEnv`], as `agent`, always with a
+/// cluster).
 struct Env {
-    bao: OpenBao,
-    token: String,
+    agent: AgentEnv,
     pg: PgServer,
-    cluster: TestCluster,
     admin_password: String,
-    dir: tempfile::TempDir,
 }
 
 impl Env {
@@ -51,7 +50,6 @@ impl Env {
         );
         let (bao, pg, cluster) = (bao.unwrap(), pg.unwrap(), cluster.unwrap());
         let admin_password = crate::support::plant_admin(&bao, &pg).await;
-        let token = agent_env::agent_token(&bao).await;
 
         let d: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": DEPLOYMENT},
@@ -70,83 +68,52 @@ impl Env {
             .await
             .unwrap();
 
-        let dir = agent_env::home(9);
         Self {
-            bao,
-            token,
+            agent: AgentEnv::new(bao, Some(cluster), 9).await,
             pg,
-            cluster,
             admin_password,
-            dir,
         }
     }
 
-    fn policies(&self) -> PathBuf {
-        self.dir.path().join("policies")
-    }
-
-    fn audit(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
+    fn cluster(&self) -> &TestCluster {
+        self.agent.cluster.as_ref().expect("Env::new starts a cluster")
     }
 
     fn write_policy(&self, strategy: &str, users: &str) {
         std::fs::write(
-            self.policies().join("orders-db.yaml"),
+            self.agent.policy_file(POLICY),
             format!(
                 "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: orders-db }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/orders-db }} }}\n  target:\n    postgres:\n      host: 127.0.0.1\n      port: {}\n      database: postgres\n      admin: {{ vault-kv: {{ path: keyturn/pg-admin }} }}\n      users: [{users}]\n      strategy: {strategy}\n  generator: {{ length: 32, charset: alphanumeric-symbols }}\n  max-attempts: 2\n  distribute:\n    - kubernetes: {{ namespace: {}, secret: {SECRET}, keys: {{ DB_USER: username, DB_PASSWORD: password }} }}\n      restart: [ {{ kind: Deployment, name: {DEPLOYMENT} }} ]\n",
                 self.pg.port(),
-                self.cluster.namespace(),
+                self.cluster().namespace(),
             ),
         )
         .unwrap();
     }
 
+    /// `keyturn ARGS` as the agent, on tokio's process API (the stand-in serves from this
+    /// test process) and without a restart window, as [`AgentEnv::rotate`] runs it.
     fn cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::from(agent_env::keyturn(
-            args,
-            self.dir.path(),
-            &self.bao.addr(),
-            &self.token,
-        ));
-        c.env("KUBECONFIG", self.cluster.kubeconfig_path())
-            .env("KEYTURN_HOLDER", "agent-1")
-            .env("KEYTURN_AUDIT_FILE", self.audit())
-            .env(
-                "KEYTURN_AUDIT_HMAC_KEY_FILE",
-                self.dir.path().join("hmac.key"),
-            )
-            .env("KEYTURN_RESTART_WINDOW", "0s")
-            .env("KEYTURN_LOG", "info");
+        let mut c = tokio::process::Command::from(self.agent.cmd(args, "agent-1"));
+        c.env("KEYTURN_RESTART_WINDOW", "0s");
         c
     }
 
-    async fn rotate(&self, crash_after: Option<&str>) -> Output {
-        let mut c = self.cmd(&["rotate", "orders-db"]);
-        if let Some(step) = crash_after {
-            c.env("KEYTURN_CRASH_AFTER", step);
-        }
-        c.output().await.unwrap()
-    }
-
-    /// `(username, password)` in the Kubernetes Secret.
-    async fn secret(&self) -> Option<(String, String)> {
-        secret_login(&self.cluster).await
+    /// `keyturn rotate orders-db`, run to its end.
+    async fn rotate(&self) -> Output {
+        self.agent.rotate(POLICY, None).await
     }
 
     async fn current(&self) -> (String, String, u64) {
-        crate::support::current(&self.bao, "orders-db").await
+        self.agent.login_at(POLICY, None).await
     }
 
     async fn state(&self) -> serde_json::Value {
-        crate::support::state(&self.bao, "orders-db").await
-    }
-
-    async fn logs_in(&self, user: &str, password: &str) -> bool {
-        crate::support::logs_in(&self.pg, user, password).await
+        self.agent.state(POLICY).await.unwrap_or_default()
     }
 
     async fn version_annotation(&self) -> Option<String> {
-        let d = Api::<Deployment>::namespaced(self.cluster.client(), self.cluster.namespace())
+        let d = Api::<Deployment>::namespaced(self.cluster().client(), self.cluster().namespace())
             .get(DEPLOYMENT)
             .await
             .unwrap();
@@ -159,53 +126,49 @@ impl Env {
     }
 
     fn audit_actions(&self) -> Vec<(String, String)> {
-        std::fs::read_to_string(self.audit())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["action"].as_str().unwrap_or_default().to_owned(),
-                    v["outcome"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
+        self.agent.audit_actions()
     }
 
     /// Checks the audit chain and that no value seen in the test leaked into any output.
     fn assert_clean(&self, outputs: &[&Output], values: &[String]) {
-        let report = keyturn_core::audit::verify(&[self.audit()]);
-        assert!(report.is_ok(), "audit chain: {report:?}");
         let mut canaries: Vec<&str> = values.iter().map(String::as_str).collect();
         canaries.push(&self.admin_password);
-        for o in outputs {
-            assert_absent("keyturn stdout", &o.stdout, &canaries);
-            assert_absent("keyturn stderr", &o.stderr, &canaries);
-        }
-        assert_absent(
-            "audit log",
-            &std::fs::read(self.audit()).unwrap(),
-            &canaries,
-        );
+        self.agent.assert_keyturn_clean(outputs, &canaries);
         assert_absent("PostgreSQL log", self.pg.log().as_bytes(), &canaries);
     }
 }
 
-async fn secret_login(c: &TestCluster) -> Option<(String, String)> {
-    let s = Api::<Secret>::namespaced(c.client(), c.namespace())
-        .get_opt(SECRET)
-        .await
-        .ok()??;
-    let data = s.data?;
-    let f = |k: &str| data.get(k).map(|b| String::from_utf8(b.0.clone()).unwrap());
-    Some((f("DB_USER")?, f("DB_PASSWORD")?))
+/// What the shared crash matrix ([`crash_matrix`]) needs of this Env.
+impl LoginEnv for Env {
+    fn agent(&self) -> &AgentEnv {
+        &self.agent
+    }
+
+    fn policy(&self) -> &str {
+        POLICY
+    }
+
+    async fn logs_in(&self, user: &str, password: &str) -> bool {
+        crate::support::logs_in(&self.pg, user, password).await
+    }
+
+    /// `(username, password)` in the Kubernetes Secret.
+    async fn secret(&self) -> Option<(String, String)> {
+        self.agent
+            .secret_login(SECRET, "DB_USER", "DB_PASSWORD")
+            .await
+    }
+
+    async fn assert_clean(&self, outputs: &[&Output], values: &[String]) {
+        Env::assert_clean(self, outputs, values);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_following_the_secret_never_fails_through_twenty_alternating_rotations() {
     let e = Env::new().await;
     e.write_policy("alternating", "app_a, app_b");
-    let first = e.rotate(None).await;
+    let first = e.rotate().await;
     assert!(first.status.success(), "{}", text(&first));
     let (user, password) = e.secret().await.expect("the Secret was created");
     assert_eq!(user, "app_a");
@@ -218,8 +181,8 @@ async fn a_client_following_the_secret_never_fails_through_twenty_alternating_ro
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let client = {
         let (stop, logins, failures) = (stop.clone(), logins.clone(), failures.clone());
-        let cluster_client = e.cluster.client();
-        let ns = e.cluster.namespace().to_owned();
+        let cluster_client = e.cluster().client();
+        let ns = e.cluster().namespace().to_owned();
         let port = e.pg.port();
         tokio::spawn(async move {
             let secrets = Api::<Secret>::namespaced(cluster_client, &ns);
@@ -257,7 +220,7 @@ async fn a_client_following_the_secret_never_fails_through_twenty_alternating_ro
             .expect("rolled on the first rotation"),
     );
     for i in 0..20 {
-        let out = e.rotate(None).await;
+        let out = e.rotate().await;
         assert!(out.status.success(), "rotation {i}: {}", text(&out));
         let (u, p) = e.secret().await.unwrap();
         let (cu, cp, _) = e.current().await;
@@ -311,9 +274,10 @@ async fn a_client_following_the_secret_never_fails_through_twenty_alternating_ro
     e.assert_clean(&refs, &seen_passwords);
 }
 
-/// Kills `keyturn rotate` right after `step`, checks the app's credential still works, then
-/// restarts it and checks it converged: one new CURRENT, the Secret holding it, the
-/// Deployment rolled once onto it, no rotation left in flight.
+/// The crash matrix of [`crash_matrix`] (kill `keyturn rotate` right after `step`, check
+/// the app's credential still works, restart it and check it converged: one new CURRENT, the
+/// Secret holding it, no rotation left in flight), plus what only this test has: the
+/// Deployment is rolled once onto the new CURRENT and not before distribute.
 async fn crash_and_resume(strategy: &str, step: &str) {
     let e = Env::new().await;
     if strategy == "alternating" {
@@ -321,70 +285,23 @@ async fn crash_and_resume(strategy: &str, step: &str) {
     } else {
         e.write_policy("single", "app_a");
     }
-    let first = e.rotate(None).await;
-    assert!(first.status.success(), "{}", text(&first));
-    let (old_user, old_password) = e.secret().await.unwrap();
-    let (_, _, v1) = e.current().await;
-    let old_version = e.version_annotation().await.unwrap();
+    let before = crash_matrix::first_rotation(&e).await;
+    assert_eq!(
+        e.secret().await,
+        Some((before.old_user.clone(), before.old_password.clone())),
+        "the first rotation was distributed"
+    );
+    let old_annotation = e.version_annotation().await.unwrap();
 
-    let crashed = e.rotate(Some(step)).await;
-    assert_eq!(
-        crashed.status.signal(),
-        Some(9),
-        "expected a SIGKILL after {step}: {}",
-        text(&crashed)
-    );
+    let crashed = crash_matrix::crash_after(&e, strategy, step, before).await;
     if step != "distribute" {
-        // Killed between the step's effect and its outcome event: the log holds the intent
-        // and claims nothing more.
-        assert_eq!(
-            e.audit_actions().last(),
-            Some(&(format!("rotate.{step}"), "started".to_owned())),
-            "the last event before the kill"
-        );
+        assert_eq!(e.version_annotation().await.unwrap(), old_annotation);
     }
-    let state = e.state().await;
-    let pending_password = state["pending.password"].as_str().unwrap().to_owned();
-    let after_promote = matches!(step, "finish" | "distribute");
-    if step != "distribute" {
-        assert_eq!(
-            e.secret().await.unwrap(),
-            (old_user.clone(), old_password.clone()),
-            "the Secret is not touched before distribute"
-        );
-        assert_eq!(e.version_annotation().await.unwrap(), old_version);
-    }
-    if strategy == "alternating" {
-        assert!(
-            e.logs_in(&old_user, &old_password).await,
-            "with alternating users the app's credential works at every crash point"
-        );
-    }
-    assert_eq!(
-        e.current().await.2,
-        if after_promote { v1 + 1 } else { v1 },
-        "promotion happens at finish, once"
-    );
 
-    let resumed = e.rotate(None).await;
-    assert!(resumed.status.success(), "{}", text(&resumed));
-    assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
-    let (user, password, v2) = e.current().await;
-    assert_eq!(v2, v1 + 1, "exactly one new version");
-    assert_eq!(
-        password, pending_password,
-        "the persisted value is promoted"
-    );
-    assert_eq!(e.secret().await.unwrap(), (user.clone(), password.clone()));
-    assert!(e.logs_in(&user, &password).await);
-    let new_version = e.version_annotation().await.unwrap();
-    assert_ne!(new_version, old_version, "the Deployment rolled onto it");
-    let after = e.state().await;
-    assert!(
-        after.get("rotation_id").is_none() && after.get("pending.password").is_none(),
-        "no rotation left in flight: {after}"
-    );
-    if let Some(s) = e.cluster.standin() {
+    let r = crash_matrix::resume(&e, crashed).await;
+    let new_annotation = e.version_annotation().await.unwrap();
+    assert_ne!(new_annotation, old_annotation, "the Deployment rolled onto it");
+    if let Some(s) = e.cluster().standin() {
         // The Deployment was patched at most once per rotation: the resumed distribute step
         // found it already current when the crash came after it.
         let rolls = s
@@ -394,7 +311,8 @@ async fn crash_and_resume(strategy: &str, step: &str) {
             .count();
         assert_eq!(rolls, 2, "one roll per rotation");
     }
-    e.assert_clean(&[&first, &crashed, &resumed], &[old_password, password]);
+    let values = [r.crashed.before.old_password.clone(), r.password.clone()];
+    e.assert_clean(&r.outputs(), &values);
 }
 
 #[tokio::test]
@@ -435,19 +353,19 @@ async fn single_kill_after_distribute_converges() {
 #[tokio::test]
 async fn a_denied_secret_patch_is_reported_audited_and_left_resumable() {
     let e = Env::new().await;
-    let Some(standin) = e.cluster.standin_or_skip(
+    let Some(standin) = e.cluster().standin_or_skip(
         "a_denied_secret_patch_is_reported_audited_and_left_resumable",
         "the deny switch is the stand-in's; the generated Role's denial is tested below",
     ) else {
         return;
     };
     e.write_policy("alternating", "app_a, app_b");
-    let first = e.rotate(None).await;
+    let first = e.rotate().await;
     assert!(first.status.success(), "{}", text(&first));
     let (old_user, old_password) = e.secret().await.unwrap();
 
     standin.deny("patch", "secrets");
-    let denied = e.rotate(None).await;
+    let denied = e.rotate().await;
     assert_eq!(denied.status.code(), Some(77), "{}", text(&denied));
     let msg = text(&denied);
     assert!(
@@ -476,7 +394,7 @@ async fn a_denied_secret_patch_is_reported_audited_and_left_resumable() {
     );
 
     standin.allow_all();
-    let resumed = e.rotate(None).await;
+    let resumed = e.rotate().await;
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
     let (user, password, _) = e.current().await;
@@ -493,25 +411,25 @@ async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_re
     // real cluster) for the service account keyturn runs as below.
     let role = e
         .cmd(&["policy", "rbac"])
-        .arg(e.policies())
+        .arg(e.agent.policies())
         .output()
         .await
         .unwrap();
     assert!(role.status.success(), "{}", text(&role));
-    e.cluster
+    e.cluster()
         .client_with_role_as(&String::from_utf8(role.stdout).unwrap(), "keyturn-agent")
         .await
         .unwrap();
-    if let Some(standin) = e.cluster.standin() {
+    if let Some(standin) = e.cluster().standin() {
         assert!(standin.rbac_enforced());
     }
     let token = e
-        .cluster
-        .service_account_token(e.cluster.namespace(), "keyturn-agent")
+        .cluster()
+        .service_account_token(e.cluster().namespace(), "keyturn-agent")
         .await
         .unwrap();
-    let kubeconfig = e.dir.path().join("agent-kubeconfig");
-    std::fs::write(&kubeconfig, e.cluster.kubeconfig_for_token("agent", &token)).unwrap();
+    let kubeconfig = e.agent.home.path().join("agent-kubeconfig");
+    std::fs::write(&kubeconfig, e.cluster().kubeconfig_for_token("agent", &token)).unwrap();
     let rotate = || {
         let mut c = e.cmd(&["rotate", "orders-db"]);
         c.env("KUBECONFIG", &kubeconfig);
@@ -536,7 +454,7 @@ async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_re
     // An operator pre-creates the (empty) Secret, as the Role's header says; the next run
     // resumes the same rotation and delivers it.
     let empty: Secret = serde_json::from_value(json!({"metadata": {"name": SECRET}})).unwrap();
-    Api::<Secret>::namespaced(e.cluster.client(), e.cluster.namespace())
+    Api::<Secret>::namespaced(e.cluster().client(), e.cluster().namespace())
         .create(&PostParams::default(), &empty)
         .await
         .unwrap();
