@@ -141,6 +141,11 @@ impl AgentEnv {
         self.policies().join(format!("{name}.yaml"))
     }
 
+    /// Writes `policies/NAME.yaml` as [`write_generated_policy`] does.
+    pub fn write_generated_policy(&self, name: &str, extra: &str) {
+        write_generated_policy(&self.policies(), name, extra);
+    }
+
     /// The audit file every command writes (`KEYTURN_AUDIT_FILE`).
     #[must_use]
     pub fn audit(&self) -> PathBuf {
@@ -204,15 +209,7 @@ impl AgentEnv {
     /// The rotation state entry of `secret/keyturn/NAME`; `None` when there is none (or
     /// OpenBao would not say). Callers choose whether absence is a failure.
     pub async fn state(&self, name: &str) -> Option<serde_json::Value> {
-        self.bao
-            .api(
-                "GET",
-                &format!("secret/data/keyturn-state/keyturn/{name}"),
-                None,
-            )
-            .await
-            .ok()
-            .map(|v| v["data"]["data"].clone())
+        state(&self.bao, name).await
     }
 
     /// `(username, password, version)` at `secret/keyturn/NAME`: CURRENT, or `version`.
@@ -308,6 +305,19 @@ pub async fn login_at(bao: &OpenBao, name: &str, version: Option<u64>) -> (Strin
         .unwrap();
     let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
     (f("username"), f("password"), r.version)
+}
+
+/// The rotation state entry of `secret/keyturn/NAME`, read with OpenBao's root token;
+/// `None` when there is none (or OpenBao would not say).
+pub async fn state(bao: &OpenBao, name: &str) -> Option<serde_json::Value> {
+    bao.api(
+        "GET",
+        &format!("secret/data/keyturn-state/keyturn/{name}"),
+        None,
+    )
+    .await
+    .ok()
+    .map(|v| v["data"]["data"].clone())
 }
 
 /// A process's stdout then stderr, as text: what an assertion message shows.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use keyturn_core::SecretValue;
 use keyturn_core::audit::HmacKey;
-use keyturn_tests::agent_env;
+use keyturn_tests::agent_env::{self, AgentEnv};
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
@@ -17,13 +17,13 @@ use keyturn_tests::process::eventually;
 
 use crate::support::text;
 
+/// PostgreSQL beside the shared keyturn set-up ([`AgentEnv`], as `agent`, whose token is
+/// the daemon's), and an operator token holding only the break-glass policy.
 struct Env {
-    bao: OpenBao,
-    agent_token: String,
+    agent: AgentEnv,
     operator_token: String,
     pg: PgServer,
     admin_password: String,
-    dir: tempfile::TempDir,
 }
 
 impl Env {
@@ -34,7 +34,6 @@ impl Env {
         );
         let (bao, pg) = (bao.unwrap(), pg.unwrap());
         let admin_password = crate::support::plant_admin(&bao, &pg).await;
-        let agent_token = agent_env::agent_token(&bao).await;
         agent_env::put_repo_policy(
             &bao,
             "keyturn-break-glass",
@@ -42,14 +41,14 @@ impl Env {
         )
         .await;
         let operator_token = bao.create_token(&["keyturn-break-glass"]).await.unwrap();
-        let dir = agent_env::home(5);
+        let agent = AgentEnv::new(bao, None, 5).await;
         let users = if strategy == "alternating" {
             "app_a, app_b"
         } else {
             "app_a"
         };
         std::fs::write(
-            dir.path().join("policies/orders-db.yaml"),
+            agent.policy_file("orders-db"),
             format!(
                 "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: orders-db }}\nspec:\n  every: 24h\n  store: {{ vault-kv: {{ path: keyturn/orders-db }} }}\n  target:\n    postgres:\n      host: 127.0.0.1\n      port: {}\n      database: postgres\n      admin: {{ vault-kv: {{ path: keyturn/pg-admin }} }}\n      users: [{users}]\n      strategy: {strategy}\n",
                 pg.port()
@@ -57,43 +56,38 @@ impl Env {
         )
         .unwrap();
         Self {
-            bao,
-            agent_token,
+            agent,
             operator_token,
             pg,
             admin_password,
-            dir,
         }
     }
 
     /// The agent's audit file.
     fn audit(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
+        self.agent.audit()
     }
 
     /// The operator's own audit file (one writer per file: the daemon may be running).
     fn operator_audit(&self) -> PathBuf {
-        self.dir.path().join("operator-audit.jsonl")
+        self.agent.home.path().join("operator-audit.jsonl")
     }
 
+    /// `keyturn ARGS` as the agent's holder with `token` (the agent's, the operator's or a
+    /// weaker one), its audit file, and no stdin: break-glass must not wait for a prompt.
     fn cmd(&self, args: &[&str], token: &str) -> Command {
-        let mut c = agent_env::keyturn(args, self.dir.path(), &self.bao.addr(), token);
-        c.env("KEYTURN_HOLDER", "agent-1")
-            .env("KEYTURN_AUDIT_FILE", self.audit())
-            .env(
-                "KEYTURN_AUDIT_HMAC_KEY_FILE",
-                self.dir.path().join("hmac.key"),
-            )
-            .env("KEYTURN_LOG", "info")
-            .stdin(Stdio::null());
+        let mut c = self.agent.cmd(args, "agent-1");
+        c.env("VAULT_TOKEN", token).stdin(Stdio::null());
         c
     }
 
-    fn agent(&self, args: &[&str]) -> Output {
-        self.cmd(args, &self.agent_token).output().unwrap()
+    /// `keyturn ARGS` with the agent's token, run to its end.
+    fn as_agent(&self, args: &[&str]) -> Output {
+        self.cmd(args, &self.agent.token).output().unwrap()
     }
 
-    fn operator(&self, args: &[&str]) -> Output {
+    /// `keyturn ARGS` with the operator's token and audit file, run to its end.
+    fn as_operator(&self, args: &[&str]) -> Output {
         self.cmd(args, &self.operator_token)
             .env("KEYTURN_AUDIT_FILE", self.operator_audit())
             .output()
@@ -101,11 +95,11 @@ impl Env {
     }
 
     async fn current(&self) -> (String, String, u64) {
-        crate::support::current(&self.bao, "orders-db").await
+        crate::support::current(&self.agent.bao, "orders-db").await
     }
 
     async fn state(&self) -> serde_json::Value {
-        crate::support::state(&self.bao, "orders-db").await
+        crate::support::state(&self.agent.bao, "orders-db").await
     }
 
     async fn logs_in(&self, user: &str, password: &str) -> bool {
@@ -164,12 +158,12 @@ const REASON: &str = "INC-4711 password pasted in a public channel";
 
 async fn revoke_makes_the_leaked_value_useless(strategy: &str) {
     let e = Env::new(strategy).await;
-    let first = e.agent(&["rotate", "orders-db"]);
+    let first = e.as_agent(&["rotate", "orders-db"]);
     assert!(first.status.success(), "{}", text(&first));
     let (leaked_user, leaked, v1) = e.current().await;
     assert!(e.logs_in(&leaked_user, &leaked).await);
 
-    let out = e.operator(&[
+    let out = e.as_operator(&[
         "break-glass",
         "revoke",
         "orders-db",
@@ -223,10 +217,10 @@ async fn revoke_with_a_single_user_kills_the_leaked_value() {
 #[tokio::test]
 async fn reveal_into_a_pipe_is_refused_and_changes_nothing() {
     let e = Env::new("single").await;
-    let first = e.agent(&["rotate", "orders-db"]);
+    let first = e.as_agent(&["rotate", "orders-db"]);
     assert!(first.status.success(), "{}", text(&first));
     let (_, value, _) = e.current().await;
-    let out = e.operator(&[
+    let out = e.as_operator(&[
         "break-glass",
         "reveal",
         "orders-db",
@@ -244,7 +238,7 @@ async fn reveal_into_a_pipe_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn usage_errors_change_nothing() {
     let e = Env::new("single").await;
-    let first = e.agent(&["rotate", "orders-db"]);
+    let first = e.as_agent(&["rotate", "orders-db"]);
     assert!(first.status.success(), "{}", text(&first));
     let before = e.current().await.2;
     for (args, says) in [
@@ -268,7 +262,7 @@ async fn usage_errors_change_nothing() {
             "pass --yes",
         ),
     ] {
-        let out = e.operator(&args);
+        let out = e.as_operator(&args);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
     }
@@ -279,10 +273,10 @@ async fn usage_errors_change_nothing() {
 #[tokio::test]
 async fn a_token_without_the_break_glass_policy_is_denied_with_the_path_and_nothing_changes() {
     let e = Env::new("single").await;
-    let first = e.agent(&["rotate", "orders-db"]);
+    let first = e.as_agent(&["rotate", "orders-db"]);
     assert!(first.status.success(), "{}", text(&first));
     let (_, value, before) = e.current().await;
-    let weak = e.bao.create_token(&["default"]).await.unwrap();
+    let weak = e.agent.bao.create_token(&["default"]).await.unwrap();
     let out = e
         .cmd(
             &[
@@ -324,12 +318,12 @@ async fn a_token_without_the_break_glass_policy_is_denied_with_the_path_and_noth
 #[tokio::test]
 async fn a_reveal_the_store_refuses_is_audited_as_denied_and_reveals_nothing() {
     let e = Env::new("single").await;
-    let first = e.agent(&["rotate", "orders-db"]);
+    let first = e.as_agent(&["rotate", "orders-db"]);
     assert!(first.status.success(), "{}", text(&first));
     let (_, value, _) = e.current().await;
     // Looks itself up (so the audit records name it) but may not read the policy's store.
-    let weak = e.bao.create_token(&["default"]).await.unwrap();
-    let file = e.dir.path().join("revealed.txt");
+    let weak = e.agent.bao.create_token(&["default"]).await.unwrap();
+    let file = e.agent.home.path().join("revealed.txt");
     let out = e
         .cmd(
             &[
@@ -376,12 +370,12 @@ async fn a_reveal_the_store_refuses_is_audited_as_denied_and_reveals_nothing() {
 async fn break_glass_waits_for_a_live_rotation_and_takes_over_an_expired_one_without_double_rotating()
  {
     let e = Env::new("alternating").await;
-    let first = e.agent(&["rotate", "orders-db"]);
+    let first = e.as_agent(&["rotate", "orders-db"]);
     assert!(first.status.success(), "{}", text(&first));
     let v1 = e.current().await.2;
     // The daemon's rotation dies after `set`, holding a 4 s lease.
     let crashed = e
-        .cmd(&["rotate", "orders-db"], &e.agent_token)
+        .cmd(&["rotate", "orders-db"], &e.agent.token)
         .env("KEYTURN_CRASH_AFTER", "set")
         .env("KEYTURN_LEASE", "4s")
         .output()
@@ -392,7 +386,7 @@ async fn break_glass_waits_for_a_live_rotation_and_takes_over_an_expired_one_wit
         .unwrap()
         .to_owned();
 
-    let busy = e.operator(&[
+    let busy = e.as_operator(&[
         "break-glass",
         "rotate",
         "orders-db",
@@ -407,7 +401,7 @@ async fn break_glass_waits_for_a_live_rotation_and_takes_over_an_expired_one_wit
     assert_eq!(e.current().await.2, v1, "nothing rotated while it was held");
     assert_eq!(e.state().await["holder"], "agent-1");
 
-    let took_over = e.operator(&[
+    let took_over = e.as_operator(&[
         "break-glass",
         "rotate",
         "orders-db",
@@ -473,10 +467,10 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
     let daemon = Daemon(
         e.cmd(
             &["run", "--listen", &listen, "--break-glass-poll", "300ms"],
-            &e.agent_token,
+            &e.agent.token,
         )
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(e.dir.path().join("daemon.log")).unwrap())
+        .stderr(std::fs::File::create(e.agent.home.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap(),
     );
@@ -487,8 +481,8 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
     .await;
     let (_, revealed, v1) = e.current().await;
 
-    let file = e.dir.path().join("revealed.txt");
-    let out = e.operator(&[
+    let file = e.agent.home.path().join("revealed.txt");
+    let out = e.as_operator(&[
         "break-glass",
         "reveal",
         "orders-db",
@@ -510,7 +504,7 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
         .as_str()
         .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
         .expect("tainted");
-    let again = e.operator(&[
+    let again = e.as_operator(&[
         "break-glass",
         "reveal",
         "orders-db",
@@ -527,7 +521,7 @@ async fn a_reveal_goes_to_a_private_file_is_audited_by_hmac_and_the_daemon_rotat
     );
 
     // The audit record carries the value's HMAC: "who saw this secret" finds the reveal.
-    let key = HmacKey::load(&e.dir.path().join("hmac.key")).unwrap();
+    let key = HmacKey::load(&e.agent.home.path().join("hmac.key")).unwrap();
     let hmac = key.hmac_hex(&SecretValue::from_str_copy(&revealed));
     assert!(
         e.events()

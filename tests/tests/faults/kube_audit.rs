@@ -25,14 +25,14 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use keyturn_core::audit::{HmacKey, VerifyOptions, verify_with};
-use keyturn_tests::agent_env;
+use keyturn_tests::agent_env::{self, Daemon};
 use keyturn_tests::canary::assert_absent;
 use keyturn_tests::kube::{KubeStandin, RecordedRequest};
 use keyturn_tests::openbao::OpenBao;
@@ -149,8 +149,6 @@ impl Rig {
     }
 
     fn start_daemon(&self, audit: &Path, log_name: &str) -> Daemon {
-        let log = self.dir.path().join(log_name);
-        let out = std::fs::File::create(&log).unwrap();
         let home = self.dir.path();
         // `setpriv --pdeathsig`: the daemon dies with the test even if the runner kills it.
         let mut cmd = Command::new("setpriv");
@@ -175,14 +173,8 @@ impl Rig {
             .env("KEYTURN_AUDIT_FILE", audit)
             .env("KEYTURN_AUDIT_HMAC_KEY_FILE", home.join("hmac.key"))
             .env("KEYTURN_LOG", "info")
-            .env("KUBECONFIG", home.join("kubeconfig"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out));
-        Daemon {
-            child: cmd.spawn().unwrap(),
-            log,
-        }
+            .env("KUBECONFIG", home.join("kubeconfig"));
+        Daemon::spawn(cmd, home.join(log_name))
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -297,34 +289,6 @@ fn deployment_json(name: &str) -> Value {
             }
         }
     })
-}
-
-/// A `keyturn run` process; killed if the test ends without stopping it.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, as the kubelet stops a container; returns the exit status and the log.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        (status, self.log())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A scrape of `/metrics`.

@@ -3,155 +3,44 @@
 //! SIGKILLed right after each step and a restart converges), the daemon's schedule, two
 //! daemons on one policy set, hot reload, and SIGTERM.
 
-use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
 
-use keyturn_tests::agent_env;
+use keyturn_tests::agent_env::{self, AgentEnv, Daemon};
 use keyturn_tests::canary::assert_absent;
-use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::process::eventually;
 
-struct Env {
-    bao: OpenBao,
-    token: String,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    async fn new() -> Self {
-        let bao = OpenBao::start().await.unwrap();
-        let token = agent_env::agent_token(&bao).await;
-        Self {
-            bao,
-            token,
-            dir: agent_env::home(7),
-        }
-    }
-
-    fn policies(&self) -> PathBuf {
-        self.dir.path().join("policies")
-    }
-
-    fn audit(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
-    }
-
-    fn write_policy(&self, name: &str, extra: &str) {
-        agent_env::write_generated_policy(&self.policies(), name, extra);
-    }
-
-    fn cmd(&self, args: &[&str], holder: &str) -> Command {
-        let mut c = agent_env::keyturn(args, self.dir.path(), &self.bao.addr(), &self.token);
-        c.env("KEYTURN_HOLDER", holder)
-            .env("KEYTURN_AUDIT_FILE", self.audit())
-            .env(
-                "KEYTURN_AUDIT_HMAC_KEY_FILE",
-                self.dir.path().join("hmac.key"),
-            )
-            .env("KEYTURN_LOG", "info");
-        c
-    }
-
-    fn rotate(&self, policy: &str, crash_after: Option<&str>) -> Output {
-        let mut c = self.cmd(&["rotate", policy], "agent-1");
-        if let Some(step) = crash_after {
-            c.env("KEYTURN_CRASH_AFTER", step);
-        }
-        c.output().unwrap()
-    }
-
-    async fn current(&self, name: &str) -> Option<(String, u64)> {
-        let v = self.bao.root_client().unwrap();
-        match v.kv2_read("secret", &format!("keyturn/{name}"), None).await {
-            Ok(r) => Some((
-                r.data
-                    .get("value")
-                    .unwrap()
-                    .expose_str()
-                    .unwrap()
-                    .to_owned(),
-                r.version,
-            )),
-            Err(_) => None,
-        }
-    }
-
-    async fn version(&self, name: &str, version: u64) -> String {
-        let v = self.bao.root_client().unwrap();
-        let r = v
-            .kv2_read("secret", &format!("keyturn/{name}"), Some(version))
-            .await
-            .unwrap();
-        r.data
-            .get("value")
-            .unwrap()
-            .expose_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn state(&self, name: &str) -> serde_json::Value {
-        self.bao
-            .api(
-                "GET",
-                &format!("secret/data/keyturn-state/keyturn/{name}"),
-                None,
-            )
-            .await
-            .unwrap()["data"]["data"]
-            .clone()
-    }
-
-    fn verify_audit(&self) {
-        let report = keyturn_core::audit::verify(&[self.audit()]);
-        assert!(report.is_ok(), "audit chain: {report:?}");
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::support::text;
 
 async fn crash_and_resume(step: &str) {
-    let e = Env::new().await;
-    e.write_policy("api", "");
-    let first = e.rotate("api", None);
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("api", "");
+    let first = e.rotate("api", None).await;
     assert!(first.status.success(), "{}", text(&first));
-    let (old, v1) = e.current("api").await.unwrap();
+    let (old, v1) = e.value_at("api", None).await.unwrap();
 
-    let crashed = e.rotate("api", Some(step));
-    assert_eq!(
-        crashed.status.signal(),
-        Some(9),
-        "expected a SIGKILL after {step}: {}",
-        text(&crashed)
-    );
-    let state = e.state("api").await;
+    let crashed = e.rotate_killed_after("api", step).await;
+    let state = e.state("api").await.unwrap();
     // Only the claim with its PENDING value is persisted on the way; set and test run
     // again on the resume, and a done promote is recognised from CURRENT.
     assert_eq!(state["step"], "created", "after {step}");
     let pending = state["pending.value"].as_str().unwrap().to_owned();
 
-    let resumed = e.rotate("api", None);
+    let resumed = e.rotate("api", None).await;
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
-    let (now, v2) = e.current("api").await.unwrap();
+    let (now, v2) = e.value_at("api", None).await.unwrap();
     assert_eq!(v2, v1 + 1, "exactly one new version");
     assert_eq!(
         now, pending,
         "the value persisted before the crash is the one promoted"
     );
     assert_eq!(
-        e.version("api", v2 - 1).await,
+        e.value_at("api", Some(v2 - 1)).await.unwrap().0,
         old,
         "the old value is PREVIOUS"
     );
-    let after = e.state("api").await;
+    let after = e.state("api").await.unwrap();
     assert!(
         after.get("rotation_id").is_none() && after.get("pending.value").is_none(),
         "no orphaned PENDING: {after}"
@@ -189,8 +78,8 @@ async fn a_kill_after_finish_does_not_write_a_second_version() {
 
 #[tokio::test]
 async fn rotate_names_an_unknown_policy_and_exits_64_before_any_network_call() {
-    let e = Env::new().await;
-    e.write_policy("api", "");
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("api", "");
     let out = e
         .cmd(&["rotate", "nope"], "agent-1")
         .env("VAULT_ADDR", "http://127.0.0.1:9")
@@ -206,69 +95,38 @@ async fn rotate_names_an_unknown_policy_and_exits_64_before_any_network_call() {
 
 #[tokio::test]
 async fn a_denied_store_path_fails_clearly_and_writes_nothing() {
-    let e = Env::new().await;
+    let e = AgentEnv::start(7).await;
     // Outside the agent policy's prefixes.
     std::fs::write(
         e.policies().join("x.yaml"),
         "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: x }\nspec:\n  every: 24h\n  store: { vault-kv: { path: elsewhere/x } }\n  target: { generated: {} }\n",
     )
     .unwrap();
-    let out = e.rotate("x", None);
+    let out = e.rotate("x", None).await;
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out).contains("permission denied"), "{}", text(&out));
     let v = e.bao.root_client().unwrap();
     assert!(v.kv2_read("secret", "elsewhere/x", None).await.is_err());
 }
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
+/// `keyturn run --grace 10s` as `holder`, logging to `HOLDER.log` in the home.
+fn start_daemon(e: &AgentEnv, holder: &str) -> Daemon {
+    start_daemon_with(e, holder, &[])
 }
 
-impl Daemon {
-    fn start(e: &Env, holder: &str) -> Self {
-        Self::start_with(e, holder, &[])
+/// [`start_daemon`] with `extra` arguments.
+fn start_daemon_with(e: &AgentEnv, holder: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["run", "--grace", "10s"];
+    args.extend_from_slice(extra);
+    let mut cmd = e.cmd(&args, holder);
+    if holder != "agent-1" {
+        // One writer per audit file: a second daemon keeps its own.
+        cmd.env(
+            "KEYTURN_AUDIT_FILE",
+            e.home.path().join(format!("{holder}-audit.jsonl")),
+        );
     }
-
-    fn start_with(e: &Env, holder: &str, extra: &[&str]) -> Self {
-        let log = e.dir.path().join(format!("{holder}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let mut args = vec!["run", "--grace", "10s"];
-        args.extend_from_slice(extra);
-        let mut cmd = e.cmd(&args, holder);
-        if holder != "agent-1" {
-            // One writer per audit file: a second daemon keeps its own.
-            cmd.env(
-                "KEYTURN_AUDIT_FILE",
-                e.dir.path().join(format!("{holder}-audit.jsonl")),
-            );
-        }
-        let child = cmd
-            .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        (status, self.log())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Daemon::spawn(cmd, e.home.path().join(format!("{holder}.log")))
 }
 
 /// Waits for `cond` (checked every 100 ms) for up to a minute: a synchronisation point, not
@@ -276,21 +134,21 @@ impl Drop for Daemon {
 
 #[tokio::test]
 async fn the_daemon_rotates_never_rotated_policies_at_start_up_and_stops_on_sigterm() {
-    let e = Env::new().await;
+    let e = AgentEnv::start(7).await;
     for n in ["a", "b", "c"] {
-        e.write_policy(n, "");
+        e.write_generated_policy(n, "");
     }
-    let d = Daemon::start(&e, "agent-1");
+    let d = start_daemon(&e, "agent-1");
     for n in ["a", "b", "c"] {
         eventually(&format!("policy {n} rotated"), || async {
-            e.current(n).await.is_some()
+            e.value_at(n, None).await.is_some()
         })
         .await;
     }
     let (status, log) = d.stop();
     assert!(status.success(), "{status:?}\n{log}");
     for n in ["a", "b", "c"] {
-        let (v, ver) = e.current(n).await.unwrap();
+        let (v, ver) = e.value_at(n, None).await.unwrap();
         assert_eq!(ver, 1, "rotated once");
         assert_absent("daemon log", log.as_bytes(), &[&v]);
     }
@@ -299,16 +157,16 @@ async fn the_daemon_rotates_never_rotated_policies_at_start_up_and_stops_on_sigt
 
 #[tokio::test]
 async fn two_daemons_on_one_policy_set_rotate_each_policy_once() {
-    let e = Env::new().await;
+    let e = AgentEnv::start(7).await;
     let names: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
     for n in &names {
-        e.write_policy(n, "");
+        e.write_generated_policy(n, "");
     }
-    let d1 = Daemon::start(&e, "agent-1");
-    let d2 = Daemon::start(&e, "agent-2");
+    let d1 = start_daemon(&e, "agent-1");
+    let d2 = start_daemon(&e, "agent-2");
     for n in &names {
         eventually(&format!("{n} rotated"), || async {
-            e.current(n).await.is_some()
+            e.value_at(n, None).await.is_some()
         })
         .await;
     }
@@ -321,11 +179,11 @@ async fn two_daemons_on_one_policy_set_rotate_each_policy_once() {
     let (s2, l2) = d2.stop();
     assert!(s1.success() && s2.success(), "{l1}\n{l2}");
     e.verify_audit();
-    let report = keyturn_core::audit::verify(&[e.dir.path().join("agent-2-audit.jsonl")]);
+    let report = keyturn_core::audit::verify(&[e.home.path().join("agent-2-audit.jsonl")]);
     assert!(report.is_ok(), "second daemon's audit chain: {report:?}");
     for n in &names {
         assert_eq!(
-            e.current(n).await.unwrap().1,
+            e.value_at(n, None).await.unwrap().1,
             1,
             "{n} was rotated more than once:\n{l1}\n{l2}"
         );
@@ -334,16 +192,16 @@ async fn two_daemons_on_one_policy_set_rotate_each_policy_once() {
 
 #[tokio::test]
 async fn a_valid_policy_change_applies_and_an_invalid_one_is_rejected_while_the_old_set_stays() {
-    let e = Env::new().await;
-    e.write_policy("first", "");
-    let d = Daemon::start(&e, "agent-1");
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("first", "");
+    let d = start_daemon(&e, "agent-1");
     eventually("first rotated", || async {
-        e.current("first").await.is_some()
+        e.value_at("first", None).await.is_some()
     })
     .await;
-    e.write_policy("second", "");
+    e.write_generated_policy("second", "");
     eventually("second picked up and rotated", || async {
-        e.current("second").await.is_some()
+        e.value_at("second", None).await.is_some()
     })
     .await;
     std::fs::write(e.policies().join("broken.yaml"), "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: broken }\nspec:\n  schedule: \"not cron\"\n").unwrap();
@@ -358,29 +216,28 @@ async fn a_valid_policy_change_applies_and_an_invalid_one_is_rejected_while_the_
     );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
-    assert_eq!(e.current("first").await.unwrap().1, 1);
-    assert_eq!(e.current("second").await.unwrap().1, 1);
+    assert_eq!(e.value_at("first", None).await.unwrap().1, 1);
+    assert_eq!(e.value_at("second", None).await.unwrap().1, 1);
 }
 
 #[tokio::test]
 async fn the_daemon_resumes_a_rotation_left_in_flight_by_a_crash() {
-    let e = Env::new().await;
-    e.write_policy("api", "");
-    assert!(e.rotate("api", None).status.success());
-    let crashed = e.rotate("api", Some("set"));
-    assert_eq!(crashed.status.signal(), Some(9));
-    let pending = e.state("api").await["pending.value"]
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("api", "");
+    assert!(e.rotate("api", None).await.status.success());
+    e.rotate_killed_after("api", "set").await;
+    let pending = e.state("api").await.unwrap()["pending.value"]
         .as_str()
         .unwrap()
         .to_owned();
-    let d = Daemon::start(&e, "agent-1");
+    let d = start_daemon(&e, "agent-1");
     eventually("the in-flight rotation finished", || async {
-        e.current("api").await.is_some_and(|(_, v)| v == 2)
+        e.value_at("api", None).await.is_some_and(|(_, v)| v == 2)
     })
     .await;
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
-    assert_eq!(e.current("api").await.unwrap().0, pending);
+    assert_eq!(e.value_at("api", None).await.unwrap().0, pending);
     assert!(log.contains("rotate") || log.contains("rotated"), "{log}");
 }
 
@@ -392,13 +249,13 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
-    let e = Env::new().await;
-    e.write_policy("api", "");
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("api", "");
     let port = keyturn_tests::process::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with(&e, "agent-1", &["--listen", &listen]);
+    let d = start_daemon_with(&e, "agent-1", &["--listen", &listen]);
     let base = format!("http://{listen}");
-    eventually("api rotated", || async { e.current("api").await.is_some() }).await;
+    eventually("api rotated", || async { e.value_at("api", None).await.is_some() }).await;
     eventually("ready", || async {
         get(&format!("{base}/readyz"))
             .await
@@ -424,7 +281,7 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
     ] {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
-    let (value, _) = e.current("api").await.unwrap();
+    let (value, _) = e.value_at("api", None).await.unwrap();
     assert_absent("/metrics", metrics.as_bytes(), &[&value]);
     // Prometheus's own checker: the exposition parses, every family has HELP, names follow
     // the conventions.
@@ -467,7 +324,7 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
     assert!(status.success(), "{log}");
     // The secret's age comes from the store's record of CURRENT: a restarted daemon shows it
     // at once, without rotating, and it did not restart from zero.
-    let d = Daemon::start_with(&e, "agent-1", &["--listen", &listen]);
+    let d = start_daemon_with(&e, "agent-1", &["--listen", &listen]);
     eventually("ready again", || async {
         get(&format!("{base}/readyz"))
             .await
@@ -492,7 +349,7 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
 
 /// How many rotation attempts of `policy` the audit file records (each attempt starts with
 /// the intent event of `rotate.create` or `rotate.resume`).
-fn attempts(e: &Env, policy: &str) -> usize {
+fn attempts(e: &AgentEnv, policy: &str) -> usize {
     std::fs::read_to_string(e.audit())
         .unwrap_or_default()
         .lines()
@@ -513,29 +370,23 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
     // Delivery into a Kubernetes API that answers 403 fails on every attempt. The daemon
     // used to take the failed slot as due again at once: hundreds of attempts a second,
     // each with its audit events, log lines, Vault writes and Kubernetes requests.
-    let e = Env::new().await;
-    e.write_policy(
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy(
         "api",
         "  distribute:\n    - kubernetes: { namespace: shop, secret: api, keys: { TOKEN: value } }\n",
     );
-    e.write_policy("other", "");
+    e.write_generated_policy("other", "");
     let kube = keyturn_tests::kube::KubeStandin::start().await.unwrap();
     kube.deny("*", "secrets");
-    let kubeconfig = e.dir.path().join("kubeconfig");
+    let kubeconfig = e.home.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig).unwrap();
     let port = keyturn_tests::process::free_port();
     let listen = format!("127.0.0.1:{port}");
     let args = ["run", "--grace", "10s", "--listen", &listen];
-    let log_path = e.dir.path().join("daemon.log");
-    let f = std::fs::File::create(&log_path).unwrap();
+    let log_path = e.home.path().join("daemon.log");
     let mut cmd = e.cmd(&args, "agent-1");
-    cmd.env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f));
-    let d = Daemon {
-        child: cmd.spawn().unwrap(),
-        log: log_path,
-    };
+    cmd.env("KUBECONFIG", &kubeconfig);
+    let d = Daemon::spawn(cmd, log_path);
     eventually(
         "the first attempt failed and was put under backoff",
         || async { d.log().contains("retrying under backoff") },
@@ -543,7 +394,7 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
     .await;
     // The other policy is not held up by the failing one.
     eventually("other rotated", || async {
-        e.current("other").await.is_some()
+        e.value_at("other", None).await.is_some()
     })
     .await;
     let base = format!("http://{listen}");
@@ -609,16 +460,10 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
     // A restart keeps to the recorded retry time instead of trying again at once (a crash
     // loop must not become a request loop).
     let requests = kube.requests().len();
-    let log_path = e.dir.path().join("daemon-2.log");
-    let f = std::fs::File::create(&log_path).unwrap();
+    let log_path = e.home.path().join("daemon-2.log");
     let mut cmd = e.cmd(&["run", "--grace", "10s"], "agent-1");
-    cmd.env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f));
-    let d = Daemon {
-        child: cmd.spawn().unwrap(),
-        log: log_path,
-    };
+    cmd.env("KUBECONFIG", &kubeconfig);
+    let d = Daemon::spawn(cmd, log_path);
     eventually("the restarted daemon scanned its policies", || async {
         d.log().contains("policies loaded")
     })
@@ -639,15 +484,15 @@ async fn a_rotation_that_keeps_failing_is_retried_under_backoff_not_in_a_loop() 
 
 #[tokio::test]
 async fn the_daemon_anchors_its_audit_head_so_a_cut_audit_file_is_caught() {
-    let e = Env::new().await;
-    e.write_policy("api", "");
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("api", "");
     let anchor = "vault-kv:secret/keyturn-state/audit-anchor/agent-1";
-    let d = Daemon::start_with(
+    let d = start_daemon_with(
         &e,
         "agent-1",
         &["--audit-anchor", anchor, "--audit-anchor-every", "1s"],
     );
-    eventually("api rotated", || async { e.current("api").await.is_some() }).await;
+    eventually("api rotated", || async { e.value_at("api", None).await.is_some() }).await;
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     // At shutdown the last durable entry is anchored: the whole file verifies against it.
@@ -672,7 +517,7 @@ async fn the_daemon_anchors_its_audit_head_so_a_cut_audit_file_is_caught() {
     let full = std::fs::read_to_string(&audit).unwrap();
     let lines: Vec<&str> = full.lines().collect();
     assert!(lines.len() >= 3, "{full}");
-    let cut = e.dir.path().join("cut.jsonl");
+    let cut = e.home.path().join("cut.jsonl");
     std::fs::write(&cut, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
     let caught = verify(&cut);
     assert_eq!(caught.status.code(), Some(1), "{}", text(&caught));
@@ -713,25 +558,19 @@ async fn a_throttled_kubernetes_api_gets_one_request_per_delivery_not_a_retry_st
     // delays growing toward 1000 s, under keyturn's own delivery retries: one attempt held
     // for minutes and tens of requests per delivery. keyturn's client leaves retrying to
     // keyturn: with `max-attempts: 3`, one attempt is at most 3 deliveries of 1 GET each.
-    let e = Env::new().await;
-    e.write_policy(
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy(
         "api",
         "  max-attempts: 3\n  distribute:\n    - kubernetes: { namespace: shop, secret: api, keys: { TOKEN: value } }\n",
     );
     let kube = keyturn_tests::kube::KubeStandin::start().await.unwrap();
     kube.fail("*", "secrets", 503);
-    let kubeconfig = e.dir.path().join("kubeconfig");
+    let kubeconfig = e.home.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig).unwrap();
-    let log_path = e.dir.path().join("daemon.log");
-    let f = std::fs::File::create(&log_path).unwrap();
+    let log_path = e.home.path().join("daemon.log");
     let mut cmd = e.cmd(&["run", "--grace", "10s"], "agent-1");
-    cmd.env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f));
-    let d = Daemon {
-        child: cmd.spawn().unwrap(),
-        log: log_path,
-    };
+    cmd.env("KUBECONFIG", &kubeconfig);
+    let d = Daemon::spawn(cmd, log_path);
     eventually(
         "the first attempt failed and was put under backoff",
         || async { d.log().contains("retrying under backoff") },
@@ -754,8 +593,8 @@ async fn a_throttled_kubernetes_api_gets_one_request_per_delivery_not_a_retry_st
 
 #[tokio::test]
 async fn a_listen_address_in_use_exits_64_before_vault_is_asked() {
-    let e = Env::new().await;
-    e.write_policy("api", "");
+    let e = AgentEnv::start(7).await;
+    e.write_generated_policy("api", "");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap().to_string();
     // Vault here is a port that counts connections and never answers.

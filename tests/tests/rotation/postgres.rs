@@ -1,7 +1,7 @@
 //! The PostgreSQL target driven by the rotation engine, against a real PostgreSQL 15 with
 //! `log_statement=all` and a real OpenBao holding the credential and the admin credential.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyturn_agent::backends::{StoreSpec, TargetSpec};
@@ -20,6 +20,7 @@ use keyturn_core::audit::{
 };
 use keyturn_core::vault::{SecretData, Vault};
 use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::looping_app::LoopingApp;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
 
@@ -300,34 +301,18 @@ async fn a_client_logging_in_with_whatever_current_says_never_fails_during_ten_a
     .await;
     assert!(matches!(rotate(&e).await, RotationOutcome::Rotated { .. }));
 
-    // The client records, for each successful login, how many rotations had finished before
-    // it read CURRENT. The rotator starts rotation n+1 only after a login that read CURRENT
-    // after rotation n: that is what a real app does between two scheduled rotations, and
-    // it makes every interleaving of one rotation with the client's read-then-login happen
-    // without any timing in the test.
-    let (done_tx, done_rx) = tokio::sync::watch::channel(0u64);
-    let (ok_tx, mut ok_rx) = tokio::sync::watch::channel(0u64);
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let client = tokio::spawn({
-        let (vault, port, failures) = (e.vault.clone(), e.pg.port(), failures.clone());
-        async move {
-            let mut logins = 0u64;
-            loop {
-                let generation = *done_rx.borrow();
-                if generation == u64::MAX {
-                    return logins;
-                }
+    // The client logs in with whatever CURRENT says between rotations; LoopingApp starts
+    // rotation n+1 only after a login that read CURRENT after rotation n, so every
+    // interleaving of one rotation with the client's read-then-login happens without timing.
+    let mut client = LoopingApp::spawn("client", {
+        let (vault, port) = (e.vault.clone(), e.pg.port());
+        move || {
+            let vault = vault.clone();
+            async move {
                 let (user, password, version) = stored(&vault, None).await;
-                match login(port, &user, &password).await {
-                    Ok(()) => {
-                        logins += 1;
-                        ok_tx.send_replace(generation);
-                    }
-                    Err(err) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("login as {user} (version {version}): {err}")),
-                }
+                login(port, &user, &password)
+                    .await
+                    .map_err(|err| format!("login as {user} (version {version}): {err}"))
             }
         }
     });
@@ -338,23 +323,9 @@ async fn a_client_logging_in_with_whatever_current_says_never_fails_during_ten_a
             "rotation {n}"
         );
         passwords.push(stored(&e.vault, None).await.1);
-        done_tx.send_replace(n);
-        let caught_up =
-            tokio::time::timeout(Duration::from_secs(60), ok_rx.wait_for(|g| *g >= n)).await;
-        assert!(
-            caught_up.is_ok(),
-            "the client never logged in after rotation {n}: {:?}",
-            failures.lock().unwrap()
-        );
+        client.rotated(n).await;
     }
-    done_tx.send_replace(u64::MAX);
-    let logins = client.await.unwrap();
-    assert!(logins >= 10, "the client logged in only {logins} times");
-    let failures = failures.lock().unwrap().clone();
-    assert!(
-        failures.is_empty(),
-        "logins with CURRENT failed: {failures:?}"
-    );
+    client.stop(10).await;
     assert_no_password_leaked(&e, &passwords);
 }
 

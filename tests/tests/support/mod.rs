@@ -3,14 +3,13 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
-use std::process::Output;
-
 use keyturn_agent::backends::StoreSpec;
 use keyturn_agent::rotation::store::vault_kv;
 use keyturn_agent::rotation::target::postgres::{self, Postgres, TlsSpec};
 use keyturn_agent::rotation::target::users::{Strategy, Users};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
+use keyturn_tests::agent_env;
 use keyturn_tests::canary::canary;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
@@ -70,26 +69,12 @@ pub async fn plant_admin(bao: &OpenBao, pg: &PgServer) -> String {
 
 /// `(username, password, version)` of CURRENT at `secret/keyturn/NAME`.
 pub async fn current(bao: &OpenBao, name: &str) -> (String, String, u64) {
-    let r = bao
-        .root_client()
-        .unwrap()
-        .kv2_read("secret", &format!("keyturn/{name}"), None)
-        .await
-        .unwrap();
-    let f = |k: &str| r.data.get(k).unwrap().expose_str().unwrap().to_owned();
-    (f("username"), f("password"), r.version)
+    agent_env::login_at(bao, name, None).await
 }
 
 /// The rotation state entry of `secret/keyturn/NAME` (empty when there is none).
 pub async fn state(bao: &OpenBao, name: &str) -> serde_json::Value {
-    bao.api(
-        "GET",
-        &format!("secret/data/keyturn-state/keyturn/{name}"),
-        None,
-    )
-    .await
-    .map(|v| v["data"]["data"].clone())
-    .unwrap_or_default()
+    agent_env::state(bao, name).await.unwrap_or_default()
 }
 
 /// Whether `user`/`password` logs in.
@@ -100,11 +85,5 @@ pub async fn logs_in(pg: &PgServer, user: &str, password: &str) -> bool {
     }
 }
 
-/// stdout then stderr, as text.
-pub fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+/// stdout then stderr, as text (the harness's, under the short name the tests use).
+pub use keyturn_tests::agent_env::output_text as text;
