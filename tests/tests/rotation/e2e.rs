@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use keyturn_tests::agent_env::AgentEnv;
 use keyturn_tests::canary::assert_absent;
-use keyturn_tests::crash_matrix::{self, LoginEnv};
+use keyturn_tests::login_env::{self, LoginEnv};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
@@ -138,7 +138,7 @@ impl Env {
     }
 }
 
-/// What the shared crash matrix ([`crash_matrix`]) needs of this Env.
+/// What the shared checks ([`login_env`]) need of this Env.
 impl LoginEnv for Env {
     fn agent(&self) -> &AgentEnv {
         &self.agent
@@ -274,7 +274,7 @@ async fn a_client_following_the_secret_never_fails_through_twenty_alternating_ro
     e.assert_clean(&refs, &seen_passwords);
 }
 
-/// The crash matrix of [`crash_matrix`] (kill `keyturn rotate` right after `step`, check
+/// The crash matrix of [`login_env`] (kill `keyturn rotate` right after `step`, check
 /// the app's credential still works, restart it and check it converged: one new CURRENT, the
 /// Secret holding it, no rotation left in flight), plus what only this test has: the
 /// Deployment is rolled once onto the new CURRENT and not before distribute.
@@ -285,7 +285,7 @@ async fn crash_and_resume(strategy: &str, step: &str) {
     } else {
         e.write_policy("single", "app_a");
     }
-    let before = crash_matrix::first_rotation(&e).await;
+    let before = login_env::first_rotation(&e).await;
     assert_eq!(
         e.secret().await,
         Some((before.old_user.clone(), before.old_password.clone())),
@@ -293,12 +293,12 @@ async fn crash_and_resume(strategy: &str, step: &str) {
     );
     let old_annotation = e.version_annotation().await.unwrap();
 
-    let crashed = crash_matrix::crash_after(&e, strategy, step, before).await;
+    let crashed = login_env::crash_after(&e, strategy, step, before).await;
     if step != "distribute" {
         assert_eq!(e.version_annotation().await.unwrap(), old_annotation);
     }
 
-    let r = crash_matrix::resume(&e, crashed).await;
+    let r = login_env::resume(&e, crashed).await;
     let new_annotation = e.version_annotation().await.unwrap();
     assert_ne!(new_annotation, old_annotation, "the Deployment rolled onto it");
     if let Some(s) = e.cluster().standin() {

@@ -17,7 +17,7 @@ use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
 use keyturn_tests::agent_env::{self, AgentEnv};
 use keyturn_tests::canary::{assert_absent, canary};
-use keyturn_tests::crash_matrix::{self, LoginEnv};
+use keyturn_tests::login_env::{self, LoginEnv};
 use keyturn_tests::fault::{FaultProxy, Mode};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::looping_app::LoopingApp;
@@ -187,7 +187,7 @@ impl Env {
     }
 }
 
-/// What the shared crash matrix ([`crash_matrix`]) needs of this Env.
+/// What the shared checks ([`login_env`]) need of this Env.
 impl LoginEnv for Env {
     fn agent(&self) -> &AgentEnv {
         &self.agent
@@ -343,44 +343,7 @@ async fn a_single_rotation_changes_only_the_password_persists_it_and_leaks_nothi
 async fn alternating_rotations_switch_users_and_the_previous_credential_keeps_working() {
     let e = Env::new(&["app_a", "app_b"], true).await;
     e.write_policy("alternating", "app_a, app_b", 3);
-    let mut outputs = Vec::new();
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for i in 0..4 {
-        let out = e.rotate().await;
-        assert!(out.status.success(), "rotation {i}: {}", text(&out));
-        outputs.push(out);
-        let (user, password, version) = e.current().await;
-        assert_eq!(
-            user,
-            if i % 2 == 0 { "app_a" } else { "app_b" },
-            "rotation {i}"
-        );
-        assert!(e.redis.logs_in(&user, &password).await);
-        assert_eq!(
-            e.secret().await,
-            Some((user.clone(), password.clone())),
-            "the Secret holds CURRENT"
-        );
-        if i > 0 {
-            let (prev_user, prev_password, _) = e.agent.login_at(POLICY, Some(version - 1)).await;
-            assert_ne!(prev_user, user);
-            assert!(
-                e.redis.logs_in(&prev_user, &prev_password).await,
-                "rotation {i}: PREVIOUS stopped working"
-            );
-        }
-        if i > 1 {
-            let (old_user, old_password) = &seen[i - 2];
-            assert!(
-                !e.redis.logs_in(old_user, old_password).await,
-                "rotation {i}: a superseded password still logs in"
-            );
-        }
-        seen.push((user, password));
-    }
-    let refs: Vec<&Output> = outputs.iter().collect();
-    let values: Vec<String> = seen.into_iter().map(|(_, p)| p).collect();
-    e.assert_clean(&refs, &values, None).await;
+    login_env::alternating_rotations_switch_users(&e).await;
 }
 
 /// The app: reads CURRENT from Vault and logs in with it, again and again, through ten
@@ -446,7 +409,7 @@ async fn crash_and_resume(strategy: &str, step: &str) {
     } else {
         e.write_policy("single", "app_a", 2);
     }
-    crash_matrix::crash_and_resume(&e, strategy, step).await;
+    login_env::crash_and_resume(&e, strategy, step).await;
 }
 
 #[tokio::test]

@@ -1,18 +1,21 @@
-//! The crash matrix of a rotation whose CURRENT is a login (`username`, `password`):
-//! `keyturn rotate` is killed by its own crash point right after one step
-//! (`KEYTURN_CRASH_AFTER`), what the app holds is checked, and a second run must converge.
-//! The PostgreSQL (`rotation::e2e`), MySQL and Redis tests run the same checks; each
-//! implements [`LoginEnv`] for its own `Env` and adds what only it has (a Deployment to roll).
+//! What the process tests of the rotations whose CURRENT is a login (`username`,
+//! `password`: PostgreSQL in `rotation::e2e`, MySQL, Redis) check alike, over the
+//! [`LoginEnv`] each implements for its own `Env`:
 //!
-//! The three phases ([`first_rotation`], [`crash_after`], [`resume`]) are separate so a test
-//! can look at its own world between them; [`crash_and_resume`] runs them back to back.
+//! - [`alternating_rotations_switch_users`]: four alternating rotations, PREVIOUS keeping
+//!   working and superseded passwords not.
+//! - The crash matrix: `keyturn rotate` is killed by its own crash point right after one
+//!   step (`KEYTURN_CRASH_AFTER`), what the app holds is checked, and a second run must
+//!   converge. Its three phases ([`first_rotation`], [`crash_after`], [`resume`]) are
+//!   separate so a test can look at its own world between them (e2e: the Deployment's
+//!   rollout); [`crash_and_resume`] runs them back to back.
 
 use std::future::Future;
 use std::process::Output;
 
 use crate::agent_env::{AgentEnv, output_text};
 
-/// What the crash matrix needs of a test's `Env`.
+/// What the shared checks need of a test's `Env`.
 pub trait LoginEnv {
     /// The `keyturn` set-up (OpenBao, token, home, cluster).
     fn agent(&self) -> &AgentEnv;
@@ -168,4 +171,52 @@ pub async fn crash_and_resume(e: &impl LoginEnv, strategy: &str, step: &str) {
     let r = resume(e, crashed).await;
     let values = [r.crashed.before.old_password.clone(), r.password.clone()];
     e.assert_clean(&r.outputs(), &values).await;
+}
+
+/// Four alternating rotations by `keyturn rotate`: CURRENT switches between `app_a` and
+/// `app_b`, logs in and is in the Secret; PREVIOUS (the other user) keeps logging in; the
+/// password it superseded two rotations ago does not. Then the test's leak check.
+///
+/// # Panics
+/// When any of that does not hold.
+pub async fn alternating_rotations_switch_users(e: &impl LoginEnv) {
+    let mut outputs = Vec::new();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for i in 0..4 {
+        let out = e.agent().rotate(e.policy(), None).await;
+        assert!(out.status.success(), "rotation {i}: {}", output_text(&out));
+        outputs.push(out);
+        let (user, password, version) = e.agent().login_at(e.policy(), None).await;
+        assert_eq!(
+            user,
+            if i % 2 == 0 { "app_a" } else { "app_b" },
+            "rotation {i}"
+        );
+        assert!(e.logs_in(&user, &password).await);
+        assert_eq!(
+            e.secret().await,
+            Some((user.clone(), password.clone())),
+            "the Secret holds CURRENT"
+        );
+        if i > 0 {
+            let (prev_user, prev_password, _) =
+                e.agent().login_at(e.policy(), Some(version - 1)).await;
+            assert_ne!(prev_user, user);
+            assert!(
+                e.logs_in(&prev_user, &prev_password).await,
+                "rotation {i}: PREVIOUS stopped working"
+            );
+        }
+        if i > 1 {
+            let (old_user, old_password) = &seen[i - 2];
+            assert!(
+                !e.logs_in(old_user, old_password).await,
+                "rotation {i}: a superseded password still logs in"
+            );
+        }
+        seen.push((user, password));
+    }
+    let refs: Vec<&Output> = outputs.iter().collect();
+    let values: Vec<String> = seen.into_iter().map(|(_, p)| p).collect();
+    e.assert_clean(&refs, &values).await;
 }
