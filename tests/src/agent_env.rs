@@ -225,7 +225,13 @@ impl AgentEnv {
             .kv2_read("secret", &format!("keyturn/{name}"), version)
             .await
             .ok()?;
-        let value = r.data.get("value").unwrap().expose_str().unwrap().to_owned();
+        let value = r
+            .data
+            .get("value")
+            .unwrap()
+            .expose_str()
+            .unwrap()
+            .to_owned();
         Some((value, r.version))
     }
 

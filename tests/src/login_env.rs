@@ -60,7 +60,11 @@ impl Resumed {
     /// The three runs' outputs, for the leak check.
     #[must_use]
     pub fn outputs(&self) -> [&Output; 3] {
-        [&self.crashed.before.first, &self.crashed.crashed, &self.resumed]
+        [
+            &self.crashed.before.first,
+            &self.crashed.crashed,
+            &self.resumed,
+        ]
     }
 }
 

@@ -3,8 +3,8 @@
 //! SIGKILLed right after each step and a restart converges), the daemon's schedule, two
 //! daemons on one policy set, hot reload, and SIGTERM.
 
-use std::process::{Command, Stdio};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use keyturn_tests::agent_env::{self, AgentEnv, Daemon};
 use keyturn_tests::canary::assert_absent;
@@ -255,7 +255,10 @@ async fn metrics_health_and_readiness_are_served_and_hold_no_secret() {
     let listen = format!("127.0.0.1:{port}");
     let d = start_daemon_with(&e, "agent-1", &["--listen", &listen]);
     let base = format!("http://{listen}");
-    eventually("api rotated", || async { e.value_at("api", None).await.is_some() }).await;
+    eventually("api rotated", || async {
+        e.value_at("api", None).await.is_some()
+    })
+    .await;
     eventually("ready", || async {
         get(&format!("{base}/readyz"))
             .await
@@ -492,7 +495,10 @@ async fn the_daemon_anchors_its_audit_head_so_a_cut_audit_file_is_caught() {
         "agent-1",
         &["--audit-anchor", anchor, "--audit-anchor-every", "1s"],
     );
-    eventually("api rotated", || async { e.value_at("api", None).await.is_some() }).await;
+    eventually("api rotated", || async {
+        e.value_at("api", None).await.is_some()
+    })
+    .await;
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     // At shutdown the last durable entry is anchored: the whole file verifies against it.

@@ -16,8 +16,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use keyturn_tests::agent_env::AgentEnv;
 use keyturn_tests::canary::assert_absent;
-use keyturn_tests::login_env::{self, LoginEnv};
 use keyturn_tests::kube::TestCluster;
+use keyturn_tests::login_env::{self, LoginEnv};
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::postgres::Postgres as PgServer;
 use kube::api::{Api, PostParams};
@@ -76,7 +76,10 @@ impl Env {
     }
 
     fn cluster(&self) -> &TestCluster {
-        self.agent.cluster.as_ref().expect("Env::new starts a cluster")
+        self.agent
+            .cluster
+            .as_ref()
+            .expect("Env::new starts a cluster")
     }
 
     fn write_policy(&self, strategy: &str, users: &str) {
@@ -300,7 +303,10 @@ async fn crash_and_resume(strategy: &str, step: &str) {
 
     let r = login_env::resume(&e, crashed).await;
     let new_annotation = e.version_annotation().await.unwrap();
-    assert_ne!(new_annotation, old_annotation, "the Deployment rolled onto it");
+    assert_ne!(
+        new_annotation, old_annotation,
+        "the Deployment rolled onto it"
+    );
     if let Some(s) = e.cluster().standin() {
         // The Deployment was patched at most once per rotation: the resumed distribute step
         // found it already current when the crash came after it.
@@ -429,7 +435,11 @@ async fn under_the_generated_role_a_missing_secret_is_a_clear_audited_403_and_re
         .await
         .unwrap();
     let kubeconfig = e.agent.home.path().join("agent-kubeconfig");
-    std::fs::write(&kubeconfig, e.cluster().kubeconfig_for_token("agent", &token)).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        e.cluster().kubeconfig_for_token("agent", &token),
+    )
+    .unwrap();
     let rotate = || {
         let mut c = e.cmd(&["rotate", "orders-db"]);
         c.env("KUBECONFIG", &kubeconfig);
