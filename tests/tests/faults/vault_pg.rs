@@ -931,8 +931,11 @@ async fn postgres_restarted_mid_rotation_loses_no_credential_and_everything_conv
         .cloned()
         .collect();
     let pg_refs: Vec<&Pol> = pg_pols.iter().collect();
-    // As for Vault: slow PostgreSQL so a rotation is caught between `set` and `test`.
-    let slow = Mode::Delay(Duration::from_millis(300));
+    // As for Vault: slow PostgreSQL so a rotation is caught between `set` and `test`. Two
+    // seconds a chunk: between seeing the `set` intent in the audit log and stopping the
+    // server the test itself takes a few hundred milliseconds on a loaded machine, and a
+    // `set` over a pooled admin connection must not finish in that gap.
+    let slow = Mode::Delay(Duration::from_secs(2));
     rig.until_next_wave(&pg_refs, Duration::from_secs(1)).await;
     let started = rig.intents("rotate.set", &pg_refs);
     rig.pg_proxy.set(slow);
