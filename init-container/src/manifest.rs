@@ -40,6 +40,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use keyturn_core::config::{self, ConfigError, Location, Problems};
+pub use keyturn_core::vault::auth::{AuthSpec, RoleId};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -73,52 +74,6 @@ pub struct VaultSpec {
     pub namespace: Option<String>,
     /// How to log in.
     pub auth: AuthSpec,
-}
-
-/// How to log in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthSpec {
-    /// The pod's service-account token, checked by Vault with TokenReview.
-    Kubernetes {
-        /// Auth mount.
-        mount: String,
-        /// Vault role.
-        role: String,
-        /// Service-account token file; `None`: `--jwt-file`, else the in-pod default.
-        jwt_file: Option<PathBuf>,
-    },
-    /// A JWT Vault checks against a JWKS or OIDC discovery.
-    Jwt {
-        /// Auth mount.
-        mount: String,
-        /// Vault role, or the mount's default.
-        role: Option<String>,
-        /// The JWT file; `None`: `--jwt-file`, else the in-pod default.
-        jwt_file: Option<PathBuf>,
-    },
-    /// AppRole.
-    AppRole {
-        /// Auth mount.
-        mount: String,
-        /// The role id.
-        role_id: RoleId,
-        /// The secret id file.
-        secret_id_file: PathBuf,
-    },
-    /// A token given to the process. It is the caller's, so keyturn-init does not revoke it.
-    Token {
-        /// The token file, else `VAULT_TOKEN` / `~/.vault-token`.
-        token_file: Option<PathBuf>,
-    },
-}
-
-/// An AppRole role id, inline or in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoleId {
-    /// Given in the manifest.
-    Inline(String),
-    /// Read from a file.
-    File(PathBuf),
 }
 
 /// One file to write.

@@ -69,6 +69,13 @@ pub enum ConfigError {
     NoToken,
 }
 
+impl crate::exit::HasExitCode for ConfigError {
+    /// Vault's configuration and the credential files are read before any network call: 64.
+    fn exit_code(&self) -> crate::exit::ExitCode {
+        crate::exit::ExitCode::Usage
+    }
+}
+
 /// How to reach Vault. Build it with [`VaultConfig::from_env`], adjust, then hand it to
 /// [`super::Vault::connect`].
 #[derive(Debug, Clone)]

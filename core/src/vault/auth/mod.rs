@@ -6,11 +6,13 @@
 mod approle;
 mod jwt;
 mod kubernetes;
+mod spec;
 mod token;
 
 pub use approle::AppRole;
 pub use jwt::Jwt;
 pub use kubernetes::{DEFAULT_SA_TOKEN_PATH, Kubernetes};
+pub use spec::{AuthSpec, Identity, Prepared, RoleId, prepare};
 pub use token::TokenAuth;
 
 use async_trait::async_trait;
