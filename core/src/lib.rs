@@ -5,6 +5,8 @@
 //!   methods, KV v1/v2, retries.
 //! - [`audit`]: the hash-chained audit trail, its sinks and its verifier.
 //! - [`exit`]: the exit codes of every binary and the one precedence among them.
+//! - [`process`]: how every binary starts: its logging and its answer to a refused command
+//!   line.
 //! - [`sys`]: the few process and filesystem facts keyturn checks (core dumps, tmpfs).
 //! - [`text`]: outside text (names, paths, flag values, a server's words) made safe to print.
 
@@ -12,6 +14,7 @@ pub mod audit;
 pub mod config;
 pub mod exit;
 pub mod logfilter;
+pub mod process;
 pub mod secret;
 pub mod sys;
 pub mod text;

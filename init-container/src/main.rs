@@ -18,41 +18,12 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            // clap's message spans several lines; the first says what is wrong. It quotes the
-            // argument it refuses: escaped and capped, so a 1 MB or terminal-driving argument
-            // cannot bury or rewrite the message.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "keyturn-init: {}",
-                keyturn_core::text::clean(
-                    first.trim_start_matches("error: "),
-                    keyturn_core::text::MESSAGE_MAX
-                )
-            );
-            return ExitCode::from(exit::ExitCode::Usage);
-        }
+        Err(e) => return ExitCode::from(keyturn_core::process::clap_exit("keyturn-init", &e)),
     };
-    let directives = keyturn_core::logfilter::with_quiet_libraries(&cli.log);
-    let filter = match tracing_subscriber::EnvFilter::try_new(&directives) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("keyturn-init: --log {:?}: {e}", cli.log);
-            return ExitCode::from(exit::ExitCode::Usage);
-        }
-    };
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_current_span(false)
-        .init();
+    if let Err(e) = keyturn_core::process::init_logging(&cli.log) {
+        eprintln!("keyturn-init: {e}");
+        return ExitCode::from(exit::HasExitCode::exit_code(&e));
+    }
     // One thread: the work is a few dozen concurrent requests, and a thread pool would
     // cost start-up time and memory for nothing.
     let rt = match tokio::runtime::Builder::new_current_thread()

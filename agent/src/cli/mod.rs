@@ -6,7 +6,8 @@
 //! inside its `run`, so the commands that need none (`audit verify`) start instantly.
 //!
 //! Exit codes follow sysexits(3) for the whole CLI, through the one type [`exit::ExitCode`]:
-//! clap's usage errors exit 64, not clap's default 2. Subcommands that touch secrets take their audit options from
+//! clap's usage errors exit 64, not clap's default 2, reported as every binary reports them
+//! ([`keyturn_core::process::clap_exit`]). Subcommands that touch secrets take their audit options from
 //! [`audit_log::AuditLogArgs`].
 
 use clap::{Args, Parser, Subcommand};
@@ -19,7 +20,6 @@ pub mod break_glass;
 pub mod completions;
 pub mod doctor;
 pub mod exit;
-pub mod logging;
 pub mod policy;
 pub mod rotate;
 pub mod rotation_args;
@@ -102,7 +102,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 /// # Errors
 /// The exit code to leave with, when there is nothing to run.
 pub fn parse() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| exit_for_clap_error(&e))
+    Cli::try_parse().map_err(|e| keyturn_core::process::clap_exit("keyturn", &e))
 }
 
 /// Parses `args` (the first is the program name), as [`parse`] does.
@@ -114,40 +114,16 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Cli::try_parse_from(args).map_err(|e| exit_for_clap_error(&e))
-}
-
-/// Prints a clap error (help and version go to stdout, errors to stderr) and picks the exit
-/// code: 0 for help and version, [`ExitCode::Usage`] for anything else.
-pub fn exit_for_clap_error(e: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
-            ExitCode::Ok
-        }
-        _ => {
-            // clap quotes the argument it refuses: each line is escaped and capped, so a 1 MB
-            // or terminal-driving argument cannot bury or rewrite the message.
-            let text = e.to_string();
-            for line in text.lines() {
-                eprintln!(
-                    "{}",
-                    keyturn_core::text::clean(line, keyturn_core::text::ECHO_MAX * 3)
-                );
-            }
-            ExitCode::Usage
-        }
-    }
+    Cli::try_parse_from(args).map_err(|e| keyturn_core::process::clap_exit("keyturn", &e))
 }
 
 /// Sets up logging and runs the subcommand; returns the code to exit with
 /// (`std::process::ExitCode::from` it).
 #[must_use]
 pub fn run(cli: Cli) -> ExitCode {
-    if let Err(e) = logging::init(&cli.global.log) {
+    if let Err(e) = keyturn_core::process::init_logging(&cli.global.log) {
         eprintln!("keyturn: {e}");
-        return ExitCode::Usage;
+        return exit::HasExitCode::exit_code(&e);
     }
     // `doctor` and `policy` still return the number; one outside the table is a bug.
     match cli.command {
