@@ -99,3 +99,25 @@ async fn moto_stores_and_returns_a_secrets_manager_secret() {
         "{missing}"
     );
 }
+
+/// The README's first command runs `keyturn-demo`: it must succeed end to end, and its last
+/// claim (an edited copy of the audit log is caught) must be shown, not just printed. An edit
+/// of a `started` intent once left the copy intact and the demo said "ok" without failing.
+#[tokio::test]
+async fn the_demo_runs_end_to_end_and_catches_the_edited_audit_log() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyturn-demo"))
+        .env("KEYTURN_BIN", keyturn_tests::bins::keyturn())
+        .env("KEYTURN_INIT_BIN", keyturn_tests::bins::keyturn_init())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
+    let (_, tamper) = stdout
+        .split_once("an attacker edits one event's outcome")
+        .expect("the tamper step ran");
+    assert!(tamper.contains("broken: seq"), "{tamper}");
+    assert!(tamper.contains("exit 1"), "{tamper}");
+}

@@ -312,7 +312,11 @@ async fn main() -> anyhow::Result<()> {
     let tampered = work.path().join("tampered.jsonl");
     let original = std::fs::read_to_string(&audit)?;
     let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
-    let victim = lines.len() / 2;
+    // An `ok` event from the middle of the log: half the events are intents (`started`),
+    // which an edit of `ok` would leave untouched.
+    let victim = (lines.len() / 2..lines.len())
+        .find(|&i| lines[i].contains("\"outcome\":\"ok\""))
+        .ok_or_else(|| anyhow::anyhow!("no ok event in the second half of the audit log"))?;
     lines[victim] = lines[victim].replacen("\"outcome\":\"ok\"", "\"outcome\":\"denied\"", 1);
     std::fs::write(&tampered, lines.join("\n") + "\n")?;
     println!("   an attacker edits one event's outcome in a copy of the log:");
@@ -322,6 +326,11 @@ async fn main() -> anyhow::Result<()> {
         .env("KEYTURN_AUDIT_HMAC_KEY_FILE", &key))?;
     show(&text);
     println!("   exit {code}");
+    // The demo's claim is that the edit is caught: if verify accepts the copy, the demo fails.
+    anyhow::ensure!(
+        code == 1,
+        "audit verify accepted an edited log (exit {code})"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     println!("\n\x1b[1mdone.\x1b[0m Servers stop and temp files go away now.");
     Ok(())
