@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{Outcome, Report, fail, ok, skip};
-use crate::backends::Backends;
+use crate::backends::{Backends, StoreSpec};
 use crate::policy::Policy;
-use crate::policy::needs::Need as PolicyNeed;
 use crate::rotation::store::aws_sm;
 
 pub(super) async fn aws_checks(report: &mut Report, policies: Option<&[Policy]>) {
@@ -22,18 +21,15 @@ pub(super) async fn aws_checks(report: &mut Report, policies: Option<&[Policy]>)
     // Each secret once: the credential (may not exist yet) and admin credentials (must).
     let mut secrets: BTreeMap<(String, Option<String>), (Vec<String>, bool)> = BTreeMap::new();
     for p in policies {
-        for n in p.needs() {
-            // The state secret is created with the first rotation; only the credential's
-            // own secret is described.
-            if let PolicyNeed::Aws {
-                secret_id,
-                region,
-                must_exist,
-                ..
-            } = n
-                && !secret_id.starts_with(aws_sm::STATE_PREFIX)
-            {
-                let e = secrets.entry((secret_id, region)).or_default();
+        // The policy's own secret (created by the first rotation if absent) and its target's
+        // admin credential (which must exist). The state secret is the store's own business.
+        let own = std::iter::once((&p.store, false));
+        let admin = p.target.admin_store().map(|s| (s, true));
+        for (store, must_exist) in own.chain(admin) {
+            if let StoreSpec::AwsSecretsManager(a) = store {
+                let e = secrets
+                    .entry((a.secret_id.clone(), a.region.clone()))
+                    .or_default();
                 if !e.0.contains(&p.name) {
                     e.0.push(p.name.clone());
                 }
