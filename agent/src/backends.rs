@@ -248,9 +248,11 @@ impl Backends {
     /// Whether any of `policies` keeps a credential (or an admin credential) in AWS.
     #[must_use]
     pub fn needs_aws(policies: &[Policy]) -> bool {
-        crate::policy::needs::all(policies)
-            .iter()
-            .any(|n| matches!(n, Need::Aws { .. }))
+        policies.iter().any(|p| {
+            std::iter::once(&p.store)
+                .chain(p.target.admin_store())
+                .any(|s| matches!(s, StoreSpec::AwsSecretsManager(_)))
+        })
     }
 
     /// Vault, for policy `policy`.
