@@ -162,7 +162,7 @@ def main():
         hwm_final = status_kib(daemon.pid, "VmHWM") / 1024
         stop(daemon)
         daemon = None
-        scheduled = sorted(json.loads(l)["fields"]["delay_ms"] for l in open(f"{work}/idle.log")
+        scheduled = sorted(json.loads(l)["delay_ms"] for l in open(f"{work}/idle.log")
                            if "slot fired" in l and '"policy":"m' in l)
         p50 = statistics.median(scheduled) if scheduled else float("nan")
         p99 = scheduled[min(len(scheduled) - 1, int(len(scheduled) * 0.99))] if scheduled else float("nan")

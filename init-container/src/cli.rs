@@ -74,7 +74,7 @@ pub struct Cli {
     #[arg(long, env = "KEYTURN_POD_NAME", value_name = "NAME")]
     pub pod_name: Option<String>,
 
-    /// Log filter for stderr (JSON lines): error, warn, info, debug, or a tracing filter.
+    /// Log filter for stderr: error, warn, info, debug, or a tracing filter.
     #[arg(
         long,
         env = "KEYTURN_LOG",
@@ -82,6 +82,12 @@ pub struct Cli {
         default_value = "warn"
     )]
     pub log: String,
+
+    /// How log lines look: `text` for a person, `json` (one object per line with `time`,
+    /// `level`, `severity`, `msg`, `logger` and the event's fields) for a collector. Default:
+    /// text when stderr is a terminal, else json.
+    #[arg(long, env = "KEYTURN_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<keyturn_core::process::LogFormat>,
 }
 
 /// A value parser for a flag that is also an environment variable: the text goes through

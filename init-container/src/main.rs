@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return ExitCode::from(keyturn_core::process::clap_exit("keyturn-init", &e)),
     };
-    if let Err(e) = keyturn_core::process::init_logging(&cli.log) {
+    if let Err(e) = keyturn_core::process::init_logging(&cli.log, cli.log_format) {
         eprintln!("keyturn-init: {e}");
         return ExitCode::from(exit::HasExitCode::exit_code(&e));
     }

@@ -29,11 +29,15 @@ impl Write for Capture {
 async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
     let capture = Capture::default();
     let sink = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || sink.clone())
-        .finish();
+    // The binaries' own JSON line format, with the libraries it quiets by default named so
+    // that they log at TRACE too.
+    let subscriber = keyturn_core::process::subscriber(
+        keyturn_core::process::LogFormat::Json,
+        "trace,rustify=trace,vaultrs=trace",
+        move || sink.clone(),
+        false,
+    )
+    .unwrap();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let bao = OpenBao::start().await.unwrap();

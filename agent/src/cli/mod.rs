@@ -47,7 +47,7 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Which logs to write to stderr (as JSON), in tracing's filter syntax: `info`,
+    /// Which logs to write to stderr, in tracing's filter syntax: `info`,
     /// `keyturn=debug,warn`, ….
     #[arg(
         long = "log",
@@ -56,6 +56,17 @@ pub struct GlobalArgs {
         global = true
     )]
     pub log: String,
+    /// How log lines look: `text` for a person, `json` (one object per line with `time`,
+    /// `level`, `severity`, `msg`, `logger` and the event's fields) for a collector. Default:
+    /// text when stderr is a terminal, else json.
+    #[arg(
+        long = "log-format",
+        env = "KEYTURN_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        global = true
+    )]
+    pub log_format: Option<keyturn_core::process::LogFormat>,
 }
 
 /// The subcommands.
@@ -121,7 +132,7 @@ where
 /// (`std::process::ExitCode::from` it).
 #[must_use]
 pub fn run(cli: Cli) -> ExitCode {
-    if let Err(e) = keyturn_core::process::init_logging(&cli.global.log) {
+    if let Err(e) = keyturn_core::process::init_logging(&cli.global.log, cli.global.log_format) {
         eprintln!("keyturn: {e}");
         return exit::HasExitCode::exit_code(&e);
     }

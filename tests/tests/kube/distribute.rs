@@ -188,11 +188,14 @@ impl Capture {
     /// Captures every event of this thread (`#[tokio::test]` runs everything on it) at TRACE.
     fn install(&self) -> tracing::subscriber::DefaultGuard {
         let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || sink.clone())
-            .finish();
+        // The binaries' own JSON line format.
+        let subscriber = keyturn_core::process::subscriber(
+            keyturn_core::process::LogFormat::Json,
+            "trace",
+            move || sink.clone(),
+            false,
+        )
+        .unwrap();
         tracing::subscriber::set_default(subscriber)
     }
 
@@ -651,7 +654,11 @@ async fn a_paused_deployment_is_skipped_with_a_warning_and_reported() {
     assert!(!template_annotations(&paused).contains_key("keyturn.dev/version"));
     let logs = capture.text();
     let warning = logs.lines().find(|l| {
-        l.contains("\"level\":\"WARN\"") && l.contains("paused-web") && l.contains("is paused")
+        let l: serde_json::Value = serde_json::from_str(l).unwrap();
+        l["level"] == "warn"
+            && l["severity"] == "WARNING"
+            && l.to_string().contains("paused-web")
+            && l["msg"].as_str().is_some_and(|m| m.contains("is paused"))
     });
     assert!(warning.is_some(), "a warning names the paused Deployment");
 }
