@@ -4,7 +4,8 @@
 //! content or an error message (those go to logs and the audit log).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::collector::Collector;
@@ -16,6 +17,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use keyturn_core::audit::AuditLog;
+
+use crate::policy::Policy;
+use crate::schedule::Schedule;
 
 /// `{policy, outcome}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +58,58 @@ pub struct BuildLabel {
 /// Every outcome `keyturn_rotations_total` counts; each starts at 0 for every loaded policy,
 /// so the first failure is a rate change on an existing series, not a new series.
 pub const OUTCOMES: [&str; 5] = ["rotated", "failed", "busy", "already-done", "error"];
+
+/// `{resource, verb, outcome}` of a Kubernetes API request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeOp {
+    /// `secrets`, `deployments.apps`, `statefulsets.apps`, `daemonsets.apps`.
+    pub resource: String,
+    /// `get`, `create`, `patch`.
+    pub verb: String,
+    /// `ok`, `forbidden`, `not-found`, `invalid`, `conflict`, `throttled`, `server-error`,
+    /// `error` (another HTTP answer), `unreachable`, `protocol`.
+    pub outcome: String,
+}
+
+/// `keyturn_kubernetes_requests_total`: one family for the whole process. Distribution has no
+/// handle on the daemon's [`Metrics`] (it also runs under `keyturn rotate` and break-glass),
+/// and threading one through every delivery and restart call would be a far larger change than
+/// a counter deserves; every [`Metrics`] registers this same family.
+static KUBE_REQUESTS: LazyLock<Family<KubeOp, Counter>> = LazyLock::new(Family::default);
+
+/// Counts one Kubernetes API request (`Ok`, or the failure it met) for
+/// `keyturn_kubernetes_requests_total`. Only the resource, verb and an outcome class are
+/// labels: never an object's name (cardinality) nor anything of a body.
+pub fn kube_request(
+    resource: &str,
+    verb: &str,
+    result: Result<(), &crate::distribute::DistributeError>,
+) {
+    use crate::distribute::DistributeError as E;
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(E::Forbidden { .. }) => "forbidden",
+        Err(E::NotFound { .. }) => "not-found",
+        Err(E::Invalid { .. }) => "invalid",
+        Err(E::Conflict { .. }) => "conflict",
+        Err(E::Api { code: 429, .. }) => "throttled",
+        Err(E::Api { code, .. }) if *code >= 500 => "server-error",
+        Err(E::Unreachable { .. }) => "unreachable",
+        Err(E::Protocol { .. }) => "protocol",
+        Err(_) => "error",
+    };
+    KUBE_REQUESTS
+        .get_or_create(&KubeOp {
+            resource: resource.to_owned(),
+            verb: verb.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+}
+
+/// The break-glass actions `keyturn_breakglass_total` counts; each series starts at 0, so a
+/// dashboard shows them and `increase()` sees the first one.
+pub const BREAKGLASS_ACTIONS: [&str; 3] = ["rotate", "revoke", "reveal"];
 
 /// `{outcome}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +156,16 @@ pub struct Metrics {
     pub unschedulable: Family<PolicyLabel, Gauge>,
     /// `keyturn_audit_anchor_writes_total{outcome}`: attempts to record the audit head.
     pub audit_anchor: Family<OutcomeLabel, Counter>,
+    /// `keyturn_policy_max_age_seconds{policy}`: the oldest CURRENT may be while the policy
+    /// is on schedule: the longest gap between two of its slots plus its window.
+    pub max_age: Family<PolicyLabel, Gauge>,
+    /// `keyturn_rotation_started_timestamp_seconds{policy}`: when the attempt in flight in
+    /// this process started (Unix time), 0 when none is.
+    pub in_flight_since: Family<PolicyLabel, Gauge>,
+    /// `keyturn_last_failure_timestamp_seconds{policy}`: when this process's last failed or
+    /// stopped attempt ended (outcomes `failed` and `error`; `busy`, another process holding
+    /// the rotation, is not a failure of the policy).
+    pub last_failure: Family<PolicyLabel, Gauge>,
     /// When each policy's CURRENT value was created, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     /// The audit log, for its counters and for whether it has failed.
@@ -189,6 +255,34 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             });
         }
+        for action in BREAKGLASS_ACTIONS {
+            let _ = breakglass.get_or_create(&ActionLabel {
+                action: action.to_owned(),
+            });
+        }
+        registry.register(
+            "keyturn_kubernetes_requests",
+            "Kubernetes API requests by resource, verb and outcome",
+            KUBE_REQUESTS.clone(),
+        );
+        let max_age = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_policy_max_age_seconds",
+            "The oldest each policy's CURRENT value may be on schedule: its longest gap between slots plus its window",
+            max_age.clone(),
+        );
+        let in_flight_since = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_rotation_started_timestamp_seconds",
+            "When each policy's attempt in flight started (Unix time; 0 when none is)",
+            in_flight_since.clone(),
+        );
+        let last_failure = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "keyturn_last_failure_timestamp_seconds",
+            "When each policy's last failed or stopped attempt ended (Unix time)",
+            last_failure.clone(),
+        );
         let build_info = Family::<BuildLabel, Gauge>::default();
         registry.register(
             "keyturn_build_info",
@@ -218,6 +312,9 @@ impl Metrics {
             backoff_seconds,
             unschedulable,
             audit_anchor,
+            max_age,
+            in_flight_since,
+            last_failure,
             last_rotated,
             audit,
             registry: Arc::new(registry),
@@ -234,18 +331,39 @@ impl Metrics {
     }
 
     /// Creates every per-policy series at its resting value, so dashboards and alerts see
-    /// a policy from the moment it is loaded.
-    pub fn register_policy(&self, policy: &str) {
+    /// a policy from the moment it is loaded, and notes the age its schedule allows.
+    pub fn register_policy(&self, p: &Policy) {
+        let policy = p.name.as_str();
+        let l = label(policy);
+        match max_age(&p.schedule, p.window, Utc::now()) {
+            Some(age) => {
+                let secs = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+                self.max_age.get_or_create(&l).set(secs);
+            }
+            None => {
+                self.max_age.remove(&l);
+            }
+        }
+        // A reload keeps an attempt in flight (`spawn` owns it); only a new policy starts at 0.
+        let _ = self.in_flight_since.get_or_create(&l);
         for outcome in OUTCOMES {
             let _ = self.rotations.get_or_create(&PolicyOutcome {
                 policy: policy.to_owned(),
                 outcome: outcome.to_owned(),
             });
         }
-        let l = label(policy);
         self.consecutive_failures.get_or_create(&l).set(0);
         self.backoff_seconds.get_or_create(&l).set(0);
         self.unschedulable.get_or_create(&l).set(0);
+    }
+
+    /// Notes that an attempt at `policy` starts now; the returned guard sets the gauge back
+    /// to 0 when the attempt ends, however it ends (a panic or an abort included).
+    #[must_use]
+    pub fn in_flight(&self, policy: &str) -> InFlightGuard {
+        let gauge = self.in_flight_since.get_or_create(&label(policy)).clone();
+        gauge.set(Utc::now().timestamp());
+        InFlightGuard(gauge)
     }
 
     /// Notes when the store created `policy`'s CURRENT value (`None`: it does not say).
@@ -306,6 +424,9 @@ impl Metrics {
         for f in [
             &self.next_rotation,
             &self.last_success,
+            &self.last_failure,
+            &self.max_age,
+            &self.in_flight_since,
             &self.consecutive_failures,
             &self.backoff_seconds,
             &self.unschedulable,
@@ -326,8 +447,14 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts one rotation outcome.
+    /// Counts one rotation outcome; a `failed` or `error` one is also the policy's last
+    /// failure.
     pub fn outcome(&self, policy: &str, outcome: &str) {
+        if matches!(outcome, "failed" | "error") {
+            self.last_failure
+                .get_or_create(&label(policy))
+                .set(Utc::now().timestamp());
+        }
         self.rotations
             .get_or_create(&PolicyOutcome {
                 policy: policy.to_owned(),
@@ -389,6 +516,46 @@ fn openmetrics_to_text(om: &str) -> String {
     out
 }
 
+/// Sets `keyturn_rotation_started_timestamp_seconds` back to 0 when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(Gauge);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
+
+/// How many of a cron schedule's coming slots [`max_age`] looks at: a year of a daily
+/// schedule, and every weekday pattern many times over.
+const MAX_AGE_SAMPLE: usize = 400;
+
+/// The oldest a policy's CURRENT value may be while the schedule is kept: the longest gap
+/// between two consecutive slots (the interval of `every`; for cron, among the next
+/// [`MAX_AGE_SAMPLE`] slots after `now`, so `0 3 * * 1-5` allows a weekend) plus the window,
+/// since a slot's rotation may start anywhere in `[slot, slot + window)`. `None` when the
+/// schedule has fewer than two slots left.
+#[must_use]
+pub fn max_age(schedule: &Schedule, window: Duration, now: DateTime<Utc>) -> Option<Duration> {
+    let gap = match schedule {
+        Schedule::Every(d) => *d,
+        Schedule::Cron { .. } => {
+            let mut at = schedule.next_due(Some(now))?;
+            let mut longest = None;
+            for _ in 1..MAX_AGE_SAMPLE {
+                let Some(next) = schedule.next_due(Some(at)) else {
+                    break;
+                };
+                let gap = (next - at).to_std().ok()?;
+                longest = longest.max(Some(gap));
+                at = next;
+            }
+            longest?
+        }
+    };
+    gap.checked_add(window)
+}
+
 fn label(policy: &str) -> PolicyLabel {
     PolicyLabel {
         policy: policy.to_owned(),
@@ -438,6 +605,15 @@ impl Collector for Scraped {
                 None,
                 f.metric_type(),
             )?)?;
+            // A counter resets with the restart a failed log forces; this says the running
+            // process's log refuses events now.
+            let p = ConstGauge::new(i64::from(a.is_poisoned()));
+            p.encode(encoder.encode_descriptor(
+                "keyturn_audit_log_failed",
+                "1 when the audit log has failed a write and refuses every event until a restart",
+                None,
+                p.metric_type(),
+            )?)?;
         }
         Ok(())
     }
@@ -447,10 +623,119 @@ impl Collector for Scraped {
 mod tests {
     use super::*;
 
+    /// A policy `name` on `schedule` (a `spec:` line) with a 1h window.
+    fn policy(name: &str, schedule: &str) -> Policy {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: {{ name: {name} }}\nspec:\n  {schedule}\n  window: 1h\n  store: {{ vault-kv: {{ path: keyturn/{name} }} }}\n  target: {{ generated: {{}} }}\n"
+            ),
+        )
+        .unwrap();
+        crate::policy::load(&file).unwrap().remove(0)
+    }
+
+    #[test]
+    fn the_allowed_age_is_the_longest_gap_between_slots_plus_the_window() {
+        let now = crate::schedule::utc(2025, 1, 1, 0, 0);
+        let hour = Duration::from_secs(3600);
+        let every = Schedule::every("24h").unwrap();
+        assert_eq!(max_age(&every, hour, now), Some(25 * hour));
+        let daily = Schedule::cron("0 3 * * *", None).unwrap();
+        assert_eq!(max_age(&daily, hour, now), Some(25 * hour));
+        // Weekdays only: Friday's rotation has to last until Monday's.
+        let weekdays = Schedule::cron("0 3 * * 1-5", None).unwrap();
+        assert_eq!(max_age(&weekdays, hour, now), Some(73 * hour));
+        let m = Metrics::new(None);
+        m.register_policy(&policy("nightly", "schedule: \"0 3 * * 1-5\""));
+        assert!(
+            m.encode()
+                .contains(r#"keyturn_policy_max_age_seconds{policy="nightly"} 262800"#),
+            "{}",
+            m.encode()
+        );
+    }
+
+    #[test]
+    fn an_attempt_in_flight_shows_its_start_until_it_ends_and_a_failure_its_time() {
+        let m = Metrics::new(None);
+        m.register_policy(&policy("api", "every: 24h"));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"keyturn_rotation_started_timestamp_seconds{policy="api"} 0"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("keyturn_last_failure_timestamp_seconds{"),
+            "{text}"
+        );
+        let before = Utc::now().timestamp();
+        let guard = m.in_flight("api");
+        let started: i64 = m.in_flight_since.get_or_create(&label("api")).get();
+        assert!(started >= before, "{started} < {before}");
+        m.outcome("api", "busy");
+        assert!(
+            !m.encode()
+                .contains("keyturn_last_failure_timestamp_seconds{")
+        );
+        m.outcome("api", "failed");
+        drop(guard);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"keyturn_rotation_started_timestamp_seconds{policy="api"} 0"#),
+            "{text}"
+        );
+        assert!(
+            m.last_failure.get_or_create(&label("api")).get() >= before,
+            "{text}"
+        );
+        m.forget("api");
+        let text = m.encode();
+        assert!(!text.contains(r#"policy="api""#), "{text}");
+    }
+
+    #[test]
+    fn break_glass_series_start_at_zero_and_kubernetes_requests_are_counted_by_outcome() {
+        let m = Metrics::new(None);
+        let text = m.encode();
+        for action in BREAKGLASS_ACTIONS {
+            assert!(
+                text.contains(&format!(
+                    r#"keyturn_breakglass_total{{action="{action}"}} 0"#
+                )),
+                "{text}"
+            );
+        }
+        // A resource no real delivery uses, so other tests in this process cannot add to it.
+        let forbidden = crate::distribute::DistributeError::Forbidden {
+            object: Box::new(crate::distribute::ObjectRef {
+                resource: "widgets.test".into(),
+                namespace: "ns".into(),
+                name: "w".into(),
+            }),
+            verb: "patch".into(),
+            code: 403,
+            message: "no".into(),
+        };
+        kube_request("widgets.test", "get", Ok(()));
+        kube_request("widgets.test", "patch", Err(&forbidden));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"keyturn_kubernetes_requests_total{resource="widgets.test",verb="get",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyturn_kubernetes_requests_total{resource="widgets.test",verb="patch",outcome="forbidden"} 1"#),
+            "{text}"
+        );
+    }
+
     #[test]
     fn the_exposition_is_the_classic_text_format_with_help_on_every_sample_family() {
         let m = Metrics::new(None);
-        m.register_policy("api");
+        m.register_policy(&policy("api", "every: 24h"));
         m.outcome("api", "rotated");
         m.rotation_duration.observe(0.1);
         let text = m.encode();

@@ -157,7 +157,7 @@ impl Daemon {
         // Start-up: read each policy's state; resume in-flight rotations first, queue the rest.
         let mut failing = Failing::new();
         for p in policies.values() {
-            self.metrics.register_policy(&p.name);
+            self.metrics.register_policy(p);
         }
         let scanned = scan(self.backends.clone(), policies.values().cloned().collect()).await;
         let mut resume = Vec::new();
@@ -357,6 +357,7 @@ impl Daemon {
         let metrics = self.metrics.clone();
         let done = done.clone();
         tasks.spawn(async move {
+            let _in_flight = metrics.in_flight(&p.name);
             let started = std::time::Instant::now();
             let (outcome, rotated_at, failed) =
                 rotate_once(&engine, &backends, &metrics, &p, &trigger).await;
@@ -514,7 +515,7 @@ impl Daemon {
             .collect();
         for p in &changed {
             queue.cancel(&p.name);
-            self.metrics.register_policy(&p.name);
+            self.metrics.register_policy(p);
         }
         tracing::info!(
             policies = new.len(),

@@ -31,11 +31,13 @@ pub(crate) async fn send(
 ) -> Result<Zeroizing<String>, DistributeError> {
     let request = request
         .map_err(|e| DistributeError::from_kube(kube::Error::BuildRequest(e), object, verb))?;
-    client
+    let answer = client
         .request_text(request)
         .await
         .map(Zeroizing::new)
-        .map_err(|e| DistributeError::from_kube(e, object, verb))
+        .map_err(|e| DistributeError::from_kube(e, object, verb));
+    crate::daemon::metrics::kube_request(&object.resource, verb, answer.as_ref().map(|_| ()));
+    answer
 }
 
 /// Parses an answer into a view of the fields keyturn reads.
