@@ -79,8 +79,9 @@ policies, the audit log. Flags with the same names are in `keyturn run --help`. 
   secret:
     secretName: {{ .Values.audit.hmacKey.secretName }}
     # Owner root, group the pod's fsGroup (65532): group-read is how the non-root daemon
-    # reads it; nobody else can.
-    defaultMode: 0440
+    # reads it; nobody else can. 288 is 0440: written in decimal because a leading-zero
+    # octal means 288 to Kubernetes' YAML 1.1 parser but 440 or a string to YAML 1.2 tools.
+    defaultMode: 288
     items:
       - key: {{ .Values.audit.hmacKey.key }}
         path: {{ .Values.audit.hmacKey.key }}
