@@ -621,3 +621,92 @@ async fn a_listen_address_in_use_exits_64_before_vault_is_asked() {
         "Vault was contacted before the listen address was checked"
     );
 }
+
+/// Publishes `payload` (file name → content) into `dir` the way the kubelet updates a
+/// ConfigMap volume (its AtomicWriter): the files go into a new hidden timestamped directory,
+/// a `..data_tmp` symlink to it is renamed over `..data`, then the visible names are made
+/// symlinks through `..data` (new ones created, vanished ones removed) and the old
+/// timestamped directory is deleted. The first call builds the initial layout.
+fn kubelet_publish(dir: &std::path::Path, generation: u32, payload: &[(&str, String)]) {
+    use std::os::unix::fs::symlink;
+    let ts = format!("..2025_01_01_00_00_{generation:02}.{generation:09}");
+    std::fs::create_dir(dir.join(&ts)).unwrap();
+    for (name, body) in payload {
+        std::fs::write(dir.join(&ts).join(name), body).unwrap();
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    symlink(&ts, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    for (name, _) in payload {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.starts_with("..") && !payload.iter().any(|(n, _)| *n == name) {
+            std::fs::remove_file(dir.join(&name)).unwrap();
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
+
+/// A generated policy's file, as `write_generated_policy` writes it.
+fn generated_policy(name: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    agent_env::write_generated_policy(dir.path(), name, "");
+    let file = format!("{name}.yaml");
+    let body = std::fs::read_to_string(dir.path().join(&file)).unwrap();
+    (file, body)
+}
+
+/// The `policies` field of every "policies reloaded" line of the daemon's JSON log.
+fn reload_counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["msg"] == "policies reloaded")
+        .filter_map(|v| v["policies"].as_u64())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_configmap_volume_update_swaps_in_the_new_policy_set_once() {
+    let e = AgentEnv::start(7).await;
+    let dir = e.policies();
+    let (f1, b1) = generated_policy("first");
+    kubelet_publish(&dir, 1, &[(f1.as_str(), b1)]);
+    let d = start_daemon(&e, "agent-1");
+    eventually("first rotated", || async {
+        e.value_at("first", None).await.is_some()
+    })
+    .await;
+    eventually("start-up finished", || async {
+        d.log().contains("policies loaded")
+    })
+    .await;
+    // The new set replaces `first` by `second` and `third`; the hidden timestamped
+    // directories hold copies of the same files and must not be read as policies too.
+    let (f2, b2) = generated_policy("second");
+    let (f3, b3) = generated_policy("third");
+    kubelet_publish(&dir, 2, &[(f2.as_str(), b2), (f3.as_str(), b3)]);
+    for n in ["second", "third"] {
+        eventually(&format!("{n} picked up and rotated"), || async {
+            e.value_at(n, None).await.is_some()
+        })
+        .await;
+    }
+    eventually("the swap reloaded", || async {
+        reload_counts(&d.log()).last() == Some(&2)
+    })
+    .await;
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let counts = reload_counts(&log);
+    // Every reload saw at most the two visible files (a mid-swap reload may see fewer, never
+    // the copies under `..data` or `..2025_…`), and none was rejected as a duplicate.
+    assert!(counts.iter().all(|c| *c <= 2), "reloads: {counts:?}\n{log}");
+    assert!(!log.contains("policy change rejected"), "{log}");
+    assert_eq!(e.value_at("first", None).await.unwrap().1, 1);
+}
