@@ -88,6 +88,36 @@ impl ExitCode {
         }
     }
 
+    /// What the code means, in one line: the man pages' EXIT STATUS rows (README's table says
+    /// the same at more length).
+    #[must_use]
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::Ok => "success",
+            Self::Failed => {
+                "the command ran and the answer is no: a broken audit chain, a rotation given up \
+                 and rolled back, a failed doctor check, an audit search without a match"
+            }
+            Self::Usage => "usage or configuration error, found before any network call",
+            Self::Data => {
+                "what was read does not fit the configuration: a field the secret lacks, a value \
+                 its format cannot hold or over the size limit, a KV v2 path without data/"
+            }
+            Self::NotFound => {
+                "a secret path that does not exist (Vault, AWS Secrets Manager), or an input file \
+                 that does not exist"
+            }
+            Self::Unavailable => "Vault or another server unavailable past the deadline",
+            Self::Software => "internal error",
+            Self::Io => "I/O error on an output directory or audit file",
+            Self::Busy => "busy: another live process holds the policy's rotation; try again later",
+            Self::NoPermission => {
+                "permission denied: Vault, AWS, Kubernetes RBAC, or an audit or key file that may \
+                 not be read or written"
+            }
+        }
+    }
+
     /// Whether this is [`ExitCode::Ok`].
     #[must_use]
     pub const fn is_ok(self) -> bool {

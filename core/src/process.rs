@@ -51,8 +51,9 @@ pub enum LogFormat {
     /// One line per event for a person: time, level, target, message, `key=value` fields.
     Text,
     /// One JSON object per line: `time` (RFC 3339, UTC), `level` (`info`, `warn`, …),
-    /// `severity` (Cloud Logging's `INFO`, `WARNING`, …), `msg`, `logger` (the target), then
-    /// the event's fields and its spans' fields, flat ([`JsonLines`]).
+    /// `severity` (Cloud Logging's `INFO`, `WARNING`, …), `msg`, `logger` (the module), then
+    /// the event's and its spans' fields, flat (a field named like one of those five is
+    /// written as `field.NAME`).
     Json,
 }
 

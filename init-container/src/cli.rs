@@ -13,7 +13,7 @@ use crate::write::Owner;
 /// Exit codes: 0 ok, 64 usage/config, 66 secret path not found, 69 Vault unavailable past
 /// the deadline, 70 internal, 74 output-directory I/O, 77 permission denied.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "keyturn-init", version, about, long_about = None)]
+#[command(name = "keyturn-init", version, about, long_about = None, after_help = EXAMPLES)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["manifest", "manifest_inline", "annotations"])))]
 pub struct Cli {
     /// The manifest file (YAML or JSON).
@@ -89,6 +89,21 @@ pub struct Cli {
     #[arg(long, env = "KEYTURN_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<keyturn_core::process::LogFormat>,
 }
+
+/// `--help`'s closing text, and the man page's EXAMPLES: real invocations, as a pod spec
+/// would run them.
+pub const EXAMPLES: &str = "\
+Examples:
+  # The manifest from a ConfigMap; the files go into an emptyDir with medium: Memory.
+  keyturn-init --manifest /etc/keyturn/manifest.yaml --out /run/secrets/app
+
+  # Vault Agent Injector annotations from the downward API, the files given to the app's user.
+  keyturn-init --annotations /etc/podinfo/annotations --out /vault/secrets --owner 1000:1000
+
+  # The manifest inline from a variable; audit events to a file, their head anchored in Vault.
+  KEYTURN_INIT_MANIFEST_INLINE=\"$(cat manifest.yaml)\" keyturn-init --out /run/secrets/app \\
+    --audit-file /run/audit/init.jsonl \\
+    --audit-anchor vault-kv:secret/keyturn-state/audit-anchor/orders-api-0";
 
 /// A value parser for a flag that is also an environment variable: the text goes through
 /// the function, and a refusal is one line naming both spellings, e.g. `--owner
@@ -251,6 +266,37 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// Each example in `--help` is a command line this definition accepts.
+    #[test]
+    fn the_help_examples_parse() {
+        let mut commands: Vec<String> = Vec::new();
+        let mut continued = false;
+        for line in EXAMPLES.lines().map(str::trim) {
+            if continued {
+                let c = commands.last_mut().unwrap();
+                c.push(' ');
+                c.push_str(line.trim_end_matches('\\'));
+            } else if let Some(at) = line.find("keyturn-init ") {
+                // A variable set before the command stands for its flag.
+                let env = &line[..at];
+                let mut cmd = line[at..].trim_end_matches('\\').to_owned();
+                if env.starts_with("KEYTURN_INIT_MANIFEST_INLINE=") {
+                    cmd.push_str(" --manifest-inline x");
+                }
+                commands.push(cmd);
+            }
+            continued = line.ends_with('\\');
+        }
+        assert_eq!(commands.len(), 3, "{commands:?}");
+        for c in &commands {
+            if let Err(e) = Cli::try_parse_from(c.split_whitespace()) {
+                panic!("{c}: {e}");
+            }
+        }
+        assert!(commands.iter().any(|c| c.contains("--manifest ")));
+        assert!(commands.iter().any(|c| c.contains("--annotations ")));
     }
 
     #[test]
