@@ -580,7 +580,10 @@ fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str]) {
         ..Render::new(label, "prod").with(extra)
     };
     let objs = r.objects(tmp.path()).unwrap();
-    let cm = objs.iter().find(|o| kind(o) == "ConfigMap").unwrap();
+    let cm = objs
+        .iter()
+        .find(|o| kind(o) == "ConfigMap" && name(o).ends_with("-policies"))
+        .unwrap();
     let dir = tmp.path().join("policies");
     std::fs::create_dir(&dir).unwrap();
     let data = cm["data"].as_object().unwrap();
