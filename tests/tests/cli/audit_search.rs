@@ -570,6 +570,31 @@ fn man_prints_keyturn_1_and_man_out_writes_a_page_per_subcommand() {
     let audit = std::fs::read_to_string(dir.join("keyturn-audit.1")).unwrap();
     assert!(audit.contains("keyturn\\-audit"), "{audit}");
     assert!(audit.contains("search"), "{audit}");
+    // keyturn-init's page comes from its own definition, with the sections keyturn adds.
+    let init = std::fs::read_to_string(dir.join("keyturn-init.1")).unwrap();
+    assert!(r.stdout.contains("keyturn-init.1"), "{}", r.stdout);
+    for section in [".SH EXAMPLES", ".SH ENVIRONMENT", ".SH \"EXIT STATUS\""] {
+        assert!(init.contains(section), "{section}");
+    }
+    assert!(init.contains("\\fBKEYTURN_INIT_MANIFEST\\fR"), "{init}");
+}
+
+#[test]
+fn an_unknown_log_format_is_a_usage_error_naming_the_flag() {
+    let f = Fixture::new();
+    let r = f.run(f.keyturn(&["--log-format", "xml", "man"]), None);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(r.stderr.starts_with("keyturn: "), "{}", r.stderr);
+    assert!(r.stderr.contains("--log-format"), "{}", r.stderr);
+    let mut c = f.keyturn(&["man"]);
+    c.env("KEYTURN_LOG_FORMAT", "logfmt");
+    let r = f.run(c, None);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(r.stderr.contains("--log-format"), "{}", r.stderr);
+    for format in ["json", "text"] {
+        let r = f.run(f.keyturn(&["--log-format", format, "man"]), None);
+        assert_eq!(r.code, 0, "{format}: {}", r.stderr);
+    }
 }
 
 /// The anchor in a real OpenBao: recorded by the writer's [`Anchor`], read by
