@@ -84,3 +84,80 @@ pub fn kube_standin() -> PathBuf {
     })
     .clone()
 }
+
+/// The static build's target triple, given explicitly so that only the binaries get
+/// `+crt-static`: build scripts and proc-macros are built for the host and stay dynamic.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The static build's profile (Cargo.toml): release, plus fat LTO in one codegen unit and
+/// opt-level "s".
+pub const STATIC_PROFILE: &str = "image";
+
+/// The static build's `RUSTFLAGS`: glibc linked statically (a static-pie binary).
+pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
+
+/// The static builds of `keyturn` and `keyturn-init` that the images ship, as
+/// `(keyturn, keyturn-init)`.
+///
+/// Built with exactly dev/build-static.sh's command (one cargo call for both binaries, so
+/// features unify the same way; the same `RUSTFLAGS`, target and profile) into `static/`
+/// inside the test's own target directory (`target/static`, or `$CARGO_TARGET_DIR/static`),
+/// which is where the script builds: after it (dev/test.sh runs it before the tests) this is
+/// a no-op. The static build has a target directory of its own because its `RUSTFLAGS`
+/// differ: in the main one each switch would rebuild everything. `KEYTURN_STATIC_DIR` names
+/// a directory holding both binaries instead.
+///
+/// # Panics
+/// When they cannot be built.
+pub fn static_bins() -> (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let dir = match std::env::var_os("KEYTURN_STATIC_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => build_static(),
+        };
+        (dir.join("keyturn"), dir.join("keyturn-init"))
+    })
+    .clone()
+}
+
+/// Runs dev/build-static.sh's cargo command; returns the directory the binaries are in.
+fn build_static() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("TARGET/PROFILE/deps/TEST")
+        .join("static");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            STATIC_PROFILE,
+            "--locked",
+            "--target",
+            STATIC_TARGET,
+            "-p",
+            "keyturn-agent",
+            "--bin",
+            "keyturn",
+            "-p",
+            "keyturn-init",
+            "--bin",
+            "keyturn-init",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", STATIC_RUSTFLAGS)
+        .current_dir(crate::tools::repo_root())
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "the static build failed (dev/build-static.sh)"
+    );
+    target.join(STATIC_TARGET).join(STATIC_PROFILE)
+}

@@ -40,6 +40,19 @@ pub enum ConfigError {
         /// Why it cannot be used.
         cause: String,
     },
+    /// An https address and not one CA certificate to verify the server with: the system has
+    /// none, keyturn's built-in roots are empty, and `VAULT_CACERT` is unset (see `tls.rs`).
+    #[error(
+        "no CA certificates to verify Vault's server certificate with: set VAULT_CACERT to a PEM bundle of the CA that signed it"
+    )]
+    NoCaCertificates,
+    /// The HTTP client cannot be set up (a client certificate, proxy or root reqwest
+    /// refuses).
+    #[error("Vault HTTP client: {cause}")]
+    HttpClient {
+        /// reqwest's description.
+        cause: String,
+    },
     /// A flag-like variable has a value that is neither true nor false.
     #[error("{name}: {value:?} is not a boolean (use true/false/1/0)")]
     BadBool {

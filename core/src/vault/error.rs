@@ -204,7 +204,7 @@ impl VaultError {
                             op,
                             path,
                             addr: addr.to_owned(),
-                            cause: innermost_cause(source.as_ref()),
+                            cause: transport_cause(source.as_ref()),
                         }
                     }
                     // A 2xx whose body did not parse: say what it was, never what it said.
@@ -348,6 +348,45 @@ fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// What to do about a server certificate no trusted root signed (or that does not name the
+/// address): which roots keyturn trusts is in `tls.rs`.
+pub(crate) const CERTIFICATE_HINT: &str = "keyturn trusts the system's CA certificates, or its \
+    built-in Mozilla roots where the system has none (a scratch image): set VAULT_CACERT to a \
+    PEM bundle of the CA that signed Vault's certificate";
+
+/// [`innermost_cause`], with [`CERTIFICATE_HINT`] after a rejected server certificate.
+fn transport_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let cause = innermost_cause(e);
+    if rejected_certificate(e) {
+        format!("{cause} ({CERTIFICATE_HINT})")
+    } else {
+        cause
+    }
+}
+
+/// Whether rustls rejected the server's certificate somewhere in `e`'s chain. An I/O error's
+/// `source()` skips the error it wraps (hyper-rustls nests one I/O error in another around
+/// rustls' error), so an I/O error is opened with `get_ref` instead.
+fn rejected_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        ) {
+            return true;
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,5 +492,40 @@ mod tests {
             matches!(e, VaultError::CasConflict { expected: 3, .. }),
             "{e}"
         );
+    }
+
+    /// An error holding another as its `source()`, as hyper-util's connect error does.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_rejected_server_certificate_says_to_set_vault_cacert() {
+        // hyper-rustls' nesting: an I/O error in an I/O error around rustls' own error.
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let e = Outer(std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            tls,
+        )));
+        let cause = transport_cause(&e);
+        assert!(
+            cause.starts_with("invalid peer certificate: UnknownIssuer ("),
+            "{cause}"
+        );
+        assert!(cause.contains("set VAULT_CACERT"), "{cause}");
+        // Any other transport failure is reported as it is.
+        let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(transport_cause(&refused), "connection refused");
+        let other_tls = Outer(std::io::Error::other(rustls::Error::DecryptError));
+        assert!(!transport_cause(&other_tls).contains("VAULT_CACERT"));
     }
 }

@@ -12,6 +12,7 @@ pub mod kv;
 pub mod leases;
 pub mod retry;
 pub mod sys;
+mod tls;
 
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 
@@ -59,7 +60,8 @@ impl Vault {
     /// Builds the client. Makes no network call.
     ///
     /// # Errors
-    /// [`VaultError::Config`] for an unusable address or CA file.
+    /// [`VaultError::Config`] for an unusable address or CA file, or no CA certificate at
+    /// all for an https address.
     pub fn connect(cfg: &VaultConfig) -> Result<Self, VaultError> {
         config::check_addr("address", &cfg.addr)?;
         if cfg.skip_verify {
@@ -83,27 +85,23 @@ impl Vault {
             source_name: e.to_string(),
             addr: cfg.addr.clone(),
         })?;
-        let mut client = VaultClient::new(settings).map_err(|e| match e {
-            vaultrs::error::ClientError::FileReadError { path, source } => ConfigError::CaCert {
-                path: path.into(),
-                cause: source.to_string(),
-            },
-            vaultrs::error::ClientError::ParseCertificateError { path, .. } => {
-                ConfigError::CaCert {
-                    path: path.into(),
-                    cause: "not a PEM certificate bundle".into(),
-                }
-            }
-            other => ConfigError::BadAddress {
-                source_name: other.to_string(),
-                addr: cfg.addr.clone(),
-            },
-        })?;
-        // vaultrs's HTTP client follows redirects, and reqwest strips only the standard
-        // credential headers on a redirect to another host: `X-Vault-Token` would go wherever
-        // a 3xx points. The same client with redirects off reports a 3xx instead.
-        let http = no_redirects(&client.settings, &cfg.addr)?;
-        client.http = rustify::clients::reqwest::Client::new(cfg.addr.as_str(), http);
+        // Not `VaultClient::new`: the HTTP client it builds follows redirects (reqwest strips
+        // only the standard credential headers on a redirect to another host, so
+        // `X-Vault-Token` would go wherever a 3xx points), and it trusts only the system's CA
+        // store, which a scratch image does not have (see `tls.rs`). The same fields, with
+        // keyturn's client.
+        let http = http_client(&settings, cfg)?;
+        let middle = vaultrs::api::EndpointMiddleware {
+            token: settings.token.clone(),
+            version: format!("v{}", settings.version),
+            wrap: None,
+            namespace: settings.namespace.clone(),
+        };
+        let client = VaultClient {
+            http: rustify::clients::reqwest::Client::new(cfg.addr.as_str(), http),
+            middle,
+            settings,
+        };
         Ok(Self {
             client,
             addr: cfg.addr.clone(),
@@ -196,38 +194,29 @@ impl Vault {
     }
 }
 
-/// The HTTP client vaultrs builds from `s` (TLS roots, client identity, timeout, proxy), with
-/// redirects never followed. The CA files were read and checked by `VaultClient::new` just
-/// before, so a failure here is unexpected; a CA file is still reported as one.
-fn no_redirects(
+/// The HTTP client for `s` (client identity, timeout, proxy) and `cfg` (the roots to trust:
+/// [`tls::trust`]), with redirects never followed.
+fn http_client(
     s: &vaultrs::client::VaultClientSettings,
-    addr: &str,
+    cfg: &VaultConfig,
 ) -> Result<reqwest::Client, ConfigError> {
-    let bad = |e: &dyn std::fmt::Display| ConfigError::BadAddress {
-        source_name: e.to_string(),
-        addr: addr.to_owned(),
+    let bad = |e: &dyn std::error::Error| ConfigError::HttpClient {
+        cause: error_chain(e),
     };
     let mut b = reqwest::ClientBuilder::new()
         .tls_backend_rustls()
-        .redirect(reqwest::redirect::Policy::none())
-        .tls_danger_accept_invalid_certs(!s.verify);
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(t) = s.timeout {
         b = b.timeout(t);
     }
     if s.address.scheme() == "http" {
         // As vaultrs does: no roots are needed, and loading the platform's may fail.
         b = b.tls_certs_only(Vec::new());
+    } else if !s.verify {
+        // VAULT_SKIP_VERIFY: no certificate is checked, so no roots are needed either.
+        b = b.tls_danger_accept_invalid_certs(true);
     } else {
-        for path in &s.ca_certs {
-            let ca = |cause: String| ConfigError::CaCert {
-                path: path.into(),
-                cause,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| ca("not a PEM certificate bundle".into()))?;
-            b = b.tls_certs_merge(certs);
-        }
+        b = tls::trust(cfg.ca_cert.as_deref())?.apply(b);
     }
     if let Some(id) = &s.identity {
         b = b.identity(id.clone());
@@ -236,6 +225,19 @@ fn no_redirects(
         b = b.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| bad(&e))?);
     }
     b.build().map_err(|e| bad(&e))
+}
+
+/// An error and its sources, `outer: inner: …` (reqwest's own Display is only "builder
+/// error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// vaultrs keeps the token as a `String`; this is the one place a token leaves its
