@@ -15,7 +15,9 @@ pub enum ExitCode {
     /// 1: the command ran and the answer is "no": a broken audit chain, a rotation given up
     /// and rolled back, a failed doctor check, an audit search without a match.
     Failed,
-    /// 64: usage or configuration error, found before any network call (`EX_USAGE`).
+    /// 64: usage or configuration error, found before any network call (`EX_USAGE`); also a
+    /// Vault server certificate no trusted CA signed, found at the handshake before any
+    /// request (only the operator's `VAULT_CACERT` fixes it, so it is not retried).
     Usage,
     /// 65: what was read does not fit what the configuration asks of it, found after reading
     /// it: a field the secret lacks, a value its format cannot hold or over the size limit, a
@@ -98,7 +100,10 @@ impl ExitCode {
                 "the command ran and the answer is no: a broken audit chain, a rotation given up \
                  and rolled back, a failed doctor check, an audit search without a match"
             }
-            Self::Usage => "usage or configuration error, found before any network call",
+            Self::Usage => {
+                "usage or configuration error, found before any network call, or a Vault server \
+                 certificate no trusted CA signed (set VAULT_CACERT)"
+            }
             Self::Data => {
                 "what was read does not fit the configuration: a field the secret lacks, a value \
                  its format cannot hold or over the size limit, a KV v2 path without data/"

@@ -9,6 +9,7 @@
 //!   line.
 //! - [`sys`]: the few process and filesystem facts keyturn checks (core dumps, tmpfs).
 //! - [`text`]: outside text (names, paths, flag values, a server's words) made safe to print.
+//! - [`tls`]: which root certificates TLS clients trust: the system's, else built-in ones.
 
 pub mod audit;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod process;
 pub mod secret;
 pub mod sys;
 pub mod text;
+pub mod tls;
 pub mod vault;
 
 pub use secret::SecretValue;

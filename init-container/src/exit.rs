@@ -4,7 +4,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | every secret written (or already up to date) |
-//! | 64 | usage or configuration: a bad flag, manifest, annotation or template, found before any network call |
+//! | 64 | usage or configuration: a bad flag, manifest, annotation or template, found before any network call; or Vault's server certificate signed by no trusted CA (set `VAULT_CACERT`), not retried |
 //! | 65 | the manifest does not fit what Vault holds, found after reading it: a missing field, a value its format cannot hold or over the size limit, a KV v2 path without `data/` |
 //! | 66 | a secret path that does not exist (Vault answered 404) |
 //! | 69 | Vault unavailable past the deadline |

@@ -24,6 +24,20 @@ pub enum VaultError {
         /// The transport's own description (no request or response content).
         cause: String,
     },
+    /// The TLS handshake failed on the server's certificate: no root keyturn trusts signed
+    /// it, or it does not name the address. Trying again meets the same certificate, so this
+    /// is final: the operator must set `VAULT_CACERT` (or fix the address or the certificate).
+    #[error("vault {op} {path}: cannot trust {addr}: {cause}")]
+    UntrustedCertificate {
+        /// The operation.
+        op: &'static str,
+        /// The Vault path.
+        path: String,
+        /// The server address.
+        addr: String,
+        /// rustls' words, then what to do about it.
+        cause: String,
+    },
     /// Vault answered 403: the token's policies do not allow this operation on this path.
     #[error("vault {op} {path}: permission denied")]
     PermissionDenied {
@@ -112,7 +126,9 @@ pub enum VaultError {
 impl HasExitCode for VaultError {
     /// README's table: 69 unavailable (past retries or the deadline), 77 permission denied
     /// (a 403, a 401, or a login refused with 400: most auth methods answer bad credentials
-    /// so), 66 not found, 64 configuration, 70 otherwise.
+    /// so), 66 not found, 64 configuration (including a server certificate no trusted CA
+    /// signed: no request reached Vault, and only the operator's `VAULT_CACERT` can fix it),
+    /// 70 otherwise.
     fn exit_code(&self) -> ExitCode {
         match self {
             Self::Unreachable { .. } | Self::Unavailable { .. } | Self::DeadlineExceeded { .. } => {
@@ -126,7 +142,7 @@ impl HasExitCode for VaultError {
                 ..
             } => ExitCode::NoPermission,
             Self::NotFound { .. } => ExitCode::NotFound,
-            Self::Config(_) => ExitCode::Usage,
+            Self::Config(_) | Self::UntrustedCertificate { .. } => ExitCode::Usage,
             Self::CasConflict { .. }
             | Self::Rejected { .. }
             | Self::BadResponse { .. }
@@ -137,7 +153,8 @@ impl HasExitCode for VaultError {
 
 impl VaultError {
     /// Whether trying again later may succeed: transport failures and 5xx/429/412 answers.
-    /// A 403 or 404 is final and fails at once.
+    /// A 403 or 404 is final and fails at once, and so is a rejected server certificate
+    /// ([`VaultError::UntrustedCertificate`]): waiting does not change who signed it.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unreachable { .. } | Self::Unavailable { .. })
@@ -148,6 +165,7 @@ impl VaultError {
     pub fn path(&self) -> Option<&str> {
         match self {
             Self::Unreachable { path, .. }
+            | Self::UntrustedCertificate { path, .. }
             | Self::PermissionDenied { path, .. }
             | Self::NotFound { path, .. }
             | Self::CasConflict { path, .. }
@@ -166,6 +184,7 @@ impl VaultError {
     pub fn with_path(mut self, path: &str) -> Self {
         match &mut self {
             Self::Unreachable { path: p, .. }
+            | Self::UntrustedCertificate { path: p, .. }
             | Self::PermissionDenied { path: p, .. }
             | Self::NotFound { path: p, .. }
             | Self::CasConflict { path: p, .. }
@@ -200,12 +219,7 @@ impl VaultError {
                         Self::from_status(op, path, code, Vec::new(), cas)
                     }
                     R::RequestError { source, .. } | R::ResponseError { source } => {
-                        Self::Unreachable {
-                            op,
-                            path,
-                            addr: addr.to_owned(),
-                            cause: transport_cause(source.as_ref()),
-                        }
+                        Self::transport(op, path, addr, source.as_ref())
                     }
                     // A 2xx whose body did not parse: say what it was, never what it said.
                     R::ResponseParseError { source, content } => Self::BadResponse {
@@ -235,6 +249,33 @@ impl VaultError {
                 path,
                 what: other.to_string(),
             },
+        }
+    }
+
+    /// A request that got no answer: [`VaultError::UntrustedCertificate`] when rustls
+    /// rejected the server's certificate, else [`VaultError::Unreachable`].
+    fn transport(
+        op: &'static str,
+        path: String,
+        addr: &str,
+        e: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        let addr = addr.to_owned();
+        let cause = transport_cause(e);
+        if rejected_certificate(e) {
+            Self::UntrustedCertificate {
+                op,
+                path,
+                addr,
+                cause,
+            }
+        } else {
+            Self::Unreachable {
+                op,
+                path,
+                addr,
+                cause,
+            }
         }
     }
 
@@ -527,5 +568,40 @@ mod tests {
         assert_eq!(transport_cause(&refused), "connection refused");
         let other_tls = Outer(std::io::Error::other(rustls::Error::DecryptError));
         assert!(!transport_cause(&other_tls).contains("VAULT_CACERT"));
+    }
+
+    #[test]
+    fn a_rejected_server_certificate_is_final_and_a_configuration_error() {
+        let untrusted = Outer(std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )));
+        let e = VaultError::transport("read", "secret/x".into(), "https://v:8200", &untrusted);
+        assert!(
+            matches!(e, VaultError::UntrustedCertificate { .. }),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable(), "the same certificate comes back");
+        assert_eq!(e.exit_code(), ExitCode::Usage);
+        assert_eq!(e.path(), Some("secret/x"));
+        let m = e.to_string();
+        assert!(
+            m.starts_with(
+                "vault read secret/x: cannot trust https://v:8200: invalid peer \
+                 certificate: UnknownIssuer ("
+            ) && m.contains("set VAULT_CACERT"),
+            "{m}"
+        );
+        // A refused connection, or a TLS failure that is not about the certificate, may
+        // clear up: retried as before.
+        for other in [
+            Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            Outer(std::io::Error::other(rustls::Error::DecryptError)),
+        ] {
+            let e = VaultError::transport("read", "secret/x".into(), "https://v:8200", &other);
+            assert!(matches!(e, VaultError::Unreachable { .. }), "{e:?}");
+            assert!(e.is_retryable());
+            assert_eq!(e.exit_code(), ExitCode::Unavailable);
+        }
     }
 }

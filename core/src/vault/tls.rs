@@ -4,7 +4,8 @@
 //! `VAULT_ADDR` there failed when the client was built, under a misleading "not an http:// or
 //! https:// URL", because the platform verifier refuses to start with an empty system store.
 //!
-//! The choice: **built-in roots as a fallback**, not an error. Most users of a scratch image
+//! The choice (the rule in `crate::tls`, which every TLS client of keyturn shares): **built-in
+//! roots as a fallback**, not an error. Most users of a scratch image
 //! expect a Vault with a publicly trusted certificate (HCP Vault, a cloud load balancer) to
 //! just work, and those with a private CA already set `VAULT_CACERT`, as for the Vault CLI. So:
 //!
@@ -60,14 +61,11 @@ pub(crate) fn trust(ca_file: Option<&Path>) -> Result<Trust, ConfigError> {
         Some(p) => read_ca_file(p)?,
         None => Vec::new(),
     };
-    // The same loader (and the same `SSL_CERT_FILE`/`SSL_CERT_DIR`) as the platform verifier
-    // reqwest uses, so "the system has roots" means the same to both.
-    let system = rustls_native_certs::load_native_certs();
-    choose(
-        extra,
-        !system.certs.is_empty(),
-        webpki_root_certs::TLS_SERVER_ROOT_CERTS,
-    )
+    // The rule every client shares (`crate::tls`): it reads the system's store with the same
+    // loader (and `SSL_CERT_FILE`/`SSL_CERT_DIR`) as reqwest's platform verifier, so "the
+    // system has roots" means the same to both.
+    let roots = crate::tls::roots();
+    choose(extra, !roots.built_in, &roots.certs)
 }
 
 /// [`trust`] with its inputs given, so every branch is testable.

@@ -5,9 +5,10 @@
 //!   `keyturn-init` logs in to a real OpenBao and renders a secret; `keyturn doctor` prints
 //!   its checks.
 //! - An https Vault with no CA bundle on disk (a scratch image): a server no trusted root
-//!   signed fails with the certificate named and `VAULT_CACERT` suggested (not the misleading
-//!   "is not an http:// or https:// URL" of before); its CA in `VAULT_CACERT` makes the
-//!   handshake succeed; a `VAULT_CACERT` holding no certificate exits 64 naming the file.
+//!   signed fails at once (exit 64, not retried) with the certificate named and
+//!   `VAULT_CACERT` suggested (not the misleading "is not an http:// or https:// URL" of
+//!   before); its CA in `VAULT_CACERT` makes the handshake succeed; a `VAULT_CACERT` holding
+//!   no certificate exits 64 naming the file.
 //! - hadolint passes both Containerfiles and fails a bad one; podman builds both images (in
 //!   a storage of the test's own, vfs), whose config says user 65532:65532 and the binary as
 //!   entrypoint, whose one layer holds the binary and nothing else (no shell), and the
@@ -380,13 +381,14 @@ async fn https_without_a_ca_bundle_names_the_certificate_and_vault_cacert() {
 
     let o = init_against(&jail, &addr, &[]).await;
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(69), "{}", text(&o));
+    // A configuration problem (64), not an outage (69): not retried until the deadline.
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
     let last = err
         .lines()
         .rfind(|l| l.starts_with("keyturn-init: "))
         .unwrap_or_else(|| panic!("no failure line\n{}", text(&o)));
     assert!(
-        last.contains(&format!("cannot reach {addr}"))
+        last.contains(&format!("cannot trust {addr}"))
             && last.contains("invalid peer certificate: UnknownIssuer")
             && last.contains("set VAULT_CACERT"),
         "{last}"

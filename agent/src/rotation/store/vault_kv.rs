@@ -445,7 +445,8 @@ fn store_kind(e: &VaultError) -> StoreErrorKind {
         | VaultError::Unavailable { .. }
         | VaultError::DeadlineExceeded { .. } => StoreErrorKind::Unavailable,
         VaultError::CasConflict { .. } => StoreErrorKind::Conflict,
-        VaultError::Config(_) => StoreErrorKind::Config,
+        // A server certificate no trusted CA signed: the operator's VAULT_CACERT, as 64.
+        VaultError::Config(_) | VaultError::UntrustedCertificate { .. } => StoreErrorKind::Config,
         VaultError::Rejected { .. }
         | VaultError::BadResponse { .. }
         | VaultError::NotText { .. } => StoreErrorKind::Other,

@@ -53,8 +53,8 @@
 //!
 //! TLS is rustls only, with libpq's mode names (see [`TlsMode`]): `prefer` (the default)
 //! encrypts when the server offers TLS (MariaDB 10.11 does not by default; MySQL 8 does),
-//! `verify-full` checks the certificate against `ca-file` (else the OS's roots) and the host
-//! name.
+//! `verify-full` checks the certificate against `ca-file` (else the system's roots, or
+//! keyturn's built-in ones where it has none) and the host name.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -70,7 +70,7 @@ use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::tls::native_roots;
+use super::tls::default_roots;
 pub use super::tls::{TlsMode, TlsSpec};
 pub use super::users::{PASSWORD, USERNAME};
 use super::users::{Users, field_str, to_restore, user_and_password};
@@ -408,7 +408,7 @@ impl Mysql {
             TlsMode::VerifyFull => {
                 let roots = match &self.ca_file {
                     Some(ca) => vec![ca.clone().into()],
-                    None => native_roots()
+                    None => default_roots()
                         .iter()
                         .map(|c| c.as_ref().to_vec().into())
                         .collect(),

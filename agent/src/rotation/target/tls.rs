@@ -5,11 +5,12 @@
 //! link is encrypted against a passive listener; the handshake signatures are still checked,
 //! so the peer holds the key of the certificate it shows, which is what PostgreSQL's SCRAM
 //! channel binding relies on to defeat a man in the middle. `verify-full` checks the chain
-//! (against a configured CA, else the OS's roots) and the host name.
+//! (against a configured CA, else the system's roots or, where it has none, keyturn's
+//! built-in ones) and the host name.
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use keyturn_core::text::echo;
 
@@ -32,7 +33,7 @@ pub enum TlsMode {
     Prefer,
     /// TLS or no connection.
     Require,
-    /// TLS with the certificate chain checked against the configured CA (else the OS's
+    /// TLS with the certificate chain checked against the configured CA (else the default
     /// roots) and the host name matched.
     VerifyFull,
 }
@@ -67,7 +68,7 @@ pub enum TlsConfigError {
 pub struct TlsSpec {
     /// How the connections are protected (`prefer`).
     pub mode: TlsMode,
-    /// The CA bundle `verify-full` trusts instead of the OS's roots.
+    /// The CA bundle `verify-full` trusts instead of the default roots.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -127,16 +128,11 @@ pub fn ca_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsCo
     Ok(certs)
 }
 
-/// The OS's trusted roots, read once per process.
-pub fn native_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let r = rustls_native_certs::load_native_certs();
-        for e in &r.errors {
-            tracing::warn!(error = %e, "could not load some of the OS's CA certificates");
-        }
-        r.certs
-    })
+/// The roots `verify-full` trusts without a `ca-file`: the system's, else keyturn's built-in
+/// ones (a scratch image has no CA bundle on disk); the rule and its once-per-process read
+/// are `keyturn_core::tls`'s, shared with the Vault and AWS clients.
+pub fn default_roots() -> &'static [CertificateDer<'static>] {
+    &keyturn_core::tls::roots().certs
 }
 
 /// `prefer`/`require`: encrypt, do not authenticate the server's certificate (see the module

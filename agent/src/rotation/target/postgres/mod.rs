@@ -38,7 +38,7 @@ use serde::Deserialize;
 pub use super::users::{PASSWORD, USERNAME};
 mod pool;
 
-use super::tls::{EncryptOnly, ca_certificates, native_roots};
+use super::tls::{EncryptOnly, ca_certificates, default_roots};
 pub use super::tls::{TlsConfigError, TlsMode, TlsSpec};
 use super::users::{Users, check_change, field_str, to_restore, user_and_password};
 use super::{AdminSource, Target, TargetError, admin_credential, error_chain, host_port};
@@ -238,7 +238,7 @@ impl Postgres {
         self
     }
 
-    /// Trusts only the CA certificates in `pem` (instead of the OS's roots) in
+    /// Trusts only the CA certificates in `pem` (instead of the default roots) in
     /// [`TlsMode::VerifyFull`], as libpq's `sslrootcert`. Other modes do not check
     /// certificates.
     ///
@@ -395,7 +395,7 @@ impl Postgres {
                     roots.add_parsable_certificates(certs);
                 }
                 (None, None) => {
-                    roots.add_parsable_certificates(native_roots().iter().cloned());
+                    roots.add_parsable_certificates(default_roots().iter().cloned());
                 }
             }
             if roots.is_empty() {
