@@ -12,6 +12,21 @@ pub const ECHO_MAX: usize = 100;
 /// source, e.g. the YAML parser's).
 pub const MESSAGE_MAX: usize = 2000;
 
+/// `e` and its causes, `outer: inner: …`. Many libraries' own Display is only the top line
+/// (reqwest's is "builder error", a driver's says which kind of failure), while the causes
+/// say why.
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// `s` quoted for a message, as `{:?}` would write it (control characters escaped), with at
 /// most [`ECHO_MAX`] characters of it and, when cut, `…` and its full length after the quote.
 #[must_use]

@@ -201,7 +201,7 @@ fn http_client(
     cfg: &VaultConfig,
 ) -> Result<reqwest::Client, ConfigError> {
     let bad = |e: &dyn std::error::Error| ConfigError::HttpClient {
-        cause: error_chain(e),
+        cause: crate::text::error_chain(e),
     };
     let mut b = reqwest::ClientBuilder::new()
         .tls_backend_rustls()
@@ -225,19 +225,6 @@ fn http_client(
         b = b.proxy(reqwest::Proxy::all(p.as_str()).map_err(|e| bad(&e))?);
     }
     b.build().map_err(|e| bad(&e))
-}
-
-/// An error and its sources, `outer: inner: …` (reqwest's own Display is only "builder
-/// error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// vaultrs keeps the token as a `String`; this is the one place a token leaves its

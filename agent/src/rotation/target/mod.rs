@@ -15,6 +15,7 @@ use std::fmt;
 use async_trait::async_trait;
 use keyturn_core::SecretValue;
 use keyturn_core::exit::{ExitCode, HasExitCode};
+pub use keyturn_core::text::error_chain;
 use keyturn_core::vault::SecretData;
 
 /// Where a target's admin credential comes from.
@@ -118,20 +119,6 @@ pub fn host_port(scheme: &str, host: &str, port: u16) -> String {
     } else {
         format!("{scheme}:{host}:{port}")
     }
-}
-
-/// `e` and its causes, `: `-separated (a driver's top line says which kind of failure, its
-/// causes say why).
-#[must_use]
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Runs `op` within `timeout`; past it the target `describe` names is
