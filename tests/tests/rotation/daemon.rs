@@ -709,4 +709,35 @@ async fn a_configmap_volume_update_swaps_in_the_new_policy_set_once() {
     assert!(counts.iter().all(|c| *c <= 2), "reloads: {counts:?}\n{log}");
     assert!(!log.contains("policy change rejected"), "{log}");
     assert_eq!(e.value_at("first", None).await.unwrap().1, 1);
+    log_lines_have_the_operator_keys(&log);
+}
+
+/// The daemon's stderr (not a terminal here, so JSON) is one JSON object per line, each
+/// with the keys log pipelines read: `time` (RFC 3339), `level`, `severity` (Cloud Logging's
+/// names), `msg` and `logger`.
+fn log_lines_have_the_operator_keys(log: &str) {
+    let mut seen = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let time = v["time"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+            "time: {line}"
+        );
+        let pair = (v["level"].as_str(), v["severity"].as_str());
+        assert!(
+            matches!(
+                pair,
+                (Some("error"), Some("ERROR"))
+                    | (Some("warn"), Some("WARNING"))
+                    | (Some("info"), Some("INFO"))
+                    | (Some("debug" | "trace"), Some("DEBUG"))
+            ),
+            "level/severity: {line}"
+        );
+        assert!(v["msg"].is_string() && v["logger"].is_string(), "{line}");
+        seen += 1;
+    }
+    assert!(seen > 3, "too few log lines to check:\n{log}");
 }
