@@ -254,7 +254,7 @@ impl VaultError {
 
     /// A request that got no answer: [`VaultError::UntrustedCertificate`] when rustls
     /// rejected the server's certificate, else [`VaultError::Unreachable`].
-    fn transport(
+    pub(crate) fn transport(
         op: &'static str,
         path: String,
         addr: &str,

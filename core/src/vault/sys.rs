@@ -87,7 +87,9 @@ impl Vault {
             .get(&url)
             .send()
             .await
-            .map_err(|e| unreachable(&e))?;
+            // A rejected certificate is named as such (and is final), as for every other
+            // request: `doctor` must not call a trust problem "unreachable".
+            .map_err(|e| VaultError::transport("health", PATH.to_owned(), self.addr(), &e))?;
         let received = Utc::now();
         let status = resp.status().as_u16();
         let date = resp

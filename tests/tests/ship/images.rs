@@ -413,8 +413,11 @@ async fn https_without_a_ca_bundle_names_the_certificate_and_vault_cacert() {
         .lines()
         .find(|l| l.starts_with("FAIL vault reachable: "))
         .unwrap_or_else(|| panic!("{}", text(&o2)));
+    // Named as a trust problem, not as an unreachable server.
     assert!(
-        fail.contains("UnknownIssuer") && fail.contains("VAULT_CACERT"),
+        fail.contains(&format!("cannot trust {addr}"))
+            && fail.contains("UnknownIssuer")
+            && fail.contains("VAULT_CACERT"),
         "{fail}"
     );
 
