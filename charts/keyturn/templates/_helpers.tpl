@@ -34,8 +34,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "keyturn.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "keyturn.fullname" .) .Values.serviceAccount.name }}
+{{- else if .Values.serviceAccount.name }}
+{{- .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- /* Never the namespace's `default` account: the chart's Roles would be granted to every
+pod in the namespace that runs as it. */ -}}
+{{- fail "serviceAccount.name: give the existing ServiceAccount to use when serviceAccount.create is false" }}
 {{- end }}
 {{- end }}
 

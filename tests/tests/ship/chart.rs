@@ -159,7 +159,7 @@ fn matrix() -> Vec<Render> {
         Render::new("no-networkpolicy", "prod").with(json!({ "networkPolicy": { "enabled": false } })),
         Render::new("no-servicemonitor-no-pdb-no-test", "prod").with(json!({
             "serviceMonitor": { "enabled": false }, "podDisruptionBudget": { "enabled": false },
-            "test": { "enabled": false }
+            "test": { "enabled": false }, "prometheusRule": { "job": "kubernetes-pods" }
         })),
         Render::new("existing-claim-other-namespace", "prod")
             .with(json!({ "audit": { "persistence": { "type": "pvc", "pvc": { "existingClaim": "audit-keep" } } } })),
@@ -719,6 +719,33 @@ fn bad_values_are_rejected_naming_the_field() {
             json!({ "policies": [policies()[0].clone(), policies()[0].clone()] }),
             "metadata.name must be unique",
         ),
+        (
+            "a retry cap the daemon refuses",
+            json!({ "daemon": { "retryMax": "48h" } }),
+            "/daemon/retryMax",
+        ),
+        (
+            "a retry cap of zero",
+            json!({ "daemon": { "retryMax": "0s" } }),
+            "/daemon/retryMax",
+        ),
+        (
+            // Else the Roles would go to the namespace's `default` account, which every pod
+            // without an account of its own runs as.
+            "no ServiceAccount made and none named",
+            json!({ "serviceAccount": { "create": false } }),
+            "serviceAccount.name",
+        ),
+        (
+            "alerts on a job no ServiceMonitor makes",
+            json!({ "serviceMonitor": { "enabled": false }, "prometheusRule": { "enabled": true } }),
+            "prometheusRule.job",
+        ),
+        (
+            "DNS to any address",
+            json!({ "networkPolicy": { "egress": { "dns": { "peers": [] } } } }),
+            "networkPolicy.egress.dns.peers",
+        ),
     ];
     for (what, bad, field) in cases {
         let r = Render::new("bad", "prod").with(bad);
@@ -732,6 +759,34 @@ fn bad_values_are_rejected_naming_the_field() {
     }
     // The same values without the mistake render: the cases fail for their mistake alone.
     Render::new("good", "prod").objects(tmp.path()).unwrap();
+}
+
+/// No scrapers named means no ingress rule at all: a rule with an empty or missing `from`
+/// would admit every source.
+#[test]
+fn no_scrapers_named_admits_nothing_to_the_metrics_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ingress = |extra: Value| {
+        let objs = Render::new("np", "prod")
+            .with(extra)
+            .objects(tmp.path())
+            .unwrap();
+        let np = objs
+            .iter()
+            .find(|o| o["kind"] == "NetworkPolicy")
+            .expect("a NetworkPolicy")
+            .clone();
+        np["spec"]["ingress"].clone()
+    };
+    let none = ingress(json!({ "networkPolicy": { "metricsFrom": [] } }));
+    assert_eq!(none, json!([]), "{none}");
+    let some = ingress(json!({}));
+    let rules = some.as_array().expect("ingress rules");
+    assert_eq!(rules.len(), 1, "{some}");
+    assert!(
+        rules[0]["from"].as_array().is_some_and(|f| !f.is_empty()),
+        "{some}"
+    );
 }
 
 #[test]
