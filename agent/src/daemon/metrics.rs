@@ -163,8 +163,10 @@ pub struct Metrics {
     /// this process started (Unix time), 0 when none is.
     pub in_flight_since: Family<PolicyLabel, Gauge>,
     /// `keyturn_last_failure_timestamp_seconds{policy}`: when this process's last failed or
-    /// stopped attempt ended (outcomes `failed` and `error`; `busy`, another process holding
-    /// the rotation, is not a failure of the policy).
+    /// stopped attempt since the last success ended (outcomes `failed` and `error`; `busy`,
+    /// another process holding the rotation, is not a failure of the policy); 0 when none.
+    /// A success clears it: a resumed rotation's success dates from its first attempt's
+    /// start, before the failures it recovers from.
     pub last_failure: Family<PolicyLabel, Gauge>,
     /// When each policy's CURRENT value was created, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
@@ -211,7 +213,7 @@ impl Metrics {
         let breakglass = Family::<ActionLabel, Counter>::default();
         registry.register(
             "keyturn_breakglass",
-            "Break-glass actions seen in the audit log",
+            "Break-glass actions seen in the break-glass journal in Vault",
             breakglass.clone(),
         );
         let http_shed = Counter::default();
@@ -280,7 +282,7 @@ impl Metrics {
         let last_failure = Family::<PolicyLabel, Gauge>::default();
         registry.register(
             "keyturn_last_failure_timestamp_seconds",
-            "When each policy's last failed or stopped attempt ended (Unix time)",
+            "When each policy's last failed or stopped attempt ended (Unix time): the end of the last failed attempt since the last success; 0 when none",
             last_failure.clone(),
         );
         let build_info = Family::<BuildLabel, Gauge>::default();
@@ -352,8 +354,10 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             });
         }
-        self.consecutive_failures.get_or_create(&l).set(0);
-        self.backoff_seconds.get_or_create(&l).set(0);
+        // Likewise a reload keeps a failing policy's count and its queued retry (the daemon
+        // keeps both); only a new policy starts at 0.
+        let _ = self.consecutive_failures.get_or_create(&l);
+        let _ = self.backoff_seconds.get_or_create(&l);
         self.unschedulable.get_or_create(&l).set(0);
     }
 
@@ -374,11 +378,14 @@ impl Metrics {
     }
 
     /// Notes a completed rotation of `policy`, whose CURRENT value dates from `at`: the
-    /// failure series go back to rest.
+    /// failure series go back to rest. The last failure goes to 0 rather than staying to be
+    /// compared with `at`: a resumed rotation's `at` is its first attempt's start, earlier
+    /// than the failed attempts it recovers from.
     pub fn succeeded(&self, policy: &str, at: DateTime<Utc>) {
         self.ages().insert(policy.to_owned(), at);
         let l = label(policy);
         self.last_success.get_or_create(&l).set(at.timestamp());
+        self.last_failure.get_or_create(&l).set(0);
         self.consecutive_failures.get_or_create(&l).set(0);
         self.backoff_seconds.get_or_create(&l).set(0);
     }
@@ -694,6 +701,60 @@ mod tests {
         m.forget("api");
         let text = m.encode();
         assert!(!text.contains(r#"policy="api""#), "{text}");
+    }
+
+    #[test]
+    fn a_resumed_rotation_that_succeeds_clears_the_failure_it_started_before() {
+        let m = Metrics::new(None);
+        m.register_policy(&policy("api", "every: 24h"));
+        let l = label("api");
+        // The resumed order: an attempt fails and ends at t=100; the retry resumes the
+        // rotation that started at t=50 and succeeds, which dates the success from t=50.
+        m.outcome("api", "failed");
+        m.last_failure.get_or_create(&l).set(100);
+        m.succeeded("api", DateTime::from_timestamp(50, 0).unwrap());
+        let failure = m.last_failure.get_or_create(&l).get();
+        let success = m.last_success.get_or_create(&l).get();
+        assert_eq!(success, 50);
+        // KeyturnRotationFailing's first condition, `last_failure > last_success`.
+        assert!(failure <= success, "{failure} > {success}");
+        assert!(
+            m.encode()
+                .contains(r#"keyturn_last_failure_timestamp_seconds{policy="api"} 0"#),
+            "{}",
+            m.encode()
+        );
+        // A later failure is the last failure again.
+        let before = Utc::now().timestamp();
+        m.outcome("api", "error");
+        assert!(m.last_failure.get_or_create(&l).get() >= before);
+    }
+
+    #[test]
+    fn reloading_a_failing_policy_keeps_its_failure_count_and_backoff() {
+        let m = Metrics::new(None);
+        let p = policy("api", "every: 24h");
+        m.register_policy(&p);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"keyturn_consecutive_failures{policy="api"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyturn_backoff_seconds{policy="api"} 0"#),
+            "{text}"
+        );
+        m.backoff("api", 2, std::time::Duration::from_secs(60));
+        m.register_policy(&policy("api", "every: 12h"));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"keyturn_consecutive_failures{policy="api"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyturn_backoff_seconds{policy="api"} 60"#),
+            "{text}"
+        );
     }
 
     #[test]

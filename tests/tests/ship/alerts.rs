@@ -3,7 +3,8 @@
 //! exactly the file's alerts, fire and stay quiet for each, and catch a broken rule; every
 //! alert's runbook exists; the chart's PrometheusRule and dashboard ConfigMap carry those
 //! files; and a real Prometheus scraping a real `keyturn run` answers every dashboard query
-//! and raises KeyturnRotationFailing for a policy whose delivery is refused.
+//! and raises KeyturnRotationFailing for a policy whose delivery is refused, which clears once
+//! the delivery is allowed and the resumed rotation succeeds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -203,6 +204,8 @@ fn the_chart_wraps_the_rules_and_the_dashboard_with_the_runbook_url_and_job_from
             "--set",
             "networkPolicy.enabled=false",
             "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
             "prometheusRule.enabled=true",
             "--set",
             "prometheusRule.labels.release=prom",
@@ -377,10 +380,11 @@ impl Drop for Prometheus {
 }
 
 #[tokio::test]
-async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_raises_rotation_failing()
+async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_raises_and_clears_rotation_failing()
  {
     // Two policies: `good` rotates; `broken` delivers into a Kubernetes API that answers 403,
-    // so its one attempt fails (the retry comes 30-45 s later; one failure must be enough).
+    // so its one attempt fails (the retry comes 30 s later under `--retry-max 30s`; one
+    // failure must be enough).
     let e = AgentEnv::start(7).await;
     e.write_generated_policy("good", "");
     e.write_generated_policy(
@@ -392,7 +396,18 @@ async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_rai
     let kubeconfig = e.home.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig).unwrap();
     let listen = format!("127.0.0.1:{}", keyturn_tests::process::free_port());
-    let mut cmd = e.cmd(&["run", "--grace", "10s", "--listen", &listen], "agent-1");
+    let mut cmd = e.cmd(
+        &[
+            "run",
+            "--grace",
+            "10s",
+            "--retry-max",
+            "30s",
+            "--listen",
+            &listen,
+        ],
+        "agent-1",
+    );
     cmd.env("KUBECONFIG", &kubeconfig);
     let daemon = Daemon::spawn(cmd, e.home.path().join("daemon.log"));
 
@@ -557,6 +572,61 @@ async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_rai
             None => assert!(value > 0.0, "{q}: {v}"),
         }
     }
+
+    // Once the first retry has failed too (30 s after the first failure, so the last failure
+    // ends well after the rotation started, whatever the clock's second), delivery is
+    // allowed again and the next retry resumes the rotation left in flight and completes it.
+    // Its success dates from the first attempt's start, before the failures; the alert
+    // clears all the same.
+    let query = |q: &'static str| {
+        let prom = &prom;
+        async move {
+            prom.get("/api/v1/query", &[("query", q)])
+                .await
+                .and_then(|v| {
+                    v["data"]["result"][0]["value"][1]
+                        .as_str()?
+                        .parse::<f64>()
+                        .ok()
+                })
+        }
+    };
+    prom.until(
+        "broken's first retry failed",
+        Duration::from_secs(90),
+        || async {
+            query(r#"keyturn_consecutive_failures{policy="broken"}"#)
+                .await
+                .is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
+    let failed_at = query(r#"keyturn_last_failure_timestamp_seconds{policy="broken"}"#)
+        .await
+        .unwrap();
+    kube.allow_all();
+    let retried_within = Duration::from_secs(120);
+    prom.until("broken rotated on its retry", retried_within, || async {
+        query(r#"keyturn_last_success_timestamp_seconds{policy="broken"}"#)
+            .await
+            .is_some()
+    })
+    .await;
+    let succeeded_from = query(r#"keyturn_last_success_timestamp_seconds{policy="broken"}"#)
+        .await
+        .unwrap();
+    assert!(
+        succeeded_from < failed_at,
+        "the retry resumed the rotation that started before the failure: {succeeded_from} >= {failed_at}\n{}",
+        daemon.log()
+    );
+    prom.until("KeyturnRotationFailing gone for broken", minute, || async {
+        !active("KeyturnRotationFailing")
+            .await
+            .iter()
+            .any(|a| a["labels"]["policy"] == "broken")
+    })
+    .await;
 
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
