@@ -12,7 +12,6 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::SharedHttpClient;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
-use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
 
 /// A Secrets Manager client from the standard AWS configuration chain: credentials (env,
@@ -77,16 +76,7 @@ fn https_client_trusting(
 
 /// One certificate as a PEM block.
 fn pem(der: &CertificateDer<'_>) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // Base64 is ASCII, so every 64-byte chunk is whole characters.
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref()))
 }
 
 /// `client` for another region (a policy's `region:`), sharing its credentials, endpoint
@@ -111,7 +101,6 @@ mod tests {
         let pems: String = BUILT_IN.iter().map(|c| pem(c)).collect();
         let back = crate::rotation::target::tls::ca_certificates(pems.as_bytes()).unwrap();
         assert_eq!(back, BUILT_IN);
-        assert!(pems.lines().all(|l| l.len() <= 64), "PEM lines are 64 wide");
     }
 
     #[tokio::test]
