@@ -71,12 +71,10 @@ impl Vault {
         b.address(&cfg.addr)
             .verify(!cfg.skip_verify)
             .timeout(Some(cfg.request_timeout))
-            .ca_certs(
-                cfg.ca_cert
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            )
+            // The roots are keyturn's (`tls::trust`, from `cfg.ca_cert`); vaultrs's copy of
+            // them would go unused. Set empty, so its builder does not read VAULT_CACERT and
+            // list VAULT_CAPATH by itself (it unwraps each entry's path as UTF-8).
+            .ca_certs(Vec::new())
             .token(cfg.token.as_ref().map(token_text).unwrap_or_default());
         if let Some(ns) = &cfg.namespace {
             b.set_namespace(ns.clone());

@@ -90,10 +90,7 @@ fn choose(
     if certs.is_empty() {
         return Err(ConfigError::NoCaCertificates);
     }
-    tracing::debug!(
-        roots = certs.len(),
-        "no CA certificates on this system: using keyturn's built-in roots and VAULT_CACERT's"
-    );
+    // Which set is in use is logged once, by `crate::tls::roots`.
     Ok(Trust::Only(certs))
 }
 
