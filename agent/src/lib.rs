@@ -17,3 +17,4 @@ pub mod journal;
 pub mod policy;
 pub mod rotation;
 pub mod schedule;
+pub mod webhook;
