@@ -2,7 +2,8 @@
 //!
 //! A pod written for the injector works unchanged: mount its annotations with the
 //! downward API (`fieldRef: metadata.annotations`) and pass the file as `--annotations`.
-//! Understood (all under `vault.hashicorp.com/`):
+//! Understood (under `vault.hashicorp.com/`, OpenBao's `openbao.org/` or keyturn's
+//! `keyturn.dev/`; [`crate::compat`] has every injector annotation and keyturn's answer):
 //!
 //! | annotation | meaning |
 //! |---|---|
@@ -18,22 +19,24 @@
 //!
 //! One annotation of keyturn's own: `keyturn.dev/shared-NAME: "true"` is the opt-in a
 //! `perms` with group or other bits needs (the manifest's `shared: true`); group or other
-//! write bits are refused even with it. Any other `keyturn.dev/` annotation is an error.
+//! write bits are refused even with it. Any other unknown `keyturn.dev/` annotation is an
+//! error.
 //!
 //! Differences, on purpose: files are mode 0400 unless `perms` says otherwise, where the
 //! injector writes 0644 (readable by every user in the pod); give a file to the workload's
-//! user with `--owner UID:GID`, or opt in to sharing as above. Without a template, KV v2 secrets render their fields (one
-//! `name: value` line each) rather than Go's dump of `data: map[…] metadata: map[…]`.
-//! `agent-inject`, `agent-inject-status` and `agent-inject-containers` are about the
-//! webhook and are ignored, as are other `vault.hashicorp.com/*` annotations (the agent
-//! sidecar's resources, TLS, caching: logged at debug). Any other `agent-inject-*`
-//! annotation (`agent-inject-command-*`, `agent-inject-token`, `agent-inject-template-file-*`,
-//! …) is an error naming it, since ignoring it would silently change what the pod gets.
+//! user with `--owner UID:GID`, or opt in to sharing as above. Without a template, KV v2
+//! secrets render their fields (one `name: value` line each) rather than Go's dump of
+//! `data: map[…] metadata: map[…]`. Annotations for the webhook or the injector's sidecar
+//! are ignored here (logged at debug); those keyturn cannot honour, and unknown
+//! `agent-inject-*` ones, are errors naming them, since ignoring them would silently change
+//! what the pod gets.
 //!
 //! The file format is the downward API's: one `key="value"` line per annotation, the value
 //! quoted as Go's `%q` does (`\n`, `\"`, `\\`, `\t`, `\xNN`, `\uNNNN`, …).
 
 use keyturn_core::config::{ConfigError, Location, Problems};
+
+use crate::compat::{self, Answer, KEYTURN_PREFIX};
 
 use crate::manifest::{
     AuthSpec, Manifest, SecretSpec, VaultSpec, check_files, check_mode, parse_mode, vault_path,
@@ -43,22 +46,29 @@ use crate::render::Format;
 use crate::render::template::Template;
 use std::collections::{BTreeMap, HashMap};
 
+/// The prefix messages use when the pod gave no injector annotation to take one from.
 const PREFIX: &str = "vault.hashicorp.com/";
-/// keyturn's own annotations.
-const KEYTURN_PREFIX: &str = "keyturn.dev/";
 /// The mode of a rendered file without `perms`: the manifest's default, not the injector's
 /// 0644, which lets every user in the pod read the secret.
 pub const DEFAULT_MODE: u32 = crate::manifest::DEFAULT_MODE;
 /// The default rendering without a template: one `name: value` line per field.
 pub const MAP_TEMPLATE: &str = "{{ range $k, $v := . }}{{ $k }}: {{ $v }}\n{{ end }}";
 
+/// One annotation as given: its value, line and full key (for messages, which name the key
+/// the pod used, under whichever prefix).
+struct Given {
+    value: String,
+    at: Location,
+    key: String,
+}
+
 #[derive(Default)]
 struct Named {
-    secret: Option<(String, Location)>,
-    template: Option<(String, Location)>,
-    file: Option<(String, Location)>,
-    perms: Option<(String, Location)>,
-    shared: Option<(String, Location)>,
+    secret: Option<Given>,
+    template: Option<Given>,
+    file: Option<Given>,
+    perms: Option<Given>,
+    shared: Option<Given>,
 }
 
 /// Parses a downward-API annotations file into a manifest.
@@ -73,8 +83,11 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
     let mut namespace = None;
     let mut address = None;
     let mut default_json = false;
-    // Each key's first line: a key given twice is refused, not decided by which comes last.
-    let mut seen: HashMap<&str, u64> = HashMap::new();
+    // The prefix of the first injector annotation: what messages about a missing one use.
+    let mut pod_prefix: Option<&'static str> = None;
+    // Each name's first line and key: a name given twice (under one prefix or two) is
+    // refused, not decided by which comes last.
+    let mut seen: HashMap<String, (u64, String)> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let at = Location {
             line: i as u64 + 1,
@@ -87,8 +100,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
             p.located(at, "not a key=\"value\" line");
             continue;
         };
-        let ours = key.strip_prefix(KEYTURN_PREFIX);
-        let Some(name) = key.strip_prefix(PREFIX).or(ours) else {
+        let Some((prefix, name)) = compat::split(key) else {
             continue;
         };
         let value = match go_unquote(quoted) {
@@ -98,122 +110,148 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
                 continue;
             }
         };
-        if let Some(first) = seen.insert(key, at.line) {
-            seen.insert(key, first);
+        if let Some((first, first_key)) = seen.get(name) {
+            let also = if first_key == key {
+                String::new()
+            } else {
+                format!(", also as {first_key}")
+            };
             p.located(
                 at,
                 format!(
-                    "{key} is given twice (lines {first} and {}); keep one",
+                    "{key} is given twice (lines {first} and {}{also}); keep one",
                     at.line
                 ),
             );
             continue;
         }
-        if ours.is_some() {
-            match name.strip_prefix("shared-").filter(|n| !n.is_empty()) {
-                Some(n) => named.entry(n.to_owned()).or_default().shared = Some((value, at)),
-                None => p.located(
-                    at,
-                    format!(
-                        "{key} is not a keyturn-init annotation (the one there is {KEYTURN_PREFIX}shared-NAME)"
-                    ),
-                ),
-            }
+        seen.insert(name.to_owned(), (at.line, key.to_owned()));
+        let given = Given {
+            value,
+            at,
+            key: key.to_owned(),
+        };
+        if prefix == KEYTURN_PREFIX
+            && let Some(n) = name.strip_prefix(compat::SHARED).filter(|n| !n.is_empty())
+        {
+            named.entry(n.to_owned()).or_default().shared = Some(given);
             continue;
         }
-        let slot = |prefix: &str| {
-            name.strip_prefix(prefix)
+        pod_prefix.get_or_insert(prefix);
+        let slot = |family: &str| {
+            name.strip_prefix(family)
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned)
         };
-        if let Some(n) = slot("agent-inject-secret-") {
-            named.entry(n).or_default().secret = Some((value, at));
-        } else if let Some(n) = slot("agent-inject-template-") {
-            named.entry(n).or_default().template = Some((value, at));
-        } else if let Some(n) = slot("agent-inject-file-") {
-            named.entry(n).or_default().file = Some((value, at));
-        } else if let Some(n) = slot("agent-inject-perms-") {
-            named.entry(n).or_default().perms = Some((value, at));
-        } else {
-            match name {
-                "role" => role = Some((value, at)),
-                "auth-path" => auth_path = Some(value),
-                "namespace" => namespace = Some(value),
-                "service" => address = Some((value, at)),
-                "agent-inject-default-template" => match value.as_str() {
-                    "map" => default_json = false,
-                    "json" => default_json = true,
-                    other => p.located(at, format!("{key}: {other:?} is not map or json")),
-                },
-                "agent-inject" | "agent-inject-status" | "agent-inject-containers" => {}
-                n if n.starts_with("agent-inject") => {
-                    p.located(
-                        at,
-                        format!(
-                            "{key} is not supported by keyturn-init; remove it or use a manifest"
-                        ),
-                    );
+        match compat::lookup(name).map(|r| r.answer) {
+            Some(Answer::Init) => {
+                if let Some(n) = slot("agent-inject-secret-") {
+                    named.entry(n).or_default().secret = Some(given);
+                } else if let Some(n) = slot("agent-inject-template-") {
+                    named.entry(n).or_default().template = Some(given);
+                } else if let Some(n) = slot("agent-inject-file-") {
+                    named.entry(n).or_default().file = Some(given);
+                } else if let Some(n) = slot("agent-inject-perms-") {
+                    named.entry(n).or_default().perms = Some(given);
+                } else {
+                    match name {
+                        "role" => role = Some(given),
+                        "auth-path" => auth_path = Some(given.value),
+                        "namespace" => namespace = Some(given.value),
+                        "service" => address = Some(given),
+                        "agent-inject-default-template" => match given.value.as_str() {
+                            "map" => default_json = false,
+                            "json" => default_json = true,
+                            other => p.located(at, format!("{key}: {other:?} is not map or json")),
+                        },
+                        other => unreachable!("{other} is read by keyturn-init but not parsed"),
+                    }
                 }
-                _ => {
-                    tracing::debug!(annotation = %key, "ignoring a Vault injector annotation keyturn-init does not need")
-                }
+            }
+            Some(Answer::Deny(why)) => {
+                p.located(at, format!("{key} is not supported by keyturn: {why}"));
+            }
+            Some(Answer::Webhook | Answer::Warn(_)) => {
+                tracing::debug!(annotation = %key, "ignoring an injector annotation keyturn-init does not need");
+            }
+            None if prefix == KEYTURN_PREFIX => {
+                p.located(
+                    at,
+                    format!(
+                        "{key} is not a keyturn annotation (keyturn.dev/ takes the Vault injector's annotations and shared-NAME)"
+                    ),
+                );
+            }
+            // An unknown agent-inject-* annotation may change what the injector would put
+            // into the pod, so ignoring it could silently change what the pod gets.
+            None if name.starts_with("agent-inject") => {
+                p.located(
+                    at,
+                    format!("{key} is not supported by keyturn-init; remove it or use a manifest"),
+                );
+            }
+            None => {
+                tracing::debug!(annotation = %key, "ignoring an annotation the Vault injector does not define")
             }
         }
     }
+    let prefix = pod_prefix.unwrap_or(PREFIX);
     let mut secrets = Vec::with_capacity(named.len());
     for (name, n) in &named {
-        let Some((path, at)) = &n.secret else {
-            let (what, at) = [
-                ("agent-inject-template-", &n.template),
-                ("agent-inject-file-", &n.file),
-                ("agent-inject-perms-", &n.perms),
-            ]
-            .into_iter()
-            .find_map(|(w, v)| v.as_ref().map(|(_, at)| (format!("{PREFIX}{w}"), *at)))
-            .or_else(|| {
-                n.shared
-                    .as_ref()
-                    .map(|(_, at)| (format!("{KEYTURN_PREFIX}shared-"), *at))
-            })
-            .unwrap_or((format!("{PREFIX}agent-inject-file-"), Location::default()));
-            p.located(
-                at,
-                format!("{what}{name} has no {PREFIX}agent-inject-secret-{name}"),
+        let Some(secret) = &n.secret else {
+            let (what, at) = [&n.template, &n.file, &n.perms, &n.shared]
+                .into_iter()
+                .find_map(|g| g.as_ref().map(|g| (g.key.clone(), g.at)))
+                .unwrap_or((
+                    format!("{prefix}agent-inject-file-{name}"),
+                    Location::default(),
+                ));
+            let secret_key = format!(
+                "{}agent-inject-secret-{name}",
+                compat::split(&what).map_or(prefix, |(p, _)| if p == KEYTURN_PREFIX {
+                    prefix
+                } else {
+                    p
+                })
             );
+            p.located(at, format!("{what} has no {secret_key}"));
             continue;
         };
+        let at = &secret.at;
         let start_errors = p.len();
-        let path = vault_path(path).map_err(|m| p.located(*at, m)).ok();
-        let file_name = n.file.as_ref().map_or(name.as_str(), |(f, _)| f.as_str());
-        let file_at = n.file.as_ref().map_or(*at, |(_, a)| *a);
+        let path = vault_path(&secret.value)
+            .map_err(|m| p.located(*at, m))
+            .ok();
+        let file_name = n.file.as_ref().map_or(name.as_str(), |g| g.value.as_str());
+        let file_at = n.file.as_ref().map_or(*at, |g| g.at);
         let file = RelPath::parse(file_name)
             .map_err(|e| p.located(file_at, e.to_string()))
             .ok();
         let shared = match &n.shared {
             None => false,
-            Some((v, a)) => crate::cli::parse_bool(v)
-                .map_err(|e| p.located(*a, format!("{KEYTURN_PREFIX}shared-{name}: {e}")))
+            Some(g) => crate::cli::parse_bool(&g.value)
+                .map_err(|e| p.located(g.at, format!("{}: {e}", g.key)))
                 .unwrap_or(false),
         };
         let mode = match &n.perms {
-            Some((m, a)) => parse_mode(m)
+            Some(g) => parse_mode(&g.value)
                 .and_then(|mode| {
                     check_mode(
                         mode,
                         shared,
-                        &format!("{KEYTURN_PREFIX}shared-{name}=\"true\""),
+                        &format!("{KEYTURN_PREFIX}{}{name}=\"true\"", compat::SHARED),
                     )
                     .map(|()| mode)
                 })
-                .map_err(|e| p.located(*a, format!("{PREFIX}agent-inject-perms-{name}: {e}")))
+                .map_err(|e| p.located(g.at, format!("{}: {e}", g.key)))
                 .ok(),
             None => Some(DEFAULT_MODE),
         };
         let format = match &n.template {
-            Some((t, a)) => match Template::parse(t) {
+            Some(g) => match Template::parse(&g.value) {
                 Ok(t) => Some(Format::Template(t)),
                 Err(e) => {
-                    p.located(*a, format!("{PREFIX}agent-inject-template-{name}: {e}"));
+                    p.located(g.at, format!("{}: {e}", g.key));
                     None
                 }
             },
@@ -239,33 +277,31 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
     if secrets.is_empty() && named.is_empty() {
         p.located(
             Location { line: 1, column: 1 },
-            format!("no {PREFIX}agent-inject-secret-* annotations"),
+            format!("no {prefix}agent-inject-secret-* annotations"),
         );
     }
     // Entries are named by their secret annotation, whose line is the entry's.
     let names: HashMap<u64, &str> = named
-        .iter()
-        .filter_map(|(n, v)| v.secret.as_ref().map(|(_, at)| (at.line, n.as_str())))
+        .values()
+        .filter_map(|v| v.secret.as_ref().map(|g| (g.at.line, g.key.as_str())))
         .collect();
     check_files(&secrets, &mut p, &|s| {
-        names
-            .get(&s.at.line)
-            .map(|n| format!("{PREFIX}agent-inject-secret-{n}"))
+        names.get(&s.at.line).map(|k| (*k).to_owned())
     });
     let role = match role {
-        Some((r, _)) if !r.is_empty() => r,
+        Some(g) if !g.value.is_empty() => g.value,
         _ => {
             p.located(
                 Location { line: 1, column: 1 },
-                format!("{PREFIX}role is required"),
+                format!("{prefix}role is required"),
             );
             String::new()
         }
     };
-    if let Some((a, at)) = &address
-        && let Err(e) = keyturn_core::vault::config::check_addr(&format!("{PREFIX}service"), a)
+    if let Some(g) = &address
+        && let Err(e) = keyturn_core::vault::config::check_addr(&g.key, &g.value)
     {
-        p.located(*at, e.to_string());
+        p.located(g.at, e.to_string());
     }
     let mount = auth_path
         .as_deref()
@@ -273,7 +309,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| "kubernetes".into());
     let vault = VaultSpec {
-        address: address.map(|(a, _)| a),
+        address: address.map(|g| g.value),
         namespace: namespace.filter(|n| !n.is_empty()),
         auth: AuthSpec::Kubernetes {
             mount,
@@ -439,7 +475,23 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(
             e[0].to_string(),
-            "ann:3:1: vault.hashicorp.com/agent-inject-command-a is not supported by keyturn-init; remove it or use a manifest"
+            format!(
+                "ann:3:1: vault.hashicorp.com/agent-inject-command-a is not supported by keyturn: {}",
+                match compat::lookup("agent-inject-command-a").unwrap().answer {
+                    Answer::Deny(why) => why,
+                    other => panic!("{other:?}"),
+                }
+            )
+        );
+        let text = file(&[
+            ("vault.hashicorp.com/role", "r"),
+            ("vault.hashicorp.com/agent-inject-secret-a", "kv/a"),
+            ("vault.hashicorp.com/agent-inject-sidecar-mode", "x"),
+        ]);
+        let e = parse("ann", &text).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "ann:3:1: vault.hashicorp.com/agent-inject-sidecar-mode is not supported by keyturn-init; remove it or use a manifest"
         );
     }
 
@@ -529,7 +581,7 @@ mod tests {
         );
         let e = msgs(&[("keyturn.dev/share-a", "true")]);
         assert!(
-            e[0].contains("keyturn.dev/share-a is not a keyturn-init annotation"),
+            e[0].contains("keyturn.dev/share-a is not a keyturn annotation"),
             "{e:?}"
         );
         let e = msgs(&[("keyturn.dev/shared-b", "true")]);
@@ -604,5 +656,44 @@ mod tests {
             ("vault.hashicorp.com/agent-inject-secret-a", "kv/a"),
         ]);
         assert_eq!(parse("ann", &text).unwrap().secrets[0].format, Format::Json);
+    }
+
+    #[test]
+    fn openbao_and_keyturn_prefixes_are_the_injector_s_and_one_name_under_two_is_refused() {
+        let text = file(&[
+            ("openbao.org/agent-inject", "true"),
+            ("openbao.org/role", "r"),
+            ("keyturn.dev/agent-inject-secret-a", "kv/a"),
+            ("openbao.org/agent-inject-file-a", "a.txt"),
+            ("keyturn.dev/agent-init-first", "true"),
+        ]);
+        let m = parse("ann", &text).unwrap();
+        assert_eq!(m.secrets[0].file.to_string(), "a.txt");
+        let text = file(&[
+            ("vault.hashicorp.com/role", "r"),
+            ("vault.hashicorp.com/agent-inject-secret-a", "kv/a"),
+            ("openbao.org/agent-inject-secret-a", "kv/b"),
+        ]);
+        let e = parse("ann", &text).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "ann:3:1: openbao.org/agent-inject-secret-a is given twice (lines 2 and 3, also as vault.hashicorp.com/agent-inject-secret-a); keep one"
+        );
+        let text = file(&[("openbao.org/agent-inject-template-a", "{{ .x }}")]);
+        let e: Vec<String> = parse("ann", &text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            e.iter().any(|m| m.contains(
+                "openbao.org/agent-inject-template-a has no openbao.org/agent-inject-secret-a"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("openbao.org/role is required")),
+            "{e:?}"
+        );
     }
 }

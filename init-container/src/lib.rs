@@ -17,6 +17,7 @@ pub mod annotations;
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod compat;
 pub mod exit;
 pub mod fetch;
 pub mod manifest;

@@ -383,7 +383,7 @@ case(A + "perms-garbage", ann('vault.hashicorp.com/agent-inject-perms-db.env="rw
 case(A + "perms-huge", ann('vault.hashicorp.com/agent-inject-perms-db.env="' + "7" * MB + '"\n'), 64, "not an octal permission")
 case(A + "shared-maybe", ann('keyturn.dev/shared-db.env="maybe"\nvault.hashicorp.com/agent-inject-perms-db.env="0440"\n'), 64, "shared-db.env")
 case(A + "shared-without-secret", ann('keyturn.dev/shared-other="true"\n'), 64, "has no vault.hashicorp.com/agent-inject-secret-other")
-case(A + "keyturn-unknown", ann('keyturn.dev/token="' + CAN + '"\n'), 64, "not a keyturn-init annotation")
+case(A + "keyturn-unknown", ann('keyturn.dev/token="' + CAN + '"\n'), 64, "not a keyturn annotation")
 case(A + "template-without-secret", ann('vault.hashicorp.com/agent-inject-template-other="' + CAN + '"\n'), 64, "has no vault.hashicorp.com/agent-inject-secret-other")
 case(A + "template-unclosed", ann('vault.hashicorp.com/agent-inject-template-db.env="' + CAN + '{{ .Data.data.x "\n'), 64, "agent-inject-template-db.env")
 case(A + "template-traversal", ann('vault.hashicorp.com/agent-inject-template-db.env="{{ with secret \\"secret/data/app/../one\\" }}{{ .Data.data.x }}{{ end }}"\n'), 64, "agent-inject-template-db.env")
