@@ -3,19 +3,24 @@
 //! The order is the real server's: decoding errors (400) come before preconditions (409),
 //! which come before validation (422). The handlers in `objects.rs` call these in that order.
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::apps::{self, Workload};
+use super::events;
+use super::pods;
 use super::rbac;
 use super::resources::{self, ResourceKind};
 use super::secrets;
 use super::status::{ApiError, FieldError};
 use super::validation;
+use super::webhooks;
 
 fn workload(kind: &ResourceKind) -> Option<Workload> {
     if *kind == resources::DEPLOYMENTS {
@@ -98,6 +103,14 @@ pub(crate) fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiErr
         typed::<ClusterRole>(kind, obj)
     } else if *kind == resources::CLUSTER_ROLE_BINDINGS {
         typed::<ClusterRoleBinding>(kind, obj)
+    } else if *kind == resources::PODS {
+        typed::<Pod>(kind, obj)
+    } else if *kind == resources::MUTATING_WEBHOOK_CONFIGURATIONS {
+        typed::<MutatingWebhookConfiguration>(kind, obj)
+    } else if *kind == resources::EVENTS {
+        typed::<Event>(kind, obj)
+    } else if *kind == resources::NAMESPACES {
+        typed::<Namespace>(kind, obj)
     } else {
         Ok(())
     }
@@ -180,6 +193,47 @@ pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>)
             Some(old) => apps::prepare_update(w, obj, old),
             None => apps::prepare_create(obj),
         }
+    } else if *kind == resources::PODS {
+        pods::apply_defaults(obj);
+        match old {
+            Some(old) => pods::prepare_update(obj, old),
+            None => pods::prepare_create(obj),
+        }
+    } else if *kind == resources::MUTATING_WEBHOOK_CONFIGURATIONS {
+        webhooks::apply_defaults(obj);
+        webhooks::prepare(obj, old);
+    } else if *kind == resources::NAMESPACES {
+        prepare_namespace(obj, old);
+    }
+}
+
+/// A namespace always carries `kubernetes.io/metadata.name` (the real defaulter sets it on
+/// every write), the `kubernetes` finalizer and, as status is not writable here, `Active`.
+fn prepare_namespace(obj: &mut Value, old: Option<&Value>) {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+        }
+    }
+    if let Some(map) = obj.as_object_mut() {
+        let spec = map.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut()
+            && spec.get("finalizers").is_none()
+        {
+            spec.insert("finalizers".into(), json!(["kubernetes"]));
+        }
+        map.insert(
+            "status".into(),
+            old.and_then(|o| o.get("status"))
+                .cloned()
+                .unwrap_or_else(|| json!({"phase": "Active"})),
+        );
     }
 }
 
@@ -194,8 +248,25 @@ pub(crate) fn validate(kind: &ResourceKind, obj: &Value, old: Option<&Value>) ->
         };
         validation::validate_object_meta(meta, rule, &mut errs);
     }
+    if *kind == resources::NAMESPACES {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !name.is_empty() && validation::dns1123_subdomain_errors(name).is_empty() {
+            for msg in validation::dns1123_label_errors(name) {
+                errs.push(FieldError::invalid_str("metadata.name", name, msg));
+            }
+        }
+    }
     if *kind == resources::SECRETS {
         secrets::validate(obj, old, &mut errs);
+    } else if *kind == resources::PODS {
+        pods::validate(obj, old, &mut errs);
+    } else if *kind == resources::MUTATING_WEBHOOK_CONFIGURATIONS {
+        webhooks::validate(obj, old, &mut errs);
+    } else if *kind == resources::EVENTS {
+        events::validate(obj, old, &mut errs);
     } else if rbac::is_rbac(kind) {
         rbac::validate(kind, obj, old, &mut errs);
     } else if let Some(w) = workload(kind) {

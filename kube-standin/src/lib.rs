@@ -15,11 +15,14 @@
 //!
 //! | resource | verbs |
 //! |---|---|
-//! | core/v1 `namespaces` (cluster-scoped; virtual: every name is an Active namespace) | get, list |
+//! | core/v1 `namespaces` (cluster-scoped; virtual: every name is an Active namespace until written, see `namespaces`) | get, list, create, update, patch |
 //! | core/v1 `secrets` | get, list, create, update, patch (merge, JSON, strategic, apply), delete, deletecollection |
+//! | core/v1 `pods` (never scheduled; a create goes through mutating admission webhooks, see `pods`, `admission`) | same |
 //! | core/v1 `serviceaccounts` (+ `token` subresource) | same; `token`: create (TokenRequest) |
 //! | apps/v1 `deployments`, `statefulsets` | same |
 //! | coordination.k8s.io/v1 `leases` | same |
+//! | events.k8s.io/v1 `events` (see `events`) | same |
+//! | admissionregistration.k8s.io/v1 `mutatingwebhookconfigurations` (cluster-scoped; see `webhooks`) | same |
 //! | rbac.authorization.k8s.io/v1 `roles`, `rolebindings`, `clusterroles`, `clusterrolebindings` (the last two cluster-scoped) | same |
 //! | authentication.k8s.io/v1 `tokenreviews` (cluster-scoped) | create |
 //! | authorization.k8s.io/v1 `selfsubjectaccessreviews` (cluster-scoped) | create |
@@ -27,12 +30,18 @@
 //! plus `/version`, `/api`, `/apis` discovery, `/openapi/v3` (what kubectl reads before a
 //! write), `/.well-known/openid-configuration` and `/openid/v1/jwks`. What each rule is and
 //! where it deliberately differs from the real server is documented in the module that
-//! enforces it: `status` (error bodies), `secrets`, `apps`, `kinds` (the write pipeline),
+//! enforces it: `status` (error bodies), `secrets`, `apps`, `pods`, `events`, `webhooks`
+//! (MutatingWebhookConfigurations), `admission` (calling webhooks on pod creates),
+//! `namespaces`, `kinds` (the write pipeline),
 //! `managed` (server-side apply), `patch` (strategic merge with merge keys and kubectl's
 //! directives), `strict` (`fieldValidation=Strict`), `protobuf` (kubectl's typed bodies),
 //! `table` (`kubectl get` columns), `openapi`, `auth` (401, the deny switch and the
 //! authorizer chain), `rbac` (Roles, bindings, the RBAC authorizer), `tokens` and `reviews`
 //! (JWTs, TokenReview, SelfSubjectAccessReview).
+//!
+//! Admission webhooks on a `service` are reached where [`KubeStandin::route_service`] says the
+//! service's port listens (there are no Services or DNS); [`KubeStandin::label_namespace`]
+//! labels a namespace for their `namespaceSelector` (as `kubectl label namespace` does).
 //!
 //! [`KubeStandin::fail`] makes matching requests answer an error status (409, 429, 500, 503)
 //! for fault-injection tests; see `faults`.
@@ -40,21 +49,27 @@
 //! Authorization is permissive by default (everything not denied by a deny rule is allowed);
 //! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
 //!
-//! Not served: watch (answers 405), writes to namespaces, pagination (`limit` is ignored),
+//! Not served: watch (answers 405), deleting namespaces, pagination (`limit` is ignored),
 //! protobuf responses and protobuf bodies other than Secrets and Deployments (415, naming
-//! what is missing), `/openapi/v2`, admission webhooks, finalizers and graceful deletion,
+//! what is missing), `/openapi/v2`, validating admission webhooks and mutating ones on
+//! anything but pod creates (a pod created by server-side apply skips them), core/v1
+//! `events`, finalizers and graceful deletion,
 //! list-merge semantics of server-side apply, and JSON patches of `metadata.managedFields`
 //! (so kubectl's move of a client-side-applied object to server-side apply warns, and the
 //! server-side apply then conflicts with `kubectl-client-side-apply` unless forced).
 
+mod admission;
 mod apps;
 mod auth;
+mod events;
 mod faults;
 mod kinds;
 mod managed;
+mod namespaces;
 mod objects;
 mod openapi;
 mod patch;
+mod pods;
 mod protobuf;
 mod rbac;
 mod resources;
@@ -69,6 +84,7 @@ mod table;
 mod tls;
 mod tokens;
 mod validation;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -149,6 +165,7 @@ impl KubeStandin {
             },
             url,
             log: Mutex::new(Vec::new()),
+            routes: Mutex::new(std::collections::BTreeMap::new()),
         });
         let (tx, rx) = tokio::sync::watch::channel(());
         let app = server::router(Arc::clone(&shared));
@@ -368,6 +385,36 @@ impl KubeStandin {
     /// `system:basic-user`), so SelfSubjectAccessReviews and the token reviewer keep working.
     pub fn enforce_rbac(&self, on: bool) {
         self.shared.set_rbac_enforced(on);
+    }
+
+    /// Says where port `port` of Service `namespace/name` listens, for admission webhooks
+    /// whose `clientConfig.service` names it: the stand-in has no Services or DNS, so it
+    /// connects to `addr` while still verifying the certificate for `NAME.NAMESPACE.svc`, as
+    /// kube-apiserver does. A webhook on an unrouted service fails to be called (`service
+    /// "NAME" not found`). Routing the same service port again replaces the address.
+    pub fn route_service(&self, namespace: &str, name: &str, port: u16, addr: SocketAddr) {
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((namespace.to_owned(), name.to_owned(), port), addr);
+    }
+
+    /// Removes what [`Self::route_service`] said about `namespace/name`'s `port`, so calls to
+    /// it fail again, as when a Service has no endpoints left.
+    pub fn unroute_service(&self, namespace: &str, name: &str, port: u16) {
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(namespace.to_owned(), name.to_owned(), port));
+    }
+
+    /// Adds (or overwrites) labels of namespace `name`, as `kubectl label namespace` does
+    /// through the API: what admission webhooks' `namespaceSelector` matches. Every
+    /// namespace also carries `kubernetes.io/metadata.name: NAME`, which cannot be changed.
+    pub fn label_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        namespaces::add_labels(&mut self.shared.store(), name, labels);
     }
 
     /// Whether RBAC is enforced; see [`Self::enforce_rbac`].

@@ -7,11 +7,13 @@
 //! (422) → store, bumping resourceVersion unless nothing changed.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 use axum::http::StatusCode;
 use rand::Rng as _;
 use serde_json::{Value, json};
 
+use super::auth::UserInfo;
 use super::kinds;
 use super::managed::{ManagedFields, Writer};
 use super::patch::{self, PatchType};
@@ -86,9 +88,21 @@ pub(crate) struct ObjectRequest<'a> {
     pub content_type: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub body: &'a [u8],
+    /// Who is asking (admission webhooks are told).
+    pub user: &'a UserInfo,
+    /// `Warning` headers for the response (admission webhooks' `warnings`).
+    pub warnings: &'a Mutex<Vec<String>>,
 }
 
 impl ObjectRequest<'_> {
+    /// Adds a warning for the client, once, as the real server's warning recorder does.
+    pub fn add_warning(&self, text: &str) {
+        let mut warnings = self.warnings.lock().unwrap_or_else(PoisonError::into_inner);
+        if !warnings.iter().any(|w| w == text) {
+            warnings.push(text.to_owned());
+        }
+    }
+
     fn ns(&self) -> &str {
         self.namespace.unwrap_or("")
     }
@@ -233,6 +247,13 @@ fn finish_create(
     mut obj: Value,
     managed: Option<ManagedFields>,
 ) -> Result<Reply, ApiError> {
+    // `BeforeCreate` generates the name after admission, so webhooks see `generateName` only.
+    if meta_str(&obj, "name").is_empty() {
+        let prefix = meta_str(&obj, "generateName").to_owned();
+        if !prefix.is_empty() {
+            set_meta(&mut obj, "name", json!(generate_name(&prefix)));
+        }
+    }
     kinds::prepare(req.kind, &mut obj, None);
     check_valid(req, &obj, None)?;
     let name = meta_str(&obj, "name").to_owned();
@@ -401,8 +422,9 @@ fn check_write_options(req: &ObjectRequest<'_>, options: &str) -> Result<(), Api
     }
 }
 
-/// POST on a collection.
-pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
+/// POST on a collection. A pod goes through admission (see `admission`) first, without the
+/// store's lock held.
+pub(crate) async fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     check_write_options(req, "CreateOptions")?;
     let mut obj = decode_body(req)?;
     kinds::check_type_meta(req.kind, &obj, false)?;
@@ -413,12 +435,6 @@ pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
         ));
     }
     scope_namespace(req, &mut obj);
-    if meta_str(&obj, "name").is_empty() {
-        let prefix = meta_str(&obj, "generateName").to_owned();
-        if !prefix.is_empty() {
-            set_meta(&mut obj, "name", json!(generate_name(&prefix)));
-        }
-    }
     kinds::check_shape(req.kind, &obj)?;
     if req.strict() {
         super::strict::check_body(req.kind, &obj)?;
@@ -427,6 +443,12 @@ pub(crate) fn create(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
         return Err(ApiError::internal(
             "resourceVersion should not be set on objects to be created",
         ));
+    }
+    if *req.kind == super::resources::PODS {
+        super::pods::apply_defaults(&mut obj);
+        super::pods::admit_builtin(&mut obj);
+        super::admission::admit_pod_create(shared, req, &mut obj).await?;
+        super::validation::strip_nulls(&mut obj);
     }
     let mut store = shared.store();
     finish_create(&mut store, req, obj, None)

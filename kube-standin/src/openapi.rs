@@ -127,6 +127,8 @@ fn schema_name(kind: &ResourceKind) -> String {
         "coordination.k8s.io" => "coordination",
         "authentication.k8s.io" => "authentication",
         "authorization.k8s.io" => "authorization",
+        "admissionregistration.k8s.io" => "admissionregistration",
+        "events.k8s.io" => "events",
         g => g,
     };
     format!("io.k8s.api.{group}.{}.{}", kind.version, kind.kind)

@@ -114,8 +114,10 @@ pub(crate) static LEASES: ResourceKind = ResourceKind {
     has_generation: false,
 };
 
-/// Namespaces exist implicitly (any name works), so they are served read-only and virtual:
-/// every name is an Active namespace. kubectl reads one to word a NotFound.
+/// Namespaces exist implicitly (any name works): every name is an Active namespace, labelled
+/// `kubernetes.io/metadata.name`. kubectl reads one to word a NotFound. A create, update or
+/// patch stores one (so `kubectl label namespace` works, and webhooks' `namespaceSelector`
+/// sees the labels); see `namespaces`.
 pub(crate) static NAMESPACES: ResourceKind = ResourceKind {
     group: "",
     version: "v1",
@@ -124,11 +126,60 @@ pub(crate) static NAMESPACES: ResourceKind = ResourceKind {
     kind: "Namespace",
     namespaced: false,
     short_names: &["ns"],
-    verbs: &["get", "list"],
-    stored: false,
+    verbs: &["create", "get", "list", "patch", "update"],
+    stored: true,
     create_on_update: false,
     unconditional_update: false,
     has_generation: false,
+};
+
+/// Pods: stored objects only (nothing schedules or runs them); creating one goes through
+/// mutating admission webhooks (see `admission`).
+pub(crate) static PODS: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    plural: "pods",
+    singular: "pod",
+    kind: "Pod",
+    namespaced: true,
+    short_names: &["po"],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: false,
+};
+
+/// events.k8s.io/v1 Events, what kube-runtime's `Recorder` writes (see `events`).
+pub(crate) static EVENTS: ResourceKind = ResourceKind {
+    group: "events.k8s.io",
+    version: "v1",
+    plural: "events",
+    singular: "event",
+    kind: "Event",
+    namespaced: true,
+    short_names: &["ev"],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: true,
+    unconditional_update: true,
+    has_generation: false,
+};
+
+/// The configurations of mutating admission webhooks (see `webhooks`, `admission`).
+pub(crate) static MUTATING_WEBHOOK_CONFIGURATIONS: ResourceKind = ResourceKind {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    plural: "mutatingwebhookconfigurations",
+    singular: "mutatingwebhookconfiguration",
+    kind: "MutatingWebhookConfiguration",
+    namespaced: false,
+    short_names: &[],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: true,
 };
 
 pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
@@ -200,11 +251,14 @@ pub(crate) static CLUSTER_ROLE_BINDINGS: ResourceKind = rbac_kind(
 /// Every served resource, in discovery order.
 pub(crate) static ALL: &[&ResourceKind] = &[
     &NAMESPACES,
+    &PODS,
     &SECRETS,
     &SERVICE_ACCOUNTS,
     &DEPLOYMENTS,
     &STATEFUL_SETS,
     &LEASES,
+    &EVENTS,
+    &MUTATING_WEBHOOK_CONFIGURATIONS,
     &TOKEN_REVIEWS,
     &SELF_SUBJECT_ACCESS_REVIEWS,
     &ROLES,

@@ -16,6 +16,8 @@
 //! | `GET /_standin/rbac` | whether RBAC is enforced: `{"enforce": …}` |
 //! | `POST /_standin/token` `{"namespace","name","audiences"?,"ttlSeconds"?}` | mint a service-account JWT: `{"token": …}` |
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -63,6 +65,9 @@ pub(crate) struct Shared {
     pub url: String,
     /// Every authenticated resource request, in order.
     pub log: Mutex<Vec<RecordedRequest>>,
+    /// Where each webhook service's port listens: (namespace, name, port) → address
+    /// (`KubeStandin::route_service`; the stand-in has no Services or DNS).
+    pub routes: Mutex<BTreeMap<(String, String, u16), SocketAddr>>,
 }
 
 /// One authenticated request on a resource, as the audit log of a real server would show it.
@@ -92,6 +97,19 @@ impl Shared {
 
     pub fn fail_rules(&self) -> MutexGuard<'_, Vec<FailRule>> {
         self.fail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The service routes, copied so no lock is held while a webhook is called.
+    pub fn routes_snapshot(&self) -> BTreeMap<(String, String, u16), SocketAddr> {
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The labels of namespace `name` (see `namespaces`).
+    pub fn namespace_labels(&self, store: &Store, name: &str) -> serde_json::Map<String, Value> {
+        super::namespaces::labels(store, name)
     }
 
     pub fn rbac_enforced(&self) -> bool {
@@ -286,8 +304,9 @@ async fn dispatch(
             .is_some_and(|a| a.contains("as=APIGroupDiscoveryList")),
         body: &body,
         user: &user,
+        warnings: Mutex::new(Vec::new()),
     };
-    let mut result = route(&shared, uri.path(), &ctx);
+    let mut result = route(&shared, uri.path(), &ctx).await;
     // `kubectl get` asks for a Table (see `table`).
     if method == Method::GET
         && super::table::wanted(header_str(header::ACCEPT))
@@ -296,7 +315,9 @@ async fn dispatch(
     {
         *value = table;
     }
-    match result {
+    let warnings =
+        std::mem::take(&mut *ctx.warnings.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut response = match result {
         Ok((code, value))
             if value.get("kind").and_then(Value::as_str) == Some("APIGroupDiscoveryList") =>
         {
@@ -310,7 +331,27 @@ async fn dispatch(
         }
         Ok((code, value)) => json_response(code, &value),
         Err(e) => e.into_response(),
+    };
+    for w in warnings {
+        if let Ok(v) = header::HeaderValue::from_bytes(warning_header(&w).as_bytes()) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
+    response
+}
+
+/// `299 - "TEXT"`, as the real server's warning recorder writes a `Warning` header: control
+/// characters dropped, quotes and backslashes escaped.
+fn warning_header(text: &str) -> String {
+    let mut out = String::from("299 - \"");
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// What a handler needs to know about the request besides its path.
@@ -323,9 +364,11 @@ struct RequestContext<'a> {
     aggregated: bool,
     body: &'a [u8],
     user: &'a UserInfo,
+    /// Warnings for the response's `Warning` headers.
+    warnings: Mutex<Vec<String>>,
 }
 
-fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply, ApiError> {
+async fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let discovery = |reply: Option<Value>| -> Result<Reply, ApiError> {
         if *ctx.method != Method::GET {
@@ -349,13 +392,15 @@ fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply,
         ["apis", group] => discovery(api_group(group)),
         ["api", "v1"] => discovery(resource_list("", "v1")),
         ["apis", group, version] => discovery(resource_list(group, version)),
-        ["api", "v1", rest @ ..] => resource_route(shared, "", "v1", rest, ctx),
-        ["apis", group, version, rest @ ..] => resource_route(shared, group, version, rest, ctx),
+        ["api", "v1", rest @ ..] => resource_route(shared, "", "v1", rest, ctx).await,
+        ["apis", group, version, rest @ ..] => {
+            resource_route(shared, group, version, rest, ctx).await
+        }
         _ => Err(ApiError::no_route()),
     }
 }
 
-fn resource_route(
+async fn resource_route(
     shared: &Shared,
     group: &str,
     version: &str,
@@ -395,7 +440,7 @@ fn resource_route(
             )));
         }
     };
-    let result = serve_resource(shared, kind, verb, namespace, name, subresource, ctx);
+    let result = serve_resource(shared, kind, verb, namespace, name, subresource, ctx).await;
     let code = match &result {
         Ok((code, _)) => code.as_u16(),
         Err(e) => e.code,
@@ -418,7 +463,7 @@ fn resource_route(
 }
 
 /// Authorizes and serves one resource request.
-fn serve_resource(
+async fn serve_resource(
     shared: &Shared,
     kind: &'static ResourceKind,
     verb: &str,
@@ -463,7 +508,18 @@ fn serve_resource(
     }
 
     if kind == &resources::NAMESPACES {
-        return Ok((StatusCode::OK, namespaces(shared, name)));
+        match (verb, name) {
+            ("get", Some(n)) => {
+                return Ok((StatusCode::OK, super::namespaces::get(&shared.store(), n)));
+            }
+            ("list" | "watch", _) if !ctx.query.flag("watch") => {
+                return Ok((StatusCode::OK, super::namespaces::list(&shared.store())));
+            }
+            ("update" | "patch", Some(n)) => {
+                super::namespaces::materialize(&mut shared.store(), n);
+            }
+            _ => {}
+        }
     }
     if kind == &resources::TOKEN_REVIEWS {
         return reviews::token_review(shared, ctx.body);
@@ -482,54 +538,18 @@ fn serve_resource(
         content_type: ctx.content_type,
         user_agent: ctx.user_agent,
         body: ctx.body,
+        user: ctx.user,
+        warnings: &ctx.warnings,
     };
     match verb {
         "get" => objects::get(shared, &req),
         "list" | "watch" => objects::list(shared, &req),
-        "create" => objects::create(shared, &req),
+        "create" => objects::create(shared, &req).await,
         "update" => objects::update(shared, &req),
         "patch" => objects::patch(shared, &req),
         "delete" => objects::delete(shared, &req),
         _ => objects::delete_collection(shared, &req),
     }
-}
-
-/// The virtual namespaces (see `resources::NAMESPACES`): `name`'s, or the list of the
-/// built-in ones and every one an object is in.
-fn namespaces(shared: &Shared, name: Option<&str>) -> Value {
-    let namespace = |n: &str| {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": n, "labels": {"kubernetes.io/metadata.name": n}},
-            "spec": {"finalizers": ["kubernetes"]},
-            "status": {"phase": "Active"},
-        })
-    };
-    if let Some(n) = name {
-        return namespace(n);
-    }
-    let store = shared.store();
-    let mut names: std::collections::BTreeSet<&str> =
-        ["default", "kube-node-lease", "kube-public", "kube-system"].into();
-    names.extend(store.namespaces());
-    let items: Vec<Value> = names
-        .into_iter()
-        .map(|n| {
-            let mut item = namespace(n);
-            if let Some(m) = item.as_object_mut() {
-                m.remove("apiVersion");
-                m.remove("kind");
-            }
-            item
-        })
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "NamespaceList",
-        "metadata": {"resourceVersion": store.resource_version().to_string()},
-        "items": items,
-    })
 }
 
 /// `metadata.name=X` (or `==`) in a list's field selector: `RequiresExactMatch`, kept only

@@ -62,6 +62,10 @@ pub(crate) enum FieldErrorKind {
     TooLong,
     /// `Unsupported value: <value>`; the value is already formatted (`"quoted"`).
     NotSupported(String),
+    /// `Duplicate value: <value>`; the value is already formatted (`"quoted"`).
+    Duplicate(String),
+    /// `Not found: <value>`; the value is already formatted (`"quoted"`).
+    NotFound(String),
 }
 
 /// One validation failure: `field.Error` from apimachinery.
@@ -110,6 +114,24 @@ impl FieldError {
         }
     }
 
+    /// `field.Duplicate` with a string value.
+    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        Self {
+            kind: FieldErrorKind::Duplicate(go_quote(value)),
+            field: field.into(),
+            detail: String::new(),
+        }
+    }
+
+    /// `field.NotFound` with a string value.
+    pub fn not_found(field: impl Into<String>, value: &str) -> Self {
+        Self {
+            kind: FieldErrorKind::NotFound(go_quote(value)),
+            field: field.into(),
+            detail: String::new(),
+        }
+    }
+
     /// `field.TooLong` with the wording of Kubernetes ≥ 1.32.
     pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
         Self {
@@ -143,6 +165,8 @@ impl FieldError {
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::TooLong => "FieldValueTooLong",
             FieldErrorKind::NotSupported(_) => "FieldValueNotSupported",
+            FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
+            FieldErrorKind::NotFound(_) => "FieldValueNotFound",
         }
     }
 
@@ -154,6 +178,8 @@ impl FieldError {
             FieldErrorKind::Forbidden => "Forbidden".to_owned(),
             FieldErrorKind::TooLong => "Too long".to_owned(),
             FieldErrorKind::NotSupported(value) => format!("Unsupported value: {value}"),
+            FieldErrorKind::Duplicate(value) => format!("Duplicate value: {value}"),
+            FieldErrorKind::NotFound(value) => format!("Not found: {value}"),
         };
         if !self.detail.is_empty() {
             s.push_str(": ");
@@ -366,6 +392,11 @@ impl ApiError {
     /// 500, used where the real server also answers 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
+    }
+
+    /// Any status with a reason of the caller's choosing (`""`: none), e.g. a webhook's denial.
+    pub fn with_reason(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(code, reason, message)
     }
 
     /// 429, as the real server's max-in-flight filter answers an overloaded server.

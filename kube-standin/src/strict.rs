@@ -8,9 +8,11 @@
 //! unknown. Paths are printed as Go's strict decoder prints them: `spec.replicaz`,
 //! `spec.template.spec.containers[0].imag`.
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde_json::Value;
 
@@ -44,6 +46,14 @@ fn known(kind: &ResourceKind, obj: &Value) -> Option<Value> {
         round_trip::<ClusterRole>(obj)
     } else if *kind == resources::CLUSTER_ROLE_BINDINGS {
         round_trip::<ClusterRoleBinding>(obj)
+    } else if *kind == resources::PODS {
+        round_trip::<Pod>(obj)
+    } else if *kind == resources::MUTATING_WEBHOOK_CONFIGURATIONS {
+        round_trip::<MutatingWebhookConfiguration>(obj)
+    } else if *kind == resources::EVENTS {
+        round_trip::<Event>(obj)
+    } else if *kind == resources::NAMESPACES {
+        round_trip::<Namespace>(obj)
     } else {
         None
     }

@@ -3,7 +3,8 @@
 //!
 //! Columns are the real server's printers' for the kinds kubectl users look at (Secrets:
 //! NAME, TYPE, DATA, AGE; Deployments: NAME, READY, UP-TO-DATE, AVAILABLE, AGE, and
-//! CONTAINERS, IMAGES, SELECTOR with `-o wide`) and the default NAME, CREATED AT for the
+//! CONTAINERS, IMAGES, SELECTOR with `-o wide`; Pods: NAME, READY, STATUS, RESTARTS, AGE,
+//! never running, so `0/N` and `Pending`) and the default NAME, CREATED AT for the
 //! rest. Each row carries the object's metadata (`PartialObjectMetadata`), which kubectl
 //! reads for namespaces and labels, as the default `includeObject=Metadata` makes it.
 
@@ -107,6 +108,33 @@ fn columns(kind: &ResourceKind) -> Vec<Value> {
                 "CreationTimestamp is a timestamp representing the server time when this object was created.",
             ),
         ]
+    } else if *kind == resources::PODS {
+        let age = "CreationTimestamp is a timestamp representing the server time when this object was created.";
+        vec![
+            name,
+            column(
+                "Ready",
+                "string",
+                "",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            column(
+                "Status",
+                "string",
+                "",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            column(
+                "Restarts",
+                "string",
+                "",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
+            column("Age", "string", "", 0, age),
+        ]
     } else if *kind == resources::DEPLOYMENTS {
         vec![
             name,
@@ -189,6 +217,22 @@ fn cells(kind: &ResourceKind, obj: &Value) -> Vec<Value> {
             name,
             json!(obj.get("type").and_then(Value::as_str).unwrap_or("")),
             json!(data),
+            json!(age(obj)),
+        ]
+    } else if *kind == resources::PODS {
+        let containers = obj
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        vec![
+            name,
+            json!(format!("0/{containers}")),
+            json!(
+                obj.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Pending")
+            ),
+            json!("0"),
             json!(age(obj)),
         ]
     } else if *kind == resources::DEPLOYMENTS {
