@@ -324,6 +324,49 @@ pub fn parse(origin: &str, text: &str) -> Result<Manifest, Vec<ConfigError>> {
     })
 }
 
+/// Quotes `s` as Go's `strconv.Quote` (`%q`) does, as the kubelet writes each value of a
+/// downward-API annotations file; [`go_unquote`] undoes it. Printable characters stay as they
+/// are; the rest become `\n`-style, `\xNN`, `\uNNNN` or `\UNNNNNNNN` escapes.
+#[must_use]
+pub fn go_quote(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\u{07}' => out.push_str("\\a"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0b}' => out.push_str("\\v"),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c == ' ' || (go_printable(c)) => out.push(c),
+            c if (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if (c as u32) < 0x10000 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `unicode.IsPrint` without the space, closely enough for annotation values: no
+/// control, separator or format character (zero-width and bidirectional marks are escaped).
+fn go_printable(c: char) -> bool {
+    !c.is_control()
+        && !c.is_whitespace()
+        && !matches!(c as u32, 0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x206f | 0xfeff | 0xfff9..=0xfffb | 0xe000..=0xf8ff)
+}
+
 /// Undoes Go's `strconv.Quote` (what `%q` writes). `None` if `s` is not such a string.
 #[must_use]
 pub fn go_unquote(s: &str) -> Option<String> {
@@ -407,6 +450,20 @@ mod tests {
             .iter()
             .map(|(k, v)| format!("{k}={}\n", q(v)))
             .collect()
+    }
+
+    #[test]
+    fn go_quote_writes_what_go_writes_and_round_trips() {
+        assert_eq!(go_quote("a\"b\\c\nd\te"), r#""a\"b\\c\nd\te""#);
+        assert_eq!(go_quote("\u{1}é\u{200b}😀"), r#""\x01é\u200b😀""#);
+        for s in [
+            "",
+            "plain",
+            "{{- with secret \"x\" -}}\n{{ .Data.data.k }}\n{{- end }}",
+            "\u{7f}\u{2028}",
+        ] {
+            assert_eq!(go_unquote(&go_quote(s)).as_deref(), Some(s));
+        }
     }
 
     #[test]

@@ -174,9 +174,7 @@ pub fn run(cmd: BreakGlassCommand) -> ExitCode {
         if !who.entity_id.is_empty() {
             actor = actor.with_entity(who.entity_id.clone());
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
+        let host = super::host_name();
         let holder = format!("break-glass:{name}@{host}");
         let by = name.clone();
         let engine = p.engine.clone().acting_as(actor.clone(), holder);

@@ -26,6 +26,7 @@ pub mod rotation_args;
 pub mod run;
 pub mod status;
 pub mod vault_args;
+pub mod webhook;
 
 /// keyturn: secrets rotation and injection for Kubernetes, with a tamper-evident audit log.
 #[derive(Debug, Parser)]
@@ -89,10 +90,20 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Show each policy's last rotation, CURRENT's age, the next due time and what is in flight.
     Status(status::StatusArgs),
+    /// Serve the mutating admission webhook that injects keyturn-init into annotated pods.
+    Webhook(webhook::WebhookArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
     Man(completions::ManArgs),
+}
+
+/// The host name (a pod's name in Kubernetes), empty when the kernel does not say: the
+/// default name of a holder in Leases and rotation state.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// A single-threaded Tokio runtime for a command that needs async, or the exit code after
@@ -145,6 +156,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Status(args) => status::run(args),
+        Command::Webhook(args) => webhook::run(args),
         Command::Completions(args) => completions::run_completions(&args),
         Command::Man(args) => completions::run_man(&args),
     }

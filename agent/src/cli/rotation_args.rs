@@ -58,9 +58,7 @@ pub struct Prepared {
 impl RotationArgs {
     fn holder(&self) -> String {
         self.holder.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
+            Some(super::host_name())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "keyturn".to_owned())
         })

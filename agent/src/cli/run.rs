@@ -171,7 +171,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT (every long-running command stops on either).
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
