@@ -484,7 +484,7 @@ impl Metrics {
 /// family is named by its sample (`x_total`) in `# HELP` and `# TYPE`, where OpenMetrics uses
 /// the bare family name (so a classic parser found no HELP for `x_total`); `# UNIT` and
 /// `# EOF` do not exist there, and `unknown` is spelled `untyped`.
-fn openmetrics_to_text(om: &str) -> String {
+pub(crate) fn openmetrics_to_text(om: &str) -> String {
     let counters: std::collections::HashSet<&str> = om
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

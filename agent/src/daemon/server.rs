@@ -29,6 +29,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -70,11 +71,52 @@ pub async fn serve_on(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let router = router(metrics.clone(), ready);
+    serve_router(
+        listener,
+        router(metrics.clone(), ready),
+        metrics.http_shed.clone(),
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `router` over plain HTTP/1 on `listener` under `limits` (`shed` counts the
+/// connections closed at the cap) until `shutdown` resolves, as [`serve_on`] does. keyturn
+/// webhook's metrics listener is served this way too.
+pub(crate) async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shed: Counter,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let header_read_timeout = limits.header_read_timeout;
+    accept_loop(listener, shed, &limits, shutdown, move |stream, slot, stop| {
+        connection(stream, slot, router.clone(), header_read_timeout, stop)
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` under the connection cap of `limits` until `shutdown`
+/// resolves, handing each to `serve` with its [`Slot`] and a receiver that changes when
+/// serving stops (the connection should then finish its request and close); then returns once
+/// every connection has closed. `shed` counts connections closed at the cap.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shed_total: Counter,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    serve: F,
+) where
+    F: Fn(TcpStream, Slot, watch::Receiver<()>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let table = Arc::new(Mutex::new(Table::default()));
     let mut shed = RateLimited::new(limits.warn_interval);
     let mut accept_errors = RateLimited::new(limits.warn_interval);
+    let addr = listener.local_addr().ok();
     // Closed when serving stops; each connection holds a receiver, so `closed()` below
     // resolves once the last connection is gone.
     let (stop_tx, stop_rx) = watch::channel(());
@@ -88,7 +130,7 @@ pub async fn serve_on(
                     // EMFILE and the like: the pending connection stays in the backlog, so
                     // pause instead of spinning on it.
                     if let Some(n) = accept_errors.note(Instant::now()) {
-                        tracing::warn!(error = %e, failures = n, "the metrics listener cannot accept connections");
+                        tracing::warn!(error = %e, failures = n, listen = ?addr, "the listener cannot accept connections");
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -98,33 +140,29 @@ pub async fn serve_on(
         let Some(permit) = admit(&slots, &table, limits.header_read_timeout).await else {
             // Dropping the stream closes it: refused before a byte is read.
             drop(stream);
-            metrics.http_shed.inc();
+            shed_total.inc();
             if let Some(n) = shed.note(Instant::now()) {
                 tracing::warn!(
                     limit = limits.max_connections,
                     shed = n,
-                    "metrics listener at its connection cap with every connection mid-request; refusing new connections"
+                    listen = ?addr,
+                    "listener at its connection cap with every connection mid-request; refusing new connections"
                 );
             }
             continue;
         };
         if permit.evicted {
-            metrics.http_shed.inc();
+            shed_total.inc();
             if let Some(n) = shed.note(Instant::now()) {
                 tracing::warn!(
                     limit = limits.max_connections,
                     shed = n,
-                    "metrics listener at its connection cap; closing the connections that waited longest without a request"
+                    listen = ?addr,
+                    "listener at its connection cap; closing the connections that waited longest without a request"
                 );
             }
         }
-        tokio::spawn(connection(
-            stream,
-            permit,
-            router.clone(),
-            limits.header_read_timeout,
-            stop_rx.clone(),
-        ));
+        tokio::spawn(serve(stream, permit, stop_rx.clone()));
     }
     drop(listener);
     drop(stop_rx);
@@ -189,7 +227,7 @@ pub fn router(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
 }
 
 /// A slot for one connection: its semaphore permit and its entry in the table.
-struct Slot {
+pub(crate) struct Slot {
     /// Held, never read: the slot counts against the cap until it is dropped.
     _permit: OwnedSemaphorePermit,
     id: u64,
@@ -197,6 +235,18 @@ struct Slot {
     table: Arc<Mutex<Table>>,
     /// Whether another connection was closed to make room for this one.
     evicted: bool,
+}
+
+impl Slot {
+    /// Marks the connection busy (serving a request: never evicted) or idle again.
+    pub(crate) fn set_busy(&self, busy: bool) {
+        lock(&self.table).set_busy(self.id, busy);
+    }
+
+    /// Resolves when the connection is evicted to make room for a new one.
+    pub(crate) async fn evicted(&self) {
+        self.evict.notified().await;
+    }
 }
 
 impl Drop for Slot {

@@ -20,3 +20,314 @@ pub mod inject;
 pub mod metrics;
 pub mod review;
 pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyturn_core::exit::{ExitCode, HasExitCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::daemon::server::Limits;
+
+/// How long in-flight admissions get to finish once shutdown starts. The API server's
+/// webhook timeout is at most 30 s; the kubelet's default grace period is 30 s.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Everything `keyturn webhook` runs with.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// HTTPS: `POST /mutate` (`--listen`).
+    pub listen: SocketAddr,
+    /// Plain HTTP: `/metrics`, `/healthz`, `/readyz` (`--metrics-listen`).
+    pub metrics_listen: SocketAddr,
+    /// The decision for each pod.
+    pub injector: inject::Injector,
+    /// Where the serving certificate comes from.
+    pub tls: TlsSource,
+    /// With the in-memory CA: the configuration whose `caBundle` the replicas keep. `None`
+    /// leaves the `caBundle` to someone else (cert-manager's cainjector).
+    pub ca_bundle: Option<CaBundleSettings>,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// A CA made at start and kept in memory, and short-lived certificates from it for the
+    /// Service's names (`--service`, `--namespace`, `--cert-validity`).
+    InMemory {
+        /// The webhook's Service.
+        service: String,
+        /// Its namespace.
+        namespace: String,
+        /// A serving certificate's validity; it is renewed at half of it.
+        validity: Duration,
+    },
+    /// PEM files kept current by someone else (cert-manager): `--tls-cert`, `--tls-key`,
+    /// re-read when they change.
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+}
+
+/// How the replicas keep the MutatingWebhookConfiguration's `caBundle` (see [`cabundle`]).
+#[derive(Debug, Clone)]
+pub struct CaBundleSettings {
+    /// The MutatingWebhookConfiguration (`--configuration`).
+    pub configuration: String,
+    /// Where the Leases live: the webhook's own namespace (`--namespace`).
+    pub namespace: String,
+    /// This replica's name (`--holder`; the pod name).
+    pub holder: String,
+    /// How long a Lease lasts without renewal (`--lease-duration`); renewed every third.
+    pub lease_duration: Duration,
+}
+
+/// Why `keyturn webhook` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A listener could not be bound (a port in use, a privileged port).
+    #[error("{flag} {addr}: cannot listen: {source}")]
+    Listen {
+        /// `--listen` or `--metrics-listen`.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The serving certificate could not be made or loaded.
+    #[error(transparent)]
+    Certificate(#[from] certs::CertError),
+    /// No Kubernetes client: neither KUBECONFIG nor the in-cluster service account works.
+    #[error("no Kubernetes configuration (KUBECONFIG or the in-cluster service account): {source}")]
+    Kubernetes {
+        /// kube's reason.
+        source: kube::Error,
+    },
+    /// The in-memory CA was asked for without caBundle upkeep, or the reverse.
+    #[error("{0}")]
+    Settings(&'static str),
+}
+
+impl HasExitCode for WebhookError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Listen { source, .. } => match ExitCode::for_io(source) {
+                ExitCode::NoPermission => ExitCode::NoPermission,
+                _ => ExitCode::Usage,
+            },
+            Self::Certificate(certs::CertError::Read { source, .. }) => ExitCode::for_io(source),
+            Self::Certificate(
+                certs::CertError::Generate { .. } | certs::CertError::Load { .. },
+            ) => ExitCode::Software,
+            Self::Certificate(_) | Self::Kubernetes { .. } | Self::Settings(_) => ExitCode::Usage,
+        }
+    }
+}
+
+/// Runs `keyturn webhook` until `shutdown` resolves: a Kubernetes client from the in-cluster
+/// service account or KUBECONFIG, then [`Webhook::bind`] and [`Webhook::serve`].
+///
+/// # Errors
+/// A listener, the certificate or the Kubernetes configuration; each names its flag or file.
+pub async fn run(
+    settings: WebhookSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
+    let client = crate::distribute::kubernetes::client_from_env()
+        .await
+        .map_err(|source| WebhookError::Kubernetes { source })?;
+    Webhook::bind(settings, client).await?.serve(shutdown).await;
+    Ok(())
+}
+
+/// A webhook with its listeners bound and its certificate made, not yet serving.
+pub struct Webhook {
+    settings: WebhookSettings,
+    client: kube::Client,
+    https: TcpListener,
+    metrics_listener: TcpListener,
+    certs: certs::Certs,
+    metrics: metrics::WebhookMetrics,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("settings", &self.settings)
+            .field("https", &self.https)
+            .field("metrics_listener", &self.metrics_listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    /// Binds both listeners and makes (or loads) the serving certificate. Makes no request.
+    ///
+    /// # Errors
+    /// A listener cannot be bound, or the certificate cannot be made or loaded.
+    pub async fn bind(
+        settings: WebhookSettings,
+        client: kube::Client,
+    ) -> Result<Self, WebhookError> {
+        let metrics = metrics::WebhookMetrics::new();
+        let certs = match &settings.tls {
+            TlsSource::InMemory {
+                service,
+                namespace,
+                validity,
+            } => certs::Certs::in_memory(service, namespace, *validity, metrics.clone())?,
+            TlsSource::Files { cert, key } => {
+                if settings.ca_bundle.is_some() {
+                    return Err(WebhookError::Settings(
+                        "--configuration is for the in-memory CA; with --tls-cert/--tls-key the caBundle is cert-manager's",
+                    ));
+                }
+                certs::Certs::from_files(cert, key, certs::FILE_POLL, metrics.clone())?
+            }
+        };
+        let bind = |flag: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| WebhookError::Listen { flag, addr, source })
+        };
+        let https = bind("--listen", settings.listen).await?;
+        let metrics_listener = bind("--metrics-listen", settings.metrics_listen).await?;
+        Ok(Self {
+            settings,
+            client,
+            https,
+            metrics_listener,
+            certs,
+            metrics,
+        })
+    }
+
+    /// The HTTPS listener's address (`--listen` with its port resolved).
+    ///
+    /// # Panics
+    /// Never: a bound listener has an address.
+    #[must_use]
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.local_addr().expect("a bound listener")
+    }
+
+    /// The metrics listener's address.
+    ///
+    /// # Panics
+    /// Never: a bound listener has an address.
+    #[must_use]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener")
+    }
+
+    /// The in-memory CA (PEM); `None` with certificate files.
+    #[must_use]
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.certs.ca_pem()
+    }
+
+    /// Serves until `shutdown` resolves: both listeners, certificate upkeep, the caBundle
+    /// loop (with [`CaBundleSettings`] and the in-memory CA) and the Event recorder. On
+    /// shutdown the listeners stop accepting and requests in flight get up to
+    /// [`SHUTDOWN_GRACE`] to finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            settings,
+            client,
+            https,
+            metrics_listener,
+            certs,
+            metrics,
+        } = self;
+        let (stop_tx, stop) = watch::channel(());
+        let stopped = |mut rx: watch::Receiver<()>| async move {
+            let _ = rx.changed().await;
+        };
+        let tls = match certs.server_config() {
+            Ok(t) => t,
+            Err(e) => {
+                // Only a rustls without safe protocol versions gets here.
+                tracing::error!(error = %e, "webhook TLS configuration");
+                return;
+            }
+        };
+        let maintain = tokio::spawn(certs.clone().maintain(stop.clone()));
+        let holder = settings
+            .ca_bundle
+            .as_ref()
+            .map_or_else(|| "keyturn-webhook".to_owned(), |c| c.holder.clone());
+        let (notices, recorder) = events::spawn(client.clone(), &holder, metrics.clone());
+        let bundle = match (&settings.ca_bundle, certs.ca_pem()) {
+            (Some(cb), Some(ca)) => Some(tokio::spawn(cabundle::run(
+                client,
+                cb.clone(),
+                ca.to_owned(),
+                metrics.clone(),
+                stop.clone(),
+            ))),
+            _ => None,
+        };
+        let readiness = server::Readiness {
+            certs: certs.clone(),
+            needs_ca_bundle: bundle.is_some(),
+            metrics: metrics.clone(),
+        };
+        let router = server::https_router(server::Admission {
+            injector: Arc::new(settings.injector),
+            metrics: metrics.clone(),
+            notices,
+        });
+        tracing::info!(
+            listen = %settings.listen,
+            metrics_listen = %settings.metrics_listen,
+            ca = if certs.ca_pem().is_some() { "in-memory" } else { "files" },
+            "keyturn webhook serving"
+        );
+        let https = tokio::spawn(server::serve_https(
+            https,
+            tls,
+            router,
+            metrics.shed("https"),
+            Limits::default(),
+            stopped(stop.clone()),
+        ));
+        let plain = tokio::spawn(server::serve_metrics(
+            metrics_listener,
+            readiness,
+            Limits::default(),
+            stopped(stop.clone()),
+        ));
+        shutdown.await;
+        tracing::info!(
+            "keyturn webhook stopping: no new connections, finishing requests in flight"
+        );
+        let _ = stop_tx.send(());
+        let (mut https, mut plain) = (https, plain);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let _ = (&mut https).await;
+            let _ = (&mut plain).await;
+        })
+        .await;
+        if drained.is_err() {
+            https.abort();
+            plain.abort();
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period were cut off");
+        }
+        let _ = maintain.await;
+        if let Some(b) = bundle {
+            let _ = b.await;
+        }
+        // The router (and so every sender) is gone once the listeners are: the recorder
+        // finishes the Events queued and ends. Bounded like the requests.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, recorder).await;
+    }
+}
