@@ -2,5 +2,6 @@
 //! against it), and keyturn's delivery into Secrets and rollout restarts through it. Every
 //! test here also runs against a real cluster when `KEYTURN_TEST_KUBECONFIG` is set.
 
+mod admission;
 mod distribute;
 mod standin;
