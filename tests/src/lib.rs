@@ -14,6 +14,9 @@
 //! - [`kube`]: the Kubernetes API stand-in (HTTPS with its own CA; crate
 //!   `keyturn-kube-standin`, re-exported), and `TestCluster`, which is the stand-in or a real
 //!   cluster when `KEYTURN_TEST_KUBECONFIG` is set.
+//! - [`kubelet::Kubelet`]: a test kubelet that materialises a stored pod's volumes and runs
+//!   its init containers for real (mount namespace, chroot, the container's user), and reports
+//!   what each app container would see.
 //!
 //! Each server gets a free loopback port of its own and is stopped when its handle drops (or
 //! killed by the kernel if the test process dies), so tests run in parallel without sharing
@@ -24,6 +27,7 @@ pub mod bins;
 pub mod canary;
 pub mod fault;
 pub mod kube;
+pub mod kubelet;
 pub mod login_env;
 pub mod looping_app;
 pub mod mariadb;

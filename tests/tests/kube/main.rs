@@ -4,4 +4,5 @@
 
 mod admission;
 mod distribute;
+mod inject;
 mod standin;
