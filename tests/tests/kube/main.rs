@@ -6,3 +6,4 @@ mod admission;
 mod distribute;
 mod inject;
 mod standin;
+mod webhook_tls;
