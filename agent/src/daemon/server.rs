@@ -29,9 +29,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use hyper::body::Incoming;
-use prometheus_client::metrics::counter::Counter;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -92,9 +92,15 @@ pub(crate) async fn serve_router(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let header_read_timeout = limits.header_read_timeout;
-    accept_loop(listener, shed, &limits, shutdown, move |stream, slot, stop| {
-        connection(stream, slot, router.clone(), header_read_timeout, stop)
-    })
+    accept_loop(
+        listener,
+        shed,
+        &limits,
+        shutdown,
+        move |stream, slot, stop| {
+            connection(stream, slot, router.clone(), header_read_timeout, stop)
+        },
+    )
     .await;
 }
 
