@@ -611,8 +611,9 @@ async fn call(
     for w in strings(response.get("warnings")) {
         req.add_warning(w);
     }
+    // `response.status` on the wire (the Go field is `Result`, its JSON name `status`).
     if response.get("allowed").and_then(Value::as_bool) != Some(true) {
-        return Err(HookError::Reject(denial(&name, response.get("result"))));
+        return Err(HookError::Reject(denial(&name, response.get("status"))));
     }
     if patch_b64.is_empty() {
         return Ok(false);

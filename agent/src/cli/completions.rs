@@ -472,7 +472,13 @@ mod tests {
     }
 
     /// The variables a test or a test build reads, which no operator sets.
-    const TEST_ONLY_ENV: [&str; 2] = ["KEYTURN_BLESS", "KEYTURN_CRASH_AFTER"];
+    // KEYTURN_PROMTOOL and PATH: where the webhook's metrics unit test finds promtool.
+    const TEST_ONLY_ENV: [&str; 4] = [
+        "KEYTURN_BLESS",
+        "KEYTURN_CRASH_AFTER",
+        "KEYTURN_PROMTOOL",
+        "PATH",
+    ];
 
     /// Every clap argument of `cmd`, at every depth, that reads a variable.
     fn env_args(cmd: &clap::Command) -> Vec<(String, String)> {

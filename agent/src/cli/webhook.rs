@@ -92,6 +92,24 @@ pub struct WebhookArgs {
         conflicts_with = "tls_cert"
     )]
     pub configuration: Option<String>,
+    /// The Secret whose `hmac.key` keys the injected keyturn-init's audit events. It must
+    /// exist in every namespace whose pods are injected (the daemon's install creates it in
+    /// its own; copy it where pods are injected).
+    #[arg(
+        long,
+        env = "KEYTURN_WEBHOOK_AUDIT_HMAC_SECRET",
+        value_name = "NAME",
+        default_value = "keyturn-audit-hmac"
+    )]
+    pub audit_hmac_secret: String,
+    /// The key in that Secret.
+    #[arg(
+        long,
+        env = "KEYTURN_WEBHOOK_AUDIT_HMAC_SECRET_KEY",
+        value_name = "KEY",
+        default_value = "hmac.key"
+    )]
+    pub audit_hmac_secret_key: String,
     /// This replica's name in its Lease (the chart passes the pod name).
     #[arg(long, env = "KEYTURN_HOLDER", value_name = "NAME")]
     pub holder: Option<String>,
@@ -225,6 +243,8 @@ impl WebhookArgs {
                     memory_limit: self.init_memory_limit.clone(),
                 },
                 own_namespace: self.namespace.clone(),
+                audit_hmac_secret: self.audit_hmac_secret.clone(),
+                audit_hmac_secret_key: self.audit_hmac_secret_key.clone(),
             },
         };
         let (tls, ca_bundle) = match (&self.tls_cert, &self.tls_key) {

@@ -15,6 +15,8 @@
 //! - a downward-API volume with the pod's annotations (keyturn-init's `--annotations`);
 //! - a projected service-account token (audience and lifetime from the webhook's flags):
 //!   the pod's own identity, never the legacy Secret-based token;
+//! - the audit HMAC key from a Secret in the pod's namespace (`--audit-hmac-secret`): every
+//!   read keyturn-init makes is audited, keyed, before it happens, or does not happen;
 //! - a memory-backed emptyDir at `/vault/secrets` (or `secret-volume-path`), mounted
 //!   read-only into the app containers `agent-inject-containers` names (default all);
 //! - `agent-inject-status: injected`, so a second admission (reinvocation, a re-created
@@ -35,10 +37,14 @@ const PODINFO_VOLUME: &str = "keyturn-podinfo";
 const TOKEN_VOLUME: &str = "keyturn-token";
 const SECRETS_VOLUME: &str = "keyturn-secrets";
 const TLS_VOLUME: &str = "keyturn-vault-tls";
+const AUDIT_KEY_VOLUME: &str = "keyturn-audit-key";
 /// Where they are mounted in the init container.
 const PODINFO_DIR: &str = "/etc/keyturn/podinfo";
 const TOKEN_DIR: &str = "/var/run/secrets/keyturn/serviceaccount";
 const TLS_DIR: &str = "/vault/tls";
+const AUDIT_KEY_DIR: &str = "/etc/keyturn/audit";
+/// The file the audit HMAC key is mounted as.
+const AUDIT_KEY_FILE: &str = "hmac.key";
 /// The injector's default secrets directory.
 const SECRETS_DIR: &str = "/vault/secrets";
 /// The image's user (images/keyturn-init.Containerfile), when the app gives none.
@@ -90,6 +96,12 @@ pub struct InjectConfig {
     pub resources: InitResources,
     /// The webhook's own namespace: its pods are never injected.
     pub own_namespace: String,
+    /// The Secret, in the pod's namespace, whose `hmac.key` keyturn-init keys its audit
+    /// events with: keyturn-init refuses to fetch a secret it cannot audit, and the FROM-scratch
+    /// image has no state directory to keep a key of its own in.
+    pub audit_hmac_secret: String,
+    /// The key in that Secret that holds it.
+    pub audit_hmac_secret_key: String,
 }
 
 impl Default for InjectConfig {
@@ -104,6 +116,8 @@ impl Default for InjectConfig {
             token_expiration_seconds: 3600,
             resources: InitResources::default(),
             own_namespace: String::new(),
+            audit_hmac_secret: "keyturn-audit-hmac".into(),
+            audit_hmac_secret_key: "hmac.key".into(),
         }
     }
 }
@@ -505,7 +519,13 @@ impl Injector {
         let out_dir = asked.out_dir.as_deref().unwrap_or(SECRETS_DIR);
 
         let existing_volumes = names(spec.get("volumes"));
-        for v in [PODINFO_VOLUME, TOKEN_VOLUME, SECRETS_VOLUME, TLS_VOLUME] {
+        for v in [
+            PODINFO_VOLUME,
+            TOKEN_VOLUME,
+            SECRETS_VOLUME,
+            TLS_VOLUME,
+            AUDIT_KEY_VOLUME,
+        ] {
             if existing_volumes.contains(&v) {
                 return Err(format!("the pod already has a volume named {v}"));
             }
@@ -554,6 +574,7 @@ impl Injector {
             env.push(json!({"name": "VAULT_SKIP_VERIFY", "value": "true"}));
         }
         env.push(json!({"name": "KEYTURN_INIT_JWT_FILE", "value": format!("{TOKEN_DIR}/token")}));
+        env.push(json!({"name": "KEYTURN_AUDIT_HMAC_KEY_FILE", "value": format!("{AUDIT_KEY_DIR}/{AUDIT_KEY_FILE}")}));
         env.push(json!({"name": "KEYTURN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
         env.push(
             json!({"name": "KEYTURN_LOG_FORMAT", "value": asked.log_format.unwrap_or("json")}),
@@ -582,6 +603,7 @@ impl Injector {
             json!({"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": true}),
             json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}),
             json!({"name": SECRETS_VOLUME, "mountPath": out_dir}),
+            json!({"name": AUDIT_KEY_VOLUME, "mountPath": AUDIT_KEY_DIR, "readOnly": true}),
         ];
         if tls_secret.is_some() {
             mounts.push(json!({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": true}));
@@ -613,6 +635,9 @@ impl Injector {
             json!({"name": PODINFO_VOLUME, "downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
             json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}),
             json!({"name": SECRETS_VOLUME, "emptyDir": {"medium": "Memory"}}),
+            // 0444: the init container runs as the app's user, not the Secret volume's owner
+            // (root), and it is the only container that mounts this volume.
+            json!({"name": AUDIT_KEY_VOLUME, "secret": {"secretName": c.audit_hmac_secret, "defaultMode": 0o444, "items": [{"key": c.audit_hmac_secret_key, "path": AUDIT_KEY_FILE}]}}),
         ];
         if let Some(secret) = tls_secret {
             volumes.push(json!({"name": TLS_VOLUME, "secret": {"secretName": secret}}));

@@ -480,7 +480,7 @@ async fn namespace_and_object_selectors_keep_a_webhook_from_being_called() {
 #[tokio::test]
 async fn a_denial_fails_the_create_with_the_webhooks_message_and_code() {
     let webhook = Webhook::start(
-        |_| json!({"allowed": false, "result": {"code": 403, "reason": "Forbidden", "message": "pods here may not read secrets"}}),
+        |_| json!({"allowed": false, "status": {"code": 403, "reason": "Forbidden", "message": "pods here may not read secrets"}}),
     );
     let (_s, client) = standin(&webhook).await;
     configure(

@@ -43,6 +43,17 @@ impl World {
                 &[("ca.crt", &standin.ca_pem())],
             );
         }
+        // keyturn-init audits every read with this key, as the platform team installs it in
+        // every namespace whose pods are injected (`--audit-hmac-secret`).
+        let key: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "keyturn-audit-hmac"},
+            "stringData": {"hmac.key": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"},
+        }))
+        .unwrap();
+        Api::namespaced(cluster.client(), cluster.namespace())
+            .create(&PostParams::default(), &key)
+            .await
+            .unwrap();
         Self {
             cluster,
             bao,
@@ -116,9 +127,7 @@ fn pod(yaml: &str, namespace: &str) -> Pod {
 /// The pod as the webhook's JSONPatch leaves it (the shape keyturn webhook's interface
 /// specifies), for running the kubelet on its own: the keyturn-init init container last,
 /// the annotations, token and secrets volumes, and the secrets mount in every app container.
-/// Plus what that shape lacks and keyturn-init needs: its audit HMAC key, from the Secret
-/// `keyturn-audit-hmac` (as the chart gives the daemon its key), at
-/// `KEYTURN_AUDIT_HMAC_KEY_FILE`.
+/// and the audit HMAC key from the Secret `keyturn-audit-hmac`.
 fn injected_shape(pod: &Pod, vault_addr: &str) -> Pod {
     let mut v = serde_json::to_value(pod).unwrap();
     v["metadata"]["annotations"]["vault.hashicorp.com/agent-inject-status"] = json!("injected");
@@ -132,7 +141,7 @@ fn injected_shape(pod: &Pod, vault_addr: &str) -> Pod {
             {"name": "KEYTURN_INIT_JWT_FILE", "value": "/var/run/secrets/keyturn/serviceaccount/token"},
             {"name": "KEYTURN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "KEYTURN_LOG_FORMAT", "value": "json"},
-            {"name": "KEYTURN_AUDIT_HMAC_KEY_FILE", "value": "/etc/keyturn/audit-key/hmac.key"},
+            {"name": "KEYTURN_AUDIT_HMAC_KEY_FILE", "value": "/etc/keyturn/audit/hmac.key"},
         ],
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": NONROOT, "runAsGroup": NONROOT,
@@ -143,7 +152,7 @@ fn injected_shape(pod: &Pod, vault_addr: &str) -> Pod {
             {"name": "keyturn-podinfo", "mountPath": "/etc/keyturn/podinfo", "readOnly": true},
             {"name": "keyturn-token", "mountPath": "/var/run/secrets/keyturn/serviceaccount", "readOnly": true},
             {"name": "keyturn-secrets", "mountPath": "/vault/secrets"},
-            {"name": "keyturn-audit-key", "mountPath": "/etc/keyturn/audit-key", "readOnly": true},
+            {"name": "keyturn-audit-key", "mountPath": "/etc/keyturn/audit", "readOnly": true},
         ],
     });
     let spec = &mut v["spec"];
@@ -163,7 +172,7 @@ fn injected_shape(pod: &Pod, vault_addr: &str) -> Pod {
         json!({"name": "keyturn-podinfo", "downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
         json!({"name": "keyturn-token", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}}),
         json!({"name": "keyturn-secrets", "emptyDir": {"medium": "Memory"}}),
-        json!({"name": "keyturn-audit-key", "secret": {"secretName": "keyturn-audit-hmac"}}),
+        json!({"name": "keyturn-audit-key", "secret": {"secretName": "keyturn-audit-hmac", "defaultMode": 0o444, "items": [{"key": "hmac.key", "path": "hmac.key"}]}}),
     ];
     match spec["volumes"].as_array_mut() {
         Some(list) => list.extend(volumes),
@@ -258,15 +267,6 @@ fn the_kubelets_go_quoting_is_what_keyturn_init_unquotes() {
 async fn the_kubelet_runs_keyturn_init_of_an_injected_pod_and_its_app_reads_the_rendered_file() {
     let w = World::start().await;
     orgchart_vault(&w).await;
-    let key: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "keyturn-audit-hmac"},
-        "stringData": {"hmac.key": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"},
-    }))
-    .unwrap();
-    Api::namespaced(w.cluster.client(), w.namespace())
-        .create(&PostParams::default(), &key)
-        .await
-        .unwrap();
     let pod = injected_shape(&pod(ORGCHART, w.namespace()), &w.bao.addr());
     let run = w.kubelet.run_pod(&pod).await.unwrap();
     let init = run.init_container("keyturn-init");
@@ -517,6 +517,71 @@ async fn a_kv2_secret_rendered_by_a_template_is_what_the_vault_agent_would_write
     );
     assert_eq!((f.mode, f.uid, f.gid), (0o400, NONROOT, NONROOT));
     assert_eq!(secrets(app).len(), 1, "{:?}", app.files.keys());
+}
+
+/// The pod the README shows (the block tagged `vault-injector-pod`), read from the README
+/// itself so what it claims is what runs.
+fn readme_pod() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("```yaml vault-injector-pod\n")
+        .expect("README's vault-injector-pod block");
+    let body = &readme[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_pod_written_for_the_vault_injector_works_unchanged() {
+    let Some(w) = Injecting::start("inject::the_readme_pod").await else {
+        return;
+    };
+    // The dev server's own KV v2 mount at secret/, as in the injector's documentation.
+    w.bao
+        .api(
+            "POST",
+            "secret/data/orders/db",
+            Some(json!({"data": {"username": "orders-app", "password": "KTCANARY-readme-pod-pw"}})),
+        )
+        .await
+        .unwrap();
+    w.role(
+        "orders",
+        "orders",
+        r#"path "secret/data/orders/db" { capabilities = ["read"] }"#,
+    )
+    .await;
+    let (ok, out, err) = w.kubectl_create(w.namespace(), &readme_pod()).await;
+    assert!(ok, "kubectl create: {out}{err}");
+    // Annotated as the README says: pre-populate-only and a runAsUser, so no warning.
+    assert!(!err.contains("Warning"), "{err}");
+    let stored = Api::<Pod>::namespaced(w.cluster.client(), w.namespace())
+        .get("orders")
+        .await
+        .unwrap();
+    let run = w.kubelet.run_pod(&stored).await.unwrap();
+    let init = run.init_container("keyturn-init");
+    assert!(init.succeeded(), "{init}");
+    let app = run.app("orders");
+    let f = app.file("/vault/secrets/database-config.txt");
+    assert_eq!(
+        f.text(),
+        "postgresql://orders-app:KTCANARY-readme-pod-pw@postgres:5432/orders"
+    );
+    // The app's own user owns the 0400 file, so the app reads it.
+    assert_eq!((f.mode, f.uid, f.gid), (0o400, 1000, 1000));
+    assert_eq!(
+        app.can_read("/vault/secrets/database-config.txt"),
+        Some(true),
+        "the app's user cannot read its secret"
+    );
+    // The secret never reaches the init container's output (its audit events on stdout
+    // carry an HMAC of it, never the value).
+    assert!(
+        !init.stdout.contains("KTCANARY") && !init.stderr.contains("KTCANARY"),
+        "{init}"
+    );
 }
 
 /// The injector documentation's Deployment example: dynamic PostgreSQL credentials.

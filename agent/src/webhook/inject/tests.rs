@@ -106,8 +106,21 @@ fn an_annotated_pod_gets_the_init_container_its_volumes_and_the_status() {
         .collect();
     assert_eq!(
         volumes,
-        ["cfg", "keyturn-podinfo", "keyturn-token", "keyturn-secrets"]
+        [
+            "cfg",
+            "keyturn-podinfo",
+            "keyturn-token",
+            "keyturn-secrets",
+            "keyturn-audit-key"
+        ]
     );
+    assert_eq!(
+        p["spec"]["volumes"][4]["secret"]["secretName"],
+        "keyturn-audit-hmac"
+    );
+    assert!(env.contains(
+        &json!({"name": "KEYTURN_AUDIT_HMAC_KEY_FILE", "value": "/etc/keyturn/audit/hmac.key"})
+    ));
     assert_eq!(p["spec"]["volumes"][3]["emptyDir"]["medium"], "Memory");
     assert_eq!(
         p["spec"]["volumes"][2]["projected"]["sources"][0]["serviceAccountToken"],
