@@ -821,9 +821,19 @@ async fn a_template_that_does_not_parse_denies_the_pod_naming_the_annotation() {
     let Some(w) = Injecting::start("inject::a_template_that_does_not_parse").await else {
         return;
     };
-    let yaml = ORGCHART.replace("      {{- end -}}\n", "      {{- end -}\n");
+    // A literal secret in the app's env, as pods have: the webhook sees the whole pod, and
+    // neither its log nor the denial may carry it.
+    let yaml = ORGCHART
+        .replace("      {{- end -}}\n", "      {{- end -}\n")
+        .replace(
+            "      image: jweissig/app:0.0.1\n",
+            "      image: jweissig/app:0.0.1\n      env:\n        - name: API_KEY\n          value: KTCANARY-webhook-env-3b9e\n",
+        );
+    assert!(yaml.contains("KTCANARY"), "{yaml}");
     let (ok, out, err) = w.kubectl_create(w.namespace(), &yaml).await;
     assert!(!ok, "{out}");
+    assert!(!err.contains("KTCANARY"), "{err}");
+    assert!(!w.webhook.log().contains("KTCANARY"), "{}", w.webhook.log());
     assert!(
         err.contains(&format!(
             "admission webhook \"{WEBHOOK_NAME}\" denied the request"
