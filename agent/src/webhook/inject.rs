@@ -424,11 +424,16 @@ impl Injector {
                         }
                     }
                     "secret-volume-path" => {
-                        if value.starts_with('/')
-                            && value.len() > 1
-                            && !value.split('/').any(|c| c == "..")
+                        let dir = value.trim_end_matches('/');
+                        if [PODINFO_DIR, TOKEN_DIR, TLS_DIR, AUDIT_KEY_DIR].contains(&dir) {
+                            problems.push(format!(
+                                "{key} names a directory keyturn-init already mounts its own volume at"
+                            ));
+                        } else if value.starts_with('/')
+                            && !dir.is_empty()
+                            && !value.split('/').any(|c| c == ".." || c == ".")
                         {
-                            asked.out_dir = Some(value.trim_end_matches('/').to_owned());
+                            asked.out_dir = Some(dir.to_owned());
                         } else {
                             problems.push(format!(
                                 "{key} must be an absolute directory path other than /"

@@ -254,6 +254,19 @@ fn invalid_or_unsupported_annotations_are_denied_by_name() {
         "false",
     )]));
     assert!(m.contains("vault.hashicorp.com/agent-pre-populate"), "{m}");
+    for dir in [
+        "/etc/keyturn/podinfo/",
+        "/",
+        "relative",
+        "/vault/../etc",
+        "/vault/./x",
+    ] {
+        let m = denied(&with(&[("vault.hashicorp.com/secret-volume-path", dir)]));
+        assert!(
+            m.contains("vault.hashicorp.com/secret-volume-path"),
+            "{dir}: {m}"
+        );
+    }
     let m = denied(&with(&[("vault.hashicorp.com/agent-limits-cpu", "lots")]));
     assert!(
         m.contains("agent-limits-cpu is not a Kubernetes quantity"),
