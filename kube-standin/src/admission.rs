@@ -46,8 +46,9 @@
 //! A `dryRun` create is refused (400 `admission webhook "NAME" does not support dry run`) when a
 //! matching webhook's `sideEffects` is not `None` or `NoneOnDryRun`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -546,9 +547,10 @@ async fn call(
             target.url
         )))
     };
-    let client = client_for(hook, &target, timeout).map_err(|e| failed(e.to_string()))?;
+    let client = client_for(hook, &target).map_err(|e| failed(e.to_string()))?;
     let response = client
         .post(&target.request_url)
+        .timeout(Duration::from_secs(timeout))
         .header("content-type", "application/json")
         .header("accept", "application/json, */*")
         .body(serde_json::to_vec(&review).unwrap_or_default())
@@ -645,18 +647,36 @@ async fn call(
     Ok(changed)
 }
 
-/// An HTTPS client for one call: trusting the webhook's `caBundle` only (else the system's
-/// roots), reaching a service's host name at its routed loopback address.
-fn client_for(hook: &Hook, target: &Target, timeout: u64) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(timeout));
-    if let Some(bundle) = hook
+/// What a webhook client is built from: its caBundle, host name and routed address.
+type ClientKey = (String, String, Option<SocketAddr>);
+
+/// The HTTPS client for a webhook: trusting its `caBundle` only (else the system's roots),
+/// reaching a service's host name at its routed loopback address. Clients are kept per
+/// configuration, as kube-apiserver's webhook client manager keeps them, so calls reuse their
+/// connections instead of paying a TLS handshake each; a changed `caBundle` or route is a
+/// different key, so it gets a new client.
+fn client_for(hook: &Hook, target: &Target) -> Result<reqwest::Client, String> {
+    static CLIENTS: OnceLock<Mutex<HashMap<ClientKey, reqwest::Client>>> = OnceLock::new();
+    let bundle = hook
         .spec
         .pointer("/clientConfig/caBundle")
         .and_then(Value::as_str)
-        .filter(|b| !b.is_empty())
+        .filter(|b| !b.is_empty());
+    let key = (
+        bundle.unwrap_or("").to_owned(),
+        target.host.clone(),
+        target.resolve,
+    );
+    let clients = CLIENTS.get_or_init(Mutex::default);
+    if let Some(c) = clients
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
     {
+        return Ok(c.clone());
+    }
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(bundle) = bundle {
         let pem = super::secrets::go_base64_decode(bundle)?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|_| "x509: the caBundle holds no valid certificate".to_owned())?;
@@ -665,7 +685,14 @@ fn client_for(hook: &Hook, target: &Target, timeout: u64) -> Result<reqwest::Cli
     if let Some(addr) = target.resolve {
         builder = builder.resolve(&target.host, addr);
     }
-    builder.build().map_err(|e| e.to_string())
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let mut map = clients.lock().unwrap_or_else(PoisonError::into_inner);
+    // Bounded: every test's stand-in has its own CA and ports, so keys do not repeat.
+    if map.len() >= 64 {
+        map.clear();
+    }
+    map.insert(key, client.clone());
+    Ok(client)
 }
 
 #[cfg(test)]
