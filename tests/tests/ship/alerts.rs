@@ -194,25 +194,24 @@ fn a_rule_that_never_fires_fails_the_unit_tests_naming_it() {
     }
 }
 
-#[test]
-fn the_chart_wraps_the_rules_and_the_dashboard_with_the_runbook_url_and_job_from_values() {
+/// `helm template` of the chart's PrometheusRule and dashboard ConfigMap with `extra` values
+/// (`--set` pairs), the documents it renders.
+fn render_monitoring(extra: &[&str]) -> Vec<Yaml> {
     let helm = tools::find("helm", "KEYTURN_HELM").unwrap_or_else(|e| panic!("{e}"));
+    let mut args = vec![
+        "networkPolicy.enabled=false",
+        "serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+        "prometheusRule.labels.release=prom",
+        "prometheusRule.runbookBaseURL=https://wiki.example/keyturn/",
+        "grafanaDashboard.enabled=true",
+    ];
+    args.extend_from_slice(extra);
     let out = Command::new(helm)
         .args(["template", "r", "--namespace", "ops"])
         .arg(repo_root().join("charts/keyturn"))
+        .args(args.iter().flat_map(|a| ["--set", a]))
         .args([
-            "--set",
-            "networkPolicy.enabled=false",
-            "--set",
-            "serviceMonitor.enabled=true",
-            "--set",
-            "prometheusRule.enabled=true",
-            "--set",
-            "prometheusRule.labels.release=prom",
-            "--set",
-            "prometheusRule.runbookBaseURL=https://wiki.example/keyturn/",
-            "--set",
-            "grafanaDashboard.enabled=true",
             "--show-only",
             "templates/prometheusrule.yaml",
             "--show-only",
@@ -221,26 +220,57 @@ fn the_chart_wraps_the_rules_and_the_dashboard_with_the_runbook_url_and_job_from
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let docs: Vec<Yaml> = serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
+    serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|d: &Yaml| !d.is_null())
-        .collect();
+        .collect()
+}
+
+/// The alert names of a rendered PrometheusRule's groups, by group.
+fn rendered_alerts(rule: &Yaml) -> BTreeMap<String, Vec<String>> {
+    rule["spec"]["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let names = g["rules"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|r| r["alert"].as_str().unwrap().to_owned())
+                .collect();
+            (g["name"].as_str().unwrap().to_owned(), names)
+        })
+        .collect()
+}
+
+#[test]
+fn the_chart_wraps_the_rules_and_the_dashboard_with_the_runbook_url_and_jobs_from_values() {
+    let docs = render_monitoring(&["webhook.enabled=true"]);
     let rule = docs
         .iter()
         .find(|d| d["kind"] == "PrometheusRule")
         .expect("a PrometheusRule");
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(rule["metadata"]["labels"]["release"], "prom");
-    // The same rules as the file, with only the two placeholders rewritten.
+    // The same rules as the file, with only the three placeholders rewritten: each
+    // ServiceMonitor's job is its Service's name.
     let expected = std::fs::read_to_string(files().join("keyturn-alerts.yaml"))
         .unwrap()
         .replace(RUNBOOK_BASE, "https://wiki.example/keyturn/")
-        .replace(r#"job="keyturn""#, r#"job="r-keyturn""#);
+        .replace(r#"job="keyturn""#, r#"job="r-keyturn""#)
+        .replace(r#"job="keyturn-webhook""#, r#"job="r-keyturn-webhook""#);
     let expected: Yaml = serde_yaml::from_str(&expected).unwrap();
     assert_eq!(rule["spec"]["groups"], expected["groups"]);
     let rendered = serde_yaml::to_string(&rule["spec"]).unwrap();
     assert!(!rendered.contains(RUNBOOK_BASE), "{rendered}");
     assert!(rendered.contains(r#"up{job="r-keyturn"}"#), "{rendered}");
+    assert!(
+        rendered.contains(
+            r#"absent(keyturn_webhook_certificate_expiry_timestamp_seconds{job="r-keyturn-webhook"})"#
+        ),
+        "{rendered}"
+    );
 
     let cm = docs
         .iter()
@@ -254,6 +284,86 @@ fn the_chart_wraps_the_rules_and_the_dashboard_with_the_runbook_url_and_job_from
     )
     .unwrap();
     assert_eq!(json, file);
+}
+
+#[test]
+fn the_chart_leaves_out_the_webhook_alerts_without_the_webhook_and_the_ca_bundle_alert_with_cert_manager()
+ {
+    let file = alerts(&yaml(&files().join("keyturn-alerts.yaml")));
+    let daemon: Vec<String> = file
+        .keys()
+        .filter(|n| !n.starts_with("KeyturnWebhook"))
+        .cloned()
+        .collect();
+    let webhook: Vec<String> = file
+        .keys()
+        .filter(|n| n.starts_with("KeyturnWebhook"))
+        .cloned()
+        .collect();
+    assert!(webhook.contains(&"KeyturnWebhookCABundleStale".to_owned()));
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let groups = |extra: &[&str]| {
+        let docs = render_monitoring(extra);
+        let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+        rendered_alerts(rule)
+            .into_iter()
+            .map(|(g, names)| (g, sorted(names)))
+            .collect::<BTreeMap<_, _>>()
+    };
+
+    // The chart's default: no webhook, no webhook alert (KeyturnWebhookDown would fire).
+    let off = groups(&[]);
+    assert_eq!(off.keys().collect::<Vec<_>>(), ["keyturn"], "{off:?}");
+    assert_eq!(off["keyturn"], daemon);
+
+    // cert-manager keeps the caBundle: the webhook's gauge stays 0, so its alert goes.
+    let cert_manager = groups(&["webhook.enabled=true", "webhook.certManager.enabled=true"]);
+    let mut want = webhook.clone();
+    want.retain(|n| n != "KeyturnWebhookCABundleStale");
+    assert_eq!(cert_manager["keyturn-webhook"], want);
+    assert_eq!(cert_manager["keyturn"], daemon);
+
+    // Without a ServiceMonitor, the webhook is scraped under the daemon's job unless
+    // prometheusRule.webhookJob names its own.
+    for (extra, job) in [
+        (
+            &[
+                "webhook.enabled=true",
+                "serviceMonitor.enabled=false",
+                "prometheusRule.job=kubernetes-pods",
+            ][..],
+            "kubernetes-pods",
+        ),
+        (
+            &[
+                "webhook.enabled=true",
+                "serviceMonitor.enabled=false",
+                "prometheusRule.job=kubernetes-pods",
+                "prometheusRule.webhookJob=keyturn-webhook-pods",
+            ][..],
+            "keyturn-webhook-pods",
+        ),
+    ] {
+        let docs = render_monitoring(extra);
+        let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+        let down = rule["spec"]["groups"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().unwrap())
+            .find(|r| r["alert"] == "KeyturnWebhookDown")
+            .unwrap();
+        assert!(
+            down["expr"]
+                .as_str()
+                .unwrap()
+                .contains(&format!(r#"{{job="{job}"}}"#)),
+            "{extra:?}: {down:?}"
+        );
+    }
 }
 
 /// Every query of the dashboard, with the panel it belongs to.
