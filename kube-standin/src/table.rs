@@ -295,7 +295,13 @@ fn row(kind: &ResourceKind, obj: &Value) -> Value {
 
 /// `body` (one object or a list of a served kind) as a Table; `None` for anything else.
 pub(crate) fn convert(body: &Value) -> Option<Value> {
-    let (kind, is_list) = kind_of(body)?;
+    let (kind, _) = kind_of(body)?;
+    convert_with(kind, body)
+}
+
+/// `body` (one object or a list of `kind`) as a Table; `None` for a kind that is not stored.
+pub(crate) fn convert_with(kind: &ResourceKind, body: &Value) -> Option<Value> {
+    let is_list = body.get("items").is_some_and(Value::is_array);
     if !kind.stored {
         return None;
     }

@@ -6,4 +6,5 @@ mod admission;
 mod distribute;
 mod inject;
 mod standin;
+mod watch;
 mod webhook_tls;
