@@ -92,14 +92,14 @@ pub struct WebhookArgs {
         conflicts_with = "tls_cert"
     )]
     pub configuration: Option<String>,
-    /// The Secret whose `hmac.key` keys the injected keyturn-init's audit events. It must
-    /// exist in every namespace whose pods are injected (the daemon's install creates it in
-    /// its own; copy it where pods are injected).
+    /// The Secret whose key (--audit-hmac-secret-key) keys the injected keyturn-init's audit
+    /// events. It must exist in every namespace whose pods are injected, and must not be the
+    /// daemon's key: whoever reads Secrets or runs pods there can read it.
     #[arg(
         long,
         env = "KEYTURN_WEBHOOK_AUDIT_HMAC_SECRET",
         value_name = "NAME",
-        default_value = "keyturn-audit-hmac"
+        default_value = "keyturn-init-audit-hmac"
     )]
     pub audit_hmac_secret: String,
     /// The key in that Secret.
@@ -217,8 +217,28 @@ impl WebhookArgs {
         {
             return Err("--vault-cacert (KEYTURN_WEBHOOK_VAULT_CACERT) must be an absolute path inside the pod".into());
         }
-        if self.namespace.is_empty() {
-            return Err("--namespace (KEYTURN_WEBHOOK_NAMESPACE) is empty".into());
+        for (flag, value) in [
+            (
+                "--namespace (KEYTURN_WEBHOOK_NAMESPACE)",
+                Some(&self.namespace),
+            ),
+            (
+                "--init-image (KEYTURN_WEBHOOK_INIT_IMAGE)",
+                Some(&self.init_image),
+            ),
+            ("--service (KEYTURN_WEBHOOK_SERVICE)", self.service.as_ref()),
+            (
+                "--configuration (KEYTURN_WEBHOOK_CONFIGURATION)",
+                self.configuration.as_ref(),
+            ),
+            (
+                "--audit-hmac-secret (KEYTURN_WEBHOOK_AUDIT_HMAC_SECRET)",
+                Some(&self.audit_hmac_secret),
+            ),
+        ] {
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("{flag} is empty"));
+            }
         }
         let holder = match &self.holder {
             Some(h) if !h.is_empty() => h.clone(),
@@ -226,6 +246,16 @@ impl WebhookArgs {
                 .filter(|h| !h.is_empty())
                 .ok_or("--holder (KEYTURN_HOLDER) is not set and the host has no name")?,
         };
+        // It names this replica's Lease (keyturn-webhook-HOLDER): a DNS subdomain.
+        let lease_name_ok = holder.len() <= 200
+            && holder
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && holder.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && holder.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !lease_name_ok {
+            return Err("--holder (KEYTURN_HOLDER) must be lowercase letters, digits, '-' and '.' (it names a Lease), as a pod name is".into());
+        }
         let injector = Injector {
             config: InjectConfig {
                 init_image: self.init_image.clone(),

@@ -96,9 +96,10 @@ pub struct InjectConfig {
     pub resources: InitResources,
     /// The webhook's own namespace: its pods are never injected.
     pub own_namespace: String,
-    /// The Secret, in the pod's namespace, whose `hmac.key` keyturn-init keys its audit
-    /// events with: keyturn-init refuses to fetch a secret it cannot audit, and the FROM-scratch
-    /// image has no state directory to keep a key of its own in.
+    /// The Secret, in the pod's namespace, whose key keyturn-init keys its audit events with:
+    /// keyturn-init refuses to fetch a secret it cannot audit, and the FROM-scratch image has
+    /// no state directory to keep a key of its own in. Never the daemon's key: everyone who
+    /// can read Secrets or run pods in the namespace can read this one.
     pub audit_hmac_secret: String,
     /// The key in that Secret that holds it.
     pub audit_hmac_secret_key: String,
@@ -116,7 +117,7 @@ impl Default for InjectConfig {
             token_expiration_seconds: 3600,
             resources: InitResources::default(),
             own_namespace: String::new(),
-            audit_hmac_secret: "keyturn-audit-hmac".into(),
+            audit_hmac_secret: "keyturn-init-audit-hmac".into(),
             audit_hmac_secret_key: "hmac.key".into(),
         }
     }
@@ -180,26 +181,58 @@ fn go_bool(v: &str) -> Option<bool> {
 }
 
 /// A Kubernetes quantity (`250m`, `64Mi`, `1.5`, `1e3`): checked here, because a bad one
-/// fails the pod's create with a message about a container the user never wrote.
+/// fails the pod's create with a message about a container the user never wrote. Resources
+/// cannot be negative, so a sign is refused.
 #[must_use]
 pub fn is_quantity(v: &str) -> bool {
-    let v = v.strip_prefix(['+', '-']).unwrap_or(v);
+    quantity_value(v).is_some()
+}
+
+/// A quantity's value, for comparing a request with a limit; `None` if it is not one.
+fn quantity_value(v: &str) -> Option<f64> {
+    let v = v.strip_prefix('+').unwrap_or(v);
     let digits_end = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(v.len());
     let (number, suffix) = v.split_at(digits_end);
-    let number_ok = !number.is_empty()
-        && number != "."
-        && number.matches('.').count() <= 1
-        && number.chars().any(|c| c.is_ascii_digit());
-    let suffix_ok = matches!(
-        suffix,
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "m" | "k" | "M" | "G" | "T" | "P" | "E"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
-        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
-    number_ok && suffix_ok
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return None;
+    }
+    let n: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0_f64.powi(2),
+        "Gi" => 1024.0_f64.powi(3),
+        "Ti" => 1024.0_f64.powi(4),
+        "Pi" => 1024.0_f64.powi(5),
+        "Ei" => 1024.0_f64.powi(6),
+        e => {
+            let exp = e.strip_prefix(['e', 'E'])?;
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            10f64.powi(exp.parse::<i32>().ok()?)
+        }
+    };
+    Some(n * scale)
+}
+
+/// The resource name as `Asked::resources` keys it.
+fn resource_key(resource: &str) -> &'static str {
+    match resource {
+        "cpu" => "cpu",
+        "memory" => "memory",
+        _ => "ephemeral-storage",
+    }
 }
 
 /// A JSON pointer token (RFC 6901): `~` and `/` escaped, as annotation keys need.
@@ -318,6 +351,7 @@ impl Injector {
         };
         let mut pre_populate_only = false;
         let containers = names(pod.pointer("/spec/containers"));
+        let init_containers = names(pod.pointer("/spec/initContainers"));
         for (key, value) in annotations {
             let Some((p, name)) = compat::split(key) else {
                 continue;
@@ -350,7 +384,9 @@ impl Injector {
                             .map(str::to_owned)
                             .collect();
                         for w in &wanted {
-                            if !containers.contains(&w.as_str()) {
+                            if !containers.contains(&w.as_str())
+                                && !init_containers.contains(&w.as_str())
+                            {
                                 problems.push(format!(
                                     "{key} names {w:?}, which is not a container of this pod"
                                 ));
@@ -404,7 +440,8 @@ impl Injector {
                         Ok(0) => problems.push(format!(
                             "{key}: keyturn-init runs as a non-root user; give a non-zero id"
                         )),
-                        Ok(id) if (1..=i64::from(u32::MAX - 1)).contains(&id) => {
+                        // Kubernetes takes ids up to 2^31 - 1.
+                        Ok(id) if (1..=i64::from(i32::MAX)).contains(&id) => {
                             if name.ends_with("user") {
                                 asked.run_as_user = Some(id);
                             } else {
@@ -425,13 +462,21 @@ impl Injector {
                     }
                     "secret-volume-path" => {
                         let dir = value.trim_end_matches('/');
-                        if [PODINFO_DIR, TOKEN_DIR, TLS_DIR, AUDIT_KEY_DIR].contains(&dir) {
+                        let within = |own: &str| {
+                            dir == own || dir.strip_prefix(own).is_some_and(|r| r.starts_with('/'))
+                        };
+                        if [PODINFO_DIR, TOKEN_DIR, TLS_DIR, AUDIT_KEY_DIR]
+                            .into_iter()
+                            .any(within)
+                        {
                             problems.push(format!(
-                                "{key} names a directory keyturn-init already mounts its own volume at"
+                                "{key} names a directory in or at one keyturn-init mounts its own volume at"
                             ));
                         } else if value.starts_with('/')
                             && !dir.is_empty()
-                            && !value.split('/').any(|c| c == ".." || c == ".")
+                            && !dir[1..]
+                                .split('/')
+                                .any(|c| c.is_empty() || c == ".." || c == ".")
                         {
                             asked.out_dir = Some(dir.to_owned());
                         } else {
@@ -536,27 +581,64 @@ impl Injector {
             }
         }
 
+        let wants = |ct: &Value| {
+            let n = ct.get("name").and_then(Value::as_str).unwrap_or("");
+            asked
+                .containers
+                .as_ref()
+                .is_none_or(|w| w.iter().any(|w| w == n))
+        };
         // The app containers that get the secrets, by index.
         let targets: Vec<usize> = containers
             .iter()
             .enumerate()
-            .filter(|(_, ct)| {
-                let n = ct.get("name").and_then(Value::as_str).unwrap_or("");
-                asked
-                    .containers
-                    .as_ref()
-                    .is_none_or(|w| w.iter().any(|w| w == n))
-            })
+            .filter(|(_, ct)| wants(ct))
             .map(|(i, _)| i)
             .collect();
-        for &i in &targets {
-            let ct = &containers[i];
+        // The pod's own init containers get them too when they run after keyturn-init
+        // (`agent-init-first`), as the injector mounts them: a migration reading its
+        // credentials is what init-first is for. Before it, they would see an empty dir.
+        let inits = spec
+            .get("initContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let init_targets: Vec<usize> = if asked.init_first {
+            inits
+                .iter()
+                .enumerate()
+                .filter(|(_, ct)| wants(ct))
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            if let Some(named) = &asked.containers {
+                for ct in &inits {
+                    let n = ct.get("name").and_then(Value::as_str).unwrap_or("");
+                    if named.iter().any(|w| w == n) {
+                        warnings.push(format!(
+                            "{}agent-inject-containers names init container {n}, which runs before keyturn-init and sees no secrets; set agent-init-first to \"true\"",
+                            asked.prefix
+                        ));
+                    }
+                }
+            }
+            Vec::new()
+        };
+        let mounted = targets
+            .iter()
+            .map(|&i| &containers[i])
+            .chain(init_targets.iter().map(|&i| &inits[i]));
+        for ct in mounted {
+            // The API server compares mount paths as written, the runtime as cleaned.
             let taken = ct
                 .get("volumeMounts")
                 .and_then(Value::as_array)
                 .is_some_and(|m| {
-                    m.iter()
-                        .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(out_dir))
+                    m.iter().any(|m| {
+                        m.get("mountPath")
+                            .and_then(Value::as_str)
+                            .is_some_and(|p| p.trim_end_matches('/') == out_dir)
+                    })
                 });
             if taken {
                 return Err(format!(
@@ -601,6 +683,38 @@ impl Injector {
                 &mut requests
             };
             map.insert((*resource).into(), json!(v));
+        }
+        // A request above its limit is refused by the API server, naming a container the
+        // user never wrote: a default limit rises to an annotated request; an annotated
+        // limit below its request is the user's to fix.
+        for (resource, request) in requests.clone() {
+            let (Some(req), Some(lim)) = (
+                request.as_str().and_then(quantity_value),
+                limits
+                    .get(&resource)
+                    .and_then(Value::as_str)
+                    .and_then(quantity_value),
+            ) else {
+                continue;
+            };
+            if req <= lim {
+                continue;
+            }
+            let short = if resource == "memory" {
+                "mem"
+            } else {
+                resource.as_str()
+            };
+            if asked
+                .resources
+                .contains_key(&("limits", resource_key(&resource)))
+            {
+                return Err(format!(
+                    "{p}agent-requests-{short} is above {p}agent-limits-{short}",
+                    p = asked.prefix
+                ));
+            }
+            limits.insert(resource.clone(), request.clone());
         }
 
         let tls_secret = asked.tls_secret.as_ref().or(c.vault_tls_secret.as_ref());
@@ -649,7 +763,16 @@ impl Injector {
         }
 
         let mut ops = Vec::new();
-        let status_key = format!("{}agent-inject-status", asked.prefix);
+        // An existing status (e.g. "update") is overwritten where it is, so the pod never
+        // carries one under two prefixes (keyturn-init refuses a name given twice).
+        let status_key = compat::PREFIXES
+            .iter()
+            .map(|p| format!("{p}agent-inject-status"))
+            .find(|k| {
+                pod.pointer(&format!("/metadata/annotations/{}", pointer_token(k)))
+                    .is_some()
+            })
+            .unwrap_or_else(|| format!("{}agent-inject-status", asked.prefix));
         if pod.pointer("/metadata/annotations").is_some() {
             ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", pointer_token(&status_key)), "value": "injected"}));
         } else {
@@ -662,6 +785,19 @@ impl Injector {
         } else {
             ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
         }
+        let app_mount = json!({"name": SECRETS_VOLUME, "mountPath": out_dir, "readOnly": true});
+        // Before keyturn-init is inserted, so these indexes are still the pod's own.
+        for &i in &init_targets {
+            if inits[i]
+                .get("volumeMounts")
+                .and_then(Value::as_array)
+                .is_some()
+            {
+                ops.push(json!({"op": "add", "path": format!("/spec/initContainers/{i}/volumeMounts/-"), "value": app_mount}));
+            } else {
+                ops.push(json!({"op": "add", "path": format!("/spec/initContainers/{i}/volumeMounts"), "value": [app_mount]}));
+            }
+        }
         match spec.get("initContainers").and_then(Value::as_array) {
             None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]})),
             Some(_) if asked.init_first => {
@@ -671,7 +807,6 @@ impl Injector {
                 ops.push(json!({"op": "add", "path": "/spec/initContainers/-", "value": init}))
             }
         }
-        let app_mount = json!({"name": SECRETS_VOLUME, "mountPath": out_dir, "readOnly": true});
         for &i in &targets {
             if containers[i]
                 .get("volumeMounts")

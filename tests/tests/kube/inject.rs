@@ -46,7 +46,7 @@ impl World {
         // keyturn-init audits every read with this key, as the platform team installs it in
         // every namespace whose pods are injected (`--audit-hmac-secret`).
         let key: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-            "metadata": {"name": "keyturn-audit-hmac"},
+            "metadata": {"name": "keyturn-init-audit-hmac"},
             "stringData": {"hmac.key": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"},
         }))
         .unwrap();
@@ -127,7 +127,7 @@ fn pod(yaml: &str, namespace: &str) -> Pod {
 /// The pod as the webhook's JSONPatch leaves it (the shape keyturn webhook's interface
 /// specifies), for running the kubelet on its own: the keyturn-init init container last,
 /// the annotations, token and secrets volumes, and the secrets mount in every app container.
-/// and the audit HMAC key from the Secret `keyturn-audit-hmac`.
+/// and the audit HMAC key from the Secret `keyturn-init-audit-hmac`.
 fn injected_shape(pod: &Pod, vault_addr: &str) -> Pod {
     let mut v = serde_json::to_value(pod).unwrap();
     v["metadata"]["annotations"]["vault.hashicorp.com/agent-inject-status"] = json!("injected");
@@ -172,7 +172,7 @@ fn injected_shape(pod: &Pod, vault_addr: &str) -> Pod {
         json!({"name": "keyturn-podinfo", "downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}}),
         json!({"name": "keyturn-token", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}}),
         json!({"name": "keyturn-secrets", "emptyDir": {"medium": "Memory"}}),
-        json!({"name": "keyturn-audit-key", "secret": {"secretName": "keyturn-audit-hmac", "defaultMode": 0o444, "items": [{"key": "hmac.key", "path": "hmac.key"}]}}),
+        json!({"name": "keyturn-audit-key", "secret": {"secretName": "keyturn-init-audit-hmac", "defaultMode": 0o444, "items": [{"key": "hmac.key", "path": "hmac.key"}]}}),
     ];
     match spec["volumes"].as_array_mut() {
         Some(list) => list.extend(volumes),

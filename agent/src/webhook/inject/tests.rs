@@ -116,7 +116,7 @@ fn an_annotated_pod_gets_the_init_container_its_volumes_and_the_status() {
     );
     assert_eq!(
         p["spec"]["volumes"][4]["secret"]["secretName"],
-        "keyturn-audit-hmac"
+        "keyturn-init-audit-hmac"
     );
     assert!(env.contains(
         &json!({"name": "KEYTURN_AUDIT_HMAC_KEY_FILE", "value": "/etc/keyturn/audit/hmac.key"})
@@ -272,6 +272,23 @@ fn invalid_or_unsupported_annotations_are_denied_by_name() {
         m.contains("agent-limits-cpu is not a Kubernetes quantity"),
         "{m}"
     );
+    let m = denied(&with(&[("vault.hashicorp.com/agent-limits-cpu", "-1")]));
+    assert!(m.contains("agent-limits-cpu"), "{m}");
+    let m = denied(&with(&[(
+        "vault.hashicorp.com/agent-run-as-user",
+        "2147483648",
+    )]));
+    assert!(m.contains("agent-run-as-user is not a numeric id"), "{m}");
+    let m = denied(&with(&[
+        ("vault.hashicorp.com/agent-requests-mem", "256Mi"),
+        ("vault.hashicorp.com/agent-limits-mem", "128Mi"),
+    ]));
+    assert!(
+        m.contains(
+            "vault.hashicorp.com/agent-requests-mem is above vault.hashicorp.com/agent-limits-mem"
+        ),
+        "{m}"
+    );
     let m = denied(&with(&[("vault.hashicorp.com/agent-run-as-user", "0")]));
     assert!(m.contains("agent-run-as-user"), "{m}");
     let m = denied(&with(&[("vault.hashicorp.com/auth-type", "approle")]));
@@ -412,4 +429,73 @@ fn every_annotation_the_table_gives_the_webhook_is_handled() {
             "{key}: {problems:?}"
         );
     }
+}
+
+#[test]
+fn a_request_above_the_default_limit_raises_the_limit() {
+    let (p, _) = injected(&with(&[(
+        "vault.hashicorp.com/agent-requests-mem",
+        "100Mi",
+    )]));
+    let r = &p["spec"]["initContainers"][0]["resources"];
+    assert_eq!(
+        (
+            r["requests"]["memory"].as_str(),
+            r["limits"]["memory"].as_str()
+        ),
+        (Some("100Mi"), Some("100Mi"))
+    );
+    assert_eq!(r["limits"]["cpu"], "500m");
+    assert!(quantity_value("1.5Gi").unwrap() > quantity_value("1500Mi").unwrap());
+    assert_eq!(quantity_value("250m"), Some(0.25));
+    assert_eq!(quantity_value("1e3"), Some(1000.0));
+}
+
+#[test]
+fn init_containers_after_keyturn_init_get_the_secrets_and_earlier_ones_are_warned_about() {
+    let mut p = pod(&with(&[("vault.hashicorp.com/agent-init-first", "true")]));
+    p["spec"]["initContainers"] =
+        json!([{"name": "migrate", "image": "orders:1", "securityContext": {"runAsUser": 1000}}]);
+    let Decision::Inject { patch, .. } = injector().decide("orders", &p) else {
+        panic!()
+    };
+    json_patch::patch(&mut p, &patch).unwrap();
+    assert_eq!(p["spec"]["initContainers"][1]["name"], "migrate");
+    assert_eq!(
+        p["spec"]["initContainers"][1]["volumeMounts"],
+        json!([{"name": "keyturn-secrets", "mountPath": "/vault/secrets", "readOnly": true}])
+    );
+    // Without init-first the pod's own init container runs first: no mount, and naming it
+    // is warned about.
+    let mut p = pod(&with(&[(
+        "vault.hashicorp.com/agent-inject-containers",
+        "app,migrate",
+    )]));
+    p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "orders:1"}]);
+    let Decision::Inject { patch, warnings } = injector().decide("orders", &p) else {
+        panic!()
+    };
+    json_patch::patch(&mut p, &patch).unwrap();
+    assert!(p["spec"]["initContainers"][0].get("volumeMounts").is_none());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("init container migrate, which runs before keyturn-init")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn an_existing_status_is_overwritten_where_it_is() {
+    let (p, _) = injected(&with(&[("openbao.org/agent-inject-status", "update")]));
+    let ann = p["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(ann["openbao.org/agent-inject-status"], "injected");
+    assert!(!ann.contains_key("vault.hashicorp.com/agent-inject-status"));
+    // And keyturn-init reads the injected pod's annotations without a complaint.
+    let file = downward_api_file(
+        &ann.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect(),
+    );
+    keyturn_init::annotations::parse("annotations", &file).unwrap();
 }
