@@ -12,7 +12,10 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 use super::apps::{self, Workload};
+use super::crds;
 use super::events;
 use super::pods;
 use super::rbac;
@@ -111,6 +114,8 @@ pub(crate) fn check_shape(kind: &ResourceKind, obj: &Value) -> Result<(), ApiErr
         typed::<Event>(kind, obj)
     } else if *kind == resources::NAMESPACES {
         typed::<Namespace>(kind, obj)
+    } else if *kind == resources::CUSTOM_RESOURCE_DEFINITIONS {
+        typed::<CustomResourceDefinition>(kind, obj)
     } else {
         Ok(())
     }
@@ -146,8 +151,17 @@ pub(crate) fn with_defaults(kind: &ResourceKind, config: &Value) -> Option<Value
 
 /// Server-side preparation (`PrepareForCreate`/`PrepareForUpdate` plus defaulting): server
 /// fields are taken from `old` or cleared, and the kind's own normalization runs.
-pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>) {
-    validation::strip_nulls(obj);
+/// `status_write`: a write to the `/status` subresource of a custom resource.
+pub(crate) fn prepare(
+    kind: &ResourceKind,
+    obj: &mut Value,
+    old: Option<&Value>,
+    status_write: bool,
+) {
+    // A custom resource keeps the `null`s its schema calls nullable (see `crds`).
+    if kind.custom.is_none() {
+        validation::strip_nulls(obj);
+    }
     if let Some(map) = obj.as_object_mut() {
         map.insert("apiVersion".into(), json!(kind.api_version()));
         map.insert("kind".into(), json!(kind.kind));
@@ -204,6 +218,11 @@ pub(crate) fn prepare(kind: &ResourceKind, obj: &mut Value, old: Option<&Value>)
         webhooks::prepare(obj, old);
     } else if *kind == resources::NAMESPACES {
         prepare_namespace(obj, old);
+    } else if *kind == resources::CUSTOM_RESOURCE_DEFINITIONS {
+        crds::apply_defaults(obj);
+        crds::prepare(obj, old);
+    } else if kind.custom.is_some() {
+        crds::prepare_custom(kind, obj, old, status_write);
     }
 }
 
@@ -267,6 +286,10 @@ pub(crate) fn validate(kind: &ResourceKind, obj: &Value, old: Option<&Value>) ->
         webhooks::validate(obj, old, &mut errs);
     } else if *kind == resources::EVENTS {
         events::validate(obj, old, &mut errs);
+    } else if *kind == resources::CUSTOM_RESOURCE_DEFINITIONS {
+        crds::validate(obj, old, &mut errs);
+    } else if kind.custom.is_some() {
+        crds::validate_custom(kind, obj, &mut errs);
     } else if rbac::is_rbac(kind) {
         rbac::validate(kind, obj, old, &mut errs);
     } else if let Some(w) = workload(kind) {

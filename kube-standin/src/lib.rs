@@ -24,8 +24,15 @@
 //! | events.k8s.io/v1 `events` (see `events`) | same |
 //! | admissionregistration.k8s.io/v1 `mutatingwebhookconfigurations` (cluster-scoped; see `webhooks`) | same |
 //! | rbac.authorization.k8s.io/v1 `roles`, `rolebindings`, `clusterroles`, `clusterrolebindings` (the last two cluster-scoped) | same |
+//! | apiextensions.k8s.io/v1 `customresourcedefinitions` (cluster-scoped; validated, established at once; see `crds`) | same |
+//! | the custom resources they define (e.g. keyturn.dev/v1 `rotationpolicies`), with a `status` subresource (get, update, patch) when defined | get, list, watch, create, update, patch (merge, JSON, apply), delete, deletecollection |
 //! | authentication.k8s.io/v1 `tokenreviews` (cluster-scoped) | create |
 //! | authorization.k8s.io/v1 `selfsubjectaccessreviews` (cluster-scoped) | create |
+//!
+//! A custom resource is pruned, defaulted and validated against its structural schema with
+//! the real 422 messages, counts spec changes in `metadata.generation`, keeps `status` for
+//! its `/status` subresource, and is listed by `kubectl get` with its
+//! `additionalPrinterColumns`; see `crds`.
 //!
 //! Every stored resource can be watched (`?watch=true` or `?watch=1`, see `watch`): from a
 //! resourceVersion or from the current state, with bookmarks, label and field selectors,
@@ -41,7 +48,8 @@
 //! where it deliberately differs from the real server is documented in the module that
 //! enforces it: `status` (error bodies), `secrets`, `apps`, `pods`, `events`, `webhooks`
 //! (MutatingWebhookConfigurations), `admission` (calling webhooks on pod creates),
-//! `namespaces`, `kinds` (the write pipeline),
+//! `namespaces`, `crds` (CustomResourceDefinitions and custom resources), `kinds` (the
+//! write pipeline),
 //! `managed` (server-side apply), `patch` (strategic merge with merge keys and kubectl's
 //! directives), `strict` (`fieldValidation=Strict`), `protobuf` (kubectl's typed bodies),
 //! `table` (`kubectl get` columns), `watch` (watch and list resourceVersions), `store` (the
@@ -64,7 +72,11 @@
 //! protobuf responses and protobuf bodies other than Secrets and Deployments (415, naming
 //! what is missing), `/openapi/v2`, validating admission webhooks and mutating ones on
 //! anything but pod creates (a pod created by server-side apply skips them), core/v1
-//! `events`, finalizers and graceful deletion,
+//! `events`, finalizers and graceful deletion, for custom resources: version conversion
+//! (only `apiVersion` changes), the `scale` subresource, strategic merge patches (415, as on
+//! a real server), `allOf`/`anyOf`/`oneOf`/`not`, `format` and CEL validation rules,
+//! `x-kubernetes-embedded-resource`, and name conflicts between definitions (each is
+//! accepted),
 //! list-merge semantics of server-side apply, and JSON patches of `metadata.managedFields`
 //! (so kubectl's move of a client-side-applied object to server-side apply warns, and the
 //! server-side apply then conflicts with `kubectl-client-side-apply` unless forced).
@@ -72,6 +84,7 @@
 mod admission;
 mod apps;
 mod auth;
+mod crds;
 mod events;
 mod faults;
 mod kinds;

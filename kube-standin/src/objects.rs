@@ -84,6 +84,8 @@ pub(crate) struct ObjectRequest<'a> {
     pub kind: &'static ResourceKind,
     pub namespace: Option<&'a str>,
     pub name: Option<&'a str>,
+    /// `status` for a custom resource's status subresource; `None` for the object itself.
+    pub subresource: Option<&'a str>,
     pub query: &'a Query,
     pub content_type: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -109,6 +111,11 @@ impl ObjectRequest<'_> {
 
     fn name(&self) -> &str {
         self.name.unwrap_or("")
+    }
+
+    /// A write to a custom resource's `/status` (see `crds`).
+    fn status_write(&self) -> bool {
+        self.subresource == Some("status")
     }
 
     fn dry_run(&self) -> bool {
@@ -254,7 +261,7 @@ fn finish_create(
             set_meta(&mut obj, "name", json!(generate_name(&prefix)));
         }
     }
-    kinds::prepare(req.kind, &mut obj, None);
+    kinds::prepare(req.kind, &mut obj, None, false);
     check_valid(req, &obj, None)?;
     let name = meta_str(&obj, "name").to_owned();
     if store.get(req.kind, req.ns(), &name).is_some() {
@@ -293,7 +300,12 @@ fn finish_update(
     mut obj: Value,
     managed: Option<ManagedFields>,
 ) -> Result<Reply, ApiError> {
-    kinds::prepare(req.kind, &mut obj, Some(&existing.object));
+    kinds::prepare(
+        req.kind,
+        &mut obj,
+        Some(&existing.object),
+        req.status_write(),
+    );
     check_valid(req, &obj, Some(&existing.object))?;
     set_meta(
         &mut obj,
@@ -332,7 +344,7 @@ pub(crate) fn get(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, Api
     let obj = store
         .get(req.kind, req.ns(), req.name())
         .ok_or_else(|| ApiError::not_found(req.kind, req.name()))?;
-    Ok((StatusCode::OK, obj.render()))
+    Ok((StatusCode::OK, req.kind.render(obj.render())))
 }
 
 fn selected<'a>(
@@ -513,6 +525,9 @@ pub(crate) fn update(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, 
     if !rv.is_empty() && rv != existing.resource_version() {
         return Err(ApiError::conflict(req.kind, req.name()));
     }
+    if req.status_write() {
+        obj = super::crds::status_only(&existing.object, &obj);
+    }
     finish_update(&mut store, req, &existing, obj, None)
 }
 
@@ -524,6 +539,11 @@ fn patch_options_invalid(err: FieldError) -> ApiError {
 pub(crate) fn patch(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     let patch_type = PatchType::from_content_type(req.content_type)?;
     check_write_options(req, "PatchOptions")?;
+    if patch_type == PatchType::Strategic && req.kind.custom.is_some() {
+        return Err(ApiError::unsupported_media_type(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
     if patch_type == PatchType::Apply {
         return apply(shared, req);
     }
@@ -555,6 +575,9 @@ pub(crate) fn patch(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, A
     let rv = meta_str(&patched, "resourceVersion");
     if !rv.is_empty() && rv != existing.resource_version() {
         return Err(ApiError::conflict(req.kind, req.name()));
+    }
+    if req.status_write() {
+        patched = super::crds::status_only(&existing.object, &patched);
     }
     finish_update(&mut store, req, &existing, patched, None)
 }
@@ -591,6 +614,7 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
 
     let mut store = shared.store();
     match store.get(req.kind, req.ns(), req.name()).cloned() {
+        None if req.status_write() => Err(ApiError::not_found(req.kind, req.name())),
         None => {
             if !rv.is_empty() {
                 return Err(ApiError::internal(
@@ -607,13 +631,16 @@ fn apply(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
                 return Err(ApiError::conflict(req.kind, req.name()));
             }
             let mut managed = existing.managed.clone();
-            let obj = managed.apply(
+            let mut obj = managed.apply(
                 who,
                 Some(&existing.object),
                 &config,
                 defaulted.as_ref(),
                 force,
             )?;
+            if req.status_write() {
+                obj = super::crds::status_only(&existing.object, &obj);
+            }
             finish_update(&mut store, req, &existing, obj, Some(managed))
         }
     }

@@ -14,16 +14,16 @@
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use super::resources::{self, ResourceKind};
+use super::resources::ResourceKind;
 
 /// `/openapi/v3`: one entry per group-version, `serverRelativeURL` carrying a hash of the
 /// document as the real server's does (clients cache by it).
-pub(crate) fn index() -> Value {
+pub(crate) fn index(kinds: &[&'static ResourceKind]) -> Value {
     let mut paths = serde_json::Map::new();
-    for (group, version) in group_versions() {
+    for (group, version) in group_versions(kinds) {
         let key = gv_path(group, version);
         let hash = hex(&sha2::Sha256::digest(
-            serde_json::to_vec(&document(group, version)).unwrap_or_default(),
+            serde_json::to_vec(&document(group, version, kinds)).unwrap_or_default(),
         ));
         paths.insert(
             key.clone(),
@@ -34,25 +34,27 @@ pub(crate) fn index() -> Value {
 }
 
 /// `/openapi/v3/api/v1`, `/openapi/v3/apis/GROUP/VERSION`; `None` for any other path.
-pub(crate) fn for_path(rest: &[&str]) -> Option<Value> {
+pub(crate) fn for_path(rest: &[&str], kinds: &[&'static ResourceKind]) -> Option<Value> {
     let (group, version) = match rest {
         ["api", "v1"] => ("", "v1"),
         ["apis", group, version] => (*group, *version),
         _ => return None,
     };
-    group_versions()
+    group_versions(kinds)
         .into_iter()
         .find(|gv| *gv == (group, version))
-        .map(|(g, v)| document(g, v))
+        .map(|(g, v)| document(g, v, kinds))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn group_versions() -> Vec<(&'static str, &'static str)> {
+fn group_versions(kinds: &[&'static ResourceKind]) -> Vec<(&'static str, &'static str)> {
     let mut out = vec![("", "v1")];
-    out.extend(ResourceKind::group_versions());
+    for (g, versions) in super::crds::group_versions(kinds) {
+        out.extend(versions.into_iter().map(|v| (g, v)));
+    }
     out
 }
 
@@ -121,6 +123,11 @@ fn operation(kind: &ResourceKind, action: &str, id: &str, params: Vec<Value>) ->
 }
 
 fn schema_name(kind: &ResourceKind) -> String {
+    if kind.custom.is_some() {
+        // The real server names a custom resource's schema by its reversed group.
+        let reversed: Vec<&str> = kind.group.split('.').rev().collect();
+        return format!("{}.{}.{}", reversed.join("."), kind.version, kind.kind);
+    }
     let group = match kind.group {
         "" => "core",
         "rbac.authorization.k8s.io" => "rbac",
@@ -134,10 +141,10 @@ fn schema_name(kind: &ResourceKind) -> String {
     format!("io.k8s.api.{group}.{}.{}", kind.version, kind.kind)
 }
 
-fn document(group: &str, version: &str) -> Value {
+fn document(group: &str, version: &str, kinds: &[&'static ResourceKind]) -> Value {
     let prefix = format!("/{}", gv_path(group, version));
     let mut paths = serde_json::Map::new();
-    for kind in resources::ALL
+    for kind in kinds
         .iter()
         .filter(|k| k.group == group && k.version == version)
     {
@@ -199,7 +206,7 @@ mod tests {
 
     #[test]
     fn the_secret_patch_operation_declares_field_validation_and_its_kind() {
-        let doc = for_path(&["api", "v1"]).unwrap();
+        let doc = for_path(&["api", "v1"], crate::resources::ALL).unwrap();
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/secrets/{name}"]["patch"];
         assert_eq!(
             patch["x-kubernetes-group-version-kind"],
@@ -212,13 +219,13 @@ mod tests {
                 .iter()
                 .any(|p| p["name"] == "fieldValidation" && p["in"] == "query")
         );
-        let index = index();
+        let index = index(crate::resources::ALL);
         assert!(
             index["paths"]["apis/apps/v1"]["serverRelativeURL"]
                 .as_str()
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1?hash=")
         );
-        assert!(for_path(&["apis", "batch", "v1"]).is_none());
+        assert!(for_path(&["apis", "batch", "v1"], crate::resources::ALL).is_none());
     }
 }

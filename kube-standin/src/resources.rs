@@ -27,6 +27,8 @@ pub(crate) struct ResourceKind {
     pub unconditional_update: bool,
     /// Has `spec`/`status` and a `metadata.generation` that counts spec changes.
     pub has_generation: bool,
+    /// For a custom resource, what its definition says (see `crds`).
+    pub custom: Option<&'static super::crds::CustomInfo>,
 }
 
 const STORED_VERBS: &[&str] = &[
@@ -53,6 +55,7 @@ pub(crate) static SECRETS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: true,
     has_generation: false,
+    custom: None,
 };
 
 pub(crate) static SERVICE_ACCOUNTS: ResourceKind = ResourceKind {
@@ -68,6 +71,7 @@ pub(crate) static SERVICE_ACCOUNTS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: true,
     has_generation: false,
+    custom: None,
 };
 
 pub(crate) static DEPLOYMENTS: ResourceKind = ResourceKind {
@@ -83,6 +87,7 @@ pub(crate) static DEPLOYMENTS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: true,
     has_generation: true,
+    custom: None,
 };
 
 pub(crate) static STATEFUL_SETS: ResourceKind = ResourceKind {
@@ -98,6 +103,7 @@ pub(crate) static STATEFUL_SETS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: true,
     has_generation: true,
+    custom: None,
 };
 
 pub(crate) static LEASES: ResourceKind = ResourceKind {
@@ -113,6 +119,7 @@ pub(crate) static LEASES: ResourceKind = ResourceKind {
     create_on_update: true,
     unconditional_update: false,
     has_generation: false,
+    custom: None,
 };
 
 /// Namespaces exist implicitly (any name works): every name is an Active namespace, labelled
@@ -132,6 +139,7 @@ pub(crate) static NAMESPACES: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: false,
     has_generation: false,
+    custom: None,
 };
 
 /// Pods: stored objects only (nothing schedules or runs them); creating one goes through
@@ -149,6 +157,7 @@ pub(crate) static PODS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: true,
     has_generation: false,
+    custom: None,
 };
 
 /// events.k8s.io/v1 Events, what kube-runtime's `Recorder` writes (see `events`).
@@ -165,6 +174,7 @@ pub(crate) static EVENTS: ResourceKind = ResourceKind {
     create_on_update: true,
     unconditional_update: true,
     has_generation: false,
+    custom: None,
 };
 
 /// The configurations of mutating admission webhooks (see `webhooks`, `admission`).
@@ -181,6 +191,7 @@ pub(crate) static MUTATING_WEBHOOK_CONFIGURATIONS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: true,
     has_generation: true,
+    custom: None,
 };
 
 pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
@@ -196,6 +207,7 @@ pub(crate) static TOKEN_REVIEWS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: false,
     has_generation: false,
+    custom: None,
 };
 
 pub(crate) static SELF_SUBJECT_ACCESS_REVIEWS: ResourceKind = ResourceKind {
@@ -211,6 +223,7 @@ pub(crate) static SELF_SUBJECT_ACCESS_REVIEWS: ResourceKind = ResourceKind {
     create_on_update: false,
     unconditional_update: false,
     has_generation: false,
+    custom: None,
 };
 
 /// The RBAC kinds: stored like any other object, and read by the authorizer (`rbac`).
@@ -234,6 +247,7 @@ const fn rbac_kind(
         create_on_update: true,
         unconditional_update: true,
         has_generation: false,
+        custom: None,
     }
 }
 
@@ -248,6 +262,23 @@ pub(crate) static CLUSTER_ROLE_BINDINGS: ResourceKind = rbac_kind(
     "ClusterRoleBinding",
     false,
 );
+
+/// apiextensions.k8s.io/v1 CustomResourceDefinitions (see `crds`).
+pub(crate) static CUSTOM_RESOURCE_DEFINITIONS: ResourceKind = ResourceKind {
+    group: "apiextensions.k8s.io",
+    version: "v1",
+    plural: "customresourcedefinitions",
+    singular: "customresourcedefinition",
+    kind: "CustomResourceDefinition",
+    namespaced: false,
+    short_names: &["crd", "crds"],
+    verbs: STORED_VERBS,
+    stored: true,
+    create_on_update: false,
+    unconditional_update: false,
+    has_generation: true,
+    custom: None,
+};
 
 /// Every served resource, in discovery order.
 pub(crate) static ALL: &[&ResourceKind] = &[
@@ -266,6 +297,7 @@ pub(crate) static ALL: &[&ResourceKind] = &[
     &ROLE_BINDINGS,
     &CLUSTER_ROLES,
     &CLUSTER_ROLE_BINDINGS,
+    &CUSTOM_RESOURCE_DEFINITIONS,
 ];
 
 impl ResourceKind {
@@ -289,7 +321,13 @@ impl ResourceKind {
 
     /// A stored object as this kind's endpoint returns it (a custom resource read through
     /// another served version carries that version's `apiVersion`).
-    pub fn render(&self, object: serde_json::Value) -> serde_json::Value {
+    pub fn render(&self, mut object: serde_json::Value) -> serde_json::Value {
+        if self.custom.is_some()
+            && let Some(map) = object.as_object_mut()
+            && map.contains_key("apiVersion")
+        {
+            map.insert("apiVersion".into(), self.api_version().into());
+        }
         object
     }
 
@@ -298,16 +336,5 @@ impl ResourceKind {
         ALL.iter()
             .copied()
             .find(|k| k.group == group && k.version == version && k.plural == plural)
-    }
-
-    /// The group/versions discovery lists, in order, without duplicates.
-    pub fn group_versions() -> Vec<(&'static str, &'static str)> {
-        let mut out: Vec<(&str, &str)> = Vec::new();
-        for k in ALL {
-            if !k.group.is_empty() && !out.contains(&(k.group, k.version)) {
-                out.push((k.group, k.version));
-            }
-        }
-        out
     }
 }

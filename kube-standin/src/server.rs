@@ -91,6 +91,29 @@ impl Shared {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every served resource: the built-in ones, then those of CustomResourceDefinitions.
+    pub fn kinds(&self) -> Vec<&'static ResourceKind> {
+        let mut out = resources::ALL.to_vec();
+        out.extend(self.store().custom_kinds.iter().copied());
+        out
+    }
+
+    /// The resource served at `group`/`version`/`plural`.
+    pub fn lookup(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<&'static ResourceKind> {
+        ResourceKind::lookup(group, version, plural).or_else(|| {
+            self.store()
+                .custom_kinds
+                .iter()
+                .copied()
+                .find(|k| k.group == group && k.version == version && k.plural == plural)
+        })
+    }
+
     pub fn deny_rules(&self) -> MutexGuard<'_, Vec<DenyRule>> {
         self.deny.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -319,7 +342,7 @@ async fn dispatch(
     if method == Method::GET
         && super::table::wanted(header_str(header::ACCEPT))
         && let Ok((_, value)) = &mut result
-        && let Some(table) = super::table::convert(value)
+        && let Some(table) = super::table::convert(value, &shared.kinds())
     {
         *value = table;
     }
@@ -403,15 +426,15 @@ async fn route(shared: &Shared, path: &str, ctx: &RequestContext<'_>) -> Result<
     };
     match segs.as_slice() {
         ["_standin", rest @ ..] => control(shared, rest, ctx),
-        ["openapi", "v3"] => discovery(Some(super::openapi::index())),
-        ["openapi", "v3", rest @ ..] => discovery(super::openapi::for_path(rest)),
-        ["api"] if ctx.aggregated => discovery(Some(aggregated_discovery(true))),
-        ["apis"] if ctx.aggregated => discovery(Some(aggregated_discovery(false))),
+        ["openapi", "v3"] => discovery(Some(super::openapi::index(&shared.kinds()))),
+        ["openapi", "v3", rest @ ..] => discovery(super::openapi::for_path(rest, &shared.kinds())),
+        ["api"] if ctx.aggregated => discovery(Some(aggregated_discovery(true, &shared.kinds()))),
+        ["apis"] if ctx.aggregated => discovery(Some(aggregated_discovery(false, &shared.kinds()))),
         ["api"] => discovery(Some(api_versions(shared))),
-        ["apis"] => discovery(Some(api_group_list())),
-        ["apis", group] => discovery(api_group(group)),
-        ["api", "v1"] => discovery(resource_list("", "v1")),
-        ["apis", group, version] => discovery(resource_list(group, version)),
+        ["apis"] => discovery(Some(api_group_list(&shared.kinds()))),
+        ["apis", group] => discovery(api_group(group, &shared.kinds())),
+        ["api", "v1"] => discovery(resource_list("", "v1", &shared.kinds())),
+        ["apis", group, version] => discovery(resource_list(group, version, &shared.kinds())),
         ["api", "v1", rest @ ..] => resource_route(shared, "", "v1", rest, ctx).await,
         ["apis", group, version, rest @ ..] => {
             resource_route(shared, group, version, rest, ctx).await
@@ -436,20 +459,32 @@ async fn resource_route(
         [plural, name, sub] => (None, plural, Some(name), Some(sub)),
         _ => return Err(ApiError::no_route()),
     };
-    let kind = ResourceKind::lookup(group, version, plural).ok_or_else(ApiError::no_route)?;
+    let kind = shared
+        .lookup(group, version, plural)
+        .ok_or_else(ApiError::no_route)?;
     if (!kind.namespaced && namespace.is_some())
         || (kind.namespaced && namespace.is_none() && name.is_some())
     {
         return Err(ApiError::no_route());
     }
-    if subresource.is_some_and(|s| !(kind == &resources::SERVICE_ACCOUNTS && s == "token")) {
+    let status_subresource = kind.custom.is_some_and(|c| c.status_subresource);
+    let subresource_served = |s: &str| {
+        (kind == &resources::SERVICE_ACCOUNTS && s == "token")
+            || (status_subresource && s == "status")
+    };
+    if subresource.is_some_and(|s| !subresource_served(s)) {
         return Err(ApiError::no_route());
     }
+    let is_status = subresource == Some("status");
     let verb = match (ctx.method.clone(), name.is_some(), subresource.is_some()) {
         (Method::GET, true, false) => "get",
+        (Method::GET, true, true) if is_status => "get",
+        (Method::PUT, true, true) if is_status => "update",
+        (Method::PATCH, true, true) if is_status => "patch",
         (Method::GET, false, _) if ctx.query.flag("watch") => "watch",
         (Method::GET, false, _) => "list",
-        (Method::POST, false, _) | (Method::POST, true, true) => "create",
+        (Method::POST, false, _) => "create",
+        (Method::POST, true, true) if !is_status => "create",
         (Method::PUT, true, false) => "update",
         (Method::PATCH, true, false) => "patch",
         (Method::DELETE, true, false) => "delete",
@@ -558,13 +593,14 @@ async fn serve_resource(
     if kind == &resources::SELF_SUBJECT_ACCESS_REVIEWS {
         return reviews::self_subject_access_review(shared, ctx.user, ctx.body);
     }
-    if let (Some(ns), Some(name), Some(_)) = (namespace, name, subresource) {
+    if let (Some(ns), Some(name), Some("token")) = (namespace, name, subresource) {
         return reviews::token_request(shared, ns, name, ctx.body);
     }
     let req = ObjectRequest {
         kind,
         namespace,
         name,
+        subresource,
         query: &ctx.query,
         content_type: ctx.content_type,
         user_agent: ctx.user_agent,
@@ -702,47 +738,66 @@ fn api_versions(shared: &Shared) -> Value {
     })
 }
 
-fn group_json(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// A group with its versions, the first preferred.
+fn group_json(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs, "preferredVersion": gvs.first().cloned().unwrap_or_default()})
 }
 
-fn api_group_list() -> Value {
-    let groups: Vec<Value> = ResourceKind::group_versions()
+fn api_group_list(kinds: &[&'static ResourceKind]) -> Value {
+    let groups: Vec<Value> = super::crds::group_versions(kinds)
         .into_iter()
-        .map(|(g, v)| group_json(g, v))
+        .map(|(g, v)| group_json(g, &v))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = ResourceKind::group_versions()
+fn api_group(group: &str, kinds: &[&'static ResourceKind]) -> Option<Value> {
+    let (g, v) = super::crds::group_versions(kinds)
         .into_iter()
         .find(|(g, _)| *g == group)?;
-    let mut body = group_json(g, v);
+    let mut body = group_json(g, &v);
     body["kind"] = json!("APIGroup");
     body["apiVersion"] = json!("v1");
     Some(body)
 }
 
-fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let mut resources: Vec<Value> = resources::ALL
+/// The verbs of a custom resource's `/status`.
+const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
+
+fn resource_list(group: &str, version: &str, kinds: &[&'static ResourceKind]) -> Option<Value> {
+    let mut resources: Vec<Value> = Vec::new();
+    for k in kinds
         .iter()
         .filter(|k| k.group == group && k.version == version)
-        .map(|k| {
-            let mut r = json!({
-                "name": k.plural,
-                "singularName": k.singular,
+    {
+        let mut r = json!({
+            "name": k.plural,
+            "singularName": k.singular,
+            "namespaced": k.namespaced,
+            "kind": k.kind,
+            "verbs": k.verbs,
+        });
+        if !k.short_names.is_empty() {
+            r["shortNames"] = json!(k.short_names);
+        }
+        if let Some(custom) = k.custom.filter(|c| !c.categories.is_empty()) {
+            r["categories"] = json!(custom.categories);
+        }
+        resources.push(r);
+        if k.custom.is_some_and(|c| c.status_subresource) {
+            resources.push(json!({
+                "name": format!("{}/status", k.plural),
+                "singularName": "",
                 "namespaced": k.namespaced,
                 "kind": k.kind,
-                "verbs": k.verbs,
-            });
-            if !k.short_names.is_empty() {
-                r["shortNames"] = json!(k.short_names);
-            }
-            r
-        })
-        .collect();
+                "verbs": STATUS_VERBS,
+            }));
+        }
+    }
     if resources.is_empty() {
         return None;
     }
@@ -769,16 +824,17 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
 
 /// `apidiscovery.k8s.io/v2` for `/api` (`core`) or `/apis`, which kube-rs'
 /// `Discovery::run_aggregated` asks for.
-fn aggregated_discovery(core: bool) -> Value {
-    let groups: Vec<(&str, &str)> = if core {
-        vec![("", "v1")]
+fn aggregated_discovery(core: bool, kinds: &[&'static ResourceKind]) -> Value {
+    let groups: Vec<(&str, Vec<&str>)> = if core {
+        vec![("", vec!["v1"])]
     } else {
-        ResourceKind::group_versions()
+        super::crds::group_versions(kinds)
     };
     let items: Vec<Value> = groups
         .into_iter()
-        .map(|(group, version)| {
-            let resources: Vec<Value> = resources::ALL
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions.into_iter().map(|version| {
+            let resources: Vec<Value> = kinds
                 .iter()
                 .filter(|k| k.group == group && k.version == version)
                 .map(|k| {
@@ -792,6 +848,18 @@ fn aggregated_discovery(core: bool) -> Value {
                     if !k.short_names.is_empty() {
                         r["shortNames"] = json!(k.short_names);
                     }
+                    if let Some(custom) = k.custom {
+                        if !custom.categories.is_empty() {
+                            r["categories"] = json!(custom.categories);
+                        }
+                        if custom.status_subresource {
+                            r["subresources"] = json!([{
+                                "subresource": "status",
+                                "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                                "verbs": STATUS_VERBS,
+                            }]);
+                        }
+                    }
                     if **k == resources::SERVICE_ACCOUNTS {
                         r["subresources"] = json!([{
                             "subresource": "token",
@@ -802,10 +870,9 @@ fn aggregated_discovery(core: bool) -> Value {
                     r
                 })
                 .collect();
-            json!({
-                "metadata": {"name": group},
-                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
-            })
+            json!({"version": version, "resources": resources, "freshness": "Current"})
+            }).collect();
+            json!({"metadata": {"name": group}, "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})

@@ -66,6 +66,8 @@ pub(crate) enum FieldErrorKind {
     Duplicate(String),
     /// `Not found: <value>`; the value is already formatted (`"quoted"`).
     NotFound(String),
+    /// `Too many: <value>`; the value is already formatted (a count).
+    TooMany(String),
 }
 
 /// One validation failure: `field.Error` from apimachinery.
@@ -167,6 +169,7 @@ impl FieldError {
             FieldErrorKind::NotSupported(_) => "FieldValueNotSupported",
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
             FieldErrorKind::NotFound(_) => "FieldValueNotFound",
+            FieldErrorKind::TooMany(_) => "FieldValueTooMany",
         }
     }
 
@@ -180,6 +183,7 @@ impl FieldError {
             FieldErrorKind::NotSupported(value) => format!("Unsupported value: {value}"),
             FieldErrorKind::Duplicate(value) => format!("Duplicate value: {value}"),
             FieldErrorKind::NotFound(value) => format!("Not found: {value}"),
+            FieldErrorKind::TooMany(value) => format!("Too many: {value}"),
         };
         if !self.detail.is_empty() {
             s.push_str(": ");

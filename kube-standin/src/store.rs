@@ -114,6 +114,9 @@ pub(crate) struct Store {
     watch_buffer: usize,
     /// How often watches with `allowWatchBookmarks` get a bookmark (see `watch`).
     pub bookmark_interval: std::time::Duration,
+    /// The resources of the stored CustomResourceDefinitions, rebuilt whenever one is
+    /// written (see `crds`).
+    pub custom_kinds: Vec<&'static ResourceKind>,
 }
 
 impl Default for Store {
@@ -127,6 +130,7 @@ impl Default for Store {
             watchers: Vec::new(),
             watch_buffer: DEFAULT_WATCH_BUFFER,
             bookmark_interval: super::watch::DEFAULT_BOOKMARK_INTERVAL,
+            custom_kinds: Vec::new(),
         }
     }
 }
@@ -205,6 +209,9 @@ impl Store {
             object: stored.render(),
             previous: previous.map(|p| p.render()),
         });
+        if *kind == super::resources::CUSTOM_RESOURCE_DEFINITIONS {
+            self.custom_kinds = super::crds::served_kinds(self);
+        }
         stored
     }
 
@@ -235,6 +242,10 @@ impl Store {
                 object,
                 previous: Some(previous),
             });
+            if *kind == super::resources::CUSTOM_RESOURCE_DEFINITIONS {
+                super::crds::delete_objects(self, &gone.object);
+                self.custom_kinds = super::crds::served_kinds(self);
+            }
         }
         removed
     }

@@ -54,6 +54,11 @@ fn known(kind: &ResourceKind, obj: &Value) -> Option<Value> {
         round_trip::<Event>(obj)
     } else if *kind == resources::NAMESPACES {
         round_trip::<Namespace>(obj)
+    } else if kind.custom.is_some() {
+        // What the structural schema keeps (see `crds`).
+        let mut kept = obj.clone();
+        super::crds::prune(kind, &mut kept);
+        Some(kept)
     } else {
         None
     }

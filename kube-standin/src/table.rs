@@ -21,18 +21,22 @@ pub(crate) fn wanted(accept: Option<&str>) -> bool {
     })
 }
 
-/// The served kind whose object or list `body` is.
-fn kind_of(body: &Value) -> Option<(&'static ResourceKind, bool)> {
+/// The served kind (of `kinds`) whose object or list `body` is.
+fn kind_of(body: &Value, kinds: &[&'static ResourceKind]) -> Option<(&'static ResourceKind, bool)> {
     let kind = body.get("kind")?.as_str()?;
-    resources::ALL.iter().find_map(|k| {
-        if k.kind == kind {
-            Some((*k, false))
-        } else if kind.strip_suffix("List") == Some(k.kind) {
-            Some((*k, true))
-        } else {
-            None
-        }
-    })
+    let api_version = body.get("apiVersion").and_then(Value::as_str);
+    kinds
+        .iter()
+        .filter(|k| api_version.is_none_or(|v| v == k.api_version()))
+        .find_map(|k| {
+            if k.kind == kind {
+                Some((*k, false))
+            } else if kind.strip_suffix("List") == Some(k.kind) {
+                Some((*k, true))
+            } else {
+                None
+            }
+        })
 }
 
 fn column(name: &str, ty: &str, format: &str, priority: u8, description: &str) -> Value {
@@ -83,7 +87,11 @@ fn columns(kind: &ResourceKind) -> Vec<Value> {
         0,
         "Name must be unique within a namespace.",
     );
-    if *kind == resources::SECRETS {
+    if let Some(custom) = kind.custom {
+        let mut out = vec![name];
+        out.extend(super::crds::column_definitions(custom));
+        out
+    } else if *kind == resources::SECRETS {
         vec![
             name,
             column(
@@ -208,7 +216,11 @@ fn cells(kind: &ResourceKind, obj: &Value) -> Vec<Value> {
             .and_then(Value::as_str)
             .unwrap_or("")
     );
-    if *kind == resources::SECRETS {
+    if let Some(custom) = kind.custom {
+        let mut out = vec![name];
+        out.extend(super::crds::cells(custom, obj));
+        out
+    } else if *kind == resources::SECRETS {
         let data = obj
             .get("data")
             .and_then(Value::as_object)
@@ -294,8 +306,8 @@ fn row(kind: &ResourceKind, obj: &Value) -> Value {
 }
 
 /// `body` (one object or a list of a served kind) as a Table; `None` for anything else.
-pub(crate) fn convert(body: &Value) -> Option<Value> {
-    let (kind, _) = kind_of(body)?;
+pub(crate) fn convert(body: &Value, kinds: &[&'static ResourceKind]) -> Option<Value> {
+    let (kind, _) = kind_of(body, kinds)?;
     convert_with(kind, body)
 }
 
@@ -355,7 +367,7 @@ mod tests {
         let list = json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": [
             {"metadata": {"name": "db", "namespace": "app", "creationTimestamp": "2020-01-01T00:00:00Z", "managedFields": []}, "type": "Opaque", "data": {"a": "", "b": ""}},
         ]});
-        let table = convert(&list).unwrap();
+        let table = convert(&list, resources::ALL).unwrap();
         assert_eq!(table["metadata"]["resourceVersion"], "7");
         let cells = &table["rows"][0]["cells"];
         assert_eq!(

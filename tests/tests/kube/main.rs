@@ -3,6 +3,7 @@
 //! test here also runs against a real cluster when `KEYTURN_TEST_KUBECONFIG` is set.
 
 mod admission;
+mod crd;
 mod distribute;
 mod inject;
 mod standin;
