@@ -731,7 +731,11 @@ impl Kubelet {
             std::fs::write(&target, b"")?;
             let _ = writeln!(script, "/usr/bin/mount --bind /dev/{dev} {}", sh(&target));
         }
-        for m in c.volume_mounts.iter().flatten() {
+        // Shallow mounts first, as containerd and CRI-O order them, so a nested mountPath
+        // lands on top of its parent's volume rather than under it.
+        let mut mounts: Vec<_> = c.volume_mounts.iter().flatten().collect();
+        mounts.sort_by_key(|m| m.mount_path.trim_end_matches('/').matches('/').count());
+        for m in mounts {
             let v = volumes
                 .get(&m.name)
                 .with_context(|| format!("volumeMount {} names no volume of the pod", m.name))?;
