@@ -2,9 +2,10 @@
 //! `promtool test rules` on the rules file as it ships, with a check that the unit tests cover
 //! exactly the file's alerts, fire and stay quiet for each, and catch a broken rule; every
 //! alert's runbook exists; the chart's PrometheusRule and dashboard ConfigMap carry those
-//! files; and a real Prometheus scraping a real `keyturn run` answers every dashboard query
-//! and raises KeyturnRotationFailing for a policy whose delivery is refused, which clears once
-//! the delivery is allowed and the resumed rotation succeeds.
+//! files; and a real Prometheus scraping a real `keyturn run` and a real `keyturn webhook`
+//! answers every dashboard query, raises KeyturnRotationFailing for a policy whose delivery is
+//! refused, which clears once the delivery is allowed and the resumed rotation succeeds, and
+//! raises the webhook's alerts on refused pods and a short certificate but none of the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -392,12 +393,12 @@ fn dashboard_queries() -> Vec<(String, String)> {
             assert_eq!(panel["datasource"]["uid"], "${datasource}", "{panel}");
             assert_eq!(target["datasource"]["uid"], "${datasource}", "{panel}");
             let expr = target["expr"].as_str().unwrap();
-            // What Grafana substitutes: every policy and job of this test, and a rate
-            // interval of a few scrapes.
+            // What Grafana substitutes: every policy and job of this test (the daemon's and
+            // the webhook's), and a rate interval of a few scrapes.
             let q = expr
                 .replace("$__rate_interval", "30s")
                 .replace("$policy", ".*")
-                .replace("$job", "keyturn");
+                .replace("$job", "keyturn|keyturn-webhook");
             assert!(
                 !q.contains('$'),
                 "{expr}: a variable other than {vars:?} or $__rate_interval"
@@ -418,14 +419,22 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Scrapes `target` as job `keyturn` every second and evaluates `rules` every second.
-    fn start(target: &str, rules: &Path) -> Self {
+    /// Scrapes each `(job, target)` every second and evaluates `rules` every second.
+    fn start(targets: &[(&str, &str)], rules: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        let jobs: String = targets
+            .iter()
+            .map(|(job, target)| {
+                format!(
+                    "  - job_name: {job}\n    static_configs: [ {{ targets: [\"{target}\"] }} ]\n"
+                )
+            })
+            .collect();
         std::fs::write(
             &config,
             format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [{rules:?}]\nscrape_configs:\n  - job_name: keyturn\n    static_configs: [ {{ targets: [\"{target}\"] }} ]\n"
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [{rules:?}]\nscrape_configs:\n{jobs}"
             ),
         )
         .unwrap();
@@ -489,8 +498,118 @@ impl Drop for Prometheus {
     }
 }
 
+/// The webhook's namespace, Service and configuration as the chart names them (release
+/// `keyturn` in `keyturn-system`).
+const WEBHOOK_NAMESPACE: &str = "keyturn-system";
+const WEBHOOK_SERVICE: &str = "keyturn-webhook";
+const WEBHOOK_CONFIGURATION: &str = "keyturn-webhook-keyturn-system";
+
+/// `keyturn webhook` against the stand-in `kube`, as the chart runs it (the in-memory CA
+/// written into the configuration's caBundle, pod creates sent to it through
+/// [`keyturn_tests::kube::KubeStandin::route_service`]), with a serving certificate of
+/// `validity`; once its /readyz says so, with its metrics address.
+async fn start_webhook(
+    standin: &keyturn_tests::kube::KubeStandin,
+    kubeconfig: &Path,
+    validity: &str,
+    dir: &Path,
+) -> (keyturn_tests::process::ServerProcess, String) {
+    let mwc: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK_CONFIGURATION},
+            "webhooks": [{
+                "name": "inject.keyturn.dev",
+                "sideEffects": "NoneOnDryRun",
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": "Fail",
+                "clientConfig": {"service": {"namespace": WEBHOOK_NAMESPACE, "name": WEBHOOK_SERVICE, "path": "/mutate"}},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            }],
+        }))
+        .unwrap();
+    kube::Api::all(standin.client().await.unwrap())
+        .create(&kube::api::PostParams::default(), &mwc)
+        .await
+        .unwrap();
+    let https = format!("127.0.0.1:{}", keyturn_tests::process::free_port());
+    let metrics = format!("127.0.0.1:{}", keyturn_tests::process::free_port());
+    let keyturn = keyturn_tests::bins::keyturn();
+    let mut webhook = keyturn_tests::process::Spawn {
+        name: "keyturn webhook",
+        program: &keyturn,
+        args: [
+            "webhook",
+            "--listen",
+            &https,
+            "--metrics-listen",
+            &metrics,
+            "--init-image",
+            "registry.example/keyturn-init:1",
+            "--vault-addr",
+            "https://vault.example:8200",
+            "--namespace",
+            WEBHOOK_NAMESPACE,
+            "--service",
+            WEBHOOK_SERVICE,
+            "--configuration",
+            WEBHOOK_CONFIGURATION,
+            "--holder",
+            "keyturn-webhook-0",
+            "--cert-validity",
+            validity,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+        user: None,
+        log: dir.join("webhook.log"),
+        stop_signal: "TERM",
+    }
+    .start()
+    .unwrap();
+    standin.route_service(
+        WEBHOOK_NAMESPACE,
+        WEBHOOK_SERVICE,
+        443,
+        https.parse().unwrap(),
+    );
+    let readyz = format!("http://{metrics}/readyz");
+    webhook
+        .wait_ready(Duration::from_secs(60), || {
+            let readyz = readyz.clone();
+            async move {
+                reqwest::get(&readyz)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+        .unwrap();
+    (webhook, metrics)
+}
+
+/// A pod annotated for the Vault Agent Injector; `extra` annotations added.
+fn annotated_pod(name: &str, extra: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Pod {
+    let mut annotations = serde_json::json!({
+        "vault.hashicorp.com/agent-inject": "true",
+        "vault.hashicorp.com/role": "orders",
+        "vault.hashicorp.com/agent-inject-secret-db": "secret/data/orders/db",
+        "vault.hashicorp.com/agent-pre-populate-only": "true",
+    });
+    for (k, v) in extra {
+        annotations[*k] = Value::from(*v);
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "orders:1"}]},
+    }))
+    .unwrap()
+}
+
 #[tokio::test]
-async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_raises_and_clears_rotation_failing()
+async fn prometheus_scraping_a_real_daemon_and_webhook_answers_every_dashboard_query_and_raises_and_clears_rotation_failing()
  {
     // Two policies: `good` rotates; `broken` delivers into a Kubernetes API that answers 403,
     // so its one attempt fails (the retry comes 30 s later under `--retry-max 30s`; one
@@ -525,7 +644,14 @@ async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_rai
     // to be active (pending, or firing had it run long enough) rather than for `firing`.
     // promtool's unit tests cover the step from pending to firing with the same expressions;
     // here what matters is that they match what a real daemon exports.
-    let prom = Prometheus::start(&listen, &files().join("keyturn-alerts.yaml"));
+    // keyturn webhook beside it, with a 1 h serving certificate: under the 6 h of
+    // KeyturnWebhookCertificateExpiring, so that alert is active on what a real webhook
+    // exports.
+    let (webhook, webhook_metrics) = start_webhook(&kube, &kubeconfig, "1h", e.home.path()).await;
+    let prom = Prometheus::start(
+        &[("keyturn", &listen), ("keyturn-webhook", &webhook_metrics)],
+        &files().join("keyturn-alerts.yaml"),
+    );
     let minute = Duration::from_secs(60);
     prom.until("Prometheus ready", minute, || async {
         reqwest::get(format!("{}/-/ready", prom.base))
@@ -539,6 +665,48 @@ async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_rai
             .is_some_and(|v| !v["data"]["result"].as_array().unwrap().is_empty())
     })
     .await;
+    prom.until("the webhook scraped", minute, || async {
+        prom.get(
+            "/api/v1/query",
+            &[(
+                "query",
+                r#"keyturn_webhook_admissions_total{job="keyturn-webhook",outcome="denied"} == 0"#,
+            )],
+        )
+        .await
+        .is_some_and(|v| !v["data"]["result"].as_array().unwrap().is_empty())
+    })
+    .await;
+    // Once scraped at 0 (so the denials are an increase Prometheus sees): one pod injected,
+    // four refused for an annotation keyturn-init does not support, as a ReplicaSet retrying
+    // a broken template would have them.
+    let pods: ::kube::Api<k8s_openapi::api::core::v1::Pod> =
+        ::kube::Api::namespaced(kube.client().await.unwrap(), "shop");
+    let created = pods
+        .create(
+            &::kube::api::PostParams::default(),
+            &annotated_pod("orders-1", &[]),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", webhook.log()));
+    assert_eq!(
+        created.spec.unwrap().init_containers.unwrap_or_default()[0].name,
+        "keyturn-init"
+    );
+    for i in 0..4 {
+        let refused = pods
+            .create(
+                &::kube::api::PostParams::default(),
+                &annotated_pod(
+                    &format!("orders-refused-{i}"),
+                    &[("vault.hashicorp.com/agent-inject-command-db", "kill -HUP 1")],
+                ),
+            )
+            .await;
+        let err = refused.expect_err("a pod with an unsupported annotation is refused");
+        assert!(err.to_string().contains("agent-inject-command-db"), "{err}");
+    }
+
     prom.until("good rotated", minute, || async {
         e.value_at("good", None).await.is_some()
     })
@@ -618,11 +786,43 @@ async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_rai
         failing.iter().all(|a| a["labels"]["policy"] != "good"),
         "{failing:?}"
     );
+    // The webhook's alerts: the refusals and the short certificate, on the metrics a real
+    // webhook exports; its scrape, its caBundle and its latency raise nothing.
+    prom.until(
+        "KeyturnWebhookDenying and KeyturnWebhookCertificateExpiring active",
+        minute,
+        || async {
+            !active("KeyturnWebhookDenying").await.is_empty()
+                && !active("KeyturnWebhookCertificateExpiring").await.is_empty()
+        },
+    )
+    .await;
+    let denying = active("KeyturnWebhookDenying").await;
+    assert_eq!(denying.len(), 1, "{denying:?}");
+    assert_eq!(
+        denying[0]["labels"]["job"], "keyturn-webhook",
+        "{denying:?}"
+    );
+    assert_eq!(denying[0]["labels"]["severity"], "warning", "{denying:?}");
+    let expiring = active("KeyturnWebhookCertificateExpiring").await;
+    assert_eq!(expiring.len(), 1, "{expiring:?}");
+    assert_eq!(expiring[0]["labels"]["instance"], webhook_metrics.as_str());
+    assert_eq!(
+        expiring[0]["labels"]["severity"], "critical",
+        "{expiring:?}"
+    );
+    assert_eq!(
+        expiring[0]["annotations"]["runbook_url"],
+        format!("{RUNBOOK_BASE}webhook-certificate-expiring.md")
+    );
     for quiet in [
         "KeyturnDaemonDown",
         "KeyturnAuditWriteFailing",
         "KeyturnRotationStuck",
         "KeyturnBreakGlassUsed",
+        "KeyturnWebhookDown",
+        "KeyturnWebhookCABundleStale",
+        "KeyturnWebhookSlow",
     ] {
         let a = active(quiet).await;
         assert!(a.is_empty(), "{quiet}: {a:?}");
@@ -740,5 +940,6 @@ async fn prometheus_scraping_a_real_daemon_answers_every_dashboard_query_and_rai
 
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
+    drop(webhook);
     drop(prom);
 }
