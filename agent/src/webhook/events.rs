@@ -1,7 +1,10 @@
 //! Kubernetes Events about admissions (`Injected`, `InjectionDenied`), recorded on the pod's
 //! owner (events.k8s.io/v1, through kube-runtime's `Recorder`, which folds repeats into a
-//! series): a pod being created has no name or UID to hang an Event on yet, its Deployment or
-//! Job does, and that is where `kubectl describe` shows why its pods were denied.
+//! series): a pod being created has no name or UID to hang an Event on yet, its first owner
+//! (`ownerReferences[0]`, which a controller sets to itself) does. For a Deployment's pods
+//! that is the ReplicaSet, not the Deployment: `kubectl describe replicaset` (or `kubectl
+//! get events --field-selector regarding.name=<replicaset>`) shows why its pods were denied;
+//! for a Job's, StatefulSet's or DaemonSet's, the Job, StatefulSet or DaemonSet itself.
 //!
 //! Admissions hand their [`Notice`]s over a bounded queue ([`QUEUE`]) and never wait: when the
 //! queue is full the Notice is dropped and counted (`keyturn_webhook_events_dropped_total`).
