@@ -3,7 +3,9 @@
 //! Two sources ([`super::TlsSource`]):
 //!
 //! - **In-memory CA** (the default): at start keyturn makes a CA (ECDSA P-256, valid
-//!   [`CA_VALIDITY`]) that exists only in this process's memory, never on disk, and signs with
+//!   [`CA_VALIDITY`] less a random part of [`CA_VALIDITY_JITTER`], so replicas started
+//!   together do not all ask to be restarted on the same day) that exists only in this
+//!   process's memory, never on disk, and signs with
 //!   it a short-lived serving certificate (`--cert-validity`, 24 h by default) for the Service's
 //!   names (`NAME`, `NAME.NS`, `NAME.NS.svc`, `NAME.NS.svc.cluster.local`). A task issues a
 //!   fresh one at half its life. Nothing secret is ever stored: a replica that restarts makes
@@ -40,6 +42,20 @@ use super::metrics::WebhookMetrics;
 /// once it has less than [`CA_RESTART_BEFORE`] left, so the kubelet restarts the replica,
 /// which makes a new CA.
 pub const CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Up to how much each process takes off [`CA_VALIDITY`], at random: replicas started
+/// together (a fresh install, a cluster restored at once) would otherwise all reach
+/// [`CA_RESTART_BEFORE`] in the same probe period and fail `/healthz` together, leaving the
+/// API server no webhook to call until their successors are ready. Spread over 30 days,
+/// their restarts are days apart.
+pub const CA_VALIDITY_JITTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The in-memory CA's validity for a draw `r` from the process's random numbers:
+/// [`CA_VALIDITY`] less `r` seconds modulo [`CA_VALIDITY_JITTER`] (so between 335 and 365
+/// days).
+fn ca_validity(r: u64) -> Duration {
+    CA_VALIDITY - Duration::from_secs(r % (CA_VALIDITY_JITTER.as_secs() + 1))
+}
 
 /// How long before the in-memory CA's end the replica asks to be restarted.
 pub const CA_RESTART_BEFORE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -250,7 +266,7 @@ impl Ca {
             rcgen::DnType::CommonName,
             format!("keyturn webhook CA ({service}.{namespace})"),
         );
-        let not_after = now + CA_VALIDITY;
+        let not_after = now + ca_validity(rand::random());
         params.not_before = to_offset(now - BACKDATE);
         params.not_after = to_offset(not_after);
         let issuer = rcgen::CertifiedIssuer::self_signed(params, key).map_err(generate)?;
@@ -628,6 +644,60 @@ mod tests {
         assert!(left > Duration::from_secs(3000), "{left:?}");
         assert_eq!(m.certificate_expiry.get(), unix_seconds(leaf_not_after(&c)));
         assert!(!c.ca_expiring());
+    }
+
+    fn ca_not_after(c: &Certs) -> SystemTime {
+        match &c.inner.source {
+            Source::InMemory(ca) => {
+                let der = CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
+                let decoded = not_after(&der).unwrap();
+                assert_eq!(
+                    unix_seconds(decoded),
+                    unix_seconds(ca.not_after),
+                    "the CA certificate and the replica's idea of its end differ"
+                );
+                decoded
+            }
+            Source::Files { .. } => panic!("not an in-memory CA"),
+        }
+    }
+
+    #[test]
+    fn replicas_started_together_get_cas_ending_on_different_days_within_335_to_365_days() {
+        assert_eq!(ca_validity(0), CA_VALIDITY);
+        assert_eq!(
+            ca_validity(CA_VALIDITY_JITTER.as_secs()),
+            CA_VALIDITY - CA_VALIDITY_JITTER
+        );
+        assert_eq!(ca_validity(CA_VALIDITY_JITTER.as_secs() + 1), CA_VALIDITY);
+        assert_eq!(
+            ca_validity(u64::MAX),
+            CA_VALIDITY - Duration::from_secs(u64::MAX % (CA_VALIDITY_JITTER.as_secs() + 1))
+        );
+        let started = SystemTime::now();
+        let ends: Vec<SystemTime> = (0..3)
+            .map(|_| {
+                let c =
+                    Certs::in_memory("w", "ns", Duration::from_secs(3600), WebhookMetrics::new())
+                        .unwrap();
+                ca_not_after(&c)
+            })
+            .collect();
+        for end in &ends {
+            let validity = end.duration_since(started).unwrap();
+            assert!(
+                validity >= CA_VALIDITY - CA_VALIDITY_JITTER - Duration::from_secs(1)
+                    && validity <= CA_VALIDITY + Duration::from_secs(60),
+                "{validity:?}"
+            );
+        }
+        // Three draws from 30 days of seconds all within an hour of each other: about one
+        // chance in 10^5, where without the jitter they are always within a second or two.
+        let (first, last) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+        assert!(
+            last.duration_since(*first).unwrap() > Duration::from_secs(3600),
+            "{ends:?}"
+        );
     }
 
     #[test]
