@@ -18,9 +18,15 @@
 //!   retry). The configuration is handled as untyped JSON, so fields newer than keyturn's
 //!   Kubernetes types survive the write. The writer also deletes member Leases expired for
 //!   over [`MEMBER_GC_AFTER`], which every rollout leaves behind.
-//! - **Readiness**: each replica reads the configuration every round and sets
-//!   `keyturn_webhook_ca_bundle_current` (and so `/readyz`) by whether every webhook's
-//!   `caBundle` carries its CA: the API server can only verify a replica once it does.
+//! - **Readiness**: each replica reads the configuration every round and notes whether every
+//!   webhook's `caBundle` carries its CA: the API server can only verify a replica once it
+//!   does. `keyturn_webhook_ca_bundle_current` (and so `/readyz`) is 1 only while both the
+//!   last successful membership renewal and the last configuration read that found the CA
+//!   are younger than [`Freshness::max_age`] (two thirds of the lease duration). A replica
+//!   cut off from the API server (throttled, an expired token, an egress change) can still be
+//!   reached by it, but the writer drops its CA once its Lease expires: it turns unready a
+//!   third of a lease before that, rather than stay Ready with a certificate the API server
+//!   no longer trusts.
 //!
 //! A failed request is retried a few times with jittered exponential backoff (`backon`) within
 //! a round, and a round runs every third of the lease duration: never a tight loop. Each
@@ -29,6 +35,7 @@
 //! again.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
@@ -42,6 +49,7 @@ use kube::api::{
 };
 use serde_json::Value;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::CaBundleSettings;
 use super::metrics::WebhookMetrics;
@@ -317,6 +325,74 @@ impl FailureLog {
     }
 }
 
+/// How recently this replica's membership and the configuration's trust in its CA were last
+/// confirmed: shared by the upkeep loop (which notes them) and `/readyz` (which judges them
+/// when asked, so a loop stuck on a request the API server never answers still ages them).
+#[derive(Debug, Clone)]
+pub struct Freshness {
+    seen: Arc<Mutex<Seen>>,
+    max_age: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// When the last successful membership renewal started (its Lease's renewTime is no
+    /// earlier).
+    renewed: Option<Instant>,
+    /// When the last configuration read that found this replica's CA in every webhook's
+    /// `caBundle` started; `None` once a read found it missing.
+    carried: Option<Instant>,
+}
+
+impl Freshness {
+    /// Nothing confirmed yet, for Leases of `lease_duration`.
+    #[must_use]
+    pub fn new(lease_duration: Duration) -> Self {
+        Self {
+            seen: Arc::default(),
+            // The writer drops a member's CA no sooner than a lease after its last renewal;
+            // a third of a lease before that (one renewal period: a single failed round is
+            // still tolerated) the replica stops claiming to be trusted.
+            max_age: lease_duration - lease_duration / 3,
+        }
+    }
+
+    /// How old a confirmation may be and still count: two thirds of the lease duration.
+    #[must_use]
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a membership renewal that started at `at` and succeeded.
+    pub fn renewed(&self, at: Instant) {
+        self.lock().renewed = Some(at);
+    }
+
+    /// Notes a configuration read that started at `at`: whether it found this replica's CA.
+    pub fn read(&self, at: Instant, carried: bool) {
+        self.lock().carried = carried.then_some(at);
+    }
+
+    /// Whether both confirmations are younger than [`Self::max_age`] at `now`.
+    #[must_use]
+    pub fn current_at(&self, now: Instant) -> bool {
+        let seen = self.lock();
+        let fresh =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < self.max_age);
+        fresh(seen.renewed) && fresh(seen.carried)
+    }
+
+    /// [`Self::current_at`] now.
+    #[must_use]
+    pub fn current(&self) -> bool {
+        self.current_at(Instant::now())
+    }
+}
+
 /// The loop's handles and settings.
 struct Upkeep {
     leases: Api<Lease>,
@@ -327,12 +403,15 @@ struct Upkeep {
 }
 
 /// Runs the membership, writer and readiness rounds every third of the lease duration until
-/// `stop` changes (or its sender is dropped).
+/// `stop` changes (or its sender is dropped), noting in `freshness` what each round
+/// confirmed. A round in progress is abandoned when `stop` changes: a request the API server
+/// is slow to answer never holds up shutdown.
 pub async fn run(
     client: kube::Client,
     settings: CaBundleSettings,
     ca_pem: String,
     metrics: WebhookMetrics,
+    freshness: Freshness,
     mut stop: watch::Receiver<()>,
 ) {
     let period = (settings.lease_duration / 3).max(Duration::from_millis(100));
@@ -353,14 +432,29 @@ pub async fn run(
     };
     let mut logs: [FailureLog; 3] = Default::default();
     loop {
-        let r = upkeep.renew_membership().await;
-        logs[0].note("membership", &metrics, r);
-        let r = upkeep.writer().await;
-        let writer = logs[1].note("writer", &metrics, r).unwrap_or(false);
-        let r = upkeep.configuration(writer).await;
-        // A failed read keeps the last answer rather than flap readiness.
-        if let Some(current) = logs[2].note("configuration", &metrics, r) {
-            metrics.ca_bundle_current.set(i64::from(current));
+        let round = async {
+            let started = Instant::now();
+            let r = upkeep.renew_membership().await;
+            if logs[0].note("membership", &metrics, r).is_some() {
+                freshness.renewed(started);
+            }
+            let r = upkeep.writer().await;
+            let writer = logs[1].note("writer", &metrics, r).unwrap_or(false);
+            let started = Instant::now();
+            let r = upkeep.configuration(writer).await;
+            // A failed read changes nothing: the last confirmation ages out on its own, so
+            // one failed round does not flap readiness, and a replica that can no longer
+            // read turns unready before the writer drops its CA.
+            if let Some(carried) = logs[2].note("configuration", &metrics, r) {
+                freshness.read(started, carried);
+            }
+            metrics
+                .ca_bundle_current
+                .set(i64::from(freshness.current()));
+        };
+        tokio::select! {
+            () = round => {}
+            _ = stop.changed() => return,
         }
         tokio::select! {
             () = tokio::time::sleep(period) => {}
@@ -688,6 +782,39 @@ mod tests {
         assert_eq!(config["webhooks"][1]["clientConfig"]["url"], "https://x");
         assert!(!set_bundles(&mut config, &bundle), "rewritten unchanged");
         assert!(!carried(&serde_json::json!({"webhooks": []}), &own));
+    }
+
+    #[test]
+    fn readiness_needs_a_renewal_and_a_read_finding_the_ca_both_younger_than_two_thirds_of_a_lease()
+    {
+        let f = Freshness::new(Duration::from_secs(15));
+        assert_eq!(f.max_age(), Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!f.current_at(t0), "nothing confirmed yet");
+        f.renewed(t0);
+        assert!(
+            !f.current_at(t0),
+            "renewed, but the CA not yet seen in the bundle"
+        );
+        f.read(t0, true);
+        assert!(f.current_at(at(9)));
+        // Nothing confirmed since (the API server refuses this replica): unready a third of
+        // a lease before its Lease expires and the writer drops its CA.
+        assert!(!f.current_at(at(10)));
+        // The configuration read still works but the renewal keeps failing: still unready.
+        f.read(at(12), true);
+        assert!(!f.current_at(at(12)));
+        f.renewed(at(12));
+        assert!(f.current_at(at(12)));
+        // Renewals work but reads fail: the last read ages out as well.
+        f.renewed(at(21));
+        assert!(!f.current_at(at(22)));
+        // A read finding the CA gone is unready at once.
+        f.read(at(22), true);
+        assert!(f.current_at(at(22)));
+        f.read(at(23), false);
+        assert!(!f.current_at(at(23)));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use keyturn_core::exit::{ExitCode, HasExitCode};
@@ -32,8 +33,18 @@ use tokio::sync::watch;
 
 use crate::daemon::server::Limits;
 
-/// How long in-flight admissions get to finish once shutdown starts. The API server's
-/// webhook timeout is at most 30 s; the kubelet's default grace period is 30 s.
+/// How long a replica told to stop keeps accepting and serving, with `/readyz` answering
+/// 503, before it closes its listeners. Once a pod is deleted the API server keeps dialing
+/// its IP until the endpoints and every node's kube-proxy have caught up; a listener closed
+/// at once in that window refuses those connections, and under `failurePolicy: Fail` every
+/// pod create routed there fails.
+pub const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+
+/// How long, once the listeners close, in-flight admissions and the rest of shutdown (the
+/// caBundle upkeep's last request, queued Events) get to finish; whatever is left is cut
+/// off. The API server's webhook timeout is at most 30 s; [`SHUTDOWN_DELAY`] plus this is
+/// within the kubelet's default grace period of 30 s (the chart's
+/// `terminationGracePeriodSeconds` leaves room for both).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Everything `keyturn webhook` runs with.
@@ -155,6 +166,7 @@ pub struct Webhook {
     metrics_listener: TcpListener,
     certs: certs::Certs,
     metrics: metrics::WebhookMetrics,
+    shutdown_delay: Duration,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -163,6 +175,7 @@ impl std::fmt::Debug for Webhook {
             .field("settings", &self.settings)
             .field("https", &self.https)
             .field("metrics_listener", &self.metrics_listener)
+            .field("shutdown_delay", &self.shutdown_delay)
             .finish_non_exhaustive()
     }
 }
@@ -206,7 +219,16 @@ impl Webhook {
             metrics_listener,
             certs,
             metrics,
+            shutdown_delay: SHUTDOWN_DELAY,
         })
+    }
+
+    /// How long to keep serving, unready, once shutdown starts ([`SHUTDOWN_DELAY`] unless
+    /// set); zero closes the listeners at once.
+    #[must_use]
+    pub fn with_shutdown_delay(mut self, delay: Duration) -> Self {
+        self.shutdown_delay = delay;
+        self
     }
 
     /// The HTTPS listener's address (`--listen` with its port resolved).
@@ -236,9 +258,14 @@ impl Webhook {
     }
 
     /// Serves until `shutdown` resolves: both listeners, certificate upkeep, the caBundle
-    /// loop (with [`CaBundleSettings`] and the in-memory CA) and the Event recorder. On
-    /// shutdown the listeners stop accepting and requests in flight get up to
-    /// [`SHUTDOWN_GRACE`] to finish.
+    /// loop (with [`CaBundleSettings`] and the in-memory CA) and the Event recorder.
+    ///
+    /// Shutdown drains before it stops: `/readyz` turns 503 at once while both listeners
+    /// keep accepting and serving for the shutdown delay ([`SHUTDOWN_DELAY`], or
+    /// [`Self::with_shutdown_delay`]), the time the API server takes to stop routing here;
+    /// then the listeners close, and requests in flight, the caBundle upkeep's last request
+    /// and the queued Events share [`SHUTDOWN_GRACE`], after which whatever is left is cut
+    /// off. So the whole of shutdown takes at most the delay plus the grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             settings,
@@ -247,6 +274,7 @@ impl Webhook {
             metrics_listener,
             certs,
             metrics,
+            shutdown_delay,
         } = self;
         let (stop_tx, stop) = watch::channel(());
         let stopped = |mut rx: watch::Receiver<()>| async move {
@@ -266,19 +294,26 @@ impl Webhook {
             .as_ref()
             .map_or_else(|| "keyturn-webhook".to_owned(), |c| c.holder.clone());
         let (notices, recorder) = events::spawn(client.clone(), &holder, metrics.clone());
-        let bundle = match (&settings.ca_bundle, certs.ca_pem()) {
-            (Some(cb), Some(ca)) => Some(tokio::spawn(cabundle::run(
-                client,
-                cb.clone(),
-                ca.to_owned(),
-                metrics.clone(),
-                stop.clone(),
-            ))),
-            _ => None,
+        let (bundle, freshness) = match (&settings.ca_bundle, certs.ca_pem()) {
+            (Some(cb), Some(ca)) => {
+                let freshness = cabundle::Freshness::new(cb.lease_duration);
+                let task = tokio::spawn(cabundle::run(
+                    client,
+                    cb.clone(),
+                    ca.to_owned(),
+                    metrics.clone(),
+                    freshness.clone(),
+                    stop.clone(),
+                ));
+                (Some(task), Some(freshness))
+            }
+            _ => (None, None),
         };
+        let draining = Arc::new(AtomicBool::new(false));
         let readiness = server::Readiness {
             certs: certs.clone(),
-            needs_ca_bundle: bundle.is_some(),
+            ca_bundle: freshness,
+            draining: Arc::clone(&draining),
             metrics: metrics.clone(),
         };
         let router = server::https_router(server::Admission {
@@ -307,27 +342,40 @@ impl Webhook {
             stopped(stop.clone()),
         ));
         shutdown.await;
+        draining.store(true, Ordering::SeqCst);
+        if !shutdown_delay.is_zero() {
+            tracing::info!(
+                delay = ?shutdown_delay,
+                "keyturn webhook stopping: unready, still serving while the API server stops routing here"
+            );
+            tokio::time::sleep(shutdown_delay).await;
+        }
         tracing::info!(
             "keyturn webhook stopping: no new connections, finishing requests in flight"
         );
         let _ = stop_tx.send(());
-        let (mut https, mut plain) = (https, plain);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            let _ = (&mut https).await;
-            let _ = (&mut plain).await;
-        })
-        .await;
-        if drained.is_err() {
-            https.abort();
-            plain.abort();
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period were cut off");
+        // One deadline for everything left, so shutdown never outlasts delay + grace.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut late = Vec::new();
+        for (what, task) in [
+            ("requests in flight", https),
+            ("metrics requests", plain),
+            ("certificate upkeep", maintain),
+        ]
+        .into_iter()
+        .chain(bundle.map(|b| ("caBundle upkeep", b)))
+        .chain(std::iter::once(("queued Events", recorder)))
+        {
+            // The recorder ends once every sender is gone, i.e. once the HTTPS router is:
+            // it is waited on last, after the listeners.
+            let mut task = task;
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                late.push(what);
+            }
         }
-        let _ = maintain.await;
-        if let Some(b) = bundle {
-            let _ = b.await;
+        if !late.is_empty() {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, cut_off = ?late, "shutdown grace period over: what was still running was cut off");
         }
-        // The router (and so every sender) is gone once the listeners are: the recorder
-        // finishes the Events queued and ends. Bounded like the requests.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, recorder).await;
     }
 }

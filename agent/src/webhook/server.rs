@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::cabundle::Freshness;
 use super::certs::Certs;
 use super::inject::Injector;
 use super::metrics::WebhookMetrics;
@@ -140,17 +141,45 @@ async fn mutate(State(a): State<Admission>, headers: HeaderMap, body: Body) -> R
 pub struct Readiness {
     /// The serving certificate (loaded before the listener opens).
     pub certs: Certs,
-    /// With the in-memory CA and caBundle upkeep: ready only once the configuration carries
-    /// this replica's CA (`keyturn_webhook_ca_bundle_current` is 1), since until then the API
-    /// server cannot verify it.
-    pub needs_ca_bundle: bool,
-    /// Read for the caBundle gauge, and served.
+    /// With the in-memory CA and caBundle upkeep: ready only while the configuration is
+    /// known to carry this replica's CA and its membership Lease is known to be renewed
+    /// (see [`Freshness`]), since otherwise the API server cannot, or soon will not, verify
+    /// it. `keyturn_webhook_ca_bundle_current` says the same.
+    pub ca_bundle: Option<Freshness>,
+    /// Set once shutdown starts: `/readyz` answers 503 while the listeners keep serving, so
+    /// the replica leaves the Service's endpoints before it stops accepting.
+    pub draining: Arc<AtomicBool>,
+    /// The caBundle gauge is set here on each scrape, and the metrics served.
     pub metrics: WebhookMetrics,
 }
 
+/// Why `/readyz` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotReady {
+    Draining,
+    CaBundle,
+}
+
 impl Readiness {
-    fn ready(&self) -> bool {
-        !self.needs_ca_bundle || self.metrics.ca_bundle_current.get() == 1
+    /// Whether the caBundle is known to carry this replica's CA (always, without upkeep),
+    /// with the gauge set to match.
+    fn ca_bundle_current(&self) -> bool {
+        let Some(f) = &self.ca_bundle else {
+            return true;
+        };
+        let current = f.current();
+        self.metrics.ca_bundle_current.set(i64::from(current));
+        current
+    }
+
+    fn ready(&self) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::SeqCst) {
+            Err(NotReady::Draining)
+        } else if !self.ca_bundle_current() {
+            Err(NotReady::CaBundle)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -161,12 +190,14 @@ const CA_EXPIRING: &str =
 /// The plain-HTTP routes: `/metrics`, `/healthz`, `/readyz`.
 pub fn metrics_router(readiness: Readiness) -> Router {
     let health = readiness.clone();
-    let scrape = readiness.metrics.clone();
+    let scrape = readiness.clone();
     Router::new()
         .route(
             "/metrics",
             get(move || {
-                let text = scrape.encode();
+                // The caBundle gauge ages with time, not only with the upkeep's rounds.
+                scrape.ca_bundle_current();
+                let text = scrape.metrics.encode();
                 async move {
                     (
                         [(
@@ -196,13 +227,16 @@ pub fn metrics_router(readiness: Readiness) -> Router {
             get(move || {
                 let ready = readiness.ready();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (
+                    match ready {
+                        Ok(()) => (StatusCode::OK, "ready\n"),
+                        Err(NotReady::Draining) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: the MutatingWebhookConfiguration's caBundle does not carry this replica's CA yet\n",
-                        )
+                            "not ready: shutting down (still serving until the Service stops sending)\n",
+                        ),
+                        Err(NotReady::CaBundle) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: the MutatingWebhookConfiguration's caBundle is not known to carry this replica's CA (not yet, or the API server has not confirmed it or this replica's Lease lately)\n",
+                        ),
                     }
                 }
             }),
