@@ -39,8 +39,19 @@ struct Replica {
 }
 
 impl Replica {
-    /// A replica named `holder`; with `bundle`, it keeps the configuration's caBundle.
+    /// A replica named `holder`; with `bundle`, it keeps the configuration's caBundle. It
+    /// stops without a shutdown delay.
     async fn start(client: &kube::Client, holder: &str, bundle: bool) -> Self {
+        Self::start_with(client, holder, bundle, Duration::ZERO).await
+    }
+
+    /// [`Self::start`] keeping serving, unready, for `delay` once told to stop.
+    async fn start_with(
+        client: &kube::Client,
+        holder: &str,
+        bundle: bool,
+        delay: Duration,
+    ) -> Self {
         let settings = WebhookSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
@@ -64,7 +75,10 @@ impl Replica {
                 lease_duration: Duration::from_secs(3),
             }),
         };
-        let webhook = Webhook::bind(settings, client.clone()).await.unwrap();
+        let webhook = Webhook::bind(settings, client.clone())
+            .await
+            .unwrap()
+            .with_shutdown_delay(delay);
         let (https, metrics) = (webhook.https_addr(), webhook.metrics_addr());
         let ca_pem = webhook.ca_pem().unwrap().to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -81,7 +95,17 @@ impl Replica {
     }
 
     async fn stop(mut self) {
+        self.signal_stop();
+        self.stopped().await;
+    }
+
+    /// Tells the replica to stop (SIGTERM), without waiting.
+    fn signal_stop(&mut self) {
         let _ = self.stop.take().unwrap().send(());
+    }
+
+    /// Waits for the replica to have stopped.
+    async fn stopped(self) {
         tokio::time::timeout(DEADLINE, self.task)
             .await
             .expect("the replica did not stop")
@@ -457,4 +481,170 @@ async fn malformed_requests_get_400_or_413_are_counted_and_the_replica_keeps_ser
         404
     );
     a.stop().await;
+}
+
+/// An AdmissionReview for a pod not meant for keyturn: answered 200, allowed.
+fn plain_review() -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "6c3a8a52-0000-4000-8000-000000000002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "orders",
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "app", "image": "x"}]}},
+        },
+    })
+}
+
+/// Sends one HTTP/1.1 request on a kept-alive TLS connection and reads its status line.
+async fn status_line(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    body: &[u8],
+) -> String {
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: {SERVICE}.{NS}.svc\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !buf.windows(2).any(|w| w == b"\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("no answer");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_turns_unready_and_keeps_serving_through_its_shutdown_delay_then_refuses_connections()
+ {
+    let standin = KubeStandin::start().await.unwrap();
+    let client = standin.client().await.unwrap();
+    // Long enough that the checks below run well within it on a loaded machine; the test
+    // takes about this long.
+    let delay = Duration::from_secs(8);
+    let mut a = Replica::start_with(&client, "replica-a", false, delay).await;
+    assert_eq!(a.get("/readyz").await.0, 200);
+    let review = serde_json::to_vec(&plain_review()).unwrap();
+    let mut before = connect(a.https, &a.ca_pem).await;
+    assert_eq!(status_line(&mut before, &review).await, "HTTP/1.1 200 OK");
+
+    a.signal_stop();
+    // The kubelet sees the replica unready at once…
+    until("/readyz 503 once shutdown starts", || async {
+        a.get("/readyz").await.0 == 503
+    })
+    .await;
+    let (_, why) = a.get("/readyz").await;
+    assert!(why.contains("shutting down"), "{why}");
+    // …while the API server, still routing here until the endpoints catch up, gets through:
+    // on a new connection and on one it kept alive.
+    assert_eq!(post(&a, "application/json", &review).await, 200);
+    let mut during = connect(a.https, &a.ca_pem).await;
+    assert_eq!(status_line(&mut during, &review).await, "HTTP/1.1 200 OK");
+    assert_eq!(status_line(&mut before, &review).await, "HTTP/1.1 200 OK");
+    assert!(
+        !a.task.is_finished(),
+        "the replica stopped within its delay"
+    );
+
+    // After the delay the listeners are closed: a new connection is refused.
+    until("HTTPS connections refused after the delay", || async {
+        tokio::net::TcpStream::connect(a.https)
+            .await
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
+    assert!(tokio::net::TcpStream::connect(a.metrics).await.is_err());
+    a.stopped().await;
+}
+
+/// A service-account client for replica `holder`, so the stand-in can refuse that replica
+/// alone: `system:serviceaccount:keyturn:<holder>`.
+fn replica_client(standin: &KubeStandin, holder: &str) -> kube::Client {
+    let token = standin.issue_service_account_token(NS, holder, &[], Duration::from_secs(3600));
+    standin.client_with_token(&token).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_api_server_turns_unready_before_the_writer_drops_its_ca() {
+    let standin = KubeStandin::start().await.unwrap();
+    let client = standin.client().await.unwrap();
+    configure(&client, vec![hook("inject.keyturn.dev")]).await;
+    let a = Replica::start(&replica_client(&standin, "replica-a"), "replica-a", true).await;
+    let b = Replica::start(&replica_client(&standin, "replica-b"), "replica-b", true).await;
+    until("both CAs in the caBundle", || {
+        bundle_is(&client, vec![a.ca_pem.clone(), b.ca_pem.clone()])
+    })
+    .await;
+    for r in [&a, &b] {
+        until("ready", || async { r.get("/readyz").await.0 == 200 }).await;
+    }
+
+    // B loses the API server (its token refused everything, as after an egress change) while
+    // the API server can still reach it.
+    standin.deny_user("system:serviceaccount:keyturn:replica-b", "*", "*");
+    until("B's CA dropped by the writer", || {
+        bundle_is(&client, vec![a.ca_pem.clone()])
+    })
+    .await;
+    // By then B no longer claims to be trusted: it turned unready a third of a lease before
+    // its Lease expired.
+    let (status, why) = b.get("/readyz").await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("caBundle"), "{why}");
+    assert_eq!(b.sample("keyturn_webhook_ca_bundle_current").await, 0.0);
+    assert_eq!(a.get("/readyz").await.0, 200);
+    assert_eq!(a.sample("keyturn_webhook_ca_bundle_current").await, 1.0);
+
+    // Back on the API server, B renews, the writer takes its CA back, and B is ready again.
+    standin.allow_all();
+    until("B ready again", || async {
+        b.get("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(bundle_is(&client, vec![a.ca_pem.clone(), b.ca_pem.clone()]).await);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_api_server_never_answers_still_stops() {
+    // Accepts connections and never answers: a request in flight waits for ever (kube-rs
+    // sets no read timeout).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (dialed_tx, dialed) = tokio::sync::oneshot::channel::<()>();
+    let held = tokio::spawn(async move {
+        let mut dialed_tx = Some(dialed_tx);
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+            if let Some(tx) = dialed_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap()))
+            .unwrap();
+    let a = Replica::start(&client, "replica-a", true).await;
+    // Its first membership renewal is in flight, and stays so.
+    tokio::time::timeout(DEADLINE, dialed)
+        .await
+        .expect("the replica never called the API server")
+        .unwrap();
+    assert_eq!(a.get("/readyz").await.0, 503);
+    a.stop().await;
+    held.abort();
 }
