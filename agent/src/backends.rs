@@ -66,7 +66,7 @@ impl HasExitCode for BackendError {
 // ---- stores ---------------------------------------------------------------------------
 
 /// A store as the policy file writes it (`store:` or a target's `admin:`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum RawStore {
     /// `vault-kv: { mount, path }`.
@@ -134,7 +134,7 @@ impl fmt::Display for StoreSpec {
 // ---- targets --------------------------------------------------------------------------
 
 /// A target as the policy file writes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum RawTarget {
     /// `generated: {}`.

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod break_glass;
 pub mod completions;
+pub mod crd;
 pub mod doctor;
 pub mod exit;
 pub mod policy;
@@ -96,6 +97,9 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
     Man(completions::ManArgs),
+    /// Print the RotationPolicy CustomResourceDefinition (YAML), generated from the policy
+    /// file's own types.
+    Crd(crd::CrdArgs),
 }
 
 /// The host name (a pod's name in Kubernetes), empty when the kernel does not say: the
@@ -159,6 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Webhook(args) => webhook::run(args),
         Command::Completions(args) => completions::run_completions(&args),
         Command::Man(args) => completions::run_man(&args),
+        Command::Crd(args) => crd::run(&args),
     }
 }
 

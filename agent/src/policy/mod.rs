@@ -5,6 +5,7 @@
 //! validated set or every problem found, each naming `file:line:column` and the field.
 //! Nothing half-valid is ever returned: the daemon swaps policy sets whole.
 
+pub mod crd;
 mod error;
 pub mod needs;
 pub mod rbac;

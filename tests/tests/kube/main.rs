@@ -6,6 +6,7 @@ mod admission;
 mod crd;
 mod distribute;
 mod inject;
+mod rotationpolicy_crd;
 mod standin;
 mod watch;
 mod webhook_tls;

@@ -4,4 +4,5 @@
 
 mod alerts;
 mod chart;
+mod crd;
 mod images;

@@ -42,10 +42,12 @@ pub const OWN_CAPS: &[&str] = &["create", "read", "update"];
 pub const ADMIN_CAPS: &[&str] = &["read"];
 
 /// `vault-kv:` as a policy writes it.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    #[schemars(with = "Option<String>")]
     mount: Option<S<String>>,
+    #[schemars(with = "String")]
     path: S<String>,
 }
 

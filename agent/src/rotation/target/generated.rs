@@ -17,7 +17,7 @@ use crate::policy::Validator;
 pub const FIELD: &str = "value";
 
 /// `generated: {}` as a policy writes it: nothing to configure.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {}
 

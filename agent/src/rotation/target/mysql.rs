@@ -80,16 +80,24 @@ use crate::policy::needs::Need;
 use crate::policy::{S, Validator};
 
 /// `mysql:` as a policy writes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    #[schemars(with = "String")]
     host: S<String>,
+    #[schemars(with = "Option<u16>")]
     port: Option<S<u16>>,
+    #[schemars(with = "RawStore")]
     admin: S<RawStore>,
+    #[schemars(with = "Vec<String>")]
     users: S<Vec<S<String>>>,
+    #[schemars(with = "Option<String>")]
     user_host: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     strategy: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     tls: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     ca_file: Option<S<String>>,
 }
 

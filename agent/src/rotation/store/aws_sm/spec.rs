@@ -20,10 +20,12 @@ pub const ADMIN_ACTIONS: &[&str] = &[
 ];
 
 /// `aws-secretsmanager:` as a policy writes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    #[schemars(with = "String")]
     secret_id: crate::policy::S<String>,
+    #[schemars(with = "Option<String>")]
     region: Option<crate::policy::S<String>>,
 }
 

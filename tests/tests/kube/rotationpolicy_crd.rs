@@ -1,0 +1,434 @@
+//! The RotationPolicy CustomResourceDefinition that `keyturn crd` prints, on an API server:
+//! accepted (its schema is structural) and established, every example policy of
+//! `policies/rotation/` accepted as a RotationPolicy object with nothing pruned, what `keyturn
+//! policy check` refuses refused by the schema where a schema can say it, and `kubectl get`
+//! showing the Ready, Reason and rotation columns.
+//!
+//! On a real cluster (`KEYTURN_TEST_KUBECONFIG`) each test defines the resource in a group of
+//! its own (`<namespace>.test.keyturn.dev`), so tests in parallel never share a definition,
+//! and deletes the definition when it passes.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use keyturn_agent::policy;
+use keyturn_tests::kube::TestCluster;
+use keyturn_tests::process::eventually;
+use keyturn_tests::tools::repo_root;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+
+async fn cluster() -> TestCluster {
+    TestCluster::start()
+        .await
+        .expect("a Kubernetes API for the test")
+}
+
+/// The generated definition, established and served; deleted by [`Self::remove`].
+struct Defined {
+    crds: Api<CustomResourceDefinition>,
+    name: String,
+    policies: Api<DynamicObject>,
+    group: String,
+}
+
+impl Defined {
+    /// Creates `keyturn crd`'s definition: as generated on the stand-in, in a group of this
+    /// test's own on a real cluster.
+    async fn new(c: &TestCluster) -> Self {
+        let mut crd = policy::crd::definition();
+        let group = if c.is_real() {
+            format!("{}.test.keyturn.dev", c.namespace())
+        } else {
+            policy::crd::GROUP.to_owned()
+        };
+        let name = format!("{}.{group}", policy::crd::PLURAL);
+        crd.spec.group.clone_from(&group);
+        crd.metadata.name = Some(name.clone());
+        let crds: Api<CustomResourceDefinition> = Api::all(c.client());
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("the API server accepts the generated definition");
+        eventually("the definition to be established", || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                crds.get(&name).await.is_ok_and(|d| {
+                    d.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+            }
+        })
+        .await;
+        let gvk = GroupVersionKind::gvk(&group, policy::crd::VERSION, policy::KIND);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, policy::crd::PLURAL);
+        let policies = Api::namespaced_with(c.client(), c.namespace(), &resource);
+        // A real API server may serve the resource a moment after it says established.
+        eventually("the resource to be served", || {
+            let policies = policies.clone();
+            async move { policies.list(&Default::default()).await.is_ok() }
+        })
+        .await;
+        Self {
+            crds,
+            name,
+            policies,
+            group,
+        }
+    }
+
+    /// A policy document (as a policy file writes it) as an object of this definition.
+    fn object(&self, c: &TestCluster, mut doc: Value) -> Value {
+        doc["apiVersion"] = json!(format!("{}/{}", self.group, policy::crd::VERSION));
+        doc["metadata"]["namespace"] = json!(c.namespace());
+        doc
+    }
+
+    /// Creates `object`, `Strict` refusing fields the schema does not name instead of
+    /// pruning them; the created object or the API's Status.
+    async fn create(
+        &self,
+        c: &TestCluster,
+        object: &Value,
+        strict: bool,
+    ) -> Result<Value, Box<kube::core::Status>> {
+        let validation = if strict { "Strict" } else { "Ignore" };
+        let request = http::Request::post(format!(
+            "/apis/{}/{}/namespaces/{}/{}?fieldValidation={validation}",
+            self.group,
+            policy::crd::VERSION,
+            c.namespace(),
+            policy::crd::PLURAL
+        ))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(object).unwrap())
+        .unwrap();
+        match c.client().request::<Value>(request).await {
+            Ok(created) => Ok(created),
+            Err(kube::Error::Api(status)) => Err(status),
+            Err(e) => panic!("creating a RotationPolicy: {e}"),
+        }
+    }
+
+    async fn remove(self) {
+        self.crds
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// The example policy files, in name order.
+fn example_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("policies/rotation"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "policies/rotation has examples");
+    files
+}
+
+/// The documents of a policy file, as JSON.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            serde_json::to_value(v).unwrap()
+        })
+        .collect()
+}
+
+/// What `keyturn policy check` says of `text` as a policy file: the fields it names.
+fn policy_check_errors(dir: &Path, text: &str) -> Vec<String> {
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, text).unwrap();
+    match policy::load(&file) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0.into_iter().map(|e| e.field).collect(),
+    }
+}
+
+#[tokio::test]
+async fn rotationpolicy_crd_is_accepted_and_established_with_its_names() {
+    let c = cluster().await;
+    let defined = Defined::new(&c).await;
+    let got = defined.crds.get(&defined.name).await.unwrap();
+    let accepted = got.status.unwrap().accepted_names.unwrap();
+    assert_eq!(accepted.kind, "RotationPolicy");
+    assert_eq!(accepted.plural, "rotationpolicies");
+    assert_eq!(accepted.singular.as_deref(), Some("rotationpolicy"));
+    assert_eq!(accepted.short_names, Some(vec!["rp".to_owned()]));
+    assert_eq!(got.spec.scope, "Namespaced");
+    let version = &got.spec.versions[0];
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    defined.remove().await;
+}
+
+#[tokio::test]
+async fn rotationpolicy_crd_accepts_every_example_policy_with_nothing_pruned() {
+    let c = cluster().await;
+    let defined = Defined::new(&c).await;
+    let mut seen = 0;
+    for file in example_files() {
+        policy::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in documents(&text) {
+            let object = defined.object(&c, doc);
+            let created = defined
+                .create(&c, &object, true)
+                .await
+                .unwrap_or_else(|s| panic!("{}: {}", file.display(), s.message));
+            assert_eq!(created["spec"], object["spec"], "{}", file.display());
+            assert_eq!(created["metadata"]["generation"], 1);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "{seen} examples");
+    defined.remove().await;
+}
+
+/// A valid policy whose spec `edit` changes.
+fn example_with(edit: impl FnOnce(&mut Value)) -> Value {
+    let mut doc = json!({
+        "apiVersion": policy::API_VERSION,
+        "kind": policy::KIND,
+        "metadata": {"name": "api-token"},
+        "spec": {
+            "every": "1d",
+            "store": {"vault-kv": {"path": "keyturn/api-token"}},
+            "target": {"generated": {}},
+        }
+    });
+    edit(&mut doc["spec"]);
+    doc
+}
+
+#[tokio::test]
+async fn rotationpolicy_crd_refuses_what_policy_check_refuses_where_a_schema_can() {
+    let c = cluster().await;
+    let defined = Defined::new(&c).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The baseline is valid to both.
+    let valid = example_with(|_| {});
+    assert_eq!(
+        policy_check_errors(dir.path(), &serde_yaml::to_string(&valid).unwrap()),
+        Vec::<String>::new()
+    );
+    defined
+        .create(&c, &defined.object(&c, valid), true)
+        .await
+        .unwrap();
+
+    // An unknown field (a typo) is refused by policy check; the API server prunes it, or
+    // refuses it with strict field validation (what kubectl asks for), at any depth.
+    for (typo, path) in [
+        (example_with(|s| s["windw"] = json!("1h")), "spec.windw"),
+        (
+            example_with(|s| s["store"]["vault-kv"]["pth"] = json!("x")),
+            "spec.store.vault-kv.pth",
+        ),
+    ] {
+        let fields = policy_check_errors(dir.path(), &serde_yaml::to_string(&typo).unwrap());
+        assert!(!fields.is_empty(), "policy check accepts {path}");
+        let mut object = defined.object(&c, typo);
+        object["metadata"]["name"] = json!("typo");
+        let status = defined.create(&c, &object, true).await.unwrap_err();
+        assert_eq!(status.code, 400, "{}", status.message);
+        assert!(
+            status
+                .message
+                .contains(&format!("strict decoding error: unknown field \"{path}\"")),
+            "{}",
+            status.message
+        );
+        let pruned = defined.create(&c, &object, false).await.unwrap();
+        assert_eq!(pruned["spec"], example_with(|_| {})["spec"], "{path}");
+        defined
+            .policies
+            .delete("typo", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    // A wrong type and a missing `store` are refused by both, naming the field.
+    for (bad, field, message) in [
+        (
+            example_with(|s| s["max-attempts"] = json!("five")),
+            "spec.max-attempts",
+            "spec.max-attempts: Invalid value: \"string\": spec.max-attempts in body must be of type integer: \"string\"",
+        ),
+        (
+            example_with(|s| s["distribute"] = json!("shop")),
+            "spec.distribute",
+            "spec.distribute: Invalid value: \"string\": spec.distribute in body must be of type array: \"string\"",
+        ),
+        (
+            example_with(|s| {
+                s.as_object_mut().unwrap().remove("store");
+            }),
+            "spec.store",
+            "spec.store: Required value",
+        ),
+    ] {
+        let fields = policy_check_errors(dir.path(), &serde_yaml::to_string(&bad).unwrap());
+        assert!(!fields.is_empty(), "policy check accepts a bad {field}");
+        let mut object = defined.object(&c, bad);
+        object["metadata"]["name"] = json!("bad");
+        let status = defined.create(&c, &object, true).await.unwrap_err();
+        assert_eq!(status.code, 422, "{}", status.message);
+        assert!(
+            status.message.contains(message),
+            "{field}: {}",
+            status.message
+        );
+    }
+    defined.remove().await;
+}
+
+// ---- Real kubectl ----
+
+fn kubectl(c: &TestCluster, test: &str) -> Option<(PathBuf, tempfile::TempDir)> {
+    match keyturn_tests::tools::find("kubectl", "KEYTURN_KUBECTL") {
+        Ok(path) => Some((path, tempfile::tempdir().unwrap())),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the kubectl tests: {e}"
+            );
+            eprintln!("SKIPPED {test} on {c:?}: {e}");
+            None
+        }
+    }
+}
+
+async fn run_kubectl(
+    c: &TestCluster,
+    bin: &Path,
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(bin)
+        .env_clear()
+        .env("HOME", home)
+        .env("KUBECONFIG", c.kubeconfig_path())
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(["--namespace", c.namespace()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kubectl");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn kubectl_gets_rotationpolicies_with_ready_reason_and_rotation_columns() {
+    let c = cluster().await;
+    let Some((bin, home)) = kubectl(
+        &c,
+        "kubectl_gets_rotationpolicies_with_ready_reason_and_rotation_columns",
+    ) else {
+        return;
+    };
+    let defined = Defined::new(&c).await;
+    let file = repo_root().join("policies/rotation/example-generated.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let object = defined.object(&c, documents(&text).remove(0));
+    let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+    let applied = run_kubectl(
+        &c,
+        &bin,
+        home.path(),
+        &["apply", "-f", "-"],
+        Some(&serde_json::to_string(&object).unwrap()),
+    )
+    .await;
+    assert!(applied.contains(&name), "{applied}");
+
+    let now = chrono::Utc::now();
+    let status = policy::crd::RotationPolicyStatus {
+        observed_generation: Some(1),
+        last_rotation: Some(policy::crd::LastRotation {
+            time: now - chrono::Duration::hours(3),
+            rotation_id: "r-1".into(),
+            outcome: "success".into(),
+        }),
+        next_rotation: Some(now + chrono::Duration::hours(21)),
+        consecutive_failures: Some(0),
+        conditions: vec![policy::crd::Condition {
+            type_: "Ready".into(),
+            status: policy::crd::ConditionStatus::True,
+            observed_generation: Some(1),
+            last_transition_time: now,
+            reason: "Rotated".into(),
+            message: "rotating on schedule".into(),
+        }],
+    };
+    let patched = defined
+        .policies
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .expect("the schema accepts the status keyturn writes");
+    let back: policy::crd::RotationPolicyStatus =
+        serde_json::from_value(patched.data["status"].clone()).unwrap();
+    assert_eq!(back.conditions, status.conditions);
+
+    // Tests on a real cluster define many `rp`s at once; the stand-in has only this one.
+    let resource = if c.is_real() {
+        format!("{}.{}", policy::crd::PLURAL, defined.group)
+    } else {
+        "rp".to_owned()
+    };
+    let listed = run_kubectl(&c, &bin, home.path(), &["get", &resource], None).await;
+    let lines: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME", "READY", "REASON", "LAST", "ROTATION", "NEXT", "ROTATION", "AGE"
+        ],
+        "{listed}"
+    );
+    assert_eq!(
+        lines[1][..3],
+        [name.as_str(), "True", "Rotated"],
+        "{listed}"
+    );
+    // The date columns found their values (the real API server prints them as ages).
+    for cell in &lines[1][3..6] {
+        assert_ne!(*cell, "<none>", "{listed}");
+    }
+    assert_eq!(lines.len(), 2, "{listed}");
+    defined.remove().await;
+}
