@@ -116,6 +116,10 @@ pub struct WebhookArgs {
     /// How long a replica's Lease lasts without renewal.
     #[arg(long, env = "KEYTURN_WEBHOOK_LEASE_DURATION", value_name = "DURATION", default_value = "15s", value_parser = lease_duration)]
     pub lease_duration: Duration,
+    /// After SIGTERM, how long to keep serving while unready, so the API server stops routing
+    /// here before the listener closes (a refused call fails pod creation under Fail).
+    #[arg(long, env = "KEYTURN_WEBHOOK_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "5s", value_parser = shutdown_delay)]
+    pub shutdown_delay: Duration,
     /// The serving certificate's lifetime; it is renewed at half of it.
     #[arg(long, env = "KEYTURN_WEBHOOK_CERT_VALIDITY", value_name = "DURATION", default_value = "24h", value_parser = cert_validity)]
     pub cert_validity: Duration,
@@ -171,6 +175,11 @@ fn token_expiration(s: &str) -> Result<Duration, String> {
         Duration::from_secs(86_400),
         "10m and 24h",
     )
+}
+
+/// `--shutdown-delay`: up to 1m (the pod's grace period must cover it and the 20 s drain).
+fn shutdown_delay(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::ZERO, Duration::from_secs(60), "0s and 1m")
 }
 
 /// `--lease-duration`: long enough to renew at a third of it over a slow API server.
@@ -309,6 +318,7 @@ impl WebhookArgs {
             injector,
             tls,
             ca_bundle,
+            shutdown_delay: self.shutdown_delay,
         })
     }
 }

@@ -61,6 +61,10 @@ pub struct WebhookSettings {
     /// With the in-memory CA: the configuration whose `caBundle` the replicas keep. `None`
     /// leaves the `caBundle` to someone else (cert-manager's cainjector).
     pub ca_bundle: Option<CaBundleSettings>,
+    /// How long to keep serving, unready, once shutdown starts (`--shutdown-delay`,
+    /// [`SHUTDOWN_DELAY`] by default): the time the API server takes to stop routing here.
+    /// Zero closes the listeners at once.
+    pub shutdown_delay: Duration,
 }
 
 /// Where the serving certificate comes from.
@@ -190,6 +194,7 @@ impl Webhook {
         client: kube::Client,
     ) -> Result<Self, WebhookError> {
         let metrics = metrics::WebhookMetrics::new();
+        let shutdown_delay = settings.shutdown_delay;
         let certs = match &settings.tls {
             TlsSource::InMemory {
                 service,
@@ -219,16 +224,8 @@ impl Webhook {
             metrics_listener,
             certs,
             metrics,
-            shutdown_delay: SHUTDOWN_DELAY,
+            shutdown_delay,
         })
-    }
-
-    /// How long to keep serving, unready, once shutdown starts ([`SHUTDOWN_DELAY`] unless
-    /// set); zero closes the listeners at once.
-    #[must_use]
-    pub fn with_shutdown_delay(mut self, delay: Duration) -> Self {
-        self.shutdown_delay = delay;
-        self
     }
 
     /// The HTTPS listener's address (`--listen` with its port resolved).
@@ -262,7 +259,7 @@ impl Webhook {
     ///
     /// Shutdown drains before it stops: `/readyz` turns 503 at once while both listeners
     /// keep accepting and serving for the shutdown delay ([`SHUTDOWN_DELAY`], or
-    /// [`Self::with_shutdown_delay`]), the time the API server takes to stop routing here;
+    /// `WebhookSettings::shutdown_delay`), the time the API server takes to stop routing here;
     /// then the listeners close, and requests in flight, the caBundle upkeep's last request
     /// and the queued Events share [`SHUTDOWN_GRACE`], after which whatever is left is cut
     /// off. So the whole of shutdown takes at most the delay plus the grace.

@@ -74,11 +74,9 @@ impl Replica {
                 // Short, so an expiry happens within the test.
                 lease_duration: Duration::from_secs(3),
             }),
+            shutdown_delay: delay,
         };
-        let webhook = Webhook::bind(settings, client.clone())
-            .await
-            .unwrap()
-            .with_shutdown_delay(delay);
+        let webhook = Webhook::bind(settings, client.clone()).await.unwrap();
         let (https, metrics) = (webhook.https_addr(), webhook.metrics_addr());
         let ca_pem = webhook.ca_pem().unwrap().to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
