@@ -79,7 +79,12 @@ pub const TABLE: &[Row] = &[
     one("agent-init-first", Answer::Webhook),
     one("agent-inject-containers", Answer::Webhook),
     one("agent-inject-default-template", Answer::Init),
-    one("agent-inject-token", Answer::Deny("keyturn-init revokes its Vault token before it exits; a sidecar that needs the token takes a keyturn-init manifest and --keep-token")),
+    one(
+        "agent-inject-token",
+        Answer::Deny(
+            "keyturn-init revokes its Vault token before it exits; a sidecar that needs the token takes a keyturn-init manifest and --keep-token",
+        ),
+    ),
     one("agent-pre-populate", Answer::Webhook),
     one("agent-pre-populate-only", Answer::Webhook),
     one(
