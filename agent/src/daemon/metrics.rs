@@ -55,6 +55,21 @@ pub struct BuildLabel {
     pub version: String,
 }
 
+/// Registers `keyturn_build_info{version} 1`, which the daemon and the webhook both export.
+pub fn register_build_info(registry: &mut Registry) {
+    let build_info = Family::<BuildLabel, Gauge>::default();
+    registry.register(
+        "keyturn_build_info",
+        "The running keyturn's version (always 1)",
+        build_info.clone(),
+    );
+    build_info
+        .get_or_create(&BuildLabel {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+}
+
 /// Every outcome `keyturn_rotations_total` counts; each starts at 0 for every loaded policy,
 /// so the first failure is a rate change on an existing series, not a new series.
 pub const OUTCOMES: [&str; 5] = ["rotated", "failed", "busy", "already-done", "error"];
@@ -285,17 +300,7 @@ impl Metrics {
             "When each policy's last failed or stopped attempt ended (Unix time): the end of the last failed attempt since the last success; 0 when none",
             last_failure.clone(),
         );
-        let build_info = Family::<BuildLabel, Gauge>::default();
-        registry.register(
-            "keyturn_build_info",
-            "The running keyturn's version (always 1)",
-            build_info.clone(),
-        );
-        build_info
-            .get_or_create(&BuildLabel {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            })
-            .set(1);
+        register_build_info(&mut registry);
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(Scraped {
             last_rotated: last_rotated.clone(),

@@ -37,12 +37,6 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
-/// `{version}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabel {
-    version: String,
-}
-
 /// Every admission outcome; each series exists from the start at 0, so the first denial is
 /// a rate change on an existing series.
 const OUTCOMES: [Outcome; 4] = [
@@ -166,17 +160,7 @@ impl WebhookMetrics {
                 listener: listener.to_owned(),
             });
         }
-        let build_info = Family::<BuildLabel, Gauge>::default();
-        registry.register(
-            "keyturn_build_info",
-            "The running keyturn's version (always 1)",
-            build_info.clone(),
-        );
-        build_info
-            .get_or_create(&BuildLabel {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            })
-            .set(1);
+        crate::daemon::metrics::register_build_info(&mut registry);
         Self {
             admissions,
             admission_duration,
