@@ -45,8 +45,10 @@ pub const ADMIN_CAPS: &[&str] = &["read"];
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    /// The KV v2 mount (default `secret`).
     #[schemars(with = "Option<String>")]
     mount: Option<S<String>>,
+    /// The path inside the mount.
     #[schemars(with = "String")]
     path: S<String>,
 }

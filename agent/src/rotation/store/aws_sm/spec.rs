@@ -23,8 +23,10 @@ pub const ADMIN_ACTIONS: &[&str] = &[
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    /// The secret's name or ARN.
     #[schemars(with = "String")]
     secret_id: crate::policy::S<String>,
+    /// Its region (default: the AWS SDK's own chain).
     #[schemars(with = "Option<String>")]
     region: Option<crate::policy::S<String>>,
 }
