@@ -83,20 +83,29 @@ use crate::policy::{S, Validator};
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    /// The server's host name or address.
     #[schemars(with = "String")]
     host: S<String>,
+    /// The server's port (default 3306).
     #[schemars(with = "Option<u16>")]
     port: Option<S<u16>>,
+    /// Where the admin credential that changes the passwords is kept.
     #[schemars(with = "RawStore")]
     admin: S<RawStore>,
+    /// The accounts whose passwords keyturn sets: one for `single`, two for `alternating`.
     #[schemars(with = "Vec<String>")]
     users: S<Vec<S<String>>>,
+    /// The accounts' host part (`user@host`, default `%`).
     #[schemars(with = "Option<String>")]
     user_host: Option<S<String>>,
+    /// `single` (default): one account; `alternating`: two taking turns, so the one in use
+    /// keeps working while the other changes.
     #[schemars(with = "Option<String>")]
     strategy: Option<S<String>>,
+    /// `disable`, `prefer` (default), `require` or `verify-full` (libpq's meanings).
     #[schemars(with = "Option<String>")]
     tls: Option<S<String>>,
+    /// The CA certificate (PEM) `verify-full` checks the server against.
     #[schemars(with = "Option<String>")]
     ca_file: Option<S<String>>,
 }

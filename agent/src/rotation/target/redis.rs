@@ -52,14 +52,20 @@ use crate::policy::{S, Validator};
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    /// The server's host name or address.
     #[schemars(with = "String")]
     host: S<String>,
+    /// The server's port (default 6379).
     #[schemars(with = "Option<u16>")]
     port: Option<S<u16>>,
+    /// Where the admin credential that changes the passwords is kept.
     #[schemars(with = "RawStore")]
     admin: S<RawStore>,
+    /// The accounts whose passwords keyturn sets: one for `single`, two for `alternating`.
     #[schemars(with = "Vec<String>")]
     users: S<Vec<S<String>>>,
+    /// `single` (default): one account; `alternating`: two taking turns, so the one in use
+    /// keeps working while the other changes.
     #[schemars(with = "Option<String>")]
     strategy: Option<S<String>>,
 }

@@ -51,20 +51,29 @@ pub use pool::AdminPool;
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Raw {
+    /// The server's host name or address.
     #[schemars(with = "String")]
     host: S<String>,
+    /// The server's port (default 5432).
     #[schemars(with = "Option<u16>")]
     port: Option<S<u16>>,
+    /// The database to connect to (default `postgres`).
     #[schemars(with = "Option<String>")]
     database: Option<S<String>>,
+    /// Where the admin credential that changes the passwords is kept.
     #[schemars(with = "RawStore")]
     admin: S<RawStore>,
+    /// The accounts whose passwords keyturn sets: one for `single`, two for `alternating`.
     #[schemars(with = "Vec<String>")]
     users: S<Vec<S<String>>>,
+    /// `single` (default): one account; `alternating`: two taking turns, so the one in use
+    /// keeps working while the other changes.
     #[schemars(with = "Option<String>")]
     strategy: Option<S<String>>,
+    /// `disable`, `prefer` (default), `require` or `verify-full` (libpq's meanings).
     #[schemars(with = "Option<String>")]
     tls: Option<S<String>>,
+    /// The CA certificate (PEM) `verify-full` checks the server against.
     #[schemars(with = "Option<String>")]
     ca_file: Option<S<String>>,
 }
