@@ -219,10 +219,12 @@ fn printer_columns() -> Value {
             "description": "When the last rotation finished."
         },
         {
+            // A string, not a date: kubectl shows a date column as the time since it, and a
+            // time still to come as "<invalid>".
             "name": "Next rotation",
-            "type": "date",
+            "type": "string",
             "jsonPath": ".status.nextRotation",
-            "description": "When the next rotation falls due."
+            "description": "When the next rotation falls due (RFC 3339)."
         },
         { "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp" }
     ])
