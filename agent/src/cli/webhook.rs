@@ -354,3 +354,96 @@ pub fn run(args: WebhookArgs) -> ExitCode {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(extra: &[&str]) -> Result<WebhookArgs, clap::Error> {
+        let mut argv = vec!["keyturn", "webhook"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Webhook(a) => a,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    const BASE: [&str; 10] = [
+        "--init-image",
+        "registry.example/keyturn-init:1",
+        "--namespace",
+        "keyturn",
+        "--service",
+        "keyturn-webhook",
+        "--configuration",
+        "keyturn-webhook",
+        "--holder",
+        "keyturn-webhook-7d9f-x2",
+    ];
+
+    #[test]
+    fn the_flags_become_the_settings() {
+        let s = args(&BASE).unwrap().settings().unwrap();
+        assert!(
+            matches!(&s.tls, TlsSource::InMemory { service, .. } if service == "keyturn-webhook")
+        );
+        let bundle = s.ca_bundle.unwrap();
+        assert_eq!(
+            (bundle.holder.as_str(), bundle.lease_duration),
+            ("keyturn-webhook-7d9f-x2", Duration::from_secs(15))
+        );
+        assert_eq!(s.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(
+            s.injector.config.audit_hmac_secret,
+            "keyturn-init-audit-hmac"
+        );
+        assert_eq!(s.injector.config.token_expiration_seconds, 3600);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_flag_never_the_value() {
+        // BASE with `flag` set to `value` (replaced where BASE has it: a flag given twice is
+        // a usage error of its own).
+        let with = |flag: &'static str, value: &'static str| {
+            let mut a = BASE.to_vec();
+            match a.iter().position(|f| *f == flag) {
+                Some(i) => a[i + 1] = value,
+                None => a.extend_from_slice(&[flag, value]),
+            }
+            a
+        };
+        let refused = |extra: &[&'static str]| {
+            args(&with(extra[0], extra[1]))
+                .unwrap()
+                .settings()
+                .unwrap_err()
+        };
+        let e = refused(&["--holder", "Not_A_Lease_Name"]);
+        assert!(
+            e.starts_with("--holder (KEYTURN_HOLDER)") && !e.contains("Not_A"),
+            "{e}"
+        );
+        let e = refused(&["--init-image", " "]);
+        assert!(
+            e.starts_with("--init-image (KEYTURN_WEBHOOK_INIT_IMAGE) is empty"),
+            "{e}"
+        );
+        let e = refused(&["--vault-cacert", "relative/ca.pem"]);
+        assert!(
+            e.starts_with("--vault-cacert") && !e.contains("relative"),
+            "{e}"
+        );
+        // clap refuses what it can check itself: a usage error, exit 64.
+        for bad in [
+            &["--token-expiration", "5m"][..],
+            &["--cert-validity", "1m"],
+            &["--init-cpu-limit", "lots"],
+            &["--tls-cert", "/tmp/c.pem"],
+        ] {
+            assert!(args(&with(bad[0], bad[1])).is_err(), "{bad:?}");
+        }
+    }
+}
