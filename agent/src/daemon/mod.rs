@@ -21,6 +21,7 @@
 //! whatever is cut off is resumed by the next start.
 
 pub mod anchoring;
+pub mod membership;
 pub mod metered;
 pub mod metrics;
 pub mod queue;
