@@ -6,6 +6,7 @@ mod admission;
 mod crd;
 mod distribute;
 mod inject;
+mod membership;
 mod rotationpolicy_crd;
 mod standin;
 mod watch;
