@@ -24,7 +24,9 @@
 //!   not reopen it, since its send time is as old as the pause.
 //!
 //! Callers check the fence before every side effect; the margin must cover the longest time
-//! between that check and the side effect reaching its target.
+//! between that check and the side effect reaching its target. A process paused *between*
+//! the check and the side effect is beyond what any client-side fence can catch: only a
+//! target that checks a token (a conditional write) could refuse that late write.
 //!
 //! A failed request is retried a few times with jittered exponential backoff (`backon`) within
 //! a round, and a round runs every third of the lease duration: never a tight loop. Failures
@@ -116,6 +118,15 @@ impl MembershipSettings {
 
     fn seconds(&self) -> i32 {
         i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+
+    /// The fence counts with the duration the Lease says (whole seconds), which is what the
+    /// other replicas wait for, not a fractional `lease_duration`.
+    fn renewals(&self) -> Renewals {
+        Renewals::new(
+            Duration::from_secs(self.seconds().unsigned_abs().into()),
+            self.margin,
+        )
     }
 
     /// This replica's Lease name.
@@ -405,7 +416,7 @@ impl Membership {
                     .with_max_delay(period / 4)
                     .with_max_times(3)
                     .with_jitter(),
-                renewals: Mutex::new(Renewals::new(settings.lease_duration, settings.margin)),
+                renewals: Mutex::new(settings.renewals()),
                 observations: Mutex::default(),
                 members: watch::channel(Vec::new()).0,
                 failures: AtomicU64::new(0),
@@ -761,6 +772,20 @@ mod tests {
         );
         r.succeeded(Instant::now());
         assert!(r.fence_at(Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn the_fence_counts_with_the_whole_seconds_the_lease_says() {
+        let mut settings = MembershipSettings::new("ns", "a", Duration::from_millis(3900));
+        settings.margin = Duration::from_secs(1);
+        let mut r = settings.renewals();
+        let now = Instant::now();
+        r.succeeded(now);
+        assert_eq!(settings.seconds(), 3);
+        assert_eq!(
+            r.fence_at(now).unwrap().until(),
+            now + Duration::from_secs(2)
+        );
     }
 
     #[test]
