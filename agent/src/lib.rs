@@ -18,6 +18,7 @@ pub mod cli;
 pub mod daemon;
 pub mod distribute;
 pub mod journal;
+pub mod kube_request;
 pub mod policy;
 pub mod rotation;
 pub mod schedule;

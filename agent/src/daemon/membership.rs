@@ -140,30 +140,9 @@ impl MembershipSettings {
 /// server's code and reason; never a body.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    /// The API server answered with an error status.
-    #[error("{verb} {object}: {code} {reason}: {message}")]
-    Api {
-        /// `get`, `create`, `update`, `list`.
-        verb: &'static str,
-        /// `leases "x" in namespace "y"`.
-        object: String,
-        /// The HTTP code.
-        code: u16,
-        /// The Status reason (`Conflict`, `Forbidden`, …).
-        reason: String,
-        /// The Status message.
-        message: String,
-    },
-    /// The request did not get an answer (or one kube could not read).
-    #[error("{verb} {object}: {source}")]
-    Transport {
-        /// The verb.
-        verb: &'static str,
-        /// The object.
-        object: String,
-        /// kube's error.
-        source: kube::Error,
-    },
+    /// A request failed.
+    #[error(transparent)]
+    Request(#[from] crate::kube_request::KubeRequestError),
     /// This replica's Lease name is held, live, by another holder (two replicas given the
     /// same `holder`): it is left alone until it expires.
     #[error("{object} is held by {holder:?}")]
@@ -177,42 +156,17 @@ pub enum MembershipError {
 
 impl MembershipError {
     fn from_kube(e: kube::Error, verb: &'static str, object: &str) -> Self {
-        match e {
-            kube::Error::Api(s) => Self::Api {
-                verb,
-                object: object.to_owned(),
-                code: s.code,
-                reason: s.reason.clone(),
-                message: s.message.clone(),
-            },
-            source => Self::Transport {
-                verb,
-                object: object.to_owned(),
-                source,
-            },
-        }
+        Self::Request(crate::kube_request::KubeRequestError::new(e, verb, object))
     }
 
-    /// Worth another attempt within this round: a conflict (read again), throttling, a
-    /// server error, no answer.
     fn is_retryable(&self) -> bool {
-        match self {
-            Self::Api { code, .. } => *code == 409 || *code == 429 || *code >= 500,
-            Self::Transport { .. } => true,
-            Self::HeldByAnother { .. } => false,
-        }
+        matches!(self, Self::Request(r) if r.is_retryable())
     }
 
     /// The failure's kind, for "log only when it changes".
     fn kind(&self) -> String {
         match self {
-            Self::Api {
-                verb,
-                object,
-                code,
-                reason,
-                ..
-            } => format!("{verb} {object}: {code} {reason}"),
+            Self::Request(r) => r.kind(),
             other => other.to_string(),
         }
     }

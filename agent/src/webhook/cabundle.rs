@@ -77,30 +77,9 @@ pub const MEMBER_GC_AFTER: Duration = Duration::from_secs(3600);
 /// server's code and reason; never a body.
 #[derive(Debug, thiserror::Error)]
 pub enum CaBundleError {
-    /// The API server answered with an error status.
-    #[error("{verb} {object}: {code} {reason}: {message}")]
-    Api {
-        /// `get`, `create`, `update`, `list`, `delete`.
-        verb: &'static str,
-        /// `leases "x" in namespace "y"`, `mutatingwebhookconfigurations "z"`.
-        object: String,
-        /// The HTTP code.
-        code: u16,
-        /// The Status reason (`Conflict`, `Forbidden`, …).
-        reason: String,
-        /// The Status message.
-        message: String,
-    },
-    /// The request did not get an answer (or one kube could not read).
-    #[error("{verb} {object}: {source}")]
-    Transport {
-        /// The verb.
-        verb: &'static str,
-        /// The object.
-        object: String,
-        /// kube's error.
-        source: kube::Error,
-    },
+    /// A request failed.
+    #[error(transparent)]
+    Request(#[from] crate::kube_request::KubeRequestError),
     /// The configuration has no webhooks to put a `caBundle` in.
     #[error("mutatingwebhookconfigurations {0:?} has no webhooks")]
     NoWebhooks(String),
@@ -108,50 +87,24 @@ pub enum CaBundleError {
 
 impl CaBundleError {
     fn from_kube(e: kube::Error, verb: &'static str, object: &str) -> Self {
-        match e {
-            kube::Error::Api(s) => Self::Api {
-                verb,
-                object: object.to_owned(),
-                code: s.code,
-                reason: s.reason.clone(),
-                message: s.message.clone(),
-            },
-            source => Self::Transport {
-                verb,
-                object: object.to_owned(),
-                source,
-            },
-        }
+        Self::Request(crate::kube_request::KubeRequestError::new(e, verb, object))
     }
 
     fn code(&self) -> Option<u16> {
         match self {
-            Self::Api { code, .. } => Some(*code),
+            Self::Request(r) => r.code(),
             _ => None,
         }
     }
 
-    /// Worth another attempt within this round: a conflict (read again), throttling, a
-    /// server error, no answer.
     fn is_retryable(&self) -> bool {
-        match self {
-            Self::Api { code, .. } => *code == 409 || *code == 429 || *code >= 500,
-            Self::Transport { .. } => true,
-            Self::NoWebhooks(_) => false,
-        }
+        matches!(self, Self::Request(r) if r.is_retryable())
     }
 
-    /// The failure's kind, for "log only when it changes": the message without details that
-    /// differ between otherwise identical failures.
+    /// The failure's kind, for "log only when it changes".
     fn kind(&self) -> String {
         match self {
-            Self::Api {
-                verb,
-                object,
-                code,
-                reason,
-                ..
-            } => format!("{verb} {object}: {code} {reason}"),
+            Self::Request(r) => r.kind(),
             other => other.to_string(),
         }
     }
