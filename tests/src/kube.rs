@@ -652,6 +652,67 @@ impl Drop for TestCluster {
     }
 }
 
+/// Real kubectl for a test on `c`, with a HOME (and cache) of its own; `None`, after saying
+/// so on stderr, where kubectl is not installed (never on CI, which must run these).
+///
+/// # Panics
+/// On CI without kubectl.
+pub fn kubectl(c: &TestCluster, test: &str) -> Option<(std::path::PathBuf, tempfile::TempDir)> {
+    match crate::tools::find("kubectl", "KEYTURN_KUBECTL") {
+        Ok(path) => Some((path, tempfile::tempdir().unwrap())),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the kubectl tests: {e}"
+            );
+            eprintln!("SKIPPED {test} on {c:?}: {e}");
+            None
+        }
+    }
+}
+
+/// Runs kubectl `args` in `c`'s namespace with `c`'s kubeconfig and nothing else of this
+/// process's environment, `stdin` on its input; its stdout.
+///
+/// # Panics
+/// When kubectl fails (its output is in the message).
+pub async fn run_kubectl(
+    c: &TestCluster,
+    bin: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(bin)
+        .env_clear()
+        .env("HOME", home)
+        .env("KUBECONFIG", c.kubeconfig_path())
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(["--namespace", c.namespace()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kubectl");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

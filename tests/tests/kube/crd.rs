@@ -9,7 +9,7 @@
 
 use futures_util::StreamExt as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use keyturn_tests::kube::TestCluster;
+use keyturn_tests::kube::{TestCluster, kubectl, run_kubectl};
 use keyturn_tests::process::eventually;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
@@ -571,58 +571,7 @@ async fn deleting_the_definition_deletes_its_objects_and_stops_serving_them() {
     .await;
 }
 
-// ---- Real kubectl ----
-
-fn kubectl(c: &TestCluster, test: &str) -> Option<(std::path::PathBuf, tempfile::TempDir)> {
-    match keyturn_tests::tools::find("kubectl", "KEYTURN_KUBECTL") {
-        Ok(path) => Some((path, tempfile::tempdir().unwrap())),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the kubectl tests: {e}"
-            );
-            eprintln!("SKIPPED {test} on {c:?}: {e}");
-            None
-        }
-    }
-}
-
-async fn run_kubectl(
-    c: &TestCluster,
-    bin: &std::path::Path,
-    home: &std::path::Path,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> String {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(bin)
-        .env_clear()
-        .env("HOME", home)
-        .env("KUBECONFIG", c.kubeconfig_path())
-        .arg("--cache-dir")
-        .arg(home.join("cache"))
-        .args(["--namespace", c.namespace()])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run kubectl");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).await.unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+// ---- Real kubectl: keyturn_tests::kube::{kubectl, run_kubectl} ----
 
 #[tokio::test]
 async fn kubectl_applies_and_gets_rotation_policies_with_their_printer_columns() {

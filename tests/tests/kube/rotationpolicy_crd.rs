@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keyturn_agent::policy;
-use keyturn_tests::kube::TestCluster;
+use keyturn_tests::kube::{TestCluster, kubectl, run_kubectl};
 use keyturn_tests::process::eventually;
 use keyturn_tests::tools::repo_root;
 use kube::api::{
@@ -294,57 +294,6 @@ async fn rotationpolicy_crd_refuses_what_policy_check_refuses_where_a_schema_can
 }
 
 // ---- Real kubectl ----
-
-fn kubectl(c: &TestCluster, test: &str) -> Option<(PathBuf, tempfile::TempDir)> {
-    match keyturn_tests::tools::find("kubectl", "KEYTURN_KUBECTL") {
-        Ok(path) => Some((path, tempfile::tempdir().unwrap())),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the kubectl tests: {e}"
-            );
-            eprintln!("SKIPPED {test} on {c:?}: {e}");
-            None
-        }
-    }
-}
-
-async fn run_kubectl(
-    c: &TestCluster,
-    bin: &Path,
-    home: &Path,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> String {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(bin)
-        .env_clear()
-        .env("HOME", home)
-        .env("KUBECONFIG", c.kubeconfig_path())
-        .arg("--cache-dir")
-        .arg(home.join("cache"))
-        .args(["--namespace", c.namespace()])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run kubectl");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).await.unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[tokio::test]
 async fn kubectl_gets_rotationpolicies_with_ready_reason_and_rotation_columns() {
