@@ -17,6 +17,7 @@ pub mod backends;
 pub mod cli;
 pub mod daemon;
 pub mod distribute;
+pub mod fence;
 pub mod journal;
 pub mod kube_request;
 pub mod policy;

@@ -12,6 +12,7 @@ use super::exit::{ExitCode, HasExitCode};
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::distribute::KubernetesSink;
+use crate::fence::Guard;
 use crate::policy::{self, Policy};
 use crate::rotation::Engine;
 
@@ -56,7 +57,7 @@ pub struct Prepared {
 }
 
 impl RotationArgs {
-    fn holder(&self) -> String {
+    pub(crate) fn holder(&self) -> String {
         self.holder.clone().unwrap_or_else(|| {
             Some(super::host_name())
                 .filter(|h| !h.is_empty())
@@ -92,7 +93,7 @@ impl RotationArgs {
         }
     }
 
-    fn load_policies(&self) -> Result<Vec<Policy>, ExitCode> {
+    pub(crate) fn load_policies(&self) -> Result<Vec<Policy>, ExitCode> {
         policy::load(&self.policies).map_err(|e| {
             eprintln!("{e}");
             ExitCode::Usage
@@ -104,6 +105,20 @@ impl RotationArgs {
     /// # Errors
     /// The exit code, after printing one line per problem.
     pub async fn prepare_with(&self, policies: Vec<Policy>) -> Result<Prepared, ExitCode> {
+        self.prepare_guarded(policies, None).await
+    }
+
+    /// [`RotationArgs::prepare_with`] for a daemon replica: every side effect asks `guard`
+    /// first (the engine's and the Kubernetes writes'), and a claim on a rotation lasts
+    /// `claim_lease` instead of `--lease`.
+    ///
+    /// # Errors
+    /// As [`RotationArgs::prepare`].
+    pub async fn prepare_guarded(
+        &self,
+        policies: Vec<Policy>,
+        guard: Option<(Arc<dyn Guard>, std::time::Duration)>,
+    ) -> Result<Prepared, ExitCode> {
         let (cfg, method) = self.vault.prepare().map_err(|e| {
             eprintln!("keyturn: {e}");
             ExitCode::Usage
@@ -117,9 +132,10 @@ impl RotationArgs {
                 );
                 ExitCode::Usage
             })?;
-            Some(KubernetesSink::with_restart_window(
+            Some(KubernetesSink::guarded(
                 client,
                 self.restart_window,
+                guard.as_ref().map(|(g, _)| g.clone()),
             ))
         } else {
             None
@@ -143,6 +159,9 @@ impl RotationArgs {
             Engine::new(audit.clone(), Actor::agent(holder.clone()), holder).with_lease(self.lease);
         if let Some(sink) = kube_sink {
             engine = engine.with_sink(Arc::new(sink));
+        }
+        if let Some((guard, claim_lease)) = guard {
+            engine = engine.with_guard(guard).with_lease(claim_lease);
         }
         Ok(Prepared {
             policies,

@@ -8,6 +8,9 @@ use tokio::sync::watch;
 
 use super::exit::{ExitCode, HasExitCode};
 use super::rotation_args::RotationArgs;
+use std::sync::Arc;
+
+use crate::daemon::membership::{Membership, MembershipSettings};
 use crate::daemon::{Daemon, DaemonConfig, Metrics, anchoring, server};
 use keyturn_core::audit::Anchor;
 
@@ -41,9 +44,42 @@ pub struct RunArgs {
     /// How often the audit head is anchored (and once more at shutdown).
     #[arg(long, env = "KEYTURN_AUDIT_ANCHOR_EVERY", default_value = "30s", value_parser = anchor_every)]
     pub audit_anchor_every: Duration,
+    /// Share the policies with the other replicas through membership Leases in this
+    /// namespace (the daemon's own; in a pod, from the downward API). Each replica owns the
+    /// policies rendezvous hashing assigns it and acts only while its Lease is valid. Unset:
+    /// this daemon owns every policy.
+    #[arg(long, env = "KEYTURN_MEMBERSHIP_NAMESPACE", value_name = "NAMESPACE")]
+    pub membership_namespace: Option<String>,
+    /// How long a replica's membership Lease lasts without renewal (renewed every third of
+    /// it): how long a vanished replica's policies wait before the others take them.
+    #[arg(long, env = "KEYTURN_MEMBERSHIP_LEASE", default_value = "15s", value_parser = membership_lease)]
+    pub membership_lease: Duration,
     /// Shared options.
     #[command(flatten)]
     pub common: RotationArgs,
+}
+
+/// `--membership-lease`: whole seconds from 3s to 5m (the Lease counts whole seconds; a
+/// replica renews every third of it).
+fn membership_lease(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 || !(Duration::from_secs(3)..=Duration::from_secs(300)).contains(&d) {
+        return Err("must be whole seconds between 3s and 5m".into());
+    }
+    Ok(d)
+}
+
+/// Whether `name` can be part of a Lease name: a DNS-1123 subdomain's characters (lower-case
+/// alphanumerics, '-' and '.', starting and ending alphanumeric), at most 253 with the prefix.
+fn lease_name_part(name: &str) -> bool {
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !name.is_empty()
+        && name.len() + crate::daemon::membership::MEMBER_PREFIX.len() <= 253
+        && ok_end(name.chars().next())
+        && ok_end(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 /// `--audit-anchor-every`: from 1s to 1h (one KV write per interval at most).
@@ -102,7 +138,35 @@ pub fn run(args: RunArgs) -> ExitCode {
                 }
             },
         };
-        let p = match args.common.prepare().await {
+        let membership = match &args.membership_namespace {
+            None => None,
+            Some(namespace) => {
+                let holder = args.common.holder();
+                if !lease_name_part(&holder) {
+                    eprintln!("keyturn: --holder (or the host name): with --membership-namespace it names a Lease, so it must be lower-case letters, digits, '-' and '.', starting and ending with a letter or digit");
+                    return ExitCode::Usage;
+                }
+                let client = match crate::distribute::kubernetes::client_from_env().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("keyturn: --membership-namespace: no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}");
+                        return ExitCode::Usage;
+                    }
+                };
+                let settings = MembershipSettings::new(namespace, &holder, args.membership_lease);
+                Some(Membership::new(client, settings))
+            }
+        };
+        let policies = match args.common.load_policies() {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        // A replica's claim on a rotation lasts one membership lease, so a replica killed
+        // mid-rotation holds it up no longer than its Lease holds its policies.
+        let guard = membership
+            .clone()
+            .map(|m| (Arc::new(m) as Arc<dyn crate::fence::Guard>, args.membership_lease));
+        let p = match args.common.prepare_guarded(policies, guard).await {
             Ok(p) => p,
             Err(code) => return code,
         };
@@ -152,6 +216,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             journal: Some(journal),
             journal_poll: args.break_glass_poll,
             retry_max: args.retry_max,
+            membership,
         };
         let daemon = Daemon::new(cfg, p.engine, p.backends, metrics, ready_tx);
         let result = daemon.run(shutdown_signal()).await;

@@ -172,20 +172,7 @@ impl MembershipError {
     }
 }
 
-/// Why [`Membership::fence`] refuses: this replica must not act on any policy now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Fenced {
-    /// No renewal of this replica's Lease has succeeded yet.
-    #[error("this replica's membership Lease has not been renewed yet")]
-    NeverRenewed,
-    /// The last successful renewal is too old: the Lease may expire (as the other replicas
-    /// see it) within the margin, or already has.
-    #[error("this replica's membership Lease was last renewed {since:?} ago, too long to act")]
-    Expired {
-        /// How long ago the last successful renewal was sent.
-        since: Duration,
-    },
-}
+pub use crate::fence::Fenced;
 
 /// Permission to act, valid until [`Fence::until`]; check again before each side effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +192,8 @@ impl Fence {
 #[derive(Debug, Clone, Copy)]
 struct Renewals {
     sent: Option<Instant>,
+    /// The Lease was given up: the fence stays closed whatever renewal answers late.
+    released: bool,
     /// Lease duration minus margin.
     window: Duration,
 }
@@ -213,6 +202,7 @@ impl Renewals {
     fn new(lease_duration: Duration, margin: Duration) -> Self {
         Self {
             sent: None,
+            released: false,
             window: lease_duration.saturating_sub(margin),
         }
     }
@@ -226,6 +216,9 @@ impl Renewals {
     }
 
     fn fence_at(&self, now: Instant) -> Result<Fence, Fenced> {
+        if self.released {
+            return Err(Fenced::Released);
+        }
         let sent = self.sent.ok_or(Fenced::NeverRenewed)?;
         let until = sent + self.window;
         if now < until {
@@ -347,6 +340,12 @@ pub struct Membership {
     inner: Arc<Inner>,
 }
 
+impl crate::fence::Guard for Membership {
+    fn check(&self) -> Result<(), Fenced> {
+        self.fence().map(drop)
+    }
+}
+
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Membership")
@@ -425,6 +424,47 @@ impl Membership {
         self.inner.failures.load(Ordering::Relaxed)
     }
 
+    /// Gives this replica's Lease up, at shutdown once its rotations have ended: the fence
+    /// closes for good first, then the Lease is deleted (only if it is still this holder's,
+    /// at the resourceVersion read), so the other replicas take its policies at their next
+    /// round instead of after the lease duration. Call it after [`Self::run`] has returned.
+    ///
+    /// # Errors
+    /// The read or the delete failed; the Lease then simply expires.
+    pub async fn release(&self) -> Result<(), MembershipError> {
+        lock(&self.inner.renewals).released = true;
+        let s = &self.inner.settings;
+        let name = s.lease_name();
+        let object = format!("leases {name:?} in namespace {:?}", s.namespace);
+        let found = self
+            .inner
+            .leases
+            .get_opt(&name)
+            .await
+            .map_err(|e| MembershipError::from_kube(e, "get", &object))?;
+        let Some(lease) = found else { return Ok(()) };
+        let holder = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref());
+        if holder != Some(s.holder.as_str()) {
+            return Ok(());
+        }
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: lease.metadata.uid.clone(),
+                resource_version: lease.metadata.resource_version.clone(),
+            }),
+            ..kube::api::DeleteParams::default()
+        };
+        match self.inner.leases.delete(&name, &dp).await {
+            Ok(_) => Ok(()),
+            // Gone already, or written by someone since: either way not ours to delete.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(MembershipError::from_kube(e, "delete", &object)),
+        }
+    }
+
     /// Renews (or creates) this replica's Lease, then lists the members: one round.
     ///
     /// # Errors
@@ -482,6 +522,9 @@ impl Membership {
         let s = &self.inner.settings;
         let name = s.lease_name();
         let object = format!("leases {name:?} in namespace {:?}", s.namespace);
+        if lock(&self.inner.renewals).released {
+            return Ok(());
+        }
         let attempt = || async {
             let found = self
                 .inner

@@ -183,6 +183,19 @@ pub struct Metrics {
     /// A success clears it: a resumed rotation's success dates from its first attempt's
     /// start, before the failures it recovers from.
     pub last_failure: Family<PolicyLabel, Gauge>,
+    /// `keyturn_daemon_members`: the live replicas this one sees (0 without membership).
+    pub members: Gauge,
+    /// `keyturn_daemon_policies_owned`: the policies this replica schedules.
+    pub policies_owned: Gauge,
+    /// `keyturn_daemon_fence_open`: 1 while this replica may act (its membership Lease is
+    /// valid with the margin; always 1 without membership).
+    pub fence_open: Gauge,
+    /// `keyturn_daemon_fenced_total`: rotations deferred or stopped before a side effect
+    /// because the fence was closed.
+    pub fenced: Counter,
+    /// `keyturn_daemon_membership_failures_total`: membership requests (Lease renewals and
+    /// lists) that failed after their retries.
+    pub membership_failures: Counter,
     /// When each policy's CURRENT value was created, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     /// The audit log, for its counters and for whether it has failed.
@@ -300,6 +313,37 @@ impl Metrics {
             "When each policy's last failed or stopped attempt ended (Unix time): the end of the last failed attempt since the last success; 0 when none",
             last_failure.clone(),
         );
+        let members = Gauge::default();
+        registry.register(
+            "keyturn_daemon_members",
+            "Live daemon replicas this replica sees through their membership Leases",
+            members.clone(),
+        );
+        let policies_owned = Gauge::default();
+        registry.register(
+            "keyturn_daemon_policies_owned",
+            "Policies this replica owns and schedules",
+            policies_owned.clone(),
+        );
+        let fence_open = Gauge::default();
+        fence_open.set(1);
+        registry.register(
+            "keyturn_daemon_fence_open",
+            "1 while this replica may act on its policies (membership Lease valid with its margin)",
+            fence_open.clone(),
+        );
+        let fenced = Counter::default();
+        registry.register(
+            "keyturn_daemon_fenced",
+            "Rotations deferred or stopped before a side effect because this replica's fence was closed",
+            fenced.clone(),
+        );
+        let membership_failures = Counter::default();
+        registry.register(
+            "keyturn_daemon_membership_failures",
+            "Membership Lease renewals and lists that failed after their retries",
+            membership_failures.clone(),
+        );
         register_build_info(&mut registry);
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(Scraped {
@@ -322,6 +366,11 @@ impl Metrics {
             max_age,
             in_flight_since,
             last_failure,
+            members,
+            policies_owned,
+            fence_open,
+            fenced,
+            membership_failures,
             last_rotated,
             audit,
             registry: Arc::new(registry),

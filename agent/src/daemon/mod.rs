@@ -27,7 +27,7 @@ pub mod metrics;
 pub mod queue;
 pub mod server;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +41,9 @@ use crate::backends::Backends;
 use crate::journal::Journal;
 use crate::policy::{self, Policy, PolicyErrors};
 use crate::rotation::store::{Failures, Store as _};
-use crate::rotation::{Engine, RotationOutcome, Trigger};
+use crate::rotation::{Engine, RotationError, RotationOutcome, Trigger};
 use crate::schedule::{jittered, retry_at};
+use membership::Membership;
 pub use metrics::Metrics;
 use queue::{Queue, Slot};
 
@@ -64,6 +65,9 @@ pub struct DaemonConfig {
     pub journal_poll: Duration,
     /// The longest delay between two retries of a failing policy.
     pub retry_max: Duration,
+    /// Sharing the policies with other replicas (see [`membership`]); `None`: this daemon
+    /// owns every policy.
+    pub membership: Option<Membership>,
 }
 
 /// Why the daemon stopped with an error.
@@ -102,7 +106,14 @@ struct Done {
     /// The start of the rotation that now defines CURRENT, if one completed.
     rotated_at: Option<DateTime<Utc>>,
     failed: bool,
+    /// Stopped before a side effect because this replica's fence closed: not a failure of
+    /// the policy, so no backoff; the slot stays due.
+    fenced: bool,
 }
+
+/// When a fenced rotation is tried again without membership to say (never reached: only a
+/// replica with membership has a guard).
+const RETRY_FENCED: Duration = Duration::from_secs(5);
 
 /// Failing policies: how many attempts in a row did not complete, for the backoff.
 type Failing = BTreeMap<String, u32>;
@@ -147,6 +158,33 @@ impl Daemon {
             .map(|p| (p.name.clone(), Arc::new(p)))
             .collect();
         tracing::info!(policies = policies.len(), path = %self.cfg.policies.display(), "policies loaded");
+        tokio::pin!(shutdown);
+        // Membership first: until this replica holds its Lease and has seen the others, it
+        // owns nothing and reads no state.
+        let (member_stop, member_stop_rx) = watch::channel(());
+        let mut members_rx = match &self.cfg.membership {
+            None => None,
+            Some(m) => {
+                let runner = m.clone();
+                tokio::spawn(async move { runner.run(member_stop_rx).await });
+                let mut rx = m.members();
+                let me = m.settings().holder.clone();
+                tracing::info!(holder = %me, namespace = %m.settings().namespace, "joining the daemon replicas");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    _ = rx.wait_for(|live| live.contains(&me)) => {}
+                }
+                Some(rx)
+            }
+        };
+        let mut owned: BTreeSet<String> =
+            policies.keys().filter(|n| self.owns(n)).cloned().collect();
+        self.note_membership(owned.len());
+        tracing::info!(
+            owned = owned.len(),
+            of = policies.len(),
+            "policies owned by this replica"
+        );
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = watch_dir(&self.cfg.policies, reload_tx)?;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -157,10 +195,11 @@ impl Daemon {
 
         // Start-up: read each policy's state; resume in-flight rotations first, queue the rest.
         let mut failing = Failing::new();
-        for p in policies.values() {
+        let mine: Vec<Arc<Policy>> = owned.iter().map(|n| policies[n].clone()).collect();
+        for p in &mine {
             self.metrics.register_policy(p);
         }
-        let scanned = scan(self.backends.clone(), policies.values().cloned().collect()).await;
+        let scanned = scan(self.backends.clone(), mine).await;
         let mut resume = Vec::new();
         for (p, found) in scanned {
             let name = p.name.clone();
@@ -217,8 +256,16 @@ impl Daemon {
         // stalled every timer (and every other store's rotations) for as long as Vault failed.
         let (journal_tx, mut journal_rx) = mpsc::channel(1);
         let mut journal_reading = false;
+        // The fence and membership gauges, refreshed at the membership's own pace.
+        let mut member_tick = tokio::time::interval(
+            self.cfg
+                .membership
+                .as_ref()
+                .map_or(Duration::from_secs(3600), Membership::period),
+        );
+        member_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut membership_failures = 0;
 
-        tokio::pin!(shutdown);
         loop {
             let sleep = match queue.next_fire() {
                 Some(t) => {
@@ -233,6 +280,15 @@ impl Daemon {
                     let now = Utc::now();
                     for slot in queue.pop_due(now) {
                         let Some(p) = policies.get(&slot.policy) else { continue };
+                        if !owned.contains(&slot.policy) {
+                            continue;
+                        }
+                        // Fenced: nothing may start; the slot waits (still due) for the Lease.
+                        if let Some(wait) = self.fenced_wait() {
+                            self.metrics.fenced.inc();
+                            queue.schedule(Slot { fire_at: now + wait, ..slot });
+                            continue;
+                        }
                         // How late the timer fired: what a policy's owner can expect beyond
                         // its own jitter. Measured here, before the concurrency limit (in the engine).
                         if slot.fire_at >= up_since {
@@ -248,8 +304,13 @@ impl Daemon {
                 }
                 Some(done) = done_rx.recv() => {
                     running.remove(&done.policy);
-                    if let Some(p) = policies.get(&done.policy) {
-                        if done.failed {
+                    // A policy that moved to another replica meanwhile is that one's now.
+                    if let Some(p) = policies.get(&done.policy).filter(|_| owned.contains(&done.policy)) {
+                        if done.fenced {
+                            self.metrics.fenced.inc();
+                            let wait = self.fenced_wait().unwrap_or(RETRY_FENCED);
+                            queue.schedule(Slot { policy: done.policy.clone(), due: done.due, fire_at: Utc::now() + wait });
+                        } else if done.failed {
                             self.failed(&mut queue, &mut failing, p, done.due);
                         } else {
                             failing.remove(&done.policy);
@@ -267,6 +328,12 @@ impl Daemon {
                             let new: BTreeMap<String, Arc<Policy>> = new.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
                             let changed = self.apply_reload(&mut queue, &mut failing, &policies, &new, &running);
                             policies = new;
+                            owned = policies.keys().filter(|n| self.owns(n)).cloned().collect();
+                            self.note_membership(owned.len());
+                            let changed: Vec<Arc<Policy>> = changed.into_iter().filter(|p| owned.contains(&p.name)).collect();
+                            for p in &changed {
+                                self.metrics.register_policy(p);
+                            }
                             // The changed policies' state is read in a task of its own: with
                             // Vault failing, reads retry for tens of seconds, and awaited here
                             // they would stall every timer.
@@ -283,7 +350,7 @@ impl Daemon {
                         // removed, or that is rotating now, is stale: that reload, or the
                         // rotation's end, queues the policy.
                         let current = policies.get(&p.name).is_some_and(|cur| **cur == *p);
-                        if current && !running.contains_key(&p.name) {
+                        if current && owned.contains(&p.name) && !running.contains_key(&p.name) {
                             self.queue_scanned(&mut queue, &mut failing, &p, found);
                         }
                     }
@@ -308,7 +375,7 @@ impl Daemon {
                                     self.metrics.breakglass.get_or_create(&metrics::ActionLabel { action: e.action.clone() }).inc();
                                     tracing::warn!(policy = %e.policy, action = %e.action, "break-glass action by an operator");
                                     if let Some(t) = e.rotate_after
-                                        && policies.contains_key(&e.policy)
+                                        && owned.contains(&e.policy)
                                         && !running.contains_key(&e.policy)
                                     {
                                         self.queue_taint(&mut queue, &e.policy, t);
@@ -323,6 +390,55 @@ impl Daemon {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = joined {
                         tracing::error!(error = %e, "rotation task panicked");
+                    }
+                }
+                changed = async {
+                    match members_rx.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !changed {
+                        members_rx = None;
+                        continue;
+                    }
+                    let now_owned: BTreeSet<String> = policies.keys().filter(|n| self.owns(n)).cloned().collect();
+                    for gone in owned.difference(&now_owned) {
+                        // A rotation running now ends under its fence and the store's claim;
+                        // the new owner finds it done, or resumes it once the claim expires.
+                        queue.cancel(gone);
+                        failing.remove(gone);
+                        self.metrics.forget(gone);
+                    }
+                    let gained: Vec<Arc<Policy>> = now_owned
+                        .difference(&owned)
+                        .filter(|n| !running.contains_key(*n))
+                        .map(|n| policies[n].clone())
+                        .collect();
+                    tracing::info!(
+                        members = members_rx.as_ref().map_or(0, |m| m.borrow().len()),
+                        owned = now_owned.len(),
+                        gained = gained.len(),
+                        lost = owned.difference(&now_owned).count(),
+                        "daemon replicas changed; policies rebalanced"
+                    );
+                    owned = now_owned;
+                    self.note_membership(owned.len());
+                    for p in &gained {
+                        self.metrics.register_policy(p);
+                    }
+                    // Their state is read as a reload's is: in a task, the timers going on.
+                    let (tx, backends) = (scanned_tx.clone(), self.backends.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(scan(backends, gained).await);
+                    });
+                }
+                _ = member_tick.tick(), if self.cfg.membership.is_some() => {
+                    self.note_membership(owned.len());
+                    if let Some(m) = &self.cfg.membership {
+                        let total = m.failures();
+                        self.metrics.membership_failures.inc_by(total.saturating_sub(membership_failures));
+                        membership_failures = total;
                     }
                 }
             }
@@ -342,7 +458,45 @@ impl Daemon {
             );
             tasks.abort_all();
         }
+        let _ = member_stop.send(());
+        if let Some(m) = &self.cfg.membership {
+            // Given up only now that nothing of this replica runs: the others take its
+            // policies at their next round rather than a lease duration later.
+            match tokio::time::timeout(Duration::from_secs(5), m.release()).await {
+                Ok(Ok(())) => tracing::info!("membership Lease released"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not release the membership Lease; it expires on its own")
+                }
+                Err(_) => tracing::warn!(
+                    "releasing the membership Lease timed out; it expires on its own"
+                ),
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this replica owns `policy` (always, without membership).
+    fn owns(&self, policy: &str) -> bool {
+        self.cfg.membership.as_ref().is_none_or(|m| m.owns(policy))
+    }
+
+    /// `None` when this replica may act now; else how long to wait before trying a slot again.
+    fn fenced_wait(&self) -> Option<Duration> {
+        let m = self.cfg.membership.as_ref()?;
+        m.fence().is_err().then(|| m.period())
+    }
+
+    /// Updates the membership gauges.
+    fn note_membership(&self, owned: usize) {
+        self.metrics
+            .policies_owned
+            .set(i64::try_from(owned).unwrap_or(i64::MAX));
+        if let Some(m) = &self.cfg.membership {
+            self.metrics
+                .members
+                .set(i64::try_from(m.members().borrow().len()).unwrap_or(i64::MAX));
+            self.metrics.fence_open.set(i64::from(m.fence().is_ok()));
+        }
     }
 
     fn spawn(
@@ -362,6 +516,7 @@ impl Daemon {
             let started = std::time::Instant::now();
             let (outcome, rotated_at, failed) =
                 rotate_once(&engine, &backends, &metrics, &p, &trigger).await;
+            let fenced = outcome == "fenced";
             metrics
                 .rotation_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -371,6 +526,7 @@ impl Daemon {
                 due,
                 rotated_at,
                 failed,
+                fenced,
             });
         });
     }
@@ -462,6 +618,9 @@ impl Daemon {
             last_at: now,
             retry_at: fire_at,
         };
+        if self.fenced_wait().is_some() {
+            return;
+        }
         tokio::spawn(record_failures(
             self.backends.clone(),
             self.metrics.clone(),
@@ -516,7 +675,6 @@ impl Daemon {
             .collect();
         for p in &changed {
             queue.cancel(&p.name);
-            self.metrics.register_policy(p);
         }
         tracing::info!(
             policies = new.len(),
@@ -642,6 +800,10 @@ async fn rotate_once(
             ("busy", None, true)
         }
         Ok(RotationOutcome::Failed { .. }) => ("failed", None, true),
+        Err(e @ RotationError::Fenced { .. }) => {
+            tracing::warn!(error = %e, "rotation paused: this replica may not act until its membership Lease is renewed");
+            ("fenced", None, false)
+        }
         // The audit log refuses every event once a write failed: nothing runs until a
         // restart reopens it, and the probes say so (see `Metrics::audit_failed`).
         Err(e) if metrics.audit_failed() => {

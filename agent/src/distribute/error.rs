@@ -186,6 +186,18 @@ pub enum DistributeError {
         name: String,
     },
 
+    /// This process may not write now: its membership Lease may be expiring (see
+    /// [`crate::fence`]). Nothing was written; the replica that takes the policy over, or this
+    /// one once its Lease is renewed, runs the step again.
+    #[error("{object}: not written: {source}")]
+    Fenced {
+        /// What was not written.
+        object: Box<ObjectRef>,
+        /// Why.
+        #[source]
+        source: crate::fence::Fenced,
+    },
+
     /// The debounced restart this request joined ended without an answer (its task
     /// panicked or the runtime is shutting down). Whether the workload was annotated is
     /// unknown; running the step again settles it.
@@ -212,9 +224,10 @@ impl DistributeError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Conflict { .. } | Self::RestartAbandoned { .. } => {
-                true
-            }
+            Self::Unreachable { .. }
+            | Self::Conflict { .. }
+            | Self::RestartAbandoned { .. }
+            | Self::Fenced { .. } => true,
             Self::Api { code, .. } => *code == 429 || *code >= 500,
             Self::MissingField { .. }
             | Self::EmptyValue { .. }
@@ -250,7 +263,8 @@ impl DistributeError {
             | Self::Api { object, .. }
             | Self::Unreachable { object, .. }
             | Self::Protocol { object, .. }
-            | Self::RestartAbandoned { object } => Some(object.as_ref()),
+            | Self::RestartAbandoned { object }
+            | Self::Fenced { object, .. } => Some(object.as_ref()),
             Self::MissingField { .. }
             | Self::EmptyValue { .. }
             | Self::UnsupportedWorkload { .. } => None,

@@ -46,6 +46,7 @@
 //! is never written, over a good one or at all.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -91,6 +92,7 @@ pub async fn client_from_env() -> Result<kube::Client, kube::Error> {
 pub struct KubernetesSink {
     client: kube::Client,
     restarter: Restarter,
+    guard: Option<Arc<dyn crate::fence::Guard>>,
 }
 
 impl std::fmt::Debug for KubernetesSink {
@@ -113,9 +115,20 @@ impl KubernetesSink {
     /// made at the same instant).
     #[must_use]
     pub fn with_restart_window(client: kube::Client, window: Duration) -> Self {
+        Self::guarded(client, window, None)
+    }
+
+    /// A sink that asks `guard` before every write (each Secret's, each batched restart's).
+    #[must_use]
+    pub fn guarded(
+        client: kube::Client,
+        window: Duration,
+        guard: Option<Arc<dyn crate::fence::Guard>>,
+    ) -> Self {
         Self {
-            restarter: Restarter::new(client.clone(), window),
+            restarter: Restarter::guarded(client.clone(), window, guard.clone()),
             client,
+            guard,
         }
     }
 
@@ -154,6 +167,12 @@ impl KubernetesSink {
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(api::conflict_backoff(attempt - 1)).await;
+            }
+            if let Some(Err(source)) = self.guard.as_ref().map(|g| g.check()) {
+                return Err(DistributeError::Fenced {
+                    object: Box::new(object),
+                    source,
+                });
             }
             let live = match api::send(
                 &self.client,

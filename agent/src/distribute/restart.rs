@@ -112,11 +112,31 @@ impl Restarter {
     /// A restarter using `client` that batches requests over `window`.
     #[must_use]
     pub fn new(client: kube::Client, window: Duration) -> Self {
+        Self::guarded(client, window, None)
+    }
+
+    /// A restarter that asks `guard` right before each patch: a batch runs a window after
+    /// the request that opened it, and the permission checked before the request may have
+    /// ended since.
+    #[must_use]
+    pub fn guarded(
+        client: kube::Client,
+        window: Duration,
+        guard: Option<Arc<dyn crate::fence::Guard>>,
+    ) -> Self {
         let runner = client.clone();
         let action: Action<Key, Request, BatchResult> =
             Arc::new(move |key: Key, requests: Vec<Request>| {
                 let client = runner.clone();
+                let guard = guard.clone();
                 Box::pin(async move {
+                    if let Some(Err(source)) = guard.as_ref().map(|g| g.check()) {
+                        let (_, object) = endpoint(&key.namespace, &key.workload)?;
+                        return Err(DistributeError::Fenced {
+                            object: Box::new(object),
+                            source,
+                        });
+                    }
                     let versions: BTreeMap<String, String> = requests
                         .into_iter()
                         .map(|r| (r.policy, r.version))

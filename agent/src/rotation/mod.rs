@@ -27,6 +27,8 @@ impl keyturn_core::exit::HasExitCode for RotationError {
             Self::Audit { source, .. } => source.exit_code(),
             Self::Distribute { source, .. } => source.exit_code(),
             Self::NoSink { .. } => keyturn_core::exit::ExitCode::Software,
+            // Only the daemon has a guard; its replica lost the right to act for now.
+            Self::Fenced { .. } => keyturn_core::exit::ExitCode::Unavailable,
         }
     }
 }

@@ -44,6 +44,7 @@ use super::target::{Target, TargetError};
 use crate::distribute::{
     Delivery, DeliveryReport, DistributeError, RestartOutcome, SecretOutcome, Sink, deliver_all,
 };
+use crate::fence::Guard;
 use crate::policy::Policy;
 
 /// Why a rotation runs.
@@ -126,6 +127,19 @@ pub enum RotationError {
         #[source]
         source: DistributeError,
     },
+    /// This process may not act now (its guard refused, see [`crate::fence`]): the rotation
+    /// stopped before the step's side effect, at its last durable step, and is resumed by
+    /// this process once it may act again or by the replica that takes the policy over.
+    #[error("policy {policy}: {step} not started: {source}")]
+    Fenced {
+        /// The policy.
+        policy: String,
+        /// The step that did not run.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: crate::fence::Fenced,
+    },
     /// The policy distributes to Kubernetes but this process has no Kubernetes client.
     #[error(
         "policy {policy}: has distribute entries but no Kubernetes API is configured (set KUBECONFIG or run in a cluster); the rotation stays in flight at distribute"
@@ -161,6 +175,7 @@ pub struct Engine {
     backoff_max: Duration,
     sink: Option<Arc<dyn Sink>>,
     limit: Option<Arc<Semaphore>>,
+    guard: Option<Arc<dyn Guard>>,
 }
 
 impl Engine {
@@ -177,6 +192,7 @@ impl Engine {
             backoff_max: Duration::from_secs(30),
             sink: None,
             limit: None,
+            guard: None,
         }
     }
 
@@ -205,6 +221,13 @@ impl Engine {
         self
     }
 
+    /// Asks `guard` right before every side effect (see [`crate::fence`]).
+    #[must_use]
+    pub fn with_guard(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
     /// Sets the backoff between failed `set`/`test` attempts (tests use short ones).
     #[must_use]
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -229,6 +252,34 @@ impl Engine {
     /// Half the lease: a claim with less than this left is renewed before a long step.
     fn half_lease(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.lease / 2).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Whether this process may perform `step`'s side effect now.
+    fn allowed(&self, policy: &str, step: &'static str) -> Result<(), RotationError> {
+        match self.guard.as_ref().map(|g| g.check()) {
+            Some(Err(source)) => Err(RotationError::Fenced {
+                policy: policy.to_owned(),
+                step,
+                source,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Right before a side effect of a claimed rotation: this process may act, and its claim
+    /// has at least half its lease left (renewed first, by a compare-and-set, when it has
+    /// not). So the effect starts while no other process may take the rotation over, however
+    /// long the steps before it took (retries, backoff, a slow target).
+    async fn before_effect(
+        &self,
+        run: &mut Run<'_>,
+        step: &'static str,
+    ) -> Result<(), RotationError> {
+        self.allowed(run.name(), step)?;
+        if run.rec.lease_until - Utc::now() < self.half_lease() {
+            self.save(run).await?;
+        }
+        Ok(())
     }
 
     fn lease_until(&self) -> DateTime<Utc> {
@@ -362,6 +413,7 @@ impl Engine {
         } else {
             "rotate.create"
         };
+        self.allowed(run.name(), action)?;
         let value = if run.resumed {
             None
         } else {
@@ -422,6 +474,7 @@ impl Engine {
             run.policy.max_attempts
         );
         let on = format!("{step} on {}, {attempt}", run.target.describe());
+        self.before_effect(run, action).await?;
         // Intent: durable before the target is touched, or the step does not run.
         self.record(
             run.name(),
@@ -475,7 +528,7 @@ impl Engine {
         if run.rec.attempts >= run.policy.max_attempts {
             return Ok(ControlFlow::Break(self.give_up(run, &e).await?));
         }
-        self.save(run).await.map_err(|e| run.store_error(e))?;
+        self.save(run).await?;
         tokio::time::sleep(self.backoff(run.rec.attempts)).await;
         Ok(ControlFlow::Continue(()))
     }
@@ -484,6 +537,7 @@ impl Engine {
     /// CURRENT read at the claim), bracketed by its intent and outcome. Not recorded in the
     /// state: a resume recognises it from the store (see `Run::skip_if_promoted`).
     async fn promote(&self, run: &mut Run<'_>) -> Result<(), RotationError> {
+        self.before_effect(run, "rotate.finish").await?;
         self.record(
             run.name(),
             &run.rec.rotation_id,
@@ -524,10 +578,11 @@ impl Engine {
         if run.policy.distribute.is_empty() {
             return Ok(());
         }
-        if run.rec.lease_until - Utc::now() < self.half_lease() {
-            self.save(run).await.map_err(|e| run.store_error(e))?;
-        }
-        if let Err(e) = self.distribute(run.policy, &run.rec, permit).await {
+        if let Err(e) = self.distribute(run, permit).await {
+            // Fenced: the record stays as it is, for whoever may act to resume.
+            if matches!(e, RotationError::Fenced { .. }) {
+                return Err(e);
+            }
             if let Err(se) = self.save(run).await {
                 tracing::warn!(policy = run.name(), rotation_id = %run.rec.rotation_id, error = %se, "could not record the undelivered rotation; it is still resumed from its store");
             }
@@ -548,6 +603,7 @@ impl Engine {
         };
         // A taint set before this rotation began refers to a value it replaced.
         let taint = run.keep.taint.clone().filter(|t| t.at > rec.started_at);
+        self.allowed(run.name(), "rotate.done")?;
         run.store
             .write_state(
                 &run.fence,
@@ -584,15 +640,15 @@ impl Engine {
     /// audited, resumable.
     async fn distribute(
         &self,
-        policy: &Policy,
-        rec: &InFlight,
+        run: &mut Run<'_>,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<(), RotationError> {
+        let policy = run.policy;
         let name = policy.name.as_str();
         let Some(sink) = &self.sink else {
             self.record(
                 name,
-                &rec.rotation_id,
+                &run.rec.rotation_id,
                 "rotate.distribute",
                 AuditOutcome::Error,
                 None,
@@ -603,17 +659,7 @@ impl Engine {
                 policy: name.to_owned(),
             });
         };
-        let version = self.version(name, &rec.rotation_id);
-        let deliveries: Vec<Delivery<'_>> = policy
-            .distribute
-            .iter()
-            .map(|d| Delivery {
-                policy: name,
-                distribution: d,
-                credential: &rec.pending,
-                version: &version,
-            })
-            .collect();
+        let version = self.version(name, &run.rec.rotation_id);
         let to = policy
             .distribute
             .iter()
@@ -622,6 +668,18 @@ impl Engine {
             .join(", ");
         let mut attempt: u32 = 0;
         loop {
+            self.before_effect(run, "rotate.distribute").await?;
+            let rec = &run.rec;
+            let deliveries: Vec<Delivery<'_>> = policy
+                .distribute
+                .iter()
+                .map(|d| Delivery {
+                    policy: name,
+                    distribution: d,
+                    credential: &rec.pending,
+                    version: &version,
+                })
+                .collect();
             let of = format!("attempt {} of {}", attempt + 1, policy.max_attempts);
             // Each attempt writes Secrets and may restart workloads: each has its intent.
             self.record(
@@ -649,6 +707,22 @@ impl Engine {
                 }
                 Err(e) => e,
             };
+            if let DistributeError::Fenced { source, .. } = &e {
+                self.record(
+                    name,
+                    &rec.rotation_id,
+                    "rotate.distribute",
+                    AuditOutcome::Error,
+                    main_value(&rec.pending),
+                    Some(format!("distribute stopped, {of}: {e}")),
+                )
+                .await?;
+                return Err(RotationError::Fenced {
+                    policy: name.to_owned(),
+                    step: "rotate.distribute",
+                    source: *source,
+                });
+            }
             let outcome = if e.code() == Some(403) {
                 AuditOutcome::Denied
             } else {
@@ -692,7 +766,8 @@ impl Engine {
     }
 
     /// Persists the rotation with a renewed lease.
-    async fn save(&self, run: &mut Run<'_>) -> Result<(), StoreError> {
+    async fn save(&self, run: &mut Run<'_>) -> Result<(), RotationError> {
+        self.allowed(run.name(), "rotate.save")?;
         run.rec.lease_until = self.lease_until();
         run.fence = run
             .store
@@ -703,7 +778,8 @@ impl Engine {
                     ..run.keep.clone()
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| run.store_error(e))?;
         Ok(())
     }
 
@@ -725,6 +801,7 @@ impl Engine {
         // The revert changes the target's credential too, so it has its intent and outcome;
         // an unwritable intent leaves the rotation in flight (its attempts as last saved), to
         // be resumed and given up again.
+        self.allowed(name, "rotate.revert")?;
         let about = format!(
             "put {} back to CURRENT after {} failed attempts",
             run.target.describe(),
@@ -767,6 +844,7 @@ impl Engine {
             started_at: rec.started_at,
             outcome: "failed".into(),
         };
+        self.allowed(name, "rotate.failed")?;
         run.store
             .write_state(
                 &run.fence,

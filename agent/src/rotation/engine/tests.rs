@@ -1111,3 +1111,131 @@ async fn a_failed_attempt_that_cannot_be_recorded_stops_the_rotation_before_the_
         "the claim as written"
     );
 }
+
+// ---- the guard: a replica that may not act stops before the side effect ----------------
+
+/// A guard that allows its first `allow` checks and refuses every later one, counting them.
+#[derive(Debug)]
+struct Closing {
+    allow: usize,
+    checks: AtomicUsize,
+}
+
+impl Closing {
+    fn after(allow: usize) -> Arc<Self> {
+        Arc::new(Self {
+            allow,
+            checks: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl crate::fence::Guard for Closing {
+    fn check(&self) -> Result<(), crate::fence::Fenced> {
+        let n = self.checks.fetch_add(1, Ordering::SeqCst);
+        if n < self.allow {
+            Ok(())
+        } else {
+            Err(crate::fence::Fenced::Expired {
+                since: Duration::from_secs(20),
+            })
+        }
+    }
+}
+
+/// Side effects a rotation performed: state writes, promotes and target calls.
+fn effects(w: &World, t: &Scripted) -> usize {
+    w.store.state_writes().len() + w.store.calls(Op::Promote) + t.calls().len()
+}
+
+#[tokio::test]
+async fn a_guard_that_closes_stops_the_rotation_before_its_next_effect_and_a_later_run_finishes_it()
+{
+    // An open guard: how many checks a whole rotation makes, and its effects.
+    let w = world(3);
+    let t = Scripted::default();
+    let open = Closing::after(usize::MAX);
+    w.engine(HOLDER)
+        .with_guard(open.clone())
+        .rotate(&w.policy, &w.store, &t, &Trigger::Manual { reason: None })
+        .await
+        .unwrap();
+    let checks = open.checks.load(Ordering::SeqCst);
+    // claim, set, test, promote, clear: one check before each.
+    assert_eq!((checks, effects(&w, &t)), (5, 5));
+
+    // Closed after each number of checks in turn: the effects stop exactly there.
+    for allow in 0..checks {
+        let w = world(3);
+        let t = Scripted::default();
+        let guard = Closing::after(allow);
+        let e = w
+            .engine(HOLDER)
+            .with_guard(guard)
+            .rotate(&w.policy, &w.store, &t, &Trigger::Manual { reason: None })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RotationError::Fenced { .. }), "{e}");
+        assert_eq!(effects(&w, &t), allow, "allowed {allow} checks");
+        // Every intent the log holds has its outcome: nothing was started and left.
+        let events = w.events();
+        let started = events.iter().filter(|(_, o)| o == "started").count();
+        assert_eq!(started * 2, events.len(), "{events:?}");
+        // The same holder, allowed again, finishes the rotation: one new CURRENT.
+        let done = w.rotate(&t).await.unwrap();
+        assert!(matches!(done, RotationOutcome::Rotated { .. }), "{done:?}");
+        assert_eq!(w.store.versions().len(), 2);
+        assert!(w.store.peek_state().in_flight.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_claim_with_less_than_half_its_lease_left_is_renewed_before_each_effect() {
+    let w = world(3);
+    let t = Scripted::default();
+    // A lease of zero is always less than half left: every effect renews the claim first.
+    w.engine(HOLDER)
+        .with_lease(Duration::ZERO)
+        .rotate(&w.policy, &w.store, &t, &Trigger::Manual { reason: None })
+        .await
+        .unwrap();
+    let writes = w.store.state_writes();
+    // claim, renewals before set, test and promote, clear.
+    assert_eq!(writes.len(), 5, "{writes:?}");
+    assert!(
+        writes[..4]
+            .iter()
+            .all(|s| s.in_flight.as_ref().is_some_and(|f| f.holder == HOLDER))
+    );
+
+    // A renewal that meets another writer's claim stops the rotation before the effect.
+    let w = world(3);
+    let t = Scripted::default();
+    let other = InFlight {
+        rotation_id: uuid::Uuid::new_v4().to_string(),
+        step: Step::Created,
+        pending: credential("other-pending"),
+        started_at: Utc::now(),
+        holder: "agent-b".into(),
+        lease_until: Utc::now() + chrono::Duration::minutes(5),
+        attempts: 0,
+    };
+    // The claim goes through; the renewal before `set` meets a moved fence.
+    w.store.inject(Op::WriteState, Fault::Pass);
+    w.store.inject(
+        Op::WriteState,
+        Fault::StateRaced(Box::new(StateRecord {
+            in_flight: Some(other),
+            ..StateRecord::default()
+        })),
+    );
+    let e = w
+        .engine(HOLDER)
+        .with_lease(Duration::ZERO)
+        .rotate(&w.policy, &w.store, &t, &Trigger::Manual { reason: None })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RotationError::Store { .. }), "{e}");
+    assert!(t.calls().is_empty(), "the target was not touched");
+    assert_eq!(w.store.peek_state().in_flight.unwrap().holder, "agent-b");
+}
