@@ -292,6 +292,13 @@ pub fn retry_at(
     let floor = now.checked_add_signed(chrono::Duration::from_std(RETRY_MIN).ok()?)?;
     let backoff = now
         .checked_add_signed(chrono::Duration::from_std(retry_delay(policy, failures, cap)).ok()?)?;
+    // "Due at once" (a first rotation, or one whose state could not be read) is no slot of
+    // the schedule: counting slots from the epoch would invent one (for `every`, on whole
+    // UTC multiples) that the last rotation, made by another process meanwhile, did not
+    // serve, and the retry would rotate again. The retry stays due at once, after backoff.
+    if due == DateTime::<Utc>::UNIX_EPOCH {
+        return Some((due, backoff.max(floor)));
+    }
     let (due, fire_at) = match schedule
         .slot_after(due, now)
         .and_then(|next| Some((next, jittered(policy, next, window)?)))
@@ -719,6 +726,8 @@ mod tests {
             retry_at("p", &s, Duration::ZERO, epoch, 1, RETRY_MAX_DEFAULT, now).unwrap();
         assert!(at >= now + chrono::Duration::seconds(30), "{at}");
         assert!(at <= now + chrono::Duration::seconds(60), "{at}");
-        assert!(slot == epoch || slot > now, "{slot}");
+        // Still due at once: no slot counted from the epoch (for `every`, a whole minute the
+        // last rotation, by another process, may not have served) replaces it.
+        assert_eq!(slot, epoch);
     }
 }

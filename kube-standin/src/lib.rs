@@ -22,6 +22,7 @@
 //! | apps/v1 `deployments`, `statefulsets` | same |
 //! | coordination.k8s.io/v1 `leases` | same |
 //! | events.k8s.io/v1 `events` (see `events`) | same |
+//! | core/v1 `events` (a view of the same Events, converted as the real server converts them; see `events`) | get, list (field selectors on `involvedObject.*`, what `kubectl describe` sends) |
 //! | admissionregistration.k8s.io/v1 `mutatingwebhookconfigurations` (cluster-scoped; see `webhooks`) | same |
 //! | rbac.authorization.k8s.io/v1 `roles`, `rolebindings`, `clusterroles`, `clusterrolebindings` (the last two cluster-scoped) | same |
 //! | apiextensions.k8s.io/v1 `customresourcedefinitions` (cluster-scoped; validated, established at once; see `crds`) | same |
@@ -71,12 +72,12 @@
 //! `/watch/` paths, deleting namespaces, pagination (`limit` is ignored),
 //! protobuf responses and protobuf bodies other than Secrets and Deployments (415, naming
 //! what is missing), `/openapi/v2`, validating admission webhooks and mutating ones on
-//! anything but pod creates (a pod created by server-side apply skips them), core/v1
-//! `events`, finalizers and graceful deletion, for custom resources: version conversion
-//! (only `apiVersion` changes), the `scale` subresource, strategic merge patches (415, as on
-//! a real server), `allOf`/`anyOf`/`oneOf`/`not`, `format` and CEL validation rules,
-//! `x-kubernetes-embedded-resource`, and name conflicts between definitions (each is
-//! accepted),
+//! anything but pod creates (a pod created by server-side apply skips them), writes and
+//! watches of core/v1 `events`, finalizers and graceful deletion, for custom resources:
+//! version conversion (only `apiVersion` changes), the `scale` subresource, strategic merge
+//! patches (415, as on a real server), `allOf`/`anyOf`/`oneOf`/`not`, `format` and CEL
+//! validation rules, `x-kubernetes-embedded-resource`, and name conflicts between
+//! definitions (each is accepted),
 //! list-merge semantics of server-side apply, and JSON patches of `metadata.managedFields`
 //! (so kubectl's move of a client-side-applied object to server-side apply warns, and the
 //! server-side apply then conflicts with `kubectl-client-side-apply` unless forced).

@@ -186,9 +186,17 @@ fn document(group: &str, version: &str, kinds: &[&'static ResourceKind]) -> Valu
         if kind.stored {
             let mut item = json!({"parameters": item_base});
             item["get"] = operation(kind, "get", "read", Vec::new());
-            item["put"] = operation(kind, "put", "replace", write_params(false));
-            item["patch"] = operation(kind, "patch", "patch", write_params(true));
-            item["delete"] = operation(kind, "delete", "delete", vec![query("dryRun", "")]);
+            // Only the operations served (core/v1 Events are read-only, namespaces are never
+            // deleted).
+            if verb("update") {
+                item["put"] = operation(kind, "put", "replace", write_params(false));
+            }
+            if verb("patch") {
+                item["patch"] = operation(kind, "patch", "patch", write_params(true));
+            }
+            if verb("delete") {
+                item["delete"] = operation(kind, "delete", "delete", vec![query("dryRun", "")]);
+            }
             paths.insert(format!("{collection}/{{name}}"), item);
         }
     }

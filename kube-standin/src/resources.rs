@@ -177,6 +177,27 @@ pub(crate) static EVENTS: ResourceKind = ResourceKind {
     custom: None,
 };
 
+/// core/v1 Events: a read-only view of the stored events.k8s.io/v1 Events, converted as the
+/// real server converts between the two versions of its one Event storage (see `events`).
+/// `kubectl describe` lists these (`involvedObject.*` field selectors), and `kubectl get
+/// events` resolves to them, as on a real server. Only get and list are served: nothing in
+/// keyturn writes or watches core Events.
+pub(crate) static CORE_EVENTS: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    plural: "events",
+    singular: "event",
+    kind: "Event",
+    namespaced: true,
+    short_names: &["ev"],
+    verbs: &["get", "list"],
+    stored: true,
+    create_on_update: false,
+    unconditional_update: true,
+    has_generation: false,
+    custom: None,
+};
+
 /// The configurations of mutating admission webhooks (see `webhooks`, `admission`).
 pub(crate) static MUTATING_WEBHOOK_CONFIGURATIONS: ResourceKind = ResourceKind {
     group: "admissionregistration.k8s.io",
@@ -286,6 +307,7 @@ pub(crate) static ALL: &[&ResourceKind] = &[
     &PODS,
     &SECRETS,
     &SERVICE_ACCOUNTS,
+    &CORE_EVENTS,
     &DEPLOYMENTS,
     &STATEFUL_SETS,
     &LEASES,

@@ -2,7 +2,8 @@
 //!
 //! Set-based and equality-based label requirements (`a=b`, `a!=b`, `a in (x,y)`, `a notin (x)`,
 //! `a`, `!a`); field selectors on `metadata.name` and `metadata.namespace`, which is all the
-//! real server supports for these kinds besides `type` on Secrets (also supported).
+//! real server supports for these kinds besides `type` on Secrets (also supported), and, for
+//! core/v1 Events, the fields `events` names.
 
 use serde_json::Value;
 
@@ -118,6 +119,15 @@ impl FieldSelector {
     /// # Errors
     /// 400 for a field the real server would not know for these kinds.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
+        Self::parse_for(s, &["metadata.name", "metadata.namespace", "type"])
+    }
+
+    /// Parses a `fieldSelector` query value for a kind whose selectable fields are
+    /// `supported` (core/v1 Events select on `involvedObject.*`, see `events`).
+    ///
+    /// # Errors
+    /// 400 for a field not in `supported`, worded as the real server words it.
+    pub fn parse_for(s: &str, supported: &[&str]) -> Result<Self, ApiError> {
         let mut out = Vec::new();
         for part in split_top_level(s) {
             let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -130,7 +140,7 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace" | "type") {
+            if !supported.contains(&field) {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
@@ -141,16 +151,24 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
+        self.matches_fields(|field| {
+            match field {
                 "metadata.name" => obj.pointer("/metadata/name"),
                 "metadata.namespace" => obj.pointer("/metadata/namespace"),
                 _ => obj.get("type"),
             }
             .and_then(Value::as_str)
-            .unwrap_or("");
-            (actual == value) == *equal
+            .unwrap_or("")
+            .to_owned()
         })
+    }
+
+    /// Whether the object whose selectable field `f` has the value `value_of(f)` (`""` when
+    /// unset, as the real server's field sets have it) satisfies every requirement.
+    pub fn matches_fields(&self, value_of: impl Fn(&str) -> String) -> bool {
+        self.0
+            .iter()
+            .all(|(field, equal, value)| (value_of(field) == *value) == *equal)
     }
 }
 

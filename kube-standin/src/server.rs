@@ -587,6 +587,9 @@ async fn serve_resource(
             _ => {}
         }
     }
+    if kind == &resources::CORE_EVENTS {
+        return super::events::serve_core(shared, verb, namespace, name, &ctx.query);
+    }
     if kind == &resources::TOKEN_REVIEWS {
         return reviews::token_review(shared, ctx.body);
     }

@@ -4,9 +4,10 @@
 //! Columns are the real server's printers' for the kinds kubectl users look at (Secrets:
 //! NAME, TYPE, DATA, AGE; Deployments: NAME, READY, UP-TO-DATE, AVAILABLE, AGE, and
 //! CONTAINERS, IMAGES, SELECTOR with `-o wide`; Pods: NAME, READY, STATUS, RESTARTS, AGE,
-//! never running, so `0/N` and `Pending`) and the default NAME, CREATED AT for the
-//! rest. Each row carries the object's metadata (`PartialObjectMetadata`), which kubectl
-//! reads for namespaces and labels, as the default `includeObject=Metadata` makes it.
+//! never running, so `0/N` and `Pending`; Events of both versions: LAST SEEN, TYPE, REASON,
+//! OBJECT, MESSAGE) and the default NAME, CREATED AT for the rest. Each row carries the
+//! object's metadata (`PartialObjectMetadata`), which kubectl reads for namespaces and
+//! labels, as the default `includeObject=Metadata` makes it.
 
 use serde_json::{Value, json};
 
@@ -143,6 +144,8 @@ fn columns(kind: &ResourceKind) -> Vec<Value> {
             ),
             column("Age", "string", "", 0, age),
         ]
+    } else if is_event(kind) {
+        event_columns()
     } else if *kind == resources::DEPLOYMENTS {
         vec![
             name,
@@ -247,6 +250,10 @@ fn cells(kind: &ResourceKind, obj: &Value) -> Vec<Value> {
             json!("0"),
             json!(age(obj)),
         ]
+    } else if *kind == resources::CORE_EVENTS {
+        event_cells(obj)
+    } else if *kind == resources::EVENTS {
+        event_cells(&super::events::to_core(obj))
     } else if *kind == resources::DEPLOYMENTS {
         let containers = obj
             .pointer("/spec/template/spec/containers")
@@ -292,6 +299,147 @@ fn cells(kind: &ResourceKind, obj: &Value) -> Vec<Value> {
                 .unwrap_or(Value::Null),
         ]
     }
+}
+
+/// Events of either version: the real server prints both with its one Event printer.
+fn is_event(kind: &ResourceKind) -> bool {
+    *kind == resources::EVENTS || *kind == resources::CORE_EVENTS
+}
+
+/// The real Event printer's columns (`kubectl get events`: LAST SEEN, TYPE, REASON, OBJECT,
+/// MESSAGE; the rest with `-o wide`).
+fn event_columns() -> Vec<Value> {
+    vec![
+        column(
+            "Last Seen",
+            "string",
+            "",
+            0,
+            "The time at which the most recent occurrence of this event was recorded.",
+        ),
+        column(
+            "Type",
+            "string",
+            "",
+            0,
+            "Type of this event (Normal, Warning), new types could be added in the future",
+        ),
+        column(
+            "Reason",
+            "string",
+            "",
+            0,
+            "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+        ),
+        column(
+            "Object",
+            "string",
+            "",
+            0,
+            "The object that this event is about.",
+        ),
+        column(
+            "Subobject",
+            "string",
+            "",
+            1,
+            "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement.",
+        ),
+        column(
+            "Source",
+            "string",
+            "",
+            1,
+            "The component reporting this event. Should be a short machine understandable string.",
+        ),
+        column(
+            "Message",
+            "string",
+            "",
+            0,
+            "A human-readable description of the status of this operation.",
+        ),
+        column(
+            "First Seen",
+            "string",
+            "",
+            1,
+            "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)",
+        ),
+        column(
+            "Count",
+            "string",
+            "",
+            1,
+            "The number of times this event has occurred.",
+        ),
+        column(
+            "Name",
+            "string",
+            "name",
+            1,
+            "Name must be unique within a namespace.",
+        ),
+    ]
+}
+
+/// `translateTimestampSince` of an RFC 3339 time: its age, `<unknown>` when unset.
+fn since(time: Option<&Value>) -> String {
+    time.and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(
+            || "<unknown>".to_owned(),
+            |t| human_duration((chrono::Utc::now() - t.to_utc()).num_seconds()),
+        )
+}
+
+/// The real `printEvent` of a core/v1 Event, with every column (the server prints wide;
+/// kubectl hides the priority-1 ones).
+fn event_cells(core: &Value) -> Vec<Value> {
+    let text = |pointer: &str| {
+        core.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let present = |key: &str| core.get(key).filter(|v| !v.is_null());
+    let first =
+        present("firstTimestamp").map_or_else(|| since(present("eventTime")), |t| since(Some(t)));
+    let mut last = present("lastTimestamp").map_or_else(|| first.clone(), |t| since(Some(t)));
+    let mut count = core.get("count").and_then(Value::as_i64).unwrap_or(0);
+    if let Some(series) = present("series") {
+        last = since(series.get("lastObservedTime"));
+        count = series.get("count").and_then(Value::as_i64).unwrap_or(0);
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = text("/involvedObject/kind").to_lowercase();
+    let name = text("/involvedObject/name");
+    let target = if name.is_empty() {
+        kind
+    } else {
+        format!("{kind}/{name}")
+    };
+    let first_non_empty = |a: String, b: String| if a.is_empty() { b } else { a };
+    let component = first_non_empty(text("/source/component"), text("/reportingComponent"));
+    let instance = first_non_empty(text("/source/host"), text("/reportingInstance"));
+    let source = if instance.is_empty() {
+        component
+    } else {
+        format!("{component}, {instance}")
+    };
+    vec![
+        json!(last),
+        json!(text("/type")),
+        json!(text("/reason")),
+        json!(target),
+        json!(text("/involvedObject/fieldPath")),
+        json!(source),
+        json!(text("/message").trim()),
+        json!(first),
+        json!(count),
+        json!(text("/metadata/name")),
+    ]
 }
 
 fn row(kind: &ResourceKind, obj: &Value) -> Value {

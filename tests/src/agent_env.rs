@@ -379,6 +379,52 @@ impl Daemon {
         let status = self.child.wait().unwrap();
         (status, self.log())
     }
+
+    /// Sends `signal`, named as `kill` takes it (`STOP`, `CONT`, `KILL`, `TERM`): a test's
+    /// own pause, resume or crash of the daemon.
+    ///
+    /// # Panics
+    /// When `kill` cannot be run or refuses (the process is gone and reaped).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.child.id());
+    }
+
+    /// The exit status once it has exited; `None` while it runs.
+    ///
+    /// # Panics
+    /// When the process cannot be waited for.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the exit without blocking the async runtime (every 50 ms a look), so that
+    /// a server in the test's own process (the Kubernetes stand-in) keeps answering the
+    /// daemon's last requests, such as the release of its membership Lease.
+    ///
+    /// # Panics
+    /// When the process cannot be waited for.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// [`Daemon::stop`] without blocking the async runtime (see [`Daemon::exited`]).
+    ///
+    /// # Panics
+    /// When the process cannot be signalled or waited for.
+    pub async fn stop_async(mut self) -> (std::process::ExitStatus, String) {
+        self.signal("TERM");
+        let status = self.exited().await;
+        (status, self.log())
+    }
 }
 
 impl Drop for Daemon {

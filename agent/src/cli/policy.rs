@@ -16,7 +16,8 @@ pub enum PolicyCommand {
     /// Validate a policy file or directory; print every problem as FILE:LINE:COL: FIELD: WHY.
     Check(CheckArgs),
     /// Print the Kubernetes Roles and RoleBindings the agent needs for these policies:
-    /// get/patch on exactly the Secrets and workloads they name.
+    /// get/patch on exactly the Secrets and workloads they name (and, when asked, what
+    /// membership Leases and RotationPolicy objects need).
     Rbac(RbacArgs),
     /// Print every access the agent needs for these policies, per policy: Vault capabilities,
     /// AWS actions, Kubernetes verbs, and what each target's admin must be allowed.
@@ -38,6 +39,14 @@ pub struct RbacArgs {
     /// Also grant `create` on Secrets (RBAC cannot limit it by name; see the output's header).
     #[arg(long)]
     pub allow_create_secrets: bool,
+    /// Also grant what `keyturn run --membership-namespace NAMESPACE` needs (replicas sharing
+    /// the policies): a Role there on the member Leases.
+    #[arg(long, value_name = "NAMESPACE", value_parser = policy::rbac::namespace_name)]
+    pub membership_namespace: Option<String>,
+    /// Also grant what `keyturn run --rotationpolicies` needs to read RotationPolicy objects:
+    /// a ClusterRole for `all`, else a Role in that namespace.
+    #[arg(long, value_name = "all|NAMESPACE")]
+    pub rotationpolicies: Option<policy::rbac::WatchScope>,
 }
 
 /// `keyturn policy check`.
@@ -56,6 +65,8 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             Ok(ps) => {
                 let options = policy::rbac::RbacOptions {
                     allow_create_secrets: a.allow_create_secrets,
+                    membership_namespace: a.membership_namespace,
+                    rotation_policies: a.rotationpolicies,
                 };
                 print!(
                     "{}",

@@ -143,6 +143,9 @@ pub enum MembershipError {
     /// A request failed.
     #[error(transparent)]
     Request(#[from] crate::kube_request::KubeRequestError),
+    /// A round took longer than a lease duration and was abandoned.
+    #[error("a membership round took longer than the lease duration and was abandoned")]
+    TimedOut,
     /// This replica's Lease name is held, live, by another holder (two replicas given the
     /// same `holder`): it is left alone until it expires.
     #[error("{object} is held by {holder:?}")]
@@ -481,9 +484,14 @@ impl Membership {
     pub async fn run(&self, mut stop: watch::Receiver<()>) {
         let mut last: Option<String> = None;
         loop {
-            let round = self.round();
+            // Bounded by one lease: a request hanging on an open connection (the client sets
+            // no read timeout) would otherwise stall membership for good, the replica fenced.
+            let round = tokio::time::timeout(self.inner.settings.lease_duration, self.round());
             let r = tokio::select! {
-                r = round => r,
+                r = round => r.unwrap_or_else(|_| {
+                    self.inner.failures.fetch_add(1, Ordering::Relaxed);
+                    Err(MembershipError::TimedOut)
+                }),
                 _ = stop.changed() => return,
             };
             match r {

@@ -26,6 +26,7 @@ pub mod metered;
 pub mod metrics;
 pub mod queue;
 pub mod server;
+pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -236,9 +237,7 @@ impl Daemon {
                 &done_tx,
                 policies[&name].clone(),
                 DateTime::<Utc>::UNIX_EPOCH,
-                Trigger::Manual {
-                    reason: Some("resume after restart".into()),
-                },
+                Trigger::Resume,
             );
         }
         let _ = self.ready.send(true);

@@ -7,6 +7,7 @@
 
 pub mod crd;
 mod error;
+pub mod kube_source;
 pub mod needs;
 pub mod rbac;
 mod schema;
@@ -53,6 +54,24 @@ pub struct Policy {
     pub distribute: Vec<Distribution>,
     /// Attempts of `set`/`test` before the rotation is reported failed.
     pub max_attempts: u32,
+    /// The RotationPolicy object it came from (`None` for a policy file); `file` then reads
+    /// `rotationpolicy/NAMESPACE/NAME`, so messages that print it still name the origin.
+    pub object: Option<PolicyObject>,
+}
+
+/// A RotationPolicy object a policy came from: what its status is written to, and what a
+/// rejection names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyObject {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`, also the policy's name.
+    pub name: String,
+    /// `metadata.uid`: tells a re-created object from the one it replaced.
+    pub uid: Option<String>,
+    /// `metadata.generation` of the spec the policy was made from (the status's
+    /// `observedGeneration`).
+    pub generation: Option<i64>,
 }
 
 /// How new values are generated.

@@ -122,6 +122,7 @@ impl<'a> Validator<'a> {
             generator: generator?,
             distribute: distribute.into_iter().collect::<Option<Vec<_>>>()?,
             max_attempts,
+            object: None,
         })
     }
 

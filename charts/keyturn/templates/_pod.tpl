@@ -100,7 +100,7 @@ policies, the audit log. Flags with the same names are in `keyturn run --help`. 
 {{- end }}
 {{- end }}
 
-{{/* checkov skips, each with its reason, on the daemon's Deployment and the test Pod (the
+{{/* checkov skips, each with its reason, on the daemon's StatefulSet and the test Pod (the
 suite runs checkov over every render and fails on any check not skipped here). */}}
 {{- define "keyturn.checkovSkips" -}}
 checkov.io/skip1: CKV_K8S_38=keyturn patches Secrets and rolls workloads through the Kubernetes API and logs in to Vault with this token, so it is mounted; the ServiceAccount itself does not automount

@@ -7,6 +7,8 @@ mod crd;
 mod distribute;
 mod inject;
 mod membership;
+mod policy_source;
+mod policy_status;
 mod rotationpolicy_crd;
 mod standin;
 mod watch;

@@ -741,3 +741,110 @@ fn log_lines_have_the_operator_keys(log: &str) {
     }
     assert!(seen > 3, "too few log lines to check:\n{log}");
 }
+
+/// The value of the unlabelled metric `name` in `/metrics` at `base`.
+async fn metric(base: &str, name: &str) -> Option<i64> {
+    let (_, text) = get(&format!("{base}/metrics")).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn two_replicas_split_the_policies_and_a_stopping_one_hands_its_share_over_at_once() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let e = AgentEnv::start(7).await;
+    let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        e.write_generated_policy(n, "");
+    }
+    let kube = keyturn_tests::kube::KubeStandin::start().await.unwrap();
+    let kubeconfig = e.home.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).unwrap();
+    let mut daemons = Vec::new();
+    let mut bases = Vec::new();
+    for holder in ["agent-1", "agent-2"] {
+        let listen = format!("127.0.0.1:{}", keyturn_tests::process::free_port());
+        // A lease far longer than the test: only the release can move the policies at once.
+        let args = [
+            "--listen",
+            &listen,
+            "--membership-namespace",
+            "default",
+            "--membership-lease",
+            "5m",
+        ];
+        let mut all = vec!["run", "--grace", "10s"];
+        all.extend_from_slice(&args);
+        let mut cmd = e.cmd(&all, holder);
+        cmd.env("KUBECONFIG", &kubeconfig);
+        if holder != "agent-1" {
+            // One writer per audit file.
+            cmd.env(
+                "KEYTURN_AUDIT_FILE",
+                e.home.path().join(format!("{holder}-audit.jsonl")),
+            );
+        }
+        let d = Daemon::spawn(cmd, e.home.path().join(format!("{holder}.log")));
+        daemons.push(d);
+        bases.push(format!("http://{listen}"));
+    }
+    // Both joined and split the twelve: each owns some, together all, and each policy was
+    // rotated once, by its owner.
+    eventually("both replicas see each other and own a share", || async {
+        let mut owned = Vec::new();
+        for b in &bases {
+            if metric(b, "keyturn_daemon_members").await != Some(2) {
+                return false;
+            }
+            owned.push(
+                metric(b, "keyturn_daemon_policies_owned")
+                    .await
+                    .unwrap_or(0),
+            );
+        }
+        owned.iter().all(|o| *o > 0) && owned.iter().sum::<i64>() == 12
+    })
+    .await;
+    for n in &names {
+        eventually(&format!("{n} rotated"), || async {
+            e.value_at(n, None).await.is_some()
+        })
+        .await;
+    }
+    let client = kube.client().await.unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client, "default");
+    let members = kube::api::ListParams::default().labels("keyturn.dev/daemon=member");
+    assert_eq!(leases.list(&members).await.unwrap().items.len(), 2);
+
+    // SIGTERM: agent-1 finishes, releases its Lease, and agent-2 takes all twelve long before
+    // the 5-minute Lease could have expired.
+    let d2 = daemons.pop().unwrap();
+    let (status, log1) = daemons.pop().unwrap().stop();
+    assert!(status.success(), "{log1}");
+    assert!(log1.contains("membership Lease released"), "{log1}");
+    let names_left: Vec<String> = leases
+        .list(&members)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|l| l.metadata.name)
+        .collect();
+    assert_eq!(names_left, ["keyturn-member-agent-2"]);
+    eventually("agent-2 owns every policy", || async {
+        metric(&bases[1], "keyturn_daemon_policies_owned").await == Some(12)
+            && metric(&bases[1], "keyturn_daemon_members").await == Some(1)
+    })
+    .await;
+    let (status, log2) = d2.stop();
+    assert!(status.success(), "{log2}");
+    // Taking a policy over reads its state: nothing was rotated twice.
+    for n in &names {
+        assert_eq!(
+            e.value_at(n, None).await.unwrap().1,
+            1,
+            "{n}:\n{log1}\n{log2}"
+        );
+    }
+    e.verify_audit();
+}

@@ -10,6 +10,7 @@ mod e2e;
 mod mysql;
 mod postgres;
 mod redis;
+mod replicas;
 #[path = "../support/mod.rs"]
 mod support;
 mod vault;

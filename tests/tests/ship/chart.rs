@@ -3,8 +3,10 @@
 //! of non-default values, every built-in object validated against the Kubernetes 1.29–1.33
 //! schemas with unknown fields rejected (`kubernetes-validate --strict`) and every render
 //! scanned by checkov once (no failed check unless the object carries a skip with a reason);
-//! the restricted security context on every Pod; the rendered RBAC equal to what `keyturn
-//! policy rbac` prints for the policies the rendered ConfigMap holds; the admission webhook's
+//! the restricted security context on every Pod; the daemon's StatefulSet (every replica a
+//! member, each with its own audit volume and anchor); the rendered RBAC equal to what
+//! `keyturn policy rbac` prints for the policies the rendered ConfigMap holds, the
+//! membership Leases and RotationPolicy objects included; the admission webhook's
 //! objects (its MutatingWebhookConfiguration's selectors and policies, its RBAC exactly,
 //! its NetworkPolicy, cert-manager mode); bad values rejected by values.schema.json naming
 //! the field; and, with `KEYTURN_TEST_KUBECONFIG`, server-side dry runs against that cluster.
@@ -185,8 +187,21 @@ fn matrix() -> Vec<Render> {
             "serviceMonitor": { "enabled": false }, "podDisruptionBudget": { "enabled": false },
             "test": { "enabled": false }, "prometheusRule": { "job": "kubernetes-pods" }
         })),
-        Render::new("existing-claim-other-namespace", "prod")
-            .with(json!({ "audit": { "persistence": { "type": "pvc", "pvc": { "existingClaim": "audit-keep" } } } })),
+        // One replica on a claim of one's own (the one claim of a release from before the
+        // StatefulSet, say).
+        Render::new("existing-claim-other-namespace", "prod").with(json!({
+            "replicas": 1,
+            "audit": { "persistence": { "type": "pvc", "pvc": { "existingClaim": "audit-keep" } } }
+        })),
+        Render::new("rotation-policies-everywhere-three-replicas", "prod").with(json!({
+            "rotationPolicies": { "watch": "all" }, "replicas": 3,
+            "daemon": { "membership": { "leaseSeconds": 30 } },
+            "affinity": { "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [
+                { "topologyKey": "kubernetes.io/hostname",
+                  "labelSelector": { "matchLabels": { "app.kubernetes.io/component": "agent" } } } ] } }
+        })),
+        Render::new("rotation-policies-one-namespace", "dev")
+            .with(json!({ "rotationPolicies": { "watch": "shop" } })),
         Render {
             release: "payments".to_owned(),
             namespace: "team-payments".to_owned(),
@@ -256,7 +271,7 @@ fn check_pods(label: &str, objs: &[Value]) {
         .unwrap_or_else(|| panic!("{label}: no Service"));
     for o in objs {
         let spec = match kind(o) {
-            "Deployment" => &o["spec"]["template"]["spec"],
+            "Deployment" | "StatefulSet" => &o["spec"]["template"]["spec"],
             "Pod" => &o["spec"],
             "ServiceAccount" => {
                 assert_eq!(
@@ -312,39 +327,8 @@ fn check_pods(label: &str, objs: &[Value]) {
         }
         if kind(o) == "Deployment" && component(o) == "webhook" {
             check_webhook_deployment(&what, o, objs);
-        } else if kind(o) == "Deployment" {
-            let c = &containers[0];
-            let args: Vec<&str> = c["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            assert_eq!(args[0], "run", "{what}");
-            assert!(
-                args.contains(&format!("--listen=0.0.0.0:{service_port}").as_str()),
-                "{what}: the daemon listens on the Service's port: {args:?}"
-            );
-            assert_eq!(
-                c["ports"][0]["containerPort"],
-                json!(service_port),
-                "{what}"
-            );
-            assert_eq!(
-                c["livenessProbe"]["httpGet"],
-                json!({ "path": "/healthz", "port": "metrics" }),
-                "{what}"
-            );
-            assert_eq!(
-                c["readinessProbe"]["httpGet"],
-                json!({ "path": "/readyz", "port": "metrics" }),
-                "{what}"
-            );
-            assert_eq!(
-                o["spec"]["strategy"]["type"],
-                json!("Recreate"),
-                "{what}: never two daemons at once"
-            );
+        } else if kind(o) == "StatefulSet" && component(o) == "agent" {
+            check_daemon(&what, o, service_port);
         } else {
             assert_eq!(containers[0]["args"], json!(["doctor"]), "{what}");
             assert_eq!(
@@ -361,16 +345,148 @@ fn check_pods(label: &str, objs: &[Value]) {
 /// Every variable `keyturn webhook` reads, from its clap definition (so a variable the chart
 /// sets that the binary does not read, or no longer reads, fails here).
 fn webhook_env() -> Vec<String> {
+    subcommand_env("webhook")
+}
+
+/// Every variable `keyturn SUBCOMMAND` reads (its flags' and the global ones), from clap.
+fn subcommand_env(subcommand: &str) -> Vec<String> {
     use clap::CommandFactory as _;
     let cli = keyturn_agent::cli::Cli::command();
-    let webhook = cli
+    let sub = cli
         .get_subcommands()
-        .find(|c| c.get_name() == "webhook")
-        .expect("keyturn webhook");
+        .find(|c| c.get_name() == subcommand)
+        .unwrap_or_else(|| panic!("keyturn {subcommand}"));
     cli.get_arguments()
-        .chain(webhook.get_arguments())
+        .chain(sub.get_arguments())
         .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
         .collect()
+}
+
+/// The daemon's StatefulSet: `keyturn run` on the Service's port with both probes; every
+/// KEYTURN_ variable one `keyturn run` reads; a member at every replica count (its
+/// holder the pod's stable name, its Leases in its own namespace, a lease the daemon
+/// accepts); rolled one replica at a time; each replica's audit log on a volume of its own
+/// (an emptyDir, a claim from the templates kept on scale-down and deletion, or one claim
+/// at one replica) and, when anchored, anchored on a path of its own.
+fn check_daemon(what: &str, sts: &Value, service_port: u64) {
+    let spec = &sts["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[0], "run", "{what}");
+    assert!(
+        args.contains(&format!("--listen=0.0.0.0:{service_port}").as_str()),
+        "{what}: the daemon listens on the Service's port: {args:?}"
+    );
+    assert_eq!(
+        c["ports"][0]["containerPort"],
+        json!(service_port),
+        "{what}"
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"],
+        json!({ "path": "/healthz", "port": "metrics" }),
+        "{what}"
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"],
+        json!({ "path": "/readyz", "port": "metrics" }),
+        "{what}"
+    );
+
+    let env = env_of(c);
+    let known = subcommand_env("run");
+    // VAULT_* are read by the Vault client, beside clap.
+    for k in env.keys().filter(|k| k.starts_with("KEYTURN_")) {
+        assert!(
+            known.contains(k),
+            "{what}: {k} is not one of keyturn run's variables"
+        );
+    }
+    assert_eq!(
+        env["KEYTURN_HOLDER"],
+        json!({ "fieldRef": { "fieldPath": "metadata.name" } }).to_string(),
+        "{what}: the holder is the pod's stable name"
+    );
+    assert_eq!(
+        env["KEYTURN_MEMBERSHIP_NAMESPACE"],
+        json!({ "fieldRef": { "fieldPath": "metadata.namespace" } }).to_string(),
+        "{what}: the member Leases live in the daemon's own namespace"
+    );
+    let lease = env["KEYTURN_MEMBERSHIP_LEASE"]
+        .strip_suffix('s')
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{what}: KEYTURN_MEMBERSHIP_LEASE {env:?}"));
+    assert!(
+        (3..=300).contains(&lease),
+        "{what}: --membership-lease {lease}s"
+    );
+
+    assert_eq!(
+        sts["spec"]["updateStrategy"],
+        json!({ "type": "RollingUpdate" }),
+        "{what}: one replica at a time"
+    );
+    assert_eq!(
+        sts["spec"]["podManagementPolicy"],
+        json!("Parallel"),
+        "{what}"
+    );
+    assert!(sts["spec"]["serviceName"].is_string(), "{what}");
+
+    // The audit directory: exactly one source, per replica unless one claim at one replica.
+    let volumes: Vec<&Value> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] == "audit")
+        .collect();
+    let templates: Vec<&Value> = sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["metadata"]["name"] == "audit")
+        .collect();
+    assert_eq!(
+        volumes.len() + templates.len(),
+        1,
+        "{what}: the audit volume comes from exactly one place"
+    );
+    if let Some(t) = templates.first() {
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }),
+            "{what}: audit logs outlive the StatefulSet"
+        );
+        let labels = t["metadata"]["labels"].as_object().unwrap();
+        assert!(
+            labels
+                .keys()
+                .all(|k| !k.starts_with("helm.sh/") && k != "app.kubernetes.io/version"),
+            "{what}: claim templates cannot change after install, so nothing version-bound: {labels:?}"
+        );
+    } else if volumes[0].get("persistentVolumeClaim").is_some() {
+        assert!(
+            sts["spec"]["replicas"].as_u64().unwrap() <= 1,
+            "{what}: one claim shared by several replicas"
+        );
+    } else {
+        assert!(
+            volumes[0].get("emptyDir").is_some(),
+            "{what}: {}",
+            volumes[0]
+        );
+    }
+    if let Some(anchor) = args.iter().find_map(|a| a.strip_prefix("--audit-anchor=")) {
+        assert!(
+            anchor.starts_with("vault-kv:") && anchor.ends_with("/$(KEYTURN_HOLDER)"),
+            "{what}: each replica anchors its own log: {anchor}"
+        );
+    }
 }
 
 /// A container's environment: name to `value`, or to its `valueFrom` as JSON text.
@@ -444,7 +560,7 @@ fn check_webhook_deployment(what: &str, dep: &Value, objs: &[Value]) {
     let c = &spec["containers"][0];
     assert_eq!(spec["containers"].as_array().unwrap().len(), 1, "{what}");
     assert_eq!(c["args"], json!(["webhook"]), "{what}");
-    let daemon = the(objs, "Deployment", "agent");
+    let daemon = the(objs, "StatefulSet", "agent");
     assert_eq!(
         c["image"], daemon["spec"]["template"]["spec"]["containers"][0]["image"],
         "{what}: the webhook is a subcommand of the daemon's image"
@@ -735,12 +851,12 @@ fn check_one_service_monitor(label: &str, namespace: &str, sm: &Value, objs: &[V
     );
 }
 
-/// A Deployment with a field no Kubernetes version knows and a privileged container: the
-/// validators must fail it, or their passing means nothing.
+/// The daemon's StatefulSet with a field no Kubernetes version knows and a privileged
+/// container: the validators must fail it, or their passing means nothing.
 fn planted(objs: &[Value]) -> Value {
     let mut d = objs
         .iter()
-        .find(|o| kind(o) == "Deployment")
+        .find(|o| kind(o) == "StatefulSet")
         .unwrap()
         .clone();
     d["metadata"]["name"] = json!("planted");
@@ -959,9 +1075,10 @@ fn every_render_is_valid_for_kubernetes_1_29_to_1_33_restricted_and_passes_check
 }
 
 /// `keyturn policy rbac` over the policy files the rendered ConfigMap holds (what the daemon
-/// will load), with the ServiceAccount the chart binds, against the chart's own Roles and
-/// RoleBindings: equal as objects, the chart adding only labels.
-fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str]) {
+/// will load), with the ServiceAccount the chart binds and the membership namespace the
+/// daemon is given (its own), against the chart's own (Cluster)Roles and bindings for the
+/// daemon: equal as objects, the chart adding only labels. `want` is how many objects.
+fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str], want: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let r = Render {
         namespace: "agents".to_owned(),
@@ -983,6 +1100,7 @@ fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str]) {
         .args(["policy", "rbac"])
         .arg(&dir)
         .args(["--service-account", "keyturn", "--namespace", "agents"])
+        .args(["--membership-namespace", "agents"])
         .args(cli_flags));
     assert!(
         out.status.success(),
@@ -999,10 +1117,12 @@ fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str]) {
     let mut chart = BTreeMap::new();
     // The daemon's; the webhook's own Role is checked in
     // `the_webhook_rbac_is_events_its_own_configuration_and_leases_and_nothing_else`.
-    for o in objs
-        .iter()
-        .filter(|o| matches!(kind(o), "Role" | "RoleBinding") && component(o) == "agent")
-    {
+    for o in objs.iter().filter(|o| {
+        matches!(
+            kind(o),
+            "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+        ) && component(o) == "agent"
+    }) {
         let mut o = o.clone();
         let labels = o["metadata"]["labels"].as_object().unwrap().clone();
         let id = key(&o);
@@ -1017,8 +1137,8 @@ fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str]) {
     }
     assert_eq!(
         cli.len(),
-        4,
-        "{label}: the policies reach two namespaces: {:?}",
+        want,
+        "{label}: the policies reach two namespaces, the membership Role one more: {:?}",
         cli.keys()
     );
     assert_eq!(
@@ -1029,11 +1149,25 @@ fn rbac_matches(label: &str, extra: Value, cli_flags: &[&str]) {
 
 #[test]
 fn the_rendered_rbac_is_what_keyturn_policy_rbac_prints_for_the_same_policies() {
-    rbac_matches("rbac", json!({}), &[]);
+    // Two delivery namespaces' Roles and bindings, and the membership Role's.
+    rbac_matches("rbac", json!({}), &[], 6);
     rbac_matches(
         "rbac-create",
         json!({ "rbac": { "allowCreateSecrets": true } }),
         &["--allow-create-secrets"],
+        6,
+    );
+    rbac_matches(
+        "rbac-rotation-policies-all",
+        json!({ "rotationPolicies": { "watch": "all" } }),
+        &["--rotationpolicies", "all"],
+        8,
+    );
+    rbac_matches(
+        "rbac-rotation-policies-shop",
+        json!({ "rotationPolicies": { "watch": "shop" } }),
+        &["--rotationpolicies", "shop"],
+        8,
     );
 }
 
@@ -1041,7 +1175,28 @@ fn the_rendered_rbac_is_what_keyturn_policy_rbac_prints_for_the_same_policies() 
 fn bad_values_are_rejected_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("two replicas", json!({ "replicas": 2 }), "/replicas"),
+        ("negative replicas", json!({ "replicas": -1 }), "/replicas"),
+        (
+            // values-prod runs two replicas: each needs its own audit log.
+            "one existing claim for two replicas",
+            json!({ "audit": { "persistence": { "type": "pvc", "pvc": { "existingClaim": "audit-keep" } } } }),
+            "audit.persistence.pvc.existingClaim",
+        ),
+        (
+            "a membership lease keyturn run refuses",
+            json!({ "daemon": { "membership": { "leaseSeconds": 2 } } }),
+            "/daemon/membership/leaseSeconds",
+        ),
+        (
+            "a membership lease as a duration",
+            json!({ "daemon": { "membership": { "leaseSeconds": "15s" } } }),
+            "/daemon/membership/leaseSeconds",
+        ),
+        (
+            "a RotationPolicy scope that is no namespace",
+            json!({ "rotationPolicies": { "watch": "All" } }),
+            "/rotationPolicies/watch",
+        ),
         ("a misspelt key", json!({ "replica": 1 }), "'replica'"),
         (
             "a misspelt nested key",
@@ -1426,18 +1581,227 @@ fn the_webhook_rbac_is_events_its_own_configuration_and_leases_and_nothing_else(
         );
         // The daemon's account gets none of it, and the webhook's none of the daemon's.
         let daemon =
-            the(&objs, "Deployment", "agent")["spec"]["template"]["spec"]["serviceAccountName"]
+            the(&objs, "StatefulSet", "agent")["spec"]["template"]["spec"]["serviceAccountName"]
                 .as_str()
                 .unwrap();
         assert_ne!(daemon, account, "{label}");
         for (_, _, rule) in grants(&objs, ns, daemon) {
             assert!(
-                ["secrets", "deployments", "statefulsets", "daemonsets"]
-                    .contains(&rule["resources"][0].as_str().unwrap()),
+                [
+                    "secrets",
+                    "deployments",
+                    "statefulsets",
+                    "daemonsets",
+                    "leases"
+                ]
+                .contains(&rule["resources"][0].as_str().unwrap()),
                 "{label}: the daemon is granted {rule}"
             );
         }
     }
+}
+
+/// The rule of the daemon's membership Role.
+fn leases_rule() -> Value {
+    json!({ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["get", "list", "create", "update", "delete"] })
+}
+
+#[test]
+fn every_environment_runs_members_and_production_two_on_separate_nodes_each_with_its_own_audit_claim()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = "keyturn-system";
+    for (env, replicas, claims) in [("dev", 1, false), ("staging", 2, true), ("prod", 2, true)] {
+        let objs = Render::new(env, env).objects(tmp.path()).unwrap();
+        check_pods(env, &objs);
+        let sts = the(&objs, "StatefulSet", "agent");
+        assert_eq!(sts["spec"]["replicas"], json!(replicas), "{env}");
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"].is_array(),
+            claims,
+            "{env}: a claim per replica"
+        );
+        assert!(
+            !objs.iter().any(|o| kind(o) == "PersistentVolumeClaim"),
+            "{env}: no single claim for several replicas"
+        );
+        // The membership Role, bound to the daemon's account in its own namespace, whatever
+        // the replica count.
+        let account = sts["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap();
+        let leases: Vec<_> = grants(&objs, ns, account)
+            .into_iter()
+            .filter(|(_, _, rule)| rule["resources"] == json!(["leases"]))
+            .collect();
+        assert_eq!(
+            leases,
+            [("RoleBinding".to_owned(), ns.to_owned(), leases_rule())],
+            "{env}"
+        );
+    }
+
+    let objs = Render::new("prod", "prod").objects(tmp.path()).unwrap();
+    let sts = the(&objs, "StatefulSet", "agent");
+    let pod = &sts["spec"]["template"];
+    let pod_labels = &pod["metadata"]["labels"];
+    let c = &pod["spec"]["containers"][0];
+    let env = env_of(c);
+    assert_eq!(env["KEYTURN_MEMBERSHIP_LEASE"], "15s");
+    assert!(
+        c["args"].as_array().unwrap().contains(&json!(
+            "--audit-anchor=vault-kv:secret/keyturn/audit-anchor/prod/$(KEYTURN_HOLDER)"
+        )),
+        "{}",
+        c["args"]
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"],
+        json!([{
+            "metadata": { "name": "audit", "labels": {
+                "app.kubernetes.io/name": "keyturn", "app.kubernetes.io/instance": "keyturn",
+                "app.kubernetes.io/component": "agent" } },
+            "spec": { "accessModes": ["ReadWriteOncePod"], "resources": { "requests": { "storage": "20Gi" } } }
+        }])
+    );
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "audit")
+        .expect("the audit mount");
+    assert_eq!(mount["mountPath"], json!("/var/lib/keyturn/audit"));
+    // A drain takes one replica at a time; the scheduler keeps them on separate nodes and
+    // zones where it can.
+    let budget = the(&objs, "PodDisruptionBudget", "agent");
+    assert_eq!(budget["spec"]["maxUnavailable"], json!(1));
+    assert!(selects(&budget["spec"]["selector"], pod_labels));
+    let anti = &pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(anti.as_array().unwrap().len(), 1, "{anti}");
+    assert_eq!(
+        anti[0]["podAffinityTerm"]["topologyKey"],
+        json!("kubernetes.io/hostname")
+    );
+    assert!(selects(
+        &anti[0]["podAffinityTerm"]["labelSelector"],
+        pod_labels
+    ));
+    let spread = pod["spec"]["topologySpreadConstraints"].as_array().unwrap();
+    assert_eq!(spread.len(), 1);
+    assert_eq!(
+        (&spread[0]["topologyKey"], &spread[0]["whenUnsatisfiable"]),
+        (
+            &json!("topology.kubernetes.io/zone"),
+            &json!("ScheduleAnyway")
+        ),
+        "preferred, never blocking: a replica on a zonal claim must go to its zone"
+    );
+    assert!(selects(&spread[0]["labelSelector"], pod_labels));
+    // An affinity given replaces the default.
+    let given = json!({ "nodeAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [
+        { "weight": 1, "preference": { "matchExpressions": [ { "key": "pool", "operator": "In", "values": ["ops"] } ] } } ] } });
+    let objs = Render::new("prod-affinity", "prod")
+        .with(json!({ "affinity": given }))
+        .objects(tmp.path())
+        .unwrap();
+    assert_eq!(
+        the(&objs, "StatefulSet", "agent")["spec"]["template"]["spec"]["affinity"],
+        given
+    );
+}
+
+#[test]
+fn watching_rotation_policies_passes_the_scope_and_grants_reading_them_their_status_and_events_only()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = "keyturn-system";
+    let rules = [
+        json!({ "apiGroups": ["keyturn.dev"], "resources": ["rotationpolicies"], "verbs": ["get", "list", "watch"] }),
+        json!({ "apiGroups": ["keyturn.dev"], "resources": ["rotationpolicies/status"], "verbs": ["get", "patch", "update"] }),
+        json!({ "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }),
+    ];
+    // The grants beyond the deliveries' and the membership Role's.
+    let extra = |objs: &[Value]| {
+        let sts = the(objs, "StatefulSet", "agent");
+        let account = sts["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap();
+        let args: Vec<String> = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let granted: Vec<_> = grants(objs, ns, account)
+            .into_iter()
+            .filter(|(_, _, rule)| {
+                ![
+                    "secrets",
+                    "deployments",
+                    "statefulsets",
+                    "daemonsets",
+                    "leases",
+                ]
+                .contains(&rule["resources"][0].as_str().unwrap())
+            })
+            .collect();
+        (args, granted)
+    };
+    for (watch, binding, namespace) in [
+        ("all", "ClusterRoleBinding", "*"),
+        ("shop", "RoleBinding", "shop"),
+    ] {
+        let objs = Render::new(&format!("watch-{watch}"), "prod")
+            .with(json!({ "rotationPolicies": { "watch": watch } }))
+            .objects(tmp.path())
+            .unwrap();
+        let (args, granted) = extra(&objs);
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.starts_with("--rotationpolicies"))
+                .collect::<Vec<_>>(),
+            [&format!("--rotationpolicies={watch}")],
+            "{watch}"
+        );
+        let mut want: Vec<_> = rules
+            .iter()
+            .map(|r| (binding.to_owned(), namespace.to_owned(), r.clone()))
+            .collect();
+        want.sort_by_key(|g| format!("{g:?}"));
+        assert_eq!(granted, want, "{watch}");
+        let cluster_roles: Vec<&Value> = objs
+            .iter()
+            .filter(|o| kind(o) == "ClusterRole" && component(o) == "agent")
+            .collect();
+        if watch == "all" {
+            assert_eq!(cluster_roles.len(), 1, "{watch}");
+            assert_eq!(
+                cluster_roles[0]["rules"],
+                json!(rules),
+                "the ClusterRole grants exactly these verbs"
+            );
+            assert_eq!(
+                name(cluster_roles[0]),
+                "keyturn-agent-rotationpolicies-keyturn-system",
+                "a cluster-scoped name carries the release namespace"
+            );
+        } else {
+            assert!(cluster_roles.is_empty(), "{watch}: nothing cluster-wide");
+        }
+    }
+    let objs = Render::new("watch-off", "prod")
+        .objects(tmp.path())
+        .unwrap();
+    let (args, granted) = extra(&objs);
+    assert!(
+        granted.is_empty(),
+        "rotationPolicies.watch empty: nothing more is granted: {granted:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--rotationpolicies")),
+        "rotationPolicies.watch empty: no flag: {args:?}"
+    );
 }
 
 #[test]
@@ -1541,7 +1905,7 @@ fn the_webhook_network_policy_admits_only_the_api_server_and_scrapers_and_reache
         let dep = the(&objs, "Deployment", "webhook");
         let pod = dep["spec"]["template"]["metadata"]["labels"].clone();
         let daemon_pod =
-            the(&objs, "Deployment", "agent")["spec"]["template"]["metadata"]["labels"].clone();
+            the(&objs, "StatefulSet", "agent")["spec"]["template"]["metadata"]["labels"].clone();
         let daemon_np = the(&objs, "NetworkPolicy", "agent");
         assert!(
             !selects(&daemon_np["spec"]["podSelector"], &pod),

@@ -55,6 +55,9 @@ pub enum Trigger {
         /// The slot's due time (before jitter).
         due: DateTime<Utc>,
     },
+    /// A rotation found in flight is to be driven to its end; when it has ended meanwhile
+    /// (another process finished it), nothing new starts: the slot it served is served.
+    Resume,
     /// An operator or script asked for it now (`keyturn rotate`, break-glass).
     Manual {
         /// Recorded in the audit log.
@@ -255,6 +258,8 @@ impl Engine {
     }
 
     /// Whether this process may perform `step`'s side effect now.
+    // The steps' own error type, as every step returns: boxing it here alone gains nothing.
+    #[allow(clippy::result_large_err)]
     fn allowed(&self, policy: &str, step: &'static str) -> Result<(), RotationError> {
         match self.guard.as_ref().map(|g| g.check()) {
             Some(Err(source)) => Err(RotationError::Fenced {
@@ -364,7 +369,7 @@ impl Engine {
                 (f, true, Some(detail))
             }
             None => {
-                if slot_served(trigger, &view.state, now) {
+                if matches!(trigger, Trigger::Resume) || slot_served(trigger, &view.state, now) {
                     return Ok(ControlFlow::Break(RotationOutcome::AlreadyDone));
                 }
                 let value = generate(&policy.generator);
@@ -997,6 +1002,7 @@ fn slot_served(trigger: &Trigger, state: &StateRecord, now: DateTime<Utc>) -> bo
 fn start_reason(trigger: &Trigger) -> Option<String> {
     match trigger {
         Trigger::Manual { reason } => reason.clone(),
+        Trigger::Resume => Some("resume".into()),
         Trigger::Schedule { due } if *due == DateTime::<Utc>::UNIX_EPOCH => {
             Some("first rotation".into())
         }
