@@ -112,10 +112,6 @@ struct Done {
     fenced: bool,
 }
 
-/// When a fenced rotation is tried again without membership to say (never reached: only a
-/// replica with membership has a guard).
-const RETRY_FENCED: Duration = Duration::from_secs(5);
-
 /// Failing policies: how many attempts in a row did not complete, for the backoff.
 type Failing = BTreeMap<String, u32>;
 
@@ -307,7 +303,8 @@ impl Daemon {
                     if let Some(p) = policies.get(&done.policy).filter(|_| owned.contains(&done.policy)) {
                         if done.fenced {
                             self.metrics.fenced.inc();
-                            let wait = self.fenced_wait().unwrap_or(RETRY_FENCED);
+                            // Still fenced: wait a renewal period; open again already: at once.
+                            let wait = self.fenced_wait().unwrap_or_default();
                             queue.schedule(Slot { policy: done.policy.clone(), due: done.due, fire_at: Utc::now() + wait });
                         } else if done.failed {
                             self.failed(&mut queue, &mut failing, p, done.due);
