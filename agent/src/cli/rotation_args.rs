@@ -19,9 +19,10 @@ use crate::rotation::Engine;
 /// Options for the commands that rotate.
 #[derive(Debug, Clone, Args)]
 pub struct RotationArgs {
-    /// A policy file or a directory of them.
+    /// A policy file or a directory of them. Required, except for `keyturn run
+    /// --rotationpolicies`, which can take every policy from RotationPolicy objects.
     #[arg(long, env = "KEYTURN_POLICIES", value_name = "PATH")]
-    pub policies: PathBuf,
+    pub policies: Option<PathBuf>,
     /// This instance's name in rotation state and audit records. Keep it stable across
     /// restarts (the pod name of a StatefulSet, the host name) so an instance resumes its own
     /// interrupted rotations at once.
@@ -87,14 +88,25 @@ impl RotationArgs {
         } else {
             eprintln!(
                 "keyturn: no policy named {name:?} in {}",
-                self.policies.display()
+                self.policies_path()?.display()
             );
             Err(ExitCode::Usage)
         }
     }
 
+    /// `--policies`, which every command but `run --rotationpolicies` needs.
+    ///
+    /// # Errors
+    /// [`ExitCode::Usage`], after saying so, when it is not given.
+    pub(crate) fn policies_path(&self) -> Result<&std::path::Path, ExitCode> {
+        self.policies.as_deref().ok_or_else(|| {
+            eprintln!("keyturn: --policies (or KEYTURN_POLICIES) is required: the policy file or directory");
+            ExitCode::Usage
+        })
+    }
+
     pub(crate) fn load_policies(&self) -> Result<Vec<Policy>, ExitCode> {
-        policy::load(&self.policies).map_err(|e| {
+        policy::load(self.policies_path()?).map_err(|e| {
             eprintln!("{e}");
             ExitCode::Usage
         })
@@ -105,19 +117,22 @@ impl RotationArgs {
     /// # Errors
     /// The exit code, after printing one line per problem.
     pub async fn prepare_with(&self, policies: Vec<Policy>) -> Result<Prepared, ExitCode> {
-        self.prepare_guarded(policies, None).await
+        self.prepare_daemon(policies, None, false).await
     }
 
-    /// [`RotationArgs::prepare_with`] for a daemon replica: every side effect asks `guard`
-    /// first (the engine's and the Kubernetes writes'), and a claim on a rotation lasts
-    /// `claim_lease` instead of `--lease`.
+    /// [`RotationArgs::prepare_with`] for the daemon: every side effect asks `guard` first
+    /// (the engine's and the Kubernetes writes'), and a claim on a rotation lasts
+    /// `claim_lease` instead of `--lease`. With `more_to_come` (policies also arrive later,
+    /// from RotationPolicy objects) the Kubernetes and AWS clients are made whatever the first
+    /// policies need, since a later one may need them.
     ///
     /// # Errors
     /// As [`RotationArgs::prepare`].
-    pub async fn prepare_guarded(
+    pub async fn prepare_daemon(
         &self,
         policies: Vec<Policy>,
         guard: Option<(Arc<dyn Guard>, std::time::Duration)>,
+        more_to_come: bool,
     ) -> Result<Prepared, ExitCode> {
         let (cfg, method) = self.vault.prepare().map_err(|e| {
             eprintln!("keyturn: {e}");
@@ -125,7 +140,7 @@ impl RotationArgs {
         })?;
         // The Kubernetes client is built only when a policy distributes, from KUBECONFIG or the
         // in-cluster service account; building it makes no request.
-        let kube_sink = if policies.iter().any(|p| !p.distribute.is_empty()) {
+        let kube_sink = if more_to_come || policies.iter().any(|p| !p.distribute.is_empty()) {
             let client = crate::distribute::kubernetes::client_from_env().await.map_err(|e| {
                 eprintln!(
                     "keyturn: policies distribute to Kubernetes, but no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
@@ -149,7 +164,7 @@ impl RotationArgs {
             eprintln!("keyturn: {e}");
             e.exit_code()
         })?;
-        let aws = if Backends::needs_aws(&policies) {
+        let aws = if more_to_come || Backends::needs_aws(&policies) {
             Some(crate::rotation::store::aws_sm::client_from_env(None).await)
         } else {
             None

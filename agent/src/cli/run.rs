@@ -11,7 +11,14 @@ use super::rotation_args::RotationArgs;
 use std::sync::Arc;
 
 use crate::daemon::membership::{Membership, MembershipSettings};
-use crate::daemon::{Daemon, DaemonConfig, Metrics, anchoring, server};
+use crate::daemon::report::PolicyStatus;
+use crate::daemon::status::{StatusReporter, StatusSettings};
+use crate::daemon::{Daemon, DaemonConfig, Metrics, ObjectSource, anchoring, server};
+use crate::policy::kube_source::{self, WatchConfig};
+
+/// How long start-up waits for the first list of RotationPolicy objects before it goes on
+/// with the policy files (the objects join when listed).
+const FIRST_LIST: Duration = Duration::from_secs(30);
 use keyturn_core::audit::Anchor;
 
 /// `keyturn run`.
@@ -54,9 +61,47 @@ pub struct RunArgs {
     /// it): how long a vanished replica's policies wait before the others take them.
     #[arg(long, env = "KEYTURN_MEMBERSHIP_LEASE", default_value = "15s", value_parser = membership_lease)]
     pub membership_lease: Duration,
+    /// Also take policies from RotationPolicy objects (`rotationpolicies.keyturn.dev`), in
+    /// every namespace (`all`) or in this one, watched, with their status and Events written
+    /// back. Policy files win a name or store clash; `--policies` becomes optional.
+    #[arg(long, env = "KEYTURN_ROTATIONPOLICIES", value_name = "all|NAMESPACE", value_parser = rotationpolicies)]
+    pub rotationpolicies: Option<Scope>,
+    /// The API group RotationPolicy objects are read from. Leave it: another group is for
+    /// tests that define the resource under a name of their own on a shared cluster.
+    #[arg(long, env = "KEYTURN_ROTATIONPOLICIES_GROUP", default_value = crate::policy::crd::GROUP)]
+    pub rotationpolicies_group: String,
     /// Shared options.
     #[command(flatten)]
     pub common: RotationArgs,
+}
+
+/// Where `--rotationpolicies` reads objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace.
+    All,
+    /// One namespace.
+    Namespace(String),
+}
+
+/// `--rotationpolicies`: `all`, or a namespace's name (a DNS-1123 label).
+fn rotationpolicies(s: &str) -> Result<Scope, String> {
+    if s == "all" {
+        return Ok(Scope::All);
+    }
+    let label = s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if label {
+        Ok(Scope::Namespace(s.to_owned()))
+    } else {
+        Err(
+            "must be `all` or a namespace name (lower-case letters, digits and '-', at most 63)"
+                .into(),
+        )
+    }
 }
 
 /// `--membership-lease`: whole seconds from 3s to 5m (the Lease counts whole seconds; a
@@ -138,26 +183,41 @@ pub fn run(args: RunArgs) -> ExitCode {
                 }
             },
         };
-        let membership = match &args.membership_namespace {
-            None => None,
-            Some(namespace) => {
+        // One Kubernetes client for the membership Leases and the RotationPolicy objects.
+        let kube = if args.membership_namespace.is_some() || args.rotationpolicies.is_some() {
+            match crate::distribute::kubernetes::client_from_env().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let flag = if args.membership_namespace.is_some() { "--membership-namespace" } else { "--rotationpolicies" };
+                    eprintln!("keyturn: {flag}: no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}");
+                    return ExitCode::Usage;
+                }
+            }
+        } else {
+            None
+        };
+        let membership = match (&args.membership_namespace, &kube) {
+            (Some(namespace), Some(client)) => {
                 let holder = args.common.holder();
                 if !lease_name_part(&holder) {
                     eprintln!("keyturn: --holder (or the host name): with --membership-namespace it names a Lease, so it must be lower-case letters, digits, '-' and '.', starting and ending with a letter or digit");
                     return ExitCode::Usage;
                 }
-                let client = match crate::distribute::kubernetes::client_from_env().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("keyturn: --membership-namespace: no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}");
-                        return ExitCode::Usage;
-                    }
-                };
                 let settings = MembershipSettings::new(namespace, &holder, args.membership_lease);
-                Some(Membership::new(client, settings))
+                Some(Membership::new(client.clone(), settings))
             }
+            _ => None,
         };
-        let policies = match args.common.load_policies() {
+        // With objects, the policy files are optional, and an empty directory is a start.
+        let policies = match (&args.rotationpolicies, &args.common.policies) {
+            (None, _) => args.common.load_policies(),
+            (Some(_), None) => Ok(Vec::new()),
+            (Some(_), Some(path)) => crate::policy::load_or_empty(path).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::Usage
+            }),
+        };
+        let policies = match policies {
             Ok(p) => p,
             Err(code) => return code,
         };
@@ -166,11 +226,49 @@ pub fn run(args: RunArgs) -> ExitCode {
         let guard = membership
             .clone()
             .map(|m| (Arc::new(m) as Arc<dyn crate::fence::Guard>, args.membership_lease));
-        let p = match args.common.prepare_guarded(policies, guard).await {
+        let mut p = match args
+            .common
+            .prepare_daemon(policies, guard, args.rotationpolicies.is_some())
+            .await
+        {
             Ok(p) => p,
             Err(code) => return code,
         };
         let metrics = Metrics::new(Some(p.audit.clone()));
+        // RotationPolicy objects: watched for policies, and told what happens to them.
+        let (objects, status) = match (&args.rotationpolicies, kube) {
+            (Some(scope), Some(client)) => {
+                let namespace = match scope {
+                    Scope::All => None,
+                    Scope::Namespace(ns) => Some(ns.clone()),
+                };
+                let mut watch = WatchConfig::new(namespace);
+                watch.resource = kube_source::api_resource_in(&args.rotationpolicies_group);
+                watch.stats = metrics.source.clone();
+                // Only the replica that owns a policy, while its fence is open, writes about it.
+                let m = membership.clone();
+                let fence = move |_: &str, name: &str| {
+                    m.as_ref().is_none_or(|m| m.fence().is_ok() && m.owns(name))
+                };
+                let mut settings = StatusSettings::new(&args.common.holder());
+                settings.group.clone_from(&args.rotationpolicies_group);
+                let (reporter, _task) = StatusReporter::spawn(
+                    client.clone(),
+                    settings,
+                    Arc::new(fence),
+                    metrics.status.clone(),
+                );
+                let status = PolicyStatus::new(Some(reporter));
+                p.engine = p.engine.with_observer(Arc::new(status.clone()));
+                let source = ObjectSource {
+                    client,
+                    watch,
+                    first_list: FIRST_LIST,
+                };
+                (Some(source), status)
+            }
+            _ => (None, PolicyStatus::default()),
+        };
         let (ready_tx, ready_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         if let Some(listener) = listener {
@@ -210,6 +308,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         };
         let cfg = DaemonConfig {
             policies: args.common.policies.clone(),
+            objects,
+            status,
             concurrency: args.concurrency,
             grace: args.grace,
             reload_debounce: Duration::from_millis(300),

@@ -18,7 +18,9 @@ use prometheus_client::registry::Registry;
 
 use keyturn_core::audit::AuditLog;
 
+use super::status::StatusMetrics;
 use crate::policy::Policy;
+use crate::policy::kube_source::{Failure, SourceStats};
 use crate::schedule::Schedule;
 
 /// `{policy, outcome}`.
@@ -196,6 +198,15 @@ pub struct Metrics {
     /// `keyturn_daemon_membership_failures_total`: membership requests (Lease renewals and
     /// lists) that failed after their retries.
     pub membership_failures: Counter,
+    /// `keyturn_policy_objects_rejected`: RotationPolicy objects that yield no policy (an
+    /// invalid spec, a name or store another policy has), each named in the log and in its
+    /// status.
+    pub objects_rejected: Gauge,
+    /// What the RotationPolicy watch counts: `keyturn_policy_watch_lists_total` and
+    /// `keyturn_policy_watch_failures_total{kind}`, read when scraped.
+    pub source: Arc<SourceStats>,
+    /// The RotationPolicy status reporter's `keyturn_status_*`.
+    pub status: StatusMetrics,
     /// When each policy's CURRENT value was created, for `keyturn_secret_age_seconds`.
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     /// The audit log, for its counters and for whether it has failed.
@@ -344,11 +355,21 @@ impl Metrics {
             "Membership Lease renewals and lists that failed after their retries",
             membership_failures.clone(),
         );
+        let objects_rejected = Gauge::default();
+        registry.register(
+            "keyturn_policy_objects_rejected",
+            "RotationPolicy objects that yield no policy (invalid, or a name or store taken)",
+            objects_rejected.clone(),
+        );
+        let status = StatusMetrics::default();
+        status.register(&mut registry);
         register_build_info(&mut registry);
         let last_rotated = Arc::new(Mutex::new(HashMap::new()));
+        let source = Arc::new(SourceStats::default());
         registry.register_collector(Box::new(Scraped {
             last_rotated: last_rotated.clone(),
             audit: audit.clone(),
+            source: source.clone(),
         }));
         Self {
             rotations,
@@ -371,6 +392,9 @@ impl Metrics {
             fence_open,
             fenced,
             membership_failures,
+            objects_rejected,
+            source,
+            status,
             last_rotated,
             audit,
             registry: Arc::new(registry),
@@ -628,6 +652,13 @@ fn label(policy: &str) -> PolicyLabel {
 struct Scraped {
     last_rotated: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     audit: Option<Arc<AuditLog>>,
+    source: Arc<SourceStats>,
+}
+
+/// `{kind}` of a RotationPolicy watch failure.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 impl Collector for Scraped {
@@ -675,6 +706,26 @@ impl Collector for Scraped {
                 None,
                 p.metric_type(),
             )?)?;
+        }
+        let lists = prometheus_client::metrics::counter::ConstCounter::new(self.source.lists());
+        lists.encode(encoder.encode_descriptor(
+            "keyturn_policy_watch_lists",
+            "Complete lists of RotationPolicy objects (the first, and one after each 410 Gone)",
+            None,
+            lists.metric_type(),
+        )?)?;
+        let c = prometheus_client::metrics::counter::ConstCounter::new(0u64);
+        let mut fam = encoder.encode_descriptor(
+            "keyturn_policy_watch_failures",
+            "RotationPolicy watch failures by kind, each retried with backoff",
+            None,
+            c.metric_type(),
+        )?;
+        for kind in Failure::ALL {
+            prometheus_client::metrics::counter::ConstCounter::new(self.source.failures(kind))
+                .encode(fam.encode_family(&KindLabel {
+                    kind: kind.as_str(),
+                })?)?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod membership;
 pub mod metered;
 pub mod metrics;
 pub mod queue;
+pub mod report;
 pub mod server;
 pub mod status;
 
@@ -40,19 +41,25 @@ use tokio::task::JoinSet;
 
 use crate::backends::Backends;
 use crate::journal::Journal;
-use crate::policy::{self, Policy, PolicyErrors};
+use crate::policy::kube_source::{self, Rejection, Snapshot, WatchConfig};
+use crate::policy::{self, Policy, PolicyErrors, PolicyObject};
 use crate::rotation::store::{Failures, Store as _};
 use crate::rotation::{Engine, RotationError, RotationOutcome, Trigger};
 use crate::schedule::{jittered, retry_at};
 use membership::Membership;
 pub use metrics::Metrics;
 use queue::{Queue, Slot};
+use report::PolicyStatus;
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The policy file or directory.
-    pub policies: PathBuf,
+    /// The policy file or directory; `None`: policies come from RotationPolicy objects only.
+    pub policies: Option<PathBuf>,
+    /// Policies from RotationPolicy objects too; `None`: from the files only.
+    pub objects: Option<ObjectSource>,
+    /// Where facts about policies from objects are reported (their status and Events).
+    pub status: PolicyStatus,
     /// Rotations that may run at once.
     pub concurrency: usize,
     /// How long in-flight rotations may take to finish after shutdown is asked.
@@ -69,6 +76,28 @@ pub struct DaemonConfig {
     /// Sharing the policies with other replicas (see [`membership`]); `None`: this daemon
     /// owns every policy.
     pub membership: Option<Membership>,
+}
+
+/// Where RotationPolicy objects are read from.
+#[derive(Clone)]
+pub struct ObjectSource {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// What is watched.
+    pub watch: WatchConfig,
+    /// How long start-up waits for the first complete list of objects before it goes on
+    /// with the policy files alone (the objects join when they are listed). Waiting lets a
+    /// rotation an object's policy left in flight resume at start like a file's.
+    pub first_list: Duration,
+}
+
+impl std::fmt::Debug for ObjectSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectSource")
+            .field("watch", &self.watch)
+            .field("first_list", &self.first_list)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the daemon stopped with an error.
@@ -110,6 +139,24 @@ struct Done {
     /// Stopped before a side effect because this replica's fence closed: not a failure of
     /// the policy, so no backoff; the slot stays due.
     fenced: bool,
+    /// The rotation this attempt completed or gave up.
+    rotation_id: Option<String>,
+    /// Why the attempt failed (an error's text, never a value), for the policy's status.
+    error: Option<String>,
+}
+
+/// The status message of a policy whose state could not be read.
+const UNREADABLE: &str =
+    "its rotation state could not be read from its store (the daemon's log says why)";
+
+/// The policy set of `files` and the objects of `snapshot` (none before the first list).
+fn merged(files: &[Arc<Policy>], snapshot: Option<&Snapshot>) -> kube_source::Merged {
+    kube_source::merge_shared(files, snapshot.map_or(&[], Snapshot::objects))
+}
+
+/// Whether `a` and `b` name the same object (at any generation).
+fn same_object(a: &PolicyObject, b: &PolicyObject) -> bool {
+    a.namespace == b.namespace && a.name == b.name
 }
 
 /// Failing policies: how many attempts in a row did not complete, for the backoff.
@@ -150,12 +197,50 @@ impl Daemon {
     /// # Errors
     /// An invalid initial policy set (nothing runs), or a watcher that cannot start.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-        let mut policies: BTreeMap<String, Arc<Policy>> = policy::load(&self.cfg.policies)?
-            .into_iter()
-            .map(|p| (p.name.clone(), Arc::new(p)))
-            .collect();
-        tracing::info!(policies = policies.len(), path = %self.cfg.policies.display(), "policies loaded");
         tokio::pin!(shutdown);
+        let mut files: Vec<Arc<Policy>> = match &self.cfg.policies {
+            None => Vec::new(),
+            Some(path) => {
+                let loaded = self.load_files(path)?;
+                tracing::info!(policies = loaded.len(), path = %path.display(), "policy files loaded");
+                loaded
+            }
+        };
+        // The objects' watch publishes a snapshot once it has listed them all; start-up waits
+        // a while for it, so an object's policy is resumed and scheduled like a file's.
+        let mut objects_rx = self.cfg.objects.as_ref().map(|src| {
+            let (tx, rx) = watch::channel(None);
+            tokio::spawn(kube_source::watch(
+                src.client.clone(),
+                src.watch.clone(),
+                tx,
+            ));
+            rx
+        });
+        let mut snapshot: Option<Snapshot> = None;
+        if let (Some(rx), Some(src)) = (objects_rx.as_mut(), &self.cfg.objects) {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                listed = tokio::time::timeout(src.first_list, rx.wait_for(Option::is_some)) => match listed {
+                    Ok(Ok(s)) => snapshot = s.clone(),
+                    _ => tracing::warn!(
+                        waited_s = src.first_list.as_secs(),
+                        "RotationPolicy objects are not listed yet; starting with the policy files, the objects join once listed"
+                    ),
+                },
+            }
+            rx.mark_unchanged();
+        }
+        let kube_source::Merged {
+            mut policies,
+            mut rejected,
+        } = merged(&files, snapshot.as_ref());
+        tracing::info!(
+            policies = policies.len(),
+            objects = snapshot.as_ref().map(Snapshot::len),
+            rejected_objects = rejected.len(),
+            "policies loaded"
+        );
         // Membership first: until this replica holds its Lease and has seen the others, it
         // owns nothing and reads no state.
         let (member_stop, member_stop_rx) = watch::channel(());
@@ -182,8 +267,12 @@ impl Daemon {
             of = policies.len(),
             "policies owned by this replica"
         );
+        self.note_rejections(&[], &rejected, &policies);
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
-        let _watcher = watch_dir(&self.cfg.policies, reload_tx)?;
+        let _watcher = match &self.cfg.policies {
+            Some(path) => Some(watch_dir(path, reload_tx)?),
+            None => None,
+        };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Vec<(Arc<Policy>, Scan)>>();
         let mut tasks = JoinSet::new();
@@ -222,7 +311,13 @@ impl Daemon {
                 }
                 Scan::Unreadable => {
                     let p = &policies[&name];
-                    self.failed(&mut queue, &mut failing, p, DateTime::<Utc>::UNIX_EPOCH);
+                    self.failed(
+                        &mut queue,
+                        &mut failing,
+                        p,
+                        DateTime::<Utc>::UNIX_EPOCH,
+                        Some((None, UNREADABLE)),
+                    );
                 }
             }
         }
@@ -262,6 +357,8 @@ impl Daemon {
         let mut membership_failures = 0;
 
         loop {
+            // A new policy set, from the files or the objects, applied after the select.
+            let mut new_set: Option<kube_source::Merged> = None;
             let sleep = match queue.next_fire() {
                 Some(t) => {
                     let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -307,37 +404,44 @@ impl Daemon {
                             let wait = self.fenced_wait().unwrap_or_default();
                             queue.schedule(Slot { policy: done.policy.clone(), due: done.due, fire_at: Utc::now() + wait });
                         } else if done.failed {
-                            self.failed(&mut queue, &mut failing, p, done.due);
+                            let report = done.error.as_deref().map(|e| (done.rotation_id.as_deref(), e));
+                            self.failed(&mut queue, &mut failing, p, done.due, report);
                         } else {
                             failing.remove(&done.policy);
                             self.metrics.succeeded(&done.policy, done.rotated_at.unwrap_or_else(Utc::now));
-                            self.queue_next(&mut queue, p, done.rotated_at, None);
+                            let next = self.queue_next(&mut queue, p, done.rotated_at, None);
+                            if let (Some(id), Some(started)) = (&done.rotation_id, done.rotated_at) {
+                                self.cfg.status.rotated(p, id, started, next);
+                            }
                         }
                     }
                 }
                 Some(()) = reload_rx.recv() => {
                     tokio::time::sleep(self.cfg.reload_debounce).await;
                     while reload_rx.try_recv().is_ok() {}
-                    match policy::load(&self.cfg.policies) {
+                    let Some(path) = &self.cfg.policies else { continue };
+                    match self.load_files(path) {
                         Err(e) => tracing::error!(errors = %e, "policy change rejected; the previous policies stay in force"),
                         Ok(new) => {
-                            let new: BTreeMap<String, Arc<Policy>> = new.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
-                            let changed = self.apply_reload(&mut queue, &mut failing, &policies, &new, &running);
-                            policies = new;
-                            owned = policies.keys().filter(|n| self.owns(n)).cloned().collect();
-                            self.note_membership(owned.len());
-                            let changed: Vec<Arc<Policy>> = changed.into_iter().filter(|p| owned.contains(&p.name)).collect();
-                            for p in &changed {
-                                self.metrics.register_policy(p);
-                            }
-                            // The changed policies' state is read in a task of its own: with
-                            // Vault failing, reads retry for tens of seconds, and awaited here
-                            // they would stall every timer.
-                            let (tx, backends) = (scanned_tx.clone(), self.backends.clone());
-                            tokio::spawn(async move {
-                                let _ = tx.send(scan(backends, changed).await);
-                            });
+                            files = new;
+                            new_set = Some(merged(&files, snapshot.as_ref()));
                         }
+                    }
+                }
+                changed = async {
+                    match objects_rx.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(rx) = objects_rx.as_mut().filter(|_| changed) else {
+                        objects_rx = None;
+                        continue;
+                    };
+                    let listed = rx.borrow_and_update().clone();
+                    if listed.is_some() {
+                        snapshot = listed;
+                        new_set = Some(merged(&files, snapshot.as_ref()));
                     }
                 }
                 Some(results) = scanned_rx.recv() => {
@@ -370,6 +474,9 @@ impl Daemon {
                                 for e in entries.iter().filter(|e| e.seq > seen) {
                                     self.metrics.breakglass.get_or_create(&metrics::ActionLabel { action: e.action.clone() }).inc();
                                     tracing::warn!(policy = %e.policy, action = %e.action, "break-glass action by an operator");
+                                    if let Some(p) = policies.get(&e.policy).filter(|_| owned.contains(&e.policy)) {
+                                        self.cfg.status.break_glass(p, &e.action);
+                                    }
                                     if let Some(t) = e.rotate_after
                                         && owned.contains(&e.policy)
                                         && !running.contains_key(&e.policy)
@@ -405,6 +512,17 @@ impl Daemon {
                         queue.cancel(gone);
                         failing.remove(gone);
                         self.metrics.forget(gone);
+                        if let Some(o) = policies.get(gone).and_then(|p| p.object.as_ref()) {
+                            self.cfg.status.forget(o);
+                        }
+                    }
+                    // The rejected objects' statuses follow their names' owners too.
+                    for r in &rejected {
+                        if self.owns(&r.object.name) {
+                            self.cfg.status.rejected(r);
+                        } else {
+                            self.cfg.status.forget(&r.object);
+                        }
                     }
                     let gained: Vec<Arc<Policy>> = now_owned
                         .difference(&owned)
@@ -438,6 +556,44 @@ impl Daemon {
                     }
                 }
             }
+            let Some(kube_source::Merged {
+                policies: new,
+                rejected: new_rejected,
+            }) = new_set
+            else {
+                continue;
+            };
+            let changed = self.apply_reload(&mut queue, &mut failing, &policies, &new, &running);
+            // Objects whose policy is gone (deleted, or no longer this daemon's): their
+            // status stays as last written. One rejected now gets its rejection instead.
+            for (name, p) in &policies {
+                if let Some(o) = p
+                    .object
+                    .as_ref()
+                    .filter(|_| !new.contains_key(name) && owned.contains(name))
+                    && !new_rejected.iter().any(|r| same_object(&r.object, o))
+                {
+                    self.cfg.status.forget(o);
+                }
+            }
+            policies = new;
+            owned = policies.keys().filter(|n| self.owns(n)).cloned().collect();
+            self.note_membership(owned.len());
+            self.note_rejections(&rejected, &new_rejected, &policies);
+            rejected = new_rejected;
+            let changed: Vec<Arc<Policy>> = changed
+                .into_iter()
+                .filter(|p| owned.contains(&p.name))
+                .collect();
+            for p in &changed {
+                self.metrics.register_policy(p);
+            }
+            // The changed policies' state is read in a task of its own: with Vault failing,
+            // reads retry for tens of seconds, and awaited here they would stall every timer.
+            let (tx, backends) = (scanned_tx.clone(), self.backends.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(scan(backends, changed).await);
+            });
         }
 
         tracing::info!(
@@ -469,6 +625,55 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// The policy files at `path`; with objects too, none at all is no error.
+    fn load_files(&self, path: &std::path::Path) -> Result<Vec<Arc<Policy>>, PolicyErrors> {
+        let loaded = if self.cfg.objects.is_some() {
+            policy::load_or_empty(path)
+        } else {
+            policy::load(path)
+        }?;
+        Ok(loaded.into_iter().map(Arc::new).collect())
+    }
+
+    /// Logs each object rejected in `new` and not (the same way) in `old`, and reports it in
+    /// the object's status when this replica owns its name; an object rejected before and
+    /// gone now (deleted) is forgotten. Both lists are in object order.
+    fn note_rejections(
+        &self,
+        old: &[Rejection],
+        new: &[Rejection],
+        policies: &BTreeMap<String, Arc<Policy>>,
+    ) {
+        self.metrics
+            .objects_rejected
+            .set(i64::try_from(new.len()).unwrap_or(i64::MAX));
+        let known = |list: &[Rejection], r: &Rejection| {
+            list.binary_search_by(|x| x.object.cmp(&r.object))
+                .is_ok_and(|i| list[i] == *r)
+        };
+        for r in new.iter().filter(|r| !known(old, r)) {
+            tracing::warn!(
+                object = %r.object.origin(),
+                reason = r.reason,
+                problem = %r.message,
+                "RotationPolicy not managed: it yields no policy (its status says why)"
+            );
+            if self.owns(&r.object.name) {
+                self.cfg.status.rejected(r);
+            }
+        }
+        for r in old {
+            let still = new.iter().any(|n| same_object(&n.object, &r.object))
+                || policies
+                    .get(&r.object.name)
+                    .and_then(|p| p.object.as_ref())
+                    .is_some_and(|o| same_object(o, &r.object));
+            if !still {
+                self.cfg.status.forget(&r.object);
+            }
+        }
     }
 
     /// Whether this replica owns `policy` (always, without membership).
@@ -510,32 +715,32 @@ impl Daemon {
         tasks.spawn(async move {
             let _in_flight = metrics.in_flight(&p.name);
             let started = std::time::Instant::now();
-            let (outcome, rotated_at, failed) =
-                rotate_once(&engine, &backends, &metrics, &p, &trigger).await;
-            let fenced = outcome == "fenced";
+            let a = rotate_once(&engine, &backends, &metrics, &p, &trigger).await;
             metrics
                 .rotation_duration
                 .observe(started.elapsed().as_secs_f64());
-            metrics.outcome(&p.name, outcome);
+            metrics.outcome(&p.name, a.outcome);
             let _ = done.send(Done {
                 policy: p.name.clone(),
                 due,
-                rotated_at,
-                failed,
-                fenced,
+                rotated_at: a.rotated_at,
+                failed: a.retry,
+                fenced: a.outcome == "fenced",
+                rotation_id: a.rotation_id,
+                error: a.error,
             });
         });
     }
 
     /// Queues `p`'s next slot after its last good rotation (`last`), or its taint's due time
-    /// when that comes first.
+    /// when that comes first; returns when it fires (`None`: unschedulable).
     fn queue_next(
         &self,
         queue: &mut Queue,
         p: &Policy,
         last: Option<DateTime<Utc>>,
         taint: Option<DateTime<Utc>>,
-    ) {
+    ) -> Option<DateTime<Utc>> {
         let next = p
             .schedule
             .next_due(last)
@@ -544,21 +749,26 @@ impl Daemon {
             (Some((_, at)), Some(t)) if t < at => (t, t),
             (None, Some(t)) => (t, t),
             (Some(n), _) => n,
-            (None, None) => return self.unschedulable(queue, p),
+            (None, None) => {
+                self.unschedulable(queue, p);
+                return None;
+            }
         };
         self.metrics.next_rotation(&p.name, fire_at);
+        self.cfg.status.scheduled(p, fire_at);
         queue.schedule(Slot {
             policy: p.name.clone(),
             due,
             fire_at,
         });
+        Some(fire_at)
     }
 
     /// Queues an idle policy found by a scan: its next slot, unless a recorded run of
     /// failures says to wait for its retry time first.
     fn resume_idle(&self, queue: &mut Queue, failing: &mut Failing, p: &Policy, found: Found) {
         self.metrics.current_since(&p.name, found.created);
-        self.queue_next(queue, p, found.last_ok, found.taint);
+        let _ = self.queue_next(queue, p, found.last_ok, found.taint);
         if let Some(f) = found.failures {
             self.keep_backoff(queue, failing, &p.name, &f);
         }
@@ -577,8 +787,17 @@ impl Daemon {
     }
 
     /// Records a failed or stopped attempt at `p`'s slot `due` and queues the retry: the slot
-    /// stays due, under backoff, until a later slot supersedes it.
-    fn failed(&self, queue: &mut Queue, failing: &mut Failing, p: &Policy, due: DateTime<Utc>) {
+    /// stays due, under backoff, until a later slot supersedes it. `report`: the rotation id
+    /// (if one was made) and why, for the policy's status; `None` for an attempt that is no
+    /// failure of the policy (another process holds it).
+    fn failed(
+        &self,
+        queue: &mut Queue,
+        failing: &mut Failing,
+        p: &Policy,
+        due: DateTime<Utc>,
+        report: Option<(Option<&str>, &str)>,
+    ) {
         let failures = failing.entry(p.name.clone()).or_insert(0);
         *failures = failures.saturating_add(1);
         let failures = *failures;
@@ -609,6 +828,11 @@ impl Daemon {
             due,
             fire_at,
         });
+        if let Some((rotation_id, why)) = report {
+            self.cfg
+                .status
+                .failed(p, rotation_id, failures, why, Some(fire_at));
+        }
         let record = Failures {
             count: failures,
             last_at: now,
@@ -685,8 +909,12 @@ impl Daemon {
         match found {
             // A changed policy keeps its failure count: editing a file is no reason to
             // retry a failing target at once.
-            Scan::InFlight(_) | Scan::Unreadable => {
-                self.failed(queue, failing, p, DateTime::<Utc>::UNIX_EPOCH);
+            Scan::InFlight(_) => {
+                self.failed(queue, failing, p, DateTime::<Utc>::UNIX_EPOCH, None);
+            }
+            Scan::Unreadable => {
+                let report = Some((None, UNREADABLE));
+                self.failed(queue, failing, p, DateTime::<Utc>::UNIX_EPOCH, report);
             }
             Scan::Last(found) => {
                 failing.remove(&p.name);
@@ -762,53 +990,96 @@ struct Found {
     failures: Option<Failures>,
 }
 
-/// One rotation of `p`; returns the metric outcome, the start of the rotation that now
-/// defines CURRENT (if any), and whether it should be retried soon.
+/// How one attempt at a policy ended.
+struct Attempt {
+    /// The `keyturn_rotations_total` outcome.
+    outcome: &'static str,
+    /// The start of the rotation that now defines CURRENT, if any.
+    rotated_at: Option<DateTime<Utc>>,
+    /// Whether it should be retried soon (under backoff).
+    retry: bool,
+    /// The rotation this attempt completed or gave up.
+    rotation_id: Option<String>,
+    /// Why it failed, when it is a failure of the policy (not another process holding it).
+    error: Option<String>,
+}
+
+impl Attempt {
+    fn new(outcome: &'static str, rotated_at: Option<DateTime<Utc>>, retry: bool) -> Self {
+        Self {
+            outcome,
+            rotated_at,
+            retry,
+            rotation_id: None,
+            error: None,
+        }
+    }
+
+    fn error(e: &impl std::fmt::Display) -> Self {
+        Self {
+            error: Some(e.to_string()),
+            ..Self::new("error", None, true)
+        }
+    }
+}
+
+/// One rotation of `p`.
 async fn rotate_once(
     engine: &Engine,
     backends: &Backends,
     metrics: &Metrics,
     p: &Policy,
     trigger: &Trigger,
-) -> (&'static str, Option<DateTime<Utc>>, bool) {
+) -> Attempt {
     let (store, target) = match (backends.store(p), backends.target(p).await) {
         (Ok(s), Ok(t)) => (metered::Metered::new(s, metrics.clone()), t),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "policy cannot run");
-            return ("error", None, true);
+            return Attempt::error(&e);
         }
     };
     match engine.rotate(p, &store, target.as_ref(), trigger).await {
-        Ok(RotationOutcome::Rotated { started_at, .. }) => ("rotated", Some(started_at), false),
+        Ok(RotationOutcome::Rotated {
+            started_at,
+            rotation_id,
+            ..
+        }) => Attempt {
+            rotation_id: Some(rotation_id),
+            ..Attempt::new("rotated", Some(started_at), false)
+        },
         // Another process served the slot: its rotation's start is what the next slot is
         // judged by (a failed one does not serve a slot, see the engine).
         Ok(RotationOutcome::AlreadyDone) => match store.state().await {
             Ok(s) => match s.last.filter(|l| l.outcome == "ok") {
-                Some(l) => ("already-done", Some(l.started_at), false),
+                Some(l) => Attempt::new("already-done", Some(l.started_at), false),
                 // Served, but the record changed since: judge again after a backoff rather
                 // than treat the slot as never served (due at once, again and again).
-                None => ("already-done", None, true),
+                None => Attempt::new("already-done", None, true),
             },
-            Err(_) => ("already-done", None, true),
+            Err(_) => Attempt::new("already-done", None, true),
         },
         Ok(RotationOutcome::Busy { holder }) => {
             tracing::info!(policy = %p.name, %holder, "another process is rotating this policy");
-            ("busy", None, true)
+            Attempt::new("busy", None, true)
         }
-        Ok(RotationOutcome::Failed { .. }) => ("failed", None, true),
+        Ok(RotationOutcome::Failed { rotation_id, error }) => Attempt {
+            rotation_id: Some(rotation_id),
+            error: Some(error),
+            ..Attempt::new("failed", None, true)
+        },
         Err(e @ RotationError::Fenced { .. }) => {
             tracing::warn!(error = %e, "rotation paused: this replica may not act until its membership Lease is renewed");
-            ("fenced", None, false)
+            Attempt::new("fenced", None, false)
         }
         // The audit log refuses every event once a write failed: nothing runs until a
         // restart reopens it, and the probes say so (see `Metrics::audit_failed`).
         Err(e) if metrics.audit_failed() => {
             tracing::error!(error = %e, "rotation stopped: the audit log has failed and accepts no event until keyturn restarts (/healthz and /readyz answer 503)");
-            ("error", None, true)
+            Attempt::error(&e)
         }
         Err(e) => {
             tracing::error!(error = %e, "rotation stopped; it resumes on the next attempt");
-            ("error", None, true)
+            Attempt::error(&e)
         }
     }
 }

@@ -182,7 +182,8 @@ impl Rejection {
         }
     }
 
-    fn from_reason(r: &str) -> Option<Self> {
+    /// The rejection whose condition reason is `r`.
+    pub(crate) fn from_reason(r: &str) -> Option<Self> {
         [Self::InvalidSpec, Self::NameConflict, Self::StoreConflict]
             .into_iter()
             .find(|x| x.reason() == r)

@@ -68,7 +68,14 @@ const HIDDEN: &str = "(value not shown)";
 /// The RotationPolicy resource (`keyturn.dev/v1`, `rotationpolicies`).
 #[must_use]
 pub fn api_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+    api_resource_in(GROUP)
+}
+
+/// The RotationPolicy resource defined in API group `group` (tests on a shared cluster
+/// define it in a group of their own).
+#[must_use]
+pub fn api_resource_in(group: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, VERSION, KIND), PLURAL)
 }
 
 /// `rotationpolicy/NAMESPACE/NAME`: how messages and [`Policy::file`] name an object.
@@ -360,6 +367,14 @@ impl Holder<'_> {
 /// order.
 #[must_use]
 pub fn merge(files: &[Policy], objects: &[Arc<ObjectPolicy>]) -> Merged {
+    let files: Vec<Arc<Policy>> = files.iter().cloned().map(Arc::new).collect();
+    merge_shared(&files, objects)
+}
+
+/// [`merge`] of policies already shared: the daemon's, which keeps its file policies between
+/// merges (each merge would otherwise copy every one of them).
+#[must_use]
+pub fn merge_shared(files: &[Arc<Policy>], objects: &[Arc<ObjectPolicy>]) -> Merged {
     let mut merged = Merged::default();
     let mut names: BTreeMap<&str, Holder<'_>> = BTreeMap::new();
     let mut stores: BTreeMap<&StoreSpec, (&str, Holder<'_>)> = BTreeMap::new();
@@ -367,7 +382,7 @@ pub fn merge(files: &[Policy], objects: &[Arc<ObjectPolicy>]) -> Merged {
         let holder = Holder::File(&p.file);
         names.entry(&p.name).or_insert(holder);
         stores.entry(&p.store).or_insert((&p.name, holder));
-        merged.policies.insert(p.name.clone(), Arc::new(p.clone()));
+        merged.policies.insert(p.name.clone(), Arc::clone(p));
     }
     let mut ordered: Vec<&ObjectPolicy> = objects.iter().map(AsRef::as_ref).collect();
     ordered.sort_by(|a, b| age_order(a).cmp(&age_order(b)));
@@ -509,7 +524,8 @@ pub enum Failure {
 }
 
 impl Failure {
-    const ALL: [Self; 5] = [
+    /// Every kind.
+    pub const ALL: [Self; 5] = [
         Self::List,
         Self::WatchStart,
         Self::Watch,

@@ -130,6 +130,19 @@ pub struct Workload {
 /// # Errors
 /// Every problem found, each with file, line, column and field.
 pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
+    load_files(path, false)
+}
+
+/// [`load`], where finding no policy at all is no error: for a daemon that also takes its
+/// policies from RotationPolicy objects, an empty directory is a valid start.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_or_empty(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
+    load_files(path, true)
+}
+
+fn load_files(path: &Path, allow_empty: bool) -> Result<Vec<Policy>, PolicyErrors> {
     let files = policy_files(path)?;
     let mut errors = Vec::new();
     let mut policies: Vec<Policy> = Vec::new();
@@ -184,7 +197,7 @@ pub fn load(path: &Path) -> Result<Vec<Policy>, PolicyErrors> {
             policies.push(p);
         }
     }
-    if errors.is_empty() && policies.is_empty() {
+    if errors.is_empty() && policies.is_empty() && !allow_empty {
         // A daemon with nothing to do is a misconfiguration (a wrong path or an empty
         // ConfigMap), not a success; a reload to an empty set keeps the old one.
         errors.push(file_error(

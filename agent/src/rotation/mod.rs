@@ -7,9 +7,11 @@
 //! - [`target`]: what the credential is for (generated values, PostgreSQL), one file each
 //!   behind the [`target::Target`] trait.
 //! - [`generate`]: new values from the OS CSPRNG.
+//! - [`observer`]: what a running rotation tells the daemon (for RotationPolicy status).
 
 pub mod engine;
 pub mod generate;
+pub mod observer;
 pub mod store;
 pub mod target;
 

@@ -36,6 +36,7 @@ use keyturn_core::vault::SecretData;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::generate::generate;
+use super::observer::Observer;
 use super::store::{
     Current, Fence, InFlight, LastRotation, StateRecord, Step, Store, StoreError, StoreView,
     same_fields,
@@ -179,6 +180,7 @@ pub struct Engine {
     sink: Option<Arc<dyn Sink>>,
     limit: Option<Arc<Semaphore>>,
     guard: Option<Arc<dyn Guard>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Engine {
@@ -196,6 +198,7 @@ impl Engine {
             sink: None,
             limit: None,
             guard: None,
+            observer: None,
         }
     }
 
@@ -205,6 +208,13 @@ impl Engine {
     pub fn acting_as(mut self, actor: Actor, holder: impl Into<String>) -> Self {
         self.actor = actor;
         self.holder = holder.into();
+        self
+    }
+
+    /// Tells `observer` when a rotation starts and when its value is delivered.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -453,6 +463,9 @@ impl Engine {
         match written {
             Ok(fence) => {
                 run.fence = fence;
+                if let Some(o) = &self.observer {
+                    o.started(run.policy, &run.rec.rotation_id);
+                }
                 Ok(true)
             }
             Err(StoreError::Conflict { .. }) => Ok(false),
@@ -708,6 +721,9 @@ impl Engine {
                         Some(summarize(&reports)),
                     )
                     .await?;
+                    if let Some(o) = &self.observer {
+                        o.delivered(policy, &rec.rotation_id, &reports);
+                    }
                     return Ok(());
                 }
                 Err(e) => e,
