@@ -37,3 +37,45 @@ pub trait Guard: Send + Sync + fmt::Debug {
     /// [`Fenced`] when it may not.
     fn check(&self) -> Result<(), Fenced>;
 }
+
+/// Asks `guard` for permission to act now; no guard (a process without replicas) always
+/// permits. One place for what every side effect asks first, so no caller can get the
+/// `None` case backwards.
+///
+/// # Errors
+/// [`Fenced`] when `guard` refuses.
+pub fn check(guard: Option<&dyn Guard>) -> Result<(), Fenced> {
+    guard.map_or(Ok(()), Guard::check)
+}
+
+/// A guard that gives the same answer every time, for the tests of what asks one.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Fixed(pub(crate) Result<(), Fenced>);
+
+#[cfg(test)]
+impl Guard for Fixed {
+    fn check(&self) -> Result<(), Fenced> {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn check_permits_without_a_guard_and_passes_a_guards_answer_on() {
+        assert_eq!(check(None), Ok(()));
+        let open: Option<Arc<dyn Guard>> = Some(Arc::new(Fixed(Ok(()))));
+        assert_eq!(check(open.as_deref()), Ok(()));
+        let closed: Option<Arc<dyn Guard>> = Some(Arc::new(Fixed(Err(Fenced::Released))));
+        assert_eq!(check(closed.as_deref()), Err(Fenced::Released));
+        let expired = Fenced::Expired {
+            since: Duration::from_secs(9),
+        };
+        assert_eq!(check(Some(&Fixed(Err(expired)))), Err(expired));
+    }
+}

@@ -62,8 +62,9 @@
 //! service's port listens (there are no Services or DNS); [`KubeStandin::label_namespace`]
 //! labels a namespace for their `namespaceSelector` (as `kubectl label namespace` does).
 //!
-//! [`KubeStandin::fail`] makes matching requests answer an error status (409, 429, 500, 503)
-//! for fault-injection tests; see `faults`.
+//! [`KubeStandin::fail`] makes matching requests answer an error status (404, 409, 429, 500,
+//! 503) and [`KubeStandin::hold`] makes them answer late, for fault-injection tests; see
+//! `faults`.
 //!
 //! Authorization is permissive by default (everything not denied by a deny rule is allowed);
 //! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
@@ -123,7 +124,7 @@ use anyhow::Context as _;
 pub use server::RecordedRequest;
 
 use auth::DenyRule;
-use faults::FailRule;
+use faults::{FailRule, Fault};
 use server::Shared;
 use store::Store;
 use tokens::TokenAuthority;
@@ -367,7 +368,8 @@ impl KubeStandin {
     }
 
     /// Makes every authorized request for `verb` on `resource` (as for [`Self::deny`]) answer
-    /// the HTTP `status`, worded as the real server words it: 409 is `AlreadyExists` on
+    /// the HTTP `status`, worded as the real server words it: 404 is `NotFound` (an object
+    /// deleted by someone else in between), 409 is `AlreadyExists` on
     /// `create` and `Conflict` on other verbs (a write that keeps losing the
     /// `resourceVersion` race), 429 `TooManyRequests`, 500 `InternalError`, 503
     /// `ServiceUnavailable`. Nothing is read or written for such a request; it is recorded in
@@ -377,11 +379,26 @@ impl KubeStandin {
         self.shared.fail_rules().push(FailRule {
             verb: verb.to_owned(),
             resource: resource.to_owned(),
-            status,
+            fault: Fault::Status(status),
         });
     }
 
-    /// Removes every rule added by [`Self::fail`]; deny rules stay.
+    /// Makes every request for `verb` on `resource` (as for [`Self::fail`]) hang for `hold`:
+    /// it is served at once (its write happens, and it is in [`Self::requests`] straight
+    /// away), then its answer is held back `hold` before it is sent. For testing a client's
+    /// own timeouts, and — holding a read while the test changes the object — a conditional
+    /// write made from a stale read. Rules made here and by [`Self::fail`] are independent: a
+    /// request both held and failed gets its error late. Only requests that arrive while the
+    /// rule stands are held; [`Self::clear_failures`] does not shorten a hold under way.
+    pub fn hold(&self, verb: &str, resource: &str, hold: Duration) {
+        self.shared.fail_rules().push(FailRule {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+            fault: Fault::Hold(hold),
+        });
+    }
+
+    /// Removes every rule added by [`Self::fail`] and [`Self::hold`]; deny rules stay.
     pub fn clear_failures(&self) {
         self.shared.fail_rules().clear();
     }

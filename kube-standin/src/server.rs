@@ -30,7 +30,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::{self, Attributes, Decision, DenyRule, UserInfo};
-use super::faults::FailRule;
+use super::faults::{self, FailRule};
 use super::objects::{self, ObjectRequest, Query, Reply};
 use super::rbac;
 use super::resources::{self, ResourceKind};
@@ -495,25 +495,41 @@ async fn resource_route(
             )));
         }
     };
+    let hold = faults::hold(
+        &shared.fail_rules(),
+        &Attributes {
+            verb,
+            group: kind.group,
+            resource: kind.plural,
+            subresource,
+            namespace,
+            name: name.unwrap_or(""),
+        },
+    );
     let result = serve_resource(shared, kind, verb, namespace, name, subresource, ctx).await;
     let code = match &result {
         Ok((code, _)) => code.as_u16(),
         Err(e) => e.code,
     };
-    let mut log = shared.log.lock().unwrap_or_else(PoisonError::into_inner);
-    // A long-running binary must not grow without bound; tests never get near this.
-    if log.len() >= MAX_LOGGED_REQUESTS {
-        log.drain(..MAX_LOGGED_REQUESTS / 10);
+    {
+        let mut log = shared.log.lock().unwrap_or_else(PoisonError::into_inner);
+        // A long-running binary must not grow without bound; tests never get near this.
+        if log.len() >= MAX_LOGGED_REQUESTS {
+            log.drain(..MAX_LOGGED_REQUESTS / 10);
+        }
+        log.push(RecordedRequest {
+            verb: verb.to_owned(),
+            resource: subresource.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}")),
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+            user: ctx.user.username.clone(),
+            code,
+        });
     }
-    log.push(RecordedRequest {
-        verb: verb.to_owned(),
-        resource: subresource.map_or_else(|| plural.to_owned(), |s| format!("{plural}/{s}")),
-        namespace: namespace.map(str::to_owned),
-        name: name.map(str::to_owned),
-        user: ctx.user.username.clone(),
-        code,
-    });
-    drop(log);
+    // Logged first, so a test counts a held request while its client still waits.
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
     result
 }
 
@@ -547,11 +563,7 @@ async fn serve_resource(
     }
     // An injected failure, after authorization as a real server's would come, and before
     // anything is read or written, so it changes nothing.
-    let failure = shared
-        .fail_rules()
-        .iter()
-        .find(|r| r.matches(&attributes))
-        .map(|r| r.error(kind, &attributes));
+    let failure = faults::failure(&shared.fail_rules(), kind, &attributes);
     if let Some(e) = failure {
         return Err(e);
     }

@@ -21,7 +21,10 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -711,6 +714,123 @@ pub async fn run_kubectl(
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A CustomResourceDefinition a test installed with [`TestCluster::install_crd`]: the API
+/// server said it is established and serves its resource. Cluster-scoped, so nothing deletes
+/// it with the test's namespace: a test calls [`Self::remove`] when it passes (a failed test
+/// leaves it behind on a real cluster, to look at).
+#[derive(Debug)]
+pub struct InstalledCrd {
+    /// All the definitions, for a test that reads this one back.
+    pub crds: Api<CustomResourceDefinition>,
+    /// The definition as the API server created it.
+    pub created: CustomResourceDefinition,
+    /// `<plural>.<group>`, the definition's name.
+    pub name: String,
+    /// The group it was installed in (see [`TestCluster::crd_group`]).
+    pub group: String,
+    /// The custom resource, for [`kube::Api`]s of [`DynamicObject`]s.
+    pub resource: ApiResource,
+}
+
+impl InstalledCrd {
+    /// The custom resource's objects in `namespace`.
+    pub fn api(&self, client: kube::Client, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(client, namespace, &self.resource)
+    }
+
+    /// Deletes the definition (and with it, as the API server does, its objects).
+    ///
+    /// # Errors
+    /// When the API server refuses the delete.
+    pub async fn remove(self) -> anyhow::Result<()> {
+        self.crds
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting the CustomResourceDefinition {}", self.name))?;
+        Ok(())
+    }
+}
+
+impl TestCluster {
+    /// The API group a test defines a custom resource in: `group` on the stand-in, a fresh
+    /// API server of the test's own; `<namespace>.test.keyturn.dev` on a real cluster, where
+    /// definitions are cluster-scoped and tests run in parallel, so that no two tests ever
+    /// share one.
+    pub fn crd_group(&self, group: &str) -> String {
+        if self.is_real() {
+            format!("{}.test.keyturn.dev", self.namespace)
+        } else {
+            group.to_owned()
+        }
+    }
+
+    /// Creates `crd` in the group [`Self::crd_group`] gives for its own (renamed
+    /// `<plural>.<group>` to match) and waits until it is established and its storage
+    /// version served in this test's namespace: a real API server may serve the resource a
+    /// moment after it says established, and a test's first request must not race that.
+    ///
+    /// # Errors
+    /// When the API server refuses the definition; the waits have no limit of their own (a
+    /// definition that is never served hangs the test until the runner's timeout, which
+    /// names it).
+    pub async fn install_crd(
+        &self,
+        mut crd: CustomResourceDefinition,
+    ) -> anyhow::Result<InstalledCrd> {
+        let group = self.crd_group(&crd.spec.group);
+        let name = format!("{}.{group}", crd.spec.names.plural);
+        crd.spec.group.clone_from(&group);
+        crd.metadata.name = Some(name.clone());
+        let version = crd
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.storage)
+            .or_else(|| crd.spec.versions.first())
+            .map(|v| v.name.clone())
+            .with_context(|| format!("the CustomResourceDefinition {name} has no version"))?;
+        let gvk = GroupVersionKind::gvk(&group, &version, &crd.spec.names.kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural);
+        let namespaced = crd.spec.scope == "Namespaced";
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client());
+        let created = crds
+            .create(&PostParams::default(), &crd)
+            .await
+            .with_context(|| format!("creating the CustomResourceDefinition {name}"))?;
+        crate::process::eventually("the definition to be established", || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                crds.get(&name).await.is_ok_and(|d| {
+                    d.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+            }
+        })
+        .await;
+        let objects: Api<DynamicObject> = if namespaced {
+            Api::namespaced_with(self.client(), &self.namespace, &resource)
+        } else {
+            Api::all_with(self.client(), &resource)
+        };
+        crate::process::eventually("the resource to be served", || {
+            let objects = objects.clone();
+            async move { objects.list(&ListParams::default()).await.is_ok() }
+        })
+        .await;
+        Ok(InstalledCrd {
+            crds,
+            created,
+            name,
+            group,
+            resource,
+        })
+    }
 }
 
 #[cfg(test)]

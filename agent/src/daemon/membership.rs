@@ -146,6 +146,10 @@ pub enum MembershipError {
     /// A round took longer than a lease duration and was abandoned.
     #[error("a membership round took longer than the lease duration and was abandoned")]
     TimedOut,
+    /// Releasing the Lease took longer than a lease duration and was abandoned: by then the
+    /// Lease has expired (or will at once) for the other replicas anyway.
+    #[error("releasing the membership Lease took longer than the lease duration and was abandoned")]
+    ReleaseTimedOut,
     /// This replica's Lease name is held, live, by another holder (two replicas given the
     /// same `holder`): it is left alone until it expires.
     #[error("{object} is held by {holder:?}")]
@@ -432,10 +436,25 @@ impl Membership {
     /// at the resourceVersion read), so the other replicas take its policies at their next
     /// round instead of after the lease duration. Call it after [`Self::run`] has returned.
     ///
+    /// A Lease already gone, or written by someone else since it was read (a 404 or 409 on
+    /// the delete), is not this replica's to delete: that is a success, and nothing is sent
+    /// again. Bounded by one lease duration, as a round is: past it the Lease has expired
+    /// for the others anyway, and a request hanging on an open connection (the client sets
+    /// no read timeout) must not hold a shutdown up.
+    ///
     /// # Errors
-    /// The read or the delete failed; the Lease then simply expires.
+    /// The read or the delete failed, or [`MembershipError::ReleaseTimedOut`]; the Lease then
+    /// simply expires. The fence is closed whatever the outcome.
     pub async fn release(&self) -> Result<(), MembershipError> {
         lock(&self.inner.renewals).released = true;
+        tokio::time::timeout(self.inner.settings.lease_duration, self.delete_own_lease())
+            .await
+            .unwrap_or(Err(MembershipError::ReleaseTimedOut))
+    }
+
+    /// The delete of [`Self::release`]: this holder's Lease, at the uid and resourceVersion
+    /// read.
+    async fn delete_own_lease(&self) -> Result<(), MembershipError> {
         let s = &self.inner.settings;
         let name = s.lease_name();
         let object = format!("leases {name:?} in namespace {:?}", s.namespace);

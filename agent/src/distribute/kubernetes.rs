@@ -168,7 +168,7 @@ impl KubernetesSink {
             if attempt > 0 {
                 tokio::time::sleep(api::conflict_backoff(attempt - 1)).await;
             }
-            if let Some(Err(source)) = self.guard.as_ref().map(|g| g.check()) {
+            if let Err(source) = crate::fence::check(self.guard.as_deref()) {
                 return Err(DistributeError::Fenced {
                     object: Box::new(object),
                     source,
@@ -572,5 +572,44 @@ mod tests {
         assert!(!live.holds("b", &SecretValue::from_str_copy("x")));
         assert!(!live.holds("missing", &SecretValue::from_str_copy("x")));
         assert_eq!(live.metadata.resource_version.as_deref(), Some("7"));
+    }
+
+    /// A client for a port nothing listens on: a request sent is a transport error.
+    fn unreachable_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_guard_stops_a_secret_write_before_any_request_and_an_open_one_does_not() {
+        let dist = distribution();
+        let credential = credential("hunter2");
+        let delivery = Delivery {
+            policy: "orders-db",
+            distribution: &dist,
+            credential: &credential,
+            version: "v1",
+        };
+        let closed: Arc<dyn crate::fence::Guard> =
+            Arc::new(crate::fence::Fixed(Err(crate::fence::Fenced::Released)));
+        let sink = KubernetesSink::guarded(unreachable_client(), Duration::ZERO, Some(closed));
+        // Fenced, not a transport failure: the guard was asked before anything was sent.
+        let e = sink.write_secret(&delivery).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                DistributeError::Fenced {
+                    source: crate::fence::Fenced::Released,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let open: Arc<dyn crate::fence::Guard> = Arc::new(crate::fence::Fixed(Ok(())));
+        for guard in [Some(open), None] {
+            let sink = KubernetesSink::guarded(unreachable_client(), Duration::ZERO, guard);
+            let e = sink.write_secret(&delivery).await.unwrap_err();
+            assert!(!matches!(e, DistributeError::Fenced { .. }), "{e}");
+        }
     }
 }

@@ -130,7 +130,7 @@ impl Restarter {
                 let client = runner.clone();
                 let guard = guard.clone();
                 Box::pin(async move {
-                    if let Some(Err(source)) = guard.as_ref().map(|g| g.check()) {
+                    if let Err(source) = crate::fence::check(guard.as_deref()) {
                         let (_, object) = endpoint(&key.namespace, &key.workload)?;
                         return Err(DistributeError::Fenced {
                             object: Box::new(object),
@@ -435,5 +435,36 @@ mod tests {
             endpoint("shop", &w("CronJob")),
             Err(DistributeError::UnsupportedWorkload { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_closed_guard_stops_a_batch_before_its_patch_and_an_open_one_does_not() {
+        let client = || {
+            // Nothing listens there: a request sent is a transport error.
+            let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+            kube::Client::try_from(config).unwrap()
+        };
+        let web = Workload {
+            kind: "Deployment".into(),
+            name: "web".into(),
+        };
+        let expired = crate::fence::Fenced::Expired {
+            since: Duration::from_secs(20),
+        };
+        let closed: Arc<dyn crate::fence::Guard> = Arc::new(crate::fence::Fixed(Err(expired)));
+        let restarter = Restarter::guarded(client(), Duration::ZERO, Some(closed));
+        let ticket = restarter.request("shop", &web, "orders-db", "v1").unwrap();
+        let e = ticket.wait().await.unwrap_err();
+        assert!(
+            matches!(&e, DistributeError::Fenced { source, .. } if *source == expired),
+            "{e}"
+        );
+        let open: Arc<dyn crate::fence::Guard> = Arc::new(crate::fence::Fixed(Ok(())));
+        for guard in [Some(open), None] {
+            let restarter = Restarter::guarded(client(), Duration::ZERO, guard);
+            let ticket = restarter.request("shop", &web, "orders-db", "v1").unwrap();
+            let e = ticket.wait().await.unwrap_err();
+            assert!(!matches!(e, DistributeError::Fenced { .. }), "{e}");
+        }
     }
 }

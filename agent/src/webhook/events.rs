@@ -2,9 +2,11 @@
 //! owner (events.k8s.io/v1, through kube-runtime's `Recorder`, which folds repeats into a
 //! series): a pod being created has no name or UID to hang an Event on yet, its first owner
 //! (`ownerReferences[0]`, which a controller sets to itself) does. For a Deployment's pods
-//! that is the ReplicaSet, not the Deployment: `kubectl describe replicaset` (or `kubectl
-//! get events --field-selector regarding.name=<replicaset>`) shows why its pods were denied;
-//! for a Job's, StatefulSet's or DaemonSet's, the Job, StatefulSet or DaemonSet itself.
+//! that is the ReplicaSet, not the Deployment: `kubectl describe replicaset <replicaset>` or
+//! `kubectl events --for replicaset/<replicaset>` shows why its pods were denied; for a
+//! Job's, StatefulSet's or DaemonSet's, the Job, StatefulSet or DaemonSet itself. (`kubectl
+//! get events` reads core/v1 Events, whose field is `involvedObject.name=<replicaset>`: the
+//! API server refuses the events.k8s.io name `regarding.name` there.)
 //!
 //! Admissions hand their [`Notice`]s over a bounded queue ([`QUEUE`]) and never wait: when the
 //! queue is full the Notice is dropped and counted (`keyturn_webhook_events_dropped_total`).

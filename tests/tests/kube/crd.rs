@@ -9,11 +9,11 @@
 
 use futures_util::StreamExt as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use keyturn_tests::kube::{TestCluster, kubectl, run_kubectl};
+use keyturn_tests::kube::{InstalledCrd, TestCluster, kubectl, run_kubectl};
 use keyturn_tests::process::eventually;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-    PostParams, WatchEvent, WatchParams,
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
 use serde_json::{Value, json};
 
@@ -23,15 +23,9 @@ async fn cluster() -> TestCluster {
         .expect("a Kubernetes API for the test")
 }
 
-/// The group this test defines its resource in: `keyturn.dev` on the stand-in (each test has
-/// its own), one per test on a real cluster.
-fn group_for(c: &TestCluster) -> String {
-    if c.is_real() {
-        format!("{}.test.keyturn.dev", c.namespace())
-    } else {
-        "keyturn.dev".to_owned()
-    }
-}
+/// The group a test defines its resource in on the stand-in (each test has its own API
+/// server); a real cluster gives each test its own instead ([`TestCluster::crd_group`]).
+const GROUP: &str = "keyturn.dev";
 
 /// A RotationPolicy definition, as kube-derive would generate it from keyturn's types.
 fn definition(group: &str) -> CustomResourceDefinition {
@@ -91,49 +85,18 @@ spec:
 
 /// The definition this test made, established and served; deleted by [`Self::remove`].
 struct Defined {
-    crds: Api<CustomResourceDefinition>,
-    crd: CustomResourceDefinition,
+    crd: InstalledCrd,
     policies: Api<DynamicObject>,
     group: String,
 }
 
 impl Defined {
     async fn new(c: &TestCluster) -> Self {
-        let group = group_for(c);
-        let crds: Api<CustomResourceDefinition> = Api::all(c.client());
-        let crd = crds
-            .create(&PostParams::default(), &definition(&group))
-            .await
-            .unwrap();
-        let name = format!("rotationpolicies.{group}");
-        eventually("the definition to be established", || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name).await.is_ok_and(|d| {
-                    d.status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-            }
-        })
-        .await;
-        let gvk = GroupVersionKind::gvk(&group, "v1", "RotationPolicy");
-        let resource = ApiResource::from_gvk_with_plural(&gvk, "rotationpolicies");
-        let policies = Api::namespaced_with(c.client(), c.namespace(), &resource);
-        // A real API server may serve the resource a moment after it says established.
-        eventually("the resource to be served", || {
-            let policies = policies.clone();
-            async move { policies.list(&Default::default()).await.is_ok() }
-        })
-        .await;
+        let crd = c.install_crd(definition(GROUP)).await.unwrap();
         Self {
-            crds,
+            policies: crd.api(c.client(), c.namespace()),
+            group: crd.group.clone(),
             crd,
-            policies,
-            group,
         }
     }
 
@@ -148,11 +111,7 @@ impl Defined {
     }
 
     async fn remove(self) {
-        let name = self.crd.metadata.name.unwrap();
-        self.crds
-            .delete(&name, &DeleteParams::default())
-            .await
-            .unwrap();
+        self.crd.remove().await.unwrap();
     }
 }
 
@@ -171,11 +130,7 @@ fn generation(o: &DynamicObject) -> i64 {
 async fn a_definition_is_established_at_once_with_its_accepted_names() {
     let c = cluster().await;
     let defined = Defined::new(&c).await;
-    let got = defined
-        .crds
-        .get(defined.crd.metadata.name.as_deref().unwrap())
-        .await
-        .unwrap();
+    let got = defined.crd.crds.get(&defined.crd.name).await.unwrap();
     let status = got.status.unwrap();
     let conditions: Vec<(String, String)> = status
         .conditions
@@ -433,7 +388,7 @@ async fn custom_resources_are_validated_against_the_schema_with_the_real_message
 #[tokio::test]
 async fn a_definition_is_refused_with_the_real_messages() {
     let c = cluster().await;
-    let group = group_for(&c);
+    let group = c.crd_group(GROUP);
     let crds: Api<CustomResourceDefinition> = Api::all(c.client());
     let refusal = |crd: CustomResourceDefinition| {
         let crds = crds.clone();

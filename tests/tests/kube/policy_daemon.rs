@@ -8,6 +8,8 @@
 //! On a real cluster (`KEYTURN_TEST_KUBECONFIG`) the resource is defined in a group of the
 //! test's own, which the daemon is told with its hidden `--rotationpolicies-group`.
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use keyturn_agent::policy;
 use keyturn_tests::agent_env::{AgentEnv, Daemon};
@@ -16,6 +18,9 @@ use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::process::{eventually, free_port};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+
+/// How long a fact may take to show before the test gives up: a hang, not a speed.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A generated value at `keyturn/STORE`, once a day (so each is rotated once, at start).
 fn spec(store: &str) -> Value {
@@ -29,6 +34,7 @@ fn spec(store: &str) -> Value {
 struct Objects {
     crd: InstalledCrd,
     api: Api<DynamicObject>,
+    client: kube::Client,
 }
 
 impl Objects {
@@ -76,6 +82,10 @@ impl Objects {
     }
 }
 
+fn e_client(objects: &Objects) -> kube::Client {
+    objects.client.clone()
+}
+
 /// The KV version of `keyturn/NAME`'s CURRENT, 0 when there is none.
 async fn version(e: &AgentEnv, name: &str) -> u64 {
     e.value_at(name, None).await.map_or(0, |(_, v)| v)
@@ -91,7 +101,11 @@ async fn run_takes_policies_from_objects_and_reports_on_them() {
         .expect("the RotationPolicy definition installed");
     let api = crd.api(cluster.client(), &ns);
     let group = crd.group.clone();
-    let objects = Objects { crd, api };
+    let objects = Objects {
+        crd,
+        api,
+        client: cluster.client(),
+    };
     let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 31).await;
     // A policy file, and an object that wants its name (and a store of its own).
     e.write_generated_policy("from-file", "");
@@ -103,6 +117,33 @@ async fn run_takes_policies_from_objects_and_reports_on_them() {
     invalid["schedule"] = json!("0 3 * * *");
     invalid["timezone"] = json!("Nowhere/Atlantis");
     objects.create("invalid", invalid).await;
+    // The agent's Vault policy grants `keyturn/*` only: every attempt is refused.
+    let mut denied = spec("x");
+    denied["store"] = json!({"vault-kv": {"path": "elsewhere/denied"}});
+    objects.create("denied", denied).await;
+    // Delivers into a Secret and restarts a Deployment.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(e_client(&objects), &ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let mut delivered = spec("delivered");
+    delivered["distribute"] = json!([{
+        "kubernetes": {"namespace": ns, "secret": "delivered", "keys": {"TOKEN": "value"}},
+        "restart": [{"kind": "Deployment", "name": "web"}],
+    }]);
+    objects.create("delivered", delivered).await;
 
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cmd = e.cmd(
@@ -135,21 +176,71 @@ async fn run_takes_policies_from_objects_and_reports_on_them() {
     assert_eq!(version(&e, "clash").await, 0, "the losing object's store");
     assert_eq!(version(&e, "invalid").await, 0);
 
-    // A `Rotated` Event on the valid object.
-    let events: Api<Event> = Api::namespaced(e.cluster.as_ref().unwrap().client(), &ns);
-    eventually("a Rotated Event on valid", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|ev| {
-                ev.reason.as_deref() == Some("Rotated")
-                    && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("valid")
-            })
-    })
-    .await;
+    // Events on the objects, as the facts happened.
+    let events: Api<Event> = Api::namespaced(e_client(&objects), &ns);
+    let has_event = |object: &'static str, reason: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|ev| {
+                    ev.reason.as_deref() == Some(reason)
+                        && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object)
+                })
+        }
+    };
+    for (object, reason) in [
+        ("valid", "Rotated"),
+        ("delivered", "Rotated"),
+        ("delivered", "Distributed"),
+        ("delivered", "RestartRequested"),
+        ("denied", "RotationFailed"),
+    ] {
+        let waited = tokio::time::timeout(
+            PATIENCE,
+            eventually(&format!("a {reason} Event on {object}"), || {
+                has_event(object, reason)
+            }),
+        )
+        .await;
+        assert!(
+            waited.is_ok(),
+            "no {reason} Event on {object}; the daemon's log:\n{}",
+            daemon.log()
+        );
+    }
+    let secret: Api<Secret> = Api::namespaced(e_client(&objects), &ns);
+    let token = secret.get("delivered").await.unwrap().data.unwrap()["TOKEN"]
+        .0
+        .clone();
+    assert_eq!(
+        String::from_utf8(token).unwrap(),
+        e.value_at("delivered", None).await.unwrap().0,
+        "the Secret holds CURRENT"
+    );
+
+    // A failing policy: Ready False, Degraded, counted, and retried under backoff (30 s at
+    // least), so one failure here, not a storm.
+    objects
+        .until_ready("denied", ("False", "RotationFailed"))
+        .await;
+    let denied = objects.status("denied").await;
+    assert_eq!(denied["consecutiveFailures"], 1, "{denied}");
+    let degraded = denied["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True", "{denied}");
+    assert!(
+        denied["nextRotation"].is_string(),
+        "the retry time: {denied}"
+    );
 
     // Created while the daemon runs: rotated. Fixed: taken up.
     objects.create("late", spec("late")).await;
@@ -168,6 +259,11 @@ async fn run_takes_policies_from_objects_and_reports_on_them() {
     .await;
     objects.until_ready("invalid", ("True", "Rotated")).await;
     assert_eq!(objects.status("invalid").await["observedGeneration"], 2);
+    assert_eq!(
+        objects.status("denied").await["consecutiveFailures"],
+        1,
+        "no second attempt before the backoff"
+    );
 
     // Deleted: no longer managed (its series leave /metrics), its credential stays.
     let metrics = || async {

@@ -13,18 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keyturn_agent::policy::kube_source::{
     self, Failure, INVALID_SPEC, Merged, NAME_CONFLICT, ObjectPolicy, STORE_CONFLICT, Snapshot,
     SourceStats, WatchConfig,
 };
 use keyturn_agent::policy::{self, Policy};
 use keyturn_agent::schedule::Schedule;
-use keyturn_tests::kube::TestCluster;
+use keyturn_tests::kube::{InstalledCrd, TestCluster};
 use keyturn_tests::process::eventually;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -43,59 +40,22 @@ async fn cluster() -> TestCluster {
 
 /// The RotationPolicy definition, established and served; deleted by [`Self::remove`].
 struct Defined {
-    crds: Api<CustomResourceDefinition>,
-    name: String,
-    resource: ApiResource,
+    crd: InstalledCrd,
 }
 
 impl Defined {
     /// `keyturn crd`'s definition: as generated on the stand-in, in a group of this test's
     /// own on a real cluster.
     async fn new(c: &TestCluster) -> Self {
-        let mut crd = policy::crd::definition();
-        let group = if c.is_real() {
-            format!("{}.test.keyturn.dev", c.namespace())
-        } else {
-            policy::crd::GROUP.to_owned()
-        };
-        let name = format!("{}.{group}", policy::crd::PLURAL);
-        crd.spec.group.clone_from(&group);
-        crd.metadata.name = Some(name.clone());
-        let crds: Api<CustomResourceDefinition> = Api::all(c.client());
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-        eventually("the definition to be established", || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name).await.is_ok_and(|d| {
-                    d.status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-            }
-        })
-        .await;
-        let gvk = GroupVersionKind::gvk(&group, policy::crd::VERSION, policy::KIND);
-        let resource = ApiResource::from_gvk_with_plural(&gvk, policy::crd::PLURAL);
-        let defined = Self {
-            crds,
-            name,
-            resource,
-        };
-        // A real API server may serve the resource a moment after it says established.
-        let policies = defined.api(c, c.namespace());
-        eventually("the resource to be served", || {
-            let policies = policies.clone();
-            async move { policies.list(&Default::default()).await.is_ok() }
-        })
-        .await;
-        defined
+        let crd = c
+            .install_crd(policy::crd::definition())
+            .await
+            .expect("the RotationPolicy definition installed");
+        Self { crd }
     }
 
     fn api(&self, c: &TestCluster, namespace: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(c.client(), namespace, &self.resource)
+        self.crd.api(c.client(), namespace)
     }
 
     /// Creates the RotationPolicy `namespace/name` with `spec`.
@@ -107,7 +67,7 @@ impl Defined {
         spec: Value,
     ) -> DynamicObject {
         let object: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": self.resource.api_version,
+            "apiVersion": self.crd.resource.api_version,
             "kind": policy::KIND,
             "metadata": {"name": name, "namespace": namespace},
             "spec": spec,
@@ -140,7 +100,7 @@ impl Defined {
     /// Starts the source on every namespace, publishing at most every 50 ms.
     fn watch(&self, c: &TestCluster) -> Source {
         let mut config = WatchConfig::new(None);
-        config.resource = self.resource.clone();
+        config.resource = self.crd.resource.clone();
         config.debounce = Duration::from_millis(50);
         let stats = Arc::clone(&config.stats);
         let (tx, rx) = watch::channel(None);
@@ -149,10 +109,7 @@ impl Defined {
     }
 
     async fn remove(self) {
-        self.crds
-            .delete(&self.name, &DeleteParams::default())
-            .await
-            .unwrap();
+        self.crd.remove().await.unwrap();
     }
 }
 

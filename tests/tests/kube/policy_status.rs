@@ -17,7 +17,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keyturn_agent::daemon::status::{
     MAX_CONFLICTS, OutcomeLabel, PolicyRef, Rejection, StatusMetrics, StatusReporter,
     StatusSettings, WriteFence,
@@ -25,12 +24,9 @@ use keyturn_agent::daemon::status::{
 use keyturn_agent::policy;
 use keyturn_agent::policy::crd::{ConditionStatus, RotationPolicyStatus};
 use keyturn_tests::canary::{assert_absent, canary};
-use keyturn_tests::kube::{RecordedRequest, TestCluster, kubectl, run_kubectl};
+use keyturn_tests::kube::{InstalledCrd, RecordedRequest, TestCluster, kubectl, run_kubectl};
 use keyturn_tests::process::eventually;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::json;
@@ -44,39 +40,21 @@ async fn cluster() -> TestCluster {
 /// The generated RotationPolicy definition, established and served; deleted by
 /// [`Self::remove`].
 struct Defined {
-    crds: Api<CustomResourceDefinition>,
-    name: String,
+    crd: InstalledCrd,
     policies: Api<DynamicObject>,
     group: String,
 }
 
 impl Defined {
     async fn new(c: &TestCluster) -> Self {
-        let mut crd = policy::crd::definition();
-        let group = if c.is_real() {
-            format!("{}.test.keyturn.dev", c.namespace())
-        } else {
-            policy::crd::GROUP.to_owned()
-        };
-        let name = format!("{}.{group}", policy::crd::PLURAL);
-        crd.spec.group.clone_from(&group);
-        crd.metadata.name = Some(name.clone());
-        let crds: Api<CustomResourceDefinition> = Api::all(c.client());
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-        let gvk = GroupVersionKind::gvk(&group, policy::crd::VERSION, policy::KIND);
-        let resource = ApiResource::from_gvk_with_plural(&gvk, policy::crd::PLURAL);
-        let policies = Api::namespaced_with(c.client(), c.namespace(), &resource);
-        // A real API server may serve the resource a moment after it says established.
-        eventually("the resource to be served", || {
-            let policies = policies.clone();
-            async move { policies.list(&ListParams::default()).await.is_ok() }
-        })
-        .await;
+        let crd = c
+            .install_crd(policy::crd::definition())
+            .await
+            .expect("the RotationPolicy definition installed");
         Self {
-            crds,
-            name,
-            policies,
-            group,
+            policies: crd.api(c.client(), c.namespace()),
+            group: crd.group.clone(),
+            crd,
         }
     }
 
@@ -114,10 +92,7 @@ impl Defined {
     }
 
     async fn remove(self) {
-        self.crds
-            .delete(&self.name, &DeleteParams::default())
-            .await
-            .unwrap();
+        self.crd.remove().await.unwrap();
     }
 }
 

@@ -10,14 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keyturn_agent::policy;
-use keyturn_tests::kube::{TestCluster, kubectl, run_kubectl};
-use keyturn_tests::process::eventually;
+use keyturn_tests::kube::{InstalledCrd, TestCluster, kubectl, run_kubectl};
 use keyturn_tests::tools::repo_root;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
 async fn cluster() -> TestCluster {
@@ -28,57 +24,23 @@ async fn cluster() -> TestCluster {
 
 /// The generated definition, established and served; deleted by [`Self::remove`].
 struct Defined {
-    crds: Api<CustomResourceDefinition>,
-    name: String,
+    crd: InstalledCrd,
     policies: Api<DynamicObject>,
     group: String,
 }
 
 impl Defined {
-    /// Creates `keyturn crd`'s definition: as generated on the stand-in, in a group of this
+    /// Installs `keyturn crd`'s definition: as generated on the stand-in, in a group of this
     /// test's own on a real cluster.
     async fn new(c: &TestCluster) -> Self {
-        let mut crd = policy::crd::definition();
-        let group = if c.is_real() {
-            format!("{}.test.keyturn.dev", c.namespace())
-        } else {
-            policy::crd::GROUP.to_owned()
-        };
-        let name = format!("{}.{group}", policy::crd::PLURAL);
-        crd.spec.group.clone_from(&group);
-        crd.metadata.name = Some(name.clone());
-        let crds: Api<CustomResourceDefinition> = Api::all(c.client());
-        crds.create(&PostParams::default(), &crd)
+        let crd = c
+            .install_crd(policy::crd::definition())
             .await
             .expect("the API server accepts the generated definition");
-        eventually("the definition to be established", || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name).await.is_ok_and(|d| {
-                    d.status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-            }
-        })
-        .await;
-        let gvk = GroupVersionKind::gvk(&group, policy::crd::VERSION, policy::KIND);
-        let resource = ApiResource::from_gvk_with_plural(&gvk, policy::crd::PLURAL);
-        let policies = Api::namespaced_with(c.client(), c.namespace(), &resource);
-        // A real API server may serve the resource a moment after it says established.
-        eventually("the resource to be served", || {
-            let policies = policies.clone();
-            async move { policies.list(&Default::default()).await.is_ok() }
-        })
-        .await;
         Self {
-            crds,
-            name,
-            policies,
-            group,
+            policies: crd.api(c.client(), c.namespace()),
+            group: crd.group.clone(),
+            crd,
         }
     }
 
@@ -116,10 +78,7 @@ impl Defined {
     }
 
     async fn remove(self) {
-        self.crds
-            .delete(&self.name, &DeleteParams::default())
-            .await
-            .unwrap();
+        self.crd.remove().await.unwrap();
     }
 }
 
@@ -159,7 +118,7 @@ fn policy_check_errors(dir: &Path, text: &str) -> Vec<String> {
 async fn rotationpolicy_crd_is_accepted_and_established_with_its_names() {
     let c = cluster().await;
     let defined = Defined::new(&c).await;
-    let got = defined.crds.get(&defined.name).await.unwrap();
+    let got = defined.crd.crds.get(&defined.crd.name).await.unwrap();
     let accepted = got.status.unwrap().accepted_names.unwrap();
     assert_eq!(accepted.kind, "RotationPolicy");
     assert_eq!(accepted.plural, "rotationpolicies");
