@@ -5,17 +5,26 @@
 //! say why; an object created while the daemon runs is rotated; one fixed is taken up; a
 //! deleted one is no longer managed and its credential stays in its store.
 //!
+//! Two replicas sharing the objects through membership Leases: each object is rotated once,
+//! by the replica its name belongs to by rendezvous hashing, and only that replica writes its
+//! status and Events (an invalid object's too); when one replica stops, the other takes
+//! every policy over without rotating any again.
+//!
 //! On a real cluster (`KEYTURN_TEST_KUBECONFIG`) the resource is defined in a group of the
 //! test's own, which the daemon is told with its hidden `--rotationpolicies-group`.
+
+use std::os::unix::fs::PermissionsExt as _;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
+use keyturn_agent::daemon::membership;
+use keyturn_agent::daemon::status::CONTROLLER;
 use keyturn_agent::policy;
 use keyturn_tests::agent_env::{AgentEnv, Daemon};
 use keyturn_tests::kube::{InstalledCrd, TestCluster};
 use keyturn_tests::openbao::OpenBao;
-use keyturn_tests::process::{eventually, free_port};
+use keyturn_tests::process::{eventually, free_port, tail};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -303,6 +312,473 @@ async fn run_takes_policies_from_objects_and_reports_on_them() {
     }
     assert!(!log.contains("Atlantis"), "{log}");
     e.verify_audit();
+    if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
+        objects.crd.remove().await.unwrap();
+    }
+}
+
+/// The replicas of [`replicas_share_object_policies_and_only_the_owner_reports`]; the first
+/// owns the invalid object and is stopped first.
+const HOLDERS: [&str; 2] = ["objects-a", "objects-b"];
+
+/// Valid objects each replica owns (by rendezvous over both).
+const PER_REPLICA: usize = 6;
+
+/// The owner of `name` while both [`HOLDERS`] are members.
+fn owner_of(name: &str) -> &'static str {
+    let members: Vec<String> = HOLDERS.iter().map(|h| (*h).to_owned()).collect();
+    let owner = membership::rendezvous::owner(name, &members).unwrap();
+    HOLDERS.into_iter().find(|h| h == owner).unwrap()
+}
+
+/// The names in `names` that `holder` owns while both [`HOLDERS`] are members.
+fn owned_by(names: &[String], holder: &str) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| owner_of(n) == holder)
+        .cloned()
+        .collect()
+}
+
+/// `PER_REPLICA` valid object names per holder, and an invalid one owned by the first
+/// holder: chosen by the rendezvous hash itself, so the split is known, not a likelihood.
+fn shared_names() -> (Vec<String>, String) {
+    let mut valid = Vec::new();
+    for holder in HOLDERS {
+        valid.extend(
+            (0..)
+                .map(|i| format!("shared-{i:03}"))
+                .filter(|n| owner_of(n) == holder)
+                .take(PER_REPLICA),
+        );
+    }
+    valid.sort();
+    let invalid = (0..)
+        .map(|i| format!("invalid-{i}"))
+        .find(|n| owner_of(n) == HOLDERS[0])
+        .unwrap();
+    (valid, invalid)
+}
+
+/// One `keyturn run --rotationpolicies` replica: its own audit file, log and `/metrics`.
+struct Replica {
+    holder: &'static str,
+    daemon: Daemon,
+    listen: String,
+    audit: std::path::PathBuf,
+}
+
+impl Replica {
+    /// Starts `holder` over the objects of `ns` (RotationPolicy group `group`), sharing them
+    /// through membership Leases in `ns`, with no policy files at all, as `kubeconfig`.
+    fn start(
+        e: &AgentEnv,
+        ns: &str,
+        group: &str,
+        holder: &'static str,
+        kubeconfig: &std::path::Path,
+    ) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let audit = e.home.path().join(format!("{holder}-audit.jsonl"));
+        let args = [
+            "run",
+            "--rotationpolicies",
+            ns,
+            "--membership-namespace",
+            ns,
+            "--membership-lease",
+            "6s",
+            "--listen",
+            &listen,
+        ];
+        let mut cmd = e.cmd(&args, holder);
+        cmd.env_remove("KEYTURN_POLICIES")
+            .env("KEYTURN_ROTATIONPOLICIES_GROUP", group)
+            .env("KEYTURN_AUDIT_FILE", &audit)
+            .env("KUBECONFIG", kubeconfig);
+        let daemon = Daemon::spawn(cmd, e.home.path().join(format!("{holder}.log")));
+        Self {
+            holder,
+            daemon,
+            listen,
+            audit,
+        }
+    }
+
+    /// Its `/metrics` text; empty while it does not answer.
+    async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://{}/metrics", self.listen)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The sample `series` (a name with its labels, as exposed).
+    async fn sample(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics().await, series)
+    }
+
+    /// The tail of its log, for a failure message.
+    fn log_tail(&self) -> String {
+        format!(
+            "--- {} ---\n{}\n",
+            self.holder,
+            tail(&self.daemon.log(), 40)
+        )
+    }
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits until `cond` holds (polled as [`eventually`] polls), failing after [`PATIENCE`] with
+/// `what` and `logs()`: a hang, not a speed.
+async fn until<F, Fut>(what: &str, logs: &dyn Fn() -> String, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(PATIENCE, eventually(what, cond)).await;
+    assert!(waited.is_ok(), "never: {what}\n{}", logs());
+}
+
+/// `(reason, reportingInstance, reportingController)` of every Event, by the name of the
+/// object it is about.
+async fn events_by_object(
+    events: &Api<Event>,
+) -> std::collections::BTreeMap<String, Vec<(String, String, String)>> {
+    let mut by = std::collections::BTreeMap::<String, Vec<_>>::new();
+    for ev in events.list(&ListParams::default()).await.unwrap().items {
+        let Some(name) = ev.regarding.as_ref().and_then(|r| r.name.clone()) else {
+            continue;
+        };
+        by.entry(name).or_default().push((
+            ev.reason.unwrap_or_default(),
+            ev.reporting_instance.unwrap_or_default(),
+            ev.reporting_controller.unwrap_or_default(),
+        ));
+    }
+    by.values_mut().for_each(|evs| evs.sort());
+    by
+}
+
+/// The policies of the `rotate.done ok` events in the audit file at `path`, one per
+/// completed rotation, sorted.
+fn rotations_done(path: &std::path::Path) -> Vec<String> {
+    let mut done: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["action"] == "rotate.done" && v["outcome"] == "ok")
+        .filter_map(|v| Some(v["resource"].as_str()?.strip_prefix("policy/")?.to_owned()))
+        .collect();
+    done.sort();
+    done
+}
+
+/// On the stand-in, a kubeconfig of a service account named after `holder`, so that the
+/// stand-in's request log tells the replicas apart (RBAC is not enforced there); on a real
+/// cluster the admin's, which is allowed everything the daemon does.
+async fn kubeconfig_of(e: &AgentEnv, holder: &str) -> std::path::PathBuf {
+    let cluster = e.cluster.as_ref().unwrap();
+    if cluster.standin().is_none() {
+        return cluster.kubeconfig_path().to_owned();
+    }
+    let token = cluster
+        .service_account_token(cluster.namespace(), holder)
+        .await
+        .unwrap();
+    let path = e.home.path().join(format!("{holder}-kubeconfig"));
+    std::fs::write(&path, cluster.kubeconfig_for_token(holder, &token)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_object_policies_and_only_the_owner_reports() {
+    let cluster = TestCluster::start().await.unwrap();
+    let ns = cluster.namespace().to_owned();
+    let crd = cluster
+        .install_crd(policy::crd::definition())
+        .await
+        .expect("the RotationPolicy definition installed");
+    let api = crd.api(cluster.client(), &ns);
+    let group = crd.group.clone();
+    let objects = Objects {
+        crd,
+        api,
+        client: cluster.client(),
+    };
+    let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 32).await;
+    let (valid, invalid) = shared_names();
+    let mut replicas = Vec::new();
+    for holder in HOLDERS {
+        let kubeconfig = kubeconfig_of(&e, holder).await;
+        replicas.push(Replica::start(&e, &ns, &group, holder, &kubeconfig));
+    }
+    let logs = || replicas.iter().map(Replica::log_tail).collect::<String>();
+
+    // Both replicas see each other before there is anything to share, so each object has
+    // one owner from the start.
+    for r in &replicas {
+        until(&format!("{} sees 2 members", r.holder), &logs, || async {
+            r.sample("keyturn_daemon_members").await == Some(2.0)
+        })
+        .await;
+    }
+    for name in &valid {
+        objects.create(name, spec(name)).await;
+    }
+    let mut bad = spec(&invalid);
+    bad.as_object_mut().unwrap().remove("every");
+    bad["schedule"] = json!("0 3 * * *");
+    bad["timezone"] = json!("Nowhere/Atlantis");
+    objects.create(&invalid, bad).await;
+
+    // Each valid object rotated once, by its owner, which reported it; the invalid one is
+    // reported as such.
+    until("every valid object rotated", &logs, || async {
+        for name in &valid {
+            if version(&e, name).await != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    until("every valid object Ready True Rotated", &logs, || async {
+        for name in &valid {
+            if objects.ready(name).await != Some(("True".into(), "Rotated".into())) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    until(
+        &format!("{invalid} Ready False InvalidSpec"),
+        &logs,
+        || async { objects.ready(&invalid).await == Some(("False".into(), "InvalidSpec".into())) },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(objects.client.clone(), &ns);
+    until("a Rotated Event on every valid object", &logs, || async {
+        let by = events_by_object(&events).await;
+        valid.iter().all(|n| {
+            by.get(n)
+                .is_some_and(|evs| evs.iter().any(|(reason, _, _)| reason == "Rotated"))
+        })
+    })
+    .await;
+    // Nothing left to write: every fact reported is out.
+    for r in &replicas {
+        until(
+            &format!("{} has written everything", r.holder),
+            &logs,
+            || async { r.sample("keyturn_status_pending").await == Some(0.0) },
+        )
+        .await;
+    }
+
+    // The policies are split as the rendezvous hash says, each rotation done by its owner.
+    let mut owned_total = 0.0;
+    for r in &replicas {
+        let metrics = r.metrics().await;
+        let owned = sample(&metrics, "keyturn_daemon_policies_owned");
+        assert_eq!(
+            owned,
+            Some(PER_REPLICA as f64),
+            "{}: {metrics}\n{}",
+            r.holder,
+            logs()
+        );
+        owned_total += owned.unwrap_or_default();
+        assert_eq!(
+            sample(&metrics, "keyturn_policy_objects_rejected"),
+            Some(1.0),
+            "{}: {metrics}",
+            r.holder
+        );
+        let mine = owned_by(&valid, r.holder);
+        assert_eq!(
+            rotations_done(&r.audit),
+            mine,
+            "{}'s rotations (its audit file)\n{}",
+            r.holder,
+            logs()
+        );
+        // A reporter reads an object before its first write about it, once: what it read is
+        // what it wrote about. The owner of the invalid object reported it, the other did not
+        // even try.
+        let reported = mine.len() + usize::from(owner_of(&invalid) == r.holder);
+        assert_eq!(
+            sample(&metrics, "keyturn_status_reads_total{outcome=\"ok\"}"),
+            Some(reported as f64),
+            "{} read objects it does not own: {metrics}\n{}",
+            r.holder,
+            logs()
+        );
+    }
+    assert_eq!(owned_total, valid.len() as f64);
+    // Every Event on an object was recorded by its owner, as keyturn's daemon.
+    let before_stop = events_by_object(&events).await;
+    for name in valid.iter().chain([&invalid]) {
+        for (reason, instance, controller) in before_stop.get(name).into_iter().flatten() {
+            assert_eq!(
+                instance,
+                owner_of(name),
+                "{reason} Event on {name}: {before_stop:?}"
+            );
+            assert_eq!(controller, CONTROLLER, "{reason} Event on {name}");
+        }
+    }
+    // On the stand-in each replica has an identity of its own: every read and status write of
+    // an object came from its owner, and the invalid object's status was written.
+    if let Some(standin) = e.cluster.as_ref().and_then(TestCluster::standin) {
+        let requests = standin.requests();
+        let about = |name: &str| {
+            requests
+                .iter()
+                .filter(|q| {
+                    // The test's own reads are the admin's.
+                    q.user != "kubernetes-admin"
+                        && q.name.as_deref() == Some(name)
+                        && (q.resource == "rotationpolicies" && q.verb == "get"
+                            || q.resource == "rotationpolicies/status" && q.verb == "patch")
+                })
+                .collect::<Vec<_>>()
+        };
+        for name in valid.iter().chain([&invalid]) {
+            let owner = format!("system:serviceaccount:{ns}:{}", owner_of(name));
+            let by_others: Vec<_> = about(name)
+                .into_iter()
+                .filter(|q| q.user != owner)
+                .collect();
+            assert!(
+                by_others.is_empty(),
+                "{name} not owned by them: {by_others:?}"
+            );
+        }
+        assert!(
+            about(&invalid)
+                .iter()
+                .any(|q| q.verb == "patch" && q.code == 200),
+            "{invalid}'s status was not written: {:?}",
+            about(&invalid)
+        );
+    }
+    let mut rotation_ids = std::collections::BTreeMap::new();
+    for name in &valid {
+        rotation_ids.insert(
+            name.clone(),
+            objects.status(name).await["lastRotation"]["rotationId"].clone(),
+        );
+    }
+
+    // The first replica stops (SIGTERM, as in a rolling update): the other takes every policy
+    // over, schedules each a day after its rotation, and rotates none again.
+    let stopped = replicas.remove(0);
+    let stopped_audit = stopped.audit.clone();
+    let (exit, stopped_log) = stopped.daemon.stop_async().await;
+    assert!(
+        exit.success(),
+        "{} exited {exit:?}\n{stopped_log}",
+        HOLDERS[0]
+    );
+    assert!(
+        stopped_log.contains("membership Lease released"),
+        "{stopped_log}"
+    );
+    let survivor = replicas.remove(0);
+    let logs = || {
+        format!(
+            "--- {} (stopped) ---\n{}\n{}",
+            HOLDERS[0],
+            tail(&stopped_log, 40),
+            survivor.log_tail()
+        )
+    };
+    until("the survivor owns every policy", &logs, || async {
+        let m = survivor.metrics().await;
+        sample(&m, "keyturn_daemon_members") == Some(1.0)
+            && sample(&m, "keyturn_daemon_policies_owned") == Some(valid.len() as f64)
+    })
+    .await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::hours(12)).timestamp() as f64;
+    until("every policy scheduled by the survivor", &logs, || async {
+        let m = survivor.metrics().await;
+        valid.iter().all(|n| {
+            sample(
+                &m,
+                &format!("keyturn_next_rotation_timestamp_seconds{{policy=\"{n}\"}}"),
+            )
+            .is_some()
+        })
+    })
+    .await;
+    let m = survivor.metrics().await;
+    for name in &valid {
+        let next = sample(
+            &m,
+            &format!("keyturn_next_rotation_timestamp_seconds{{policy=\"{name}\"}}"),
+        );
+        assert!(
+            next.is_some_and(|t| t > tomorrow),
+            "{name}'s next rotation is {next:?}, not a day after its rotation"
+        );
+        assert_eq!(version(&e, name).await, 1, "{name} rotated again");
+        assert_eq!(
+            objects.ready(name).await,
+            Some(("True".into(), "Rotated".into())),
+            "{name}"
+        );
+        assert_eq!(
+            objects.status(name).await["lastRotation"]["rotationId"],
+            rotation_ids[name],
+            "{name}'s last rotation changed"
+        );
+    }
+    assert_eq!(
+        objects.ready(&invalid).await,
+        Some(("False".into(), "InvalidSpec".into()))
+    );
+
+    let (exit, survivor_log) = survivor.daemon.stop_async().await;
+    assert!(
+        exit.success(),
+        "{} exited {exit:?}\n{survivor_log}",
+        HOLDERS[1]
+    );
+    // No new Event: the rotations the survivor took over were not repeated.
+    assert_eq!(events_by_object(&events).await, before_stop);
+    // The complete audit files: each rotation once, by its first owner (the survivor rotated
+    // none of those it took over); both chains verify.
+    assert_eq!(
+        rotations_done(&stopped_audit),
+        owned_by(&valid, HOLDERS[0]),
+        "{}'s rotations",
+        HOLDERS[0]
+    );
+    assert_eq!(
+        rotations_done(&survivor.audit),
+        owned_by(&valid, HOLDERS[1]),
+        "{}'s rotations",
+        HOLDERS[1]
+    );
+    for audit in [&stopped_audit, &survivor.audit] {
+        let report = keyturn_core::audit::verify(std::slice::from_ref(audit));
+        assert!(report.is_ok(), "{}: {report:?}", audit.display());
+    }
+    for log in [&stopped_log, &survivor_log] {
+        assert!(!log.contains("Atlantis"), "{log}");
+    }
     if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
         objects.crd.remove().await.unwrap();
     }
