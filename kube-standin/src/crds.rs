@@ -884,7 +884,8 @@ fn validate_string(schema: &Value, s: &str, path: &str, errs: &mut Vec<FieldErro
     }
 }
 
-/// `kubectl get` cells for `obj` from the printer columns' JSONPaths.
+/// `kubectl get` cells for `obj` from the printer columns' JSONPaths. A `date` column shows
+/// the value's age, as the real server prints it (see `table::date_cell`).
 pub(crate) fn cells(info: &CustomInfo, obj: &Value) -> Vec<Value> {
     info.printer_columns
         .iter()
@@ -892,11 +893,13 @@ pub(crate) fn cells(info: &CustomInfo, obj: &Value) -> Vec<Value> {
             let found = json_path(obj, str_at(col, "/jsonPath"));
             match found.as_slice() {
                 [] => Value::Null,
+                // The real convertor takes the first result.
+                [first, ..] if str_at(col, "/type") == "date" => super::table::date_cell(first),
                 [one] => match (str_at(col, "/type"), one) {
                     ("string", Value::String(_)) | ("integer" | "number", Value::Number(_)) => {
                         one.clone()
                     }
-                    ("boolean", Value::Bool(_)) | ("date", Value::String(_)) => one.clone(),
+                    ("boolean", Value::Bool(_)) => one.clone(),
                     (_, Value::String(s)) => json!(s),
                     (_, other) => json!(other.to_string()),
                 },

@@ -39,7 +39,9 @@
 //! resourceVersion or from the current state, with bookmarks, label and field selectors,
 //! `timeoutSeconds`, the streaming list (`sendInitialEvents`), and `410 Expired` for a
 //! resourceVersion older than the bounded history ([`KubeStandin::set_watch_history`],
-//! [`KubeStandin::compact`]); lists honour `resourceVersion` and `resourceVersionMatch`.
+//! [`KubeStandin::compact`]); lists honour `resourceVersion` and `resourceVersionMatch`, and
+//! come in pages with `limit` and `continue` (every page at the first one's resourceVersion,
+//! `remainingItemCount`, `410 Expired` for a token whose snapshot was compacted; see `paging`).
 //! Writes never wait for watchers; one that falls behind is dropped
 //! ([`KubeStandin::set_watch_buffer`]). [`KubeStandin::close_watches`] ends every watch, as
 //! an API server restart does.
@@ -53,7 +55,8 @@
 //! write pipeline),
 //! `managed` (server-side apply), `patch` (strategic merge with merge keys and kubectl's
 //! directives), `strict` (`fieldValidation=Strict`), `protobuf` (kubectl's typed bodies),
-//! `table` (`kubectl get` columns), `watch` (watch and list resourceVersions), `store` (the
+//! `table` (`kubectl get` columns), `watch` (watch and list resourceVersions), `paging`
+//! (`limit` and `continue`), `store` (the
 //! change history), `openapi`, `auth` (401, the deny switch and the
 //! authorizer chain), `rbac` (Roles, bindings, the RBAC authorizer), `tokens` and `reviews`
 //! (JWTs, TokenReview, SelfSubjectAccessReview).
@@ -70,7 +73,7 @@
 //! [`KubeStandin::enforce_rbac`] makes service accounts subject to RBAC, as on a real cluster.
 //!
 //! Not served: watch of a single object's URL (`/…/NAME?watch=true`) and the deprecated
-//! `/watch/` paths, deleting namespaces, pagination (`limit` is ignored),
+//! `/watch/` paths, deleting namespaces,
 //! protobuf responses and protobuf bodies other than Secrets and Deployments (415, naming
 //! what is missing), `/openapi/v2`, validating admission webhooks and mutating ones on
 //! anything but pod creates (a pod created by server-side apply skips them), writes and
@@ -94,6 +97,7 @@ mod managed;
 mod namespaces;
 mod objects;
 mod openapi;
+mod paging;
 mod patch;
 mod pods;
 mod protobuf;

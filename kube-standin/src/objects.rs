@@ -378,8 +378,9 @@ fn as_list_item(o: &StoredObject) -> Value {
     v
 }
 
-/// GET on a collection. `limit`/`continue` are ignored: everything comes in one page.
-/// `resourceVersion` and `resourceVersionMatch` are honoured as `watch` describes.
+/// GET on a collection: everything selected, at the resourceVersion `resourceVersion` and
+/// `resourceVersionMatch` ask for (as `watch` describes); `paging` cuts the page from it and
+/// turns a `continue` token into the resourceVersion to read at.
 pub(crate) fn list(shared: &Shared, req: &ObjectRequest<'_>) -> Result<Reply, ApiError> {
     super::watch::check_list_options(req.query, false)?;
     let rv = super::watch::parse_resource_version(req.kind, req.query)?;

@@ -584,13 +584,51 @@ async fn serve_resource(
         *ctx.stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
         return Ok((StatusCode::OK, Value::Null));
     }
+    // `limit` and `continue`, the same for every list (see `paging`): the list handler reads
+    // the whole selection at the resourceVersion the page must show, and the page is cut
+    // from it.
+    let paging = match verb {
+        "list" => Some(super::paging::plan(
+            &shared.store(),
+            kind,
+            namespace,
+            &ctx.query,
+        )?),
+        _ => None,
+    };
+    let req = ObjectRequest {
+        kind,
+        namespace,
+        name,
+        subresource,
+        query: paging.as_ref().map_or(&ctx.query, |p| &p.query),
+        content_type: ctx.content_type,
+        user_agent: ctx.user_agent,
+        body: ctx.body,
+        user: ctx.user,
+        warnings: &ctx.warnings,
+    };
+    let (code, mut body) = serve_stored(shared, verb, &req, ctx).await?;
+    if let Some(paging) = paging {
+        paging.finish(&mut body);
+    }
+    Ok((code, body))
+}
 
+/// Serves `req` after authorization (a list with the query `paging` gave it).
+async fn serve_stored(
+    shared: &Shared,
+    verb: &str,
+    req: &ObjectRequest<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Reply, ApiError> {
+    let (kind, namespace, name) = (req.kind, req.namespace, req.name);
     if kind == &resources::NAMESPACES {
         match (verb, name) {
             ("get", Some(n)) => {
                 return Ok((StatusCode::OK, super::namespaces::get(&shared.store(), n)));
             }
-            ("list" | "watch", _) if !ctx.query.flag("watch") => {
+            ("list" | "watch", _) if !req.query.flag("watch") => {
                 return Ok((StatusCode::OK, super::namespaces::list(&shared.store())));
             }
             ("update" | "patch", Some(n)) => {
@@ -600,7 +638,7 @@ async fn serve_resource(
         }
     }
     if kind == &resources::CORE_EVENTS {
-        return super::events::serve_core(shared, verb, namespace, name, &ctx.query);
+        return super::events::serve_core(shared, verb, namespace, name, req.query);
     }
     if kind == &resources::TOKEN_REVIEWS {
         return reviews::token_review(shared, ctx.body);
@@ -608,29 +646,17 @@ async fn serve_resource(
     if kind == &resources::SELF_SUBJECT_ACCESS_REVIEWS {
         return reviews::self_subject_access_review(shared, ctx.user, ctx.body);
     }
-    if let (Some(ns), Some(name), Some("token")) = (namespace, name, subresource) {
+    if let (Some(ns), Some(name), Some("token")) = (namespace, name, req.subresource) {
         return reviews::token_request(shared, ns, name, ctx.body);
     }
-    let req = ObjectRequest {
-        kind,
-        namespace,
-        name,
-        subresource,
-        query: &ctx.query,
-        content_type: ctx.content_type,
-        user_agent: ctx.user_agent,
-        body: ctx.body,
-        user: ctx.user,
-        warnings: &ctx.warnings,
-    };
     match verb {
-        "get" => objects::get(shared, &req),
-        "list" | "watch" => objects::list(shared, &req),
-        "create" => objects::create(shared, &req).await,
-        "update" => objects::update(shared, &req),
-        "patch" => objects::patch(shared, &req),
-        "delete" => objects::delete(shared, &req),
-        _ => objects::delete_collection(shared, &req),
+        "get" => objects::get(shared, req),
+        "list" | "watch" => objects::list(shared, req),
+        "create" => objects::create(shared, req).await,
+        "update" => objects::update(shared, req),
+        "patch" => objects::patch(shared, req),
+        "delete" => objects::delete(shared, req),
+        _ => objects::delete_collection(shared, req),
     }
 }
 

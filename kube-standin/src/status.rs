@@ -24,6 +24,9 @@ pub(crate) struct ApiError {
     pub message: String,
     /// `details`, when the real server sends them (boxed: errors travel in every `Result`).
     pub details: Option<Box<Details>>,
+    /// `metadata.continue`: the token the real server hands back with the `410 Expired` of a
+    /// list continued from a compacted resourceVersion, to go on inconsistently (see `paging`).
+    pub continue_token: Option<String>,
 }
 
 /// `Status.details`.
@@ -211,6 +214,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            continue_token: None,
         }
     }
 
@@ -408,6 +412,12 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// The same error carrying `metadata.continue` (see [`Self::continue_token`]).
+    pub fn with_continue(mut self, token: String) -> Self {
+        self.continue_token = Some(token);
+        self
+    }
+
     /// 504 `Timeout`: a resourceVersion newer than any write, after the real server has
     /// waited for it in vain (`NewTooLargeResourceVersionError`).
     pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
@@ -462,6 +472,9 @@ impl ApiError {
         });
         if let Some(details) = &self.details {
             status["details"] = serde_json::to_value(details).unwrap_or_default();
+        }
+        if let Some(token) = &self.continue_token {
+            status["metadata"]["continue"] = serde_json::Value::String(token.clone());
         }
         status
     }

@@ -5,7 +5,10 @@
 //! NAME, TYPE, DATA, AGE; Deployments: NAME, READY, UP-TO-DATE, AVAILABLE, AGE, and
 //! CONTAINERS, IMAGES, SELECTOR with `-o wide`; Pods: NAME, READY, STATUS, RESTARTS, AGE,
 //! never running, so `0/N` and `Pending`; Events of both versions: LAST SEEN, TYPE, REASON,
-//! OBJECT, MESSAGE) and the default NAME, CREATED AT for the rest. Each row carries the
+//! OBJECT, MESSAGE) and the default NAME, CREATED AT for the rest; a custom resource's are
+//! its `additionalPrinterColumns`, `date` ones printed as ages (`HumanDuration`, below) as the
+//! real apiextensions-apiserver prints them. A list's Table keeps its `continue` token and
+//! `remainingItemCount` (see `paging`), which `kubectl get` pages on. Each row carries the
 //! object's metadata (`PartialObjectMetadata`), which kubectl reads for namespaces and
 //! labels, as the default `includeObject=Metadata` makes it.
 
@@ -44,37 +47,86 @@ fn column(name: &str, ty: &str, format: &str, priority: u8, description: &str) -
     json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
 }
 
-/// `duration.HumanDuration`, as the AGE column prints it.
-fn human_duration(seconds: i64) -> String {
+/// `duration.HumanDuration` of k8s.io/apimachinery, ported line for line: how every AGE
+/// column and a custom resource's `date` printer columns print a time since. Up to two units
+/// and ~2-3 significant figures; a duration up to 2 s negative (clock skew) is `0s`, a more
+/// negative one (a time in the future) `<invalid>`.
+fn human_duration(d: chrono::TimeDelta) -> String {
+    // Go's `int(d.Seconds())`, `int(d / time.Minute)` and `int(d / time.Hour)` truncate
+    // toward zero, as `num_seconds` and friends do.
+    let seconds = d.num_seconds();
     if seconds < -1 {
         return "<invalid>".into();
+    } else if seconds < 0 {
+        return "0s".into();
+    } else if seconds < 60 * 2 {
+        return format!("{seconds}s");
     }
-    let s = seconds.max(0);
-    let (m, h) = (s / 60, s / 3600);
-    match () {
-        () if s < 120 => format!("{s}s"),
-        () if m < 10 && s % 60 != 0 => format!("{m}m{}s", s % 60),
-        () if m < 180 => format!("{m}m"),
-        () if h < 8 && m % 60 != 0 => format!("{h}h{}m", m % 60),
-        () if h < 48 => format!("{h}h"),
-        () if h < 24 * 8 && h % 24 != 0 => format!("{}d{}h", h / 24, h % 24),
-        () if h < 24 * 365 * 2 => format!("{}d", h / 24),
-        () if h < 24 * 365 * 8 && (h / 24) % 365 != 0 => {
-            format!("{}y{}d", h / 24 / 365, (h / 24) % 365)
+    let minutes = d.num_minutes();
+    if minutes < 10 {
+        let s = d.num_seconds() % 60;
+        if s == 0 {
+            return format!("{minutes}m");
         }
-        () => format!("{}y", h / 24 / 365),
+        return format!("{minutes}m{s}s");
+    } else if minutes < 60 * 3 {
+        return format!("{minutes}m");
     }
+    let hours = d.num_hours();
+    if hours < 8 {
+        let m = d.num_minutes() % 60;
+        if m == 0 {
+            return format!("{hours}h");
+        }
+        return format!("{hours}h{m}m");
+    } else if hours < 48 {
+        return format!("{hours}h");
+    } else if hours < 24 * 8 {
+        let h = hours % 24;
+        if h == 0 {
+            return format!("{}d", hours / 24);
+        }
+        return format!("{}d{h}h", hours / 24);
+    } else if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    } else if hours < 24 * 365 * 8 {
+        let dy = (hours / 24) % 365;
+        if dy == 0 {
+            return format!("{}y", hours / 24 / 365);
+        }
+        return format!("{}y{dy}d", hours / 24 / 365);
+    }
+    format!("{}y", hours / 24 / 365)
 }
 
 fn age(obj: &Value) -> String {
-    obj.pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(
-            || "<unknown>".to_owned(),
-            |t| human_duration((chrono::Utc::now() - t.to_utc()).num_seconds()),
-        )
+    since(obj.pointer("/metadata/creationTimestamp"))
 }
+
+/// A `date` printer column's cell, as the real apiextensions-apiserver's `cellForJSONValue`
+/// makes it: a string is parsed as `metav1.Time` parses a query parameter (RFC 3339; empty or
+/// `null`: the zero time) and printed as its age (`ConvertToHumanReadableDateType`:
+/// `<unknown>` for the zero time, `<invalid>` in the future), `<invalid>` when it does not
+/// parse; anything but a string is no value.
+pub(crate) fn date_cell(value: &Value) -> Value {
+    let Some(text) = value.as_str() else {
+        return Value::Null;
+    };
+    if text.is_empty() || text == "null" {
+        return json!("<unknown>");
+    }
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Err(_) => json!("<invalid>"),
+        // Go's zero `time.Time`.
+        Ok(t) if t.timestamp() == GO_ZERO_TIME_UNIX && t.timestamp_subsec_nanos() == 0 => {
+            json!("<unknown>")
+        }
+        Ok(t) => json!(human_duration(chrono::Utc::now() - t.to_utc())),
+    }
+}
+
+/// `time.Time{}` (0001-01-01T00:00:00Z) in Unix seconds: `IsZero`.
+const GO_ZERO_TIME_UNIX: i64 = -62_135_596_800;
 
 fn int_at(obj: &Value, pointer: &str) -> i64 {
     obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
@@ -389,7 +441,7 @@ fn since(time: Option<&Value>) -> String {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map_or_else(
             || "<unknown>".to_owned(),
-            |t| human_duration((chrono::Utc::now() - t.to_utc()).num_seconds()),
+            |t| human_duration(chrono::Utc::now() - t.to_utc()),
         )
 }
 
@@ -465,21 +517,24 @@ pub(crate) fn convert_with(kind: &ResourceKind, body: &Value) -> Option<Value> {
     if !kind.stored {
         return None;
     }
-    let (rows, resource_version) = if is_list {
+    let rows = if is_list {
         let items = body.get("items")?.as_array()?;
-        (
-            items.iter().map(|o| row(kind, o)).collect::<Vec<_>>(),
-            body.pointer("/metadata/resourceVersion").cloned(),
-        )
+        items.iter().map(|o| row(kind, o)).collect::<Vec<_>>()
     } else {
-        (
-            vec![row(kind, body)],
-            body.pointer("/metadata/resourceVersion").cloned(),
-        )
+        vec![row(kind, body)]
     };
+    // A list's `continue` and `remainingItemCount` too, as every real table convertor copies
+    // them: `kubectl get --chunk-size` pages on the Table's token.
     let mut metadata = json!({});
-    if let Some(rv) = resource_version {
-        metadata["resourceVersion"] = rv;
+    let fields: &[&str] = if is_list {
+        &["resourceVersion", "continue", "remainingItemCount"]
+    } else {
+        &["resourceVersion"]
+    };
+    for field in fields {
+        if let Some(v) = body.get("metadata").and_then(|m| m.get(*field)) {
+            metadata[*field] = v.clone();
+        }
     }
     Some(json!({
         "kind": "Table",
@@ -506,8 +561,92 @@ mod tests {
             (50 * 3600, "2d2h"),
             (400 * 86400, "400d"),
         ] {
-            assert_eq!(human_duration(s), want, "{s}");
+            assert_eq!(human_duration(chrono::TimeDelta::seconds(s)), want, "{s}");
         }
+    }
+
+    /// Every boundary of apimachinery's `HumanDuration`, on both sides.
+    #[test]
+    fn human_duration_switches_units_where_apimachinery_does() {
+        let ms = chrono::TimeDelta::milliseconds;
+        let s = chrono::TimeDelta::seconds;
+        let (m, h, d) = (60, 3600, 86_400);
+        let y = 365 * d;
+        for (delta, want) in [
+            // Up to 2 s in the future is clock skew; more is a time that has not come.
+            (ms(-2_000), "<invalid>"),
+            (s(-3600), "<invalid>"),
+            (ms(-1_999), "0s"),
+            (ms(-1_000), "0s"),
+            (ms(-1), "0s"),
+            (s(0), "0s"),
+            (ms(999), "0s"),
+            (s(1), "1s"),
+            (ms(119_999), "119s"),
+            (s(2 * m), "2m"),
+            (s(2 * m + 1), "2m1s"),
+            (s(9 * m + 59), "9m59s"),
+            (s(9 * m), "9m"),
+            (s(10 * m), "10m"),
+            (s(10 * m + 59), "10m"),
+            (s(3 * h - 1), "179m"),
+            (s(3 * h), "3h"),
+            (s(3 * h + m), "3h1m"),
+            (s(8 * h - 1), "7h59m"),
+            (s(8 * h), "8h"),
+            (s(8 * h + 59 * m), "8h"),
+            (s(48 * h - 1), "47h"),
+            (s(48 * h), "2d"),
+            (s(49 * h), "2d1h"),
+            (s(8 * d - 1), "7d23h"),
+            (s(8 * d), "8d"),
+            (s(8 * d + 23 * h), "8d"),
+            (s(2 * y - 1), "729d"),
+            (s(2 * y), "2y"),
+            (s(2 * y + d), "2y1d"),
+            (s(3 * y - 1), "2y364d"),
+            (s(3 * y), "3y"),
+            (s(8 * y - 1), "7y364d"),
+            (s(8 * y), "8y"),
+            (s(8 * y + 200 * d), "8y"),
+            (s(20 * y), "20y"),
+        ] {
+            assert_eq!(human_duration(delta), want, "{delta}");
+        }
+    }
+
+    #[test]
+    fn a_date_cell_is_an_age_as_the_crd_table_convertor_prints_it() {
+        let ago = |secs: i64| {
+            json!(
+                (chrono::Utc::now() - chrono::TimeDelta::seconds(secs))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        };
+        assert_eq!(date_cell(&ago(3 * 3600 + 5)), json!("3h"));
+        assert_eq!(date_cell(&ago(3 * 86_400)), json!("3d"));
+        assert_eq!(date_cell(&ago(-3600)), json!("<invalid>"));
+        assert_eq!(date_cell(&json!("tomorrow")), json!("<invalid>"));
+        for zero in ["", "null", "0001-01-01T00:00:00Z"] {
+            assert_eq!(date_cell(&json!(zero)), json!("<unknown>"), "{zero:?}");
+        }
+        assert_eq!(date_cell(&json!(5)), Value::Null);
+        assert_eq!(date_cell(&json!({"a": 1})), Value::Null);
+        // Fractional seconds and offsets parse as Go's RFC 3339 layout takes them.
+        let offset = (chrono::Utc::now() - chrono::TimeDelta::minutes(5))
+            .with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap())
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+        assert_eq!(date_cell(&json!(offset)), json!("5m"));
+    }
+
+    #[test]
+    fn a_paged_list_keeps_its_token_in_the_table() {
+        let list = json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "7", "continue": "abc", "remainingItemCount": 3}, "items": []});
+        let table = convert(&list, resources::ALL).unwrap();
+        assert_eq!(
+            table["metadata"],
+            json!({"resourceVersion": "7", "continue": "abc", "remainingItemCount": 3})
+        );
     }
 
     #[test]

@@ -12,5 +12,6 @@ mod policy_source;
 mod policy_status;
 mod rotationpolicy_crd;
 mod standin;
+mod standin_paging;
 mod watch;
 mod webhook_tls;
