@@ -252,10 +252,17 @@ impl Daemon {
                 let mut rx = m.members();
                 let me = m.settings().holder.clone();
                 tracing::info!(holder = %me, namespace = %m.settings().namespace, "joining the daemon replicas");
+                // Replicas started together see only the Leases written before their first
+                // list; one more round sees the rest. Without it the first replica up owned
+                // and scanned every policy, then handed three quarters away.
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
-                    _ = rx.wait_for(|live| live.contains(&me)) => {}
+                    _ = async {
+                        let _ = rx.wait_for(|live| live.contains(&me)).await;
+                        tokio::time::sleep(m.period()).await;
+                    } => {}
                 }
+                rx.mark_unchanged();
                 Some(rx)
             }
         };
@@ -927,47 +934,46 @@ impl Daemon {
 /// Reads the state of each of `policies` with bounded concurrency. A free function, so a
 /// reload can run it in a task of its own while the timers go on.
 async fn scan(backends: Backends, policies: Vec<Arc<Policy>>) -> Vec<(Arc<Policy>, Scan)> {
-    let limit = Arc::new(Semaphore::new(32));
-    let mut set = JoinSet::new();
-    let n = policies.len();
-    for p in policies {
-        let backends = backends.clone();
-        let limit = limit.clone();
-        set.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let found = match backends.store(&p) {
-                Err(e) => {
-                    tracing::error!(error = %e, "policy cannot run");
-                    Scan::Unreadable
-                }
-                Ok(store) => match store.view().await {
-                    Ok(v) if v.state.in_flight.is_some() => Scan::InFlight(v.state.failures),
-                    Ok(v) => Scan::Last(Found {
-                        last_ok: v
-                            .state
-                            .last
-                            .filter(|l| l.outcome == "ok")
-                            .map(|l| l.started_at),
-                        taint: v.state.taint.map(|t| t.rotate_after),
-                        created: v.current.and_then(|c| c.created),
-                        failures: v.state.failures,
-                    }),
-                    Err(e) => {
-                        tracing::error!(policy = %p.name, error = %e, "cannot read rotation state");
-                        Scan::Unreadable
-                    }
-                },
-            };
-            (p, found)
-        });
-    }
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        if let Ok(x) = r {
-            out.push(x);
+    use futures_util::StreamExt as _;
+    // 32 reads at a time, as a stream: a task per policy cost 100,000 tasks at once.
+    futures_util::stream::iter(policies)
+        .map(|p| {
+            let backends = backends.clone();
+            async move {
+                let found = read_state(&backends, &p).await;
+                (p, found)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+/// What the store says of `p`'s rotation.
+async fn read_state(backends: &Backends, p: &Policy) -> Scan {
+    match backends.store(p) {
+        Err(e) => {
+            tracing::error!(error = %e, "policy cannot run");
+            Scan::Unreadable
         }
+        Ok(store) => match store.view().await {
+            Ok(v) if v.state.in_flight.is_some() => Scan::InFlight(v.state.failures),
+            Ok(v) => Scan::Last(Found {
+                last_ok: v
+                    .state
+                    .last
+                    .filter(|l| l.outcome == "ok")
+                    .map(|l| l.started_at),
+                taint: v.state.taint.map(|t| t.rotate_after),
+                created: v.current.and_then(|c| c.created),
+                failures: v.state.failures,
+            }),
+            Err(e) => {
+                tracing::error!(policy = %p.name, error = %e, "cannot read rotation state");
+                Scan::Unreadable
+            }
+        },
     }
-    out
 }
 
 enum Scan {

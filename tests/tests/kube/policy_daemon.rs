@@ -47,6 +47,20 @@ struct Objects {
 }
 
 impl Objects {
+    /// The RotationPolicy definition installed in `cluster`, and its objects in the test's
+    /// namespace.
+    async fn install(cluster: &TestCluster) -> Self {
+        let crd = cluster
+            .install_crd(policy::crd::definition())
+            .await
+            .expect("the RotationPolicy definition installed");
+        Self {
+            api: crd.api(cluster.client(), cluster.namespace()),
+            crd,
+            client: cluster.client(),
+        }
+    }
+
     async fn create(&self, name: &str, spec: Value) {
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": self.crd.resource.api_version,
@@ -104,17 +118,8 @@ async fn version(e: &AgentEnv, name: &str) -> u64 {
 async fn run_takes_policies_from_objects_and_reports_on_them() {
     let cluster = TestCluster::start().await.unwrap();
     let ns = cluster.namespace().to_owned();
-    let crd = cluster
-        .install_crd(policy::crd::definition())
-        .await
-        .expect("the RotationPolicy definition installed");
-    let api = crd.api(cluster.client(), &ns);
-    let group = crd.group.clone();
-    let objects = Objects {
-        crd,
-        api,
-        client: cluster.client(),
-    };
+    let objects = Objects::install(&cluster).await;
+    let group = objects.crd.group.clone();
     let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 31).await;
     // A policy file, and an object that wants its name (and a store of its own).
     e.write_generated_policy("from-file", "");
@@ -505,17 +510,8 @@ async fn kubeconfig_of(e: &AgentEnv, holder: &str) -> std::path::PathBuf {
 async fn replicas_share_object_policies_and_only_the_owner_reports() {
     let cluster = TestCluster::start().await.unwrap();
     let ns = cluster.namespace().to_owned();
-    let crd = cluster
-        .install_crd(policy::crd::definition())
-        .await
-        .expect("the RotationPolicy definition installed");
-    let api = crd.api(cluster.client(), &ns);
-    let group = crd.group.clone();
-    let objects = Objects {
-        crd,
-        api,
-        client: cluster.client(),
-    };
+    let objects = Objects::install(&cluster).await;
+    let group = objects.crd.group.clone();
     let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 32).await;
     let (valid, invalid) = shared_names();
     let mut replicas = Vec::new();
