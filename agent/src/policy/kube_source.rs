@@ -33,7 +33,7 @@ mod json;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -147,13 +147,13 @@ pub fn policy_from_object(object: &DynamicObject) -> Result<Policy, PolicyErrors
         },
         spec: raw,
     };
-    let file = PathBuf::from(&origin);
+    let file: Arc<Path> = Arc::from(Path::new(&origin));
     let mut v = Validator::new(&file);
     let policy = v.policy(raw);
     let errors = v.into_errors();
     match policy {
         Some(mut p) if errors.is_empty() => {
-            p.object = Some(id);
+            p.object = Some(Box::new(id));
             Ok(p)
         }
         _ => {

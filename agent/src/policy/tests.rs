@@ -409,3 +409,44 @@ fn a_postgres_target_takes_a_tls_mode_and_a_ca_file_for_verify_full_only() {
         "p.yaml:25:12: spec.target.postgres.tls: unknown TLS mode \"verify-ca\" (disable, prefer, require or verify-full)"
     );
 }
+
+/// A daemon replica holds every policy of up to 100,000 in memory, so each byte of a
+/// `Policy` is 100 kB per replica: the big, rarely used parts (database target specs, the
+/// RotationPolicy object) are boxed, and what nearly every policy has in common (the
+/// generator's alphabet, the file path) is shared, not copied.
+#[test]
+fn a_policy_is_small_and_shares_its_alphabet_and_file() {
+    // 232 bytes when written (496 before boxing and sharing); a field added inline should
+    // be a decision, not an accident.
+    assert!(
+        std::mem::size_of::<Policy>() <= 256,
+        "Policy is {} bytes",
+        std::mem::size_of::<Policy>()
+    );
+    assert!(std::mem::size_of::<TargetSpec>() <= 16);
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, GOOD).unwrap();
+    let ps = load(&f).unwrap();
+    // `api-token` names charset alphanumeric, `orders-db` takes it by default.
+    assert_eq!(ps[0].generator.alphabet, ps[1].generator.alphabet);
+    assert!(Arc::ptr_eq(
+        &ps[0].generator.alphabet,
+        &ps[1].generator.alphabet
+    ));
+    assert!(Arc::ptr_eq(&ps[0].file, &ps[1].file));
+    assert_eq!(&*ps[0].file, f.as_path());
+
+    // Another load of another file shares the alphabet too (it is process-wide), but not the
+    // file; an exclusion makes a different alphabet.
+    let other = check(&good_with("charset: alphanumeric", "exclude: \"0O1lI\"")).unwrap();
+    assert!(Arc::ptr_eq(
+        &ps[1].generator.alphabet,
+        &other[1].generator.alphabet
+    ));
+    assert!(!Arc::ptr_eq(&ps[0].file, &other[0].file));
+    assert_eq!(other[0].generator.alphabet.len(), 62 - 5);
+    assert!(!other[0].generator.alphabet.contains(&'O'));
+    assert_ne!(other[0].generator, ps[0].generator);
+}

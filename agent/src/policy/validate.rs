@@ -3,6 +3,7 @@
 //! targets validate their own part (see `backends.rs`) through the same [`Validator`].
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyturn_core::config::Problems;
@@ -19,13 +20,14 @@ use crate::schedule::{MAX_WINDOW, Schedule, parse_duration};
 /// Collects the errors found in one policy document.
 #[derive(Debug)]
 pub struct Validator<'a> {
-    file: &'a Path,
+    /// Shared with every policy validated from the same file.
+    file: &'a Arc<Path>,
     errors: Problems,
 }
 
 impl<'a> Validator<'a> {
-    /// A validator for a document of `file`.
-    pub(crate) fn new(file: &'a Path) -> Self {
+    /// A validator for a document of `file`; the policy made shares `file`.
+    pub(crate) fn new(file: &'a Arc<Path>) -> Self {
         Self {
             file,
             errors: Problems::new(file.display().to_string()),
@@ -114,7 +116,7 @@ impl<'a> Validator<'a> {
         }
         Some(Policy {
             name,
-            file: self.file.to_owned(),
+            file: Arc::clone(self.file),
             schedule: schedule?,
             window,
             store: store?,
@@ -234,10 +236,7 @@ impl<'a> Validator<'a> {
             }
             return None;
         }
-        Some(Generator {
-            length: len,
-            alphabet,
-        })
+        Some(Generator::new(len, &alphabet))
     }
 
     fn distribution(

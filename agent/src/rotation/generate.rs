@@ -27,10 +27,8 @@ pub fn generate(g: &Generator) -> SecretValue {
 /// (break-glass sets an alternating pair's standby user to one).
 #[must_use]
 pub fn throwaway() -> SecretValue {
-    generate(&Generator {
-        length: 48,
-        alphabet: crate::policy::CHARSETS[0].1.chars().collect(),
-    })
+    let alphabet: Vec<char> = crate::policy::CHARSETS[0].1.chars().collect();
+    generate(&Generator::new(48, &alphabet))
 }
 
 #[cfg(test)]
@@ -38,10 +36,8 @@ mod tests {
     use super::*;
 
     fn gen_of(alphabet: &str, length: u32) -> Generator {
-        Generator {
-            length,
-            alphabet: alphabet.chars().collect(),
-        }
+        let alphabet: Vec<char> = alphabet.chars().collect();
+        Generator::new(length, &alphabet)
     }
 
     #[test]

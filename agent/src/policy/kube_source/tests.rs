@@ -84,17 +84,17 @@ fn an_object_becomes_the_policy_its_spec_says_named_by_the_object() {
     let o = object("shop", "api", T0, 4, s);
     let p = policy_from_object(&o).unwrap();
     assert_eq!(p.name, "api");
-    assert_eq!(p.file, PathBuf::from("rotationpolicy/shop/api"));
+    assert_eq!(&*p.file, Path::new("rotationpolicy/shop/api"));
     assert_eq!(p.max_attempts, 3);
     assert_eq!(p.store.to_string(), "vault-kv:secret/keyturn/api");
     assert_eq!(
         p.object,
-        Some(PolicyObject {
+        Some(Box::new(PolicyObject {
             namespace: "shop".into(),
             name: "api".into(),
             uid: Some("uid-shop-api".into()),
             generation: Some(4),
-        })
+        }))
     );
 
     // The same document as a policy file is the same policy, but for where it came from.
