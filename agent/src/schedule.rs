@@ -20,7 +20,9 @@
 //! [`RETRY_MIN`] after the failure, and never later than the schedule's next slot
 //! ([`retry_at`]).
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -86,7 +88,7 @@ pub enum Schedule {
         /// The expression as the user wrote it.
         expr: String,
         /// The parsed schedule.
-        schedule: Box<cron::Schedule>,
+        schedule: Arc<cron::Schedule>,
         /// The zone the expression's wall-clock times are in.
         tz: Tz,
     },
@@ -115,6 +117,25 @@ pub const RETRY_MIN: Duration = Duration::from_secs(30);
 /// The default cap on the delay between retries of a failing policy.
 pub const RETRY_MAX_DEFAULT: Duration = Duration::from_secs(3600);
 
+/// `expr` (in the cron crate's syntax) parsed, shared with every other policy on the same
+/// expression: a parsed schedule is ~450 bytes, and a daemon holding 100,000 policies mostly
+/// holds a handful of distinct expressions. Entries no policy uses any more are dropped as
+/// the table grows.
+fn parsed_cron(expr: &str) -> Result<Arc<cron::Schedule>, cron::error::Error> {
+    static PARSED: LazyLock<Mutex<HashMap<String, Weak<cron::Schedule>>>> =
+        LazyLock::new(Mutex::default);
+    let mut parsed = PARSED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(s) = parsed.get(expr).and_then(Weak::upgrade) {
+        return Ok(s);
+    }
+    let s = Arc::new(cron::Schedule::from_str(expr)?);
+    if parsed.len() >= 1024 && parsed.len().is_power_of_two() {
+        parsed.retain(|_, w| w.strong_count() > 0);
+    }
+    parsed.insert(expr.to_owned(), Arc::downgrade(&s));
+    Ok(s)
+}
+
 /// How many of a cron expression's coming slots [`Schedule::shortest_gap`] looks at.
 const GAP_SAMPLE: usize = 64;
 
@@ -141,11 +162,10 @@ impl Schedule {
             }
         };
         let translated = to_cron_crate(expr)?;
-        let schedule =
-            cron::Schedule::from_str(&translated).map_err(|e| ScheduleError::BadCron {
-                expr: expr.into(),
-                why: e.to_string(),
-            })?;
+        let schedule = parsed_cron(&translated).map_err(|e| ScheduleError::BadCron {
+            expr: expr.into(),
+            why: e.to_string(),
+        })?;
         if schedule
             .after(&Utc::now().with_timezone(&tz))
             .next()
@@ -155,7 +175,7 @@ impl Schedule {
         }
         Ok(Self::Cron {
             expr: expr.into(),
-            schedule: Box::new(schedule),
+            schedule,
             tz,
         })
     }
@@ -437,6 +457,21 @@ pub fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use chrono::{Datelike, Timelike, Weekday};
+
+    #[test]
+    fn policies_on_one_cron_expression_share_its_parsed_schedule() {
+        let parsed = |s: &Schedule| match s {
+            Schedule::Cron { schedule, .. } => Arc::clone(schedule),
+            Schedule::Every(_) => unreachable!(),
+        };
+        let a = Schedule::cron("17 3 * * 1-5", None).unwrap();
+        let b = Schedule::cron("17 3 * * 1-5", Some("Europe/Paris")).unwrap();
+        let c = Schedule::cron("18 3 * * 1-5", None).unwrap();
+        assert!(Arc::ptr_eq(&parsed(&a), &parsed(&b)));
+        assert!(!Arc::ptr_eq(&parsed(&a), &parsed(&c)));
+        // The zone stays each policy's own.
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn a_cron_slot_after_the_end_of_chronos_range_is_none_not_a_panic() {
