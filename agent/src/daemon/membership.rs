@@ -317,6 +317,17 @@ impl Observations {
         live
     }
 
+    /// The earliest time after `now` at which a member live now stops being live unless a
+    /// later list shows it renewed.
+    fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        self.leases
+            .values()
+            .filter(|s| !s.holder.is_empty() && s.renew_time.is_some())
+            .filter_map(|s| Some(s.since + s.duration?))
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// Whether the Lease `name` is live at `now` and held by someone other than `holder`.
     fn held_by_another(&self, name: &str, holder: &str, now: Instant) -> Option<String> {
         let s = self.leases.get(name)?;
@@ -529,11 +540,38 @@ impl Membership {
                     }
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(self.period()) => {}
-                _ = stop.changed() => return,
+            // Until the next round; but a member whose Lease runs out before it is dropped
+            // at that moment, from what the last list showed (a member that renewed since
+            // would have shown a newer renewal in it, as it renews every period), so its
+            // policies move a lease after its last renewal was seen, not up to a period later.
+            let next_round = Instant::now() + self.period();
+            loop {
+                let expiry = lock(&self.inner.observations).next_expiry(Instant::now());
+                let wake = expiry.map_or(next_round, |at| at.min(next_round));
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake) => {}
+                    _ = stop.changed() => return,
+                }
+                if wake >= next_round {
+                    break;
+                }
+                let live = lock(&self.inner.observations).live_at(Instant::now());
+                self.publish(live);
             }
         }
+    }
+
+    /// Makes `live` the members, telling the daemon when they changed.
+    fn publish(&self, live: Vec<String>) {
+        self.inner.members.send_if_modified(|m| {
+            if *m == live {
+                false
+            } else {
+                tracing::info!(members = ?live, "daemon members changed");
+                *m = live;
+                true
+            }
+        });
     }
 
     fn failed<T>(&self, r: Result<T, MembershipError>) -> Result<T, MembershipError> {
@@ -640,15 +678,7 @@ impl Membership {
                 .await,
         )?;
         let live = lock(&self.inner.observations).observe(&listed.items, Instant::now());
-        self.inner.members.send_if_modified(|m| {
-            if *m == live {
-                false
-            } else {
-                tracing::info!(members = ?live, "daemon members changed");
-                *m = live;
-                true
-            }
-        });
+        self.publish(live);
         Ok(())
     }
 }
@@ -878,5 +908,26 @@ mod tests {
         let mut odd = lease("keyturn-member-c", "c", 0, 10);
         odd.spec.as_mut().unwrap().lease_duration_seconds = None;
         assert!(o.observe(&[odd], Instant::now()).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_expiry_is_when_the_first_live_member_would_stop_being_live() {
+        let mut o = Observations::default();
+        let start = Instant::now();
+        assert_eq!(o.next_expiry(start), None);
+        o.observe(
+            &[
+                lease("keyturn-member-a", "a", 0, 10),
+                lease("keyturn-member-b", "b", 0, 15),
+            ],
+            start,
+        );
+        assert_eq!(o.next_expiry(start), Some(start + Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // a's time has come: what is live is judged from the last list, and the next expiry
+        // is b's.
+        let now = Instant::now();
+        assert_eq!(o.live_at(now), ["b"]);
+        assert_eq!(o.next_expiry(now), Some(start + Duration::from_secs(15)));
     }
 }
