@@ -671,8 +671,11 @@ impl Daemon {
                 self.cfg.status.rejected(r);
             }
         }
+        let by_name = |o: &PolicyObject| (o.namespace.clone(), o.name.clone());
+        let rejected_now: BTreeSet<(String, String)> =
+            new.iter().map(|r| by_name(&r.object)).collect();
         for r in old {
-            let still = new.iter().any(|n| same_object(&n.object, &r.object))
+            let still = rejected_now.contains(&by_name(&r.object))
                 || policies
                     .get(&r.object.name)
                     .and_then(|p| p.object.as_ref())
