@@ -686,6 +686,20 @@ pub async fn run_kubectl(
     args: &[&str],
     stdin: Option<&str>,
 ) -> String {
+    run_kubectl_logged(c, bin, home, args, stdin).await.0
+}
+
+/// [`run_kubectl`], returning its stderr too (where `-v=6` logs every request).
+///
+/// # Panics
+/// When kubectl fails (its output is in the message).
+pub async fn run_kubectl_logged(
+    c: &TestCluster,
+    bin: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (String, String) {
     use tokio::io::AsyncWriteExt as _;
     let mut child = tokio::process::Command::new(bin)
         .env_clear()
@@ -707,13 +721,13 @@ pub async fn run_kubectl(
     }
     drop(input);
     let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "kubectl {args:?} failed: {}{}",
+        "kubectl {args:?} failed: {}{stderr}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    (String::from_utf8(out.stdout).unwrap(), stderr)
 }
 
 /// A CustomResourceDefinition a test installed with [`TestCluster::install_crd`]: the API

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use keyturn_tests::kube::{TestCluster, kubectl};
+use keyturn_tests::kube::{TestCluster, kubectl, run_kubectl_logged};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, ObjectList, Patch, PatchParams, PostParams,
     ResourceExt as _, VersionMatch,
@@ -490,38 +490,6 @@ fn list_requests(log: &[keyturn_tests::kube::RecordedRequest]) -> usize {
         .count()
 }
 
-/// Runs kubectl as `keyturn_tests::kube::run_kubectl` does, and returns its stderr too (where
-/// `-v=6` logs every request).
-async fn kubectl_logged(
-    c: &TestCluster,
-    bin: &std::path::Path,
-    home: &std::path::Path,
-    args: &[&str],
-) -> (String, String) {
-    let out = tokio::process::Command::new(bin)
-        .env_clear()
-        .env("HOME", home)
-        .env("KUBECONFIG", c.kubeconfig_path())
-        .arg("--cache-dir")
-        .arg(home.join("cache"))
-        .args(["--namespace", c.namespace()])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run kubectl");
-    let (stdout, stderr) = (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {stdout}{stderr}"
-    );
-    (stdout, stderr)
-}
-
 #[tokio::test]
 async fn kubectl_gets_everything_in_chunks() {
     let c = cluster().await;
@@ -531,11 +499,12 @@ async fn kubectl_gets_everything_in_chunks() {
     let secrets: Api<Secret> = Api::namespaced(c.client(), c.namespace());
     let names = create_secrets(&secrets, 25).await;
 
-    let (listed, log) = kubectl_logged(
+    let (listed, log) = run_kubectl_logged(
         &c,
         &bin,
         home.path(),
         &["get", "secrets", "--chunk-size=7", "-v=6"],
+        None,
     )
     .await;
     let lines: Vec<Vec<&str>> = listed
@@ -558,11 +527,12 @@ async fn kubectl_gets_everything_in_chunks() {
         "{log}"
     );
 
-    let (by_name, _) = kubectl_logged(
+    let (by_name, _) = run_kubectl_logged(
         &c,
         &bin,
         home.path(),
         &["get", "secrets", "--chunk-size=4", "-o", "name"],
+        None,
     )
     .await;
     let expected: Vec<String> = names.iter().map(|n| format!("secret/{n}")).collect();
@@ -657,7 +627,7 @@ async fn kubectl_prints_date_columns_of_a_custom_resource_as_ages() {
     }
 
     let resource = format!("drills.{}", crd.group);
-    let (listed, _) = kubectl_logged(&c, &bin, home.path(), &["get", &resource]).await;
+    let (listed, _) = run_kubectl_logged(&c, &bin, home.path(), &["get", &resource], None).await;
     let lines: Vec<Vec<&str>> = listed
         .lines()
         .map(|l| l.split_whitespace().collect())
