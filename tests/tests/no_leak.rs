@@ -1,44 +1,18 @@
 //! Canary secret values never reach logs or errors, even with every library's tracing
 //! turned up to TRACE.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use keyturn_core::SecretValue;
 use keyturn_core::vault::auth::AppRole;
 use keyturn_core::vault::{SecretData, Vault};
-use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::canary::{LogCapture, assert_absent, canary};
 use keyturn_tests::openbao::OpenBao;
 use serde_json::json;
 
-/// A tracing writer that keeps everything in memory for inspection.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
-    let capture = Capture::default();
-    let sink = capture.clone();
-    // The binaries' own JSON line format, with the libraries it quiets by default named so
-    // that they log at TRACE too.
-    let subscriber = keyturn_core::process::subscriber(
-        keyturn_core::process::LogFormat::Json,
-        "trace,rustify=trace,vaultrs=trace",
-        move || sink.clone(),
-        false,
-    )
-    .unwrap();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::default();
+    // The libraries keyturn quiets by default named, so that they log at TRACE too.
+    let _guard = capture.install("trace,rustify=trace,vaultrs=trace");
 
     let bao = OpenBao::start().await.unwrap();
     bao.enable_auth("approle", "approle").await.unwrap();
@@ -99,7 +73,7 @@ async fn trace_level_logs_of_login_write_read_and_failures_hold_no_secret() {
     }
     tracing::info!(data = ?got, "read done");
 
-    let logs = capture.0.lock().unwrap().clone();
+    let logs = capture.bytes();
     assert!(
         logs.len() > 1000,
         "expected trace output from the libraries, got {} bytes",

@@ -5,8 +5,6 @@
 //! was answered) are made only on the stand-in; everything else runs on both.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -21,7 +19,7 @@ use keyturn_agent::distribute::{
 use keyturn_agent::policy::{Distribution, Workload};
 use keyturn_core::SecretValue;
 use keyturn_core::vault::SecretData;
-use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::canary::{LogCapture, assert_absent, canary};
 use keyturn_tests::kube::{RecordedRequest, TestCluster};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -168,40 +166,6 @@ fn writes(requests: &[RecordedRequest], resource: &str) -> Vec<RecordedRequest> 
         })
         .cloned()
         .collect()
-}
-
-/// A tracing writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    /// Captures every event of this thread (`#[tokio::test]` runs everything on it) at TRACE.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        // The binaries' own JSON line format.
-        let subscriber = keyturn_core::process::subscriber(
-            keyturn_core::process::LogFormat::Json,
-            "trace",
-            move || sink.clone(),
-            false,
-        )
-        .unwrap();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 // ---- Secrets ----
@@ -626,8 +590,8 @@ async fn the_restart_annotates_the_pod_templates_only_after_the_secret_holds_the
 
 #[tokio::test]
 async fn a_paused_deployment_is_skipped_with_a_warning_and_reported() {
-    let capture = Capture::default();
-    let _guard = capture.install();
+    let capture = LogCapture::default();
+    let _guard = capture.install("trace");
     let c = cluster().await;
     create_deployment(&c, "paused-web", true).await;
     create_deployment(&c, "web", false).await;
@@ -883,8 +847,8 @@ async fn an_absent_secret_the_agent_may_not_create_gives_a_403_that_says_to_pre_
 
 #[tokio::test]
 async fn canary_values_appear_only_in_the_target_secrets_data() {
-    let capture = Capture::default();
-    let _guard = capture.install();
+    let capture = LogCapture::default();
+    let _guard = capture.install("trace");
     let c = cluster().await;
     create_deployment(&c, "web", false).await;
     let neighbour = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "neighbour"}, "stringData": {"x": "y"}});

@@ -9,9 +9,8 @@
 //! its own (`<namespace>.test.keyturn.dev`) and deletes the definition when it passes; what
 //! needs the stand-in's request log or failure switch says so and is skipped there.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -23,7 +22,7 @@ use keyturn_agent::daemon::status::{
 };
 use keyturn_agent::policy;
 use keyturn_agent::policy::crd::{ConditionStatus, RotationPolicyStatus};
-use keyturn_tests::canary::{assert_absent, canary};
+use keyturn_tests::canary::{LogCapture, assert_absent, canary};
 use keyturn_tests::kube::{InstalledCrd, RecordedRequest, TestCluster, kubectl, run_kubectl};
 use keyturn_tests::process::eventually;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -702,20 +701,6 @@ async fn a_failing_server_is_retried_with_backoff_until_the_object_goes_and_conf
     defined.remove().await;
 }
 
-/// A tracing writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_planted_credential_reaches_no_status_event_log_or_metric() {
     let c = cluster().await;
@@ -758,16 +743,8 @@ async fn a_planted_credential_reaches_no_status_event_log_or_metric() {
     .unwrap();
     let client = kube::Client::try_from(config).unwrap();
 
-    let logs = Capture::default();
-    let sink = logs.clone();
-    let subscriber = keyturn_core::process::subscriber(
-        keyturn_core::process::LogFormat::Json,
-        "trace",
-        move || sink.clone(),
-        false,
-    )
-    .unwrap();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = LogCapture::default();
+    let _guard = logs.install("trace");
     let metrics = StatusMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
@@ -806,7 +783,7 @@ async fn a_planted_credential_reaches_no_status_event_log_or_metric() {
     ] {
         assert!(events.contains(reason), "{reason}: {events}");
     }
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(logged.contains("403 Forbidden"), "{logged}");
     let mut exposition = String::new();
     prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
