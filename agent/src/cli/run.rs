@@ -321,8 +321,13 @@ pub fn run(args: RunArgs) -> ExitCode {
             retry_max: args.retry_max,
             membership,
         };
+        let reporter = cfg.status.reporter().cloned();
         let daemon = Daemon::new(cfg, p.engine, p.backends, metrics, ready_tx);
         let result = daemon.run(shutdown_signal()).await;
+        if let Some(r) = reporter {
+            // The last status and Events out (a closed fence refuses them at once).
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.settled()).await;
+        }
         let _ = stop_tx.send(true);
         if let Some(task) = anchoring {
             // The last head is anchored on the way out; a Vault that does not answer in time

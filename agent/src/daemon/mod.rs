@@ -442,6 +442,8 @@ impl Daemon {
                     }
                 } => {
                     let Some(rx) = objects_rx.as_mut().filter(|_| changed) else {
+                        // The watch ends only by a panic: say so, the last objects stay.
+                        tracing::error!("the RotationPolicy watch stopped; the objects as last listed stay in force until a restart");
                         objects_rx = None;
                         continue;
                     };

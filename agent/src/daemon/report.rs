@@ -144,3 +144,18 @@ fn counted(items: &[String], one: &str, many: &str) -> String {
     let noun = if items.len() == 1 { one } else { many };
     format!("{} {noun}: {}", items.len(), items.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::kube_source::{INVALID_SPEC, NAME_CONFLICT, STORE_CONFLICT};
+
+    /// A source's rejection reason the status does not know would be reported nowhere.
+    #[test]
+    fn every_reason_the_source_rejects_for_is_a_status_reason() {
+        for reason in [INVALID_SPEC, NAME_CONFLICT, STORE_CONFLICT] {
+            let kind = status::Rejection::from_reason(reason).expect(reason);
+            assert_eq!(kind.reason(), reason);
+        }
+    }
+}

@@ -47,7 +47,7 @@
 //! bounded number ([`StatusSettings::concurrency`]) overall, so 100k policies whose facts
 //! arrive faster than the API server answers cost 100k entries, never a backlog of stale
 //! writes. The first write of a policy reads the object (its uid, for Events, and its status,
-//! for the transition times) unless [`StatusReporter::observed`] told it; a write whose status
+//! for the transition times); a write whose status
 //! would not change is skipped (`keyturn_status_writes_total{outcome="unchanged"}`).
 //!
 //! **Failures.** A write that fails for want of an answer (throttling, a server error, no
@@ -243,14 +243,6 @@ where
 {
     fn permits(&self, namespace: &str, name: &str) -> bool {
         self(namespace, name)
-    }
-}
-
-/// The membership fence alone (this replica holds a fresh Lease); ownership of the policy is
-/// for the daemon to add, e.g. `move |_, name| m.fence().is_ok() && m.owns(name)`.
-impl WriteFence for super::membership::Membership {
-    fn permits(&self, _namespace: &str, _name: &str) -> bool {
-        self.fence().is_ok()
     }
 }
 
@@ -657,20 +649,6 @@ impl StatusReporter {
         let _ = rx.wait_for(|idle| *idle).await;
     }
 
-    /// Tells the reporter what the API server holds for `obj` (its status as the daemon's
-    /// watch saw it), which saves the read before its first write. Ignored once the reporter
-    /// has read or written the object itself.
-    pub fn observed(&self, obj: &PolicyRef, uid: &str, status: Option<&RotationPolicyStatus>) {
-        let mut st = self.inner.state();
-        let entry = st.entries.entry(obj.key()).or_default();
-        if entry.known.is_none() {
-            entry.known = Some(Known {
-                uid: Some(uid.to_owned()),
-                status: status.cloned(),
-            });
-        }
-    }
-
     /// A rotation of `obj` started (Rotating True).
     pub fn rotation_started(&self, obj: &PolicyRef, rotation_id: &str) {
         self.note(obj, None, |f| {
@@ -788,35 +766,38 @@ impl StatusReporter {
     /// The new value of `obj` was delivered: a `Distributed` Event saying `summary` (which
     /// Secrets, e.g. `2 Secrets: shop/db, shop/db-ro`; never a value).
     pub fn distributed(&self, obj: &PolicyRef, summary: &str) {
-        let event = PendingEvent {
-            warning: false,
-            reason: event_reason::DISTRIBUTED,
-            action: "Distribute",
-            note: format!("delivered the new value to {summary}"),
-        };
-        self.note(obj, Some(event), |_| {});
+        let note = format!("delivered the new value to {summary}");
+        self.event(obj, false, event_reason::DISTRIBUTED, "Distribute", note);
     }
 
     /// Rollout restarts were requested after a delivery of `obj`: a `RestartRequested` Event
     /// saying `summary` (which workloads).
     pub fn restart_requested(&self, obj: &PolicyRef, summary: &str) {
-        let event = PendingEvent {
-            warning: false,
-            reason: event_reason::RESTART_REQUESTED,
-            action: "Restart",
-            note: format!("requested rollout restarts of {summary}"),
-        };
-        self.note(obj, Some(event), |_| {});
+        let note = format!("requested rollout restarts of {summary}");
+        self.event(obj, false, event_reason::RESTART_REQUESTED, "Restart", note);
     }
 
     /// Break-glass `action` (`rotate`, `revoke`, `reveal`) was used on `obj`: a `BreakGlass`
     /// Warning Event.
     pub fn break_glass(&self, obj: &PolicyRef, action: &str) {
+        let note = format!("break-glass {action} recorded in the break-glass journal");
+        self.event(obj, true, event_reason::BREAK_GLASS, "BreakGlass", note);
+    }
+
+    /// An Event on `obj` that changes nothing in its status.
+    fn event(
+        &self,
+        obj: &PolicyRef,
+        warning: bool,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    ) {
         let event = PendingEvent {
-            warning: true,
-            reason: event_reason::BREAK_GLASS,
-            action: "BreakGlass",
-            note: format!("break-glass {action} recorded in the break-glass journal"),
+            warning,
+            reason,
+            action,
+            note,
         };
         self.note(obj, Some(event), |_| {});
     }

@@ -124,7 +124,9 @@ pub fn policy_from_object(object: &DynamicObject) -> Result<Policy, PolicyErrors
                 origin,
                 at: None,
                 field: e.field("spec"),
-                message: e.message().to_owned(),
+                // The same scrubbing as the validator's messages: a deserializer's message
+                // may quote what it refused.
+                message: scrub(e.message(), &schedule_values(spec)),
             }]));
         }
         None => {
