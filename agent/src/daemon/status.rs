@@ -51,7 +51,7 @@
 //! would not change is skipped (`keyturn_status_writes_total{outcome="unchanged"}`).
 //!
 //! **Failures.** A write that fails for want of an answer (throttling, a server error, no
-//! connection) is retried under capped exponential backoff with jitter, per policy, and all
+//! connection, no answer within [`StatusSettings::request_timeout`]) is retried under capped exponential backoff with jitter, per policy, and all
 //! writes pause while the API server is failing ([`StatusSettings::retry_base`] to
 //! [`StatusSettings::retry_max`]): never a tight loop. A conflict re-reads the object and is
 //! tried again at most [`MAX_CONFLICTS`] times; a 404 (the object was deleted) drops the
@@ -262,6 +262,10 @@ pub struct StatusSettings {
     pub retry_max: Duration,
     /// Events waiting per policy at most; older ones are dropped (counted) past that.
     pub events_per_policy: usize,
+    /// The longest one request may take; past it the request counts as unanswered
+    /// (`unreachable`) and is retried under backoff. kube's client sets no read timeout, and
+    /// [`Self::concurrency`] hung requests would otherwise stop every write for good.
+    pub request_timeout: Duration,
 }
 
 impl StatusSettings {
@@ -276,6 +280,7 @@ impl StatusSettings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             events_per_policy: 8,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -1118,6 +1123,16 @@ fn failure_end(e: &KubeRequestError) -> End {
     }
 }
 
+/// `request`, or a transport error once `timeout` has passed without an answer.
+async fn bounded<T>(
+    timeout: Duration,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .unwrap_or_else(|elapsed| Err(kube::Error::Service(Box::new(elapsed))))
+}
+
 async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
     let Job {
         key,
@@ -1131,7 +1146,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
     let api = inner.api(namespace);
     let wants_status = facts.any();
     if known.is_none() && (wants_status || uid_hint.is_none()) {
-        match api.get(name).await {
+        match bounded(inner.settings.request_timeout, api.get(name)).await {
             Ok(obj) => {
                 inner.metrics.read("ok");
                 known = Some(Known::of(&obj));
@@ -1194,9 +1209,12 @@ async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..PatchParams::default()
             };
-            match api
-                .patch_status(name, &params, &Patch::Merge(status_patch(&wanted)))
-                .await
+            let patch = Patch::Merge(status_patch(&wanted));
+            match bounded(
+                inner.settings.request_timeout,
+                api.patch_status(name, &params, &patch),
+            )
+            .await
             {
                 Ok(obj) => {
                     inner.metrics.write("ok");
@@ -1253,7 +1271,8 @@ async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
             action: pending.action.to_owned(),
             secondary: None,
         };
-        match inner.recorder.publish(&event, &reference).await {
+        let published = inner.recorder.publish(&event, &reference);
+        match bounded(inner.settings.request_timeout, published).await {
             Ok(()) => inner.metrics.event(pending.reason, "ok"),
             Err(e) => {
                 inner.metrics.event(pending.reason, "failed");

@@ -640,6 +640,44 @@ async fn a_deleted_policy_costs_one_refused_write_and_no_retries() {
 }
 
 #[tokio::test]
+async fn a_status_patch_never_answered_is_given_up_after_the_request_timeout_and_retried() {
+    let c = cluster().await;
+    let Some(standin) = c.standin_or_skip(
+        "a_status_patch_never_answered_is_given_up_after_the_request_timeout_and_retried",
+        "needs the stand-in's hold switch",
+    ) else {
+        return;
+    };
+    let defined = Defined::new(&c).await;
+    let p = defined.policy(&c, "hung").await;
+    let mut s = settings(&defined);
+    s.request_timeout = Duration::from_millis(300);
+    let (r, _task) = StatusReporter::spawn(c.client(), s, open(), StatusMetrics::default());
+    let patches = || {
+        requests_for(&standin.requests(), "rotationpolicies/status", "hung")
+            .filter(|q| q.verb == "patch")
+            .count()
+    };
+
+    // Every status patch is held for ten minutes: each is abandoned after 300 ms, counted
+    // as unanswered, and tried again under backoff (not in a loop, not never).
+    standin.hold("patch", "rotationpolicies/status", Duration::from_secs(600));
+    r.scheduled(&p, at(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tried = patches();
+    assert!((2..=10).contains(&tried), "{tried} patches in 2 s");
+    assert!(count(&r.metrics().writes, "unreachable") >= 2);
+
+    // Answered again: the status is written.
+    standin.clear_failures();
+    r.settled().await;
+    assert_eq!(count(&r.metrics().writes, "ok"), 1);
+    let status = defined.policies.get("hung").await.unwrap().data["status"].clone();
+    assert!(status["nextRotation"].is_string(), "{status}");
+    defined.remove().await;
+}
+
+#[tokio::test]
 async fn a_failing_server_is_retried_with_backoff_until_the_object_goes_and_conflicts_give_up() {
     let c = cluster().await;
     let Some(standin) = c.standin_or_skip(
