@@ -44,6 +44,23 @@ pub struct RotationArgs {
     pub lease: std::time::Duration,
 }
 
+/// Which clients a policy set needs beyond Vault's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientNeeds {
+    /// A policy distributes to Kubernetes Secrets.
+    pub kubernetes: bool,
+    /// A policy's store, or its target's admin store, is in AWS Secrets Manager.
+    pub aws: bool,
+}
+
+impl ClientNeeds {
+    /// Adds what `p` needs.
+    pub fn note(&mut self, p: &Policy) {
+        self.kubernetes |= !p.distribute.is_empty();
+        self.aws |= Backends::needs_aws(std::slice::from_ref(p));
+    }
+}
+
 /// Everything ready for rotating.
 #[derive(Debug)]
 pub struct Prepared {
@@ -117,7 +134,11 @@ impl RotationArgs {
     /// # Errors
     /// The exit code, after printing one line per problem.
     pub async fn prepare_with(&self, policies: Vec<Policy>) -> Result<Prepared, ExitCode> {
-        self.prepare_daemon(policies, None, false).await
+        let mut needs = ClientNeeds::default();
+        policies.iter().for_each(|p| needs.note(p));
+        let mut prepared = self.prepare_daemon(needs, None, false).await?;
+        prepared.policies = policies;
+        Ok(prepared)
     }
 
     /// [`RotationArgs::prepare_with`] for the daemon: every side effect asks `guard` first
@@ -130,7 +151,7 @@ impl RotationArgs {
     /// As [`RotationArgs::prepare`].
     pub async fn prepare_daemon(
         &self,
-        policies: Vec<Policy>,
+        needs: ClientNeeds,
         guard: Option<(Arc<dyn Guard>, std::time::Duration)>,
         more_to_come: bool,
     ) -> Result<Prepared, ExitCode> {
@@ -140,7 +161,7 @@ impl RotationArgs {
         })?;
         // The Kubernetes client is built only when a policy distributes, from KUBECONFIG or the
         // in-cluster service account; building it makes no request.
-        let kube_sink = if more_to_come || policies.iter().any(|p| !p.distribute.is_empty()) {
+        let kube_sink = if more_to_come || needs.kubernetes {
             let client = crate::distribute::kubernetes::client_from_env().await.map_err(|e| {
                 eprintln!(
                     "keyturn: policies distribute to Kubernetes, but no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
@@ -164,7 +185,7 @@ impl RotationArgs {
             eprintln!("keyturn: {e}");
             e.exit_code()
         })?;
-        let aws = if more_to_come || Backends::needs_aws(&policies) {
+        let aws = if more_to_come || needs.aws {
             Some(crate::rotation::store::aws_sm::client_from_env(None).await)
         } else {
             None
@@ -179,7 +200,7 @@ impl RotationArgs {
             engine = engine.with_guard(guard).with_lease(claim_lease);
         }
         Ok(Prepared {
-            policies,
+            policies: Vec::new(),
             engine,
             backends: Backends {
                 vault: Some(vault),

@@ -7,7 +7,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::exit::{ExitCode, HasExitCode};
-use super::rotation_args::RotationArgs;
+use super::rotation_args::{ClientNeeds, RotationArgs};
 use std::sync::Arc;
 
 use crate::daemon::membership::{Membership, MembershipSettings};
@@ -208,19 +208,29 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
             _ => None,
         };
-        // With objects, the policy files are optional, and an empty directory is a start.
-        let policies = match (&args.rotationpolicies, &args.common.policies) {
-            (None, _) => args.common.load_policies(),
-            (Some(_), None) => Ok(Vec::new()),
-            (Some(_), Some(path)) => crate::policy::load_or_empty(path).map_err(|e| {
+        // The policy files are checked here, before anything starts, and what clients they
+        // need noted; the daemon reads them again itself, keeping whole only the policies it
+        // owns, so none is kept from this read. With objects, the files are optional, and an
+        // empty directory is a start.
+        let mut needs = ClientNeeds::default();
+        let path = match (&args.rotationpolicies, args.common.policies.as_deref()) {
+            (None, None) => match args.common.policies_path() {
+                // Says that --policies is required.
+                Err(code) => return code,
+                Ok(path) => Some(path),
+            },
+            (_, path) => path,
+        };
+        if let Some(path) = path {
+            let checked = crate::policy::load_held(path, args.rotationpolicies.is_some(), &mut |p| {
+                needs.note(p);
+                false
+            });
+            if let Err(e) = checked {
                 eprintln!("{e}");
-                ExitCode::Usage
-            }),
-        };
-        let policies = match policies {
-            Ok(p) => p,
-            Err(code) => return code,
-        };
+                return ExitCode::Usage;
+            }
+        }
         // A replica's claim on a rotation lasts one membership lease, so a replica killed
         // mid-rotation holds it up no longer than its Lease holds its policies.
         let guard = membership
@@ -228,15 +238,12 @@ pub fn run(args: RunArgs) -> ExitCode {
             .map(|m| (Arc::new(m) as Arc<dyn crate::fence::Guard>, args.membership_lease));
         let mut p = match args
             .common
-            .prepare_daemon(policies, guard, args.rotationpolicies.is_some())
+            .prepare_daemon(needs, guard, args.rotationpolicies.is_some())
             .await
         {
             Ok(p) => p,
             Err(code) => return code,
         };
-        // The daemon reads its policies itself (and keeps them up to date): this copy, a
-        // whole second set, would otherwise live as long as the process (140 MiB at 100,000).
-        drop(std::mem::take(&mut p.policies));
         let metrics = Metrics::new(Some(p.audit.clone()));
         // RotationPolicy objects: watched for policies, and told what happens to them.
         let (objects, status) = match (&args.rotationpolicies, kube) {

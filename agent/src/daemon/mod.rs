@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 use crate::backends::Backends;
 use crate::journal::Journal;
 use crate::policy::kube_source::{self, Rejection, Snapshot, WatchConfig};
-use crate::policy::{self, Policy, PolicyErrors, PolicyObject};
+use crate::policy::{self, FilePolicy, Policy, PolicyErrors, PolicyObject};
 use crate::rotation::store::{Failures, Store as _};
 use crate::rotation::{Engine, RotationError, RotationOutcome, Trigger};
 use crate::schedule::{jittered, retry_at};
@@ -150,8 +150,28 @@ const UNREADABLE: &str =
     "its rotation state could not be read from its store (the daemon's log says why)";
 
 /// The policy set of `files` and the objects of `snapshot` (none before the first list).
-fn merged(files: &[Arc<Policy>], snapshot: Option<&Snapshot>) -> kube_source::Merged {
+fn merged(files: &[FilePolicy], snapshot: Option<&Snapshot>) -> kube_source::Merged {
     kube_source::merge_shared(files, snapshot.map_or(&[], Snapshot::objects))
+}
+
+/// Every policy by name, each whole where this replica holds it (see [`kube_source::Merged`]).
+type Policies = BTreeMap<Arc<str>, Option<Arc<Policy>>>;
+
+/// The whole policy named `name`, where it is held.
+fn whole<'a>(policies: &'a Policies, name: &str) -> Option<&'a Arc<Policy>> {
+    policies.get(name)?.as_ref()
+}
+
+/// Whether a policy of the files moved into or out of `before`, as `after` has it: what makes
+/// a replica read its files again, to hold whole just the policies it owns.
+fn files_changed_hands(
+    files: &[FilePolicy],
+    before: &BTreeSet<Arc<str>>,
+    after: &BTreeSet<Arc<str>>,
+) -> bool {
+    files
+        .iter()
+        .any(|f| before.contains(&f.name) != after.contains(&f.name))
 }
 
 /// Whether `a` and `b` name the same object (at any generation).
@@ -198,14 +218,6 @@ impl Daemon {
     /// An invalid initial policy set (nothing runs), or a watcher that cannot start.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
-        let mut files: Vec<Arc<Policy>> = match &self.cfg.policies {
-            None => Vec::new(),
-            Some(path) => {
-                let loaded = self.load_files(path)?;
-                tracing::info!(policies = loaded.len(), path = %path.display(), "policy files loaded");
-                loaded
-            }
-        };
         // The objects' watch publishes a snapshot once it has listed them all; start-up waits
         // a while for it, so an object's policy is resumed and scheduled like a file's.
         let mut objects_rx = self.cfg.objects.as_ref().map(|src| {
@@ -231,16 +243,6 @@ impl Daemon {
             }
             rx.mark_unchanged();
         }
-        let kube_source::Merged {
-            mut policies,
-            mut rejected,
-        } = merged(&files, snapshot.as_ref());
-        tracing::info!(
-            policies = policies.len(),
-            objects = snapshot.as_ref().map(Snapshot::len),
-            rejected_objects = rejected.len(),
-            "policies loaded"
-        );
         // Membership first: until this replica holds its Lease and has seen the others, it
         // owns nothing and reads no state.
         let (member_stop, member_stop_rx) = watch::channel(());
@@ -266,8 +268,37 @@ impl Daemon {
                 Some(rx)
             }
         };
-        let mut owned: BTreeSet<String> =
-            policies.keys().filter(|n| self.owns(n)).cloned().collect();
+        // The files are read once this replica knows what it owns: it keeps whole only those
+        // policies (see [`policy::FilePolicy`]).
+        let mut files: Vec<FilePolicy> = match &self.cfg.policies {
+            None => Vec::new(),
+            Some(path) => {
+                let loaded = tokio::task::spawn_blocking(self.files_loader(path.clone()))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                match loaded {
+                    Ok(loaded) => {
+                        tracing::info!(policies = loaded.len(), path = %path.display(), "policy files loaded");
+                        loaded
+                    }
+                    Err(e) => {
+                        self.leave(member_stop).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let kube_source::Merged {
+            mut policies,
+            mut rejected,
+        } = merged(&files, snapshot.as_ref());
+        tracing::info!(
+            policies = policies.len(),
+            objects = snapshot.as_ref().map(Snapshot::len),
+            rejected_objects = rejected.len(),
+            "policies loaded"
+        );
+        let mut owned: BTreeSet<Arc<str>> = self.owned(&policies);
         self.note_membership(owned.len());
         tracing::info!(
             owned = owned.len(),
@@ -285,10 +316,17 @@ impl Daemon {
         let mut tasks = JoinSet::new();
         let mut queue = Queue::new();
         let mut running: BTreeMap<String, ()> = BTreeMap::new();
+        // The policy files are read in a thread of their own (100,000 policies take seconds),
+        // one read at a time; `load_again`: ask for another once this one is in.
+        let (loaded_tx, mut loaded_rx) = mpsc::channel::<Result<Vec<FilePolicy>, PolicyErrors>>(1);
+        let (mut loading, mut load_again) = (false, false);
 
         // Start-up: read each policy's state; resume in-flight rotations first, queue the rest.
         let mut failing = Failing::new();
-        let mine: Vec<Arc<Policy>> = owned.iter().map(|n| policies[n].clone()).collect();
+        let mine: Vec<Arc<Policy>> = owned
+            .iter()
+            .filter_map(|n| whole(&policies, n).cloned())
+            .collect();
         for p in &mine {
             self.metrics.register_policy(p);
         }
@@ -311,29 +349,28 @@ impl Daemon {
                     if let Some(f) = f {
                         failing.insert(name.clone(), f.count);
                     }
-                    resume.push(name);
+                    resume.push(p);
                 }
                 Scan::Last(found) => {
-                    self.resume_idle(&mut queue, &mut failing, &policies[&name], found);
+                    self.resume_idle(&mut queue, &mut failing, &p, found);
                 }
                 Scan::Unreadable => {
-                    let p = &policies[&name];
                     self.failed(
                         &mut queue,
                         &mut failing,
-                        p,
+                        &p,
                         DateTime::<Utc>::UNIX_EPOCH,
                         Some((None, UNREADABLE)),
                     );
                 }
             }
         }
-        for name in resume {
-            running.insert(name.clone(), ());
+        for p in resume {
+            running.insert(p.name.clone(), ());
             self.spawn(
                 &mut tasks,
                 &done_tx,
-                policies[&name].clone(),
+                p,
                 DateTime::<Utc>::UNIX_EPOCH,
                 Trigger::Resume,
             );
@@ -378,8 +415,8 @@ impl Daemon {
                 () = sleep => {
                     let now = Utc::now();
                     for slot in queue.pop_due(now) {
-                        let Some(p) = policies.get(&slot.policy) else { continue };
-                        if !owned.contains(&slot.policy) {
+                        let Some(p) = whole(&policies, &slot.policy) else { continue };
+                        if !owned.contains(slot.policy.as_str()) {
                             continue;
                         }
                         // Fenced: nothing may start; the slot waits (still due) for the Lease.
@@ -404,7 +441,7 @@ impl Daemon {
                 Some(done) = done_rx.recv() => {
                     running.remove(&done.policy);
                     // A policy that moved to another replica meanwhile is that one's now.
-                    if let Some(p) = policies.get(&done.policy).filter(|_| owned.contains(&done.policy)) {
+                    if let Some(p) = whole(&policies, &done.policy).filter(|_| owned.contains(done.policy.as_str())) {
                         if done.fenced {
                             self.metrics.fenced.inc();
                             // Still fenced: wait a renewal period; open again already: at once.
@@ -426,9 +463,21 @@ impl Daemon {
                 Some(()) = reload_rx.recv() => {
                     tokio::time::sleep(self.cfg.reload_debounce).await;
                     while reload_rx.try_recv().is_ok() {}
-                    let Some(path) = &self.cfg.policies else { continue };
-                    match self.load_files(path) {
-                        Err(e) => tracing::error!(errors = %e, "policy change rejected; the previous policies stay in force"),
+                    self.load_files(&mut loading, &mut load_again, &loaded_tx);
+                }
+                Some(loaded) = loaded_rx.recv() => {
+                    loading = false;
+                    if std::mem::take(&mut load_again) {
+                        self.load_files(&mut loading, &mut load_again, &loaded_tx);
+                    }
+                    match loaded {
+                        Err(e) => {
+                            tracing::error!(errors = %e, "policy change rejected; the previous policies stay in force");
+                            let waiting = owned.iter().filter(|n| matches!(policies.get(*n), Some(None))).count();
+                            if waiting > 0 {
+                                tracing::error!(waiting, "policies this replica took over wait for valid policy files: only then are they read whole and scheduled");
+                            }
+                        }
                         Ok(new) => {
                             files = new;
                             new_set = Some(merged(&files, snapshot.as_ref()));
@@ -458,8 +507,8 @@ impl Daemon {
                         // A result for a version of the policy that a later reload replaced,
                         // removed, or that is rotating now, is stale: that reload, or the
                         // rotation's end, queues the policy.
-                        let current = policies.get(&p.name).is_some_and(|cur| **cur == *p);
-                        if current && owned.contains(&p.name) && !running.contains_key(&p.name) {
+                        let current = whole(&policies, &p.name).is_some_and(|cur| **cur == *p);
+                        if current && owned.contains(p.name.as_str()) && !running.contains_key(&p.name) {
                             self.queue_scanned(&mut queue, &mut failing, &p, found);
                         }
                     }
@@ -483,11 +532,11 @@ impl Daemon {
                                 for e in entries.iter().filter(|e| e.seq > seen) {
                                     self.metrics.breakglass.get_or_create(&metrics::ActionLabel { action: e.action.clone() }).inc();
                                     tracing::warn!(policy = %e.policy, action = %e.action, "break-glass action by an operator");
-                                    if let Some(p) = policies.get(&e.policy).filter(|_| owned.contains(&e.policy)) {
+                                    if let Some(p) = whole(&policies, &e.policy).filter(|_| owned.contains(e.policy.as_str())) {
                                         self.cfg.status.break_glass(p, &e.action);
                                     }
                                     if let Some(t) = e.rotate_after
-                                        && owned.contains(&e.policy)
+                                        && owned.contains(e.policy.as_str())
                                         && !running.contains_key(&e.policy)
                                     {
                                         self.queue_taint(&mut queue, &e.policy, t);
@@ -514,14 +563,14 @@ impl Daemon {
                         members_rx = None;
                         continue;
                     }
-                    let now_owned: BTreeSet<String> = policies.keys().filter(|n| self.owns(n)).cloned().collect();
+                    let now_owned = self.owned(&policies);
                     for gone in owned.difference(&now_owned) {
                         // A rotation running now ends under its fence and the store's claim;
                         // the new owner finds it done, or resumes it once the claim expires.
                         queue.cancel(gone);
-                        failing.remove(gone);
+                        failing.remove(&**gone);
                         self.metrics.forget(gone);
-                        if let Some(o) = policies.get(gone).and_then(|p| p.object.as_ref()) {
+                        if let Some(o) = whole(&policies, gone).and_then(|p| p.object.as_ref()) {
                             self.cfg.status.forget(o);
                         }
                     }
@@ -535,9 +584,15 @@ impl Daemon {
                     }
                     let gained: Vec<Arc<Policy>> = now_owned
                         .difference(&owned)
-                        .filter(|n| !running.contains_key(*n))
-                        .map(|n| policies[n].clone())
+                        .filter(|n| !running.contains_key(&***n))
+                        .filter_map(|n| whole(&policies, n).cloned())
                         .collect();
+                    // The files' policies this replica took over are read whole from the
+                    // files (and those it gave up dropped to their names): they are scanned
+                    // and queued once that read is in.
+                    if self.cfg.policies.is_some() && files_changed_hands(&files, &owned, &now_owned) {
+                        self.load_files(&mut loading, &mut load_again, &loaded_tx);
+                    }
                     tracing::info!(
                         members = members_rx.as_ref().map_or(0, |m| m.borrow().len()),
                         owned = now_owned.len(),
@@ -577,8 +632,8 @@ impl Daemon {
             // status stays as last written. One rejected now gets its rejection instead.
             for (name, p) in &policies {
                 if let Some(o) = p
-                    .object
                     .as_ref()
+                    .and_then(|p| p.object.as_ref())
                     .filter(|_| !new.contains_key(name) && owned.contains(name))
                     && !new_rejected.iter().any(|r| same_object(&r.object, o))
                 {
@@ -586,13 +641,13 @@ impl Daemon {
                 }
             }
             policies = new;
-            owned = policies.keys().filter(|n| self.owns(n)).cloned().collect();
+            owned = self.owned(&policies);
             self.note_membership(owned.len());
             self.note_rejections(&rejected, &new_rejected, &policies);
             rejected = new_rejected;
             let changed: Vec<Arc<Policy>> = changed
                 .into_iter()
-                .filter(|p| owned.contains(&p.name))
+                .filter(|p| owned.contains(p.name.as_str()))
                 .collect();
             for p in &changed {
                 self.metrics.register_policy(p);
@@ -619,42 +674,79 @@ impl Daemon {
             );
             tasks.abort_all();
         }
-        let _ = member_stop.send(());
-        if let Some(m) = &self.cfg.membership {
-            // Given up only now that nothing of this replica runs: the others take its
-            // policies at their next round rather than a lease duration later.
-            match tokio::time::timeout(Duration::from_secs(5), m.release()).await {
-                Ok(Ok(())) => tracing::info!("membership Lease released"),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not release the membership Lease; it expires on its own")
-                }
-                Err(_) => tracing::warn!(
-                    "releasing the membership Lease timed out; it expires on its own"
-                ),
-            }
-        }
+        // Given up only now that nothing of this replica runs: the others take its policies
+        // at their next round rather than a lease duration later.
+        self.leave(member_stop).await;
         Ok(())
     }
 
-    /// The policy files at `path`; with objects too, none at all is no error.
-    fn load_files(&self, path: &std::path::Path) -> Result<Vec<Arc<Policy>>, PolicyErrors> {
-        let loaded = if self.cfg.objects.is_some() {
-            policy::load_or_empty(path)
-        } else {
-            policy::load(path)
-        }?;
-        Ok(loaded.into_iter().map(Arc::new).collect())
+    /// Stops the membership rounds and gives this replica's Lease up (at most 5 s).
+    async fn leave(&self, stop: watch::Sender<()>) {
+        let _ = stop.send(());
+        let Some(m) = &self.cfg.membership else {
+            return;
+        };
+        match tokio::time::timeout(Duration::from_secs(5), m.release()).await {
+            Ok(Ok(())) => tracing::info!("membership Lease released"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not release the membership Lease; it expires on its own")
+            }
+            Err(_) => {
+                tracing::warn!("releasing the membership Lease timed out; it expires on its own")
+            }
+        }
+    }
+
+    /// What reads the policy files at `path` (with objects too, none at all is no error),
+    /// each policy whole only where this replica owns it at the time of the read.
+    fn files_loader(
+        &self,
+        path: PathBuf,
+    ) -> impl FnOnce() -> Result<Vec<FilePolicy>, PolicyErrors> + Send + 'static {
+        let membership = self.cfg.membership.clone();
+        let allow_empty = self.cfg.objects.is_some();
+        move || {
+            policy::load_held(&path, allow_empty, &mut |p| {
+                membership.as_ref().is_none_or(|m| m.owns(&p.name))
+            })
+        }
+    }
+
+    /// Starts a read of the policy files in a thread of its own, its result to `tx`; with a
+    /// read under way already, asks for another once that one is in (the files or the
+    /// ownership it read may have changed since it started).
+    fn load_files(
+        &self,
+        loading: &mut bool,
+        load_again: &mut bool,
+        tx: &mpsc::Sender<Result<Vec<FilePolicy>, PolicyErrors>>,
+    ) {
+        let Some(path) = &self.cfg.policies else {
+            return;
+        };
+        if *loading {
+            *load_again = true;
+            return;
+        }
+        *loading = true;
+        let (load, tx) = (self.files_loader(path.clone()), tx.clone());
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking(load)
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let _ = tx.send(loaded).await;
+        });
+    }
+
+    /// The names of `policies` this replica owns.
+    fn owned(&self, policies: &Policies) -> BTreeSet<Arc<str>> {
+        policies.keys().filter(|n| self.owns(n)).cloned().collect()
     }
 
     /// Logs each object rejected in `new` and not (the same way) in `old`, and reports it in
     /// the object's status when this replica owns its name; an object rejected before and
     /// gone now (deleted) is forgotten. Both lists are in object order.
-    fn note_rejections(
-        &self,
-        old: &[Rejection],
-        new: &[Rejection],
-        policies: &BTreeMap<String, Arc<Policy>>,
-    ) {
+    fn note_rejections(&self, old: &[Rejection], new: &[Rejection], policies: &Policies) {
         self.metrics
             .objects_rejected
             .set(i64::try_from(new.len()).unwrap_or(i64::MAX));
@@ -678,8 +770,7 @@ impl Daemon {
             new.iter().map(|r| by_name(&r.object)).collect();
         for r in old {
             let still = rejected_now.contains(&by_name(&r.object))
-                || policies
-                    .get(&r.object.name)
+                || whole(policies, &r.object.name)
                     .and_then(|p| p.object.as_ref())
                     .is_some_and(|o| same_object(o, &r.object));
             if !still {
@@ -891,18 +982,23 @@ impl Daemon {
         &self,
         queue: &mut Queue,
         failing: &mut Failing,
-        old: &BTreeMap<String, Arc<Policy>>,
-        new: &BTreeMap<String, Arc<Policy>>,
+        old: &Policies,
+        new: &Policies,
         running: &BTreeMap<String, ()>,
     ) -> Vec<Arc<Policy>> {
         for name in old.keys().filter(|n| !new.contains_key(*n)) {
             queue.cancel(name);
-            failing.remove(name);
+            failing.remove(&**name);
             self.metrics.forget(name);
         }
+        // A policy held whole now and not (or not so) before: new, changed, or read whole
+        // since this replica took it over.
         let changed: Vec<Arc<Policy>> = new
             .iter()
-            .filter(|(n, p)| old.get(*n).is_none_or(|o| o != *p) && !running.contains_key(*n))
+            .filter_map(|(n, p)| Some((n, p.as_ref()?)))
+            .filter(|(n, p)| {
+                old.get(*n).and_then(Option::as_ref) != Some(*p) && !running.contains_key(&***n)
+            })
             .map(|(_, p)| p.clone())
             .collect();
         for p in &changed {

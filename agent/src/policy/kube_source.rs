@@ -49,8 +49,10 @@ use tokio::time::Instant;
 
 use super::crd::{GROUP, PLURAL, VERSION};
 use super::schema::{RawMetadata, RawPolicy, RawSpec};
-use super::{API_VERSION, KIND, Policy, PolicyError, PolicyErrors, PolicyObject, Validator};
-use crate::backends::StoreSpec;
+use super::{
+    API_VERSION, FilePolicy, KIND, Policy, PolicyError, PolicyErrors, PolicyObject, StoreKey,
+    Validator,
+};
 
 /// [`Rejection::reason`] of an object whose spec is not a valid policy.
 pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -339,10 +341,19 @@ pub struct Rejection {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Merged {
     /// Every policy by name: all of the files', and the objects' that are valid and clash
-    /// with nothing older.
-    pub policies: BTreeMap<String, Arc<Policy>>,
+    /// with nothing older; each with the whole policy where it is held (always for an
+    /// object's; for a file's, where [`FilePolicy::policy`] has it).
+    pub policies: BTreeMap<Arc<str>, Option<Arc<Policy>>>,
     /// The objects that yield no policy, in namespace/name order.
     pub rejected: Vec<Rejection>,
+}
+
+impl Merged {
+    /// The whole policy named `name`, where it is held.
+    #[must_use]
+    pub fn policy(&self, name: &str) -> Option<&Arc<Policy>> {
+        self.policies.get(name)?.as_ref()
+    }
 }
 
 /// Who holds a name or a store, for the loser's message.
@@ -369,22 +380,27 @@ impl Holder<'_> {
 /// order.
 #[must_use]
 pub fn merge(files: &[Policy], objects: &[Arc<ObjectPolicy>]) -> Merged {
-    let files: Vec<Arc<Policy>> = files.iter().cloned().map(Arc::new).collect();
+    let files: Vec<FilePolicy> = files
+        .iter()
+        .map(|p| FilePolicy::new(p.clone(), true))
+        .collect();
     merge_shared(&files, objects)
 }
 
-/// [`merge`] of policies already shared: the daemon's, which keeps its file policies between
-/// merges (each merge would otherwise copy every one of them).
+/// [`merge`] of the policy files as the daemon holds them (each whole or not, shared between
+/// merges: each merge would otherwise copy every one of them).
 #[must_use]
-pub fn merge_shared(files: &[Arc<Policy>], objects: &[Arc<ObjectPolicy>]) -> Merged {
+pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merged {
     let mut merged = Merged::default();
     let mut names: BTreeMap<&str, Holder<'_>> = BTreeMap::new();
-    let mut stores: BTreeMap<&StoreSpec, (&str, Holder<'_>)> = BTreeMap::new();
+    let mut stores: BTreeMap<StoreKey, (&str, Holder<'_>)> = BTreeMap::new();
     for p in files {
         let holder = Holder::File(&p.file);
         names.entry(&p.name).or_insert(holder);
-        stores.entry(&p.store).or_insert((&p.name, holder));
-        merged.policies.insert(p.name.clone(), Arc::clone(p));
+        stores.entry(p.store).or_insert((&p.name, holder));
+        merged
+            .policies
+            .insert(Arc::clone(&p.name), p.policy.clone());
     }
     let mut ordered: Vec<&ObjectPolicy> = objects.iter().map(AsRef::as_ref).collect();
     ordered.sort_by(|a, b| age_order(a).cmp(&age_order(b)));
@@ -415,7 +431,8 @@ pub fn merge_shared(files: &[Arc<Policy>], objects: &[Arc<ObjectPolicy>]) -> Mer
             });
             continue;
         }
-        if let Some((other, holder)) = stores.get(&p.store) {
+        let store = StoreKey::of(&p.store);
+        if let Some((other, holder)) = stores.get(&store) {
             merged.rejected.push(Rejection {
                 object: object.clone(),
                 reason: STORE_CONFLICT,
@@ -431,8 +448,10 @@ pub fn merge_shared(files: &[Arc<Policy>], objects: &[Arc<ObjectPolicy>]) -> Mer
         }
         let holder = Holder::Object(object, o.created);
         names.insert(&p.name, holder);
-        stores.insert(&p.store, (&p.name, holder));
-        merged.policies.insert(p.name.clone(), Arc::clone(p));
+        stores.insert(store, (&p.name, holder));
+        merged
+            .policies
+            .insert(Arc::from(p.name.as_str()), Some(Arc::clone(p)));
     }
     merged.rejected.sort_by(|a, b| a.object.cmp(&b.object));
     merged

@@ -450,3 +450,62 @@ fn a_policy_is_small_and_shares_its_alphabet_and_file() {
     assert!(!other[0].generator.alphabet.contains(&'O'));
     assert_ne!(other[0].generator, ps[0].generator);
 }
+
+#[test]
+fn load_held_keeps_whole_only_what_it_is_asked_to_and_names_every_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, GOOD).unwrap();
+    let all = load(&f).unwrap();
+    let mut seen = Vec::new();
+    let held = load_held(&f, false, &mut |p| {
+        seen.push(p.name.clone());
+        p.name == "orders-db"
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        ["api-token", "orders-db"],
+        "every valid policy is offered"
+    );
+    let names: Vec<&str> = held.iter().map(|h| &*h.name).collect();
+    assert_eq!(names, ["api-token", "orders-db"]);
+    assert_eq!(
+        held[0].policy, None,
+        "not asked for: the name, store and file only"
+    );
+    assert_eq!(
+        held[1].policy.as_deref(),
+        Some(&all[1]),
+        "asked for: the whole policy"
+    );
+    for (h, p) in held.iter().zip(&all) {
+        assert_eq!(h.store, StoreKey::of(&p.store));
+        assert_eq!(h.file, p.file);
+    }
+    // An invalid set is refused whole, as by `load`, whatever is asked for.
+    std::fs::write(&f, good_with("every: 24h", "every: soon")).unwrap();
+    let e = load_held(&f, false, &mut |_| true).unwrap_err();
+    assert_eq!(e.to_string(), load(&f).unwrap_err().to_string());
+    // Nothing at all: an error, unless allowed.
+    std::fs::write(&f, "").unwrap();
+    assert!(load_held(&f, false, &mut |_| true).is_err());
+    assert_eq!(load_held(&f, true, &mut |_| true).unwrap(), []);
+}
+
+#[test]
+fn store_keys_are_equal_exactly_for_the_same_store() {
+    let ps = check(GOOD).unwrap();
+    let (a, b) = (&ps[0].store, &ps[1].store);
+    assert_eq!(StoreKey::of(a), StoreKey::of(&a.clone()));
+    assert_ne!(StoreKey::of(a), StoreKey::of(b));
+    let kv = |mount: &str, path: &str| {
+        StoreSpec::VaultKv(vault_kv::Spec {
+            mount: mount.into(),
+            path: path.into(),
+        })
+    };
+    // Fields are told apart even where their text would run together.
+    assert_ne!(StoreKey::of(&kv("a", "b/c")), StoreKey::of(&kv("a/b", "c")));
+    assert_eq!(StoreKey::of(&kv("a", "b/c")), StoreKey::of(&kv("a", "b/c")));
+}

@@ -10,6 +10,10 @@
 //! status and Events (an invalid object's too); when one replica stops, the other takes
 //! every policy over without rotating any again.
 //!
+//! Two replicas sharing policy files the same way: each keeps whole only the policies it
+//! owns, so one that takes policies over while the files are invalid waits for valid files
+//! before it schedules them, and then rotates none of them again.
+//!
 //! On a real cluster (`KEYTURN_TEST_KUBECONFIG`) the resource is defined in a group of the
 //! test's own, which the daemon is told with its hidden `--rotationpolicies-group`.
 
@@ -322,8 +326,10 @@ async fn run_takes_policies_from_objects_and_reports_on_them() {
     }
 }
 
-/// The replicas of [`replicas_share_object_policies_and_only_the_owner_reports`]; the first
-/// owns the invalid object and is stopped first.
+/// The replicas of [`replicas_share_object_policies_and_only_the_owner_reports`] (the first
+/// owns the invalid object and is stopped first) and of
+/// [`a_replica_takes_over_file_policies_and_waits_for_valid_files_to_run_them`] (the second
+/// is killed).
 const HOLDERS: [&str; 2] = ["objects-a", "objects-b"];
 
 /// Valid objects each replica owns (by rendezvous over both).
@@ -383,24 +389,60 @@ impl Replica {
         holder: &'static str,
         kubeconfig: &std::path::Path,
     ) -> Self {
+        Self::launch(
+            e,
+            ns,
+            holder,
+            kubeconfig,
+            &["--rotationpolicies", ns],
+            |cmd| {
+                cmd.env_remove("KEYTURN_POLICIES")
+                    .env("KEYTURN_ROTATIONPOLICIES_GROUP", group);
+            },
+        )
+    }
+
+    /// Starts `holder` over the policy files of `policies` (no RotationPolicy objects),
+    /// sharing them through membership Leases in `ns`, as `kubeconfig`.
+    fn start_files(
+        e: &AgentEnv,
+        ns: &str,
+        holder: &'static str,
+        kubeconfig: &std::path::Path,
+        policies: &std::path::Path,
+    ) -> Self {
+        let dir = policies.to_str().unwrap();
+        Self::launch(e, ns, holder, kubeconfig, &["--policies", dir], |cmd| {
+            cmd.env("KEYTURN_POLICIES", policies);
+        })
+    }
+
+    /// `keyturn run SOURCE --membership-namespace NS --membership-lease 6s --listen ADDR` as
+    /// `holder`, with its own audit file and log, `configure`d further by the caller.
+    fn launch(
+        e: &AgentEnv,
+        ns: &str,
+        holder: &'static str,
+        kubeconfig: &std::path::Path,
+        source: &[&str],
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
         let audit = e.home.path().join(format!("{holder}-audit.jsonl"));
-        let args = [
-            "run",
-            "--rotationpolicies",
-            ns,
+        let mut args = vec!["run"];
+        args.extend_from_slice(source);
+        args.extend([
             "--membership-namespace",
             ns,
             "--membership-lease",
             "6s",
             "--listen",
             &listen,
-        ];
+        ]);
         let mut cmd = e.cmd(&args, holder);
-        cmd.env_remove("KEYTURN_POLICIES")
-            .env("KEYTURN_ROTATIONPOLICIES_GROUP", group)
-            .env("KEYTURN_AUDIT_FILE", &audit)
+        cmd.env("KEYTURN_AUDIT_FILE", &audit)
             .env("KUBECONFIG", kubeconfig);
+        configure(&mut cmd);
         let daemon = Daemon::spawn(cmd, e.home.path().join(format!("{holder}.log")));
         Self {
             holder,
@@ -778,4 +820,234 @@ async fn replicas_share_object_policies_and_only_the_owner_reports() {
     if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
         objects.crd.remove().await.unwrap();
     }
+}
+
+/// Policy files each replica owns in
+/// [`a_replica_takes_over_file_policies_and_waits_for_valid_files_to_run_them`].
+const FILES_PER_REPLICA: usize = 4;
+
+/// `FILES_PER_REPLICA` policy names per holder, chosen by the rendezvous hash itself, so the
+/// split is known, not a likelihood.
+fn file_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for holder in HOLDERS {
+        names.extend(
+            (0..)
+                .map(|i| format!("file-{i:03}"))
+                .filter(|n| owner_of(n) == holder)
+                .take(FILES_PER_REPLICA),
+        );
+    }
+    names.sort();
+    names
+}
+
+/// The daemon's error when the policy files it reads are invalid.
+const REJECTED: &str = "policy change rejected";
+/// Its error when, besides, policies it took over are not held whole (field `waiting`).
+const WAITING: &str = "wait for valid policy files";
+
+/// The JSON log lines of `log` whose message contains `msg`.
+fn logged(log: &str, msg: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["msg"].as_str().is_some_and(|m| m.contains(msg)))
+        .collect()
+}
+
+/// `keyturn_next_rotation_timestamp_seconds` of `policy` in `metrics`: there once the policy is
+/// scanned and queued by this replica, gone once it is another's.
+fn next_rotation(metrics: &str, policy: &str) -> Option<f64> {
+    sample(
+        metrics,
+        &format!("keyturn_next_rotation_timestamp_seconds{{policy=\"{policy}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_over_file_policies_and_waits_for_valid_files_to_run_them() {
+    let cluster = TestCluster::start().await.unwrap();
+    let ns = cluster.namespace().to_owned();
+    let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 33).await;
+    let names = file_names();
+    for name in &names {
+        e.write_generated_policy(name, "");
+    }
+    let mut replicas = Vec::new();
+    for holder in HOLDERS {
+        let kubeconfig = kubeconfig_of(&e, holder).await;
+        replicas.push(Replica::start_files(
+            &e,
+            &ns,
+            holder,
+            &kubeconfig,
+            &e.policies(),
+        ));
+    }
+    let logs = || replicas.iter().map(Replica::log_tail).collect::<String>();
+
+    // Never rotated, so due at once: each policy rotated once, then scheduled a day later by
+    // its owner only.
+    until("every policy rotated", &logs, || async {
+        for name in &names {
+            if version(&e, name).await != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    for r in &replicas {
+        let mine = owned_by(&names, r.holder);
+        until(
+            &format!("{} sees 2 members and schedules its own policies", r.holder),
+            &logs,
+            || async {
+                let m = r.metrics().await;
+                sample(&m, "keyturn_daemon_members") == Some(2.0)
+                    && sample(&m, "keyturn_daemon_policies_owned") == Some(mine.len() as f64)
+                    && mine.iter().all(|n| next_rotation(&m, n).is_some())
+            },
+        )
+        .await;
+        let m = r.metrics().await;
+        for name in names.iter().filter(|n| !mine.contains(n)) {
+            assert_eq!(
+                next_rotation(&m, name),
+                None,
+                "{} schedules {name}, another's\n{}",
+                r.holder,
+                logs()
+            );
+        }
+    }
+
+    // The files broken: both replicas reject them and keep what they run.
+    let broken = e.policies().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: broken }\nspec:\n  every: 24h\n  store: { vault-kv: { path: keyturn/broken } }\n  target: { generated: {} }\n  rotateSoon: true\n",
+    )
+    .unwrap();
+    until("both replicas reject the broken files", &logs, || async {
+        replicas
+            .iter()
+            .all(|r| !logged(&r.daemon.log(), REJECTED).is_empty())
+    })
+    .await;
+    for r in &replicas {
+        let log = r.daemon.log();
+        assert!(
+            logged(&log, REJECTED)[0]
+                .to_string()
+                .contains("broken.yaml"),
+            "the rejection names the file:\n{log}"
+        );
+        assert!(
+            logged(&log, WAITING).is_empty(),
+            "{} waits with nothing taken over:\n{log}",
+            r.holder
+        );
+    }
+
+    // The second replica killed (no Lease released): once its Lease expires the first owns
+    // every policy, but cannot read those it took over whole from the broken files, so it
+    // says they wait and schedules none of them.
+    let mut killed = replicas.pop().unwrap();
+    assert_eq!(killed.holder, HOLDERS[1]);
+    killed.daemon.signal("KILL");
+    killed.daemon.exited().await;
+    let killed_log = killed.daemon.log();
+    let survivor = replicas.pop().unwrap();
+    let logs = || {
+        format!(
+            "--- {} (killed) ---\n{}\n{}",
+            HOLDERS[1],
+            tail(&killed_log, 40),
+            survivor.log_tail()
+        )
+    };
+    let rotated_before = rotations_done(&survivor.audit);
+    let own = owned_by(&names, HOLDERS[0]);
+    let gained = owned_by(&names, HOLDERS[1]);
+    until(
+        "the survivor owns every policy and waits for valid files",
+        &logs,
+        || async {
+            let m = survivor.metrics().await;
+            sample(&m, "keyturn_daemon_members") == Some(1.0)
+                && sample(&m, "keyturn_daemon_policies_owned") == Some(names.len() as f64)
+                && !logged(&survivor.daemon.log(), WAITING).is_empty()
+        },
+    )
+    .await;
+    let waits = logged(&survivor.daemon.log(), WAITING);
+    assert_eq!(
+        waits[0]["waiting"],
+        gained.len(),
+        "{}\n{}",
+        waits[0],
+        logs()
+    );
+    // Still so a membership round (2 s) and more later.
+    for look in 0..2 {
+        if look > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+        let m = survivor.metrics().await;
+        for name in &gained {
+            assert_eq!(
+                next_rotation(&m, name),
+                None,
+                "{name} scheduled from broken files\n{}",
+                logs()
+            );
+            assert_eq!(version(&e, name).await, 1, "{name} rotated again");
+        }
+        for name in &own {
+            assert!(
+                next_rotation(&m, name).is_some(),
+                "{name}, its own, unscheduled\n{}",
+                logs()
+            );
+        }
+        assert_eq!(
+            sample(&m, "keyturn_daemon_policies_owned"),
+            Some(names.len() as f64)
+        );
+    }
+
+    // The files fixed: the watcher's reload reads the waiting policies whole; each is
+    // scanned and scheduled a day after its rotation, and none rotated again.
+    std::fs::remove_file(&broken).unwrap();
+    until("every policy scheduled by the survivor", &logs, || async {
+        let m = survivor.metrics().await;
+        names.iter().all(|n| next_rotation(&m, n).is_some())
+    })
+    .await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::hours(12)).timestamp() as f64;
+    let m = survivor.metrics().await;
+    for name in &names {
+        let next = next_rotation(&m, name);
+        assert!(
+            next.is_some_and(|t| t > tomorrow),
+            "{name}'s next rotation is {next:?}, not a day after its rotation\n{}",
+            logs()
+        );
+        assert_eq!(version(&e, name).await, 1, "{name} rotated again");
+    }
+    assert_eq!(
+        rotations_done(&survivor.audit),
+        rotated_before,
+        "the survivor rotated policies it took over"
+    );
+
+    let (exit, survivor_log) = survivor.daemon.stop_async().await;
+    assert!(
+        exit.success(),
+        "{} exited {exit:?}\n{survivor_log}",
+        HOLDERS[0]
+    );
+    let report = keyturn_core::audit::verify(std::slice::from_ref(&survivor.audit));
+    assert!(report.is_ok(), "{}: {report:?}", survivor.audit.display());
 }

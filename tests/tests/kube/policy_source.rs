@@ -325,7 +325,10 @@ async fn policy_source_rejects_an_invalid_spec_naming_the_field_never_the_value(
         rejections(&merged),
         [(ns.clone(), "bad".to_owned(), INVALID_SPEC)]
     );
-    assert_eq!(merged.policies.keys().collect::<Vec<_>>(), ["fine"]);
+    assert_eq!(
+        merged.policies.keys().map(|k| &**k).collect::<Vec<_>>(),
+        ["fine"]
+    );
     let message = &merged.rejected[0].message;
     assert!(
         message.contains("spec.timezone: unknown time zone"),
@@ -438,10 +441,23 @@ async fn policy_source_rejects_the_loser_of_a_clash_with_a_file_or_an_older_obje
             (ns.clone(), "thief".to_owned(), STORE_CONFLICT),
         ]
     );
-    assert_eq!(merged.policies.keys().collect::<Vec<_>>(), ["db", "shared"]);
-    assert_eq!(merged.policies["shared"].object, None, "the file's policy");
     assert_eq!(
-        merged.policies["db"].object.as_ref().unwrap().namespace,
+        merged.policies.keys().map(|k| &**k).collect::<Vec<_>>(),
+        ["db", "shared"]
+    );
+    assert_eq!(
+        merged.policy("shared").unwrap().object,
+        None,
+        "the file's policy"
+    );
+    assert_eq!(
+        merged
+            .policy("db")
+            .unwrap()
+            .object
+            .as_ref()
+            .unwrap()
+            .namespace,
         older_ns
     );
     let message = |name: &str| {
@@ -480,7 +496,16 @@ async fn policy_source_rejects_the_loser_of_a_clash_with_a_file_or_an_older_obje
     defined.delete(&c, &older_ns, "db").await;
     let after = source.until("the older db gone", |s| s.len() == 3).await;
     let merged = kube_source::merge(&files, after.objects());
-    assert_eq!(merged.policies["db"].object.as_ref().unwrap().namespace, ns);
+    assert_eq!(
+        merged
+            .policy("db")
+            .unwrap()
+            .object
+            .as_ref()
+            .unwrap()
+            .namespace,
+        ns
+    );
     defined.remove().await;
     remove_namespace(&c, &older_ns).await;
 }

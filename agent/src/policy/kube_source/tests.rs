@@ -227,6 +227,41 @@ fn scrubbing_hides_quoted_values_and_words_of_the_written_ones() {
 // ---- merging ----
 
 #[test]
+fn a_file_policy_held_by_name_only_still_wins_its_name_and_store() {
+    // A replica holds whole only the file policies it owns; the others still take part in
+    // every clash, and merge to their names without a policy.
+    let files: Vec<FilePolicy> = file_policy("shared", "keyturn/shared")
+        .into_iter()
+        .map(|p| FilePolicy::new(p, false))
+        .collect();
+    let objects = vec![
+        entry("team-a", "shared", T0, spec("keyturn/other")),
+        entry("team-a", "thief", T0, spec("keyturn/shared")),
+        entry("team-a", "own", T1, spec("keyturn/own")),
+    ];
+    let m = merge_shared(&files, &objects);
+    assert_eq!(m.policies.get("shared"), Some(&None), "named, not held");
+    assert!(
+        m.policy("own").is_some(),
+        "an object's policy is always held"
+    );
+    assert_eq!(
+        rejections(&m),
+        [
+            ("team-a", "shared", NAME_CONFLICT),
+            ("team-a", "thief", STORE_CONFLICT)
+        ]
+    );
+    assert!(
+        m.rejected[1]
+            .message
+            .contains("already used by policy shared"),
+        "{}",
+        m.rejected[1].message
+    );
+}
+
+#[test]
 fn merge_files_win_every_clash_and_objects_keep_the_rest() {
     let files = file_policy("shared", "keyturn/shared");
     let objects = vec![
@@ -236,13 +271,17 @@ fn merge_files_win_every_clash_and_objects_keep_the_rest() {
     ];
     let m = merge(&files, &objects);
     assert_eq!(
-        m.policies.keys().collect::<Vec<_>>(),
+        m.policies.keys().map(|k| &**k).collect::<Vec<_>>(),
         ["own", "shared"],
         "{m:?}"
     );
-    assert_eq!(m.policies["shared"].object, None, "the file's policy");
     assert_eq!(
-        m.policies["own"].object.as_ref().unwrap().namespace,
+        m.policy("shared").unwrap().object,
+        None,
+        "the file's policy"
+    );
+    assert_eq!(
+        m.policy("own").unwrap().object.as_ref().unwrap().namespace,
         "team-a"
     );
     assert_eq!(
@@ -287,7 +326,12 @@ fn merge_the_oldest_object_keeps_a_name_or_store_whatever_the_order() {
         ]
     );
     assert_eq!(
-        want.policies["db"].object.as_ref().unwrap().namespace,
+        want.policy("db")
+            .unwrap()
+            .object
+            .as_ref()
+            .unwrap()
+            .namespace,
         "zz-old"
     );
     assert!(
@@ -340,8 +384,14 @@ fn merge_an_invalid_or_losing_object_claims_nothing() {
         entry("d", "free", T2, spec("keyturn/free")),
     ];
     let m = merge(&[], &objects);
-    assert_eq!(m.policies.keys().collect::<Vec<_>>(), ["db", "free"]);
-    assert_eq!(m.policies["db"].object.as_ref().unwrap().namespace, "b");
+    assert_eq!(
+        m.policies.keys().map(|k| &**k).collect::<Vec<_>>(),
+        ["db", "free"]
+    );
+    assert_eq!(
+        m.policy("db").unwrap().object.as_ref().unwrap().namespace,
+        "b"
+    );
     assert_eq!(
         rejections(&m),
         [("a", "db", INVALID_SPEC), ("c", "db", NAME_CONFLICT)]
