@@ -23,7 +23,7 @@ use keyturn_core::audit::{Actor, AuditLog, Outcome};
 use keyturn_core::vault::{SecretData, Vault};
 
 use super::exit::{ExitCode, HasExitCode};
-use super::rotation_args::{Prepared, RotationArgs};
+use super::rotation_args::{PolicyObjectArgs, Prepared, RotationArgs};
 use crate::journal::{DEFAULT_JOURNAL, Journal};
 use crate::policy::Policy;
 use crate::rotation::store::{StateRecord, Store, StoreError, Taint};
@@ -58,6 +58,9 @@ pub struct Common {
     /// Where the daemon learns of break-glass actions (KV v2 `MOUNT/PATH`).
     #[arg(long, env = "KEYTURN_BREAK_GLASS_JOURNAL", default_value = DEFAULT_JOURNAL)]
     pub journal: String,
+    /// Where else the policy may be: RotationPolicy objects.
+    #[command(flatten)]
+    pub objects: PolicyObjectArgs,
     /// Shared options (policies, Vault, audit).
     #[command(flatten)]
     pub common: RotationArgs,
@@ -130,7 +133,13 @@ pub fn run(cmd: BreakGlassCommand) -> ExitCode {
         );
         return ExitCode::Usage;
     }
-    let policies = match c.common.load_named(&c.policy) {
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    // The policy is found before the operator is asked to confirm acting on it (with
+    // `--rotationpolicies`, after listing the objects; else with no network call).
+    let policies = match rt.block_on(c.common.find_named(&c.policy, &c.objects)) {
         Ok(ps) => ps,
         Err(code) => return code,
     };
@@ -145,10 +154,6 @@ pub fn run(cmd: BreakGlassCommand) -> ExitCode {
             ExitCode::Usage
         };
     }
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
     rt.block_on(async {
         let p = match c.common.prepare_with(policies).await {
             Ok(p) => p,

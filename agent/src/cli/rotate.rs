@@ -4,7 +4,7 @@
 use clap::Args;
 
 use super::exit::{ExitCode, HasExitCode};
-use super::rotation_args::RotationArgs;
+use super::rotation_args::{PolicyObjectArgs, RotationArgs};
 use crate::rotation::{RotationOutcome, Trigger};
 
 /// `keyturn rotate`.
@@ -15,6 +15,9 @@ pub struct RotateArgs {
     /// Recorded in the audit log.
     #[arg(long)]
     pub reason: Option<String>,
+    /// Where else the policy may be: RotationPolicy objects.
+    #[command(flatten)]
+    pub objects: PolicyObjectArgs,
     /// Shared options.
     #[command(flatten)]
     pub common: RotationArgs,
@@ -28,8 +31,9 @@ pub fn run(args: RotateArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        // Check the name before any network call.
-        let policies = match args.common.load_named(&args.policy) {
+        // Find the policy before any other network call (only `--rotationpolicies` makes
+        // one, to list the objects).
+        let policies = match args.common.find_named(&args.policy, &args.objects).await {
             Ok(ps) => ps,
             Err(code) => return code,
         };
@@ -37,7 +41,7 @@ pub fn run(args: RotateArgs) -> ExitCode {
             Ok(p) => p,
             Err(code) => return code,
         };
-        // From here on Vault has been called, so nothing is 64: `load_named` found the
+        // From here on Vault has been called, so nothing is 64: `find_named` found the
         // policy, and `prepare_with` built every backend a policy names, so either failing now
         // is a bug.
         let Some(policy) = p.policies.iter().find(|x| x.name == args.policy) else {

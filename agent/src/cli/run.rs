@@ -7,7 +7,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::exit::{ExitCode, HasExitCode};
-use super::rotation_args::{ClientNeeds, RotationArgs};
+use super::rotation_args::{ClientNeeds, RotationArgs, Scope, rotationpolicies};
 use std::sync::Arc;
 
 use crate::daemon::membership::{Membership, MembershipSettings};
@@ -73,35 +73,6 @@ pub struct RunArgs {
     /// Shared options.
     #[command(flatten)]
     pub common: RotationArgs,
-}
-
-/// Where `--rotationpolicies` reads objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Every namespace.
-    All,
-    /// One namespace.
-    Namespace(String),
-}
-
-/// `--rotationpolicies`: `all`, or a namespace's name (a DNS-1123 label).
-fn rotationpolicies(s: &str) -> Result<Scope, String> {
-    if s == "all" {
-        return Ok(Scope::All);
-    }
-    let label = s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if label {
-        Ok(Scope::Namespace(s.to_owned()))
-    } else {
-        Err(
-            "must be `all` or a namespace name (lower-case letters, digits and '-', at most 63)"
-                .into(),
-        )
-    }
 }
 
 /// `--membership-lease`: whole seconds from 3s to 5m (the Lease counts whole seconds; a

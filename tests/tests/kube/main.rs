@@ -7,6 +7,7 @@ mod crd;
 mod distribute;
 mod inject;
 mod membership;
+mod policy_cli;
 mod policy_daemon;
 mod policy_source;
 mod policy_status;

@@ -1,0 +1,439 @@
+//! `keyturn rotate` and `keyturn break-glass` with `--rotationpolicies NAMESPACE`: the named
+//! policy found among RotationPolicy objects as the daemon would resolve it, against a real
+//! OpenBao. An object's policy is rotated by `rotate` (without `--policies`) and again by an
+//! operator's `break-glass rotate`; a policy file of the same name wins over the object; an
+//! unknown name and an invalid object exit 64 naming the scope, or the field and never its
+//! value, and write nothing; a list the API server refuses exits 77, an API server that does
+//! not answer 69.
+//!
+//! On a real cluster (`KEYTURN_TEST_KUBECONFIG`) the resource is defined in a group of the
+//! test's own, which keyturn is told with `--rotationpolicies-group`.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use keyturn_agent::policy;
+use keyturn_tests::agent_env::{self, AgentEnv, output_text};
+use keyturn_tests::kube::{InstalledCrd, TestCluster};
+use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::process::free_port;
+use kube::api::{Api, DynamicObject, PostParams};
+use serde_json::{Value, json};
+
+/// Planted in an invalid object's field: no output may hold it.
+const CANARY: &str = "Canary/Qx7Zt4Wv";
+
+/// A generated value at `keyturn/STORE`, once a day. (A copy of `policy_daemon.rs`'s.)
+fn spec(store: &str) -> Value {
+    json!({
+        "every": "1d",
+        "store": {"vault-kv": {"path": format!("keyturn/{store}")}},
+        "target": {"generated": {}},
+    })
+}
+
+/// The RotationPolicy definition installed in the test's cluster, and its objects in the
+/// test's namespace. (The part of `policy_daemon.rs`'s `Objects` these tests use.)
+struct Objects {
+    crd: InstalledCrd,
+    api: Api<DynamicObject>,
+}
+
+impl Objects {
+    async fn install(cluster: &TestCluster) -> Self {
+        let crd = cluster
+            .install_crd(policy::crd::definition())
+            .await
+            .expect("the RotationPolicy definition installed");
+        Self {
+            api: crd.api(cluster.client(), cluster.namespace()),
+            crd,
+        }
+    }
+
+    async fn create(&self, name: &str, spec: Value) {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": self.crd.resource.api_version,
+            "kind": policy::KIND,
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.api
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+    }
+}
+
+/// The KV version of `keyturn/NAME`'s CURRENT, 0 when there is none.
+async fn version(e: &AgentEnv, name: &str) -> u64 {
+    e.value_at(name, None).await.map_or(0, |(_, v)| v)
+}
+
+/// `keyturn ARGS --rotationpolicies-group GROUP` as the agent, no stdin, run to its end on
+/// tokio's process API: the API stand-in in this process keeps serving while it waits.
+/// `policies`: keep `KEYTURN_POLICIES` (the home's policy directory) or drop it.
+async fn keyturn(
+    e: &AgentEnv,
+    args: &[&str],
+    group: &str,
+    policies: bool,
+    edit: impl FnOnce(&mut std::process::Command),
+) -> Output {
+    let mut c = e.cmd(args, "agent-1");
+    c.args(["--rotationpolicies-group", group])
+        .env("KEYTURN_RESTART_WINDOW", "0s")
+        .stdin(Stdio::null());
+    if !policies {
+        c.env_remove("KEYTURN_POLICIES");
+    }
+    edit(&mut c);
+    tokio::process::Command::from(c).output().await.unwrap()
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn has_event(events: &[Value], action: &str, policy: &str) -> bool {
+    events.iter().any(|ev| {
+        ev["action"] == action
+            && ev["outcome"] == "ok"
+            && ev.to_string().contains(&format!("policy/{policy}"))
+    })
+}
+
+fn write_kubeconfig(e: &AgentEnv, name: &str, yaml: &str) -> std::path::PathBuf {
+    let path = e.home.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
+    let cluster = TestCluster::start().await.unwrap();
+    let ns = cluster.namespace().to_owned();
+    let objects = Objects::install(&cluster).await;
+    let group = objects.crd.group.clone();
+    let bao = OpenBao::start().await.unwrap();
+    agent_env::put_repo_policy(
+        &bao,
+        "keyturn-break-glass",
+        "policies/vault/keyturn-break-glass.hcl",
+    )
+    .await;
+    let operator_token = bao.create_token(&["keyturn-break-glass"]).await.unwrap();
+    let e = AgentEnv::new(bao, Some(cluster), 43).await;
+    let operator_audit = e.home.path().join("operator-audit.jsonl");
+
+    objects.create("from-object", spec("from-object")).await;
+    // Passes the schema; keyturn's validation refuses the time zone, which holds the canary.
+    let mut invalid = spec("invalid");
+    invalid.as_object_mut().unwrap().remove("every");
+    invalid["schedule"] = json!("0 3 * * *");
+    invalid["timezone"] = json!(CANARY);
+    objects.create("invalid", invalid).await;
+    // A policy file and an object of one name, each with a store of its own.
+    e.write_generated_policy("shared", "");
+    objects.create("shared", spec("shared-object")).await;
+
+    // (1) `rotate` without --policies: the object's policy, rotated.
+    let rotated = keyturn(
+        &e,
+        &["rotate", "from-object", "--rotationpolicies", &ns],
+        &group,
+        false,
+        |_| {},
+    )
+    .await;
+    assert_eq!(rotated.status.code(), Some(0), "{}", output_text(&rotated));
+    assert!(
+        String::from_utf8_lossy(&rotated.stdout).contains("rotated from-object"),
+        "{}",
+        output_text(&rotated)
+    );
+    assert_eq!(version(&e, "from-object").await, 1);
+    assert!(
+        has_event(&lines(&e.audit()), "rotate.done", "from-object"),
+        "{:?}",
+        e.audit_actions()
+    );
+
+    // (2) An operator's break-glass rotate, the scope from KEYTURN_ROTATIONPOLICIES.
+    let broke = keyturn(
+        &e,
+        &[
+            "break-glass",
+            "rotate",
+            "from-object",
+            "--reason",
+            "leaked in a ticket",
+            "--yes",
+        ],
+        &group,
+        false,
+        |c| {
+            c.env("VAULT_TOKEN", &operator_token)
+                .env("KEYTURN_AUDIT_FILE", &operator_audit)
+                .env("KEYTURN_ROTATIONPOLICIES", &ns);
+        },
+    )
+    .await;
+    assert_eq!(broke.status.code(), Some(0), "{}", output_text(&broke));
+    assert_eq!(version(&e, "from-object").await, 2);
+    let operator_events = lines(&operator_audit);
+    assert!(
+        has_event(&operator_events, "break-glass.rotate", "from-object"),
+        "{operator_events:?}"
+    );
+    assert!(
+        operator_events
+            .iter()
+            .any(|ev| ev["action"] == "break-glass.rotate" && ev["actor"]["kind"] == "operator"),
+        "{operator_events:?}"
+    );
+
+    // (3) An unknown name: 64, naming the name, the files, the scope and the flag; nothing
+    // is written, in the store or the audit file.
+    let audit_before = lines(&e.audit()).len();
+    let unknown = keyturn(
+        &e,
+        &["rotate", "ghost", "--rotationpolicies", &ns],
+        &group,
+        true,
+        |_| {},
+    )
+    .await;
+    assert_eq!(unknown.status.code(), Some(64), "{}", output_text(&unknown));
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    for part in [
+        "no policy named \"ghost\"",
+        &e.policies().display().to_string(),
+        &format!("namespace {ns}"),
+        &format!("--rotationpolicies {ns}"),
+    ] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    assert_eq!(
+        said.lines().filter(|l| l.starts_with("keyturn: ")).count(),
+        1,
+        "one line: {said}"
+    );
+    let unknown_bg = keyturn(
+        &e,
+        &[
+            "break-glass",
+            "reveal",
+            "ghost",
+            "--reason",
+            "x",
+            "--yes",
+            "--to-file",
+            &e.home.path().join("revealed").display().to_string(),
+            "--rotationpolicies",
+            &ns,
+        ],
+        &group,
+        false,
+        |c| {
+            c.env("VAULT_TOKEN", &operator_token)
+                .env("KEYTURN_AUDIT_FILE", &operator_audit);
+        },
+    )
+    .await;
+    assert_eq!(
+        unknown_bg.status.code(),
+        Some(64),
+        "{}",
+        output_text(&unknown_bg)
+    );
+    assert!(!e.home.path().join("revealed").exists());
+    assert_eq!(version(&e, "ghost").await, 0);
+
+    // (4) An invalid object: 64, naming the object, the reason and the field, never the value.
+    let refused = keyturn(
+        &e,
+        &["rotate", "invalid", "--rotationpolicies", &ns],
+        &group,
+        true,
+        |_| {},
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(64), "{}", output_text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for part in [
+        "policy \"invalid\"",
+        &format!("rotationpolicy/{ns}/invalid"),
+        "InvalidSpec",
+        "spec.timezone",
+        &format!("--rotationpolicies {ns}"),
+    ] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    let refused_bg = keyturn(
+        &e,
+        &[
+            "break-glass",
+            "revoke",
+            "invalid",
+            "--reason",
+            "x",
+            "--yes",
+            "--rotationpolicies",
+            &ns,
+        ],
+        &group,
+        false,
+        |c| {
+            c.env("VAULT_TOKEN", &operator_token)
+                .env("KEYTURN_AUDIT_FILE", &operator_audit);
+        },
+    )
+    .await;
+    assert_eq!(
+        refused_bg.status.code(),
+        Some(64),
+        "{}",
+        output_text(&refused_bg)
+    );
+    assert_eq!(version(&e, "invalid").await, 0);
+    assert_eq!(lines(&e.audit()).len(), audit_before, "nothing audited");
+    assert_eq!(
+        lines(&operator_audit).len(),
+        operator_events.len(),
+        "nothing audited by break-glass either"
+    );
+
+    // (5) A policy file of the object's name wins: its store is the one rotated.
+    let file_wins = keyturn(
+        &e,
+        &["rotate", "shared", "--rotationpolicies", &ns],
+        &group,
+        true,
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        file_wins.status.code(),
+        Some(0),
+        "{}",
+        output_text(&file_wins)
+    );
+    assert_eq!(version(&e, "shared").await, 1, "the file's store");
+    assert_eq!(version(&e, "shared-object").await, 0, "the object's store");
+
+    e.assert_keyturn_clean(
+        &[
+            &rotated,
+            &broke,
+            &unknown,
+            &unknown_bg,
+            &refused,
+            &refused_bg,
+            &file_wins,
+        ],
+        &[CANARY, "Qx7Zt4Wv"],
+    );
+    let report = keyturn_core::audit::verify(&[operator_audit]);
+    assert!(report.is_ok(), "operator's audit chain: {report:?}");
+    if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
+        objects.crd.remove().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
+    let cluster = TestCluster::start().await.unwrap();
+    let ns = cluster.namespace().to_owned();
+    let objects = Objects::install(&cluster).await;
+    let group = objects.crd.group.clone();
+    objects.create("db", spec("db")).await;
+    // A service account with no grant on RotationPolicies: RBAC refuses it on a real
+    // cluster, a deny rule on the stand-in (which does not enforce RBAC by default).
+    let account = "no-rotationpolicies";
+    let token = cluster.service_account_token(&ns, account).await.unwrap();
+    if let Some(standin) = cluster.standin() {
+        standin.deny_user(
+            &cluster.service_account_username(account),
+            "list",
+            "rotationpolicies",
+        );
+    }
+    let denied_config = cluster.kubeconfig_for_token(account, &token);
+    let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 44).await;
+    let denied_config = write_kubeconfig(&e, "denied-kubeconfig", &denied_config);
+    // Nothing listens here.
+    let nowhere = write_kubeconfig(
+        &e,
+        "nowhere-kubeconfig",
+        &keyturn_kube_standin::kubeconfig_yaml(
+            &format!("https://127.0.0.1:{}", free_port()),
+            None,
+            "nobody",
+            "not-a-token",
+        ),
+    );
+
+    let denied = keyturn(
+        &e,
+        &["rotate", "db", "--rotationpolicies", &ns],
+        &group,
+        false,
+        |c| {
+            c.env("KUBECONFIG", &denied_config);
+        },
+    )
+    .await;
+    assert_eq!(denied.status.code(), Some(77), "{}", output_text(&denied));
+    let said = String::from_utf8_lossy(&denied.stderr);
+    for part in [
+        "policy \"db\"",
+        "403",
+        &format!("namespace {ns}"),
+        &format!("--rotationpolicies {ns}"),
+    ] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+
+    let unreachable = keyturn(
+        &e,
+        &[
+            "break-glass",
+            "rotate",
+            "db",
+            "--reason",
+            "x",
+            "--yes",
+            "--rotationpolicies",
+            "all",
+        ],
+        &group,
+        false,
+        |c| {
+            c.env("KUBECONFIG", &nowhere);
+        },
+    )
+    .await;
+    assert_eq!(
+        unreachable.status.code(),
+        Some(69),
+        "{}",
+        output_text(&unreachable)
+    );
+    let said = String::from_utf8_lossy(&unreachable.stderr);
+    for part in ["policy \"db\"", "every namespace", "--rotationpolicies all"] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    assert_eq!(version(&e, "db").await, 0);
+    assert!(!e.audit().exists(), "nothing audited");
+    if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
+        objects.crd.remove().await.unwrap();
+    }
+}
