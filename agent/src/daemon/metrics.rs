@@ -1016,7 +1016,10 @@ mod tests {
         });
         assert!(pieces.len() > 10, "{} pieces", pieces.len());
         let (last, full) = pieces.split_last().unwrap();
-        assert!(full.iter().all(|p| p.len() >= 4096), "a piece is sent once full");
+        assert!(
+            full.iter().all(|p| p.len() >= 4096),
+            "a piece is sent once full"
+        );
         assert!(!last.is_empty());
         // The ages move with the clock; everything else is the same text.
         let steady = |t: &str| -> String {
