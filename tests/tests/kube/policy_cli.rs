@@ -13,64 +13,16 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use keyturn_agent::policy;
 use keyturn_tests::agent_env::{self, AgentEnv, output_text};
-use keyturn_tests::kube::{InstalledCrd, TestCluster};
+use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::process::free_port;
-use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
+
+use super::policy_daemon::{Objects, spec, version};
 
 /// Planted in an invalid object's field: no output may hold it.
 const CANARY: &str = "Canary/Qx7Zt4Wv";
-
-/// A generated value at `keyturn/STORE`, once a day. (A copy of `policy_daemon.rs`'s.)
-fn spec(store: &str) -> Value {
-    json!({
-        "every": "1d",
-        "store": {"vault-kv": {"path": format!("keyturn/{store}")}},
-        "target": {"generated": {}},
-    })
-}
-
-/// The RotationPolicy definition installed in the test's cluster, and its objects in the
-/// test's namespace. (The part of `policy_daemon.rs`'s `Objects` these tests use.)
-struct Objects {
-    crd: InstalledCrd,
-    api: Api<DynamicObject>,
-}
-
-impl Objects {
-    async fn install(cluster: &TestCluster) -> Self {
-        let crd = cluster
-            .install_crd(policy::crd::definition())
-            .await
-            .expect("the RotationPolicy definition installed");
-        Self {
-            api: crd.api(cluster.client(), cluster.namespace()),
-            crd,
-        }
-    }
-
-    async fn create(&self, name: &str, spec: Value) {
-        let object: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": self.crd.resource.api_version,
-            "kind": policy::KIND,
-            "metadata": {"name": name},
-            "spec": spec,
-        }))
-        .unwrap();
-        self.api
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("creating {name}: {e}"));
-    }
-}
-
-/// The KV version of `keyturn/NAME`'s CURRENT, 0 when there is none.
-async fn version(e: &AgentEnv, name: &str) -> u64 {
-    e.value_at(name, None).await.map_or(0, |(_, v)| v)
-}
 
 /// `keyturn ARGS --rotationpolicies-group GROUP` as the agent, no stdin, run to its end on
 /// tokio's process API: the API stand-in in this process keeps serving while it waits.

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A generated value at `keyturn/STORE`, once a day (so each is rotated once, at start).
-fn spec(store: &str) -> Value {
+pub(super) fn spec(store: &str) -> Value {
     json!({
         "every": "1d",
         "store": {"vault-kv": {"path": format!("keyturn/{store}")}},
@@ -44,8 +44,10 @@ fn spec(store: &str) -> Value {
     })
 }
 
-struct Objects {
-    crd: InstalledCrd,
+/// The RotationPolicy definition installed for a test, and its objects in the test's
+/// namespace (also `policy_cli.rs`'s).
+pub(super) struct Objects {
+    pub(super) crd: InstalledCrd,
     api: Api<DynamicObject>,
     client: kube::Client,
 }
@@ -53,7 +55,7 @@ struct Objects {
 impl Objects {
     /// The RotationPolicy definition installed in `cluster`, and its objects in the test's
     /// namespace.
-    async fn install(cluster: &TestCluster) -> Self {
+    pub(super) async fn install(cluster: &TestCluster) -> Self {
         let crd = cluster
             .install_crd(policy::crd::definition())
             .await
@@ -65,7 +67,7 @@ impl Objects {
         }
     }
 
-    async fn create(&self, name: &str, spec: Value) {
+    pub(super) async fn create(&self, name: &str, spec: Value) {
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": self.crd.resource.api_version,
             "kind": policy::KIND,
@@ -114,7 +116,7 @@ fn e_client(objects: &Objects) -> kube::Client {
 }
 
 /// The KV version of `keyturn/NAME`'s CURRENT, 0 when there is none.
-async fn version(e: &AgentEnv, name: &str) -> u64 {
+pub(super) async fn version(e: &AgentEnv, name: &str) -> u64 {
     e.value_at(name, None).await.map_or(0, |(_, v)| v)
 }
 
