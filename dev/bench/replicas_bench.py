@@ -44,7 +44,7 @@ and cannot run here; their figures are quoted beside keyturn's.
 Usage: dev/bench-replicas.sh [POLICIES [REPLICAS]]   (default 100000 4; expects release
 builds of keyturn and keyturn-kube-standin, which the wrapper makes). BENCH_WINDOW_S sets
 the steady windows (default 150; at least 60 for any per-minute slot to fall in them);
-MALLOC_* variables pass through to the daemons (allocator experiments). A full run takes
+MALLOC_* and MIMALLOC_* variables pass through to the daemons (allocator experiments). A full run takes
 about 10 minutes on 2 cores, a smoke run (`dev/bench-replicas.sh 4000 4`) about 3.
 """
 import concurrent.futures
@@ -241,7 +241,7 @@ class Daemon(Proc):
                "KEYTURN_AUDIT_FILE": f"{work}/{name}/audit.jsonl",
                "KEYTURN_AUDIT_HMAC_KEY_FILE": f"{work}/hmac.key",
                "KEYTURN_LOG": LOG, "KEYTURN_LOG_FORMAT": "json"}
-        env.update({k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+        env.update({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_"))})
         if kubeconfig:
             env.update({"KUBECONFIG": kubeconfig, "KEYTURN_MEMBERSHIP_NAMESPACE": namespace,
                         "KEYTURN_MEMBERSHIP_LEASE": f"{LEASE_S}s"})
