@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -182,8 +181,6 @@ pub struct Metrics {
     /// Every policy's per-policy series (`keyturn_rotations_total{policy,outcome}` and the
     /// `{policy}` gauges), one small record each, encoded when scraped (see [`PolicySeries`]).
     series: Arc<Mutex<Series>>,
-    /// The length of the last exposition, to reserve the next one's at once.
-    encoded_len: Arc<AtomicUsize>,
     /// The audit log, for its counters and for whether it has failed.
     audit: Option<Arc<AuditLog>>,
     registry: Arc<Registry>,
@@ -308,7 +305,6 @@ impl Metrics {
             source,
             status,
             series,
-            encoded_len: Arc::default(),
             audit,
             registry: Arc::new(registry),
         }
@@ -475,26 +471,24 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format 0.0.4, which `/metrics` declares and every
-    /// scraper and `promtool check metrics` read.
-    ///
-    /// The OpenMetrics text `prometheus-client` writes is rewritten as it is written (see
-    /// [`ClassicText`]), into a string reserved at the last exposition's length: a scrape
-    /// of 25,000 policies holds its text (17 to 25 MB, by name length) once, not also the
-    /// OpenMetrics text before it (a peak of 27 MiB where it was 48, measured).
+    /// scraper and `promtool check metrics` read, whole: [`Self::encode_chunks`]'s pieces
+    /// joined (`/metrics` streams them instead).
     #[must_use]
     pub fn encode(&self) -> String {
-        let last = self.encoded_len.load(Ordering::Relaxed);
-        let mut text = ClassicText::with_capacity(last.saturating_add(last / 32));
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        let text = text.finish();
-        self.encoded_len.store(text.len(), Ordering::Relaxed);
+        let mut text = String::new();
+        self.encode_chunks(64 * 1024, &mut |piece| {
+            text.push_str(&piece);
+            true
+        });
         text
     }
 
-    /// [`Self::encode`] in pieces of about `chunk` bytes, each handed to `send` as soon as it
+    /// The exposition in pieces of about `chunk` bytes, each handed to `send` as soon as it
     /// is written, for `/metrics` to stream: a scrape then holds a piece of the text, not all
     /// of it (17 MB at 25,000 policies, which the allocator kept resident after the scrape).
-    /// Stops early when `send` returns false (the scraper went away).
+    /// The OpenMetrics text `prometheus-client` writes is rewritten to the classic format as
+    /// it is written (see [`ClassicText`]). Stops early when `send` returns false (the
+    /// scraper went away).
     pub fn encode_chunks(&self, chunk: usize, send: &mut dyn FnMut(String) -> bool) {
         let mut text = ClassicText::with_capacity(chunk.saturating_add(chunk / 4));
         text.sink = Some(Sink { chunk, send });
