@@ -385,6 +385,35 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
     }
     assert_eq!(version(&e, "db").await, 0);
     assert!(!e.audit().exists(), "nothing audited");
+
+    // An API server answering 503 (the stand-in only: a real one cannot be made to): 69
+    // after three lists, no more, and the 403 above was not retried at all.
+    if let Some(standin) = e.cluster.as_ref().and_then(TestCluster::standin) {
+        let lists = |code: u16| {
+            standin
+                .requests()
+                .iter()
+                .filter(|r| r.verb == "list" && r.resource == "rotationpolicies" && r.code == code)
+                .count()
+        };
+        assert_eq!(lists(403), 1, "a refused list is not retried");
+        standin.fail("list", "rotationpolicies", 503);
+        let failing = keyturn(
+            &e,
+            &["rotate", "db", "--rotationpolicies", &ns],
+            &group,
+            false,
+            |_| {},
+        )
+        .await;
+        standin.clear_failures();
+        assert_eq!(failing.status.code(), Some(69), "{}", output_text(&failing));
+        let said = String::from_utf8_lossy(&failing.stderr);
+        assert!(said.contains("503"), "{said}");
+        assert_eq!(lists(503), 3, "three tries, then 69");
+        assert_eq!(version(&e, "db").await, 0);
+        assert!(!e.audit().exists(), "nothing audited");
+    }
     if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
         objects.crd.remove().await.unwrap();
     }
