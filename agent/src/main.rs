@@ -7,8 +7,10 @@ use keyturn_agent::cli::exit::ExitCode;
 /// and whenever they change hands or files, and glibc kept the pages those parses freed
 /// resident for the life of the process (its heap shrinks only from the top, and a page with
 /// one live name in it stays): 121 MiB per replica at rest where mimalloc, which gives free
-/// pages back, measures 75 (BENCHMARKS.md, "Replicas"). The image turns its eager arena
-/// commit off (images/keyturn.Containerfile).
+/// pages back, measures 75 (BENCHMARKS.md, "Replicas"). The image sets two of its options
+/// (images/keyturn.Containerfile): no eager arena commit, and freed pages given back at once.
+/// They are environment variables there, not calls here: setting them in code takes
+/// `unsafe`, which the workspace forbids.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

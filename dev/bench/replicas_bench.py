@@ -44,8 +44,12 @@ and cannot run here; their figures are quoted beside keyturn's.
 Usage: dev/bench-replicas.sh [POLICIES [REPLICAS]]   (default 100000 4; expects release
 builds of keyturn and keyturn-kube-standin, which the wrapper makes). BENCH_WINDOW_S sets
 the steady windows (default 150; at least 60 for any per-minute slot to fall in them);
-MALLOC_* and MIMALLOC_* variables pass through to the daemons (allocator experiments). A full run takes
-about 10 minutes on 2 cores, a smoke run (`dev/bench-replicas.sh 4000 4`) about 3.
+The daemons get the environment the keyturn image sets (its Containerfile's ENV lines: the
+allocator's options), as the chart's pods do; MALLOC_* and MIMALLOC_* variables set here pass
+through and win (allocator experiments).
+BENCH_KEYTURN names the keyturn binary to run (the wrapper sets it to the image's static
+binary with BENCH_STATIC=1). A full run takes about 10 minutes on 2 cores, a smoke run
+(`dev/bench-replicas.sh 4000 4`) about 3.
 """
 import concurrent.futures
 import datetime
@@ -68,13 +72,14 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAO = os.path.join(ROOT, ".keyturn", "bin", "bao")
-KEYTURN = os.path.join(ROOT, "target", "release", "keyturn")
+KEYTURN = os.environ.get("BENCH_KEYTURN") or os.path.join(ROOT, "target", "release", "keyturn")
 STANDIN = os.path.join(ROOT, "target", "release", "keyturn-kube-standin")
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 R = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 M = min(200, max(1, N // 20))  # per-minute policies
 PER_FILE = 1000
 LEASE_S = 15
+CONTAINERFILE = os.path.join(ROOT, "images", "keyturn.Containerfile")
 NAMESPACE = "keyturn-bench"
 TOKEN = "bench-root"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -90,6 +95,19 @@ class Interrupted(Exception):
 
 def on_signal(signum, _frame):
     raise Interrupted(f"signal {signum}")
+
+
+def image_env():
+    """The ENV lines of the keyturn image (one NAME=VALUE each, as that file writes them)."""
+    env = {}
+    for line in open(CONTAINERFILE):
+        m = re.match(r"ENV ([A-Za-z_][A-Za-z0-9_]*)=(\S+)\s*$", line)
+        if m:
+            env[m.group(1)] = m.group(2)
+    return env
+
+
+IMAGE_ENV = image_env()
 
 
 def free_port():
@@ -241,6 +259,7 @@ class Daemon(Proc):
                "KEYTURN_AUDIT_FILE": f"{work}/{name}/audit.jsonl",
                "KEYTURN_AUDIT_HMAC_KEY_FILE": f"{work}/hmac.key",
                "KEYTURN_LOG": LOG, "KEYTURN_LOG_FORMAT": "json"}
+        env.update(IMAGE_ENV)
         env.update({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_"))})
         if kubeconfig:
             env.update({"KUBECONFIG": kubeconfig, "KEYTURN_MEMBERSHIP_NAMESPACE": namespace,
@@ -521,6 +540,9 @@ def main():
         print(f"command: dev/bench-replicas.sh {N} {R}  ({M} policies every 1m/window 30s, the rest every 24h; "
               f"files of {PER_FILE}; OpenBao dev server; stand-in API server; --membership-lease {LEASE_S}s; "
               f"--concurrency 16; audit to a file per replica (fsync); steady windows {WINDOW_S} s)")
+        daemon_env = {**IMAGE_ENV, **{k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_"))}}
+        print(f"keyturn binary: {KEYTURN} ({os.path.getsize(KEYTURN) / 1e6:.1f} MB); daemon environment "
+              f"beyond the bench's own: {' '.join(f'{k}={v}' for k, v in sorted(daemon_env.items())) or 'none'}")
         print(f"seeding CURRENT + state of {N} policies: {seed_s:.1f} s (not part of any figure)")
         print(f"{'':{w}}{'keyturn':>16}  {'target':>14}  anchor (not run here)")
         print(f"{'RSS per replica, idle, all owned: VmRSS max, MiB':{w}}{mib(rss_max):>16.1f}  {'<= 64 @ ' + str(share):>14}  "

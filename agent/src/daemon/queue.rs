@@ -2,11 +2,19 @@
 //!
 //! A binary heap of `(fire_at, policy)` entries. The daemon sleeps until the earliest entry
 //! (a single tokio timer, never a polling loop), so 10,000 idle policies cost one sleeping
-//! task. Rescheduling a policy bumps its generation; entries from older generations are
-//! dropped when they surface instead of being searched for and removed.
+//! task. Each entry carries a ticket, unique over the queue's life; a policy's live entry is
+//! the one whose ticket the policy's map entry holds. Rescheduling or cancelling a policy
+//! only changes (or drops) that map entry: the old entry goes stale and is dropped when it
+//! surfaces instead of being searched for and removed.
+//!
+//! Stale entries are also swept out whenever they outnumber the live ones: a replica that
+//! gave up most of its policies (it started alone, then others joined) would otherwise keep
+//! their entries, and their names, until each one's slot came round, a day later for a
+//! daily policy.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -24,16 +32,22 @@ pub struct Slot {
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     fire_at: DateTime<Utc>,
-    policy: String,
+    ticket: u64,
     due: DateTime<Utc>,
-    generation: u64,
+    /// The same allocation as the policy's key in `live`: one copy of the name a policy.
+    policy: Arc<str>,
 }
+
+/// Below this many entries the heap is never swept: a sweep is not worth its pass.
+const SWEEP_FLOOR: usize = 1024;
 
 /// The queue.
 #[derive(Debug, Default)]
 pub struct Queue {
     heap: BinaryHeap<Reverse<Entry>>,
-    generation: HashMap<String, u64>,
+    /// Each queued policy's live ticket; a cancelled or fired policy has none.
+    live: HashMap<Arc<str>, u64>,
+    tickets: u64,
 }
 
 impl Queue {
@@ -45,38 +59,45 @@ impl Queue {
 
     /// Schedules `slot`, replacing any slot the policy had.
     pub fn schedule(&mut self, slot: Slot) {
-        let g = self.generation.entry(slot.policy.clone()).or_default();
-        *g += 1;
+        self.tickets += 1;
+        let ticket = self.tickets;
+        // The name the map holds already, or a new one: one allocation a policy, shared.
+        let policy = match self.live.get_key_value(slot.policy.as_str()) {
+            Some((name, _)) => Arc::clone(name),
+            None => slot.policy.into(),
+        };
+        self.live.insert(Arc::clone(&policy), ticket);
         self.heap.push(Reverse(Entry {
             fire_at: slot.fire_at,
-            policy: slot.policy,
+            ticket,
             due: slot.due,
-            generation: *g,
+            policy,
         }));
+        self.sweep();
+    }
+
+    fn is_live(&self, e: &Entry) -> bool {
+        self.live.get(&e.policy) == Some(&e.ticket)
+    }
+
+    fn live_entry(&self, policy: &str) -> Option<&Entry> {
+        let ticket = self.live.get(policy)?;
+        self.heap
+            .iter()
+            .map(|Reverse(e)| e)
+            .find(|e| e.ticket == *ticket)
     }
 
     /// When `policy`'s queued slot fires, if it has one.
     #[must_use]
     pub fn fire_time(&self, policy: &str) -> Option<DateTime<Utc>> {
-        let g = self.generation.get(policy)?;
-        self.heap
-            .iter()
-            .find(|Reverse(e)| e.policy == policy && e.generation == *g)
-            .map(|Reverse(e)| e.fire_at)
+        self.live_entry(policy).map(|e| e.fire_at)
     }
 
     /// Delays `policy`'s queued slot to `at` if it would fire sooner (a backoff that outlives
     /// a restart). A linear search: this runs once per policy at start-up, not per tick.
     pub fn not_before(&mut self, policy: &str, at: DateTime<Utc>) {
-        let Some(g) = self.generation.get(policy) else {
-            return;
-        };
-        let live = self
-            .heap
-            .iter()
-            .find(|Reverse(e)| e.policy == policy && e.generation == *g)
-            .map(|Reverse(e)| (e.fire_at, e.due));
-        if let Some((fire_at, due)) = live
+        if let Some((fire_at, due)) = self.live_entry(policy).map(|e| (e.fire_at, e.due))
             && fire_at < at
         {
             self.schedule(Slot {
@@ -89,14 +110,29 @@ impl Queue {
 
     /// Forgets a policy (removed from the policy set, or being rotated right now).
     pub fn cancel(&mut self, policy: &str) {
-        if let Some(g) = self.generation.get_mut(policy) {
-            *g += 1;
+        if self.live.remove(policy).is_some() {
+            self.sweep();
         }
+    }
+
+    /// Drops every stale entry once they outnumber the live ones, and gives back what the
+    /// heap and the map no longer need: amortised, each sweep follows at least as many
+    /// reschedules or cancels as there are live entries.
+    fn sweep(&mut self) {
+        let live = self.live.len();
+        if self.heap.len() <= SWEEP_FLOOR.max(2 * live) {
+            return;
+        }
+        let live_tickets = &self.live;
+        self.heap
+            .retain(|Reverse(e)| live_tickets.get(&e.policy) == Some(&e.ticket));
+        self.heap.shrink_to(2 * live);
+        self.live.shrink_to(2 * live);
     }
 
     fn drop_stale(&mut self) {
         while let Some(Reverse(top)) = self.heap.peek() {
-            if self.generation.get(&top.policy) == Some(&top.generation) {
+            if self.is_live(top) {
                 return;
             }
             self.heap.pop();
@@ -117,10 +153,10 @@ impl Queue {
             match self.heap.peek() {
                 Some(Reverse(e)) if e.fire_at <= now => {
                     let Reverse(e) = self.heap.pop().expect("peeked");
-                    // A popped slot is consumed: bump so a duplicate can't fire.
-                    self.cancel(&e.policy);
+                    // A popped slot is consumed: no longer live, so a duplicate can't fire.
+                    self.live.remove(&e.policy);
                     out.push(Slot {
-                        policy: e.policy,
+                        policy: e.policy.as_ref().to_owned(),
                         due: e.due,
                         fire_at: e.fire_at,
                     });
@@ -133,16 +169,13 @@ impl Queue {
     /// How many live slots are queued.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.heap
-            .iter()
-            .filter(|Reverse(e)| self.generation.get(&e.policy) == Some(&e.generation))
-            .count()
+        self.live.len()
     }
 
     /// Whether nothing is queued.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.live.is_empty()
     }
 }
 
@@ -211,5 +244,50 @@ mod tests {
         q.cancel("a");
         assert!(q.pop_due(utc(2030, 1, 1, 0, 0)).is_empty());
         assert_eq!(q.next_fire(), None);
+    }
+
+    #[test]
+    fn stale_entries_are_swept_once_they_outnumber_the_live_ones() {
+        let mut q = Queue::new();
+        let names: Vec<String> = (0..4 * SWEEP_FLOOR).map(|i| format!("p{i}")).collect();
+        for n in &names {
+            q.schedule(slot(n, 30));
+        }
+        // Give up all but a tenth, as a replica does when others join.
+        for n in names.iter().skip(names.len() / 10) {
+            q.cancel(n);
+        }
+        assert_eq!(q.len(), names.len() / 10);
+        assert!(
+            q.heap.len() <= SWEEP_FLOOR.max(2 * q.len()),
+            "{} entries kept for {} live slots",
+            q.heap.len(),
+            q.len()
+        );
+        // Rescheduling one policy again and again does not grow the heap either.
+        for m in 0..(4 * SWEEP_FLOOR as u32) {
+            q.schedule(slot("p0", m % 60));
+        }
+        assert!(q.heap.len() <= SWEEP_FLOOR.max(2 * q.len()));
+        // And the live slots are the ones kept.
+        assert_eq!(
+            q.fire_time("p0"),
+            Some(utc(2026, 1, 1, 0, (4 * SWEEP_FLOOR as u32 - 1) % 60))
+        );
+        assert_eq!(q.fire_time("p1"), Some(utc(2026, 1, 1, 0, 30)));
+        assert_eq!(q.fire_time(&names[names.len() - 1]), None);
+        let due = q.pop_due(utc(2026, 1, 1, 1, 0));
+        assert_eq!(due.len(), names.len() / 10);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_policy_cancelled_then_queued_again_fires_once() {
+        let mut q = Queue::new();
+        q.schedule(slot("a", 1));
+        q.cancel("a");
+        q.schedule(slot("a", 2));
+        let due = q.pop_due(utc(2026, 1, 1, 0, 10));
+        assert_eq!(due, [slot("a", 2)]);
     }
 }
