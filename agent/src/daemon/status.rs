@@ -746,9 +746,12 @@ impl StatusReporter {
 
     /// `obj` (at its generation) is valid and its next rotation is at `next_rotation`: a
     /// rejection is lifted (Ready True `Scheduled` until a rotation says more); failures
-    /// stand until a rotation succeeds. Ignored for a generation older than one reported.
+    /// stand until a rotation succeeds. Ignored for a generation older than one reported,
+    /// except that a scheduled policy is not rotating: Rotating False, whatever the replica
+    /// that ran its last rotation (killed, or fenced before it could report) left there.
     pub fn scheduled(&self, obj: &PolicyRef, next_rotation: DateTime<Utc>) {
         self.note(obj, None, |f| {
+            f.rotating = Some(None);
             if f.spec_generation(obj.generation) {
                 f.next_rotation = Some(Some(whole_seconds(next_rotation)));
                 f.rejection = Some(None);

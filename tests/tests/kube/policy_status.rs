@@ -349,6 +349,29 @@ async fn kubectl_shows_the_status_in_the_columns_and_describe_shows_the_events()
         (ConditionStatus::True, "RotationFailing")
     );
 
+    // A rotation that starts and never reports back (its replica was killed, or fenced):
+    // whoever next finds the policy idle and schedules it turns Rotating False.
+    let rotating = |s: RotationPolicyStatus| {
+        let c = s
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Rotating")
+            .unwrap();
+        (c.status, c.reason)
+    };
+    r.rotation_started(&p, "r-3");
+    r.settled().await;
+    assert_eq!(
+        rotating(defined.status("api-token").await.unwrap()),
+        (ConditionStatus::True, "InProgress".to_owned())
+    );
+    r.scheduled(&p, at(2));
+    r.settled().await;
+    assert_eq!(
+        rotating(defined.status("api-token").await.unwrap()),
+        (ConditionStatus::False, "Idle".to_owned())
+    );
+
     // `kubectl describe` lists the Events (through core/v1, by the object's uid).
     let described = run_kubectl(
         &c,
