@@ -1,7 +1,7 @@
 //! What `run`, `rotate` and `break-glass` share: the policy path, the holder name, the
 //! agent's Vault identity and the audit log, all checked before any network call; and
 //! `--rotationpolicies`, with which `rotate` and `break-glass` find the named policy among
-//! RotationPolicy objects as the daemon would.
+//! RotationPolicy objects as the daemon would (and `status` lists them).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -84,7 +84,7 @@ pub fn rotationpolicies(s: &str) -> Result<Scope, String> {
     }
 }
 
-/// How `rotate` and `break-glass` find their policy among RotationPolicy objects.
+/// How `rotate`, `break-glass` and `status` find policies among RotationPolicy objects.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyObjectArgs {
     /// Also look the policy up among RotationPolicy objects (`rotationpolicies.keyturn.dev`),
@@ -97,6 +97,52 @@ pub struct PolicyObjectArgs {
     /// tests that define the resource under a name of their own on a shared cluster.
     #[arg(long, env = "KEYTURN_ROTATIONPOLICIES_GROUP", default_value = crate::policy::crd::GROUP)]
     pub rotationpolicies_group: String,
+}
+
+impl PolicyObjectArgs {
+    /// `RotationPolicy objects (rotationpolicies.keyturn.dev) in namespace NS`, and the flag
+    /// as given: for messages.
+    fn describe(&self, scope: &Scope) -> (String, String) {
+        let resource = kube_source::api_resource_in(&self.rotationpolicies_group);
+        (
+            format!(
+                "RotationPolicy objects ({}.{}) in {}",
+                resource.plural,
+                resource.group,
+                scope.describe()
+            ),
+            format!("--rotationpolicies {scope}"),
+        )
+    }
+
+    /// Every RotationPolicy object in `scope`, validated: one paged LIST. On failure, after
+    /// printing `keyturn: cannot PURPOSE among OBJECTS (FLAG): WHY`: [`ExitCode::Usage`] when
+    /// no Kubernetes API is configured or it has no RotationPolicy resource,
+    /// [`ExitCode::NoPermission`] when it refuses the list, [`ExitCode::Unavailable`] when it
+    /// does not answer (after [`LIST_ATTEMPTS`] tries).
+    pub async fn list(
+        &self,
+        scope: &Scope,
+        purpose: &str,
+    ) -> Result<Vec<Arc<ObjectPolicy>>, ExitCode> {
+        let (kind, flag) = self.describe(scope);
+        let client = crate::distribute::kubernetes::client_from_env()
+            .await
+            .map_err(|e| {
+                eprintln!(
+                    "keyturn: cannot {purpose} among {kind} ({flag}): no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
+                );
+                ExitCode::Usage
+            })?;
+        let resource = kube_source::api_resource_in(&self.rotationpolicies_group);
+        list_objects(client, &resource, scope).await.map_err(|f| {
+            eprintln!(
+                "keyturn: cannot {purpose} among {kind} ({flag}): list: {}",
+                f.what
+            );
+            f.code
+        })
+    }
 }
 
 /// How long one page of the RotationPolicy list may take (kube's client sets no read
@@ -406,7 +452,6 @@ impl RotationArgs {
         let Some(scope) = &objects.rotationpolicies else {
             return self.load_named(name);
         };
-        let flag = format!("--rotationpolicies {scope}");
         let files = match &self.policies {
             Some(path) => policy::load_or_empty(path).map_err(|e| {
                 eprintln!("{e}");
@@ -417,34 +462,24 @@ impl RotationArgs {
         if files.iter().any(|p| p.name == name) {
             return Ok(files);
         }
-        let resource = kube_source::api_resource_in(&objects.rotationpolicies_group);
-        let kind = format!(
-            "RotationPolicy objects ({}.{}) in {}",
-            resource.plural,
-            resource.group,
-            scope.describe()
-        );
-        let client = crate::distribute::kubernetes::client_from_env()
-            .await
-            .map_err(|e| {
-                eprintln!(
-                    "keyturn: cannot look up policy {name:?} among {kind} ({flag}): no Kubernetes API is configured (set KUBECONFIG or run in a cluster): {e}"
-                );
-                ExitCode::Usage
-            })?;
-        let listed = list_objects(client, &resource, scope).await.map_err(|f| {
-            eprintln!(
-                "keyturn: cannot look up policy {name:?} among {kind} ({flag}): list: {}",
-                f.what
-            );
-            f.code
-        })?;
+        let (kind, flag) = objects.describe(scope);
+        let listed = objects
+            .list(scope, &format!("look up policy {name:?}"))
+            .await?;
         match resolve(name, &files, &listed) {
             Lookup::Found(p) => Ok(vec![*p]),
             Lookup::Rejected(rejected) => {
                 for r in rejected {
+                    // An operator's command: the holder of a clash is named in full, as in
+                    // the daemon's log (the object's status names it only within its own
+                    // namespace).
+                    let held_by = r
+                        .held_by
+                        .as_ref()
+                        .map(|h| format!(" (held by {h})"))
+                        .unwrap_or_default();
                     eprintln!(
-                        "keyturn: policy {name:?} is not usable: {} is rejected ({flag}): {}: {}",
+                        "keyturn: policy {name:?} is not usable: {} is rejected ({flag}): {}: {}{held_by}",
                         r.object.origin(),
                         r.reason,
                         r.message

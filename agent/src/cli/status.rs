@@ -8,8 +8,15 @@
 //! memory), for AWS the state secret, which holds no value. So it needs no audit log. It logs
 //! in with the agent's Vault identity, as `keyturn rotate` does.
 //!
+//! With `--rotationpolicies all|NAMESPACE` it lists the RotationPolicy objects in scope too
+//! (one paged LIST) and merges them with the files as the daemon does; `--policies` is then
+//! optional. An object the daemon would not manage (invalid, or its name or store taken) is a
+//! row of its own saying why, and counts as 64.
+//!
 //! Exit codes: 0; 64 for an invalid policy set or Vault configuration (before any network
-//! call); otherwise every row is printed and the code is the most telling of the rows'
+//! call, but for a RotationPolicy object not managed: after the list); 77, 69 or 64 for a
+//! list of the objects the API server refuses, does not answer, or that has no RotationPolicy
+//! resource; otherwise every row is printed and the code is the most telling of the rows'
 //! failures ([`most_telling`]): 77 when a store refused the read, 66 for a store path
 //! that does not exist, 69 when a store could not be reached, 70 when a state entry is
 //! unreadable; the same store error gives the same code as in `rotate` and `break-glass`.
@@ -23,9 +30,11 @@ use serde::Serialize;
 
 use super::doctor::human;
 use super::exit::{ExitCode, HasExitCode, most_telling};
+use super::rotation_args::PolicyObjectArgs;
 use super::vault_args::VaultArgs;
 use crate::backends::Backends;
 use crate::backends::StoreSpec;
+use crate::policy::kube_source::{self, Rejection};
 use crate::policy::{self, Policy};
 use crate::rotation::store::aws_sm;
 use crate::rotation::store::{Failures, LastRotation, StateRecord, Taint};
@@ -34,9 +43,12 @@ use crate::schedule::jittered;
 /// `keyturn status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// A policy file or a directory of them.
+    /// A policy file or a directory of them. Required, except with `--rotationpolicies`.
     #[arg(long, env = "KEYTURN_POLICIES", value_name = "PATH")]
-    pub policies: std::path::PathBuf,
+    pub policies: Option<std::path::PathBuf>,
+    /// RotationPolicy objects too, merged with the files as the daemon merges them.
+    #[command(flatten)]
+    pub objects: PolicyObjectArgs,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +103,10 @@ struct Row {
     failed: bool,
     /// Why the state could not be read.
     error: Option<String>,
+    /// Why a RotationPolicy object of this name yields no policy (`REASON: message`, as its
+    /// status says); the daemon does not manage it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -126,6 +142,7 @@ fn row(
                 failures: None,
                 failed: false,
                 error: Some(e.message),
+                rejected: None,
             };
         }
     };
@@ -156,6 +173,26 @@ fn row(
         failures: state.failures.clone(),
         failed: state.last.as_ref().is_some_and(|l| l.outcome == "failed"),
         error: None,
+        rejected: None,
+    }
+}
+
+/// The row of a RotationPolicy object the daemon does not manage: named by its policy name
+/// and object, with its status's reason and message (never a value written in it).
+fn rejected_row(r: &Rejection) -> Row {
+    Row {
+        policy: r.object.name.clone(),
+        store: r.object.origin(),
+        last_rotation: None,
+        current_age_seconds: None,
+        next_due: None,
+        next_start: None,
+        in_flight: None,
+        taint: None,
+        failures: None,
+        failed: false,
+        error: None,
+        rejected: Some(format!("{}: {}", r.reason, r.message)),
     }
 }
 
@@ -166,17 +203,22 @@ fn time(t: DateTime<Utc>) -> String {
 /// The table's cells for one row.
 fn cells(r: &Row, now: DateTime<Utc>) -> [String; 6] {
     let last = match &r.last_rotation {
+        _ if r.rejected.is_some() => "-".to_owned(),
         _ if r.error.is_some() => "?".to_owned(),
         None => "never".to_owned(),
         Some(l) => format!("{} {}", time(l.started_at), l.outcome),
     };
     let age = r.current_age_seconds.map_or_else(|| "-".to_owned(), human);
     let due = match r.next_due {
+        None if r.rejected.is_some() => "-".to_owned(),
         None => "?".to_owned(),
         Some(d) if d <= now => "now".to_owned(),
         Some(d) => time(d),
     };
     let mut notes = Vec::new();
+    if let Some(why) = &r.rejected {
+        notes.push(format!("not managed: {why}"));
+    }
     if let Some(e) = &r.error {
         notes.push(format!("unreadable: {e}"));
     }
@@ -260,14 +302,52 @@ fn exit_code(codes: &[ExitCode]) -> ExitCode {
     most_telling(codes.iter().copied())
 }
 
+/// The policy files, or an empty set where `--rotationpolicies` makes them optional.
+fn load_files(args: &StatusArgs) -> Result<Vec<Policy>, ExitCode> {
+    let loaded = match (&args.policies, &args.objects.rotationpolicies) {
+        (Some(path), None) => policy::load(path),
+        (Some(path), Some(_)) => policy::load_or_empty(path),
+        (None, Some(_)) => return Ok(Vec::new()),
+        (None, None) => {
+            eprintln!(
+                "keyturn: --policies (or KEYTURN_POLICIES) is required: the policy file or directory (or --rotationpolicies all|NAMESPACE for RotationPolicy objects)"
+            );
+            return Err(ExitCode::Usage);
+        }
+    };
+    loaded.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::Usage
+    })
+}
+
 /// Runs the subcommand; returns the exit code.
 #[must_use]
 pub fn run(args: StatusArgs) -> ExitCode {
-    let policies = match policy::load(&args.policies) {
-        Ok(ps) => ps,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::Usage;
+    let files = match load_files(&args) {
+        Ok(files) => files,
+        Err(code) => return code,
+    };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    // With `--rotationpolicies`, the objects in scope (one paged LIST), merged with the files
+    // as the daemon merges them: files win a name or store clash, then the oldest object.
+    let (policies, rejected) = match &args.objects.rotationpolicies {
+        None => (files, Vec::new()),
+        Some(scope) => {
+            let listed = match rt.block_on(args.objects.list(scope, "list the policies")) {
+                Ok(listed) => listed,
+                Err(code) => return code,
+            };
+            let merged = kube_source::merge(&files, &listed);
+            let policies: Vec<Policy> = merged
+                .policies
+                .values()
+                .filter_map(|p| p.as_deref().cloned())
+                .collect();
+            (policies, merged.rejected)
         }
     };
     let uses_vault = policies
@@ -283,10 +363,6 @@ pub fn run(args: StatusArgs) -> ExitCode {
         }
     } else {
         None
-    };
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
     };
     rt.block_on(async move {
         // A short retry: status is for a person waiting at a terminal.
@@ -350,6 +426,11 @@ pub fn run(args: StatusArgs) -> ExitCode {
                 row(p, p.store.to_string(), s, now)
             })
             .collect();
+        let mut rows = rows;
+        for r in &rejected {
+            codes.push(ExitCode::Usage);
+            rows.push(rejected_row(r));
+        }
         if args.json {
             let doc = serde_json::json!({ "now": now, "policies": rows });
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

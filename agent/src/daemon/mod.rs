@@ -759,6 +759,7 @@ impl Daemon {
                 object = %r.object.origin(),
                 reason = r.reason,
                 problem = %r.message,
+                held_by = r.held_by.as_deref(),
                 "RotationPolicy not managed: it yields no policy (its status says why)"
             );
             if self.owns(&r.object.name) {

@@ -333,8 +333,14 @@ pub struct Rejection {
     /// Why, in one CamelCase word: [`INVALID_SPEC`], [`NAME_CONFLICT`] or [`STORE_CONFLICT`].
     pub reason: &'static str,
     /// Why, for a person: each problem as `FIELD: MESSAGE`, `; `-separated (never a value
-    /// written in the object), or who holds the name or store.
+    /// written in the object), or who holds the name or store. It goes into the object's
+    /// status, which whoever may read RotationPolicies in that namespace reads: it names a
+    /// holder only in that same namespace, never another namespace's object or the daemon's
+    /// files.
     pub message: String,
+    /// For a clash, who holds the name or store, whatever it is: for the daemon's log, which
+    /// only its operators read.
+    pub held_by: Option<String>,
 }
 
 /// The policies to run: the files' and the objects' that won, and the objects that lost.
@@ -364,10 +370,21 @@ enum Holder<'a> {
 }
 
 impl Holder<'_> {
+    /// The holder, in full: for the log.
     fn describe(&self) -> String {
         match self {
             Self::File(f) => format!("the daemon's policy file {}", f.display()),
             Self::Object(o, _) => o.origin(),
+        }
+    }
+
+    /// The holder as the status of an object in `namespace` may name it: an object in the
+    /// same namespace by name; another namespace's object or a file only as such.
+    fn describe_to(&self, namespace: &str) -> String {
+        match self {
+            Self::Object(o, _) if o.namespace == namespace => o.origin(),
+            Self::Object(..) => "a RotationPolicy in another namespace".to_owned(),
+            Self::File(_) => "one of the daemon's policy files".to_owned(),
         }
     }
 }
@@ -413,10 +430,12 @@ pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merg
                     object: object.clone(),
                     reason: INVALID_SPEC,
                     message: summary(errors),
+                    held_by: None,
                 });
                 continue;
             }
         };
+        let here = object.namespace.as_str();
         if let Some(holder) = names.get(p.name.as_str()) {
             merged.rejected.push(Rejection {
                 object: object.clone(),
@@ -425,24 +444,31 @@ pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merg
                     "policy name {} is already taken by {}{} (policy names are unique across \
                      policy files and namespaces)",
                     p.name,
-                    holder.describe(),
+                    holder.describe_to(here),
                     precedence(holder, o.created)
                 ),
+                held_by: Some(holder.describe()),
             });
             continue;
         }
         let store = StoreKey::of(&p.store);
         if let Some((other, holder)) = stores.get(&store) {
+            // The other policy's name only where its holder may be named.
+            let by = match holder {
+                Holder::Object(h, _) if h.namespace == here => format!("policy {other}"),
+                _ => "another policy".to_owned(),
+            };
             merged.rejected.push(Rejection {
                 object: object.clone(),
                 reason: STORE_CONFLICT,
                 message: format!(
-                    "store {} is already used by policy {other} ({}{}); a store holds one \
-                     policy's credential",
+                    "store {} is already used by {by} ({}{}); a store holds one policy's \
+                     credential",
                     p.store,
-                    holder.describe(),
+                    holder.describe_to(here),
                     precedence(holder, o.created)
                 ),
+                held_by: Some(format!("policy {other} of {}", holder.describe())),
             });
             continue;
         }

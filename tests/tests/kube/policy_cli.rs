@@ -4,7 +4,8 @@
 //! operator's `break-glass rotate`; a policy file of the same name wins over the object; an
 //! unknown name and an invalid object exit 64 naming the scope, or the field and never its
 //! value, and write nothing; a list the API server refuses exits 77, an API server that does
-//! not answer 69.
+//! not answer 69. `keyturn status --rotationpolicies` lists the objects' policies beside the
+//! files', and the objects the daemon would not manage with their reasons.
 //!
 //! On a real cluster (`KEYTURN_TEST_KUBECONFIG`) the resource is defined in a group of the
 //! test's own, which keyturn is told with `--rotationpolicies-group`.
@@ -281,6 +282,56 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
     assert_eq!(version(&e, "shared").await, 1, "the file's store");
     assert_eq!(version(&e, "shared-object").await, 0, "the object's store");
 
+    // (6) `status` over the files and the objects: a row for each policy the daemon would
+    // run, and one for each object it would not, saying why (64 for those).
+    let status = keyturn(
+        &e,
+        &["status", "--json", "--rotationpolicies", &ns],
+        &group,
+        true,
+        |_| {},
+    )
+    .await;
+    assert_eq!(status.status.code(), Some(64), "{}", output_text(&status));
+    let doc: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let rows = doc["policies"].as_array().unwrap();
+    let row = |policy: &str, store_has: &str| {
+        rows.iter()
+            .find(|r| r["policy"] == policy && r["store"].as_str().unwrap().contains(store_has))
+            .unwrap_or_else(|| panic!("no row {policy} {store_has}: {doc:#}"))
+    };
+    let object_row = row("from-object", "keyturn/from-object");
+    assert_eq!(object_row["last_rotation"]["outcome"], "ok", "{doc:#}");
+    assert!(object_row["error"].is_null(), "{doc:#}");
+    assert_eq!(
+        row("shared", "keyturn/shared")["last_rotation"]["outcome"],
+        "ok",
+        "the file's policy: {doc:#}"
+    );
+    let invalid = row("invalid", &format!("rotationpolicy/{ns}/invalid"))["rejected"]
+        .as_str()
+        .unwrap();
+    assert!(
+        invalid.starts_with("InvalidSpec: ") && invalid.contains("spec.timezone"),
+        "{invalid}"
+    );
+    let lost = row("shared", &format!("rotationpolicy/{ns}/shared"))["rejected"]
+        .as_str()
+        .unwrap();
+    assert!(
+        lost.starts_with("NameConflict: ") && lost.contains("one of the daemon's policy files"),
+        "{lost}"
+    );
+    assert_eq!(rows.len(), 4, "{doc:#}");
+    // Without files and without objects there is nothing to show: 64, naming both flags.
+    let neither = keyturn(&e, &["status"], &group, false, |_| {}).await;
+    assert_eq!(neither.status.code(), Some(64), "{}", output_text(&neither));
+    let said = String::from_utf8_lossy(&neither.stderr);
+    assert!(
+        said.contains("--policies") && said.contains("--rotationpolicies"),
+        "{said}"
+    );
+
     e.assert_keyturn_clean(
         &[
             &rotated,
@@ -290,6 +341,8 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
             &refused,
             &refused_bg,
             &file_wins,
+            &status,
+            &neither,
         ],
         &[CANARY, "Qx7Zt4Wv"],
     );

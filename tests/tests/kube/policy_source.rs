@@ -460,31 +460,67 @@ async fn policy_source_rejects_the_loser_of_a_clash_with_a_file_or_an_older_obje
             .namespace,
         older_ns
     );
-    let message = |name: &str| {
+    let rejection = |name: &str| {
         merged
             .rejected
             .iter()
             .find(|r| r.object.name == name)
             .unwrap()
-            .message
             .clone()
     };
+    // The status names no other namespace's object and none of the daemon's files; the
+    // log's `held_by` names the holder in full.
+    let db = rejection("db");
     assert!(
-        message("db").contains(&format!(
-            "already taken by rotationpolicy/{older_ns}/db, which is older"
-        )),
+        db.message
+            .contains("already taken by a RotationPolicy in another namespace, which is older"),
         "{}",
-        message("db")
+        db.message
+    );
+    assert!(!db.message.contains(&older_ns), "{}", db.message);
+    assert_eq!(
+        db.held_by.as_deref(),
+        Some(&*format!("rotationpolicy/{older_ns}/db"))
+    );
+    let shared = rejection("shared");
+    assert!(
+        shared
+            .message
+            .contains("already taken by one of the daemon's policy files"),
+        "{}",
+        shared.message
     );
     assert!(
-        message("shared").contains("already taken by the daemon's policy file"),
+        shared
+            .held_by
+            .as_ref()
+            .unwrap()
+            .starts_with("the daemon's policy file /"),
+        "{:?}",
+        shared.held_by
+    );
+    let thief = rejection("thief");
+    assert!(
+        thief
+            .message
+            .contains("is already used by another policy (one of the daemon's policy files"),
         "{}",
-        message("shared")
+        thief.message
+    );
+    // Its own store's path is its to see; the other policy's name is not.
+    assert!(
+        !thief.message.contains("policy shared"),
+        "{}",
+        thief.message
     );
     assert!(
-        message("thief").contains("is already used by policy shared"),
-        "{}",
-        message("thief")
+        thief
+            .held_by
+            .as_ref()
+            .unwrap()
+            .starts_with("policy shared of the daemon's policy file /"),
+        "{:?}",
+        thief.held_by
     );
 
     // The same objects in any order decide the same.

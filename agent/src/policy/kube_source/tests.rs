@@ -255,9 +255,18 @@ fn a_file_policy_held_by_name_only_still_wins_its_name_and_store() {
     assert!(
         m.rejected[1]
             .message
-            .contains("already used by policy shared"),
+            .contains("already used by another policy (one of the daemon's policy files"),
         "{}",
         m.rejected[1].message
+    );
+    assert!(
+        m.rejected[1]
+            .held_by
+            .as_ref()
+            .unwrap()
+            .starts_with("policy shared of the daemon's policy file"),
+        "{:?}",
+        m.rejected[1].held_by
     );
 }
 
@@ -294,14 +303,15 @@ fn merge_files_win_every_clash_and_objects_keep_the_rest() {
     assert!(
         m.rejected[0]
             .message
-            .contains("already taken by the daemon's policy file"),
+            .contains("already taken by one of the daemon's policy files"),
         "{}",
         m.rejected[0].message
     );
     assert!(
-        m.rejected[1]
-            .message
-            .starts_with("store vault-kv:secret/keyturn/shared is already used by policy shared"),
+        m.rejected[1].message.starts_with(
+            "store vault-kv:secret/keyturn/shared is already used by another policy (one of \
+             the daemon's policy files, and policy files come before RotationPolicy objects)"
+        ),
         "{}",
         m.rejected[1].message
     );
@@ -337,9 +347,25 @@ fn merge_the_oldest_object_keeps_a_name_or_store_whatever_the_order() {
     assert!(
         want.rejected[1]
             .message
-            .contains("already taken by rotationpolicy/zz-old/db, which is older"),
+            .contains("already taken by a RotationPolicy in another namespace, which is older"),
         "{}",
         want.rejected[1].message
+    );
+    // Another namespace is named only in the log's `held_by`, never in the status message.
+    assert!(
+        want.rejected
+            .iter()
+            .all(|r| !r.message.contains("zz-old") && !r.message.contains("keyturn/db-old")),
+        "{:?}",
+        want.rejected
+    );
+    assert_eq!(
+        want.rejected[1].held_by.as_deref(),
+        Some("rotationpolicy/zz-old/db")
+    );
+    assert_eq!(
+        want.rejected[0].held_by.as_deref(),
+        Some("policy cache of rotationpolicy/zz-old/cache")
     );
     // Every order of the same objects gives the same result.
     let mut order = objects.clone();
@@ -458,4 +484,22 @@ fn objects_listed_again_replace_the_old_ones_only_when_the_list_is_complete() {
     assert_eq!(names, ["kept", "new"]);
     // An unchanged object is not validated again, and keeps its place in memory.
     assert!(Arc::ptr_eq(&after.objects()[0], &before.objects()[1]));
+}
+
+#[test]
+fn a_clash_within_one_namespace_names_the_holder_in_the_status() {
+    let objects = vec![
+        entry("team-a", "db", T0, spec("keyturn/db")),
+        entry("team-a", "db-copy", T1, spec("keyturn/db")),
+    ];
+    let m = merge(&[], &objects);
+    assert_eq!(rejections(&m), [("team-a", "db-copy", STORE_CONFLICT)]);
+    assert!(
+        m.rejected[0].message.starts_with(
+            "store vault-kv:secret/keyturn/db is already used by policy db \
+             (rotationpolicy/team-a/db, which is older)"
+        ),
+        "{}",
+        m.rejected[0].message
+    );
 }
