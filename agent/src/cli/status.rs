@@ -131,18 +131,8 @@ fn row(
         Ok(s) => s,
         Err(e) => {
             return Row {
-                policy: p.name.clone(),
-                store,
-                last_rotation: None,
-                current_age_seconds: None,
-                next_due: None,
-                next_start: None,
-                in_flight: None,
-                taint: None,
-                failures: None,
-                failed: false,
                 error: Some(e.message),
-                rejected: None,
+                ..Row::blank(p.name.clone(), store)
             };
         }
     };
@@ -181,18 +171,28 @@ fn row(
 /// and object, with its status's reason and message (never a value written in it).
 fn rejected_row(r: &Rejection) -> Row {
     Row {
-        policy: r.object.name.clone(),
-        store: r.object.origin(),
-        last_rotation: None,
-        current_age_seconds: None,
-        next_due: None,
-        next_start: None,
-        in_flight: None,
-        taint: None,
-        failures: None,
-        failed: false,
-        error: None,
         rejected: Some(format!("{}: {}", r.reason, r.message)),
+        ..Row::blank(r.object.name.clone(), r.object.origin())
+    }
+}
+
+impl Row {
+    /// A row that knows nothing of the policy's state yet.
+    fn blank(policy: String, store: String) -> Self {
+        Self {
+            policy,
+            store,
+            last_rotation: None,
+            current_age_seconds: None,
+            next_due: None,
+            next_start: None,
+            in_flight: None,
+            taint: None,
+            failures: None,
+            failed: false,
+            error: None,
+            rejected: None,
+        }
     }
 }
 
@@ -568,6 +568,47 @@ mod tests {
         };
         // This was 70: every code but 69 and 77 became "internal".
         assert_eq!(ReadError::vault(&e).code, 66);
+    }
+
+    #[test]
+    fn an_object_not_managed_is_a_row_saying_why() {
+        let now = t("2025-03-01T12:00:00Z");
+        let r = rejected_row(&Rejection {
+            object: crate::policy::PolicyObject {
+                namespace: "shop".into(),
+                name: "db".into(),
+                uid: None,
+                generation: Some(2),
+            },
+            reason: kube_source::INVALID_SPEC,
+            message: "spec.timezone: unknown time zone".into(),
+            held_by: None,
+        });
+        let cells = cells(&r, now);
+        assert_eq!(cells[0], "db");
+        assert_eq!(cells[1], "rotationpolicy/shop/db");
+        assert_eq!(
+            cells[2..],
+            [
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "not managed: InvalidSpec: spec.timezone: unknown time zone".to_owned()
+            ]
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["rejected"],
+            "InvalidSpec: spec.timezone: unknown time zone"
+        );
+        // A row read from a store has no `rejected` key at all.
+        let read = row(&policy(), "s".into(), Ok(StateRecord::default()), now);
+        assert!(
+            serde_json::to_value(&read)
+                .unwrap()
+                .get("rejected")
+                .is_none()
+        );
     }
 
     #[test]
