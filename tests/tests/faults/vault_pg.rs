@@ -960,19 +960,31 @@ async fn postgres_restarted_mid_rotation_loses_no_credential_and_everything_conv
         "more than the backoff allows ({bound})"
     );
     // The restart did cut a rotation: a `set` or `test` that was running failed (and was
-    // tried again inside the attempt, or the attempt was retried under backoff).
-    let cut = rig
-        .audit_events()
-        .iter()
-        .filter(|e| {
-            matches!(e["action"].as_str(), Some("rotate.set" | "rotate.test"))
-                && e["outcome"] == "error"
-                && pg_refs
-                    .iter()
-                    .any(|p| e["resource"] == format!("policy/{}", p.name))
-        })
-        .count();
-    eprintln!("fault-counts: postgres-restart: {cut} set/test steps cut by the restart");
+    // tried again inside the attempt, or the attempt was retried under backoff). The error
+    // is audited once the daemon sees the cut connection, which the slowed proxy may pass on
+    // after the restart is over: waited for, up to a bound.
+    let cut_steps = || {
+        rig.audit_events()
+            .iter()
+            .filter(|e| {
+                matches!(e["action"].as_str(), Some("rotate.set" | "rotate.test"))
+                    && e["outcome"] == "error"
+                    && pg_refs
+                        .iter()
+                        .any(|p| e["resource"] == format!("policy/{}", p.name))
+            })
+            .count()
+    };
+    let waited = Instant::now();
+    let mut cut = cut_steps();
+    while cut == 0 && waited.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cut = cut_steps();
+    }
+    eprintln!(
+        "fault-counts: postgres-restart: {cut} set/test steps cut by the restart (audited {:.1} s after it)",
+        waited.elapsed().as_secs_f64()
+    );
     assert!(cut > 0, "the restart did not meet a rotation");
     assert_eq!(rig.get("/readyz").await.unwrap().0, 200);
     let since = rotated_counts(&rig.metrics().await.unwrap(), &names(&rig));
