@@ -43,7 +43,7 @@ and cannot run here; their figures are quoted beside keyturn's.
 
 Usage: dev/bench-replicas.sh [POLICIES [REPLICAS]]   (default 100000 4; expects release
 builds of keyturn and keyturn-kube-standin, which the wrapper makes). BENCH_WINDOW_S sets
-the steady windows (default 150; at least 60 for any per-minute slot to fall in them);
+the steady windows (default 150; at least 60 for any per-minute slot to fall in them).
 The daemons get the environment the keyturn image sets (its Containerfile's ENV lines: the
 allocator's options), as the chart's pods do; MALLOC_* and MIMALLOC_* variables set here pass
 through and win (allocator experiments).
@@ -107,7 +107,9 @@ def image_env():
     return env
 
 
-IMAGE_ENV = image_env()
+# What the daemons run with beyond the bench's own variables: the image's, then the caller's.
+DAEMON_ENV = {**image_env(),
+              **{k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_"))}}
 
 
 def free_port():
@@ -259,8 +261,7 @@ class Daemon(Proc):
                "KEYTURN_AUDIT_FILE": f"{work}/{name}/audit.jsonl",
                "KEYTURN_AUDIT_HMAC_KEY_FILE": f"{work}/hmac.key",
                "KEYTURN_LOG": LOG, "KEYTURN_LOG_FORMAT": "json"}
-        env.update(IMAGE_ENV)
-        env.update({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_"))})
+        env.update(DAEMON_ENV)
         if kubeconfig:
             env.update({"KUBECONFIG": kubeconfig, "KEYTURN_MEMBERSHIP_NAMESPACE": namespace,
                         "KEYTURN_MEMBERSHIP_LEASE": f"{LEASE_S}s"})
@@ -540,9 +541,8 @@ def main():
         print(f"command: dev/bench-replicas.sh {N} {R}  ({M} policies every 1m/window 30s, the rest every 24h; "
               f"files of {PER_FILE}; OpenBao dev server; stand-in API server; --membership-lease {LEASE_S}s; "
               f"--concurrency 16; audit to a file per replica (fsync); steady windows {WINDOW_S} s)")
-        daemon_env = {**IMAGE_ENV, **{k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_"))}}
         print(f"keyturn binary: {KEYTURN} ({os.path.getsize(KEYTURN) / 1e6:.1f} MB); daemon environment "
-              f"beyond the bench's own: {' '.join(f'{k}={v}' for k, v in sorted(daemon_env.items())) or 'none'}")
+              f"beyond the bench's own: {' '.join(f'{k}={v}' for k, v in sorted(DAEMON_ENV.items())) or 'none'}")
         print(f"seeding CURRENT + state of {N} policies: {seed_s:.1f} s (not part of any figure)")
         print(f"{'':{w}}{'keyturn':>16}  {'target':>14}  anchor (not run here)")
         print(f"{'RSS per replica, idle, all owned: VmRSS max, MiB':{w}}{mib(rss_max):>16.1f}  {'<= 64 @ ' + str(share):>14}  "
