@@ -470,19 +470,10 @@ impl RotationArgs {
             Lookup::Found(p) => Ok(vec![*p]),
             Lookup::Rejected(rejected) => {
                 for r in rejected {
-                    // An operator's command: the holder of a clash is named in full, as in
-                    // the daemon's log (the object's status names it only within its own
-                    // namespace).
-                    let held_by = r
-                        .held_by
-                        .as_ref()
-                        .map(|h| format!(" (held by {h})"))
-                        .unwrap_or_default();
                     eprintln!(
-                        "keyturn: policy {name:?} is not usable: {} is rejected ({flag}): {}: {}{held_by}",
+                        "keyturn: policy {name:?} is not usable: {} is rejected ({flag}): {}",
                         r.object.origin(),
-                        r.reason,
-                        r.message
+                        r.in_full()
                     );
                 }
                 Err(ExitCode::Usage)

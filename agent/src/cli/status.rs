@@ -104,7 +104,7 @@ struct Row {
     /// Why the state could not be read.
     error: Option<String>,
     /// Why a RotationPolicy object of this name yields no policy (`REASON: message`, as its
-    /// status says); the daemon does not manage it.
+    /// status says, and `(held by HOLDER)` for a clash); the daemon does not manage it.
     #[serde(skip_serializing_if = "Option::is_none")]
     rejected: Option<String>,
 }
@@ -168,10 +168,11 @@ fn row(
 }
 
 /// The row of a RotationPolicy object the daemon does not manage: named by its policy name
-/// and object, with its status's reason and message (never a value written in it).
+/// and object, with its status's reason and message (never a value written in it) and, for a
+/// clash, the holder (this is an operator's command).
 fn rejected_row(r: &Rejection) -> Row {
     Row {
-        rejected: Some(format!("{}: {}", r.reason, r.message)),
+        rejected: Some(r.in_full()),
         ..Row::blank(r.object.name.clone(), r.object.origin())
     }
 }
@@ -410,7 +411,7 @@ pub fn run(args: StatusArgs) -> ExitCode {
         }
         let now = Utc::now();
         let mut codes = Vec::new();
-        let rows: Vec<Row> = policies
+        let mut rows: Vec<Row> = policies
             .iter()
             .zip(states)
             .map(|(p, s)| {
@@ -426,7 +427,6 @@ pub fn run(args: StatusArgs) -> ExitCode {
                 row(p, p.store.to_string(), s, now)
             })
             .collect();
-        let mut rows = rows;
         for r in &rejected {
             codes.push(ExitCode::Usage);
             rows.push(rejected_row(r));

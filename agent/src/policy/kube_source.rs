@@ -343,6 +343,18 @@ pub struct Rejection {
     pub held_by: Option<String>,
 }
 
+impl Rejection {
+    /// `REASON: message (held by HOLDER)`: the rejection in full, for an operator's command
+    /// (`rotate`, `break-glass`, `status`), which may name what the status may not.
+    #[must_use]
+    pub fn in_full(&self) -> String {
+        match &self.held_by {
+            Some(h) => format!("{}: {} (held by {h})", self.reason, self.message),
+            None => format!("{}: {}", self.reason, self.message),
+        }
+    }
+}
+
 /// The policies to run: the files' and the objects' that won, and the objects that lost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Merged {
@@ -382,10 +394,15 @@ impl Holder<'_> {
     /// same namespace by name; another namespace's object or a file only as such.
     fn describe_to(&self, namespace: &str) -> String {
         match self {
-            Self::Object(o, _) if o.namespace == namespace => o.origin(),
+            Self::Object(o, _) if self.visible_to(namespace) => o.origin(),
             Self::Object(..) => "a RotationPolicy in another namespace".to_owned(),
             Self::File(_) => "one of the daemon's policy files".to_owned(),
         }
+    }
+
+    /// Whether the status of an object in `namespace` may name this holder and its policy.
+    fn visible_to(&self, namespace: &str) -> bool {
+        matches!(self, Self::Object(o, _) if o.namespace == namespace)
     }
 }
 
@@ -454,9 +471,10 @@ pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merg
         let store = StoreKey::of(&p.store);
         if let Some((other, holder)) = stores.get(&store) {
             // The other policy's name only where its holder may be named.
-            let by = match holder {
-                Holder::Object(h, _) if h.namespace == here => format!("policy {other}"),
-                _ => "another policy".to_owned(),
+            let by = if holder.visible_to(here) {
+                format!("policy {other}")
+            } else {
+                "another policy".to_owned()
             };
             merged.rejected.push(Rejection {
                 object: object.clone(),

@@ -319,7 +319,9 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         .as_str()
         .unwrap();
     assert!(
-        lost.starts_with("NameConflict: ") && lost.contains("one of the daemon's policy files"),
+        lost.starts_with("NameConflict: ")
+            && lost.contains("one of the daemon's policy files")
+            && lost.contains("(held by the daemon's policy file /"),
         "{lost}"
     );
     assert_eq!(rows.len(), 4, "{doc:#}");
@@ -466,7 +468,42 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
         assert_eq!(lists(503), 3, "three tries, then 69");
         assert_eq!(version(&e, "db").await, 0);
         assert!(!e.audit().exists(), "nothing audited");
+        // `status` lists through the same code: three tries, then 69.
+        standin.fail("list", "rotationpolicies", 503);
+        let status = keyturn(
+            &e,
+            &["status", "--rotationpolicies", &ns],
+            &group,
+            false,
+            |_| {},
+        )
+        .await;
+        standin.clear_failures();
+        assert_eq!(status.status.code(), Some(69), "{}", output_text(&status));
+        assert_eq!(lists(503), 6, "three more tries, then 69");
     }
+    // `status` with a refused list: 77, saying what it could not do.
+    let status_denied = keyturn(
+        &e,
+        &["status", "--rotationpolicies", &ns],
+        &group,
+        false,
+        |c| {
+            c.env("KUBECONFIG", &denied_config);
+        },
+    )
+    .await;
+    assert_eq!(
+        status_denied.status.code(),
+        Some(77),
+        "{}",
+        output_text(&status_denied)
+    );
+    let said = String::from_utf8_lossy(&status_denied.stderr);
+    assert!(
+        said.contains("cannot list the policies") && said.contains("403"),
+        "{said}"
+    );
     if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
         objects.crd.remove().await.unwrap();
     }

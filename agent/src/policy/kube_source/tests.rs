@@ -502,4 +502,12 @@ fn a_clash_within_one_namespace_names_the_holder_in_the_status() {
         "{}",
         m.rejected[0].message
     );
+    // An operator's command adds the holder in full.
+    assert!(
+        m.rejected[0]
+            .in_full()
+            .ends_with("(held by policy db of rotationpolicy/team-a/db)"),
+        "{}",
+        m.rejected[0].in_full()
+    );
 }
