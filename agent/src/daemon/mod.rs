@@ -162,21 +162,15 @@ fn whole<'a>(policies: &'a Policies, name: &str) -> Option<&'a Arc<Policy>> {
     policies.get(name)?.as_ref()
 }
 
-/// Whether a policy of the files moved into or out of `before`, as `after` has it: what makes
-/// a replica read its files again, to hold whole just the policies it owns.
-fn files_changed_hands(
-    files: &[FilePolicy],
-    before: &BTreeSet<Arc<str>>,
-    after: &BTreeSet<Arc<str>>,
-) -> bool {
-    files
-        .iter()
-        .any(|f| before.contains(&f.name) != after.contains(&f.name))
-}
-
 /// Whether `a` and `b` name the same object (at any generation).
 fn same_object(a: &PolicyObject, b: &PolicyObject) -> bool {
     a.namespace == b.namespace && a.name == b.name
+}
+
+/// How many of `policies` are held whole: every object's, and the files' this replica owns
+/// once it has read them in step with the ownership.
+fn held(policies: &Policies) -> usize {
+    policies.values().filter(|p| p.is_some()).count()
 }
 
 /// Failing policies: how many attempts in a row did not complete, for the backoff.
@@ -303,6 +297,7 @@ impl Daemon {
         tracing::info!(
             owned = owned.len(),
             of = policies.len(),
+            held = held(&policies),
             "policies owned by this replica"
         );
         self.note_rejections(&[], &rejected, &policies);
@@ -320,6 +315,11 @@ impl Daemon {
         // one read at a time; `load_again`: ask for another once this one is in.
         let (loaded_tx, mut loaded_rx) = mpsc::channel::<Result<Vec<FilePolicy>, PolicyErrors>>(1);
         let (mut loading, mut load_again) = (false, false);
+        // The read above kept whole what this replica owned as it read; the first membership
+        // rounds may have moved policies since.
+        if self.files_out_of_step(&files) {
+            self.load_files(&mut loading, &mut load_again, &loaded_tx);
+        }
 
         // Start-up: read each policy's state; resume in-flight rotations first, queue the rest.
         let mut failing = Failing::new();
@@ -480,6 +480,10 @@ impl Daemon {
                         }
                         Ok(new) => {
                             files = new;
+                            // The members changed while the files were read.
+                            if self.files_out_of_step(&files) {
+                                self.load_files(&mut loading, &mut load_again, &loaded_tx);
+                            }
                             new_set = Some(merged(&files, snapshot.as_ref()));
                         }
                     }
@@ -590,7 +594,7 @@ impl Daemon {
                     // The files' policies this replica took over are read whole from the
                     // files (and those it gave up dropped to their names): they are scanned
                     // and queued once that read is in.
-                    if self.cfg.policies.is_some() && files_changed_hands(&files, &owned, &now_owned) {
+                    if self.files_out_of_step(&files) {
                         self.load_files(&mut loading, &mut load_again, &loaded_tx);
                     }
                     tracing::info!(
@@ -710,6 +714,18 @@ impl Daemon {
                 membership.as_ref().is_none_or(|m| m.owns(&p.name))
             })
         }
+    }
+
+    /// Whether a policy of the files is held whole where this replica does not own it now,
+    /// or owned now and held by its name only: what makes it read its files again. Compared
+    /// with the ownership now, not with how ownership changed: a read that raced a membership
+    /// change kept whole what was owned as it read, and left so, a replica kept policies it
+    /// had given up whole (their memory) and could not schedule those it had taken over.
+    fn files_out_of_step(&self, files: &[FilePolicy]) -> bool {
+        self.cfg.policies.is_some()
+            && files
+                .iter()
+                .any(|f| f.policy.is_some() != self.owns(&f.name))
     }
 
     /// Starts a read of the policy files in a thread of its own, its result to `tx`; with a
@@ -1007,6 +1023,7 @@ impl Daemon {
         }
         tracing::info!(
             policies = new.len(),
+            held = held(new),
             changed = changed.len(),
             "policies reloaded"
         );

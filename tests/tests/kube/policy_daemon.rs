@@ -924,6 +924,29 @@ async fn a_replica_takes_over_file_policies_and_waits_for_valid_files_to_run_the
         }
     }
 
+    // Each holds whole only the policies it owns: a replica whose first read of the files
+    // raced the other's joining reads them again, and one that did not would hold the
+    // other's whole (and, killed later, nothing would wait below).
+    for r in &replicas {
+        until(
+            &format!("{} holds whole only its own policies", r.holder),
+            &logs,
+            || async {
+                let log = r.daemon.log();
+                let last = log
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|l| {
+                        l["msg"] == "policies owned by this replica"
+                            || l["msg"] == "policies reloaded"
+                    })
+                    .last();
+                last.is_some_and(|l| l["held"] == FILES_PER_REPLICA)
+            },
+        )
+        .await;
+    }
+
     // The files broken: both replicas reject them and keep what they run.
     let broken = e.policies().join("broken.yaml");
     std::fs::write(
