@@ -935,12 +935,12 @@ async fn a_replica_takes_over_file_policies_and_waits_for_valid_files_to_run_the
                 let log = r.daemon.log();
                 let last = log
                     .lines()
+                    .rev()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .filter(|l| {
+                    .find(|l| {
                         l["msg"] == "policies owned by this replica"
                             || l["msg"] == "policies reloaded"
-                    })
-                    .last();
+                    });
                 last.is_some_and(|l| l["held"] == FILES_PER_REPLICA)
             },
         )
