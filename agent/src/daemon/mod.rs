@@ -480,8 +480,9 @@ impl Daemon {
                         }
                         Ok(new) => {
                             files = new;
-                            // The members changed while the files were read.
-                            if self.files_out_of_step(&files) {
+                            // The members changed while the files were read (unless a
+                            // read asked for meanwhile is under way already).
+                            if !loading && self.files_out_of_step(&files) {
                                 self.load_files(&mut loading, &mut load_again, &loaded_tx);
                             }
                             new_set = Some(merged(&files, snapshot.as_ref()));
