@@ -38,6 +38,14 @@ struct Entry {
     policy: Arc<str>,
 }
 
+impl Entry {
+    /// Whether this is its policy's live entry in `live` (the queue's map of live tickets),
+    /// not one a reschedule or cancel left stale.
+    fn is_live_in(&self, live: &HashMap<Arc<str>, u64>) -> bool {
+        live.get(&self.policy) == Some(&self.ticket)
+    }
+}
+
 /// Below this many entries the heap is never swept: a sweep is not worth its pass.
 const SWEEP_FLOOR: usize = 1024;
 
@@ -74,10 +82,6 @@ impl Queue {
             policy,
         }));
         self.sweep();
-    }
-
-    fn is_live(&self, e: &Entry) -> bool {
-        self.live.get(&e.policy) == Some(&e.ticket)
     }
 
     fn live_entry(&self, policy: &str) -> Option<&Entry> {
@@ -124,15 +128,14 @@ impl Queue {
             return;
         }
         let live_tickets = &self.live;
-        self.heap
-            .retain(|Reverse(e)| live_tickets.get(&e.policy) == Some(&e.ticket));
+        self.heap.retain(|Reverse(e)| e.is_live_in(live_tickets));
         self.heap.shrink_to(2 * live);
         self.live.shrink_to(2 * live);
     }
 
     fn drop_stale(&mut self) {
         while let Some(Reverse(top)) = self.heap.peek() {
-            if self.is_live(top) {
+            if top.is_live_in(&self.live) {
                 return;
             }
             self.heap.pop();
