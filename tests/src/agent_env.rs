@@ -336,6 +336,18 @@ pub fn output_text(o: &Output) -> String {
     )
 }
 
+/// Asserts that `o` exited with `code` and that its stderr says each of `parts`; returns the
+/// stderr, for whatever else the test checks in it.
+#[track_caller]
+pub fn assert_exit(o: &Output, code: i32, parts: &[&str]) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    for part in parts {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    said
+}
+
 /// A `keyturn run` process writing stdout and stderr to one log file; killed (and reaped)
 /// if the test ends without [`Daemon::stop`], so no daemon outlives its test.
 #[derive(Debug)]

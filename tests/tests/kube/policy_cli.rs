@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use keyturn_tests::agent_env::{self, AgentEnv, output_text};
+use keyturn_tests::agent_env::{self, AgentEnv, assert_exit, output_text};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
 use keyturn_tests::process::free_port;
@@ -106,7 +106,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         |_| {},
     )
     .await;
-    assert_eq!(rotated.status.code(), Some(0), "{}", output_text(&rotated));
+    assert_exit(&rotated, 0, &[]);
     assert!(
         String::from_utf8_lossy(&rotated.stdout).contains("rotated from-object"),
         "{}",
@@ -139,7 +139,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         },
     )
     .await;
-    assert_eq!(broke.status.code(), Some(0), "{}", output_text(&broke));
+    assert_exit(&broke, 0, &[]);
     assert_eq!(version(&e, "from-object").await, 2);
     let operator_events = lines(&operator_audit);
     assert!(
@@ -164,16 +164,16 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         |_| {},
     )
     .await;
-    assert_eq!(unknown.status.code(), Some(64), "{}", output_text(&unknown));
-    let said = String::from_utf8_lossy(&unknown.stderr);
-    for part in [
-        "no policy named \"ghost\"",
-        &e.policies().display().to_string(),
-        &format!("namespace {ns}"),
-        &format!("--rotationpolicies {ns}"),
-    ] {
-        assert!(said.contains(part), "{part:?} in {said}");
-    }
+    let said = assert_exit(
+        &unknown,
+        64,
+        &[
+            "no policy named \"ghost\"",
+            &e.policies().display().to_string(),
+            &format!("namespace {ns}"),
+            &format!("--rotationpolicies {ns}"),
+        ],
+    );
     assert_eq!(
         said.lines().filter(|l| l.starts_with("keyturn: ")).count(),
         1,
@@ -201,12 +201,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         },
     )
     .await;
-    assert_eq!(
-        unknown_bg.status.code(),
-        Some(64),
-        "{}",
-        output_text(&unknown_bg)
-    );
+    assert_exit(&unknown_bg, 64, &[]);
     assert!(!e.home.path().join("revealed").exists());
     assert_eq!(version(&e, "ghost").await, 0);
 
@@ -219,17 +214,17 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         |_| {},
     )
     .await;
-    assert_eq!(refused.status.code(), Some(64), "{}", output_text(&refused));
-    let said = String::from_utf8_lossy(&refused.stderr);
-    for part in [
-        "policy \"invalid\"",
-        &format!("rotationpolicy/{ns}/invalid"),
-        "InvalidSpec",
-        "spec.timezone",
-        &format!("--rotationpolicies {ns}"),
-    ] {
-        assert!(said.contains(part), "{part:?} in {said}");
-    }
+    assert_exit(
+        &refused,
+        64,
+        &[
+            "policy \"invalid\"",
+            &format!("rotationpolicy/{ns}/invalid"),
+            "InvalidSpec",
+            "spec.timezone",
+            &format!("--rotationpolicies {ns}"),
+        ],
+    );
     let refused_bg = keyturn(
         &e,
         &[
@@ -250,12 +245,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         },
     )
     .await;
-    assert_eq!(
-        refused_bg.status.code(),
-        Some(64),
-        "{}",
-        output_text(&refused_bg)
-    );
+    assert_exit(&refused_bg, 64, &[]);
     assert_eq!(version(&e, "invalid").await, 0);
     assert_eq!(lines(&e.audit()).len(), audit_before, "nothing audited");
     assert_eq!(
@@ -273,12 +263,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         |_| {},
     )
     .await;
-    assert_eq!(
-        file_wins.status.code(),
-        Some(0),
-        "{}",
-        output_text(&file_wins)
-    );
+    assert_exit(&file_wins, 0, &[]);
     assert_eq!(version(&e, "shared").await, 1, "the file's store");
     assert_eq!(version(&e, "shared-object").await, 0, "the object's store");
 
@@ -292,7 +277,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
         |_| {},
     )
     .await;
-    assert_eq!(status.status.code(), Some(64), "{}", output_text(&status));
+    assert_exit(&status, 64, &[]);
     let doc: Value = serde_json::from_slice(&status.stdout).unwrap();
     let rows = doc["policies"].as_array().unwrap();
     let row = |policy: &str, store_has: &str| {
@@ -327,12 +312,7 @@ async fn rotate_and_break_glass_find_a_policy_among_rotationpolicy_objects() {
     assert_eq!(rows.len(), 4, "{doc:#}");
     // Without files and without objects there is nothing to show: 64, naming both flags.
     let neither = keyturn(&e, &["status"], &group, false, |_| {}).await;
-    assert_eq!(neither.status.code(), Some(64), "{}", output_text(&neither));
-    let said = String::from_utf8_lossy(&neither.stderr);
-    assert!(
-        said.contains("--policies") && said.contains("--rotationpolicies"),
-        "{said}"
-    );
+    assert_exit(&neither, 64, &["--policies", "--rotationpolicies"]);
 
     e.assert_keyturn_clean(
         &[
@@ -398,16 +378,16 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
         },
     )
     .await;
-    assert_eq!(denied.status.code(), Some(77), "{}", output_text(&denied));
-    let said = String::from_utf8_lossy(&denied.stderr);
-    for part in [
-        "policy \"db\"",
-        "403",
-        &format!("namespace {ns}"),
-        &format!("--rotationpolicies {ns}"),
-    ] {
-        assert!(said.contains(part), "{part:?} in {said}");
-    }
+    assert_exit(
+        &denied,
+        77,
+        &[
+            "policy \"db\"",
+            "403",
+            &format!("namespace {ns}"),
+            &format!("--rotationpolicies {ns}"),
+        ],
+    );
 
     let unreachable = keyturn(
         &e,
@@ -428,16 +408,11 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
         },
     )
     .await;
-    assert_eq!(
-        unreachable.status.code(),
-        Some(69),
-        "{}",
-        output_text(&unreachable)
+    assert_exit(
+        &unreachable,
+        69,
+        &["policy \"db\"", "every namespace", "--rotationpolicies all"],
     );
-    let said = String::from_utf8_lossy(&unreachable.stderr);
-    for part in ["policy \"db\"", "every namespace", "--rotationpolicies all"] {
-        assert!(said.contains(part), "{part:?} in {said}");
-    }
     assert_eq!(version(&e, "db").await, 0);
     assert!(!e.audit().exists(), "nothing audited");
 
@@ -462,9 +437,7 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
         )
         .await;
         standin.clear_failures();
-        assert_eq!(failing.status.code(), Some(69), "{}", output_text(&failing));
-        let said = String::from_utf8_lossy(&failing.stderr);
-        assert!(said.contains("503"), "{said}");
+        assert_exit(&failing, 69, &["503"]);
         assert_eq!(lists(503), 3, "three tries, then 69");
         assert_eq!(version(&e, "db").await, 0);
         assert!(!e.audit().exists(), "nothing audited");
@@ -479,7 +452,7 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
         )
         .await;
         standin.clear_failures();
-        assert_eq!(status.status.code(), Some(69), "{}", output_text(&status));
+        assert_exit(&status, 69, &[]);
         assert_eq!(lists(503), 6, "three more tries, then 69");
     }
     // `status` with a refused list: 77, saying what it could not do.
@@ -493,17 +466,7 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
         },
     )
     .await;
-    assert_eq!(
-        status_denied.status.code(),
-        Some(77),
-        "{}",
-        output_text(&status_denied)
-    );
-    let said = String::from_utf8_lossy(&status_denied.stderr);
-    assert!(
-        said.contains("cannot list the policies") && said.contains("403"),
-        "{said}"
-    );
+    assert_exit(&status_denied, 77, &["cannot list the policies", "403"]);
     if e.cluster.as_ref().is_some_and(TestCluster::is_real) {
         objects.crd.remove().await.unwrap();
     }
