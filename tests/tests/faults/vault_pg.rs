@@ -976,11 +976,14 @@ async fn postgres_restarted_mid_rotation_loses_no_credential_and_everything_conv
             .count()
     };
     let waited = Instant::now();
-    let mut cut = cut_steps();
-    while cut == 0 && waited.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        cut = cut_steps();
-    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        eventually("a set or test cut by the restart, audited", || async {
+            cut_steps() > 0
+        }),
+    )
+    .await;
+    let cut = cut_steps();
     eprintln!(
         "fault-counts: postgres-restart: {cut} set/test steps cut by the restart (audited {:.1} s after it)",
         waited.elapsed().as_secs_f64()
