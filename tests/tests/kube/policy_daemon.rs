@@ -932,15 +932,11 @@ async fn a_replica_takes_over_file_policies_and_waits_for_valid_files_to_run_the
             &format!("{} holds whole only its own policies", r.holder),
             &logs,
             || async {
+                // Its start-up line, or its last reload's (always later).
                 let log = r.daemon.log();
-                let last = log
-                    .lines()
-                    .rev()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .find(|l| {
-                        l["msg"] == "policies owned by this replica"
-                            || l["msg"] == "policies reloaded"
-                    });
+                let last = logged(&log, "policies reloaded")
+                    .pop()
+                    .or_else(|| logged(&log, "policies owned by this replica").pop());
                 last.is_some_and(|l| l["held"] == FILES_PER_REPLICA)
             },
         )
