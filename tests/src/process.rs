@@ -174,6 +174,56 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// A loopback port held bound and never listened on, for runs that must be refused at once.
+///
+/// A port that was merely free a moment ago (as [`free_port`] gives) can be taken by a server
+/// another test starts meanwhile, and a run meant to be refused then reaches that server and
+/// fails another way. This socket keeps the port for as long as the value lives: it is bound
+/// without `SO_REUSEADDR`, so no other socket can bind it, and as nothing listens on it a
+/// connection is answered with a reset.
+#[derive(Debug)]
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl ClosedPort {
+    /// Binds a fresh loopback port without listening on it.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound at all.
+    #[must_use]
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().expect("the bound address").port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// The port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The last `n` lines of `s`.
 #[must_use]
 pub fn tail(s: &str, n: usize) -> String {

@@ -73,6 +73,24 @@ async fn a_dropped_postgres_stops_listening() {
     assert!(!keyturn_tests::process::port_open(port).await);
 }
 
+/// The tests that need a refused connection hold a `ClosedPort`: a port found free a moment
+/// before could be taken by another test's server, and the run meant to be refused then
+/// reached it (a hostile manifest exited 77 from that server's 403, not 69).
+#[tokio::test]
+async fn a_closed_port_refuses_connections_and_cannot_be_taken_while_held() {
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", closed.port()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Servers bind with SO_REUSEADDR, as std's listener does: still refused.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", closed.port())).unwrap_err();
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    let port = closed.port();
+    drop(closed);
+    drop(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+}
+
 #[tokio::test]
 async fn moto_stores_and_returns_a_secrets_manager_secret() {
     let moto = Moto::start().await.unwrap();

@@ -100,12 +100,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-/// A loopback port nothing listens on, so a run that gets as far as Vault is refused at once.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 struct Outcome {
     code: Option<i32>,
     output: Vec<u8>,
@@ -235,7 +229,9 @@ fn check(kind: &str, case: &Case) -> Vec<String> {
     )
     .unwrap();
     let before = snapshot(scratch.path());
-    let vault = format!("http://127.0.0.1:{}", closed_port());
+    // Held until the run ends, so a run that gets as far as Vault is refused at once.
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let vault = closed.url();
 
     let o = run(command(kind, &input, scratch.path(), shm.path(), &vault));
     let text = String::from_utf8_lossy(&o.output);

@@ -364,7 +364,8 @@ fn neither_binary_adopts_a_token_file_or_a_symlink_to_one_as_its_audit_file() {
     )
     .unwrap();
     // Nothing listens here: the refusal must come before any network call.
-    let vault = format!("http://127.0.0.1:{}", keyturn_tests::process::free_port());
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let vault = closed.url();
 
     for audit in [&token_file, &link] {
         let mut agent = std::process::Command::new(keyturn_tests::bins::keyturn());

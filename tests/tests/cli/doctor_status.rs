@@ -16,6 +16,7 @@ use keyturn_tests::agent_env;
 use keyturn_tests::canary::{assert_absent, canary};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
+use keyturn_tests::process::ClosedPort;
 
 struct Env {
     bao: OpenBao,
@@ -147,12 +148,6 @@ fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
 }
 
-/// A loopback port nobody listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn secs(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -265,7 +260,8 @@ async fn doctor_reports_vault_unreachable_on_a_closed_port() {
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     agent_env::write_generated_policy(&dir.path().join("policies"), "api", "");
     let token = canary("vault-token");
-    let addr = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let addr = closed.url();
     let out = keyturn(&["doctor"], &addr, &token, dir.path())
         .env("KEYTURN_AUDIT_STDOUT", "true")
         .output()
@@ -293,7 +289,8 @@ async fn doctor_refuses_an_invalid_policy_directory_with_64_before_any_network_c
         "apiVersion: keyturn.dev/v1\nkind: RotationPolicy\nmetadata: { name: bad }\nspec:\n  every: soon\n",
     )
     .unwrap();
-    let addr = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let addr = closed.url();
     let out = keyturn(&["doctor"], &addr, "t", dir.path())
         .output()
         .unwrap();
@@ -443,7 +440,8 @@ async fn status_with_vault_unreachable_exits_69_and_still_prints_every_row() {
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     agent_env::write_generated_policy(&dir.path().join("policies"), "one", "");
     agent_env::write_generated_policy(&dir.path().join("policies"), "two", "");
-    let addr = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let addr = closed.url();
     let out = keyturn(&["status"], &addr, "t", dir.path())
         .output()
         .unwrap();

@@ -176,7 +176,8 @@ async fn an_unreachable_vault_exits_69_at_the_deadline_naming_what_it_waited_for
     let mut f = Fixture::start().await;
     let v = f.canary("v");
     f.kv2("orders/a", json!({"v": v})).await;
-    let port = keyturn_tests::process::free_port();
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let port = closed.port();
     let tf = f.file("token", f.bao.root_token());
     let m = format!(
         "vault: {{ auth: token, token-file: {}, address: \"http://127.0.0.1:{port}\" }}\nsecrets:\n  - {{ path: secret/data/orders/a, file: a, key: v }}\n",

@@ -17,7 +17,7 @@ use std::process::{Output, Stdio};
 use keyturn_tests::agent_env::{self, AgentEnv, assert_exit, output_text};
 use keyturn_tests::kube::TestCluster;
 use keyturn_tests::openbao::OpenBao;
-use keyturn_tests::process::free_port;
+use keyturn_tests::process::ClosedPort;
 use serde_json::{Value, json};
 
 use super::policy_daemon::{Objects, spec, version};
@@ -356,12 +356,13 @@ async fn a_refused_list_is_77_and_an_api_that_does_not_answer_is_69() {
     let denied_config = cluster.kubeconfig_for_token(account, &token);
     let e = AgentEnv::new(OpenBao::start().await.unwrap(), Some(cluster), 44).await;
     let denied_config = write_kubeconfig(&e, "denied-kubeconfig", &denied_config);
-    // Nothing listens here.
+    // Nothing listens here, and nothing can until the test ends.
+    let closed = ClosedPort::new();
     let nowhere = write_kubeconfig(
         &e,
         "nowhere-kubeconfig",
         &keyturn_kube_standin::kubeconfig_yaml(
-            &format!("https://127.0.0.1:{}", free_port()),
+            &format!("https://127.0.0.1:{}", closed.port()),
             None,
             "nobody",
             "not-a-token",

@@ -589,7 +589,8 @@ async fn a_promote_whose_current_was_replaced_behind_its_back_is_a_conflict() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_retryable_error_that_names_the_secret() {
-    let port = keyturn_tests::process::free_port();
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let port = closed.port();
     let s = AwsSmStore::for_secret(client_for(&format!("http://127.0.0.1:{port}")), SECRET);
     let err = s.view().await.unwrap_err();
     assert!(err.is_retryable(), "{err}");

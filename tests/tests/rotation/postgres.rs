@@ -442,7 +442,8 @@ async fn a_wrong_admin_password_is_refused_naming_the_admin_role_and_not_the_pas
 
 #[tokio::test]
 async fn an_unreachable_server_is_a_retryable_error() {
-    let port = keyturn_tests::process::free_port();
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let port = closed.port();
     let t = PostgresSpec {
         host: "127.0.0.1",
         port,

@@ -280,7 +280,8 @@ async fn a_read_retries_while_the_server_is_down_and_succeeds_once_it_comes_up()
 
 #[tokio::test]
 async fn an_unreachable_server_gives_a_retryable_error_naming_the_address() {
-    let port = keyturn_tests::process::free_port();
+    let closed = keyturn_tests::process::ClosedPort::new();
+    let port = closed.port();
     let cfg =
         keyturn_core::vault::VaultConfig::for_addr(&format!("http://127.0.0.1:{port}")).unwrap();
     let v = Vault::connect(&cfg)
