@@ -202,3 +202,15 @@ pub trait Target: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 }
+
+/// A loopback port held bound and never listened on, for the targets' "unreachable" tests.
+/// A port merely found free could be taken by a server another test process starts
+/// meanwhile; this one stays refused while the returned socket lives (it is bound without
+/// `SO_REUSEADDR`, so nothing else can bind it).
+#[cfg(test)]
+pub(crate) fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}

@@ -805,10 +805,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable_and_retryable() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let (_held, port) = crate::rotation::target::closed_port();
         let mut spec_target = target(Strategy::Single, &["app"]);
         spec_target.port = port;
         let err = spec_target

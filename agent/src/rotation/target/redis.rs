@@ -616,9 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_nobody_listens_on_is_unreachable_and_retryable() {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = free.local_addr().unwrap().port();
-        drop(free);
+        let (_held, port) = crate::rotation::target::closed_port();
         let mut t = target(Strategy::Single, &["app"]);
         t.port = port;
         let err = t.test(&cred("app", "secret-pw")).await.unwrap_err();
