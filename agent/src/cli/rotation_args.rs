@@ -734,7 +734,7 @@ mod tests {
             panic!("rejected")
         };
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].reason, kube_source::STORE_CONFLICT);
+        assert_eq!(r[0].reason, kube_source::RejectReason::StoreConflict);
         assert!(r[0].message.contains("other"), "{}", r[0].message);
     }
 
@@ -746,7 +746,7 @@ mod tests {
         let Lookup::Rejected(r) = resolve("bad", &[], &objects) else {
             panic!("rejected")
         };
-        assert_eq!(r[0].reason, kube_source::INVALID_SPEC);
+        assert_eq!(r[0].reason, kube_source::RejectReason::InvalidSpec);
         assert!(r[0].message.contains("spec.timezone"), "{}", r[0].message);
         assert!(!r[0].message.contains(CANARY), "{}", r[0].message);
         assert!(!r[0].message.contains("Zq7Wx9Vv"), "{}", r[0].message);

@@ -580,7 +580,7 @@ mod tests {
                 uid: None,
                 generation: Some(2),
             },
-            reason: kube_source::INVALID_SPEC,
+            reason: kube_source::RejectReason::InvalidSpec,
             message: "spec.timezone: unknown time zone".into(),
             held_by: None,
         });

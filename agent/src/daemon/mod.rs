@@ -774,7 +774,7 @@ impl Daemon {
         for r in new.iter().filter(|r| !known(old, r)) {
             tracing::warn!(
                 object = %r.object.origin(),
-                reason = r.reason,
+                reason = r.reason.as_str(),
                 problem = %r.message,
                 held_by = r.held_by.as_deref(),
                 "RotationPolicy not managed: it yields no policy (its status says why)"

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::status::{self, PolicyRef, StatusReporter};
+use super::status::{PolicyRef, StatusReporter};
 use crate::distribute::{DeliveryReport, RestartOutcome};
 use crate::policy::kube_source::Rejection;
 use crate::policy::{Policy, PolicyObject};
@@ -82,13 +82,13 @@ impl PolicyStatus {
 
     /// An object yields no policy, for `rejection`'s reason.
     pub fn rejected(&self, rejection: &Rejection) {
-        let (Some(r), Some(kind)) = (
-            &self.reporter,
-            status::Rejection::from_reason(rejection.reason),
-        ) else {
-            return;
-        };
-        r.rejected(&object_ref(&rejection.object), kind, &rejection.message);
+        if let Some(r) = &self.reporter {
+            r.rejected(
+                &object_ref(&rejection.object),
+                rejection.reason,
+                &rejection.message,
+            );
+        }
     }
 
     /// An operator used break-glass `action` on `p`.
@@ -143,19 +143,4 @@ impl Observer for PolicyStatus {
 fn counted(items: &[String], one: &str, many: &str) -> String {
     let noun = if items.len() == 1 { one } else { many };
     format!("{} {noun}: {}", items.len(), items.join(", "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::kube_source::{INVALID_SPEC, NAME_CONFLICT, STORE_CONFLICT};
-
-    /// A source's rejection reason the status does not know would be reported nowhere.
-    #[test]
-    fn every_reason_the_source_rejects_for_is_a_status_reason() {
-        for reason in [INVALID_SPEC, NAME_CONFLICT, STORE_CONFLICT] {
-            let kind = status::Rejection::from_reason(reason).expect(reason);
-            assert_eq!(kind.reason(), reason);
-        }
-    }
 }

@@ -22,9 +22,9 @@
 //! |---|---|---|---|
 //! | `Ready` | True | `Rotated` | the last rotation succeeded and none failed since |
 //! | `Ready` | True | `Scheduled` | valid and scheduled, no rotation recorded yet |
-//! | `Ready` | False | `InvalidSpec` | the spec is invalid ([`Rejection::InvalidSpec`]) |
-//! | `Ready` | False | `NameConflict` | another policy has its name ([`Rejection::NameConflict`]) |
-//! | `Ready` | False | `StoreConflict` | another policy writes its store path ([`Rejection::StoreConflict`]) |
+//! | `Ready` | False | `InvalidSpec` | the spec is invalid ([`RejectReason::InvalidSpec`]) |
+//! | `Ready` | False | `NameConflict` | another policy has its name ([`RejectReason::NameConflict`]) |
+//! | `Ready` | False | `StoreConflict` | another policy writes its store path ([`RejectReason::StoreConflict`]) |
 //! | `Ready` | False | `RotationFailed` | the last attempts failed (the message says why) |
 //! | `Degraded` | True | `RotationFailing` | `consecutiveFailures` > 0 |
 //! | `Degraded` | False | `Healthy` | no failure since the last success |
@@ -91,6 +91,7 @@ use tokio::time::Instant;
 
 use crate::kube_request::KubeRequestError;
 use crate::policy::crd::{self, Condition, ConditionStatus, LastRotation, RotationPolicyStatus};
+use crate::policy::kube_source::RejectReason;
 
 /// The `reportingController` of every Event.
 pub const CONTROLLER: &str = "keyturn-daemon";
@@ -123,12 +124,7 @@ pub mod reason {
     pub const ROTATED: &str = "Rotated";
     /// Ready True: scheduled, no rotation recorded yet.
     pub const SCHEDULED: &str = "Scheduled";
-    /// Ready False: the spec is invalid.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// Ready False: another policy has the same name.
-    pub const NAME_CONFLICT: &str = "NameConflict";
-    /// Ready False: another policy writes the same store path.
-    pub const STORE_CONFLICT: &str = "StoreConflict";
+    // Ready False for an object that yields no policy: `RejectReason::as_str`.
     /// Ready False: the last attempts failed.
     pub const ROTATION_FAILED: &str = "RotationFailed";
     /// Degraded True.
@@ -159,36 +155,6 @@ pub mod event_reason {
 /// `outcome` label says them.
 const OUTCOME_ROTATED: &str = "rotated";
 const OUTCOME_FAILED: &str = "failed";
-
-/// Why a policy cannot be rotated at all (Ready False with this reason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// The spec is invalid.
-    InvalidSpec,
-    /// Another policy has the same name.
-    NameConflict,
-    /// Another policy writes the same store path.
-    StoreConflict,
-}
-
-impl Rejection {
-    /// The condition reason.
-    #[must_use]
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::InvalidSpec => reason::INVALID_SPEC,
-            Self::NameConflict => reason::NAME_CONFLICT,
-            Self::StoreConflict => reason::STORE_CONFLICT,
-        }
-    }
-
-    /// The rejection whose condition reason is `r`.
-    pub(crate) fn from_reason(r: &str) -> Option<Self> {
-        [Self::InvalidSpec, Self::NameConflict, Self::StoreConflict]
-            .into_iter()
-            .find(|x| x.reason() == r)
-    }
-}
 
 /// The RotationPolicy object a fact is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,7 +368,7 @@ struct Facts {
     failures: Option<u32>,
     /// Why the last attempt failed (with `failures` > 0).
     failure: Option<String>,
-    rejection: Option<Option<(Rejection, String)>>,
+    rejection: Option<Option<(RejectReason, String)>>,
     /// The rotation in flight (`Some(None)`: none).
     rotating: Option<Option<String>>,
 }
@@ -761,7 +727,7 @@ impl StatusReporter {
 
     /// `obj` (at its generation) cannot be rotated: Ready False with the rejection's reason
     /// and `message`, no next rotation. Ignored for a generation older than one reported.
-    pub fn rejected(&self, obj: &PolicyRef, rejection: Rejection, message: &str) {
+    pub fn rejected(&self, obj: &PolicyRef, rejection: RejectReason, message: &str) {
         self.note(obj, None, |f| {
             if f.spec_generation(obj.generation) {
                 f.rejection = Some(Some((rejection, truncate(message, MAX_MESSAGE).to_owned())));
@@ -928,11 +894,12 @@ fn render(
         .unwrap_or_else(|| cur.consecutive_failures.unwrap_or(0));
     let ready_now = find(condition::READY);
     let rejection: Option<(&str, String)> = match &facts.rejection {
-        Some(r) => r.as_ref().map(|(r, m)| (r.reason(), m.clone())),
+        Some(r) => r.as_ref().map(|(r, m)| (r.as_str(), m.clone())),
         None => ready_now
             .filter(|c| c.status == ConditionStatus::False)
             .and_then(|c| {
-                Rejection::from_reason(&c.reason).map(|r| (r.reason(), c.message.clone()))
+                RejectReason::from_condition_reason(&c.reason)
+                    .map(|r| (r.as_str(), c.message.clone()))
             }),
     };
     let failure = facts.failure.clone().or_else(|| {
@@ -1572,18 +1539,17 @@ mod tests {
         let rejected = Facts {
             generation: Some(2),
             next_rotation: Some(None),
-            rejection: Some(Some((Rejection::StoreConflict, "shares keyturn/a".into()))),
+            rejection: Some(Some((
+                RejectReason::StoreConflict,
+                "shares keyturn/a".into(),
+            ))),
             ..Facts::default()
         };
         let s = render(&rejected, Some(&server), t(1, 30));
         let ready = cond(&s, condition::READY);
         assert_eq!(
             (ready.status, ready.reason.as_str(), ready.message.as_str()),
-            (
-                ConditionStatus::False,
-                reason::STORE_CONFLICT,
-                "shares keyturn/a"
-            )
+            (ConditionStatus::False, "StoreConflict", "shares keyturn/a")
         );
         assert_eq!(ready.observed_generation, Some(2));
         assert_eq!(s.observed_generation, Some(2));
@@ -1662,12 +1628,14 @@ mod tests {
     fn notes_are_cut_at_a_character_and_rejections_name_their_reasons() {
         assert_eq!(truncate("ééé", 3), "é");
         assert_eq!(truncate("abc", 10), "abc");
-        assert_eq!(Rejection::NameConflict.reason(), "NameConflict");
+        assert_eq!(RejectReason::NameConflict.as_str(), "NameConflict");
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::from_condition_reason(r.as_str()), Some(r));
+        }
         assert_eq!(
-            Rejection::from_reason("InvalidSpec"),
-            Some(Rejection::InvalidSpec)
+            RejectReason::from_condition_reason(reason::ROTATION_FAILED),
+            None
         );
-        assert_eq!(Rejection::from_reason(reason::ROTATION_FAILED), None);
     }
 
     #[test]

@@ -54,12 +54,45 @@ use super::{
     Validator,
 };
 
-/// [`Rejection::reason`] of an object whose spec is not a valid policy.
-pub const INVALID_SPEC: &str = "InvalidSpec";
-/// [`Rejection::reason`] of an object whose name a policy file or an older object has.
-pub const NAME_CONFLICT: &str = "NameConflict";
-/// [`Rejection::reason`] of an object whose store another policy already uses.
-pub const STORE_CONFLICT: &str = "StoreConflict";
+/// Why a RotationPolicy object yields no policy. Its name is the reason of the object's
+/// `Ready` False condition, of the daemon's `RotationPolicy not managed` log line and of
+/// `keyturn status`'s row, so one type says it everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The spec is not a valid policy.
+    InvalidSpec,
+    /// A policy file or an older object has the policy's name.
+    NameConflict,
+    /// Another policy already uses the store.
+    StoreConflict,
+}
+
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [Self; 3] = [Self::InvalidSpec, Self::NameConflict, Self::StoreConflict];
+
+    /// The reason in one CamelCase word, as a condition reason is written.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::NameConflict => "NameConflict",
+            Self::StoreConflict => "StoreConflict",
+        }
+    }
+
+    /// The reason a condition reason `r` names, if it is one of these.
+    #[must_use]
+    pub fn from_condition_reason(r: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == r)
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How long [`watch()`] waits at least between two snapshots, unless told otherwise.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -330,8 +363,8 @@ impl Snapshot {
 pub struct Rejection {
     /// The object.
     pub object: PolicyObject,
-    /// Why, in one CamelCase word: [`INVALID_SPEC`], [`NAME_CONFLICT`] or [`STORE_CONFLICT`].
-    pub reason: &'static str,
+    /// Why, in one word.
+    pub reason: RejectReason,
     /// Why, for a person: each problem as `FIELD: MESSAGE`, `; `-separated (never a value
     /// written in the object), or who holds the name or store. It goes into the object's
     /// status, which whoever may read RotationPolicies in that namespace reads: it names a
@@ -445,7 +478,7 @@ pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merg
             Err(errors) => {
                 merged.rejected.push(Rejection {
                     object: object.clone(),
-                    reason: INVALID_SPEC,
+                    reason: RejectReason::InvalidSpec,
                     message: summary(errors),
                     held_by: None,
                 });
@@ -456,7 +489,7 @@ pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merg
         if let Some(holder) = names.get(p.name.as_str()) {
             merged.rejected.push(Rejection {
                 object: object.clone(),
-                reason: NAME_CONFLICT,
+                reason: RejectReason::NameConflict,
                 message: format!(
                     "policy name {} is already taken by {}{} (policy names are unique across \
                      policy files and namespaces)",
@@ -478,7 +511,7 @@ pub fn merge_shared(files: &[FilePolicy], objects: &[Arc<ObjectPolicy>]) -> Merg
             };
             merged.rejected.push(Rejection {
                 object: object.clone(),
-                reason: STORE_CONFLICT,
+                reason: RejectReason::StoreConflict,
                 message: format!(
                     "store {} is already used by {by} ({}{}); a store holds one policy's \
                      credential",

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use keyturn_agent::policy::kube_source::{
-    self, Failure, INVALID_SPEC, Merged, NAME_CONFLICT, ObjectPolicy, STORE_CONFLICT, Snapshot,
-    SourceStats, WatchConfig,
+    self, Failure, Merged, ObjectPolicy, RejectReason, Snapshot, SourceStats, WatchConfig,
 };
 use keyturn_agent::policy::{self, Policy};
 use keyturn_agent::schedule::Schedule;
@@ -177,7 +176,7 @@ fn spec(every: &str, path: &str) -> Value {
 }
 
 /// `(namespace, name, reason)` of each rejection.
-fn rejections(m: &Merged) -> Vec<(String, String, &'static str)> {
+fn rejections(m: &Merged) -> Vec<(String, String, RejectReason)> {
     m.rejected
         .iter()
         .map(|r| (r.object.namespace.clone(), r.object.name.clone(), r.reason))
@@ -323,7 +322,7 @@ async fn policy_source_rejects_an_invalid_spec_naming_the_field_never_the_value(
     let merged = kube_source::merge(&[], snapshot.objects());
     assert_eq!(
         rejections(&merged),
-        [(ns.clone(), "bad".to_owned(), INVALID_SPEC)]
+        [(ns.clone(), "bad".to_owned(), RejectReason::InvalidSpec)]
     );
     assert_eq!(
         merged.policies.keys().map(|k| &**k).collect::<Vec<_>>(),
@@ -436,9 +435,9 @@ async fn policy_source_rejects_the_loser_of_a_clash_with_a_file_or_an_older_obje
     assert_eq!(
         rejections(&merged),
         [
-            (ns.clone(), "db".to_owned(), NAME_CONFLICT),
-            (ns.clone(), "shared".to_owned(), NAME_CONFLICT),
-            (ns.clone(), "thief".to_owned(), STORE_CONFLICT),
+            (ns.clone(), "db".to_owned(), RejectReason::NameConflict),
+            (ns.clone(), "shared".to_owned(), RejectReason::NameConflict),
+            (ns.clone(), "thief".to_owned(), RejectReason::StoreConflict),
         ]
     );
     assert_eq!(

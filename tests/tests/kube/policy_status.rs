@@ -17,11 +17,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Secret};
 use k8s_openapi::api::events::v1::Event;
 use keyturn_agent::daemon::status::{
-    MAX_CONFLICTS, OutcomeLabel, PolicyRef, Rejection, StatusMetrics, StatusReporter,
-    StatusSettings, WriteFence,
+    MAX_CONFLICTS, OutcomeLabel, PolicyRef, StatusMetrics, StatusReporter, StatusSettings,
+    WriteFence,
 };
 use keyturn_agent::policy;
 use keyturn_agent::policy::crd::{ConditionStatus, RotationPolicyStatus};
+use keyturn_agent::policy::kube_source::RejectReason;
 use keyturn_tests::canary::{LogCapture, assert_absent, canary};
 use keyturn_tests::kube::{InstalledCrd, RecordedRequest, TestCluster, kubectl, run_kubectl};
 use keyturn_tests::process::eventually;
@@ -428,7 +429,7 @@ async fn kubectl_shows_the_status_in_the_columns_and_describe_shows_the_events()
     assert_eq!(generation, p.generation + 1);
     r.rejected(
         &PolicyRef::new(c.namespace(), "api-token", generation),
-        Rejection::InvalidSpec,
+        RejectReason::InvalidSpec,
         "spec.every: not a duration",
     );
     r.settled().await;

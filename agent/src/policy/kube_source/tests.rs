@@ -1,4 +1,5 @@
 use super::*;
+use RejectReason::{InvalidSpec, NameConflict, StoreConflict};
 use serde_json::json;
 
 /// A secret-looking value planted where a mistaken secret would go; no message may hold it.
@@ -62,7 +63,7 @@ fn file_policy(name: &str, path: &str) -> Vec<Policy> {
 }
 
 /// `(namespace, name, reason)` of each rejection.
-fn rejections(m: &Merged) -> Vec<(&str, &str, &str)> {
+fn rejections(m: &Merged) -> Vec<(&str, &str, RejectReason)> {
     m.rejected
         .iter()
         .map(|r| {
@@ -155,7 +156,7 @@ fn problems_name_the_object_and_field_and_never_a_value() {
         "{shown}"
     );
     let rejected = merge(&[], &[Arc::new(ObjectPolicy::from_object(&o))]);
-    assert_eq!(rejections(&rejected), [("shop", "api", INVALID_SPEC)]);
+    assert_eq!(rejections(&rejected), [("shop", "api", InvalidSpec)]);
     let message = &rejected.rejected[0].message;
     assert!(
         message.contains("spec.generator.charset: unknown charset"),
@@ -248,8 +249,8 @@ fn a_file_policy_held_by_name_only_still_wins_its_name_and_store() {
     assert_eq!(
         rejections(&m),
         [
-            ("team-a", "shared", NAME_CONFLICT),
-            ("team-a", "thief", STORE_CONFLICT)
+            ("team-a", "shared", NameConflict),
+            ("team-a", "thief", StoreConflict)
         ]
     );
     assert!(
@@ -296,8 +297,8 @@ fn merge_files_win_every_clash_and_objects_keep_the_rest() {
     assert_eq!(
         rejections(&m),
         [
-            ("team-a", "shared", NAME_CONFLICT),
-            ("team-a", "thief", STORE_CONFLICT)
+            ("team-a", "shared", NameConflict),
+            ("team-a", "thief", StoreConflict)
         ]
     );
     assert!(
@@ -331,8 +332,8 @@ fn merge_the_oldest_object_keeps_a_name_or_store_whatever_the_order() {
     assert_eq!(
         rejections(&want),
         [
-            ("aa-young", "cache-copy", STORE_CONFLICT),
-            ("aa-young", "db", NAME_CONFLICT)
+            ("aa-young", "cache-copy", StoreConflict),
+            ("aa-young", "db", NameConflict)
         ]
     );
     assert_eq!(
@@ -388,7 +389,7 @@ fn merge_objects_of_the_same_age_go_by_namespace_then_name() {
     let m = merge(&[], &objects);
     assert_eq!(
         rejections(&m),
-        [("a", "x", STORE_CONFLICT), ("b", "db", NAME_CONFLICT)]
+        [("a", "x", StoreConflict), ("b", "db", NameConflict)]
     );
     assert!(
         m.rejected[1].message.contains("created in the same second"),
@@ -420,7 +421,7 @@ fn merge_an_invalid_or_losing_object_claims_nothing() {
     );
     assert_eq!(
         rejections(&m),
-        [("a", "db", INVALID_SPEC), ("c", "db", NAME_CONFLICT)]
+        [("a", "db", InvalidSpec), ("c", "db", NameConflict)]
     );
 }
 
@@ -493,7 +494,7 @@ fn a_clash_within_one_namespace_names_the_holder_in_the_status() {
         entry("team-a", "db-copy", T1, spec("keyturn/db")),
     ];
     let m = merge(&[], &objects);
-    assert_eq!(rejections(&m), [("team-a", "db-copy", STORE_CONFLICT)]);
+    assert_eq!(rejections(&m), [("team-a", "db-copy", StoreConflict)]);
     assert!(
         m.rejected[0].message.starts_with(
             "store vault-kv:secret/keyturn/db is already used by policy db \
