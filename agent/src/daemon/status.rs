@@ -51,13 +51,17 @@
 //! would not change is skipped (`keyturn_status_writes_total{outcome="unchanged"}`).
 //!
 //! **Failures.** A write that fails for want of an answer (throttling, a server error, no
-//! connection, no answer within [`StatusSettings::request_timeout`]) is retried under capped exponential backoff with jitter, per policy, and all
-//! writes pause while the API server is failing ([`StatusSettings::retry_base`] to
+//! connection, no answer within [`StatusSettings::request_timeout`]) is retried under capped
+//! exponential backoff with jitter, per policy, and all writes pause while the API server is
+//! failing ([`StatusSettings::retry_base`] to
 //! [`StatusSettings::retry_max`]): never a tight loop. A conflict re-reads the object and is
 //! tried again at most [`MAX_CONFLICTS`] times; a 404 (the object was deleted) drops the
-//! policy's entry and is never retried; a refusal (403, 422) waits for the next fact. Events
-//! are best effort: one refused is counted and logged, not retried. Failures are logged at
-//! warn when their kind changes, else at debug; never with a request body.
+//! policy's entry and is never retried; a refusal (403, 422) waits for the next fact. An
+//! Event the API server did not answer is kept for the policy's retry (the same backoff and
+//! pause; at most [`StatusSettings::events_per_policy`] kept, the oldest dropped first), so it
+//! may be recorded twice if an unanswered attempt did land; one refused is counted and
+//! logged, not retried. Failures are logged at warn when their kind changes, else at debug;
+//! never with a request body.
 //!
 //! **Fencing.** Every write (status patch, Event) first asks the [`WriteFence`] the daemon
 //! supplies: a replica that lost its membership Lease (or does not own the policy) must not
@@ -263,7 +267,7 @@ pub struct OutcomeLabel {
 pub struct EventOutcome {
     /// The Event's reason.
     pub reason: String,
-    /// `ok`, `fenced`, `failed`, `dropped`.
+    /// `ok`, `fenced`, `retry`, `failed`, `dropped`.
     pub outcome: String,
 }
 
@@ -294,7 +298,8 @@ pub struct StatusMetrics {
     /// `keyturn_status_reads_total{outcome}`: reads of an object before its first write.
     pub reads: Family<OutcomeLabel, Counter>,
     /// `keyturn_status_events_total{reason,outcome}`: Events `ok` (recorded), `fenced`,
-    /// `failed` (refused or unanswered), `dropped` (queue full or object gone).
+    /// `retry` (unanswered, kept to be sent again), `failed` (refused, not sent again),
+    /// `dropped` (queue full or object gone).
     pub events: Family<EventOutcome, Counter>,
     /// `keyturn_status_pending`: policies with a write queued, in flight or waiting to retry.
     pub pending: Gauge,
@@ -1224,7 +1229,9 @@ async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
         uid,
         ..ObjectReference::default()
     };
-    for pending in events {
+    let mut unsent = Vec::new();
+    let mut events = events.into_iter();
+    while let Some(pending) = events.next() {
         if !inner.fence.permits(namespace, name) {
             inner.metrics.event(pending.reason, "fenced");
             tracing::debug!(%namespace, %name, reason = pending.reason, "fenced: Event not recorded");
@@ -1245,17 +1252,39 @@ async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
         match bounded(inner.settings.request_timeout, published).await {
             Ok(()) => inner.metrics.event(pending.reason, "ok"),
             Err(e) => {
-                inner.metrics.event(pending.reason, "failed");
                 let e = KubeRequestError::new(e, "create", &format!("events for {object}"));
                 inner.log_failure(&key, "recording an Event", &e);
+                if event_unanswered(&e) {
+                    // Kept, with the ones after it, for the policy's retry: the same backoff
+                    // and pause as a status write, and at most `events_per_policy` kept.
+                    inner.metrics.event(pending.reason, "retry");
+                    unsent.push(pending);
+                    unsent.extend(events);
+                    end = match end {
+                        End::Retry { conflict, .. } => End::Retry {
+                            conflict,
+                            outage: true,
+                        },
+                        _ => End::Retry {
+                            conflict: false,
+                            outage: true,
+                        },
+                    };
+                    break;
+                }
+                inner.metrics.event(pending.reason, "failed");
             }
         }
     }
-    JobResult {
-        known,
-        end,
-        unsent: Vec::new(),
-    }
+    JobResult { known, end, unsent }
+}
+
+/// Whether an Event the API server did not record is worth sending again: it did not answer
+/// (throttling, a server error, no connection, no answer in time). A refusal (403, 422, or a
+/// 409 for a name already taken) would be refused again, and a 404 means the namespace or the
+/// series' Event is gone.
+fn event_unanswered(e: &KubeRequestError) -> bool {
+    e.is_retryable() && e.code() != Some(409)
 }
 
 fn drop_events(inner: &Inner, events: &[PendingEvent]) {

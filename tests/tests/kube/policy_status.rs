@@ -17,8 +17,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Secret};
 use k8s_openapi::api::events::v1::Event;
 use keyturn_agent::daemon::status::{
-    MAX_CONFLICTS, OutcomeLabel, PolicyRef, StatusMetrics, StatusReporter, StatusSettings,
-    WriteFence,
+    EventOutcome, MAX_CONFLICTS, OutcomeLabel, PolicyRef, StatusMetrics, StatusReporter,
+    StatusSettings, WriteFence,
 };
 use keyturn_agent::policy;
 use keyturn_agent::policy::crd::{ConditionStatus, RotationPolicyStatus};
@@ -760,6 +760,83 @@ async fn a_failing_server_is_retried_with_backoff_until_the_object_goes_and_conf
         defined.status("contested").await.unwrap().next_rotation,
         Some(at(8))
     );
+    defined.remove().await;
+}
+
+/// `keyturn_status_events_total{reason, outcome}`.
+fn events_counted(r: &StatusReporter, reason: &str, outcome: &str) -> u64 {
+    r.metrics()
+        .events
+        .get_or_create(&EventOutcome {
+            reason: reason.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .get()
+}
+
+#[tokio::test]
+async fn an_unanswered_event_is_sent_again_under_backoff_and_a_refused_one_is_not() {
+    let c = cluster().await;
+    let Some(standin) = c.standin_or_skip(
+        "an_unanswered_event_is_sent_again_under_backoff_and_a_refused_one_is_not",
+        "needs the stand-in's failure switch",
+    ) else {
+        return;
+    };
+    let defined = Defined::new(&c).await;
+    let p = defined.policy(&c, "noisy").await;
+    let r = reporter(c.client(), &defined, open());
+    let namespace = c.namespace().to_owned();
+    let creates = || {
+        standin
+            .requests()
+            .iter()
+            .filter(|q| q.verb == "create" && q.resource == "events")
+            .filter(|q| q.namespace.as_deref() == Some(namespace.as_str()))
+            .count()
+    };
+
+    // Every Event create answers 500 (the test's client would itself retry a 503, the
+    // daemon's does not): the first is sent again under the policy's backoff (not in a loop),
+    // and the one behind it waits with it.
+    standin.fail("create", "events", 500);
+    r.distributed(&p, "1 Secret: noisy");
+    r.restart_requested(&p, "Deployment web");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tried = creates();
+    // Retries from 50 ms doubling to 400 ms: a few dozen at most in 1.5 s, where a loop
+    // would send thousands; and only the first Event was tried.
+    assert!((3..=60).contains(&tried), "{tried} Event creates in 1.5 s");
+    assert_eq!(
+        events_counted(&r, "Distributed", "retry"),
+        u64::try_from(tried).unwrap()
+    );
+    assert_eq!(events_counted(&r, "RestartRequested", "retry"), 0);
+    assert!(events_about(&c, "noisy").await.is_empty());
+
+    // Answered again: both are recorded, once each and in order.
+    standin.clear_failures();
+    r.settled().await;
+    let reasons: Vec<String> = events_about(&c, "noisy")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["Distributed", "RestartRequested"]);
+    assert_eq!(events_counted(&r, "Distributed", "ok"), 1);
+    assert_eq!(events_counted(&r, "RestartRequested", "ok"), 1);
+    assert_eq!(events_counted(&r, "Distributed", "failed"), 0);
+
+    // Refused (403): counted and logged once, never sent again.
+    standin.fail("create", "events", 403);
+    let before = creates();
+    r.break_glass(&p, "reveal");
+    r.settled().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(creates(), before + 1);
+    assert_eq!(events_counted(&r, "BreakGlass", "failed"), 1);
+    assert_eq!(events_counted(&r, "BreakGlass", "retry"), 0);
+    standin.clear_failures();
     defined.remove().await;
 }
 
