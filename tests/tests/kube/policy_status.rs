@@ -803,13 +803,15 @@ async fn an_unanswered_event_is_sent_again_under_backoff_and_a_refused_one_is_no
     r.distributed(&p, "1 Secret: noisy");
     r.restart_requested(&p, "Deployment web");
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Counted before the requests, as one may be answered and not yet counted.
+    let retried = usize::try_from(events_counted(&r, "Distributed", "retry")).unwrap();
     let tried = creates();
     // Retries from 50 ms doubling to 400 ms: a few dozen at most in 1.5 s, where a loop
     // would send thousands; and only the first Event was tried.
     assert!((3..=60).contains(&tried), "{tried} Event creates in 1.5 s");
-    assert_eq!(
-        events_counted(&r, "Distributed", "retry"),
-        u64::try_from(tried).unwrap()
+    assert!(
+        retried <= tried && tried <= retried + 1,
+        "{tried} creates, {retried} counted for retry"
     );
     assert_eq!(events_counted(&r, "RestartRequested", "retry"), 0);
     assert!(events_about(&c, "noisy").await.is_empty());
