@@ -53,15 +53,15 @@
 //! **Failures.** A write that fails for want of an answer (throttling, a server error, no
 //! connection, no answer within [`StatusSettings::request_timeout`]) is retried under capped
 //! exponential backoff with jitter, per policy, and all writes pause while the API server is
-//! failing ([`StatusSettings::retry_base`] to
-//! [`StatusSettings::retry_max`]): never a tight loop. A conflict re-reads the object and is
-//! tried again at most [`MAX_CONFLICTS`] times; a 404 (the object was deleted) drops the
-//! policy's entry and is never retried; a refusal (403, 422) waits for the next fact. An
-//! Event the API server did not answer is kept for the policy's retry (the same backoff and
-//! pause; at most [`StatusSettings::events_per_policy`] kept, the oldest dropped first), so it
-//! may be recorded twice if an unanswered attempt did land; one refused is counted and
-//! logged, not retried. Failures are logged at warn when their kind changes, else at debug;
-//! never with a request body.
+//! failing ([`StatusSettings::retry_base`] to [`StatusSettings::retry_max`]): never a tight
+//! loop. A conflict re-reads the object and is tried again at most [`MAX_CONFLICTS`] times; a
+//! 404 (the object was deleted) drops the policy's entry and is never retried; a refusal
+//! (403, 422) waits for the next fact. An Event the API server did not answer is kept for
+//! the policy's retry (the same backoff and pause; at most
+//! [`StatusSettings::events_per_policy`] kept, the oldest dropped first), so it may be
+//! recorded twice if an unanswered attempt did land; one refused is counted and logged, not
+//! retried. Failures are logged at warn when their kind changes, else at debug; never with a
+//! request body.
 //!
 //! **Fencing.** Every write (status patch, Event) first asks the [`WriteFence`] the daemon
 //! supplies: a replica that lost its membership Lease (or does not own the policy) must not
