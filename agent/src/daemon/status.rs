@@ -1260,15 +1260,9 @@ async fn run_job(inner: Arc<Inner>, job: Job) -> JobResult {
                     inner.metrics.event(pending.reason, "retry");
                     unsent.push(pending);
                     unsent.extend(events);
-                    end = match end {
-                        End::Retry { conflict, .. } => End::Retry {
-                            conflict,
-                            outage: true,
-                        },
-                        _ => End::Retry {
-                            conflict: false,
-                            outage: true,
-                        },
+                    end = End::Retry {
+                        conflict: matches!(end, End::Retry { conflict: true, .. }),
+                        outage: true,
                     };
                     break;
                 }
